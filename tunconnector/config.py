@@ -1,0 +1,404 @@
+"""Configuration: typed dataclasses loaded from TOML or a mapping, strictly validated.
+
+Every section is a dataclass; :func:`build` walks the type hints, so adding a key is
+adding a field. Unknown keys and bad values raise :class:`ConfigError` whose message
+starts with the key's path (``tunnel[1].remote_port: ...``). The CLI maps that to exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+IFNAMSIZ = 16
+DEFAULT_PORT = 55556
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+
+
+def check_ifname(name: str, where: str) -> None:
+    """Linux interface names: 1..15 bytes, no '/', no whitespace (dev_valid_name)."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        raise ConfigError(f"{where}: interface name {name!r} must be 1..15 bytes long")
+    if not _IFNAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"{where}: interface name {name!r} has forbidden characters")
+
+
+def parse_interface_address(text: str, where: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """``10.0.0.2/24`` or ``fd00::1/64``; a bare address gets /24 (IPv4, as TunConnector) or /64."""
+    text = text.strip()
+    if "/" not in text:
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {text!r} is not an IP address") from exc
+        text = f"{text}/{24 if addr.version == 4 else 64}"
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {text!r} is not an address with prefix") from exc
+
+
+@dataclass(slots=True)
+class HealthConfig:
+    """Built-in reachability check (seed 000's ping timer), see the health module."""
+
+    target: str | None = None
+    interval: float = 10.0
+    probes: int = 5
+    threshold: float = 0.5
+    timeout: float = 1.0
+    status_file: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.target is not None:
+            _check_ip(self.target, f"{where}.target")
+        _positive(self.interval, f"{where}.interval")
+        _positive(self.probes, f"{where}.probes")
+        _positive(self.timeout, f"{where}.timeout")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"{where}.threshold: must be in [0, 1), got {self.threshold}")
+
+
+@dataclass(slots=True)
+class PathConfig:
+    """One underlay path of a multi-path tunnel (userspace failover)."""
+
+    name: str
+    bind_interface: str | None = None
+    local: str | None = None
+    port: int = 0
+    remote: str | None = None
+    remote_port: int = DEFAULT_PORT
+    priority: int = 0
+    weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        if self.bind_interface is not None:
+            check_ifname(self.bind_interface, f"{where}.bind_interface")
+        if self.local is not None:
+            _check_ip(self.local, f"{where}.local")
+        _port(self.port, f"{where}.port", allow_zero=True)
+        _port(self.remote_port, f"{where}.remote_port")
+        if self.weight <= 0:
+            raise ConfigError(f"{where}.weight: must be > 0")
+
+
+@dataclass(slots=True)
+class TunnelConfig:
+    """One tunnel: a device, a transport, a framing. The keys are a public contract."""
+
+    name: str
+    mode: Literal["server", "client"] = "server"
+    dev_type: Literal["tun", "tap"] = "tun"
+    device: str | None = None
+    address: list[str] = field(default_factory=list)
+    port: int = 0
+    bind: str | None = None
+    bind_interface: str | None = None
+    remote: str | None = None
+    remote_port: int = DEFAULT_PORT
+    proto: Literal["udp", "tcp"] = "udp"
+    framing: Literal["native", "raw", "simpletun"] = "native"
+    mtu: int | None = None
+    keepalive: float = 10.0
+    dead_after: float = 60.0
+    netns: str | None = None
+    enabled: bool = True
+    owner: str | None = None
+    offload: Literal["auto", "off"] = "auto"
+    # encryption (see crypto docs); key material itself never lives in the config object
+    key_file: str | None = None
+    private_key_file: str | None = None
+    peer_public_key: str | None = None
+    cipher: Literal["chacha20-poly1305", "aes-256-gcm"] = "chacha20-poly1305"
+    rekey_after_time: float = 120.0
+    rekey_after_bytes: int = 1 << 36
+    # userspace multi-path
+    policy: Literal["active-backup", "duplicate", "balance"] = "active-backup"
+    probe_interval: float = 0.02
+    down_after: int = 3
+    up_after: int = 3
+    failback_delay: float = 1.0
+    loss_threshold: float = 0.2
+    path: list[PathConfig] = field(default_factory=list)
+    health: HealthConfig | None = None
+
+    def validate(self, where: str) -> None:
+        if not self.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
+            raise ConfigError(f"{where}.name: {self.name!r} must be 1..64 of [A-Za-z0-9_.-]")
+        if self.device is not None:
+            check_ifname(self.device, f"{where}.device")
+        if self.bind_interface is not None:
+            check_ifname(self.bind_interface, f"{where}.bind_interface")
+        for i, a in enumerate(self.address):
+            parse_interface_address(a, f"{where}.address[{i}]")
+        _port(self.port, f"{where}.port", allow_zero=True)
+        _port(self.remote_port, f"{where}.remote_port")
+        if self.bind is not None:
+            _check_ip(self.bind, f"{where}.bind")
+        if self.mode == "client" and not self.remote and not self.path:
+            raise ConfigError(f"{where}.remote: a client needs the server's address")
+        if self.remote is not None and not self.remote:
+            raise ConfigError(f"{where}.remote: empty")
+        if self.framing == "raw" and self.proto != "udp":
+            raise ConfigError(f"{where}.framing: 'raw' works on UDP only (one frame per datagram)")
+        if self.framing == "simpletun" and self.proto != "tcp":
+            raise ConfigError(f"{where}.framing: 'simpletun' works on TCP only (length-prefixed)")
+        if self.mtu is not None and not 68 <= self.mtu <= 65535:
+            raise ConfigError(f"{where}.mtu: {self.mtu} outside 68..65535")
+        _positive(self.keepalive, f"{where}.keepalive")
+        _positive(self.dead_after, f"{where}.dead_after")
+        if self.dead_after <= self.keepalive:
+            raise ConfigError(
+                f"{where}.dead_after: {self.dead_after} must exceed keepalive {self.keepalive}"
+            )
+        if self.netns is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.netns):
+            raise ConfigError(f"{where}.netns: bad namespace name {self.netns!r}")
+        if self.framing != "native" and (self.key_file or self.private_key_file):
+            raise ConfigError(f"{where}.key_file: encryption needs framing = 'native'")
+        if self.private_key_file and not self.peer_public_key:
+            raise ConfigError(f"{where}.peer_public_key: required with private_key_file")
+        _positive(self.rekey_after_time, f"{where}.rekey_after_time")
+        _positive(self.probe_interval, f"{where}.probe_interval")
+        _positive(self.down_after, f"{where}.down_after")
+        _positive(self.up_after, f"{where}.up_after")
+        if self.failback_delay < 0:
+            raise ConfigError(f"{where}.failback_delay: must be >= 0")
+        names = [p.name for p in self.path]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.path: path names must be unique")
+        if self.path and self.framing != "native":
+            raise ConfigError(f"{where}.path: multi-path needs framing = 'native'")
+        for i, p in enumerate(self.path):
+            if self.mode == "client" and not p.remote:
+                raise ConfigError(f"{where}.path[{i}].remote: a client path needs remote")
+        if self.health is not None:
+            self.health.validate(f"{where}.health")
+
+    @property
+    def interfaces(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        return [parse_interface_address(a, "address") for a in self.address]
+
+
+@dataclass(slots=True)
+class ApiConfig:
+    """REST control API (``[api]``)."""
+
+    listen: str = "127.0.0.1:8000"
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    default_tunnel: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    state_file: str | None = None
+
+    def validate(self, where: str) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{where}.listen: expected HOST:PORT, got {self.listen!r}")
+        _port(int(port), f"{where}.listen", allow_zero=True)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(f"{where}.tls_cert: tls_cert and tls_key go together")
+
+
+@dataclass(slots=True)
+class BondSlaveConfig:
+    hw_int: str
+    ip_server: str
+    netmask: str = "255.255.255.0"
+
+    def validate(self, where: str) -> None:
+        check_ifname(self.hw_int, f"{where}.hw_int")
+        _check_ip(self.ip_server, f"{where}.ip_server")
+
+
+@dataclass(slots=True)
+class BondConfig:
+    """A kernel bond over TAP tunnels (``[[bond]]``), the Multi-link enabler's stack."""
+
+    role: Literal["client", "server"] = "client"
+    name: str = "bond0"
+    ip_address: str | None = None
+    slaves: list[BondSlaveConfig] = field(default_factory=list)
+    links: int = 2
+    bridge_ip: str | None = None
+    base_port: int = 1190
+    bonding: dict[str, str] = field(default_factory=dict)
+    key_file: str | None = None
+
+    def validate(self, where: str) -> None:
+        check_ifname(self.name, f"{where}.name")
+        for i, s in enumerate(self.slaves):
+            s.validate(f"{where}.slaves[{i}]")
+        if self.role == "client" and not self.slaves:
+            raise ConfigError(f"{where}.slaves: a client bond needs at least one slave")
+        if self.ip_address is not None:
+            _check_ip(self.ip_address, f"{where}.ip_address")
+        if self.bridge_ip is not None:
+            _check_ip(self.bridge_ip, f"{where}.bridge_ip")
+        _positive(self.links, f"{where}.links")
+
+
+@dataclass(slots=True)
+class Config:
+    """Everything one daemon runs."""
+
+    tunnel: list[TunnelConfig] = field(default_factory=list)
+    api: ApiConfig | None = None
+    bond: list[BondConfig] = field(default_factory=list)
+    control_dir: str = "/run/tunconnector"
+    log_level: str = "info"
+    json_logs: bool = False
+
+    def validate(self, where: str = "") -> None:
+        seen: set[str] = set()
+        devices: set[tuple[str | None, str]] = set()
+        for i, t in enumerate(self.tunnel):
+            if t.name in seen:
+                raise ConfigError(f"tunnel[{i}].name: duplicate tunnel name {t.name!r}")
+            seen.add(t.name)
+            if t.device is not None:
+                key = (t.netns, t.device)
+                if key in devices:
+                    raise ConfigError(f"tunnel[{i}].device: {t.device!r} used twice")
+                devices.add(key)
+        if self.api is not None and self.api.default_tunnel is not None:
+            if self.api.default_tunnel not in seen:
+                raise ConfigError(
+                    f"api.default_tunnel: no tunnel named {self.api.default_tunnel!r}"
+                )
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+    def tunnel_by_name(self, name: str) -> TunnelConfig:
+        for t in self.tunnel:
+            if t.name == name:
+                return t
+        raise ConfigError(f"no tunnel named {name!r}")
+
+    # -- loading ---------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Config:
+        cfg = build(cls, data, "")
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+        try:
+            data = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        return cls.from_mapping(data)
+
+
+# -- generic builder -------------------------------------------------------------------
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys, then validate it."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: required key missing")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        if len(non_none) == 1:
+            return _convert(non_none[0], value, where)
+        raise ConfigError(f"{where}: unsupported union")  # pragma: no cover
+    if origin is Literal:
+        if value not in args:
+            choices = " | ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        (item_tp,) = args
+        if isinstance(value, str) and item_tp is str:
+            value = [value]  # "address" may be a string or a list
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().isdigit():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # the enabler sends numbers as strings and vice versa
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _check_ip(text: str, where: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {text!r} is not an IP address") from exc
+
+
+def _port(value: int, where: str, *, allow_zero: bool = False) -> None:
+    lo = 0 if allow_zero else 1
+    if not lo <= value <= 65535:
+        raise ConfigError(f"{where}: port {value} outside {lo}..65535")
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value}")

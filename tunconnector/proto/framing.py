@@ -1,0 +1,245 @@
+"""Wire framings: ``raw`` (UDP), ``simpletun`` (TCP) and ``native`` (UDP or TCP).
+
+Native message layout (all integers big-endian), 16 bytes of header::
+
+    0        1        2        3        4            8                 16
+    +--------+--------+--------+--------+------------+-----------------+------
+    | ver=1  | type   | flags  | path   | session    | counter         | payload
+    +--------+--------+--------+--------+------------+-----------------+------
+
+- ``type``: see :class:`MsgType`.
+- ``flags``: bit 0 ``ENCRYPTED`` (payload is AEAD ciphertext + 16-byte tag, the header
+  is the associated data); bit 1 ``GSO`` (payload starts with a virtio_net_hdr).
+- ``path``: index of the underlay path the message was sent on (multi-link), 0 otherwise.
+- ``session``: receiver's session index when encrypted, 0 in plaintext.
+- ``counter``: per-sender 64-bit message counter (AEAD nonce when encrypted; sequence
+  number for duplicate suppression and loss estimates otherwise).
+
+On UDP every datagram carries one native message. On TCP every native message is
+prefixed by a 4-byte big-endian length (super-packets exceed 64 KiB); ``simpletun``
+is a 2-byte big-endian length followed by the frame, as in simpletun.c.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+
+VERSION = 1
+HEADER = struct.Struct("!BBBBIQ")
+HEADER_LEN = HEADER.size  # 16
+TCP_NATIVE_PREFIX = struct.Struct("!I")
+SIMPLETUN_PREFIX = struct.Struct("!H")
+
+FLAG_ENCRYPTED = 0x01
+FLAG_GSO = 0x02
+KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_GSO
+
+#: upper bound of one native message body on TCP (a 64 KiB super-packet + headers)
+MAX_NATIVE_MESSAGE = 70_000
+#: simpletun frames carry a device frame; the 2-byte prefix caps them anyway
+MAX_SIMPLETUN_FRAME = 65_535
+
+
+class MsgType(enum.IntEnum):
+    DATA = 0x01
+    KEEPALIVE = 0x02
+    PROBE = 0x06
+    PROBE_ACK = 0x07
+    HANDSHAKE_INIT = 0x10
+    HANDSHAKE_RESP = 0x11
+    COOKIE_REPLY = 0x12
+    FRAGMENT = 0x20
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in MsgType)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    type: int
+    flags: int = 0
+    path: int = 0
+    session: int = 0
+    counter: int = 0
+
+    def pack(self) -> bytes:
+        return HEADER.pack(VERSION, self.type, self.flags, self.path, self.session, self.counter)
+
+    def pack_into(self, buf: bytearray | memoryview, offset: int = 0) -> None:
+        HEADER.pack_into(
+            buf, offset, VERSION, self.type, self.flags, self.path, self.session, self.counter
+        )
+
+
+def pack_header_into(
+    buf: bytearray | memoryview,
+    offset: int,
+    mtype: int,
+    flags: int = 0,
+    path: int = 0,
+    session: int = 0,
+    counter: int = 0,
+) -> None:
+    """Write a header in place (the per-packet path avoids building a Header object)."""
+    HEADER.pack_into(buf, offset, VERSION, mtype, flags, path, session, counter)
+
+
+def parse_header(data: bytes | bytearray | memoryview) -> Header:
+    """Parse and validate the header of one native message."""
+    if len(data) < HEADER_LEN:
+        raise RemoteProtocolError("truncated", f"native message of {len(data)} bytes")
+    ver, mtype, flags, path, session, counter = HEADER.unpack_from(data, 0)
+    if ver != VERSION:
+        raise RemoteProtocolError("bad_version", f"native version {ver}")
+    if mtype not in _KNOWN_TYPES:
+        raise RemoteProtocolError("bad_type", f"native type {mtype:#x}")
+    if flags & ~KNOWN_FLAGS:
+        raise RemoteProtocolError("bad_flags", f"native flags {flags:#x}")
+    return Header(mtype, flags, path, session, counter)
+
+
+def encode_native(
+    mtype: int, payload: bytes | memoryview = b"", *, flags: int = 0, path: int = 0,
+    session: int = 0, counter: int = 0,
+) -> bytes:
+    """One native message (convenience; the data path writes headers in place)."""
+    return HEADER.pack(VERSION, mtype, flags, path, session, counter) + bytes(payload)
+
+
+# Keepalive / probe payload: sender timestamp in microseconds (u64) and an echo of the
+# peer's last timestamp (u64), so either side can measure RTT without clock sync.
+KEEPALIVE_BODY = struct.Struct("!QQ")
+
+
+def encode_keepalive(counter: int, sent_us: int, echo_us: int = 0, *, path: int = 0,
+                     mtype: int = MsgType.KEEPALIVE) -> bytes:
+    return HEADER.pack(VERSION, mtype, 0, path, 0, counter) + KEEPALIVE_BODY.pack(
+        sent_us, echo_us
+    )
+
+
+def parse_keepalive(payload: bytes | memoryview) -> tuple[int, int]:
+    if len(payload) < KEEPALIVE_BODY.size:
+        raise RemoteProtocolError("truncated", "keepalive body")
+    return KEEPALIVE_BODY.unpack_from(payload, 0)  # type: ignore[return-value]
+
+
+class NeedData:
+    """Sentinel returned by stream decoders when a frame is incomplete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+class _LengthPrefixedDecoder:
+    """Length-prefixed stream decoder in the h11 style.
+
+    Feed bytes with :meth:`receive_data` (``b""`` means EOF), pull frames with
+    :meth:`next_frame` until it returns :data:`NEED_DATA`. A bad length raises
+    :class:`RemoteProtocolError`; after that the decoder is poisoned and the connection
+    must be closed, because a byte stream cannot be resynchronised.
+    """
+
+    _prefix: struct.Struct
+
+    def __init__(self, max_frame: int, min_frame: int = 1) -> None:
+        self.max_frame = max_frame
+        self.min_frame = min_frame
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof and data:
+            raise LocalProtocolError("data after EOF")
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> bytes | NeedData:
+        if self._error is not None:
+            raise self._error
+        plen = self._prefix.size
+        avail = len(self._buf) - self._pos
+        if avail < plen:
+            return self._at_need_data(avail)
+        (length,) = self._prefix.unpack_from(self._buf, self._pos)
+        if length < self.min_frame or length > self.max_frame:
+            self._error = RemoteProtocolError(
+                "bad_length", f"frame length {length} outside {self.min_frame}..{self.max_frame}"
+            )
+            raise self._error
+        if avail < plen + length:
+            return self._at_need_data(avail)
+        start = self._pos + plen
+        frame = bytes(self._buf[start:start + length])
+        self._pos = start + length
+        if self._pos > 262_144:  # compact now and then instead of on every frame
+            del self._buf[: self._pos]
+            self._pos = 0
+        return frame
+
+    def _at_need_data(self, avail: int) -> NeedData:
+        if self._eof and avail:
+            self._error = RemoteProtocolError("truncated", f"EOF inside a frame ({avail} bytes)")
+            raise self._error
+        return NEED_DATA
+
+    def frames(self) -> list[bytes]:
+        """All complete frames buffered now (raises on a bad length)."""
+        out: list[bytes] = []
+        while True:
+            f = self.next_frame()
+            if isinstance(f, NeedData):
+                return out
+            out.append(f)
+
+    @classmethod
+    def encode(cls, frame: bytes | bytearray | memoryview) -> bytes:
+        return cls._prefix.pack(len(frame)) + bytes(frame)
+
+
+class SimpletunDecoder(_LengthPrefixedDecoder):
+    """simpletun.c framing: u16 big-endian length, then the device frame."""
+
+    _prefix = SIMPLETUN_PREFIX
+
+    def __init__(self, max_frame: int = MAX_SIMPLETUN_FRAME) -> None:
+        super().__init__(max_frame=min(max_frame, MAX_SIMPLETUN_FRAME))
+
+
+class NativeStreamDecoder(_LengthPrefixedDecoder):
+    """Native messages on TCP: u32 big-endian length, then one native message."""
+
+    _prefix = TCP_NATIVE_PREFIX
+
+    def __init__(self, max_frame: int = MAX_NATIVE_MESSAGE) -> None:
+        super().__init__(max_frame=max_frame, min_frame=HEADER_LEN)
+
+
+def encode_simpletun(frame: bytes | bytearray | memoryview) -> bytes:
+    if not 1 <= len(frame) <= MAX_SIMPLETUN_FRAME:
+        raise LocalProtocolError(f"simpletun frame of {len(frame)} bytes")
+    return SIMPLETUN_PREFIX.pack(len(frame)) + bytes(frame)
+
+
+def encode_native_stream(message: bytes | bytearray | memoryview) -> bytes:
+    return TCP_NATIVE_PREFIX.pack(len(message)) + bytes(message)
