@@ -128,6 +128,28 @@ def parse_keepalive(payload: bytes | memoryview) -> tuple[int, int]:
     return KEEPALIVE_BODY.unpack_from(payload, 0)  # type: ignore[return-value]
 
 
+# Path probe / probe-ack payload (multi-path health): the probe's own sequence number
+# (u64, independent of the header counter, which belongs to the data/AEAD stream) and
+# the prober's timestamp in microseconds (u64); a PROBE_ACK echoes both unchanged, so
+# the prober measures RTT on its own clock and knows which probe was answered.
+PROBE_BODY = struct.Struct("!QQ")
+
+
+def encode_probe(seq: int, sent_us: int, *, path: int = 0, ack: bool = False) -> bytes:
+    """A PROBE (or, with ``ack``, a PROBE_ACK echoing ``seq`` and ``sent_us``)."""
+    mtype = MsgType.PROBE_ACK if ack else MsgType.PROBE
+    return HEADER.pack(VERSION, mtype, 0, path, 0, 0) + PROBE_BODY.pack(
+        seq & 0xFFFFFFFFFFFFFFFF, sent_us & 0xFFFFFFFFFFFFFFFF
+    )
+
+
+def parse_probe(payload: bytes | memoryview) -> tuple[int, int]:
+    """``(seq, sent_us)`` of a PROBE or PROBE_ACK body."""
+    if len(payload) < PROBE_BODY.size:
+        raise RemoteProtocolError("truncated", "probe body")
+    return PROBE_BODY.unpack_from(payload, 0)  # type: ignore[return-value]
+
+
 class NeedData:
     """Sentinel returned by stream decoders when a frame is incomplete."""
 
