@@ -1,0 +1,172 @@
+"""Fragmentation of native super-messages and bounded reassembly."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunconnector.errors import LocalProtocolError, RemoteProtocolError
+from tunconnector.proto import fragment as f
+from tunconnector.proto.framing import HEADER_LEN, MsgType, parse_header
+
+
+def frags(msg: bytes, msg_id: int = 7, dgram: int = 1472, **kw: int) -> list[bytes]:
+    buf, stride, count = f.split(msg, msg_id, dgram, **kw)
+    out = [bytes(d) for d in f.iter_datagrams(buf, stride)]
+    assert len(out) == count
+    return out
+
+
+def test_split_layout() -> None:
+    msg = random.Random(1).randbytes(65_000)
+    buf, stride, count = f.split(msg, 42, 1472, session=9, path=2)
+    assert stride == 1472
+    assert count == -(-65_000 // (1472 - f.FRAG_OVERHEAD))
+    ds = list(f.iter_datagrams(buf, stride))
+    assert all(len(d) == 1472 for d in ds[:-1]) and 0 < len(ds[-1]) <= 1472
+    for i, d in enumerate(ds):
+        h = parse_header(d)
+        assert (h.type, h.flags, h.path, h.session, h.counter) == (MsgType.FRAGMENT, 0, 2, 9, 42)
+        assert f.parse_fragment(d[HEADER_LEN:]) == (i, count, 65_000)
+    assert b"".join(bytes(d[f.FRAG_OVERHEAD:]) for d in ds) == msg
+
+
+def test_split_limits() -> None:
+    with pytest.raises(LocalProtocolError):
+        f.split(b"", 1, 1472)
+    with pytest.raises(LocalProtocolError):
+        f.split(b"x" * (f.MAX_INNER_MESSAGE + 1), 1, 1472)
+    with pytest.raises(LocalProtocolError):
+        f.chunk_size(60)
+
+
+@pytest.mark.parametrize("order", ["in", "reverse", "shuffle"])
+def test_reassemble_any_order(order: str) -> None:
+    msg = random.Random(2).randbytes(40_000)
+    ds = frags(msg)
+    if order == "reverse":
+        ds.reverse()
+    elif order == "shuffle":
+        random.Random(3).shuffle(ds)
+    r = f.Reassembler()
+    results = [r.receive(d, 0.0) for d in ds]
+    assert all(x is None for x in results[:-1])
+    assert results[-1] == msg
+    assert r.pending == 0 and r.pending_bytes == 0 and r.stats.completed == 1
+
+
+def test_single_fragment_and_exact_multiple() -> None:
+    r = f.Reassembler()
+    [d] = frags(b"abc")
+    assert r.receive(d, 0.0) == b"abc"
+    chunk = f.chunk_size(1000)
+    msg = bytes(range(256)) * (chunk * 3 // 256) + b"\1" * (chunk * 3 % 256)
+    assert len(msg) == chunk * 3
+    out = None
+    for d in frags(msg, dgram=1000):
+        out = r.receive(d, 0.0)
+    assert out == msg
+
+
+def test_lost_fragment_loses_only_its_message() -> None:
+    r = f.Reassembler(timeout=0.5)
+    a, b, c = (random.Random(i).randbytes(10_000) for i in range(3))
+    fa, fb, fc = frags(a, 1), frags(b, 2), frags(c, 3)
+    del fb[3]
+    done = [x for d in fa + fb + fc if (x := r.receive(d, 0.1)) is not None]
+    assert done == [a, c]
+    assert r.pending == 1
+    assert r.get_timer() == pytest.approx(0.6)
+    r.handle_timer(0.59)
+    assert r.pending == 1
+    r.handle_timer(0.61)
+    assert r.pending == 0 and r.stats.expired == 1 and r.get_timer() is None
+
+
+def test_duplicates_counted_and_ignored() -> None:
+    r = f.Reassembler()
+    msg = b"z" * 5000
+    ds = frags(msg)
+    assert r.receive(ds[0], 0) is None
+    assert r.receive(ds[0], 0) is None
+    assert r.stats.duplicate == 1
+    out = None
+    for d in ds[1:]:
+        out = r.receive(d, 0)
+    assert out == msg
+
+
+def test_bounded_pending_evicts_oldest() -> None:
+    r = f.Reassembler(max_pending=4)
+    first = {i: frags(bytes([i]) * 3000, i) for i in range(10)}
+    for i in range(10):
+        r.receive(first[i][0], float(i) * 0.01)
+    assert r.pending == 4 and r.stats.evicted == 6
+    # the newest survive: finishing message 9 works, message 0 is gone
+    out = None
+    for d in first[9][1:]:
+        out = r.receive(d, 0.2)
+    assert out == bytes([9]) * 3000
+
+
+def test_bounded_bytes() -> None:
+    r = f.Reassembler(max_bytes=100_000)
+    for i in range(10):
+        r.receive(frags(b"q" * 60_000, i)[0], 0.0)
+    assert r.pending_bytes <= 100_000
+    assert r.pending == 1
+
+
+def test_inconsistent_fragments_rejected() -> None:
+    r = f.Reassembler()
+    a = frags(b"a" * 5000, 5)
+    b = frags(b"b" * 6000, 5)  # same id, other total
+    r.receive(a[0], 0)
+    with pytest.raises(RemoteProtocolError):
+        r.receive(b[1], 0)
+    assert r.pending == 0 and r.stats.inconsistent == 1
+    # different chunk sizes under one id
+    c = frags(b"c" * 5000, 6, dgram=1472)
+    d = frags(b"c" * 5000, 6, dgram=1000)
+    r.receive(c[0], 0)
+    with pytest.raises(RemoteProtocolError):
+        r.receive(d[1], 0)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\x01\x20" + b"\0" * 20, b"\x01\x01" + b"\0" * 30,
+])
+def test_garbage_rejected(raw: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        f.Reassembler().receive(raw, 0)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_fuzz_only_remote_errors(items: list[bytes]) -> None:
+    r = f.Reassembler(max_pending=3, max_bytes=200_000)
+    base = frags(b"m" * 3000, 1)[0][: f.FRAG_OVERHEAD]
+    for it in items:
+        for d in (it, base + it, base[:16] + it):
+            try:
+                r.receive(d, 0.0)
+            except RemoteProtocolError:
+                pass
+    assert r.pending_bytes <= 200_000
+
+
+@settings(max_examples=50)
+@given(st.integers(1, 66_000), st.integers(200, 9000), st.randoms())
+def test_roundtrip_property(n: int, dgram: int, rnd: random.Random) -> None:
+    msg = bytes(rnd.getrandbits(8) for _ in range(min(n, 64))) * (n // 64 + 1)
+    msg = msg[:n]
+    ds = frags(msg, dgram=dgram) if -(-n // (dgram - 24)) <= f.MAX_FRAGMENTS else []
+    if not ds:
+        return
+    rnd.shuffle(ds)
+    r = f.Reassembler()
+    outs = [x for d in ds if (x := r.receive(d, 0.0)) is not None]
+    assert outs == [msg]

@@ -1,0 +1,237 @@
+"""virtio_net_hdr, checksums and software GSO on synthetic packets."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunconnector.errors import RemoteProtocolError
+from tunconnector.proto import offload as o
+
+
+def ref_checksum(data: bytes) -> int:
+    """RFC 1071 reference: a plain loop over 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for (w,) in struct.iter_unpack("!H", data):
+        s += w
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+SRC4 = ipaddress.IPv4Address("10.0.0.1").packed
+DST4 = ipaddress.IPv4Address("10.0.0.2").packed
+SRC6 = ipaddress.IPv6Address("fd00::1").packed
+DST6 = ipaddress.IPv6Address("fd00::2").packed
+
+
+def ipv4(proto: int, l4: bytes, ident: int = 0x1234) -> bytes:
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64,
+                                proto, 0, SRC4, DST4))
+    struct.pack_into("!H", hdr, 10, ref_checksum(bytes(hdr)))
+    return bytes(hdr) + l4
+
+
+def ipv6(proto: int, l4: bytes) -> bytes:
+    return struct.pack("!IHBB16s16s", 0x60000000, len(l4), proto, 64, SRC6, DST6) + l4
+
+
+def tcp(payload: bytes, seq: int = 1000, flags: int = 0x18 | 0x01 | 0x80,
+        options: bytes = b"") -> bytes:
+    doff = (20 + len(options)) // 4
+    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 77, doff << 4, flags, 512, 0, 0) \
+        + options + payload
+
+
+def udp(payload: bytes) -> bytes:
+    return struct.pack("!HHHH", 40000, 5201, 8 + len(payload), 0) + payload
+
+
+def partial(pkt: bytes, l3: int, v6: bool, proto: int) -> tuple[bytes, int, int]:
+    """Fill the L4 checksum field with the pseudo-header sum, as a NEEDS_CSUM sender does."""
+    b = bytearray(pkt)
+    l4 = l3 + (40 if v6 else (b[l3] & 0xF) * 4)
+    src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+    ph = o.pseudo_header_sum(src, dst, proto, len(b) - l4)
+    off = 16 if proto == o.IPPROTO_TCP else 6
+    struct.pack_into("!H", b, l4 + off, ph)
+    return bytes(b), l4, off
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 20, 21, 1500, 65535])
+def test_checksum_matches_reference(n: int) -> None:
+    data = random.Random(n).randbytes(n)
+    assert o.checksum(data) == ref_checksum(data)
+
+
+def test_checksum_edge_values() -> None:
+    assert o.checksum(b"\xff\xff") == 0
+    assert o.checksum(b"\x00\x00") == 0xFFFF
+    assert o.checksum(b"\xff\xff\xff\xff") == ref_checksum(b"\xff\xff\xff\xff")
+
+
+@given(st.binary(max_size=300))
+def test_checksum_property(data: bytes) -> None:
+    assert o.checksum(data) == ref_checksum(data)
+
+
+@pytest.mark.parametrize("size", [10, 12])
+def test_vnet_hdr_roundtrip(size: int) -> None:
+    h = o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV4 | o.GSO_ECN, 54, 1448, 34, 16,
+                  3 if size == 12 else 0)
+    raw = o.build_vnet_hdr(h, size)
+    assert len(raw) == size
+    assert o.parse_vnet_hdr(raw, size) == h
+    assert h.is_gso and h.needs_csum
+    assert raw[:2] == bytes([1, 0x81]) and raw[4:6] == (1448).to_bytes(2, "little")
+
+
+def test_vnet_hdr_convert_and_errors() -> None:
+    h = o.VnetHdr(0, o.GSO_UDP_L4, 42, 1400, 20, 6)
+    twelve = o.convert_vnet_hdr(o.build_vnet_hdr(h), 10, 12)
+    assert o.parse_vnet_hdr(twelve, 12) == h
+    assert o.parse_vnet_hdr(o.ZERO_VNET_HDR) == o.VnetHdr()
+    assert not o.VnetHdr().is_gso
+    with pytest.raises(RemoteProtocolError):
+        o.parse_vnet_hdr(b"\0" * 9)
+    with pytest.raises(ValueError):
+        o.parse_vnet_hdr(b"\0" * 16, 11)
+    with pytest.raises(ValueError):
+        o.build_vnet_hdr(h, 8)
+
+
+def _check_tcp_segments(segs: list[bytearray], payload: bytes, mss: int, v6: bool,
+                        l3: int = 0, seq: int = 1000, flags: int = 0x99) -> None:
+    assert len(segs) == -(-len(payload) // mss)
+    got = b""
+    for i, s in enumerate(segs):
+        assert o.verify_l4_checksum(s, l3)
+        ip = s[l3:]
+        if v6:
+            l4 = 40
+            assert struct.unpack_from("!H", ip, 4)[0] == len(ip) - 40
+        else:
+            l4 = (ip[0] & 0xF) * 4
+            assert struct.unpack_from("!H", ip, 2)[0] == len(ip)
+            assert struct.unpack_from("!H", ip, 4)[0] == (0x1234 + i) & 0xFFFF
+        doff = (ip[l4 + 12] >> 4) * 4
+        assert struct.unpack_from("!I", ip, l4 + 4)[0] == seq + i * mss
+        fl = ip[l4 + 13]
+        last = i == len(segs) - 1
+        assert bool(fl & 0x01) == (last and bool(flags & 0x01))  # FIN only on the last
+        assert bool(fl & 0x08) == (last and bool(flags & 0x08))  # PSH only on the last
+        assert bool(fl & 0x80) == (i == 0 and bool(flags & 0x80))  # CWR only on the first
+        chunk = bytes(ip[l4 + doff:])
+        assert len(chunk) == (mss if not last else len(payload) - i * mss)
+        got += chunk
+    assert got == payload
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("plen", [1, 1448, 1449, 10_000, 65_000])
+def test_gso_split_tcp(v6: bool, plen: int) -> None:
+    payload = random.Random(plen).randbytes(plen)
+    seg = tcp(payload, flags=0x99, options=b"\x01\x01\x08\x0a" + b"\0" * 8)
+    pkt = ipv6(o.IPPROTO_TCP, seg) if v6 else ipv4(o.IPPROTO_TCP, seg)
+    pkt, l4, off = partial(pkt, 0, v6, o.IPPROTO_TCP)
+    h = o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, l4 + 32, 1448, l4, off)
+    segs = o.gso_split(pkt, h)
+    _check_tcp_segments(segs, payload, 1448, v6)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_gso_split_udp_l4(v6: bool) -> None:
+    payload = random.Random(5).randbytes(5000)
+    pkt = ipv6(o.IPPROTO_UDP, udp(payload)) if v6 else ipv4(o.IPPROTO_UDP, udp(payload))
+    pkt, l4, off = partial(pkt, 0, v6, o.IPPROTO_UDP)
+    segs = o.gso_split(pkt, o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_UDP_L4, l4 + 8, 1200, l4, 6))
+    assert len(segs) == 5
+    got = b""
+    for s in segs:
+        assert o.verify_l4_checksum(s)
+        ul4 = 40 if v6 else 20
+        assert struct.unpack_from("!H", s, ul4 + 4)[0] == len(s) - ul4
+        assert struct.unpack_from("!H", s, ul4 + 6)[0] != 0
+        got += bytes(s[ul4 + 8:])
+    assert got == payload
+
+
+def test_gso_split_tap_frame_with_vlan() -> None:
+    payload = random.Random(9).randbytes(4000)
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x81\x00\x00\x05" + b"\x08\x00"
+    pkt = eth + ipv4(o.IPPROTO_TCP, tcp(payload, flags=0x10))
+    l3 = o.l3_offset_of_frame(pkt)
+    assert l3 == 18
+    pkt, l4, off = partial(pkt, l3, False, o.IPPROTO_TCP)
+    segs = o.gso_split(pkt, o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV4, 0, 1000, l4, off),
+                       l3_offset=l3)
+    for s in segs:
+        assert s[:18] == eth
+    _check_tcp_segments(segs, payload, 1000, False, l3=18, flags=0x10)
+
+
+def test_complete_checksum_no_gso() -> None:
+    pkt, l4, off = partial(ipv4(o.IPPROTO_TCP, tcp(b"hello world")), 0, False, o.IPPROTO_TCP)
+    assert not o.verify_l4_checksum(pkt)
+    [out] = o.gso_split(pkt, o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, l4, off))
+    assert o.verify_l4_checksum(out)
+    # nothing asked: the packet comes back untouched
+    [same] = o.gso_split(pkt, o.VnetHdr())
+    assert bytes(same) == pkt
+    with pytest.raises(RemoteProtocolError):
+        o.complete_checksum(bytearray(pkt), len(pkt), 16)
+
+
+def test_udp_zero_checksum_becomes_ffff() -> None:
+    # find a payload whose UDP checksum computes to 0, then check it is sent as 0xFFFF
+    for i in range(200_000):
+        p = i.to_bytes(4, "big")
+        pkt, l4, off = partial(ipv4(o.IPPROTO_UDP, udp(p)), 0, False, o.IPPROTO_UDP)
+        b = bytearray(pkt)
+        o.complete_checksum(b, l4, off)
+        if struct.unpack_from("!H", b, l4 + 6)[0] == 0xFFFF:
+            assert o.verify_l4_checksum(b)
+            return
+    pytest.fail("no zero-checksum payload found")  # pragma: no cover
+
+
+@pytest.mark.parametrize("bad", [
+    o.VnetHdr(0, o.GSO_UDP, 0, 1000, 0, 0),
+    o.VnetHdr(0, o.GSO_TCPV4, 0, 0, 0, 0),
+    o.VnetHdr(0, o.GSO_TCPV6, 0, 1000, 0, 0),
+    o.VnetHdr(0, o.GSO_UDP_L4, 0, 1000, 0, 0),
+])
+def test_gso_split_rejects_mismatch(bad: o.VnetHdr) -> None:
+    pkt = ipv4(o.IPPROTO_TCP, tcp(b"x" * 3000))
+    with pytest.raises(RemoteProtocolError):
+        o.gso_split(pkt, bad)
+
+
+def test_gso_split_too_many_segments() -> None:
+    pkt = ipv4(o.IPPROTO_TCP, tcp(b"x" * 3000))
+    with pytest.raises(RemoteProtocolError):
+        o.gso_split(pkt, o.VnetHdr(0, o.GSO_TCPV4, 0, 1, 0, 0), max_segments=100)
+
+
+def test_l3_offset_rejects_non_ip() -> None:
+    with pytest.raises(RemoteProtocolError):
+        o.l3_offset_of_frame(b"\0" * 12 + b"\x08\x06" + b"\0" * 28)
+    with pytest.raises(RemoteProtocolError):
+        o.l3_offset_of_frame(b"\0" * 10)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.sampled_from([o.GSO_TCPV4, o.GSO_TCPV6, o.GSO_UDP_L4]),
+       st.integers(0, 2000), st.integers(0, 300), st.integers(0, 40))
+def test_gso_split_fuzz(data: bytes, gso: int, size: int, cs: int, co: int) -> None:
+    """Garbage either splits or raises RemoteProtocolError, nothing else."""
+    try:
+        o.gso_split(data, o.VnetHdr(o.F_NEEDS_CSUM, gso, 0, size, cs, co))
+    except RemoteProtocolError:
+        pass

@@ -1,0 +1,241 @@
+"""Split one native super-message into MTU-sized FRAGMENT messages, and put it back.
+
+A super-packet (up to 64 KiB from a TUN/TAP device with offload) travels on UDP as one
+*inner* native message (``FLAG_GSO``, sealed with one AEAD operation when encrypted),
+cut into fragments. Every fragment is a native message of type ``FRAGMENT``::
+
+    native header (16 bytes): type=FRAGMENT, flags=0, path, session, counter=message id
+    sub-header    (8 bytes):  u16 index | u16 count | u32 total length of the inner message
+    chunk:        bytes [index*chunk, ...) of the inner message
+
+All fragments but the last carry the same chunk size, so the datagrams of one message
+have one stride and go out with a single UDP GSO ``sendmsg``. The fragment wrapper is not
+authenticated: integrity and replay protection come from the inner message (its AEAD tag
+and counter), so a forged or replayed fragment can at worst waste one reassembly slot,
+which is bounded in number, bytes and time. A lost fragment loses only its message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .framing import HEADER, HEADER_LEN, VERSION, MsgType
+
+FRAG_SUB = struct.Struct("!HHI")
+FRAG_SUB_LEN = FRAG_SUB.size  # 8
+FRAG_OVERHEAD = HEADER_LEN + FRAG_SUB_LEN  # 24
+MAX_FRAGMENTS = 1024
+#: an inner message never exceeds this (64 KiB super-packet + vnet hdr + header + tag)
+MAX_INNER_MESSAGE = 70_000
+
+_HDR_SUB = struct.Struct("!BBBBIQHHI")  # native header + sub-header in one pack
+
+
+def chunk_size(max_datagram: int) -> int:
+    """Inner-message bytes carried per fragment for a given UDP payload size."""
+    c = max_datagram - FRAG_OVERHEAD
+    if c < 64:
+        raise LocalProtocolError(f"datagram size {max_datagram} too small to fragment")
+    return c
+
+
+def split(message: bytes | bytearray | memoryview, msg_id: int, max_datagram: int, *,
+          session: int = 0, path: int = 0) -> tuple[bytearray, int, int]:
+    """Cut ``message`` into FRAGMENT datagrams laid end to end in one buffer.
+
+    Returns ``(buf, stride, count)``: datagram ``i`` is ``buf[i*stride:(i+1)*stride]``
+    (the last may be shorter), ready for one ``sendmsg`` with ``UDP_SEGMENT=stride``.
+    """
+    total = len(message)
+    chunk = chunk_size(max_datagram)
+    count = -(-total // chunk)
+    if total == 0 or total > MAX_INNER_MESSAGE or count > MAX_FRAGMENTS:
+        raise LocalProtocolError(f"cannot fragment a message of {total} bytes")
+    stride = chunk + FRAG_OVERHEAD
+    buf = bytearray(total + count * FRAG_OVERHEAD)
+    src = memoryview(message)
+    mtype = int(MsgType.FRAGMENT)
+    msg_id &= 0xFFFFFFFFFFFFFFFF
+    pack = _HDR_SUB.pack_into
+    for i in range(count):
+        off = i * stride
+        pack(buf, off, VERSION, mtype, 0, path, session, msg_id, i, count, total)
+        a = i * chunk
+        b = min(a + chunk, total)
+        buf[off + FRAG_OVERHEAD:off + FRAG_OVERHEAD + (b - a)] = src[a:b]
+    return buf, stride, count
+
+
+def iter_datagrams(buf: bytes | bytearray | memoryview, stride: int) -> Iterator[memoryview]:
+    """Datagrams of a GSO buffer (send side) or of a GRO buffer (``gso_size`` = stride)."""
+    mv = memoryview(buf)
+    for off in range(0, len(mv), stride):
+        yield mv[off:off + stride]
+
+
+def parse_fragment(body: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+    """``(index, count, total)`` from the bytes after the native header."""
+    if len(body) < FRAG_SUB_LEN:
+        raise RemoteProtocolError("truncated", "fragment sub-header")
+    index, count, total = FRAG_SUB.unpack_from(body, 0)
+    if count == 0 or index >= count or count > MAX_FRAGMENTS:
+        raise RemoteProtocolError("bad_fragment", f"fragment {index}/{count}")
+    if total == 0 or total > MAX_INNER_MESSAGE:
+        raise RemoteProtocolError("bad_fragment", f"fragmented message of {total} bytes")
+    return index, count, total
+
+
+@dataclass(slots=True)
+class _Partial:
+    created: float
+    count: int
+    total: int
+    buf: bytearray
+    seen: bytearray
+    got: int = 0
+    got_bytes: int = 0
+    chunk: int = 0  # learned from the first non-last fragment
+
+
+@dataclass(slots=True)
+class ReassemblyStats:
+    completed: int = 0
+    expired: int = 0
+    evicted: int = 0
+    duplicate: int = 0
+    inconsistent: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class Reassembler:
+    """Bounded reassembly of fragmented native messages (sans-I/O, time passed in).
+
+    At most ``max_pending`` messages and ``max_bytes`` of buffers are held; a message
+    not complete ``timeout`` seconds after its first fragment is dropped, and when a
+    bound is hit the oldest partial message is evicted. Fragments of distinct messages
+    never mix, so one loss costs one message.
+    """
+
+    def __init__(self, *, max_pending: int = 64, max_bytes: int = 4 << 20,
+                 timeout: float = 1.0) -> None:
+        self.max_pending = max_pending
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self._pending: dict[tuple[int, int], _Partial] = {}
+        self._bytes = 0
+        self.stats = ReassemblyStats()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def receive(self, datagram: bytes | bytearray | memoryview, now: float) -> bytearray | None:
+        """Feed one FRAGMENT datagram (native header included).
+
+        Returns the complete inner message when this fragment finishes it, else None.
+        Raises :class:`RemoteProtocolError` for a malformed or inconsistent fragment.
+        """
+        mv = memoryview(datagram)
+        if len(mv) < FRAG_OVERHEAD:
+            raise RemoteProtocolError("truncated", "fragment")
+        _ver, mtype, _fl, _path, session, msg_id = HEADER.unpack_from(mv, 0)
+        if mtype != MsgType.FRAGMENT:
+            raise RemoteProtocolError("bad_type", "not a fragment")
+        index, count, total = parse_fragment(mv[HEADER_LEN:])
+        data = mv[FRAG_OVERHEAD:]
+        n = len(data)
+        if n == 0:
+            raise RemoteProtocolError("bad_fragment", "empty fragment")
+        if count == 1:
+            if n != total:
+                raise RemoteProtocolError("bad_fragment", "single fragment length mismatch")
+            self.stats.completed += 1
+            return bytearray(data)
+        key = (session, msg_id)
+        p = self._pending.get(key)
+        if p is None:
+            if len(self._pending) >= self.max_pending or self._bytes + total > self.max_bytes:
+                self._expire(now)
+                while self._pending and (len(self._pending) >= self.max_pending
+                                         or self._bytes + total > self.max_bytes):
+                    self._drop_oldest()
+                    self.stats.evicted += 1
+                if self._bytes + total > self.max_bytes:
+                    raise RemoteProtocolError("reassembly_full", f"{total} bytes")
+            p = _Partial(now, count, total, bytearray(total), bytearray(count))
+            self._pending[key] = p
+            self._bytes += total
+        elif p.count != count or p.total != total:
+            self._discard(key, p)
+            self.stats.inconsistent += 1
+            raise RemoteProtocolError("bad_fragment", "fragments disagree on count/total")
+        if p.seen[index]:
+            self.stats.duplicate += 1
+            return None
+        if index == count - 1:
+            off = total - n
+            if off < 0 or (p.chunk and off != index * p.chunk):
+                self._discard(key, p)
+                self.stats.inconsistent += 1
+                raise RemoteProtocolError("bad_fragment", "last fragment misplaced")
+        else:
+            if p.chunk == 0:
+                p.chunk = n
+            elif n != p.chunk:
+                self._discard(key, p)
+                self.stats.inconsistent += 1
+                raise RemoteProtocolError("bad_fragment", "fragment sizes differ")
+            off = index * n
+            if off + n > total:
+                self._discard(key, p)
+                self.stats.inconsistent += 1
+                raise RemoteProtocolError("bad_fragment", "fragment beyond total")
+        p.buf[off:off + n] = data
+        p.seen[index] = 1
+        p.got += 1
+        p.got_bytes += n
+        if p.got < count:
+            return None
+        self._discard(key, p)
+        if p.got_bytes != total:
+            self.stats.inconsistent += 1
+            raise RemoteProtocolError("bad_fragment", "fragment lengths do not add up")
+        self.stats.completed += 1
+        return p.buf
+
+    def handle_timer(self, now: float) -> None:
+        self._expire(now)
+
+    def get_timer(self) -> float | None:
+        """When the oldest partial message expires, or None when nothing is pending."""
+        for p in self._pending.values():
+            return p.created + self.timeout
+        return None
+
+    def clear(self) -> None:
+        self._pending.clear()
+        self._bytes = 0
+
+    def _expire(self, now: float) -> None:
+        limit = now - self.timeout
+        while self._pending:
+            key, p = next(iter(self._pending.items()))
+            if p.created > limit:
+                break
+            self._discard(key, p)
+            self.stats.expired += 1
+
+    def _drop_oldest(self) -> None:
+        key, p = next(iter(self._pending.items()))
+        self._discard(key, p)
+
+    def _discard(self, key: tuple[int, int], p: _Partial) -> None:
+        if self._pending.pop(key, None) is not None:
+            self._bytes -= p.total
