@@ -147,7 +147,7 @@ def parse_probe(payload: bytes | memoryview) -> tuple[int, int]:
     """``(seq, sent_us)`` of a PROBE or PROBE_ACK body."""
     if len(payload) < PROBE_BODY.size:
         raise RemoteProtocolError("truncated", "probe body")
-    return PROBE_BODY.unpack_from(payload, 0)  # type: ignore[return-value]
+    return PROBE_BODY.unpack_from(payload, 0)
 
 
 class NeedData:
