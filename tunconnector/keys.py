@@ -1,0 +1,132 @@
+"""Key material: generation, key files and building a :class:`SecureChannel` from config.
+
+Keys are 32 bytes written as base64 on one line (the WireGuard ``wg genkey`` format).
+A key file readable by group or others is refused, as ssh refuses such private keys.
+Key bytes never appear in exceptions, logs or reprs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import CryptoError
+from .proto.secure import SecureChannel
+
+KEY_LEN = 32
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def decode_key(text: str | bytes, what: str = "key") -> bytes:
+    """Base64 text (surrounding whitespace ignored) to exactly 32 bytes."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise CryptoError(f"{what}: not base64 text") from None
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CryptoError(f"{what}: not valid base64") from None
+    if len(raw) != KEY_LEN:
+        raise CryptoError(f"{what}: decodes to {len(raw)} bytes, expected {KEY_LEN}")
+    return raw
+
+
+def generate_psk() -> str:
+    """A new pre-shared key: 32 random bytes, base64."""
+    return encode_key(secrets.token_bytes(KEY_LEN))
+
+
+def public_from_private(private: bytes | str) -> str:
+    """Base64 X25519 public key for a private key (bytes or base64)."""
+    raw = decode_key(private, "private key") if isinstance(private, str) else private
+    if len(raw) != KEY_LEN:
+        raise CryptoError(f"private key: {len(raw)} bytes, expected {KEY_LEN}")
+    pub = X25519PrivateKey.from_private_bytes(raw).public_key()
+    return encode_key(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A new X25519 keypair as ``(private_b64, public_b64)``."""
+    priv = secrets.token_bytes(KEY_LEN)
+    return encode_key(priv), public_from_private(priv)
+
+
+def load_key_file(path: str | os.PathLike[str], *, check_mode: bool = True) -> bytes:
+    """Read a base64 key file; refuse it when group or others may read it."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CryptoError(f"{p}: cannot open key file: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CryptoError(f"{p}: key file is not a regular file")
+        if check_mode and st.st_mode & 0o077:
+            raise CryptoError(
+                f"{p}: permissions {stat.S_IMODE(st.st_mode):04o} are too open; "
+                f"a key file must not be accessible by group or others "
+                f"(run: chmod 600 {p})"
+            )
+        data = os.read(fd, 4096)
+    except OSError as exc:
+        raise CryptoError(f"{p}: cannot read key file: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return decode_key(data, f"{p}")
+
+
+def write_key_file(path: str | os.PathLike[str], key_b64: str) -> None:
+    """Create a key file with mode 0600 (never world-readable, not even briefly)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise CryptoError(f"{p}: cannot create key file: {exc.strerror}") from exc
+    try:
+        os.write(fd, (key_b64 + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def channel_from_config(tunnel: Any, *, clock_offset: float = 0.0) -> SecureChannel | None:
+    """A :class:`SecureChannel` for a ``TunnelConfig``, or ``None`` when no key is set.
+
+    ``key_file`` alone: PSK mode. ``private_key_file`` + ``peer_public_key``: public-key
+    mode, with ``key_file`` as optional extra PSK. The client initiates.
+    """
+    key_file = getattr(tunnel, "key_file", None)
+    priv_file = getattr(tunnel, "private_key_file", None)
+    if not key_file and not priv_file:
+        return None
+    psk = load_key_file(key_file) if key_file else None
+    priv = load_key_file(priv_file) if priv_file else None
+    peer = None
+    if priv is not None:
+        peer_text = getattr(tunnel, "peer_public_key", None)
+        if not peer_text:
+            raise CryptoError("peer_public_key: required with private_key_file")
+        peer = decode_key(peer_text, "peer_public_key")
+    return SecureChannel(
+        initiator=getattr(tunnel, "mode", "client") == "client",
+        psk=psk,
+        private_key=priv,
+        peer_public_key=peer,
+        cipher=getattr(tunnel, "cipher", "chacha20-poly1305"),
+        rekey_after_time=getattr(tunnel, "rekey_after_time", 120.0),
+        rekey_after_bytes=getattr(tunnel, "rekey_after_bytes", 1 << 36),
+        clock_offset=clock_offset,
+    )

@@ -1,0 +1,696 @@
+"""SecureChannel: handshake, keypair rotation and AEAD data for one tunnel, sans I/O.
+
+One object per tunnel (not per path), driven by the caller's clock ``now``:
+
+- :meth:`SecureChannel.seal` / :meth:`seal_into` turn a frame into an encrypted native
+  message, or queue it (bounded) while a handshake runs;
+- :meth:`SecureChannel.open` / :meth:`open_into` take any received native message: data
+  comes back as plaintext, handshake messages are consumed (``None``), everything that
+  fails a check is dropped silently and counted in :attr:`SecureChannel.drops`;
+- :meth:`datagrams_to_send` returns handshake messages and frames flushed from the queue;
+  :meth:`handle_timer` / :meth:`get_timer` drive retransmission, rekey and expiry;
+  :meth:`next_event` reports state changes (one log line each).
+
+Handshake (Noise ``NNpsk0`` with a PSK, ``IKpsk2`` with static keys), on the wire::
+
+    HANDSHAKE_INIT  header(session = sender index) || noise msg 1 || mac1[16]
+    HANDSHAKE_RESP  header(session = receiver index) || noise msg 2 || mac1[16]
+
+``mac1`` is keyed BLAKE2s over everything before it, keyed from the PSK or the
+receiver's static public key (WireGuard's mac1), so junk is dropped before any DH; valid
+initiations are then rate-limited per source (token bucket). The initiation payload
+carries a strictly increasing timestamp (replayed initiations are refused), the cipher
+name (a mismatch is reported, not guessed) and whether the sender is the preferred
+initiator (the client), which breaks ties between crossed initiations deterministically.
+
+Keypairs rotate as in WireGuard: ``previous`` (still accepted), ``current`` (used to
+send), ``next`` (a responder's fresh keypair, used once the initiator sent on it), so a
+rekey loses no packet in flight. Counter nonces are never reused; a keypair is not used
+past ``reject_after_time`` or the counter limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import secrets
+import struct
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ..errors import CryptoError, RemoteProtocolError
+from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION, Header, MsgType
+from .noise import DHLEN, TAGLEN, HandshakeState, blake2s, public_bytes
+from .session import CIPHER_NAMES, CIPHERS, REKEY_AFTER_MESSAGES, TAG_LEN, Keypair
+
+PROLOGUE = b"tunconnector native v1"
+MAC_LEN = 16
+_INIT_PAYLOAD = struct.Struct("!QBB")  # timestamp ns, cipher id, flags
+_RESP_PAYLOAD = struct.Struct("!IB")  # responder's index, cipher id
+_FLAG_PREFERRED = 0x01
+
+#: overhead of an encrypted native message over its plaintext
+OVERHEAD = HEADER_LEN + TAG_LEN
+
+
+# -- events ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """A session is up (first one, or again after the keys had expired)."""
+
+    initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rekeyed:
+    """A new keypair replaced the current one; the old one still decrypts late packets."""
+
+    initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """Authentication failed (throttled per reason): ``reason`` is a drop-counter key."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    """The current keypair aged past ``reject_after_time`` with no replacement."""
+
+
+Event = HandshakeComplete | Rekeyed | AuthFailure | SessionExpired
+
+
+# -- rate limiter ---------------------------------------------------------------------
+
+class TokenBucketLimiter:
+    """Per-source token buckets for handshake initiations (source: any hashable)."""
+
+    __slots__ = ("rate", "burst", "_buckets", "max_sources")
+
+    def __init__(self, rate: float = 20.0, burst: float = 5.0, max_sources: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
+
+    def allow(self, source: Hashable, now: float) -> bool:
+        tokens, last = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            return False
+        if len(self._buckets) >= self.max_sources and source not in self._buckets:
+            self._gc(now)
+        self._buckets[source] = (tokens - 1.0, now)
+        return True
+
+    def _gc(self, now: float) -> None:
+        full = self.burst / self.rate
+        for k in [k for k, (_, last) in self._buckets.items() if now - last > full]:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_sources:  # still full: forget everyone
+            self._buckets.clear()
+
+
+# -- the channel ----------------------------------------------------------------------
+
+class _Pending:
+    """An initiation we sent and wait a response for."""
+
+    __slots__ = ("index", "hs", "sent")
+
+    def __init__(self, index: int, hs: HandshakeState, sent: float) -> None:
+        self.index = index
+        self.hs = hs
+        self.sent = sent
+
+    def __repr__(self) -> str:
+        return f"_Pending(index={self.index:#010x})"
+
+
+class SecureChannel:
+    """Encryption state of one tunnel: see the module docstring."""
+
+    #: first retransmission delay; doubles per attempt up to ``max_retransmit``
+    rekey_timeout = 1.0
+    max_retransmit = 8.0
+    #: attempts without a response before an AuthFailure("no_response") is reported
+    unanswered_report_after = 3
+    #: the keypair's responder rekeys this much later than its initiator would
+    responder_rekey_factor = 1.2
+    #: keypairs are refused after ``rekey_after_time * reject_factor``
+    reject_factor = 1.5
+    auth_failure_interval = 10.0
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        psk: bytes | None = None,
+        private_key: bytes | None = None,
+        peer_public_key: bytes | None = None,
+        cipher: str = "chacha20-poly1305",
+        rekey_after_time: float = 120.0,
+        rekey_after_bytes: int = 1 << 36,
+        queue_limit: int = 256,
+        clock_offset: float = 0.0,
+        limiter: TokenBucketLimiter | None = None,
+        ephemeral_factory: Callable[[], X25519PrivateKey] | None = None,
+    ) -> None:
+        if cipher not in CIPHERS:
+            raise CryptoError(f"unknown cipher {cipher!r} (chacha20-poly1305 | aes-256-gcm)")
+        if psk is not None and len(psk) != 32:
+            raise CryptoError("the pre-shared key must be 32 bytes")
+        if private_key is not None:
+            if peer_public_key is None:
+                raise CryptoError("public-key mode needs the peer's public key")
+            if len(private_key) != 32 or len(peer_public_key) != 32:
+                raise CryptoError("X25519 keys are 32 bytes")
+            self._static: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(
+                private_key
+            )
+            self._peer_static: bytes | None = bytes(peer_public_key)
+            self.pattern = "IKpsk2"
+            self._psk = bytes(psk) if psk is not None else bytes(32)
+            own = public_bytes(self._static)
+            self._mac_in = _mac_key(own, self._psk)
+            self._mac_out = _mac_key(self._peer_static, self._psk)
+        elif psk is not None:
+            self._static = None
+            self._peer_static = None
+            self.pattern = "NNpsk0"
+            self._psk = bytes(psk)
+            self._mac_in = self._mac_out = _mac_key(b"psk", self._psk)
+        else:
+            raise CryptoError("encryption needs a pre-shared key or a private key")
+        self.initiator = initiator
+        self.cipher = cipher
+        self._cipher_id = CIPHERS[cipher]
+        self.rekey_after_time = rekey_after_time
+        self.reject_after_time = rekey_after_time * self.reject_factor
+        self.rekey_after_bytes = rekey_after_bytes
+        self.queue_limit = queue_limit
+        self.clock_offset = clock_offset
+        self.limiter = limiter if limiter is not None else TokenBucketLimiter()
+        self._ephemeral_factory = ephemeral_factory
+        self._init_len = HEADER_LEN + self._msg1_len() + MAC_LEN
+        self._resp_len = HEADER_LEN + DHLEN + _RESP_PAYLOAD.size + TAGLEN + MAC_LEN
+
+        self.previous: Keypair | None = None
+        self.current: Keypair | None = None
+        self.next: Keypair | None = None
+        self._by_index: dict[int, Keypair] = {}
+        self._pending: _Pending | None = None
+        self._attempts = 0
+        self._retransmit_at: float | None = None
+        self._wakeup_at: float | None = None
+        self._want_session = False
+        self._can_initiate = initiator
+        self._last_ts_sent = 0
+        self._last_ts_seen = 0
+        self._queue: collections.deque[tuple[bytes, int, int]] = collections.deque()
+        self._out: list[bytes] = []
+        self._events: collections.deque[Event] = collections.deque()
+        self._last_auth_report: dict[str, float] = {}
+        #: drop counters by reason (never raises on remote garbage)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.handshakes = 0
+        self.rekeys = 0
+        #: source of the last authenticated message (roaming: where the peer is now)
+        self.authenticated_source: Hashable | None = None
+        self.last_authenticated: float | None = None
+
+    def __repr__(self) -> str:
+        state = "up" if self.current is not None else "down"
+        return f"SecureChannel({self.pattern}, {self.cipher}, {state}, drops={dict(self.drops)})"
+
+    # -- public: lifecycle -----------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Initiator: start the first handshake now (and keep a session up from then on)."""
+        if not self.initiator:
+            return
+        self._want_session = True
+        if self._pending is None and self._sendable(now) is None:
+            self._begin_handshake(now)
+
+    def force_rekey(self, now: float) -> None:
+        """Start a new handshake now (tests, operator request)."""
+        if self._pending is None:
+            self._begin_handshake(now)
+
+    @property
+    def established(self) -> bool:
+        return self.current is not None
+
+    def session_age(self, now: float) -> float | None:
+        return None if self.current is None else now - self.current.created
+
+    def stats(self, now: float) -> dict[str, object]:
+        """Status/metrics view: counts and ages, never key material."""
+        return {
+            "mode": "psk" if self.pattern == "NNpsk0" else "public-key",
+            "cipher": self.cipher,
+            "established": self.established,
+            "session_age": self.session_age(now),
+            "handshakes": self.handshakes,
+            "rekeys": self.rekeys,
+            "queued": len(self._queue),
+            "drops": dict(self.drops),
+        }
+
+    # -- public: sending -------------------------------------------------------------
+    def seal(
+        self, frame: bytes | bytearray | memoryview, now: float, *,
+        mtype: int = MsgType.DATA, path: int = 0,
+    ) -> bytes | None:
+        """Encrypt ``frame`` into one native message, or queue it (``None``)."""
+        kp = self._sendable(now)
+        if kp is None:
+            self._enqueue(bytes(frame), mtype, path, now)
+            return None
+        msg = kp.seal(frame, mtype=mtype, path=path)
+        self._after_send(kp, now)
+        return msg
+
+    def seal_into(
+        self, buf: bytearray | memoryview, length: int, now: float, *,
+        mtype: int = MsgType.DATA, path: int = 0,
+    ) -> int:
+        """In-place variant: frame at ``buf[16:16+length]``, 16 bytes of tail-room after.
+
+        Returns the message length (header written at ``buf[0:16]``), or 0 when the frame
+        was copied into the handshake queue.
+        """
+        kp = self._sendable(now)
+        if kp is None:
+            self._enqueue(bytes(buf[HEADER_LEN:HEADER_LEN + length]), mtype, path, now)
+            return 0
+        n = kp.seal_into(buf, length, mtype=mtype, path=path)
+        self._after_send(kp, now)
+        return n
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """Handshake messages and queued frames sealed since the last call."""
+        out, self._out = self._out, []
+        return out
+
+    # -- public: receiving -----------------------------------------------------------
+    def open(
+        self, message: bytes | bytearray | memoryview, header: Header, now: float,
+        source: Hashable = None,
+    ) -> bytes | None:
+        """Process one received native message; plaintext for data, else ``None``."""
+        if header.flags & FLAG_ENCRYPTED:
+            view = self.open_into(bytearray(message), header, now, source=source)
+            return None if view is None else bytes(view)
+        self._handle_plain(memoryview(message), header, now, source)
+        return None
+
+    def open_into(
+        self, message: bytearray | memoryview, header: Header, now: float, *,
+        source: Hashable = None, out: memoryview | None = None,
+    ) -> memoryview | None:
+        """Like :meth:`open`, decrypting in place (or into ``out``); returns a view.
+
+        An empty DATA message is a keepalive: consumed, ``None``.
+        """
+        mv = memoryview(message)
+        if not header.flags & FLAG_ENCRYPTED:
+            self._handle_plain(mv, header, now, source)
+            return None
+        kp = self._by_index.get(header.session)
+        if kp is None:
+            self.drops["unknown_session"] += 1
+            return None
+        if now - kp.created >= self.reject_after_time:
+            self.drops["expired"] += 1
+            return None
+        try:
+            plain = kp.open_into(mv, header.counter, out)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self.authenticated_source = source
+        self.last_authenticated = now
+        if kp is self.next:
+            self._promote_next(now)
+        if header.type == MsgType.DATA and len(plain) == 0:
+            return None
+        return plain
+
+    # -- public: timers and events ---------------------------------------------------
+    def get_timer(self) -> float | None:
+        times: list[float] = []
+        if self._pending is not None and self._retransmit_at is not None:
+            times.append(self._retransmit_at)
+        for kp in (self.previous, self.current, self.next):
+            if kp is not None:
+                times.append(kp.created + self.reject_after_time)
+        cur = self.current
+        if cur is not None and self._pending is None and self._can_initiate:
+            times.append(cur.created + self._rekey_age(cur))
+        if self._wakeup_at is not None:
+            times.append(self._wakeup_at)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if self._wakeup_at is not None and now >= self._wakeup_at:
+            self._wakeup_at = None
+        self._expire(now)
+        if self._pending is not None:
+            if self._retransmit_at is not None and now >= self._retransmit_at:
+                self._retransmit(now)
+        else:
+            cur = self.current
+            if cur is not None and self._can_initiate and now - cur.created >= self._rekey_age(cur):
+                self._begin_handshake(now)
+            elif cur is None and self._want_session:
+                self._begin_handshake(now)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # -- internals: sending ----------------------------------------------------------
+    def _sendable(self, now: float) -> Keypair | None:
+        kp = self.current
+        if kp is None or kp.exhausted or now - kp.created >= self.reject_after_time:
+            return None
+        return kp
+
+    def _after_send(self, kp: Keypair, now: float) -> None:
+        if self._pending is not None:
+            return
+        if (
+            kp.sent_bytes >= self.rekey_after_bytes
+            or kp.send_counter >= REKEY_AFTER_MESSAGES
+            or (kp.initiator and now - kp.created >= self.rekey_after_time)
+        ):
+            self._begin_handshake(now)
+
+    def _enqueue(self, frame: bytes, mtype: int, path: int, now: float) -> None:
+        if len(self._queue) >= self.queue_limit:
+            self._queue.popleft()
+            self.drops["queue_full"] += 1
+        self._queue.append((frame, mtype, path))
+        if self._pending is None and (self._can_initiate or self._want_session):
+            self._begin_handshake(now)
+
+    def _flush_queue(self, now: float) -> None:
+        kp = self._sendable(now)
+        if kp is None:
+            return
+        while self._queue:
+            frame, mtype, path = self._queue.popleft()
+            self._out.append(kp.seal(frame, mtype=mtype, path=path))
+
+    def _rekey_age(self, kp: Keypair) -> float:
+        if kp.initiator:
+            return self.rekey_after_time
+        return self.rekey_after_time * self.responder_rekey_factor
+
+    # -- internals: handshake --------------------------------------------------------
+    def _msg1_len(self) -> int:
+        n = DHLEN + _INIT_PAYLOAD.size + TAGLEN
+        if self.pattern == "IKpsk2":
+            n += DHLEN + TAGLEN
+        return n
+
+    def _new_index(self) -> int:
+        while True:
+            idx = secrets.randbits(32)
+            if idx and idx not in self._by_index and (
+                self._pending is None or self._pending.index != idx
+            ):
+                return idx
+
+    def _handshake_state(self, initiator: bool) -> HandshakeState:
+        eph = self._ephemeral_factory() if self._ephemeral_factory is not None else None
+        return HandshakeState(
+            self.pattern,
+            initiator=initiator,
+            prologue=PROLOGUE,
+            static=self._static,
+            remote_static=self._peer_static if initiator else None,
+            psk=self._psk,
+            ephemeral=eph,
+        )
+
+    def _timestamp(self, now: float) -> int:
+        ts = max(int((now + self.clock_offset) * 1e9), self._last_ts_sent + 1)
+        self._last_ts_sent = ts
+        return ts
+
+    def _begin_handshake(self, now: float) -> None:
+        self._attempts = 0
+        self._send_initiation(now)
+
+    def _send_initiation(self, now: float) -> None:
+        index = self._new_index()
+        hs = self._handshake_state(True)
+        flags = _FLAG_PREFERRED if self.initiator else 0
+        payload = _INIT_PAYLOAD.pack(self._timestamp(now), self._cipher_id, flags)
+        body = hs.write_message(payload)
+        msg = self._with_mac(
+            HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, index, 0) + body
+        )
+        self._pending = _Pending(index, hs, now)
+        delay = min(self.rekey_timeout * (2 ** self._attempts), self.max_retransmit)
+        self._retransmit_at = now + delay
+        self._out.append(msg)
+
+    def _retransmit(self, now: float) -> None:
+        self._attempts += 1
+        if self._attempts == self.unanswered_report_after:
+            self._auth_failure(
+                "no_response",
+                f"no valid handshake response after {self._attempts} attempts: peer down, "
+                "or its key or cipher differs (unauthenticated handshakes get no reply)",
+                now,
+            )
+        if not self.initiator and self._sendable(now) is None:
+            # a server only re-initiates while it still has a live session to the peer
+            self._pending = None
+            self._retransmit_at = None
+            return
+        self._send_initiation(now)
+
+    def _with_mac(self, data: bytes) -> bytes:
+        return data + hashlib.blake2s(data, key=self._mac_out, digest_size=MAC_LEN).digest()
+
+    def _mac_ok(self, msg: memoryview) -> bool:
+        want = hashlib.blake2s(msg[:-MAC_LEN], key=self._mac_in, digest_size=MAC_LEN).digest()
+        return hmac.compare_digest(want, msg[-MAC_LEN:])
+
+    def _handle_plain(self, msg: memoryview, header: Header, now: float, source: Hashable) -> None:
+        t = header.type
+        if t == MsgType.HANDSHAKE_INIT:
+            self._on_initiation(msg, header, now, source)
+        elif t == MsgType.HANDSHAKE_RESP:
+            self._on_response(msg, header, now, source)
+        elif t == MsgType.COOKIE_REPLY:
+            self.drops["unsupported"] += 1
+        else:
+            self.drops["plaintext"] += 1
+
+    def _on_initiation(
+        self, msg: memoryview, header: Header, now: float, source: Hashable
+    ) -> None:
+        if len(msg) != self._init_len:
+            self.drops["truncated"] += 1
+            return
+        if not self._mac_ok(msg):
+            self.drops["bad_mac"] += 1
+            self._auth_failure(
+                "bad_mac",
+                "handshake initiation failed the MAC check: the peer uses a different key",
+                now,
+            )
+            return
+        if not self.limiter.allow(source, now):
+            self.drops["rate_limited"] += 1
+            return
+        hs = self._handshake_state(False)
+        try:
+            payload = hs.read_message(bytes(msg[HEADER_LEN:-MAC_LEN]))
+        except RemoteProtocolError as exc:
+            self._handshake_failed(exc, now)
+            return
+        if self._peer_static is not None and hs.rs != self._peer_static:
+            self.drops["unknown_peer"] += 1
+            self._auth_failure("unknown_peer", "handshake from an unknown static key", now)
+            return
+        ts, cipher_id, flags = _INIT_PAYLOAD.unpack(payload)
+        if cipher_id != self._cipher_id:
+            self.drops["cipher_mismatch"] += 1
+            peer = CIPHER_NAMES.get(cipher_id, f"#{cipher_id}")
+            self._auth_failure(
+                "cipher_mismatch", f"peer uses cipher {peer}, this side {self.cipher}", now
+            )
+            return
+        if ts <= self._last_ts_seen:
+            self.drops["replay"] += 1
+            return
+        self._last_ts_seen = ts
+        pending = self._pending
+        if pending is not None:
+            mine = (self.initiator, pending.hs.ephemeral_public or b"")
+            theirs = (bool(flags & _FLAG_PREFERRED), hs.re or b"")
+            if mine > theirs:  # crossed initiations: ours wins, the peer will answer it
+                self.drops["crossed_initiation"] += 1
+                return
+            self._pending = None
+            self._retransmit_at = None
+            # if the peer never confirms the keypair we answer with, try again ourselves
+            self._wakeup_at = now + self.max_retransmit
+        index = self._new_index()
+        body = hs.write_message(_RESP_PAYLOAD.pack(index, self._cipher_id))
+        k_init_to_resp, k_resp_to_init = hs.split()
+        kp = Keypair(
+            local_index=index, remote_index=header.session, send_key=k_resp_to_init,
+            recv_key=k_init_to_resp, initiator=False, created=now, cipher=self.cipher,
+        )
+        self._forget(self.next)
+        self._forget(self.previous)
+        self.previous = None
+        self.next = kp
+        self._by_index[index] = kp
+        self._can_initiate = True
+        self.authenticated_source = source
+        self.last_authenticated = now
+        self._out.append(
+            self._with_mac(
+                HEADER.pack(VERSION, MsgType.HANDSHAKE_RESP, 0, 0, header.session, 0) + body
+            )
+        )
+
+    def _on_response(
+        self, msg: memoryview, header: Header, now: float, source: Hashable
+    ) -> None:
+        if len(msg) != self._resp_len:
+            self.drops["truncated"] += 1
+            return
+        pending = self._pending
+        if pending is None or pending.index != header.session:
+            self.drops["stale_response"] += 1
+            return
+        if not self._mac_ok(msg):
+            self.drops["bad_mac"] += 1
+            self._auth_failure(
+                "bad_mac",
+                "handshake response failed the MAC check: the peer uses a different key",
+                now,
+            )
+            return
+        try:
+            payload = pending.hs.read_message(bytes(msg[HEADER_LEN:-MAC_LEN]))
+        except RemoteProtocolError as exc:
+            # the state advanced past its turn: this initiation is spent, send a new one
+            self._handshake_failed(exc, now)
+            self._send_initiation(now)
+            return
+        remote_index, cipher_id = _RESP_PAYLOAD.unpack(payload)
+        if cipher_id != self._cipher_id or remote_index == 0:
+            self.drops["cipher_mismatch"] += 1
+            return
+        k_init_to_resp, k_resp_to_init = pending.hs.split()
+        kp = Keypair(
+            local_index=pending.index, remote_index=remote_index, send_key=k_init_to_resp,
+            recv_key=k_resp_to_init, initiator=True, created=now, cipher=self.cipher,
+        )
+        self._pending = None
+        self._retransmit_at = None
+        self._attempts = 0
+        had_session = self.current is not None
+        if self.next is not None:
+            self._forget(self.current)
+            self._forget(self.previous)
+            self.previous, self.next = self.next, None
+        else:
+            self._forget(self.previous)
+            self.previous = self.current
+        self.current = kp
+        self._by_index[kp.local_index] = kp
+        self.authenticated_source = source
+        self.last_authenticated = now
+        self._established(had_session, True)
+        if self._queue:
+            self._flush_queue(now)
+        else:  # confirm the keypair to the responder at once
+            self._out.append(kp.seal(b"", mtype=MsgType.DATA))
+
+    def _promote_next(self, now: float) -> None:
+        kp = self.next
+        if kp is None:  # pragma: no cover - caller checked
+            return
+        had_session = self.current is not None
+        self._forget(self.previous)
+        self.previous = self.current
+        self.current = kp
+        self.next = None
+        kp.confirmed = True
+        self._established(had_session, False)
+        self._flush_queue(now)
+
+    def _established(self, had_session: bool, initiator: bool) -> None:
+        self.handshakes += 1
+        if had_session:
+            self.rekeys += 1
+            self._events.append(Rekeyed(initiator))
+        else:
+            self._events.append(HandshakeComplete(initiator))
+
+    def _handshake_failed(self, exc: RemoteProtocolError, now: float) -> None:
+        reason = "decrypt_failed" if exc.reason == "decrypt_failed" else "handshake_failed"
+        self.drops[reason] += 1
+        self._auth_failure(
+            reason, "handshake failed to authenticate: the peer uses a different key", now
+        )
+
+    def _auth_failure(self, reason: str, message: str, now: float) -> None:
+        last = self._last_auth_report.get(reason)
+        if last is not None and now - last < self.auth_failure_interval:
+            return
+        self._last_auth_report[reason] = now
+        self._events.append(AuthFailure(reason, message))
+
+    # -- internals: keypair bookkeeping ----------------------------------------------
+    def _forget(self, kp: Keypair | None) -> None:
+        if kp is not None and self._by_index.get(kp.local_index) is kp:
+            del self._by_index[kp.local_index]
+
+    def _expire(self, now: float) -> None:
+        limit = self.reject_after_time
+        if self.previous is not None and now - self.previous.created >= limit:
+            self._forget(self.previous)
+            self.previous = None
+        if self.next is not None and now - self.next.created >= limit:
+            self._forget(self.next)
+            self.next = None
+        if self.current is not None and now - self.current.created >= limit:
+            self._forget(self.current)
+            self.current = None
+            self._events.append(SessionExpired())
+
+
+def _mac_key(public: bytes, psk: bytes) -> bytes:
+    return blake2s(b"tunconnector mac1", public, psk)
+
+
+__all__ = [
+    "OVERHEAD",
+    "AuthFailure",
+    "Event",
+    "HandshakeComplete",
+    "Rekeyed",
+    "SecureChannel",
+    "SessionExpired",
+    "TokenBucketLimiter",
+]
