@@ -33,7 +33,9 @@ def check_ifname(name: str, where: str) -> None:
         raise ConfigError(f"{where}: interface name {name!r} has forbidden characters")
 
 
-def parse_interface_address(text: str, where: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+def parse_interface_address(
+    text: str, where: str
+) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """``10.0.0.2/24`` or ``fd00::1/64``; a bare address gets /24 (IPv4, as TunConnector) or /64."""
     text = text.strip()
     if "/" not in text:
@@ -202,8 +204,13 @@ class ApiConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     state_file: str | None = None
+    # failed-auth rate limit per client address (see api/auth.py)
+    auth_max_failures: int = 10
+    auth_window: float = 60.0
 
     def validate(self, where: str) -> None:
+        _positive(self.auth_max_failures, f"{where}.auth_max_failures")
+        _positive(self.auth_window, f"{where}.auth_window")
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"{where}.listen: expected HOST:PORT, got {self.listen!r}")

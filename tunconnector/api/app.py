@@ -1,0 +1,327 @@
+"""The control API: FastAPI app over a running :class:`~tunconnector.node.Node`.
+
+Per tunnel: ``GET /v1/tunnels``, ``GET /v1/tunnels/{name}``,
+``POST /v1/tunnels/{name}/start|stop``. Seed 000's short forms act on the default tunnel
+(the only one, or ``[api] default_tunnel``): ``/vpn/start``, ``/vpn/stop`` (authenticated;
+GET is accepted too because the seed's clients may use it) and ``/vpn/status``
+(unauthenticated, ``{"status": "OK"|"NOT_OK"}`` like the seed's status file). Also
+``/metrics`` (Prometheus text), ``/livez`` and ``/readyz`` for probes, and the OpenAPI
+document at ``/openapi.json``. The Multi-link enabler router (``api/enabler.py``) is
+included when that module exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..config import ApiConfig
+from ..errors import TunconnectorError
+from ..metrics import NodeCollector, make_registry, render
+from .auth import Authenticator, make_authenticator
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    state: Literal["OK", "NOT_OK", "UNKNOWN"]
+    target: str | None = None
+    window: int = 0
+    window_answered: int = 0
+    probes: int = 0
+    interval: float = 0.0
+    threshold: float = 0.0
+    sent: int = 0
+    answered: int = 0
+    lost: int = 0
+    rtt_last: float | None = None
+    rtt_avg: float | None = None
+    status_file: str | None = None
+    error: str | None = None
+
+
+class TunnelOut(BaseModel):
+    """A tunnel's live status (more keys may appear; these are stable)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    mode: str | None = None
+    proto: str | None = None
+    framing: str | None = None
+    device: str | None = None
+    addresses: list[str] = Field(default_factory=list)
+    peer: Any = None
+    state: str = Field(description="stopped | starting | down | up | failed")
+    last_rx_age: float | None = None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    drops: dict[str, int] = Field(default_factory=dict)
+    health: HealthOut | None = None
+
+
+class ActionOut(BaseModel):
+    tunnel: str
+    action: Literal["start", "stop"]
+    changed: bool
+    state: str
+    message: str
+
+
+class VpnStatusOut(BaseModel):
+    status: Literal["OK", "NOT_OK"]
+    tunnel: str
+    state: str
+    health: Literal["OK", "NOT_OK", "UNKNOWN"] | None = None
+
+
+class Alive(BaseModel):
+    status: Literal["alive"] = "alive"
+    version: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    not_running: list[str] = Field(default_factory=list)
+
+
+def _health_map(node: Any) -> dict[str, Any]:
+    return dict(getattr(node, "health", None) or {})
+
+
+def _health_snapshot(node: Any, name: str) -> dict[str, Any] | None:
+    mon = _health_map(node).get(name)
+    return mon.snapshot() if mon is not None else None
+
+
+def _status_of(node: Any, name: str) -> dict[str, Any]:
+    st = dict(node.tunnel(name).status())
+    st["health"] = _health_snapshot(node, name)
+    return st
+
+
+def _default_tunnel(node: Any, api: ApiConfig | None) -> str:
+    if api is not None and api.default_tunnel:
+        return api.default_tunnel
+    names = list(node.tunnels)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise HTTPException(404, detail="no tunnel is configured")
+    raise HTTPException(
+        409, detail="several tunnels are configured: set [api] default_tunnel for /vpn/*"
+    )
+
+
+def create_app(
+    node: Any,
+    api_config: ApiConfig | None = None,
+    *,
+    authenticator: Authenticator | None = None,
+) -> FastAPI:
+    """Build the API for ``node``; credentials from ``api_config`` or the environment."""
+    auth = authenticator or make_authenticator(api_config)
+    app = FastAPI(
+        title="tunconnector control API",
+        version=__version__,
+        description=(
+            "Control and status of tunconnector tunnels. Mutating endpoints need HTTP basic "
+            "or bearer credentials; status, metrics and probes do not."
+        ),
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.node = node
+    app.state.auth = auth
+    locks: dict[str, asyncio.Lock] = {}
+    secured = auth.dependencies()
+    registry = make_registry(
+        NodeCollector(
+            node.status,
+            lambda: {n: m.snapshot() for n, m in _health_map(node).items()},
+            auth,
+            __version__,
+        )
+    )
+    app.state.registry = registry
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"model": Problem, "description": "no such tunnel"}
+    }
+    auth_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "missing or wrong credentials"},
+        409: {"model": Problem, "description": "the tunnel could not change state"},
+        429: {"model": Problem, "description": "too many failed authentication attempts"},
+    }
+
+    @app.exception_handler(TunconnectorError)
+    async def _tc_error(request: Request, exc: TunconnectorError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    def _known(name: str) -> str:
+        if name not in node.tunnels:
+            raise HTTPException(404, detail=f"no tunnel named {name!r}")
+        return name
+
+    async def _act(name: str, action: Literal["start", "stop"], who: str) -> ActionOut:
+        _known(name)
+        lock = locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            t = node.tunnel(name)
+            before = str(getattr(t.state, "value", t.state))
+            running = before in ("starting", "down", "up")
+            if action == "start" and not running:
+                await node.start_tunnel(name)
+            elif action == "stop" and before != "stopped":
+                await node.stop_tunnel(name)
+            after = str(getattr(t.state, "value", t.state))
+        changed = before != after
+        log.info("API: %s %s tunnel %s (%s -> %s)", who, action, name, before, after)
+        verb = "started" if action == "start" else "stopped"
+        msg = f"tunnel {name} {verb}" if changed else f"tunnel {name} was already {after}"
+        return ActionOut(tunnel=name, action=action, changed=changed, state=after, message=msg)
+
+    # -- /v1/tunnels ---------------------------------------------------------------------
+    @app.get("/v1/tunnels", response_model=list[TunnelOut], tags=["tunnels"])
+    async def list_tunnels() -> list[dict[str, Any]]:
+        """Every configured tunnel with state, peer, counters and health."""
+        return [_status_of(node, n) for n in node.tunnels]
+
+    @app.get(
+        "/v1/tunnels/{name}", response_model=TunnelOut, responses=not_found, tags=["tunnels"]
+    )
+    async def get_tunnel(name: str = Path(pattern=NAME_PATTERN)) -> dict[str, Any]:
+        return _status_of(node, _known(name))
+
+    @app.post(
+        "/v1/tunnels/{name}/start",
+        response_model=ActionOut,
+        responses={**not_found, **auth_errors},
+        dependencies=secured,
+        tags=["tunnels"],
+    )
+    async def start_tunnel(
+        name: str = Path(pattern=NAME_PATTERN), who: str = Depends(auth)
+    ) -> ActionOut:
+        """Start the tunnel (idempotent: ``changed`` says whether anything happened)."""
+        return await _act(name, "start", who)
+
+    @app.post(
+        "/v1/tunnels/{name}/stop",
+        response_model=ActionOut,
+        responses={**not_found, **auth_errors},
+        dependencies=secured,
+        tags=["tunnels"],
+    )
+    async def stop_tunnel(
+        name: str = Path(pattern=NAME_PATTERN), who: str = Depends(auth)
+    ) -> ActionOut:
+        """Stop the tunnel: its device goes away, traffic through it stops."""
+        return await _act(name, "stop", who)
+
+    # -- seed 000's /vpn/* ---------------------------------------------------------------
+    vpn_errors: dict[int | str, dict[str, Any]] = {
+        **auth_errors,
+        404: {"model": Problem, "description": "no tunnel configured"},
+    }
+
+    async def vpn_start(who: str = Depends(auth)) -> ActionOut:
+        """Start the default tunnel (seed 000)."""
+        return await _act(_default_tunnel(node, api_config), "start", who)
+
+    async def vpn_stop(who: str = Depends(auth)) -> ActionOut:
+        """Stop the default tunnel (seed 000)."""
+        return await _act(_default_tunnel(node, api_config), "stop", who)
+
+    for path, endpoint in (("/vpn/start", vpn_start), ("/vpn/stop", vpn_stop)):
+        for method in ("POST", "GET"):
+            app.add_api_route(
+                path, endpoint, methods=[method], response_model=ActionOut,
+                responses=vpn_errors, dependencies=secured, tags=["vpn"],
+                operation_id=f"{endpoint.__name__}_{method.lower()}",
+                description=(endpoint.__doc__ or "") + (
+                    " GET is accepted for the seed's clients; prefer POST." if method == "GET"
+                    else ""
+                ),
+            )
+
+    @app.get(
+        "/vpn/status",
+        response_model=VpnStatusOut,
+        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        tags=["vpn"],
+    )
+    async def vpn_status() -> VpnStatusOut:
+        """``OK`` when the default tunnel's health check passes (or, without a health
+        check, when its peer is alive); ``NOT_OK`` otherwise. No authentication."""
+        name = _default_tunnel(node, api_config)
+        t = node.tunnel(name)
+        state = str(getattr(t.state, "value", t.state))
+        health = _health_snapshot(node, name)
+        if health is not None:
+            verdict = health["state"]
+            ok = verdict == "OK" and state in ("up", "down")
+        else:
+            verdict = None
+            ok = state == "up"
+        return VpnStatusOut(
+            status="OK" if ok else "NOT_OK", tunnel=name, state=state, health=verdict
+        )
+
+    # -- operations ----------------------------------------------------------------------
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "metrics"}},
+        tags=["operations"],
+    )
+    async def metrics() -> Response:
+        """Prometheus text exposition, computed from live counters at scrape time."""
+        return Response(render(registry), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/livez", response_model=Alive, tags=["operations"])
+    async def livez() -> Alive:
+        """The daemon's loop answers (liveness probe)."""
+        return Alive(version=__version__)
+
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: {"model": Ready, "description": "an enabled tunnel is not running"}},
+        tags=["operations"],
+    )
+    async def readyz() -> Any:
+        """Every enabled tunnel is running (readiness probe)."""
+        missing = []
+        for n, t in node.tunnels.items():
+            state = str(getattr(t.state, "value", t.state))
+            if t.config.enabled and state not in ("starting", "down", "up"):
+                missing.append(n)
+        body = Ready(ready=not missing, not_running=missing)
+        if missing:
+            return JSONResponse(body.model_dump(), status_code=503)
+        return body
+
+    # -- Multi-link enabler (kernel bond issue) ------------------------------------------
+    if importlib.util.find_spec(f"{__package__}.enabler") is not None:
+        enabler = importlib.import_module(f"{__package__}.enabler")
+        app.include_router(enabler.build_router(node, auth))
+
+    return app

@@ -1,0 +1,193 @@
+"""Prometheus metrics, read from the node's live counters at scrape time.
+
+The data path only bumps plain integers in its own stats objects; this collector turns
+``node.status()`` (plus health monitors and API auth counters) into metric families when
+``/metrics`` is scraped, so no prometheus object is ever touched per packet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+STATES = ("up", "down", "stopped")
+HEALTH_STATES = ("OK", "NOT_OK", "UNKNOWN")
+# per-tunnel counters: status key -> (metric suffix, help)
+_TUNNEL_COUNTERS = {
+    "rx_bytes": ("rx_bytes", "Bytes received from the peer (payload written to the device)"),
+    "tx_bytes": ("tx_bytes", "Bytes sent to the peer (payload read from the device)"),
+    "rx_packets": ("rx_packets", "Packets received from the peer"),
+    "tx_packets": ("tx_packets", "Packets sent to the peer"),
+    "handshakes": ("handshakes", "Completed cryptographic handshakes"),
+    "rekeys": ("rekeys", "Session rekeys"),
+    "failovers": ("failovers", "Active path changes (userspace multi-path)"),
+}
+_PATH_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float):
+        return float(v)
+    return None
+
+
+class NodeCollector(Collector):
+    """Builds every tunconnector metric family from callables evaluated per scrape."""
+
+    def __init__(
+        self,
+        status: Callable[[], Iterable[Mapping[str, Any]]],
+        health: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        auth: Any = None,
+        version: str = "",
+    ) -> None:
+        self._status = status
+        self._health = health
+        self._auth = auth
+        self._version = version
+
+    def describe(self) -> Iterable[Any]:
+        return []  # families depend on live data; skip describe-time collection
+
+    def collect(self) -> Iterator[Any]:  # noqa: C901 - one flat pass over the snapshot
+        try:
+            tunnels = list(self._status())
+        except Exception:  # a scrape must never crash the daemon
+            log.exception("metrics: node.status() failed")
+            tunnels = []
+        health = dict(self._health()) if self._health else {}
+
+        p = "tunconnector_"
+        info = InfoMetricFamily(p + "build", "tunconnector version")
+        info.add_metric([], {"version": self._version})
+        yield info
+
+        up = GaugeMetricFamily(
+            p + "tunnel_up", "1 when the tunnel's peer is alive", labels=["tunnel"]
+        )
+        state = GaugeMetricFamily(
+            p + "tunnel_state", "Tunnel state (one series per state, 1 = current)",
+            labels=["tunnel", "state"],
+        )
+        age = GaugeMetricFamily(
+            p + "tunnel_last_rx_age_seconds", "Seconds since the last packet from the peer",
+            labels=["tunnel"],
+        )
+        counters = {
+            key: CounterMetricFamily(p + suffix, helptext, labels=["tunnel"])
+            for key, (suffix, helptext) in _TUNNEL_COUNTERS.items()
+        }
+        drops = CounterMetricFamily(
+            p + "drops", "Packets dropped, by reason", labels=["tunnel", "reason"]
+        )
+        path_up = GaugeMetricFamily(
+            p + "path_up", "1 when the path is usable", labels=["tunnel", "path"]
+        )
+        path_active = GaugeMetricFamily(
+            p + "path_active", "1 for the path carrying traffic", labels=["tunnel", "path"]
+        )
+        path_rtt = GaugeMetricFamily(
+            p + "path_rtt_seconds", "Smoothed probe RTT of the path", labels=["tunnel", "path"]
+        )
+        path_counters = {
+            key: CounterMetricFamily(
+                p + "path_" + key, f"Per path {key}", labels=["tunnel", "path"]
+            )
+            for key in _PATH_COUNTERS
+        }
+        h_state = GaugeMetricFamily(
+            p + "health_state", "Health check verdict (one series per state, 1 = current)",
+            labels=["tunnel", "state"],
+        )
+        h_ok = GaugeMetricFamily(p + "health_ok", "1 when the health check says OK",
+                                 labels=["tunnel"])
+        h_rtt = GaugeMetricFamily(
+            p + "health_rtt_seconds", "Mean echo RTT over the health window", labels=["tunnel"]
+        )
+        h_probes = CounterMetricFamily(
+            p + "health_probes", "Health probes by result", labels=["tunnel", "result"]
+        )
+
+        for t in tunnels:
+            name = str(t.get("name", ""))
+            st = str(t.get("state", ""))
+            up.add_metric([name], 1.0 if st == "up" else 0.0)
+            for s in STATES:
+                state.add_metric([name, s], 1.0 if st == s else 0.0)
+            a = _num(t.get("last_rx_age"))
+            if a is not None:
+                age.add_metric([name], a)
+            for key, fam in counters.items():
+                v = _num(t.get(key))
+                if v is not None:
+                    fam.add_metric([name], v)
+            for reason, n in sorted((t.get("drops") or {}).items()):
+                v = _num(n)
+                if v is not None:
+                    drops.add_metric([name, str(reason)], v)
+            for path in t.get("paths") or []:
+                pname = str(path.get("name", ""))
+                pst = path.get("state")
+                if pst is not None:
+                    path_up.add_metric([name, pname], 1.0 if pst in ("up", True) else 0.0)
+                act = _num(path.get("active"))
+                if act is not None:
+                    path_active.add_metric([name, pname], act)
+                rtt = _num(path.get("rtt"))
+                if rtt is not None:
+                    path_rtt.add_metric([name, pname], rtt)
+                for key, fam in path_counters.items():
+                    v = _num(path.get(key))
+                    if v is not None:
+                        fam.add_metric([name, pname], v)
+            hs = health.get(name) or t.get("health")
+            if isinstance(hs, Mapping):
+                cur = str(hs.get("state", "UNKNOWN"))
+                for s in HEALTH_STATES:
+                    h_state.add_metric([name, s], 1.0 if cur == s else 0.0)
+                h_ok.add_metric([name], 1.0 if cur == "OK" else 0.0)
+                r = _num(hs.get("rtt_avg"))
+                if r is not None:
+                    h_rtt.add_metric([name], r)
+                for res in ("answered", "lost"):
+                    v = _num(hs.get(res))
+                    if v is not None:
+                        h_probes.add_metric([name, res], v)
+
+        yield from (up, state, age, *counters.values(), drops)
+        yield from (path_up, path_active, path_rtt, *path_counters.values())
+        yield from (h_state, h_ok, h_rtt, h_probes)
+
+        if self._auth is not None:
+            lim = self._auth.limiter
+            yield CounterMetricFamily(
+                p + "api_auth_failures", "Failed API authentication attempts",
+                value=lim.failures_total,
+            )
+            yield CounterMetricFamily(
+                p + "api_auth_throttled", "API requests refused by the failed-auth rate limit",
+                value=lim.throttled_total,
+            )
+
+
+def make_registry(collector: Collector, *, process: bool = True) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    if process:
+        from prometheus_client.process_collector import ProcessCollector
+
+        ProcessCollector(registry=reg)
+    return reg
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
