@@ -30,7 +30,7 @@ class Model:
 
 
 def test_table() -> None:
-    f = DuplicateFilter(window=8, restart_gap=None)
+    f = DuplicateFilter(window=8, restart_after=None)
     cases = [(1, True), (1, False), (3, True), (2, True), (2, False), (3, False),
              (11, True), (3, False), (4, True), (4, False), (20, True), (12, False),
              (13, True), (19, True), (20, False), (100, True), (92, False), (93, True)]
@@ -40,27 +40,29 @@ def test_table() -> None:
     assert f.top == 100
 
 
-def test_restart_gap_resets() -> None:
-    f = DuplicateFilter(window=16, restart_gap=1000)
+def test_peer_restart_resets_after_a_run_of_too_old() -> None:
+    f = DuplicateFilter(window=16, restart_after=4)
     for c in range(1, 5000):
         assert f.accept(c)
-    assert not f.accept(4000)  # behind but not a restart
-    assert f.accept(1)  # 4998 behind: the peer restarted its counters
-    assert f.stats.resets == 1 and f.top == 1
-    assert f.accept(2) and not f.accept(1)
+    assert not f.accept(4000)  # a lone straggler: dropped, no reset
+    assert f.accept(4999 + 1)
+    # the peer restarted: counters 1, 2, 3 ... are far behind
+    assert [f.accept(c) for c in (1, 2, 3, 4, 5, 6)] == [False, False, False, True, True, True]
+    assert f.stats.resets == 1 and f.top == 6
+    assert not f.accept(5)
 
 
 def test_bad_parameters() -> None:
     with pytest.raises(ValueError):
         DuplicateFilter(window=0)
     with pytest.raises(ValueError):
-        DuplicateFilter(window=100, restart_gap=50)
+        DuplicateFilter(window=100, restart_after=0)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=6 * W), max_size=400))
 def test_matches_model_on_any_sequence(counters: list[int]) -> None:
-    f = DuplicateFilter(window=W, restart_gap=None)
+    f = DuplicateFilter(window=W, restart_after=None)
     m = Model(W)
     for c in counters:
         assert f.accept(c) == m.accept(c), c
@@ -84,7 +86,7 @@ def test_duplicates_within_window_deliver_each_exactly_once(
         (c + lags[p] + data.draw(st.integers(0, W // 4)), p, c)
         for p, s in enumerate(streams) for c in s
     )
-    f = DuplicateFilter(window=W, restart_gap=None)
+    f = DuplicateFilter(window=W, restart_after=None)
     delivered = [c for _, _, c in events if f.accept(c)]
     assert sorted(delivered) == list(range(1, n + 1))
     assert f.stats.duplicates == (copies - 1) * n
@@ -95,7 +97,7 @@ def test_duplicates_within_window_deliver_each_exactly_once(
 @given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=200),
        st.integers(min_value=0, max_value=10**6))
 def test_too_old_is_dropped(counters: list[int], late: int) -> None:
-    f = DuplicateFilter(window=W, restart_gap=None)
+    f = DuplicateFilter(window=W, restart_after=None)
     for c in counters:
         f.accept(c)
     top = f.top

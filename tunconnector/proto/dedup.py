@@ -7,10 +7,11 @@ delivered (the WireGuard replay-window idea, without the security claims: with
 encryption the session's replay window does the same job on authenticated counters).
 
 ``accept(counter)`` answers "deliver this one?": a counter is delivered at most once; one
-more than ``window`` behind the highest counter seen is dropped as too old. A counter
-``restart_gap`` or more behind the top is taken as a peer restart (plaintext counters
-start again from 1 when the peer's process restarts) and resets the window instead of
-blackholing the peer forever; ``restart_gap=None`` disables that.
+``window`` or more behind the highest counter seen is dropped as too old. A run of
+``restart_after`` consecutive too-old counters is taken as a peer restart (plaintext
+counters start again from 1 when the peer's process restarts) and resets the window
+instead of blackholing the peer until its counter catches up; a lone straggler never
+triggers it. ``restart_after=None`` disables that.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_WINDOW = 4096
-DEFAULT_RESTART_GAP = 1 << 20
+DEFAULT_RESTART_AFTER = 16
 
 
 @dataclass(slots=True)
@@ -32,16 +33,17 @@ class DedupStats:
 class DuplicateFilter:
     """Counter-indexed ring of "seen" flags over the last ``window`` counters."""
 
-    __slots__ = ("window", "restart_gap", "stats", "_ring", "_top", "_empty")
+    __slots__ = ("window", "restart_after", "stats", "_ring", "_top", "_empty", "_old_run")
 
     def __init__(self, window: int = DEFAULT_WINDOW,
-                 restart_gap: int | None = DEFAULT_RESTART_GAP) -> None:
+                 restart_after: int | None = DEFAULT_RESTART_AFTER) -> None:
         if window <= 0:
             raise ValueError("window must be > 0")
-        if restart_gap is not None and restart_gap <= window:
-            raise ValueError("restart_gap must exceed window")
+        if restart_after is not None and restart_after <= 0:
+            raise ValueError("restart_after must be > 0")
         self.window = window
-        self.restart_gap = restart_gap
+        self.restart_after = restart_after
+        self._old_run = 0
         self.stats = DedupStats()
         self._ring = bytearray(window)
         self._top = 0
@@ -56,6 +58,7 @@ class DuplicateFilter:
         self._ring = bytearray(self.window)
         self._top = 0
         self._empty = True
+        self._old_run = 0
 
     def accept(self, counter: int) -> bool:
         """True when ``counter`` is new (deliver it), False for a duplicate or too old."""
@@ -77,16 +80,18 @@ class DuplicateFilter:
                     ring[c % w] = 0
             ring[counter % w] = 1
             self._top = counter
+            self._old_run = 0
             self.stats.delivered += 1
             return True
-        behind = top - counter
-        if behind >= w:
-            if self.restart_gap is not None and behind >= self.restart_gap:
+        if top - counter >= w:
+            self._old_run += 1
+            if self.restart_after is not None and self._old_run >= self.restart_after:
                 self.stats.resets += 1
                 self.reset()
                 return self.accept(counter)
             self.stats.too_old += 1
             return False
+        self._old_run = 0
         i = counter % w
         if self._ring[i]:
             self.stats.duplicates += 1
