@@ -21,6 +21,8 @@ from .errors import (  # noqa: E402
     TransportError,
     TunconnectorError,
 )
+from .node import Node, serve  # noqa: E402
+from .tunnel import State, Tunnel  # noqa: E402
 
 __all__ = [
     "BondError",
@@ -29,6 +31,10 @@ __all__ = [
     "CryptoError",
     "DeviceError",
     "LocalProtocolError",
+    "Node",
+    "State",
+    "Tunnel",
+    "serve",
     "RemoteProtocolError",
     "TransportError",
     "TunconnectorError",

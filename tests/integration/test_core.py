@@ -1,0 +1,85 @@
+"""Real TUN/TAP devices in two namespaces joined by veth: every transport x framing x device."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Env
+
+COMBOS = [
+    ("tun", "udp", "native"),
+    ("tun", "udp", "raw"),
+    ("tun", "tcp", "native"),
+    ("tun", "tcp", "simpletun"),
+    ("tap", "udp", "native"),
+    ("tap", "udp", "raw"),
+    ("tap", "tcp", "native"),
+    ("tap", "tcp", "simpletun"),
+]
+
+
+def pair(env: Env, dev_type: str, proto: str, framing: str, port: int = 55556,
+         v6_underlay: bool = False, **extra: object) -> tuple[object, object]:
+    common = {"dev_type": dev_type, "proto": proto, "framing": framing,
+              "keepalive": 1, "dead_after": 4, **extra}
+    server = env.config_daemon(env.a, [{
+        "name": "srv", "mode": "server", "device": "tc0", "port": port,
+        "address": ["10.77.0.1/24", "fd77::1/64"], **common}], "server")
+    client = env.config_daemon(env.b, [{
+        "name": "cli", "mode": "client", "device": "tc0",
+        "remote": "fd00:100::1" if v6_underlay else env.lab.a_addrs[0], "remote_port": port,
+        "address": ["10.77.0.2/24", "fd77::2/64"], **common}], "client")
+    return server, client
+
+
+@pytest.mark.parametrize("dev_type,proto,framing", COMBOS,
+                         ids=["-".join(c) for c in COMBOS])
+def test_ping_and_bulk(env: Env, dev_type: str, proto: str, framing: str) -> None:
+    server, client = pair(env, dev_type, proto, framing)
+    client.wait_state("up")  # type: ignore[attr-defined]
+    sent, got = env.b.ping("10.77.0.1", count=10, interval=0.05)
+    assert (sent, got) == (10, 10)
+    sent, got = env.a.ping("fd77::2", count=5, interval=0.05)
+    assert (sent, got) == (5, 5)
+    want, have, secs = env.transfer(env.b, env.a, "10.77.0.1")
+    assert want == have
+    st = server.tunnel()  # type: ignore[attr-defined]
+    assert st["rx_bytes"] > 32 << 20
+    print(f"{dev_type}/{proto}/{framing}: 32 MiB in {secs:.2f}s "
+          f"({32 * 8 * 1.048576 / secs:.0f} Mbit/s)")
+
+
+def test_ipv6_underlay_both_mode(env: Env) -> None:
+    """One process: server for one tunnel and client for another (TunConnector's ``both``)."""
+    a = env.daemon(env.a, _both_argv("tcs0", "10.78.0.1/24", "tcc0", "10.79.0.2/24",
+                                     "fd00:100::2"), "both-a")
+    b = env.daemon(env.b, _both_argv("tcs0", "10.79.0.1/24", "tcc0", "10.78.0.2/24",
+                                     "fd00:100::1"), "both-b")
+    a.wait_state("up", "client")
+    b.wait_state("up", "client")
+    assert env.b.ping("10.78.0.1", count=3, interval=0.1) == (3, 3)
+    assert env.a.ping("10.79.0.1", count=3, interval=0.1) == (3, 3)
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def _both_argv(sdev: str, sip: str, cdev: str, cip: str, remote: str) -> list[str]:
+    from netns import tunconnector_cmd
+
+    return tunconnector_cmd("-m", "both", "-p", sdev, "-s", sip, "-i", "55557",
+                            "-n", cdev, "-c", cip, "-r", remote, "-o", "55557",
+                            "--keepalive", "1", "--dead-after", "4")
+
+
+def test_cli_flags_default_prefix_and_clean_exit(env: Env) -> None:
+    from netns import tunconnector_cmd
+
+    s = env.daemon(env.a, tunconnector_cmd("-m", "server", "-p", "tcx0", "-s", "10.80.0.1",
+                                           "-i", "55555"), "s")
+    c = env.daemon(env.b, tunconnector_cmd("-m", "client", "-n", "tcx0", "-c", "10.80.0.2",
+                                           "-r", env.lab.a_addrs[0], "-o", "55555"), "c")
+    c.wait_state("up")
+    assert env.b.ping("10.80.0.1", count=3, interval=0.1) == (3, 3)
+    addrs = env.a.run("ip", "-o", "addr", "show", "dev", "tcx0").stdout
+    assert "10.80.0.1/24" in addrs
+    assert s.stop() == 0 and c.stop() == 0
+    # devices the daemon created are gone after exit
+    assert env.a.run("ip", "link", "show", "tcx0", check=False).returncode != 0

@@ -1,0 +1,260 @@
+"""Command line: TunConnector's flags (``-m server|client|both ...``) plus subcommands.
+
+``main(argv) -> int``; the only place that turns errors into exit codes:
+0 clean shutdown, 1 runtime failure, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError, TunconnectorError
+
+log = logging.getLogger("tunconnector.cli")
+
+ENV_CONTROL_DIR = "TUNCONNECTOR_CONTROL_DIR"
+
+
+def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """uvloop when importable (started with ``uvloop.run``, never ``install``), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# ------------------------------------------------------------------ legacy TunConnector flags
+def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dev-type", choices=["tun", "tap"], default="tun")
+    p.add_argument("--proto", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--framing", choices=["native", "raw", "simpletun"], default=None,
+                   help="default: native (simpletun is TCP only, raw UDP only)")
+    p.add_argument("--mtu", type=int, default=None)
+    p.add_argument("--keepalive", type=float, default=10.0, metavar="S")
+    p.add_argument("--dead-after", type=float, default=60.0, metavar="S")
+    p.add_argument("--bind", default=None, metavar="ADDR", help="local underlay address")
+    p.add_argument("--bind-interface", default=None, metavar="IF",
+                   help="bind the underlay socket to this interface (SO_BINDTODEVICE)")
+    p.add_argument("--netns", default=None, help="put the device(s) in this network namespace")
+    p.add_argument("--key", default=None, metavar="FILE", help="pre-shared key file (genkey)")
+    p.add_argument("--cipher", choices=["chacha20-poly1305", "aes-256-gcm"], default=None)
+    p.add_argument("--offload", choices=["auto", "off"], default=None)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--json-logs", action="store_true", help="JSON lines on stderr")
+    p.add_argument("--control-dir", default=os.environ.get(ENV_CONTROL_DIR, "/run/tunconnector"),
+                   help=argparse.SUPPRESS)
+
+
+def legacy_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tunconnector",
+        description="TUN/TAP tunnels over UDP or TCP. Subcommands: " + ", ".join(SUBCOMMANDS)
+        + " (tunconnector SUBCOMMAND -h).",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"tunconnector {__version__}")
+    p.add_argument("-m", "--mode", choices=["server", "client", "both"], default="both")
+    p.add_argument("-p", "--serverinterface", metavar="IF", help="server device name")
+    p.add_argument("-n", "--clientinterface", metavar="IF", help="client device name")
+    p.add_argument("-s", "--serverip", metavar="ADDR[/LEN]", help="server tunnel address (/24)")
+    p.add_argument("-c", "--clientip", metavar="ADDR[/LEN]", help="client tunnel address (/24)")
+    p.add_argument("-i", "--inport", type=int, default=55556, help="server listen port")
+    p.add_argument("-r", "--remoteip", metavar="ADDR", help="server to connect to")
+    p.add_argument("-o", "--outport", type=int, default=55556, help="remote server port")
+    _add_tunnel_options(p)
+    _add_common(p)
+    return p
+
+
+def config_from_legacy(args: argparse.Namespace) -> Config:
+    framing = args.framing or "native"
+    common: dict[str, Any] = {
+        "dev_type": args.dev_type,
+        "proto": args.proto,
+        "framing": framing,
+        "keepalive": args.keepalive,
+        "dead_after": args.dead_after,
+    }
+    for key, val in (("mtu", args.mtu), ("bind", args.bind), ("netns", args.netns),
+                     ("bind_interface", args.bind_interface), ("key_file", args.key),
+                     ("cipher", args.cipher), ("offload", args.offload)):
+        if val is not None:
+            common[key] = val
+    tunnels: list[dict[str, Any]] = []
+    if args.mode in ("server", "both"):
+        if not args.serverip:
+            raise ConfigError("-s/--serverip: the server needs a tunnel address")
+        t = {"name": "server", "mode": "server", "address": [args.serverip],
+             "port": args.inport, **common}
+        if args.serverinterface:
+            t["device"] = args.serverinterface
+        tunnels.append(t)
+    if args.mode in ("client", "both"):
+        if not args.clientip:
+            raise ConfigError("-c/--clientip: the client needs a tunnel address")
+        if not args.remoteip:
+            raise ConfigError("-r/--remoteip: the client needs the server's address")
+        t = {"name": "client", "mode": "client", "address": [args.clientip],
+             "remote": args.remoteip, "remote_port": args.outport, **common}
+        if args.clientinterface:
+            t["device"] = args.clientinterface
+        tunnels.append(t)
+    return Config.from_mapping({
+        "tunnel": tunnels, "control_dir": args.control_dir,
+        "log_level": args.log_level, "json_logs": args.json_logs,
+    })
+
+
+def _serve(config: Config) -> int:
+    from .log import setup
+    from .node import serve
+
+    setup(config.log_level, config.json_logs)
+    run_loop(serve(config, services=default_services(config)))
+    return 0
+
+
+def default_services(config: Config) -> list[Any]:
+    """Services the daemon starts with its tunnels (API, health, bonds) when configured."""
+    services: list[Any] = []
+    for factory in SERVICE_FACTORIES:
+        services.extend(factory(config))
+    return services
+
+
+#: modules append callables ``(config) -> list[Service]`` here (API, health, bond)
+SERVICE_FACTORIES: list[Callable[[Config], list[Any]]] = []
+
+
+# ------------------------------------------------------------------ subcommands
+def cmd_run(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tunconnector run", description="run tunnels from a TOML file")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    _add_common(p)
+    args = p.parse_args(argv)
+    config = Config.from_toml(args.config)
+    if "--log-level" in argv:
+        config.log_level = args.log_level
+    if args.json_logs:
+        config.json_logs = True
+    if "--control-dir" in argv or os.environ.get(ENV_CONTROL_DIR):
+        config.control_dir = args.control_dir
+    return _serve(config)
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    from .status import query_all
+
+    p = argparse.ArgumentParser(prog="tunconnector status",
+                                description="status of every tunnel of every daemon here")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--control-dir", default=os.environ.get(ENV_CONTROL_DIR, "/run/tunconnector"))
+    args = p.parse_args(argv)
+    replies = query_all(args.control_dir)
+    if args.json:
+        print(json.dumps(replies, indent=2, default=str))
+        return 0
+    if not replies:
+        print("no running tunconnector daemon")
+        return 0
+    for r in replies:
+        print(f"daemon pid {r.get('pid')} (v{r.get('version')})")
+        for t in r.get("tunnels", []):
+            age = t.get("last_rx_age")
+            drops = ", ".join(f"{k}={v}" for k, v in t.get("drops", {}).items()) or "none"
+            print(
+                f"  {t['name']:<12} {t['state']:<8} {t['mode']:<6} {t['transport']:<14} "
+                f"dev {t.get('device') or '-'} {','.join(t.get('addresses', []))} "
+                f"peer {t.get('peer') or '-'}"
+            )
+            print(
+                f"  {'':<12} last rx {'-' if age is None else f'{age:.1f}s ago'}  "
+                f"in {t['rx_bytes']} B/{t['rx_packets']} pkts  "
+                f"out {t['tx_bytes']} B/{t['tx_packets']} pkts  drops: {drops}"
+            )
+    return 0
+
+
+def cmd_mktun(argv: Sequence[str]) -> int:
+    from .io.device import make_persistent
+
+    p = argparse.ArgumentParser(prog="tunconnector mktun",
+                                description="create a persistent TUN/TAP device")
+    p.add_argument("--dev", required=True)
+    p.add_argument("--dev-type", choices=["tun", "tap"], default="tun")
+    p.add_argument("--user", default=None)
+    args = p.parse_args(argv)
+    name = make_persistent(args.dev, args.dev_type, args.user)
+    print(f"{name} created (persistent {args.dev_type})")
+    return 0
+
+
+def cmd_rmtun(argv: Sequence[str]) -> int:
+    from .io.device import remove_persistent
+
+    p = argparse.ArgumentParser(prog="tunconnector rmtun",
+                                description="remove a persistent TUN/TAP device")
+    p.add_argument("--dev", required=True)
+    p.add_argument("--dev-type", choices=["tun", "tap"], default=None,
+                   help="default: try tun, then tap")
+    args = p.parse_args(argv)
+    types = [args.dev_type] if args.dev_type else ["tun", "tap"]
+    last: Exception | None = None
+    for t in types:
+        try:
+            remove_persistent(args.dev, t)
+            print(f"{args.dev} removed")
+            return 0
+        except TunconnectorError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def cmd_demo(argv: Sequence[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "mktun": cmd_mktun,
+    "rmtun": cmd_rmtun,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[args[0]](args[1:])
+        parsed = legacy_parser().parse_args(args)
+        return _serve(config_from_legacy(parsed))
+    except ConfigError as exc:
+        print(f"tunconnector: config error: {exc}", file=sys.stderr)
+        return 2
+    except TunconnectorError as exc:
+        print(f"tunconnector: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

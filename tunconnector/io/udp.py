@@ -1,0 +1,132 @@
+"""UDP underlay socket: non-blocking, drained in batches from one loop reader callback."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+from ..errors import TransportError
+
+Addr = tuple  # (host, port) or (host, port, flow, scope)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def family_for(host: str | None) -> int:
+    if host is None:
+        return socket.AF_INET6
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def open_udp(
+    *, bind: str | None, port: int, family: int, bind_interface: str | None = None,
+    rcvbuf: int = 4 << 20, sndbuf: int = 4 << 20,
+) -> socket.socket:
+    """Open and bind a UDP socket; an unset IPv6 bind address means dual-stack ``::``."""
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        if family == socket.AF_INET6 and bind is None:  # IPv6 disabled: fall back
+            return open_udp(bind=None, port=port, family=socket.AF_INET,
+                            bind_interface=bind_interface)
+        raise TransportError(f"cannot open UDP socket: {exc.strerror}") from exc
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt, val in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, val)
+            except OSError:
+                pass
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind is None else 1)
+        if bind_interface:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind_interface.encode())
+        host = bind if bind is not None else ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise TransportError(f"UDP port {port} on {bind or 'any'} is already in use") from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise TransportError(f"cannot bind UDP to {bind}: address not on this host") from exc
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise TransportError(f"cannot bind UDP port {port}: permission denied") from exc
+        if exc.errno == errno.ENODEV:
+            raise TransportError(f"no interface {bind_interface!r} to bind to") from exc
+        if family == socket.AF_INET6 and bind is None and exc.errno == errno.EAFNOSUPPORT:
+            return open_udp(bind=None, port=port, family=socket.AF_INET,
+                            bind_interface=bind_interface)
+        raise TransportError(f"cannot bind UDP {bind}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def normalize(addr: Addr) -> Addr:
+    """Compare addresses by (host, port); map IPv4-mapped IPv6 to plain IPv4."""
+    host, port = addr[0], addr[1]
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return (host, port)
+
+
+class UdpEndpoint:
+    """A bound UDP socket plus a reader that hands batches of datagrams to a callback."""
+
+    def __init__(self, sock: socket.socket, drops: Counter[str]) -> None:
+        self.sock = sock
+        self.drops = drops
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._v4mapped = sock.family == socket.AF_INET6
+
+    @property
+    def local_address(self) -> Addr:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    def start(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
+              max_batch: int = 64) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        sock = self.sock
+        recvfrom = sock.recvfrom
+
+        def readable() -> None:
+            batch: list[tuple[bytes, Addr]] = []
+            try:
+                for _ in range(max_batch):
+                    batch.append(recvfrom(65_600))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
+                self.drops["rx_error"] += 1
+            if batch:
+                on_batch(batch)
+
+        loop.add_reader(sock.fileno(), readable)
+
+    def sendto(self, data: bytes, addr: Addr) -> bool:
+        """Send one datagram; failures are counted, never raised (link down, full queue)."""
+        if self._v4mapped and len(addr) == 2 and "." in addr[0] and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1])
+        try:
+            self.sock.sendto(data, addr)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.drops["tx_busy"] += 1
+        except OSError as exc:
+            self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
+        return False
+
+    def close(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+        self.sock.close()

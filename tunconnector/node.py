@@ -1,0 +1,196 @@
+"""The Node: one core behind the CLI, the REST API and the library face.
+
+It owns every tunnel of a config, the netlink worker, the control socket and any
+services (API, health checks) that other modules attach. ``serve()`` runs a Node until
+a shutdown trigger fires or SIGINT/SIGTERM arrives (signals only when no trigger is
+given, hypercorn style, so tests can run it in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError, TunconnectorError
+from .io.netlink import Netlink
+from .status import ControlServer
+from .tunnel import State, Tunnel
+
+log = logging.getLogger("tunconnector.node")
+
+Service = Callable[["Node"], Awaitable[Callable[[], Awaitable[None]] | None]]
+"""A service starts with the node and returns its async stop function (or None)."""
+
+
+class Node:
+    """Runs the tunnels of one :class:`Config`.
+
+    Library use::
+
+        async with Node(config) as node:
+            await node.tunnel("x").wait_up(timeout=5)
+            print(node.tunnel("x").stats.rx_bytes)
+
+    ``strict=True`` (the default for library use) makes :meth:`start` raise if any
+    enabled tunnel fails to start; the daemon uses ``strict=False``: a broken tunnel is
+    logged and the others keep running.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any],
+        *,
+        strict: bool = True,
+        control_socket: bool = False,
+    ) -> None:
+        if not isinstance(config, Config):
+            config = Config.from_mapping(config)
+        else:
+            config.validate()
+        self.config = config
+        self.strict = strict
+        self.netlink = Netlink()
+        self.tunnels: dict[str, Tunnel] = {
+            t.name: Tunnel(t, netlink=self.netlink) for t in config.tunnel
+        }
+        self._control = ControlServer(config.control_dir, self._control_request) \
+            if control_socket else None
+        self._services: list[Service] = []
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self.started = False
+
+    # -- services ----------------------------------------------------------------------
+    def add_service(self, service: Service) -> None:
+        """Register something that starts after the tunnels (API, health, bonds)."""
+        self._services.append(service)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        try:
+            if self._control is not None:
+                await self._control.start()
+            names = [n for n, t in self.tunnels.items() if t.config.enabled]
+            results = await asyncio.gather(
+                *(self.tunnels[n].start() for n in names), return_exceptions=True
+            )
+            failed = []
+            for name, res in zip(names, results, strict=True):
+                if isinstance(res, BaseException):
+                    failed.append((name, res))
+                    log.error("tunnel %s failed to start: %s", name, res,
+                              extra={"tunnel": name})
+            if failed and self.strict:
+                name, exc = failed[0]
+                if isinstance(exc, TunconnectorError):
+                    raise type(exc)(f"tunnel {name}: {exc}") from exc
+                raise exc
+            for service in self._services:
+                stop = await service(self)
+                if stop is not None:
+                    self._stoppers.append(stop)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for stop in reversed(self._stoppers):
+            try:
+                await stop()
+            except Exception:
+                log.exception("service failed to stop")
+        self._stoppers.clear()
+        await asyncio.gather(*(t.stop() for t in self.tunnels.values()), return_exceptions=True)
+        if self._control is not None:
+            await self._control.stop()
+        self.netlink.close()
+        self.netlink = Netlink()
+        for t in self.tunnels.values():
+            t._netlink = self.netlink
+        self.started = False
+
+    # -- per tunnel --------------------------------------------------------------------
+    def tunnel(self, name: str) -> Tunnel:
+        try:
+            return self.tunnels[name]
+        except KeyError:
+            raise ConfigError(f"no tunnel named {name!r}") from None
+
+    async def start_tunnel(self, name: str) -> Tunnel:
+        t = self.tunnel(name)
+        await t.start()
+        return t
+
+    async def stop_tunnel(self, name: str) -> Tunnel:
+        t = self.tunnel(name)
+        await t.stop()
+        return t
+
+    def status(self) -> list[dict[str, Any]]:
+        return [t.status() for t in self.tunnels.values()]
+
+    def _control_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd", "status")
+        if cmd == "status":
+            return {"pid": os.getpid(), "version": __version__, "tunnels": self.status()}
+        raise ConfigError(f"unknown control command {cmd!r}")
+
+    @property
+    def all_up(self) -> bool:
+        return all(t.state == State.UP for t in self.tunnels.values() if t.config.enabled)
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    control_socket: bool = True,
+    services: list[Service] | None = None,
+) -> None:
+    """Run a daemon until ``shutdown_trigger`` returns, or SIGINT/SIGTERM without one."""
+    node = Node(config, strict=False, control_socket=control_socket)
+    for s in services or []:
+        node.add_service(s)
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    installed: list[int] = []
+    if shutdown_trigger is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop_event.set)
+                installed.append(sig)
+
+        async def _wait() -> Any:
+            await stop_event.wait()
+
+        trigger: Callable[[], Awaitable[Any]] = _wait
+    else:
+        trigger = shutdown_trigger
+    await node.start()
+    try:
+        if node.tunnels and not any(t.is_running for t in node.tunnels.values()) \
+                and not node.config.api and not node.config.bond:
+            errors = [f"{t.name}: {t.error}" for t in node.tunnels.values() if t.error]
+            raise TunconnectorError("; ".join(errors) or "no tunnel could be started")
+        await trigger()
+        log.info("shutting down")
+    finally:
+        await node.stop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)

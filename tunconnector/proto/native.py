@@ -1,0 +1,209 @@
+"""The native protocol endpoint: framing + keepalives (+ encryption when configured).
+
+Sans-I/O: the tunnel adapter hands it device frames and wire messages with ``now``, and
+transmits what it returns. It knows nothing about addresses; it only says whether a
+received message proves the sender is our peer (``Decoded.authentic``), so the adapter can
+let a UDP server follow a client whose address changed (float).
+
+Plaintext: only a well-formed KEEPALIVE (exact size) is authentic, so random garbage
+cannot steal the peer address. Encrypted: every message that authenticates is.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import RemoteProtocolError
+from .framing import (
+    HEADER,
+    HEADER_LEN,
+    KEEPALIVE_BODY,
+    VERSION,
+    Header,
+    MsgType,
+    encode_keepalive,
+    parse_header,
+)
+from .liveness import Liveness, LivenessEvent
+
+KEEPALIVE_LEN = HEADER_LEN + KEEPALIVE_BODY.size
+
+
+class SecureChannelLike(Protocol):
+    """What the native endpoint needs from the crypto layer (tunconnector.proto.secure)."""
+
+    drops: collections.Counter[str]
+
+    def seal(self, frame: bytes, now: float) -> bytes | None: ...
+
+    def open(self, message: bytes, header: Header, now: float) -> bytes | None: ...
+
+    def datagrams_to_send(self) -> list[bytes]: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def next_event(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Result of one received wire message."""
+
+    frames: list[bytes] = field(default_factory=list)
+    authentic: bool = False
+
+
+class NativeEndpoint:
+    def __init__(
+        self,
+        *,
+        keepalive: float,
+        dead_after: float,
+        max_frame: int,
+        secure: SecureChannelLike | None = None,
+        path: int = 0,
+    ) -> None:
+        self.liveness = Liveness(keepalive, dead_after)
+        self.max_frame = max_frame
+        self.secure = secure
+        self.path = path
+        self.tx_counter = 0
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._out: list[bytes] = []
+        self._last_peer_ts = 0
+        self._last_hello_reply = float("-inf")
+        self._last_probe_unknown = float("-inf")
+
+    # -- sending -------------------------------------------------------------------
+    def start(self, now: float, *, initiator: bool) -> None:
+        self.liveness.start(now, send_first=initiator)
+        self.handle_timer(now)
+
+    def encode_data(self, frame: bytes, now: float) -> bytes | None:
+        """One DATA message for ``frame`` (None while an encrypted session is pending)."""
+        self.liveness.on_send(now)
+        if self.secure is not None:
+            return self.secure.seal(frame, now)
+        self.tx_counter += 1
+        return HEADER.pack(VERSION, MsgType.DATA, 0, self.path, 0, self.tx_counter) + frame
+
+    def messages_to_send(self) -> list[bytes]:
+        """Control messages (keepalives, handshake) to transmit now."""
+        out, self._out = self._out, []
+        if self.secure is not None:
+            out.extend(self.secure.datagrams_to_send())
+        return out
+
+    def hello_for_unknown(self, now: float) -> bytes | None:
+        """A keepalive with echo 0 for a source we do not know (at most one per second).
+
+        After a restart we have forgotten the client; its data arrives from an unknown
+        address. This asks it to prove itself with a keepalive, which lets us follow it.
+        32 bytes for a bigger datagram: no amplification; rate-limited globally.
+        """
+        if self.secure is not None or now - self._last_probe_unknown < 1.0:
+            return None
+        self._last_probe_unknown = now
+        self.tx_counter += 1
+        return encode_keepalive(self.tx_counter, int(now * 1e6) or 1, 0, path=self.path)
+
+    # -- receiving -----------------------------------------------------------------
+    def decode(self, data: bytes, now: float) -> Decoded:
+        """Parse one message; bad input is counted in ``drops`` and yields nothing."""
+        result = Decoded()
+        try:
+            header = parse_header(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return result
+        mtype = header.type
+        if self.secure is not None:
+            if mtype == MsgType.KEEPALIVE or (
+                mtype == MsgType.DATA and not header.flags & 1
+            ):
+                self.drops["plaintext_refused"] += 1
+                return result
+            before = sum(self.secure.drops.values())
+            try:
+                frame = self.secure.open(data, header, now)
+            except RemoteProtocolError as exc:
+                self.drops[exc.reason] += 1
+                return result
+            if sum(self.secure.drops.values()) != before:
+                return result  # counted by the secure channel
+            result.authentic = True
+            self.liveness.on_receive(now)
+            if frame is not None and mtype == MsgType.DATA:
+                if len(frame) == 0:
+                    return result  # encrypted keepalive
+                if len(frame) > self.max_frame:
+                    self.drops["oversize"] += 1
+                    return result
+                result.frames.append(frame)
+            return result
+        if mtype == MsgType.DATA:
+            if header.flags:
+                self.drops["unexpected_flags"] += 1
+                return result
+            frame = data[HEADER_LEN:]
+            if not frame:
+                self.drops["empty"] += 1
+                return result
+            if len(frame) > self.max_frame:
+                self.drops["oversize"] += 1
+                return result
+            self.liveness.on_receive(now)
+            result.frames.append(frame)
+            return result
+        if mtype == MsgType.KEEPALIVE:
+            if len(data) != KEEPALIVE_LEN:
+                self.drops["bad_keepalive"] += 1
+                return result
+            sent_us, echo = KEEPALIVE_BODY.unpack_from(data, HEADER_LEN)
+            self._last_peer_ts = sent_us
+            self.liveness.on_receive(now)
+            result.authentic = True
+            if echo == 0 and now - self._last_hello_reply >= 0.5:
+                # the peer has not heard from us yet (hello, or we restarted): answer now
+                self._last_hello_reply = now
+                self._send_keepalive(now)
+            return result
+        self.drops["unexpected_type"] += 1
+        return result
+
+    # -- timers --------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        times = [t for t in (self.liveness.get_timer(),) if t is not None]
+        if self.secure is not None:
+            st = self.secure.get_timer()
+            if st is not None:
+                times.append(st)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        self.liveness.handle_timer(now)
+        if self.secure is not None:
+            self.secure.handle_timer(now)
+        if self.liveness.keepalive_due():
+            if self.secure is not None:
+                self.liveness.on_keepalive_sent(now)
+                msg = self.secure.seal(b"", now)  # encrypted keepalive: empty DATA
+                if msg is not None:
+                    self._out.append(msg)
+            else:
+                self._send_keepalive(now)
+
+    def _send_keepalive(self, now: float) -> None:
+        self.liveness.on_keepalive_sent(now)
+        self.tx_counter += 1
+        self._out.append(
+            encode_keepalive(self.tx_counter, int(now * 1e6) or 1, self._last_peer_ts,
+                             path=self.path)
+        )
+
+    def next_event(self) -> LivenessEvent | None:
+        return self.liveness.next_event()

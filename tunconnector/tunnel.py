@@ -1,0 +1,764 @@
+"""One tunnel at run time: a device, an underlay transport and a framing, glued together.
+
+This is an asyncio adapter: the protocol decisions live in :mod:`.proto` (framing,
+native endpoint, liveness, backoff); here we only move bytes between the device fd and
+the socket, arm one timer, and turn protocol events into tunnel state changes.
+
+State machine: ``stopped -> starting -> down <-> up``; ``failed`` when start failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import TunnelConfig
+from .errors import DeviceError, RemoteProtocolError, TransportError, TunconnectorError
+from .io import netlink as nl
+from .io import tcp as tcpio
+from .io.device import Device
+from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .proto.backoff import Backoff
+from .proto.framing import (
+    HEADER_LEN,
+    SIMPLETUN_PREFIX,
+    TCP_NATIVE_PREFIX,
+    MsgType,
+    NativeStreamDecoder,
+    SimpletunDecoder,
+)
+from .proto.liveness import PeerDown, PeerUp
+from .proto.native import NativeEndpoint
+
+log = logging.getLogger("tunconnector.tunnel")
+
+UNDERLAY_MTU = 1500
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    DOWN = "down"
+    UP = "up"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class TunnelStats:
+    """Counters of device frames (``rx`` = from the wire into the device)."""
+
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    wire_rx: int = 0
+    wire_tx: int = 0
+    connects: int = 0
+    last_rx: float | None = None
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def overhead(cfg: TunnelConfig, ipv6: bool) -> int:
+    """Bytes the underlay adds to one device frame."""
+    ip = 40 if ipv6 else 20
+    l4 = 8 if cfg.proto == "udp" else 20
+    if cfg.framing == "raw":
+        extra = 0
+    elif cfg.framing == "simpletun":
+        extra = SIMPLETUN_PREFIX.size
+    else:
+        extra = HEADER_LEN + (TCP_NATIVE_PREFIX.size if cfg.proto == "tcp" else 0)
+        if cfg.key_file or cfg.private_key_file:
+            extra += 16
+    return ip + l4 + extra
+
+
+def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
+    """Device MTU so one frame fits one underlay packet (TAP also carries 14 bytes of L2)."""
+    if cfg.mtu is not None:
+        return cfg.mtu
+    ipv6 = False
+    for host in (cfg.remote, cfg.bind):
+        if host:
+            try:
+                ipv6 = ipaddress.ip_address(host).version == 6
+            except ValueError:
+                pass
+    mtu = underlay_mtu - overhead(cfg, ipv6)
+    if cfg.dev_type == "tap":
+        mtu -= 14
+    return mtu
+
+
+class _StreamConn:
+    """One TCP connection of a tunnel, with its own decoder and native endpoint."""
+
+    __slots__ = ("proto", "decoder", "native", "promoted")
+
+    def __init__(self, proto: tcpio.StreamProtocol, decoder: Any, native: NativeEndpoint | None):
+        self.proto = proto
+        self.decoder = decoder
+        self.native = native
+        self.promoted = False
+
+
+Listener = Callable[["Tunnel", State, State], None]
+
+
+class Tunnel:
+    """Runs one :class:`TunnelConfig`. Create through :class:`tunconnector.Node`."""
+
+    def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = State.STOPPED
+        self.stats = TunnelStats()
+        self.device: Device | None = None
+        self.device_name: str | None = config.device
+        self.mtu = derive_mtu(config)
+        self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
+        self.peer: Addr | None = None
+        self.error: str | None = None
+        self.since = time.time()
+        self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._netlink = netlink or nl.Netlink()
+        self._own_netlink = netlink is None
+        self._created_device = False
+        self._listeners: list[Listener] = []
+        self._state_changed = asyncio.Event() if _has_loop() else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: UdpEndpoint | None = None
+        self._native: NativeEndpoint | None = None
+        self._remote: Addr | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._conn: _StreamConn | None = None
+        self._candidates: set[_StreamConn] = set()
+        self._conn_lost: asyncio.Event | None = None
+        self._reading_device = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ public API
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(tunnel, old, new)`` on every state change."""
+        self._listeners.append(callback)
+
+    async def wait_state(self, state: State, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while self.state != state:
+                if self.state == State.FAILED and state != State.FAILED:
+                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
+                ev = self._event()
+                ev.clear()
+                await ev.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        """Wait until the peer is known alive (native: a valid message was received)."""
+        await self.wait_state(State.UP, timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in (State.STARTING, State.DOWN, State.UP)
+
+    def all_drops(self) -> dict[str, int]:
+        drops = collections.Counter(self.stats.drops)
+        for native in self._natives():
+            drops.update(native.drops)
+            if native.secure is not None:
+                drops.update(native.secure.drops)
+        return {k: v for k, v in sorted(drops.items()) if v}
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        now = self._loop.time() if self._loop is not None else None
+        last = self.stats.last_rx
+        local = None
+        if self._udp is not None:
+            try:
+                local = _fmt_addr(self._udp.local_address)
+            except OSError:
+                local = None
+        elif self._server is not None and self._server.sockets:
+            local = _fmt_addr(self._server.sockets[0].getsockname())
+        return {
+            "name": self.name,
+            "mode": cfg.mode,
+            "proto": cfg.proto,
+            "framing": cfg.framing,
+            "transport": f"{cfg.proto}/{cfg.framing}",
+            "dev_type": cfg.dev_type,
+            "device": self.device_name,
+            "netns": cfg.netns,
+            "addresses": list(cfg.address),
+            "mtu": self.mtu,
+            "local": local,
+            "peer": _fmt_addr(self.peer) if self.peer else None,
+            "state": self.state.value,
+            "error": self.error,
+            "encrypted": bool(cfg.key_file or cfg.private_key_file),
+            "since": self.since,
+            "last_rx_age": round(now - last, 3) if (now is not None and last is not None) else None,
+            "rx_bytes": self.stats.rx_bytes,
+            "tx_bytes": self.stats.tx_bytes,
+            "rx_packets": self.stats.rx_packets,
+            "tx_packets": self.stats.tx_packets,
+            "connects": self.stats.connects,
+            "drops": self.all_drops(),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.is_running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self.error = None
+        self._set_state(State.STARTING)
+        try:
+            await self._open_device()
+            await self._open_transport()
+        except BaseException as exc:
+            self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
+            await self._close_all()
+            self._set_state(State.FAILED)
+            raise
+        self.log.info(
+            "tunnel %s started: %s %s/%s device %s mtu %d",
+            self.name, self.config.mode, self.config.proto, self.config.framing,
+            self.device_name, self.mtu,
+        )
+
+    async def stop(self) -> None:
+        if self.state in (State.STOPPED, State.FAILED) and self.device is None:
+            self._set_state(State.STOPPED)
+            return
+        self._stopping = True
+        await self._close_all()
+        self._set_state(State.STOPPED)
+        self.log.info("tunnel %s stopped", self.name)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_netlink:
+            self._netlink.close()
+
+    # ------------------------------------------------------------------ device
+    async def _open_device(self) -> None:
+        cfg = self.config
+        name = cfg.device or ""
+        existed = False
+        if name:
+            existed = await self._netlink.call(nl.link_exists, name)
+            if cfg.netns and not existed and await self._netlink.call(
+                nl.link_exists, name, cfg.netns
+            ):
+                raise DeviceError(
+                    f"device {name!r} already exists in netns {cfg.netns!r}; attaching to a "
+                    "device inside another namespace is not supported: remove it or run the "
+                    "daemon inside that namespace"
+                )
+        dev = Device(name, cfg.dev_type)
+        self.device = dev
+        self.device_name = dev.name
+        self._created_device = not existed
+        if cfg.netns:
+            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self._netlink.call(
+            nl.configure, dev.name, addresses=cfg.interfaces, mtu=self.mtu, netns=cfg.netns
+        )
+        if existed:
+            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    def _device_reader(self, on: bool) -> None:
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
+
+    # ------------------------------------------------------------------ transports
+    async def _open_transport(self) -> None:
+        cfg = self.config
+        if cfg.mode == "client":
+            self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
+        if cfg.proto == "udp":
+            await self._open_udp()
+        else:
+            await self._open_tcp()
+
+    async def _resolve(self, host: str, port: int) -> Addr:
+        assert self._loop is not None
+        try:
+            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve remote {host!r}: {exc.strerror}") from exc
+        return normalize(infos[0][4])
+
+    def _make_native(self) -> NativeEndpoint:
+        """A native endpoint (the crypto layer plugs its SecureChannel in here)."""
+        cfg = self.config
+        return NativeEndpoint(
+            keepalive=cfg.keepalive, dead_after=cfg.dead_after, max_frame=self.max_frame
+        )
+
+    def _natives(self) -> list[NativeEndpoint]:
+        out = [] if self._native is None else [self._native]
+        if self._conn is not None and self._conn.native is not None:
+            out.append(self._conn.native)
+        return out
+
+    async def _open_udp(self) -> None:
+        cfg = self.config
+        assert self._loop is not None
+        if cfg.mode == "client":
+            family = family_for(self._remote[0] if self._remote else None)
+            if cfg.bind:
+                family = family_for(cfg.bind)
+        else:
+            family = family_for(cfg.bind) if cfg.bind else socket.AF_INET6
+        port = cfg.port if (cfg.mode == "server" or cfg.port) else 0
+        sock = open_udp(bind=cfg.bind, port=port, family=family,
+                        bind_interface=cfg.bind_interface)
+        self._udp = UdpEndpoint(sock, self.stats.drops)
+        if cfg.mode == "client":
+            self.peer = self._remote
+        if cfg.framing == "native":
+            self._native = self._make_native()
+        self._udp.start(self._on_udp_batch)
+        self._device_reader(True)
+        now = self._loop.time()
+        if self._native is not None:
+            self._native.start(now, initiator=cfg.mode == "client")
+            self._flush_native(self._native, now)
+            self._set_state(State.DOWN)
+            self._arm_timer()
+        elif cfg.mode == "client":
+            self._set_state(State.UP)  # raw: nothing to wait for
+        else:
+            self._set_state(State.DOWN)
+
+    async def _open_tcp(self) -> None:
+        cfg = self.config
+        assert self._loop is not None
+        if cfg.mode == "server":
+            family = family_for(cfg.bind) if cfg.bind else socket.AF_INET6
+            sock = tcpio.listen_socket(bind=cfg.bind, port=cfg.port, family=family,
+                                       bind_interface=cfg.bind_interface)
+            self._server = await self._loop.create_server(self._protocol, sock=sock)
+            self._set_state(State.DOWN)
+        else:
+            self._set_state(State.DOWN)
+            self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
+        self._device_reader(True)
+
+    def _protocol(self) -> tcpio.StreamProtocol:
+        return tcpio.StreamProtocol(
+            self._on_stream_data, self._on_stream_lost, self._on_stream_made,
+            self._on_stream_pause,
+        )
+
+    async def _tcp_client_loop(self) -> None:
+        cfg = self.config
+        assert self._loop is not None and self._remote is not None
+        backoff = Backoff(base=0.2, cap=5.0)
+        family = family_for(self._remote[0])
+        while not self._stopping:
+            try:
+                sock = await tcpio.connect(
+                    self._remote, family=family, bind=cfg.bind, port=cfg.port,
+                    bind_interface=cfg.bind_interface, timeout=5.0,
+                )
+            except (TimeoutError, OSError, TransportError) as exc:
+                delay = backoff.next_delay()
+                self.stats.drops["connect_failed"] += 0  # keep the key visible in status
+                self.log.debug("connect to %s failed (%s); retry in %.2fs", self._remote,
+                               exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            self._conn_lost = asyncio.Event()
+            await self._loop.create_connection(self._protocol, sock=sock)
+            await self._conn_lost.wait()
+            if not self._stopping:
+                await asyncio.sleep(backoff.next_delay())
+
+    # ------------------------------------------------------------------ data: device -> wire
+    def _on_device_readable(self) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        try:
+            frames = dev.read_batch(64)
+        except DeviceError as exc:
+            self.stats.drops["device_read_error"] += 1
+            self.log.warning("%s", exc)
+            return
+        if not frames:
+            return
+        stats = self.stats
+        stats.tx_packets += len(frames)
+        stats.tx_bytes += sum(map(len, frames))
+        cfg = self.config
+        assert self._loop is not None
+        if cfg.proto == "udp":
+            udp = self._udp
+            peer = self.peer
+            if udp is None or peer is None:
+                stats.drops["no_peer"] += len(frames)
+                return
+            if self._native is None:
+                for f in frames:
+                    udp.sendto(f, peer)
+            else:
+                now = self._loop.time()
+                native = self._native
+                for f in frames:
+                    msg = native.encode_data(f, now)
+                    if msg is not None:
+                        udp.sendto(msg, peer)
+                self._flush_native(native, now)
+            stats.wire_tx += len(frames)
+            return
+        conn = self._conn
+        if conn is None:
+            stats.drops["no_peer"] += len(frames)
+            return
+        if conn.native is None:
+            pack = SIMPLETUN_PREFIX.pack
+            conn.proto.write(b"".join(pack(len(f)) + f for f in frames))
+        else:
+            now = self._loop.time()
+            pack = TCP_NATIVE_PREFIX.pack
+            out = []
+            for f in frames:
+                msg = conn.native.encode_data(f, now)
+                if msg is not None:
+                    out.append(pack(len(msg)) + msg)
+            for msg in conn.native.messages_to_send():
+                out.append(pack(len(msg)) + msg)
+            if out:
+                conn.proto.write(b"".join(out))
+        stats.wire_tx += len(frames)
+
+    # ------------------------------------------------------------------ data: wire -> device
+    def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        stats = self.stats
+        stats.wire_rx += len(batch)
+        native = self._native
+        server = self.config.mode == "server"
+        frames: list[bytes] = []
+        for data, raw_addr in batch:
+            addr = normalize(raw_addr)
+            if native is None:
+                if server:
+                    if addr != self.peer:
+                        self._float(addr, "first datagram" if self.peer is None else "new source")
+                elif addr != self.peer:
+                    stats.drops["unknown_peer"] += 1
+                    continue
+                if len(data) > self.max_frame:
+                    stats.drops["oversize"] += 1
+                    continue
+                if not data:
+                    stats.drops["empty"] += 1
+                    continue
+                frames.append(data)
+                continue
+            from_peer = addr == self.peer
+            if not from_peer:
+                if not server:
+                    stats.drops["unknown_peer"] += 1
+                    continue
+                if native.secure is None and (len(data) < 2 or data[1] != MsgType.KEEPALIVE):
+                    stats.drops["unknown_peer"] += 1
+                    if data[:2] == b"\x01\x01" and self._udp is not None:
+                        hello = native.hello_for_unknown(now)
+                        if hello is not None:
+                            self._udp.sendto(hello, addr)
+                    continue
+            decoded = native.decode(data, now)
+            if decoded.authentic and not from_peer:
+                self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
+            frames.extend(decoded.frames)
+        if frames:
+            self._to_device(frames, now)
+        if native is not None:
+            self._flush_native(native, now)
+        elif server and self.peer is not None and self.state != State.UP:
+            self._set_state(State.UP)
+
+    def _float(self, addr: Addr, why: str) -> None:
+        old = self.peer
+        self.peer = addr
+        if old is None:
+            self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
+        else:
+            self.log.info("peer moved %s -> %s (%s)", _fmt_addr(old), _fmt_addr(addr), why)
+
+    def _to_device(self, frames: list[bytes], now: float) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        bad = dev.write_batch(frames)
+        stats = self.stats
+        if bad:
+            stats.drops["device_refused"] += bad
+        stats.rx_packets += len(frames) - bad
+        stats.rx_bytes += sum(map(len, frames))
+        stats.last_rx = now
+
+    def _flush_native(self, native: NativeEndpoint, now: float) -> None:
+        """Send pending control messages and turn liveness events into state changes."""
+        msgs = native.messages_to_send()
+        if msgs:
+            if self.config.proto == "udp":
+                if self._udp is not None and self.peer is not None:
+                    for m in msgs:
+                        self._udp.sendto(m, self.peer)
+            else:
+                conn = self._conn_for(native)
+                if conn is not None:
+                    pack = TCP_NATIVE_PREFIX.pack
+                    conn.proto.write(b"".join(pack(len(m)) + m for m in msgs))
+        while (ev := native.next_event()) is not None:
+            if isinstance(ev, PeerUp):
+                self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
+                if self._conn_for(native) is not None or self.config.proto == "udp":
+                    self._set_state(State.UP)
+            elif isinstance(ev, PeerDown):
+                self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
+                self._set_state(State.DOWN)
+                conn = self._conn_for(native)
+                if conn is not None:
+                    conn.proto.abort()
+        if native.secure is not None:
+            self._on_secure_events(native)
+        self._arm_timer()
+
+    def _on_secure_events(self, native: NativeEndpoint) -> None:
+        """Hook for crypto events (handshake complete, auth failure): logged by the crypto layer."""
+        assert native.secure is not None
+        while native.secure.next_event() is not None:
+            pass
+
+    def _conn_for(self, native: NativeEndpoint) -> _StreamConn | None:
+        if self._conn is not None and self._conn.native is native:
+            return self._conn
+        for c in self._candidates:
+            if c.native is native:
+                return c
+        return None
+
+    # ------------------------------------------------------------------ TCP callbacks
+    def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
+        assert self._loop is not None
+        cfg = self.config
+        if cfg.framing == "simpletun":
+            conn = _StreamConn(proto, SimpletunDecoder(), None)
+        else:
+            conn = _StreamConn(proto, NativeStreamDecoder(), self._make_native())
+        self.stats.connects += 1
+        if cfg.mode == "client":
+            self._promote(conn)
+        elif conn.native is None:
+            self._promote(conn)
+        else:
+            self._candidates.add(conn)  # promoted by its first authentic message
+        if conn.native is not None:
+            now = self._loop.time()
+            conn.native.start(now, initiator=cfg.mode == "client")
+            self._flush_native(conn.native, now)
+
+    def _promote(self, conn: _StreamConn) -> None:
+        old = self._conn
+        self._candidates.discard(conn)
+        self._conn = conn
+        conn.promoted = True
+        self.peer = normalize(conn.proto.peername) if conn.proto.peername else None
+        if old is not None and old is not conn:
+            self.log.info("new connection from %s replaces the old one",
+                          _fmt_addr(self.peer) if self.peer else "?")
+            old.proto.abort()
+        else:
+            self.log.info("connected to %s", _fmt_addr(self.peer) if self.peer else "?")
+        if conn.native is None:
+            self._set_state(State.UP)
+
+    def _find_conn(self, proto: tcpio.StreamProtocol) -> _StreamConn | None:
+        if self._conn is not None and self._conn.proto is proto:
+            return self._conn
+        for c in self._candidates:
+            if c.proto is proto:
+                return c
+        return None
+
+    def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
+        conn = self._find_conn(proto)
+        if conn is None:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        conn.decoder.receive_data(data)
+        try:
+            items = conn.decoder.frames()
+        except RemoteProtocolError as exc:
+            self.stats.drops[exc.reason] += 1
+            self.log.warning("closing connection: %s", exc)
+            items = []
+            proto.abort()
+        self.stats.wire_rx += len(items)
+        frames: list[bytes] = []
+        if conn.native is None:
+            for f in items:
+                if len(f) > self.max_frame:
+                    self.stats.drops["oversize"] += 1
+                else:
+                    frames.append(f)
+        else:
+            for msg in items:
+                decoded = conn.native.decode(msg, now)
+                if decoded.authentic and not conn.promoted:
+                    self._promote(conn)
+                if conn.promoted:
+                    frames.extend(decoded.frames)
+                elif decoded.frames:
+                    self.stats.drops["unknown_peer"] += len(decoded.frames)
+        if frames and conn is self._conn:
+            self._to_device(frames, now)
+        if conn.native is not None:
+            self._flush_native(conn.native, now)
+
+    def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
+        conn = self._find_conn(proto)
+        self._candidates = {c for c in self._candidates if c.proto is not proto}
+        if conn is not None and conn is self._conn:
+            self._conn = None
+            if not self._stopping:
+                self.log.warning("connection to %s lost%s",
+                                 _fmt_addr(self.peer) if self.peer else "?",
+                                 f": {exc}" if exc else "")
+                self._set_state(State.DOWN)
+            self._device_reader(True)
+        if self.config.mode == "client" and self._conn_lost is not None and conn is not None:
+            self._conn_lost.set()
+
+    def _on_stream_pause(self, proto: tcpio.StreamProtocol, paused: bool) -> None:
+        if self._conn is not None and self._conn.proto is proto:
+            self._device_reader(not paused)
+
+    # ------------------------------------------------------------------ timer
+    def _arm_timer(self) -> None:
+        if self._loop is None or self._stopping:
+            return
+        times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
+        times += [t for t in (c.native.get_timer() for c in self._candidates if c.native)
+                  if t is not None]
+        if not times:
+            return
+        when = max(min(times), self._loop.time())
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= when:
+                return  # an earlier (or equal) wake-up is already armed
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._loop is None or self._stopping:
+            return
+        now = self._loop.time()
+        for native in self._natives() + [c.native for c in self._candidates if c.native]:
+            native.handle_timer(now)
+            self._flush_native(native, now)
+        self._arm_timer()
+
+    # ------------------------------------------------------------------ state & teardown
+    def _event(self) -> asyncio.Event:
+        if self._state_changed is None:
+            self._state_changed = asyncio.Event()
+        return self._state_changed
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old == new:
+            return
+        self.state = new
+        self.since = time.time()
+        if new in (State.UP, State.DOWN):
+            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
+        self._event().set()
+        for cb in list(self._listeners):
+            try:
+                cb(self, old, new)
+            except Exception:  # a listener bug must not break the data path
+                self.log.exception("state listener failed")
+
+    async def _close_all(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self._conn_lost is not None:
+            self._conn_lost.set()
+        for c in [*self._candidates, *([self._conn] if self._conn else [])]:
+            c.proto.abort()
+        self._candidates.clear()
+        self._conn = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        self._native = None
+        if self.device is not None:
+            try:
+                self._device_reader(False)
+            except (ValueError, OSError):
+                pass
+            self._reading_device = False
+            self.device.close()  # a non-persistent device vanishes with its last fd
+            self.device = None
+        self.peer = None
+
+
+def _fmt_addr(addr: Addr | None) -> str:
+    if addr is None:
+        return "-"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
