@@ -640,6 +640,7 @@ class SecureChannel:
         self._flush_queue(now)
 
     def _established(self, had_session: bool, initiator: bool) -> None:
+        self._wakeup_at = None
         self.handshakes += 1
         if had_session:
             self.rekeys += 1
