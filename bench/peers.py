@@ -1,0 +1,278 @@
+"""The things measured: direct veth, kernel vxlan, OpenVPN, socat and tunconnector.
+
+Each peer builds a tunnel between ``ns_a`` (client, sender) and ``ns_b`` (server,
+receiver) of a :class:`~bench.netns.Topology`, exposes ``target`` (the receiver's address
+reachable from ``ns_a``) and ``pids`` (the user-space tunnel processes, for CPU), and
+removes what it made in :meth:`Peer.stop`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .netns import UNDERLAY_A, UNDERLAY_B, Topology, sh
+
+REPO = Path(__file__).resolve().parent.parent
+TUNCONNECTOR = os.environ.get("BENCH_TUNCONNECTOR", str(REPO / ".venv" / "bin" / "tunconnector"))
+
+
+class PeerError(Exception):
+    """A peer could not be brought up (the row is reported as failed, the run goes on)."""
+
+
+@dataclass
+class Peer:
+    name: str
+    kind: str  # "baseline" | "openvpn" | "socat" | "tunconnector"
+    layer: str = "tun"  # tun | tap | none
+    encrypted: bool = False
+    baseline: str | None = None  # the OpenVPN row this one is compared with
+    description: str = ""
+    target: str = ""
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    workdir: Path | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        raise NotImplementedError
+
+    def stop(self, topo: Topology) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        self.procs.clear()
+
+    def spawn(self, topo: Topology, ns: str, args: Sequence[str], tag: str) -> None:
+        assert self.workdir is not None
+        log = self.workdir / f"{self.name}-{tag}.log"
+        self.logs.append(log)
+        with log.open("wb") as fh:
+            p = subprocess.Popen(topo.exec_args(ns, args), stdout=fh, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(p)
+
+    def log_tail(self, lines: int = 8) -> str:
+        out = []
+        for log in self.logs:
+            try:
+                text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+            except OSError:
+                continue
+            out.append(f"--- {log.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def wait_ready(self, topo: Topology, timeout: float = 20.0) -> None:
+        """Ping through the tunnel until it answers (the only readiness signal all share)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise PeerError(f"{self.name}: a tunnel process exited with "
+                                    f"{p.returncode}\n{self.log_tail()}")
+            r = topo.run(topo.ns_a, ["ping", "-c", "1", "-W", "0.3", "-n", self.target],
+                         check=False, timeout=5)
+            if r.returncode == 0:
+                return
+        raise PeerError(f"{self.name}: no ping through the tunnel in {timeout:.0f}s\n"
+                        f"{self.log_tail()}")
+
+
+def subnet(index: int) -> tuple[str, str]:
+    """Tunnel addresses for the peer with this index: (client side A, server side B)."""
+    return f"10.81.{index}.1", f"10.81.{index}.2"
+
+
+class VethPeer(Peer):
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.target = UNDERLAY_B
+
+
+class VxlanPeer(Peer):
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        a, b = subnet(index)
+        dev = topo.name("vx")
+        for ns, veth, local, remote, addr in (
+                (topo.ns_a, topo.veth_a, UNDERLAY_A, UNDERLAY_B, a),
+                (topo.ns_b, topo.veth_b, UNDERLAY_B, UNDERLAY_A, b)):
+            sh(["ip", "-n", ns, "link", "add", dev, "type", "vxlan", "id", "42", "local", local,
+                "remote", remote, "dstport", "4789", "dev", veth])
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+            sh(["ip", "-n", ns, "link", "set", dev, "up"])
+        self._dev = dev
+        self.target = b
+        self.wait_ready(topo)
+
+    def stop(self, topo: Topology) -> None:
+        for ns in (topo.ns_a, topo.ns_b):
+            sh(["ip", "-n", ns, "link", "del", self._dev], check=False)
+
+
+def make_certs(workdir: Path) -> Path:
+    """Throw-away CA, server and client certificates for OpenVPN TLS (openssl CLI)."""
+    d = workdir / "pki"
+    if (d / "client.crt").exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        sh(["openssl", *args], timeout=30)
+
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-days", "2",
+         "-subj", "/CN=bench-ca")
+    for name, ext in (("server", "serverAuth"), ("client", "clientAuth")):
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
+             "-subj", f"/CN=bench-{name}")
+        extfile = d / f"{name}.ext"
+        extfile.write_text(f"extendedKeyUsage={ext}\nkeyUsage=digitalSignature,keyAgreement\n")
+        ossl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+             "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / f"{name}.crt"),
+             "-days", "2", "-extfile", str(extfile))
+    for key in d.glob("*.key"):
+        key.chmod(0o600)
+    return d
+
+
+class OpenVPNPeer(Peer):
+    """OpenVPN 2.6 point-to-point over UDP: no crypto, AES-256-GCM over TLS, or TAP."""
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.workdir = workdir
+        a, b = subnet(index)
+        dev = topo.name("ov")
+        port = "1194"
+        common = ["openvpn", "--dev", dev, "--dev-type", self.layer, "--proto", "udp",
+                  "--lport", port, "--rport", port, "--verb", "3", "--ping", "10",
+                  "--ping-exit", "120", "--persist-tun"]
+        if self.encrypted:
+            pki = make_certs(workdir)
+            crypto_a = ["--tls-client", "--ca", str(pki / "ca.crt"), "--cert",
+                        str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                        "--data-ciphers", "AES-256-GCM", "--remote-cert-tls", "server"]
+            crypto_b = ["--tls-server", "--dh", "none", "--ca", str(pki / "ca.crt"), "--cert",
+                        str(pki / "server.crt"), "--key", str(pki / "server.key"),
+                        "--data-ciphers", "AES-256-GCM", "--remote-cert-tls", "client"]
+        else:
+            crypto_a = crypto_b = ["--cipher", "none", "--data-ciphers", "none", "--auth",
+                                   "none"]
+        if self.layer == "tap":
+            if_a = ["--ifconfig", a, "255.255.255.0"]
+            if_b = ["--ifconfig", b, "255.255.255.0"]
+        else:
+            if_a = ["--ifconfig", a, b]
+            if_b = ["--ifconfig", b, a]
+        self.spawn(topo, topo.ns_b, [*common, "--remote", UNDERLAY_A, *if_b, *crypto_b], "b")
+        self.spawn(topo, topo.ns_a, [*common, "--remote", UNDERLAY_B, *if_a, *crypto_a], "a")
+        self.target = b
+        self.wait_ready(topo, timeout=30)
+
+
+class SocatPeer(Peer):
+    """socat's TUN address over UDP: one frame per datagram, one read per frame."""
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.workdir = workdir
+        a, b = subnet(index)
+        dev = topo.name("so")
+        port = "5555"
+        for ns, me, peer, addr, tag in ((topo.ns_b, UNDERLAY_B, UNDERLAY_A, b, "b"),
+                                         (topo.ns_a, UNDERLAY_A, UNDERLAY_B, a, "a")):
+            self.spawn(topo, ns, [
+                "socat", "-b", "65536", f"UDP-DATAGRAM:{peer}:{port},bind={me}:{port}",
+                f"TUN:{addr}/24,tun-name={dev},tun-type=tun,iff-up,iff-no-pi"], tag)
+        self.target = b
+        self.wait_ready(topo)
+
+
+def write_key(path: Path) -> Path:
+    """A pre-shared key file in the ``tunconnector genkey`` format (base64 of 32 bytes)."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path
+
+
+class TunconnectorPeer(Peer):
+    """The tunconnector CLI in each namespace (server in B, client in A)."""
+
+    proto: str = "udp"
+    offload: str = "auto"
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.workdir = workdir
+        if not shutil.which(TUNCONNECTOR) and not Path(TUNCONNECTOR).exists():
+            raise PeerError(f"{TUNCONNECTOR} not found")
+        a, b = subnet(index)
+        port = str(56000 + index)
+        extra = ["--proto", self.proto, "--offload", self.offload, "--log-level", "info"]
+        if self.layer == "tap":
+            extra += ["--dev-type", "tap"]
+        if self.encrypted:
+            extra += ["--key", str(write_key(workdir / "tunnel.key"))]
+        dev_b, dev_a = topo.name("tcs"), topo.name("tcc")
+        self.spawn(topo, topo.ns_b, [TUNCONNECTOR, "-m", "server", "-p", dev_b, "-s",
+                                     f"{b}/24", "-i", port, *extra], "server")
+        self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "-m", "client", "-n", dev_a, "-c",
+                                     f"{a}/24", "-r", UNDERLAY_B, "-o", port, *extra], "client")
+        self.target = b
+        self.wait_ready(topo, timeout=30)
+
+
+def tunconnector_peer(proto: str, encrypted: bool, offload: str, layer: str = "tun") -> Peer:
+    name = f"tc-{layer}-{proto}-{'aead' if encrypted else 'plain'}" + (
+        "" if offload == "auto" else "-nooff")
+    if encrypted:
+        baseline = "ovpn-tap" if layer == "tap" else "ovpn-gcm"
+    else:
+        baseline = "ovpn-tap" if layer == "tap" else "ovpn-plain"
+    p = TunconnectorPeer(name, "tunconnector", layer=layer, encrypted=encrypted,
+                         baseline=baseline,
+                         description=f"tunconnector {layer.upper()} over {proto.upper()}, "
+                                     f"{'encrypted' if encrypted else 'plaintext'}, "
+                                     f"offload {offload}")
+    p.proto = proto
+    p.offload = offload
+    return p
+
+
+def all_peers() -> list[Peer]:
+    peers: list[Peer] = [
+        VethPeer("veth", "baseline", layer="none", description="veth, no tunnel"),
+        VxlanPeer("vxlan", "baseline", layer="tap", description="kernel vxlan"),
+        OpenVPNPeer("ovpn-plain", "openvpn", description="OpenVPN 2.6 UDP tun, no crypto"),
+        OpenVPNPeer("ovpn-gcm", "openvpn", encrypted=True,
+                    description="OpenVPN 2.6 UDP tun, AES-256-GCM (TLS)"),
+        OpenVPNPeer("ovpn-tap", "openvpn", layer="tap",
+                    description="OpenVPN 2.6 UDP tap, no crypto"),
+        SocatPeer("socat-tun", "socat", baseline="ovpn-plain", description="socat TUN over UDP"),
+    ]
+    for proto in ("udp", "tcp"):
+        for enc in (False, True):
+            for off in ("auto", "off"):
+                peers.append(tunconnector_peer(proto, enc, off))
+    peers.append(tunconnector_peer("udp", False, "auto", "tap"))
+    peers.append(tunconnector_peer("udp", False, "off", "tap"))
+    peers.append(tunconnector_peer("udp", True, "auto", "tap"))
+    peers.append(tunconnector_peer("tcp", False, "auto", "tap"))
+    return peers
