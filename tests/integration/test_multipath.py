@@ -1,0 +1,456 @@
+"""Userspace multi-path between two namespaces joined by two veth pairs.
+
+A 1 kpps UDP stream with sequence numbers runs through the tunnel in both directions
+while the active path is cut (``ip link set down``, then separately an nftables drop);
+lost sequence numbers = milliseconds of loss. Results (median/max over 10 trials) are
+printed and written to ``$TUNCONNECTOR_MP_RESULTS`` when set (docs/multipath.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PY, Daemon, Env
+from netns import Host
+
+from tunconnector.status import query_all
+
+pytestmark = [pytest.mark.privileged, pytest.mark.netns]
+
+TUN_A, TUN_B = "10.91.0.1", "10.91.0.2"
+PORT = 55560
+RATE = 1000  # packets per second: one lost packet = 1 ms
+STREAM_PORT = 9100
+TRIALS = 10
+
+STREAM = r'''
+import os, socket, struct, sys, time
+mode = sys.argv[1]
+if mode == "recv":
+    bind, port, out = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((bind, port))
+    s.settimeout(120)
+    print("ready", flush=True)
+    got = bytearray(1 << 20)
+    dups = 0
+    try:
+        while True:
+            data = s.recv(2048)
+            if data[:3] == b"END":
+                break
+            (seq,) = struct.unpack_from("!Q", data)
+            if seq < len(got):
+                dups += got[seq]
+                got[seq] = 1
+    except socket.timeout:
+        pass
+    with open(out, "wb") as f:
+        f.write(got)
+    print("dups", dups, flush=True)
+else:
+    dst, port, rate, stop = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((dst, port))
+    pad = b"\0" * 56
+    t0m = time.monotonic()
+    print(repr(time.time()), flush=True)
+    seq = 0
+    while True:
+        if seq % 200 == 0 and os.path.exists(stop):
+            break
+        target = t0m + seq / rate
+        d = target - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        try:
+            s.send(struct.pack("!Q", seq) + pad)
+        except OSError:
+            pass
+        seq += 1
+    print(seq, flush=True)
+    for _ in range(30):
+        try:
+            s.send(b"END")
+        except OSError:
+            pass
+        time.sleep(0.01)
+'''
+
+
+# ------------------------------------------------------------------ lab helpers
+def mp_pair(env: Env, policy: str, **extra: Any) -> tuple[Daemon, Daemon]:
+    """Server in A, client in B, one path per veth pair (path 0 preferred)."""
+    lab = env.lab
+    common: dict[str, Any] = {
+        "policy": policy, "probe_interval": 0.02, "down_after": 3, "up_after": 3,
+        "failback_delay": 0.5, "keepalive": 1, "dead_after": 4, **extra,
+    }
+    srv_paths = "".join(
+        f'[[tunnel.path]]\nname = "p{i}"\nlocal = "{lab.a_addrs[i]}"\nport = {PORT}\n'
+        f'bind_interface = "{lab.links[i][0]}"\npriority = {10 * (2 - i)}\n'
+        for i in range(2)
+    )
+    cli_paths = "".join(
+        f'[[tunnel.path]]\nname = "p{i}"\nlocal = "{lab.b_addrs[i]}"\n'
+        f'bind_interface = "{lab.links[i][1]}"\nremote = "{lab.a_addrs[i]}"\n'
+        f'remote_port = {PORT}\npriority = {10 * (2 - i)}\n'
+        for i in range(2)
+    )
+    server = env.config_daemon(env.a, [{
+        "name": "mp", "mode": "server", "device": f"mp{lab.tag}", "port": PORT,
+        "address": [f"{TUN_A}/24"], **common}], "mp-server", extra=srv_paths)
+    client = env.config_daemon(env.b, [{
+        "name": "mp", "mode": "client", "device": f"mp{lab.tag}",
+        "address": [f"{TUN_B}/24"], **common}], "mp-client", extra=cli_paths)
+    return server, client
+
+
+def mp_status(d: Daemon) -> dict[str, Any]:
+    for r in query_all(str(d.ctl), timeout=2.0):
+        for t in r.get("tunnels", []):
+            if t.get("name") == "mp":
+                return t  # type: ignore[no-any-return]
+    return {}
+
+
+def multipath(d: Daemon) -> dict[str, Any]:
+    return mp_status(d).get("multipath") or {}
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_active(daemons: list[Daemon], path: str, timeout: float = 10.0) -> None:
+    wait_until(lambda: all(multipath(d).get("active_path") == path for d in daemons),
+               timeout, f"active path {path}")
+
+
+def wait_all_up(daemons: list[Daemon], timeout: float = 15.0) -> None:
+    def ok() -> bool:
+        for d in daemons:
+            ps = multipath(d).get("paths") or []
+            if len(ps) != 2 or any(p["state"] != "up" for p in ps):
+                return False
+        return True
+
+    wait_until(ok, timeout, "both paths up on both ends")
+
+
+class Nft:
+    """An nftables table in namespace A filtering one veth (random suffix, removed after)."""
+
+    def __init__(self, host: Host, tag: str) -> None:
+        self.host = host
+        self.table = f"mp{tag}"
+        host.run("nft", "-f", "-", input=(
+            f"table inet {self.table} {{\n"
+            "  chain in { type filter hook input priority -10; policy accept; }\n"
+            "  chain out { type filter hook output priority -10; policy accept; }\n"
+            "}\n"))
+
+    def drop(self, ifname: str, percent: int | None = None) -> None:
+        rnd = f"numgen random mod 100 < {percent} " if percent is not None else ""
+        self.host.run("nft", "-f", "-", input=(
+            f"add rule inet {self.table} in iifname {ifname} {rnd}drop\n"
+            f"add rule inet {self.table} out oifname {ifname} {rnd}drop\n"))
+
+    def clear(self) -> None:
+        self.host.run("nft", "-f", "-", input=(
+            f"flush chain inet {self.table} in\nflush chain inet {self.table} out\n"))
+
+    def remove(self) -> None:
+        self.host.run("nft", "delete", "table", "inet", self.table, check=False)
+
+
+@pytest.fixture
+def nft(env2: Env) -> Iterator[Nft]:
+    if not env2.a.run("nft", "list", "tables", check=False).returncode == 0:
+        pytest.skip("needs nftables (nft)")
+    n = Nft(env2.a, env2.lab.tag)
+    try:
+        yield n
+    finally:
+        n.remove()
+
+
+@dataclass
+class Stream:
+    """1 kpps sequence-numbered UDP from ``src`` to ``dst_ip`` through the tunnel."""
+
+    src: Host
+    dst: Host
+    dst_ip: str
+    workdir: Path
+    name: str
+    t0: float = 0.0
+    sent: int = 0
+    got: bytes = b""
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> Stream:
+        script = self.workdir / "stream.py"
+        script.write_text(STREAM)
+        self.stop_file = self.workdir / f"stop-{self.name}"
+        self.out = self.workdir / f"got-{self.name}"
+        recv = self.dst.popen(PY, str(script), "recv", self.dst_ip, str(STREAM_PORT),
+                              str(self.out), stdout=subprocess.PIPE)
+        assert recv.stdout is not None
+        assert recv.stdout.readline().strip() == b"ready"
+        send = self.src.popen(PY, str(script), "send", self.dst_ip, str(STREAM_PORT),
+                              str(RATE), str(self.stop_file), stdout=subprocess.PIPE)
+        assert send.stdout is not None
+        self.t0 = float(send.stdout.readline())
+        self.procs = [recv, send]
+        return self
+
+    def finish(self) -> None:
+        self.stop_file.touch()
+        recv, send = self.procs
+        out, _ = send.communicate(timeout=20)
+        self.sent = int(out.split()[-1])
+        recv.communicate(timeout=30)
+        self.got = self.out.read_bytes()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+
+    def seq_at(self, t: float) -> int:
+        return max(0, int((t - self.t0) * RATE))
+
+    def lost(self, t_from: float, t_to: float) -> int:
+        lo, hi = self.seq_at(t_from), min(self.seq_at(t_to), self.sent)
+        return sum(1 for s in range(lo, hi) if not self.got[s])
+
+    def delivered_ratio(self) -> float:
+        return sum(self.got[: self.sent]) / max(self.sent, 1)
+
+
+@contextmanager
+def streams(env: Env) -> Iterator[tuple[Stream, Stream]]:
+    """Both directions at once: client B -> server A and A -> B."""
+    up = Stream(env.b, env.a, TUN_A, env.workdir, "b2a")
+    down = Stream(env.a, env.b, TUN_B, env.workdir, "a2b")
+    try:
+        up.start()
+        down.start()
+        yield up, down
+    finally:
+        for s in (up, down):
+            s.kill()
+
+
+def summary(values: list[int]) -> dict[str, float]:
+    return {"median": float(statistics.median(values)), "max": float(max(values)),
+            "min": float(min(values)), "trials": len(values)}
+
+
+def record(key: str, value: Any) -> None:
+    print(f"MULTIPATH {key}: {json.dumps(value)}")
+    path = os.environ.get("TUNCONNECTOR_MP_RESULTS")
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[key] = value
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def run_trials(env: Env, server: Daemon, client: Daemon, cut: Callable[[], None],
+               restore: Callable[[], None], hold: float = 0.6) -> dict[str, Any]:
+    """TRIALS x (cut path 0, hold, restore, wait for failback); loss per trial in ms."""
+    daemons = [server, client]
+    cut_loss: dict[str, list[int]] = {"b2a": [], "a2b": []}
+    back_loss: dict[str, list[int]] = {"b2a": [], "a2b": []}
+    failback_after_up: list[float] = []
+    marks: list[tuple[float, float, float]] = []
+    with streams(env) as (up, down):
+        time.sleep(0.5)  # the stream's own warm-up, part of the experiment timeline
+        for _ in range(TRIALS):
+            t_cut = time.time()
+            cut()
+            wait_active(daemons, "p1", timeout=5)
+            time.sleep(hold)  # keep the path cut: experiment timeline, not synchronisation
+            t_restore = time.time()
+            restore()
+            wait_active(daemons, "p0", timeout=10)
+            t_back = time.time()
+            time.sleep(0.3)  # let the stream run past the failback before the next cut
+            marks.append((t_cut, t_restore, t_back))
+            ev = multipath(client).get("events", [])
+            ups = [e for e in ev if e.get("event") == "path_up" and e.get("path") == "p0"]
+            fbs = [e for e in ev if e.get("event") == "active_path"
+                   and e.get("reason") == "failback"]
+            if ups and fbs:
+                failback_after_up.append(fbs[-1]["time"] - ups[-1]["time"])
+        up.finish()
+        down.finish()
+    ends = [m[0] for m in marks[1:]] + [time.time()]
+    for (t_cut, t_restore, _), t_end in zip(marks, ends, strict=True):
+        for s in (up, down):
+            cut_loss[s.name].append(s.lost(t_cut - 0.05, t_restore))
+            back_loss[s.name].append(s.lost(t_restore, t_end - 0.05))
+    cs, ss = multipath(client), multipath(server)
+    return {
+        "cut_loss_ms": {k: summary(v) for k, v in cut_loss.items()},
+        "cut_loss_raw": cut_loss,
+        "failback_loss_ms": {k: summary(v) for k, v in back_loss.items()},
+        "failback_after_path_up_s": failback_after_up,
+        "failovers": {"client": cs.get("failovers"), "server": ss.get("failovers")},
+        "delivered": {s.name: round(s.delivered_ratio(), 6) for s in (up, down)},
+    }
+
+
+# ------------------------------------------------------------------ tests
+def test_paths_come_up_and_status_shows_them(env2: Env) -> None:
+    server, client = mp_pair(env2, "active-backup")
+    client.wait_state("up")
+    wait_all_up([server, client])
+    wait_active([server, client], "p0")
+    assert env2.b.ping(TUN_A, count=5, interval=0.05) == (5, 5)
+    st = mp_status(client)
+    mp = st["multipath"]
+    assert mp["policy"] == "active-backup" and mp["active_path"] == "p0"
+    assert st["paths"] == mp["paths"] and st["failovers"] == 0
+    p0, p1 = mp["paths"]
+    assert p0["active"] and not p1["active"]
+    assert p0["rtt"] is not None and p0["rtt"] < 0.05
+    assert p0["remote"].startswith(env2.lab.a_addrs[0])
+    srv = multipath(server)
+    assert [p["remote"].split(":")[0] for p in srv["paths"]] == env2.lab.b_addrs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["active-backup", "duplicate"])
+def test_cut_active_path(env2: Env, nft: Nft, policy: str) -> None:
+    server, client = mp_pair(env2, policy)
+    client.wait_state("up")
+    wait_all_up([server, client])
+    wait_active([server, client], "p0")
+    lab = env2.lab
+    results = {
+        "link_down": run_trials(env2, server, client,
+                                lambda: lab.link_down(0), lambda: lab.link_up(0)),
+        "nft_drop": run_trials(env2, server, client,
+                               lambda: nft.drop(lab.links[0][0]), nft.clear),
+    }
+    record(f"cut/{policy}", results)
+    for how, r in results.items():
+        for direction, s in r["cut_loss_ms"].items():
+            if policy == "duplicate":
+                assert s["max"] == 0, (how, direction, r["cut_loss_raw"])
+            else:
+                assert s["max"] <= 100, (how, direction, r["cut_loss_raw"])
+        if policy == "duplicate":
+            assert all(s["max"] == 0 for s in r["failback_loss_ms"].values()), (how, r)
+        for dt in r["failback_after_path_up_s"]:
+            assert 0.45 <= dt <= 0.7, (how, r["failback_after_path_up_s"])
+        assert r["failovers"]["client"] >= TRIALS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["active-backup", "duplicate"])
+def test_tcp_across_cut_and_restore(env2: Env, policy: str) -> None:
+    server, client = mp_pair(env2, policy)
+    client.wait_state("up")
+    wait_all_up([server, client])
+    lab = env2.lab
+
+    def fault() -> None:
+        time.sleep(1.0)  # experiment timeline: cut mid-transfer, restore later
+        lab.link_down(0)
+        time.sleep(1.5)
+        lab.link_up(0)
+
+    # iperf3: cut at 1 s, restore at 2.5 s, the flow must survive (no reset)
+    srv = env2.a.popen("iperf3", "-s", "-1", "-B", TUN_A, "-p", "5299",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t = threading.Thread(target=fault)
+        wait_until(lambda: env2.a.run("ss", "-ltn", check=False).stdout.count(":5299") > 0,
+                   5, "iperf3 server")
+        t.start()
+        res = env2.b.run("iperf3", "-c", TUN_A, "-p", "5299", "-t", "5", "-b", "50M", "-J",
+                         check=False, timeout=60)
+        t.join()
+        rep = json.loads(res.stdout)
+        assert res.returncode == 0 and "error" not in rep, res.stdout[-2000:]
+        secs = [iv["sum"]["bits_per_second"] / 1e6 for iv in rep["intervals"]]
+        record(f"iperf3/{policy}", {
+            "mbit_per_interval": [round(x, 1) for x in secs],
+            "retransmits": rep["end"]["sum_sent"].get("retransmits"),
+            "received_mbit": round(rep["end"]["sum_received"]["bits_per_second"] / 1e6, 1),
+        })
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait(5)
+    wait_active([server, client], "p0", timeout=10)
+    # bulk transfer with a digest at both ends across another cut and restore
+    t = threading.Thread(target=fault)
+    t.start()
+    want, have, secs = env2.transfer(env2.b, env2.a, TUN_A, nbytes=24 << 20, port=5298)
+    t.join()
+    assert want == have
+    record(f"sha256/{policy}", {"bytes": 24 << 20, "seconds": secs, "digest_match": True})
+
+
+@pytest.mark.slow
+def test_duplicate_mode_random_loss(env2: Env, nft: Nft) -> None:
+    server, client = mp_pair(env2, "duplicate")
+    client.wait_state("up")
+    wait_all_up([server, client])
+    nft.drop(env2.lab.links[0][0], percent=5)
+    with streams(env2) as (up, down):
+        time.sleep(10)  # 10 000 packets each way: the measurement itself
+        up.finish()
+        down.finish()
+    ratios = {s.name: s.delivered_ratio() for s in (up, down)}
+    record("random_loss/duplicate", {"loss_percent_path0": 5, "delivered": ratios,
+                                     "sent": {s.name: s.sent for s in (up, down)}})
+    assert all(r >= 0.999 for r in ratios.values()), ratios
+
+
+@pytest.mark.slow
+def test_active_backup_leaves_lossy_path(env2: Env, nft: Nft) -> None:
+    server, client = mp_pair(env2, "active-backup", loss_threshold=0.02)
+    client.wait_state("up")
+    wait_all_up([server, client])
+    wait_active([server, client], "p0")
+    t = time.time()
+    nft.drop(env2.lab.links[0][0], percent=5)
+    wait_active([server, client], "p1", timeout=20)
+    took = time.time() - t
+    for d in (server, client):
+        mp = multipath(d)
+        ev = [e for e in mp["events"] if e.get("event") == "active_path"]
+        assert ev[-1]["reason"] in ("loss", "failover"), ev
+        p0 = mp["paths"][0]
+        assert p0["loss"] > 0.02 or p0["state"] == "down", p0
+    record("loss_threshold/active-backup", {"loss_percent": 5, "threshold": 0.02,
+                                            "seconds_to_move": round(took, 2)})
+    # the path stays avoided while lossy; back after the loss stops and failback_delay
+    nft.clear()
+    wait_active([server, client], "p0", timeout=30)
