@@ -329,6 +329,19 @@ class MultiPathLink:
         a = self.core.active
         return None if a is None else self.paths[a].cfg.name
 
+    def status_fields(self) -> dict[str, Any]:
+        """Keys merged into the tunnel's status (read by ``status``, the API, metrics)."""
+        st = self.status()
+        a = self.core.active
+        peer = self.paths[a].remote if a is not None else None
+        return {
+            "multipath": st,
+            "paths": st["paths"],
+            "active_path": st["active_path"],
+            "failovers": st["failovers"],
+            "peer": _fmt(peer) if peer is not None else None,
+        }
+
     def status(self) -> dict[str, Any]:
         """``paths`` (per-path stats), ``active_path``, counters and recent events."""
         now = self._loop.time() if self._loop is not None else None

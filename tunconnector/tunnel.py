@@ -26,6 +26,7 @@ from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
 from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .multipath import MultiPathLink
 from .proto.backoff import Backoff
 from .proto.framing import (
     HEADER_LEN,
@@ -136,6 +137,7 @@ class Tunnel:
         self._state_changed = asyncio.Event() if _has_loop() else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
         self._native: NativeEndpoint | None = None
         self._remote: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -216,6 +218,7 @@ class Tunnel:
             "tx_packets": self.stats.tx_packets,
             "connects": self.stats.connects,
             "drops": self.all_drops(),
+            **(self._mp.status_fields() if self._mp is not None else {}),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -293,6 +296,9 @@ class Tunnel:
     # ------------------------------------------------------------------ transports
     async def _open_transport(self) -> None:
         cfg = self.config
+        if cfg.path:
+            await self._open_multipath()
+            return
         if cfg.mode == "client":
             self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
         if cfg.proto == "udp":
@@ -350,6 +356,21 @@ class Tunnel:
             self._set_state(State.UP)  # raw: nothing to wait for
         else:
             self._set_state(State.DOWN)
+
+    async def _open_multipath(self) -> None:
+        """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core."""
+        assert self._loop is not None
+        native = self._native = self._make_native()
+        self._mp = MultiPathLink(self.config, native, deliver=self._to_device,
+                                 after_receive=self._flush_native, drops=self.stats.drops,
+                                 logger=self.log)
+        await self._mp.start()
+        self._device_reader(True)
+        now = self._loop.time()
+        native.start(now, initiator=self.config.mode == "client")
+        self._flush_native(native, now)
+        self._set_state(State.DOWN)
+        self._arm_timer()
 
     async def _open_tcp(self) -> None:
         cfg = self.config
@@ -415,6 +436,12 @@ class Tunnel:
         cfg = self.config
         assert self._loop is not None
         if cfg.proto == "udp":
+            if self._mp is not None and self._native is not None:
+                now = self._loop.time()
+                self._mp.send_frames(frames, now)
+                self._flush_native(self._native, now)
+                stats.wire_tx += len(frames)
+                return
             udp = self._udp
             peer = self.peer
             if udp is None or peer is None:
@@ -527,7 +554,9 @@ class Tunnel:
         """Send pending control messages and turn liveness events into state changes."""
         msgs = native.messages_to_send()
         if msgs:
-            if self.config.proto == "udp":
+            if self._mp is not None:
+                self._mp.send_control(msgs)
+            elif self.config.proto == "udp":
                 if self._udp is not None and self.peer is not None:
                     for m in msgs:
                         self._udp.sendto(m, self.peer)
@@ -737,6 +766,9 @@ class Tunnel:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._mp is not None:
+            self._mp.close()
+            self._mp = None
         self._native = None
         if self.device is not None:
             try:
