@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import CryptoError
-from .proto.secure import SecureChannel
+from .proto.secure import HandshakeGuard, SecureChannel
 
 KEY_LEN = 32
 
@@ -102,11 +102,27 @@ def write_key_file(path: str | os.PathLike[str], key_b64: str) -> None:
         os.close(fd)
 
 
-def channel_from_config(tunnel: Any, *, clock_offset: float = 0.0) -> SecureChannel | None:
-    """A :class:`SecureChannel` for a ``TunnelConfig``, or ``None`` when no key is set.
+class TunnelKeys:
+    """Key material of one tunnel, loaded once at start; its repr never shows keys."""
+
+    __slots__ = ("psk", "private_key", "peer_public_key")
+
+    def __init__(self, psk: bytes | None, private_key: bytes | None,
+                 peer_public_key: bytes | None) -> None:
+        self.psk = psk
+        self.private_key = private_key
+        self.peer_public_key = peer_public_key
+
+    def __repr__(self) -> str:
+        mode = "public-key" if self.private_key is not None else "psk"
+        return f"TunnelKeys({mode}, psk={'set' if self.psk else 'unset'})"
+
+
+def load_tunnel_keys(tunnel: Any) -> TunnelKeys | None:
+    """Read a ``TunnelConfig``'s key files (``None`` when it sets no key).
 
     ``key_file`` alone: PSK mode. ``private_key_file`` + ``peer_public_key``: public-key
-    mode, with ``key_file`` as optional extra PSK. The client initiates.
+    mode, with ``key_file`` as an optional extra PSK.
     """
     key_file = getattr(tunnel, "key_file", None)
     priv_file = getattr(tunnel, "private_key_file", None)
@@ -120,13 +136,32 @@ def channel_from_config(tunnel: Any, *, clock_offset: float = 0.0) -> SecureChan
         if not peer_text:
             raise CryptoError("peer_public_key: required with private_key_file")
         peer = decode_key(peer_text, "peer_public_key")
+    return TunnelKeys(psk, priv, peer)
+
+
+def channel_from_config(
+    tunnel: Any, *, keys: TunnelKeys | None = None, clock_offset: float = 0.0,
+    guard: HandshakeGuard | None = None,
+) -> SecureChannel | None:
+    """A :class:`SecureChannel` for a ``TunnelConfig``, or ``None`` when no key is set.
+
+    ``keys`` (from :func:`load_tunnel_keys`) avoids re-reading the files. The client
+    initiates; ``clock_offset`` turns ``now`` into wall-clock time for the handshake
+    timestamps (``time.time() - loop.time()``).
+    """
+    if keys is None:
+        keys = load_tunnel_keys(tunnel)
+        if keys is None:
+            return None
     return SecureChannel(
         initiator=getattr(tunnel, "mode", "client") == "client",
-        psk=psk,
-        private_key=priv,
-        peer_public_key=peer,
+        psk=keys.psk,
+        private_key=keys.private_key,
+        peer_public_key=keys.peer_public_key,
         cipher=getattr(tunnel, "cipher", "chacha20-poly1305"),
         rekey_after_time=getattr(tunnel, "rekey_after_time", 120.0),
         rekey_after_bytes=getattr(tunnel, "rekey_after_bytes", 1 << 36),
+        stale_after=getattr(tunnel, "keepalive", 10.0) + 5.0,
         clock_offset=clock_offset,
+        guard=guard,
     )

@@ -506,3 +506,38 @@ def test_random_orderings_across_a_rekey(rnd: random.Random, dup_rate: float) ->
     assert sorted(got) == sorted(frames)
     assert c.rekeys == 1
     assert set(s.drops) <= {"replay"}
+
+
+def test_keepalives_not_queued_but_start_a_handshake() -> None:
+    c, s = make()
+    assert c.seal(b"", 0.0) is None
+    assert [parse_header(m).type for m in c.datagrams_to_send()] == [MsgType.HANDSHAKE_INIT]
+    assert c.stats(0.0)["queued"] == 0
+
+
+def test_peer_restart_detected_by_unanswered_data() -> None:
+    c, s = make(stale_after=15.0)
+    establish(c, s)
+    s2 = SecureChannel(initiator=False, psk=PSK)  # the server restarted: keys forgotten
+    m = c.seal(b"lost", 1.0)
+    assert m is not None and s2.open(m, parse_header(m), 1.0) is None
+    assert s2.drops["unknown_session"] == 1
+    assert c.get_timer() == 16.0
+    c.handle_timer(16.0)
+    pump(c, s2, 16.0)
+    assert s2.established and send(c, s2, b"back", 16.1) == b"back"
+
+
+def test_guard_shared_between_channels_refuses_replay() -> None:
+    from tunconnector.proto.secure import HandshakeGuard
+
+    guard = HandshakeGuard()
+    c = SecureChannel(initiator=True, psk=PSK)
+    s1 = SecureChannel(initiator=False, psk=PSK, guard=guard)
+    s2 = SecureChannel(initiator=False, psk=PSK, guard=guard)  # e.g. a new TCP connection
+    c.start(0.0)
+    (init,) = c.datagrams_to_send()
+    s1.open(init, parse_header(init), 0.0)
+    s2.open(init, parse_header(init), 0.0)
+    assert len(s1.datagrams_to_send()) == 1 and s2.datagrams_to_send() == []
+    assert s2.drops["replay"] == 1

@@ -120,6 +120,21 @@ class TokenBucketLimiter:
             self._buckets.clear()
 
 
+class HandshakeGuard:
+    """Responder-side replay and flood state, shareable by the channels of one tunnel.
+
+    A TCP server makes one channel per connection; sharing the guard means a captured
+    initiation replayed over a new connection is still refused (its timestamp is old),
+    and the per-source rate limit holds across connections.
+    """
+
+    __slots__ = ("limiter", "last_timestamp")
+
+    def __init__(self, limiter: TokenBucketLimiter | None = None) -> None:
+        self.limiter = limiter if limiter is not None else TokenBucketLimiter()
+        self.last_timestamp = 0
+
+
 # -- the channel ----------------------------------------------------------------------
 
 class _Pending:
@@ -161,8 +176,10 @@ class SecureChannel:
         rekey_after_time: float = 120.0,
         rekey_after_bytes: int = 1 << 36,
         queue_limit: int = 256,
+        stale_after: float = 15.0,
         clock_offset: float = 0.0,
         limiter: TokenBucketLimiter | None = None,
+        guard: HandshakeGuard | None = None,
         ephemeral_factory: Callable[[], X25519PrivateKey] | None = None,
     ) -> None:
         if cipher not in CIPHERS:
@@ -198,8 +215,14 @@ class SecureChannel:
         self.reject_after_time = rekey_after_time * self.reject_factor
         self.rekey_after_bytes = rekey_after_bytes
         self.queue_limit = queue_limit
+        #: data sent but nothing authenticated received for this long: handshake again
+        #: (the peer restarted and lost its keys); the tunnel's keepalives guarantee
+        #: traffic both ways, so such silence means trouble
+        self.stale_after = stale_after
+        self._unanswered_since: float | None = None
         self.clock_offset = clock_offset
-        self.limiter = limiter if limiter is not None else TokenBucketLimiter()
+        self.guard = guard if guard is not None else HandshakeGuard(limiter)
+        self.limiter = self.guard.limiter
         self._ephemeral_factory = ephemeral_factory
         self._init_len = HEADER_LEN + self._msg1_len() + MAC_LEN
         self._resp_len = HEADER_LEN + DHLEN + _RESP_PAYLOAD.size + TAGLEN + MAC_LEN
@@ -215,7 +238,6 @@ class SecureChannel:
         self._want_session = False
         self._can_initiate = initiator
         self._last_ts_sent = 0
-        self._last_ts_seen = 0
         self._queue: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._out: list[bytes] = []
         self._events: collections.deque[Event] = collections.deque()
@@ -269,14 +291,23 @@ class SecureChannel:
     # -- public: sending -------------------------------------------------------------
     def seal(
         self, frame: bytes | bytearray | memoryview, now: float, *,
-        mtype: int = MsgType.DATA, path: int = 0,
+        mtype: int = MsgType.DATA, path: int = 0, flags: int = 0,
     ) -> bytes | None:
-        """Encrypt ``frame`` into one native message, or queue it (``None``)."""
+        """Encrypt ``frame`` into one native message, or queue it (``None``).
+
+        Messages with extra ``flags`` (GSO super-packets) are not queued while no session
+        exists: they are dropped and counted (``no_session``); TCP inside retransmits.
+        """
         kp = self._sendable(now)
         if kp is None:
+            if flags:
+                self.drops["no_session"] += 1
+                if self._pending is None and (self._can_initiate or self._want_session):
+                    self._begin_handshake(now)
+                return None
             self._enqueue(bytes(frame), mtype, path, now)
             return None
-        msg = kp.seal(frame, mtype=mtype, path=path)
+        msg = kp.seal(frame, mtype=mtype, path=path, flags=flags)
         self._after_send(kp, now)
         return msg
 
@@ -340,6 +371,7 @@ class SecureChannel:
             return None
         self.authenticated_source = source
         self.last_authenticated = now
+        self._unanswered_since = None
         if kp is self.next:
             self._promote_next(now)
         if header.type == MsgType.DATA and len(plain) == 0:
@@ -359,6 +391,8 @@ class SecureChannel:
             times.append(cur.created + self._rekey_age(cur))
         if self._wakeup_at is not None:
             times.append(self._wakeup_at)
+        if self._unanswered_since is not None and self._pending is None and self._can_initiate:
+            times.append(self._unanswered_since + self.stale_after)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -370,7 +404,14 @@ class SecureChannel:
                 self._retransmit(now)
         else:
             cur = self.current
-            if cur is not None and self._can_initiate and now - cur.created >= self._rekey_age(cur):
+            stale = (
+                self._unanswered_since is not None
+                and now - self._unanswered_since >= self.stale_after
+            )
+            if cur is not None and self._can_initiate and (
+                stale or now - cur.created >= self._rekey_age(cur)
+            ):
+                self._unanswered_since = None
                 self._begin_handshake(now)
             elif cur is None and self._want_session:
                 self._begin_handshake(now)
@@ -386,6 +427,8 @@ class SecureChannel:
         return kp
 
     def _after_send(self, kp: Keypair, now: float) -> None:
+        if self._unanswered_since is None:
+            self._unanswered_since = now
         if self._pending is not None:
             return
         if (
@@ -396,10 +439,11 @@ class SecureChannel:
             self._begin_handshake(now)
 
     def _enqueue(self, frame: bytes, mtype: int, path: int, now: float) -> None:
-        if len(self._queue) >= self.queue_limit:
-            self._queue.popleft()
-            self.drops["queue_full"] += 1
-        self._queue.append((frame, mtype, path))
+        if frame or mtype != MsgType.DATA:  # a stale keepalive is worthless: not queued
+            if len(self._queue) >= self.queue_limit:
+                self._queue.popleft()
+                self.drops["queue_full"] += 1
+            self._queue.append((frame, mtype, path))
         if self._pending is None and (self._can_initiate or self._want_session):
             self._begin_handshake(now)
 
@@ -535,10 +579,10 @@ class SecureChannel:
                 "cipher_mismatch", f"peer uses cipher {peer}, this side {self.cipher}", now
             )
             return
-        if ts <= self._last_ts_seen:
+        if ts <= self.guard.last_timestamp:
             self.drops["replay"] += 1
             return
-        self._last_ts_seen = ts
+        self.guard.last_timestamp = ts
         pending = self._pending
         if pending is not None:
             mine = (self.initiator, pending.hs.ephemeral_public or b"")
@@ -690,6 +734,7 @@ __all__ = [
     "AuthFailure",
     "Event",
     "HandshakeComplete",
+    "HandshakeGuard",
     "Rekeyed",
     "SecureChannel",
     "SessionExpired",

@@ -102,11 +102,13 @@ class Keypair:
         return self.send_counter >= REJECT_AFTER_MESSAGES
 
     def seal_into(
-        self, buf: bytearray | memoryview, length: int, *, mtype: int, path: int = 0
+        self, buf: bytearray | memoryview, length: int, *, mtype: int, path: int = 0,
+        flags: int = 0,
     ) -> int:
         """Encrypt ``buf[16:16+length]`` in place, writing the header at ``buf[0:16]``.
 
-        ``buf`` needs ``16 + length + 16`` bytes; returns the message length.
+        ``buf`` needs ``16 + length + 16`` bytes; returns the message length. ``flags``
+        (e.g. FLAG_GSO) are added to FLAG_ENCRYPTED; the header is the associated data.
         """
         counter = self.next_counter()
         mv = memoryview(buf)
@@ -114,7 +116,7 @@ class Keypair:
         if len(mv) < end:
             raise LocalProtocolError("seal_into: buffer lacks head-room or tail-room")
         HEADER.pack_into(
-            mv, 0, VERSION, mtype, FLAG_ENCRYPTED, path, self.remote_index, counter
+            mv, 0, VERSION, mtype, FLAG_ENCRYPTED | flags, path, self.remote_index, counter
         )
         self._send.encrypt_into(
             _NONCE.pack(counter), mv[HEADER_LEN:HEADER_LEN + length], mv[:HEADER_LEN],
@@ -123,11 +125,12 @@ class Keypair:
         self.sent_bytes += length
         return end
 
-    def seal(self, payload: bytes | bytearray | memoryview, *, mtype: int, path: int = 0) -> bytes:
+    def seal(self, payload: bytes | bytearray | memoryview, *, mtype: int, path: int = 0,
+             flags: int = 0) -> bytes:
         """Simple bytes API: one native message carrying ``payload`` encrypted."""
         buf = bytearray(HEADER_LEN + len(payload) + TAG_LEN)
         buf[HEADER_LEN:HEADER_LEN + len(payload)] = payload
-        self.seal_into(buf, len(payload), mtype=mtype, path=path)
+        self.seal_into(buf, len(payload), mtype=mtype, path=path, flags=flags)
         return bytes(buf)
 
     # -- receive ----------------------------------------------------------------------
