@@ -26,6 +26,7 @@ from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
 from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .multipath import MultiPathLink
 from .proto.backoff import Backoff
 from .proto.framing import (
@@ -38,6 +39,7 @@ from .proto.framing import (
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
+from .proto.secure import AuthFailure, HandshakeComplete, HandshakeGuard, Rekeyed, SessionExpired
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -149,6 +151,8 @@ class Tunnel:
         self._conn_lost: asyncio.Event | None = None
         self._reading_device = False
         self._stopping = False
+        self._keys: TunnelKeys | None = None
+        self._guard = HandshakeGuard()
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -219,7 +223,18 @@ class Tunnel:
             "connects": self.stats.connects,
             "drops": self.all_drops(),
             **(self._mp.status_fields() if self._mp is not None else {}),
+            "crypto": self._crypto_status(now),
         }
+
+    def _crypto_status(self, now: float | None) -> dict[str, Any] | None:
+        """Cipher, session age and handshake counts of the live channel (no keys)."""
+        if self._keys is None:
+            return None
+        for native in self._natives():
+            stats = getattr(native.secure, "stats", None)
+            if stats is not None and now is not None:
+                return dict(stats(now))
+        return {"cipher": self.config.cipher, "established": False}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -230,6 +245,7 @@ class Tunnel:
         self.error = None
         self._set_state(State.STARTING)
         try:
+            self._keys = load_tunnel_keys(self.config)  # key file errors before any device
             await self._open_device()
             await self._open_transport()
         except BaseException as exc:
@@ -317,8 +333,16 @@ class Tunnel:
     def _make_native(self) -> NativeEndpoint:
         """A native endpoint (the crypto layer plugs its SecureChannel in here)."""
         cfg = self.config
+        secure = None
+        if self._keys is not None:
+            assert self._loop is not None
+            secure = channel_from_config(
+                cfg, keys=self._keys, clock_offset=time.time() - self._loop.time(),
+                guard=self._guard,
+            )
         return NativeEndpoint(
-            keepalive=cfg.keepalive, dead_after=cfg.dead_after, max_frame=self.max_frame
+            keepalive=cfg.keepalive, dead_after=cfg.dead_after, max_frame=self.max_frame,
+            secure=secure,
         )
 
     def _natives(self) -> list[NativeEndpoint]:
@@ -519,7 +543,7 @@ class Tunnel:
                         if hello is not None:
                             self._udp.sendto(hello, addr)
                     continue
-            decoded = native.decode(data, now)
+            decoded = native.decode(data, now, addr[0])
             if decoded.authentic and not from_peer:
                 self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
             frames.extend(decoded.frames)
@@ -581,10 +605,19 @@ class Tunnel:
         self._arm_timer()
 
     def _on_secure_events(self, native: NativeEndpoint) -> None:
-        """Hook for crypto events (handshake complete, auth failure): logged by the crypto layer."""
+        """One log line per crypto state change (never key material)."""
         assert native.secure is not None
-        while native.secure.next_event() is not None:
-            pass
+        while (ev := native.secure.next_event()) is not None:
+            if isinstance(ev, HandshakeComplete):
+                self.log.info("tunnel %s: encrypted session established (%s)", self.name,
+                              "we initiated" if ev.initiator else "peer initiated")
+            elif isinstance(ev, Rekeyed):
+                self.log.debug("tunnel %s: rekeyed", self.name)
+            elif isinstance(ev, AuthFailure):
+                self.log.warning("tunnel %s: authentication failure (%s): %s",
+                                 self.name, ev.reason, ev.message)
+            elif isinstance(ev, SessionExpired):
+                self.log.warning("tunnel %s: session keys expired without a rekey", self.name)
 
     def _conn_for(self, native: NativeEndpoint) -> _StreamConn | None:
         if self._conn is not None and self._conn.native is native:
@@ -661,7 +694,9 @@ class Tunnel:
                     frames.append(f)
         else:
             for msg in items:
-                decoded = conn.native.decode(msg, now)
+                decoded = conn.native.decode(
+                    msg, now, conn.proto.peername[0] if conn.proto.peername else None
+                )
                 if decoded.authentic and not conn.promoted:
                     self._promote(conn)
                 if conn.promoted:

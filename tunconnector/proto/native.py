@@ -12,6 +12,7 @@ cannot steal the peer address. Encrypted: every message that authenticates is.
 from __future__ import annotations
 
 import collections
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +39,9 @@ class SecureChannelLike(Protocol):
 
     def seal(self, frame: bytes, now: float) -> bytes | None: ...
 
-    def open(self, message: bytes, header: Header, now: float) -> bytes | None: ...
+    def open(
+        self, message: bytes, header: Header, now: float, source: Hashable = None
+    ) -> bytes | None: ...
 
     def datagrams_to_send(self) -> list[bytes]: ...
 
@@ -81,6 +84,9 @@ class NativeEndpoint:
     # -- sending -------------------------------------------------------------------
     def start(self, now: float, *, initiator: bool) -> None:
         self.liveness.start(now, send_first=initiator)
+        start_secure = getattr(self.secure, "start", None)
+        if start_secure is not None and initiator:
+            start_secure(now)  # the initiator keeps an encrypted session up from now on
         self.handle_timer(now)
 
     def encode_data(self, frame: bytes, now: float) -> bytes | None:
@@ -112,8 +118,11 @@ class NativeEndpoint:
         return encode_keepalive(self.tx_counter, int(now * 1e6) or 1, 0, path=self.path)
 
     # -- receiving -----------------------------------------------------------------
-    def decode(self, data: bytes, now: float) -> Decoded:
-        """Parse one message; bad input is counted in ``drops`` and yields nothing."""
+    def decode(self, data: bytes, now: float, source: Hashable = None) -> Decoded:
+        """Parse one message; bad input is counted in ``drops`` and yields nothing.
+
+        ``source`` (the sender's address) keys the crypto layer's handshake rate limit.
+        """
         result = Decoded()
         try:
             header = parse_header(data)
@@ -129,7 +138,7 @@ class NativeEndpoint:
                 return result
             before = sum(self.secure.drops.values())
             try:
-                frame = self.secure.open(data, header, now)
+                frame = self.secure.open(data, header, now, source)
             except RemoteProtocolError as exc:
                 self.drops[exc.reason] += 1
                 return result
