@@ -711,6 +711,12 @@ class Tunnel:
     def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
         conn = self._find_conn(proto)
         self._candidates = {c for c in self._candidates if c.proto is not proto}
+        if conn is not None and conn.decoder.buffered:
+            conn.decoder.receive_data(b"")  # EOF inside a frame: count it
+            try:
+                conn.decoder.frames()
+            except RemoteProtocolError as err:
+                self.stats.drops[err.reason] += 1
         if conn is not None and conn is self._conn:
             self._conn = None
             if not self._stopping:
