@@ -185,6 +185,16 @@ def cmd_status(argv: Sequence[str]) -> int:
                 f"in {t['rx_bytes']} B/{t['rx_packets']} pkts  "
                 f"out {t['tx_bytes']} B/{t['tx_packets']} pkts  drops: {drops}"
             )
+            crypto = t.get("crypto")
+            if crypto:
+                age = crypto.get("session_age")
+                print(
+                    f"  {'':<12} encrypted {crypto.get('cipher')} "
+                    f"{crypto.get('mode', '')} session "
+                    f"{'up' if crypto.get('established') else 'down'}"
+                    f"{'' if age is None else f' age {age:.0f}s'}  "
+                    f"handshakes {crypto.get('handshakes', 0)} rekeys {crypto.get('rekeys', 0)}"
+                )
     return 0
 
 
@@ -224,6 +234,58 @@ def cmd_rmtun(argv: Sequence[str]) -> int:
     raise last
 
 
+def _private_stdout() -> None:
+    """``genkey > tunnel.key``: make that file 0600 before a key is written into it."""
+    import stat
+
+    try:
+        st = os.fstat(sys.stdout.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            os.fchmod(sys.stdout.fileno(), 0o600)
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - odd stdout
+        print("tunconnector: warning: could not restrict the output file to mode 0600",
+              file=sys.stderr)
+
+
+def cmd_genkey(argv: Sequence[str]) -> int:
+    from .keys import generate_keypair, generate_psk, public_from_private, write_key_file
+
+    p = argparse.ArgumentParser(
+        prog="tunconnector genkey",
+        description="print a new pre-shared key (base64, 32 bytes); with --keypair write an "
+        "X25519 private key to FILE (mode 0600) and print its public key",
+    )
+    p.add_argument("--keypair", metavar="FILE", nargs="?", const="-", default=None,
+                   help="public-key mode: private key to FILE ('-' or no FILE: stdout, "
+                   "then the public key on stderr)")
+    p.add_argument("--public", metavar="FILE", default=None,
+                   help="print the public key of an existing private key file")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="write the PSK to FILE (mode 0600, never overwritten)")
+    args = p.parse_args(argv)
+    _private_stdout()
+    if args.public:
+        from .keys import load_key_file
+
+        print(public_from_private(load_key_file(args.public)))
+        return 0
+    if args.keypair is not None:
+        priv, pub = generate_keypair()
+        if args.keypair == "-":
+            print(priv)
+            print(f"public key: {pub}", file=sys.stderr)
+        else:
+            write_key_file(args.keypair, priv)
+            print(pub)
+        return 0
+    psk = generate_psk()
+    if args.output:
+        write_key_file(args.output, psk)
+    else:
+        print(psk)
+    return 0
+
+
 def cmd_demo(argv: Sequence[str]) -> int:
     from .demo import main as demo_main
 
@@ -236,6 +298,7 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mktun": cmd_mktun,
     "rmtun": cmd_rmtun,
     "demo": cmd_demo,
+    "genkey": cmd_genkey,
 }
 
 
