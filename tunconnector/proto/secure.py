@@ -158,7 +158,7 @@ class SecureChannel:
     rekey_timeout = 1.0
     max_retransmit = 8.0
     #: attempts without a response before an AuthFailure("no_response") is reported
-    unanswered_report_after = 3
+    unanswered_report_after = 2
     #: the keypair's responder rekeys this much later than its initiator would
     responder_rekey_factor = 1.2
     #: keypairs are refused after ``rekey_after_time * reject_factor``
