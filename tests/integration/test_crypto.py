@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -249,15 +248,10 @@ def test_rekey_every_2s_under_iperf3(env: Env) -> None:
     srv = env.a.popen("iperf3", "-s", "-1", "-B", SERVER_IP, "-p", "5402",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)  # iperf3 -s has no readiness signal; the client retries below
-        res = None
-        for _ in range(20):
-            res = env.b.run("iperf3", "-c", SERVER_IP, "-p", "5402", "-t", "10", "-J",
-                            check=False, timeout=60)
-            if res.returncode == 0 or "Connection refused" not in (res.stdout + res.stderr):
-                break
-            time.sleep(0.2)
-        assert res is not None and res.returncode == 0, res.stdout[-2000:] + res.stderr
+        assert wait_for(lambda: ":5402 " in env.a.run("ss", "-ltn").stdout, timeout=10)
+        res = env.b.run("iperf3", "-c", SERVER_IP, "-p", "5402", "-t", "10", "-J",
+                        check=False, timeout=60)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr
         report = json.loads(res.stdout)
         assert "error" not in report
         sent = report["end"]["sum_sent"]["bytes"]
