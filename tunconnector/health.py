@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,7 @@ class HealthMonitor:
         log.info(
             "tunnel %s: health %s -> %s (%d/%d answered, target %s)",
             self.name, ev.old.value, ev.new.value, ev.answered, ev.window, self.target,
+            extra={"tunnel": self.name, "event": "health"},
         )
         self._changed.set()
         for cb in list(self._listeners):
@@ -229,3 +230,22 @@ class HealthMonitor:
             self._written = text
         except OSError as exc:
             log.warning("tunnel %s: cannot write status file %s: %s", self.name, path, exc)
+
+
+async def health_service(node: Any) -> Callable[[], Awaitable[None]] | None:
+    """Node service: one monitor per tunnel with ``[tunnel.health]`` (``node.health``)."""
+    monitors: dict[str, HealthMonitor] = {}
+    for name, tunnel in node.tunnels.items():
+        if tunnel.config.health is None:
+            continue
+        mon = HealthMonitor.for_tunnel(tunnel.config)
+        monitors[name] = mon
+        mon.start()
+    node.health = monitors
+    if not monitors:
+        return None
+
+    async def stop() -> None:
+        await asyncio.gather(*(m.stop() for m in monitors.values()))
+
+    return stop

@@ -65,6 +65,17 @@ class Node:
         self._services: list[Service] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
+        # operations (issue 7): health checks, then the control API, when configured
+        self.health: dict[str, Any] = {}
+        self.api_server: Any = None
+        if any(t.health is not None for t in config.tunnel):
+            from .health import health_service
+
+            self.add_service(health_service)
+        if config.api is not None:
+            from .api import api_service
+
+            self.add_service(api_service)
 
     # -- services ----------------------------------------------------------------------
     def add_service(self, service: Service) -> None:
@@ -84,8 +95,6 @@ class Node:
             return
         self.started = True
         try:
-            if self._control is not None:
-                await self._control.start()
             names = [n for n, t in self.tunnels.items() if t.config.enabled]
             results = await asyncio.gather(
                 *(self.tunnels[n].start() for n in names), return_exceptions=True
@@ -94,13 +103,21 @@ class Node:
             for name, res in zip(names, results, strict=True):
                 if isinstance(res, BaseException):
                     failed.append((name, res))
-                    log.error("tunnel %s failed to start: %s", name, res,
-                              extra={"tunnel": name})
+                    # with nothing else running the caller reports it (one line, not two)
+                    lvl = logging.ERROR if len(names) > 1 else logging.DEBUG
+                    log.log(lvl, "tunnel %s failed to start: %s", name, res,
+                            extra={"tunnel": name})
             if failed and self.strict:
                 name, exc = failed[0]
                 if isinstance(exc, TunconnectorError):
                     raise type(exc)(f"tunnel {name}: {exc}") from exc
                 raise exc
+            if self._control is not None:
+                try:
+                    await self._control.start()
+                except TunconnectorError as exc:
+                    log.warning("%s; `tunconnector status` will not see this daemon", exc)
+                    self._control = None
             for service in self._services:
                 stop = await service(self)
                 if stop is not None:

@@ -302,9 +302,11 @@ def test_metrics_parse_and_follow_counters(client: TestClient, node: FakeNode) -
 def test_probes(client: TestClient, node: FakeNode) -> None:
     assert client.get("/livez").json()["status"] == "alive"
     assert client.get("/readyz").status_code == 200
+    node.tunnels["vpn"].state = "stopped"  # the operator's choice: still ready
+    assert client.get("/readyz").status_code == 200
     node.tunnels["vpn"].state = "failed"
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["not_running"] == ["vpn"]
+    assert r.status_code == 503 and r.json()["failed"] == ["vpn"]
 
 
 def test_openapi_document(client: TestClient) -> None:

@@ -99,7 +99,7 @@ class Alive(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
-    not_running: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
 
 
 def _health_map(node: Any) -> dict[str, Any]:
@@ -304,18 +304,20 @@ def create_app(
     @app.get(
         "/readyz",
         response_model=Ready,
-        responses={503: {"model": Ready, "description": "an enabled tunnel is not running"}},
+        responses={503: {"model": Ready, "description": "not started, or a tunnel failed"}},
         tags=["operations"],
     )
     async def readyz() -> Any:
-        """Every enabled tunnel is running (readiness probe)."""
-        missing = []
+        """The daemon finished start-up and no enabled tunnel is ``failed`` (readiness
+        probe). A tunnel stopped through the API is an operator's choice, not a fault."""
+        failed = []
         for n, t in node.tunnels.items():
             state = str(getattr(t.state, "value", t.state))
-            if t.config.enabled and state not in ("starting", "down", "up"):
-                missing.append(n)
-        body = Ready(ready=not missing, not_running=missing)
-        if missing:
+            if t.config.enabled and state == "failed":
+                failed.append(n)
+        started = bool(getattr(node, "started", True))
+        body = Ready(ready=started and not failed, failed=failed)
+        if not body.ready:
             return JSONResponse(body.model_dump(), status_code=503)
         return body
 

@@ -1,0 +1,261 @@
+"""Control API, health check and metrics against real daemons with a real tunnel.
+
+Server daemon in namespace A (tunnel ``vpn`` 10.77.0.1, API on A's loopback, health
+check pinging the client's tunnel address), client daemon in B (10.77.0.2). The test
+talks HTTP through a socket opened inside A.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Daemon, Env, to_toml
+from netns import VENV_BIN, free_port, tunconnector_cmd, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from tunconnector.io.icmp import _in_netns
+
+USER, PASSWORD, TOKEN = "admin", "pw-9f2c1e", "tok-4b7d0a"
+GOOD = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+BAD_HEADERS = {
+    "none": {},
+    "wrong-password": {
+        "Authorization": "Basic " + base64.b64encode(f"{USER}:nope".encode()).decode()},
+    "seed-default": {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()},
+    "wrong-token": {"Authorization": "Bearer nope"},
+}
+MUTATING = [
+    ("POST", "/v1/tunnels/vpn/start"),
+    ("POST", "/v1/tunnels/vpn/stop"),
+    ("POST", "/vpn/start"),
+    ("POST", "/vpn/stop"),
+    ("GET", "/vpn/start"),
+    ("GET", "/vpn/stop"),
+]
+INTERVAL = 1.0
+
+
+class Api:
+    """HTTP client for an API listening on loopback inside a namespace."""
+
+    def __init__(self, ns: str, port: int) -> None:
+        self.ns, self.port = ns, port
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        sock = _in_netns(self.ns, lambda: socket.create_connection(("127.0.0.1", self.port), 5))
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.sock = sock
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
+        status, _, body = self.request(method, path, headers)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            try:
+                return self.request("GET", "/livez")[0] == 200
+            except OSError:
+                return False
+
+        assert wait_for(up, timeout, 0.1), "API did not come up"
+
+
+def start_pair(
+    env: Env, *, status_file: Path, api_extra: str = "", json_logs: bool = False
+) -> tuple[Daemon, Daemon, Api]:
+    port = free_port()
+    common = {"keepalive": 0.5, "dead_after": 2}
+    extra = (
+        f'[api]\nlisten = "127.0.0.1:{port}"\nusername = "{USER}"\npassword = "{PASSWORD}"\n'
+        f'token = "{TOKEN}"\nauth_max_failures = 1000\n{api_extra}'
+    )
+    path = env.workdir / "server.toml"
+    path.write_text(to_toml([{
+        "name": "vpn", "mode": "server", "device": "tcv0", "port": 55560,
+        "address": ["10.77.0.1/24"], **common,
+        "health": {"target": "10.77.0.2", "interval": INTERVAL, "probes": 4,
+                   "threshold": 0.5, "timeout": 0.3, "status_file": str(status_file)},
+    }], extra))
+    argv = tunconnector_cmd("run", "-c", str(path), *(["--json-logs"] if json_logs else []))
+    server = env.daemon(env.a, argv, "server")
+    client = env.config_daemon(env.b, [{
+        "name": "vpn", "mode": "client", "device": "tcv0", "remote": env.lab.a_addrs[0],
+        "remote_port": 55560, "address": ["10.77.0.2/24"], **common,
+    }], "client")
+    api = Api(env.a.ns, port)
+    api.wait_ready()
+    client.wait_state("up")
+    return server, client, api
+
+
+def read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def wait_file(path: Path, want: str, timeout: float) -> float:
+    t0 = time.monotonic()
+    assert wait_for(lambda: read(path) == want, timeout, 0.02), (want, read(path))
+    return time.monotonic() - t0
+
+
+def test_every_mutating_endpoint_needs_credentials(env: Env, tmp_path: Path) -> None:
+    server, _client, api = start_pair(env, status_file=tmp_path / "st")
+    for method, path in MUTATING:
+        for label, headers in BAD_HEADERS.items():
+            status, hdrs, body = api.request(method, path, headers)
+            assert status == 401, (method, path, label, status, body)
+            assert "Basic" in hdrs["www-authenticate"]
+    # nothing changed
+    assert api.json("GET", "/v1/tunnels/vpn")["state"] == "up"
+    assert server.tunnel("vpn")["state"] == "up"  # type: ignore[index]
+    # and the counter saw every attempt
+    m = api.request("GET", "/metrics")[2].decode()
+    fails = sample(m, "tunconnector_api_auth_failures_total")
+    assert fails == len(MUTATING) * len(BAD_HEADERS)
+    # token works too
+    st, _, _ = api.request("POST", "/v1/tunnels/vpn/start",
+                           {"Authorization": f"Bearer {TOKEN}"})
+    assert st == 200
+
+
+def test_stop_and_start_change_real_traffic(env: Env, tmp_path: Path) -> None:
+    _server, _client, api = start_pair(env, status_file=tmp_path / "st")
+    assert env.b.ping("10.77.0.1", count=3, interval=0.1) == (3, 3)
+
+    r = api.json("POST", "/v1/tunnels/vpn/stop", GOOD)
+    assert r["changed"] is True and r["state"] == "stopped"
+    assert api.json("GET", "/v1/tunnels/vpn")["state"] == "stopped"
+    assert env.b.ping("10.77.0.1", count=3, interval=0.1)[1] == 0
+    assert "tcv0" not in env.a.run("ip", "-br", "link").stdout  # device gone
+
+    r = api.json("POST", "/v1/tunnels/vpn/start", GOOD)
+    assert r["changed"] is True
+    assert env.b.wait_ping("10.77.0.1", timeout=10), "no traffic after start"
+    assert env.b.ping("10.77.0.1", count=3, interval=0.1) == (3, 3)
+
+    # the seed's short forms act on the only tunnel
+    assert api.json("POST", "/vpn/stop", GOOD)["state"] == "stopped"
+    assert env.b.ping("10.77.0.1", count=2, interval=0.1)[1] == 0
+    assert api.json("POST", "/vpn/start", GOOD)["changed"] is True
+    assert env.b.wait_ping("10.77.0.1", timeout=10)
+
+
+def test_health_follows_far_end_and_status_file_flips(env: Env, tmp_path: Path) -> None:
+    status = tmp_path / "upv_vpn_status"
+    _server, _client, api = start_pair(env, status_file=status)
+    wait_file(status, "OK", 10)
+    assert api.json("GET", "/vpn/status") == {
+        "status": "OK", "tunnel": "vpn", "state": "up", "health": "OK"}
+
+    env.lab.link_down()  # the far end goes away
+    took_down = wait_file(status, "NOT_OK", 5 * INTERVAL)
+    assert took_down <= INTERVAL + 0.3, f"NOT_OK after {took_down:.2f}s"
+    assert api.json("GET", "/vpn/status")["status"] == "NOT_OK"  # no auth needed
+    h = api.json("GET", "/v1/tunnels/vpn")["health"]
+    assert h["state"] == "NOT_OK" and h["target"] == "10.77.0.2"
+
+    env.lab.link_up()  # and comes back
+    took_up = wait_file(status, "OK", 5 * INTERVAL)
+    assert took_up <= INTERVAL + 0.3, f"OK after {took_up:.2f}s"
+    assert api.json("GET", "/vpn/status")["status"] == "OK"
+    print(f"health: NOT_OK after {took_down * 1000:.0f} ms, OK again after "
+          f"{took_up * 1000:.0f} ms (interval {INTERVAL:.0f} s)")
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise KeyError(f"{name}{labels}")
+
+
+def test_metrics_parse_and_move_with_traffic(env: Env, tmp_path: Path) -> None:
+    _server, _client, api = start_pair(env, status_file=tmp_path / "st")
+    status, hdrs, body = api.request("GET", "/metrics")
+    assert status == 200 and hdrs["content-type"].startswith("text/plain")
+    before = body.decode()
+    list(text_string_to_metric_families(before))  # parses
+    rx0 = sample(before, "tunconnector_rx_packets_total", tunnel="vpn")
+    rxb0 = sample(before, "tunconnector_rx_bytes_total", tunnel="vpn")
+    assert sample(before, "tunconnector_tunnel_up", tunnel="vpn") == 1
+    assert env.b.ping("10.77.0.1", count=50, interval=0.01, size=1000) == (50, 50)
+    after = api.request("GET", "/metrics")[2].decode()
+    assert sample(after, "tunconnector_rx_packets_total", tunnel="vpn") >= rx0 + 50
+    assert sample(after, "tunconnector_rx_bytes_total", tunnel="vpn") >= rxb0 + 50 * 1028
+    assert sample(after, "tunconnector_health_probes_total", tunnel="vpn",
+                  result="answered") > 0
+    assert sample(after, "tunconnector_tunnel_state", tunnel="vpn", state="up") == 1
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_errors(env: Env, tmp_path: Path) -> None:
+    st = shutil.which("schemathesis", path=str(VENV_BIN))
+    if st is None:
+        pytest.skip("schemathesis not installed (pip install schemathesis)")
+    _server, _client, api = start_pair(env, status_file=tmp_path / "st")
+    url = f"http://127.0.0.1:{api.port}"
+    res = env.a.run(
+        st, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
+        "--phases", "examples,coverage,fuzzing", "--max-examples", "10",
+        "--auth", f"{USER}:{PASSWORD}", "--seed", "1",
+        "--request-timeout", "10", "--max-time", "45", "--warnings", "off",
+        check=False, timeout=240,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "No issues found" in out or "passed" in out.lower(), out[-2000:]
+    summary = [ln.strip() for ln in out.splitlines() if "generated" in ln]
+    print("schemathesis:", *summary)
+    # and the daemon is still serving
+    assert api.request("GET", "/livez")[0] == 200
+
+
+def test_refuses_public_listen_without_credentials(env: Env, tmp_path: Path) -> None:
+    cfg = tmp_path / "open.toml"
+    cfg.write_text(
+        f'[api]\nlisten = "0.0.0.0:{free_port()}"\n\n[[tunnel]]\nname = "vpn"\n'
+        'device = "tco0"\naddress = "10.78.0.1/24"\nport = 55561\n'
+    )
+    res = env.a.run(str(VENV_BIN / "tunconnector"), "run", "-c", str(cfg), check=False,
+                    timeout=30)
+    assert res.returncode != 0
+    assert "without credentials" in res.stderr, res.stderr
+    assert "tco0" not in env.a.run("ip", "-br", "link").stdout
+
+
+def test_json_logs_one_line_per_state_change(env: Env, tmp_path: Path) -> None:
+    status = tmp_path / "st"
+    server, _client, api = start_pair(env, status_file=status, json_logs=True)
+    wait_file(status, "OK", 10)
+    api.json("POST", "/v1/tunnels/vpn/stop", GOOD)
+    api.json("POST", "/v1/tunnels/vpn/start", GOOD)
+    wait_file(status, "OK", 10)
+    lines = [json.loads(ln) for ln in server.log().splitlines() if ln.startswith("{")]
+    assert lines, server.log()
+    msgs = [ln["msg"] for ln in lines]
+    health = [ln for ln in lines if ln.get("event") == "health"]
+    assert health and all(ln["tunnel"] == "vpn" for ln in health)
+    assert any("-> OK" in ln["msg"] for ln in health)
+    assert sum("API: admin stop tunnel vpn" in m for m in msgs) == 1
+    assert sum("API: admin start tunnel vpn" in m for m in msgs) == 1
