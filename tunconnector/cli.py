@@ -48,6 +48,10 @@ def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--netns", default=None, help="put the device(s) in this network namespace")
     p.add_argument("--key", default=None, metavar="FILE", help="pre-shared key file (genkey)")
     p.add_argument("--cipher", choices=["chacha20-poly1305", "aes-256-gcm"], default=None)
+    p.add_argument("--private-key", default=None, metavar="FILE",
+                   help="X25519 private key file (genkey --keypair): public-key mode")
+    p.add_argument("--peer-public-key", default=None, metavar="KEY",
+                   help="the peer's public key (base64), with --private-key")
     p.add_argument("--offload", choices=["auto", "off"], default=None)
 
 
@@ -90,7 +94,9 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
     }
     for key, val in (("mtu", args.mtu), ("bind", args.bind), ("netns", args.netns),
                      ("bind_interface", args.bind_interface), ("key_file", args.key),
-                     ("cipher", args.cipher), ("offload", args.offload)):
+                     ("cipher", args.cipher), ("offload", args.offload),
+                     ("private_key_file", args.private_key),
+                     ("peer_public_key", args.peer_public_key)):
         if val is not None:
             common[key] = val
     tunnels: list[dict[str, Any]] = []

@@ -107,3 +107,23 @@ def test_channel_from_config(tmp_path: Path) -> None:
         mode="server"))
     assert ch is not None and ch.pattern == "IKpsk2" and not ch.initiator
     assert priv not in repr(ch) and decode_key(priv).hex() not in repr(ch)
+
+
+def test_cli_genkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tunconnector.cli import main
+
+    assert main(["genkey"]) == 0
+    assert len(decode_key(capsys.readouterr().out)) == 32
+    priv_path = tmp_path / "priv.key"
+    assert main(["genkey", "--keypair", str(priv_path)]) == 0
+    pub = capsys.readouterr().out.strip()
+    assert priv_path.stat().st_mode & 0o777 == 0o600
+    assert public_from_private(load_key_file(priv_path)) == pub
+    assert main(["genkey", "--public", str(priv_path)]) == 0
+    assert capsys.readouterr().out.strip() == pub
+    psk_path = tmp_path / "psk.key"
+    assert main(["genkey", "-o", str(psk_path)]) == 0
+    assert len(load_key_file(psk_path)) == 32
+    os.chmod(psk_path, 0o640)
+    assert main(["genkey", "--public", str(psk_path)]) == 1
+    assert "too open" in capsys.readouterr().err
