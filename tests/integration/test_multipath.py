@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import threading
@@ -209,8 +210,9 @@ class Stream:
     def start(self) -> Stream:
         script = self.workdir / "stream.py"
         script.write_text(STREAM)
-        self.stop_file = self.workdir / f"stop-{self.name}"
-        self.out = self.workdir / f"got-{self.name}"
+        run = secrets.token_hex(3)
+        self.stop_file = self.workdir / f"stop-{self.name}-{run}"
+        self.out = self.workdir / f"got-{self.name}-{run}"
         recv = self.dst.popen(PY, str(script), "recv", self.dst_ip, str(STREAM_PORT),
                               str(self.out), stdout=subprocess.PIPE)
         assert recv.stdout is not None
@@ -225,9 +227,11 @@ class Stream:
     def finish(self) -> None:
         self.stop_file.touch()
         recv, send = self.procs
-        out, _ = send.communicate(timeout=20)
-        self.sent = int(out.split()[-1])
-        recv.communicate(timeout=30)
+        send.wait(20)
+        assert send.stdout is not None and recv.stdout is not None
+        self.sent = int(send.stdout.read().split()[-1])  # buffered: not communicate()
+        recv.wait(30)
+        recv.stdout.read()
         self.got = self.out.read_bytes()
 
     def kill(self) -> None:

@@ -213,13 +213,14 @@ def test_cut_active_path_fails_over_within_budget(cut_at: float) -> None:
     for side in sim.sides.values():
         downs = [e for e in side.events if isinstance(e, PathDown)]
         assert [e.index for e in downs] == [0]
-        assert 0.04 <= downs[0].at - cut_at <= 0.085
+        # first miss after <= 1 interval, then fast re-probes: 2..3 intervals in all
+        assert 0.02 <= downs[0].at - cut_at <= 0.065
         ch = changes(side)[-1]
         assert (ch.old, ch.new, ch.reason) == (0, 1, "failover")
         assert side.mp.failovers == 1
     lost = sim.lost()
-    assert 0 < len(lost) <= 90  # 1 kpps: one packet = 1 ms
-    assert all(cut_at - 0.002 <= sim.sent_at[c] <= cut_at + 0.09 for c in lost)
+    assert 0 < len(lost) <= 70  # 1 kpps: one packet = 1 ms
+    assert all(cut_at - 0.002 <= sim.sent_at[c] <= cut_at + 0.07 for c in lost)
 
 
 def test_one_way_cut_is_detected_by_both_ends() -> None:
@@ -231,8 +232,8 @@ def test_one_way_cut_is_detected_by_both_ends() -> None:
     for side in sim.sides.values():
         assert side.mp.active == 1
         down = next(e for e in side.events if isinstance(e, PathDown))
-        assert down.at - 1.0 <= 0.15
-    assert len(sim.lost()) <= 90
+        assert down.at - 1.0 <= 0.1
+    assert len(sim.lost()) <= 70
 
 
 def test_duplicate_mode_loses_nothing_on_cut() -> None:
@@ -418,7 +419,8 @@ def test_data_received_defers_down_on_lost_probes() -> None:
         if mp.state(0) is PathState.DOWN:
             break
     downs = [e for e in sim.sides["a"].events if isinstance(e, PathDown)]
-    assert downs and downs[0].at - t >= 0.1  # 6 misses of a 20 ms interval
+    assert downs and downs[0].reason == "6 probes missed"  # not 3: data kept arriving
+    assert downs[0].at - t >= 0.05
 
 
 # -- balance ------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ PROBE (sequence number + sender timestamp); the peer answers with a PROBE_ACK ec
 both. From that come, per path:
 
 - RTT: RFC 6298 smoothing (``srtt``, ``rttvar``); a probe is *missed* when no ack came
-  within ``max(probe_interval, srtt + 4 * rttvar)``, so a slow path (RTT above the
-  interval) is not mistaken for a dead one, and a late ack still counts as an answer.
+  within ``max(interval, srtt + 4 * rttvar)``, so a slow path (RTT above the interval)
+  is not mistaken for a dead one, and a late ack still counts as an answer. After a miss
+  on a live path the next probe leaves at once and the spacing halves until an answer
+  comes back: ``down_after`` consecutive misses then take about
+  ``(down_after + 1) / 2`` intervals instead of ``down_after + 1``.
 - loss: the share of unanswered probes among the last ``loss_window`` settled ones.
 - state, with hysteresis: ``down`` after ``down_after`` consecutive misses, ``up`` after
   ``up_after`` consecutive answers. Data received on a path is a liveness signal: while
@@ -313,14 +316,15 @@ class MultiPath:
             seq = p.next_seq
             p.next_seq += 1
             sent_us = int(now * 1_000_000)
-            probe = _Probe(seq, now, sent_us, now + p.timeout(self.probe_interval))
+            interval = self._interval(p)
+            probe = _Probe(seq, now, sent_us, now + p.timeout(interval))
             p.pending[seq] = probe
             p.history.append(probe)
             p.probes_sent += 1
             # keep the phase when on time; after a stall, one probe and a fresh interval
-            p.next_probe_at += self.probe_interval
+            p.next_probe_at += interval
             if p.next_probe_at <= now:
-                p.next_probe_at = now + self.probe_interval
+                p.next_probe_at = now + interval
             out.append((p.index, encode_probe(seq, sent_us, path=p.index)))
         return out
 
@@ -410,6 +414,9 @@ class MultiPath:
                 p.last_miss_sent = pr.sent
                 p.missed += 1
                 p.good = 0
+            if expired and p.state is not PathState.DOWN:
+                # suspect: confirm (or clear) it at once rather than a whole interval later
+                p.next_probe_at = min(p.next_probe_at, now)
             if expired:
                 self._check_down(p, now)
                 if p.state is PathState.UP:
@@ -434,6 +441,12 @@ class MultiPath:
 
     def _data_paths_view(self) -> list[int]:
         return self._data_paths
+
+    def _interval(self, p: _Path) -> float:
+        """Probe spacing: halved while a live path has unanswered probes (suspect)."""
+        if p.missed and p.state is not PathState.DOWN:
+            return self.probe_interval / 2
+        return self.probe_interval
 
     def _learn(self, p: _Path, now: float) -> None:
         if not p.remote_known:
