@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__
 from .config import Config
@@ -227,7 +227,7 @@ def cmd_rmtun(argv: Sequence[str]) -> int:
     p.add_argument("--dev-type", choices=["tun", "tap"], default=None,
                    help="default: try tun, then tap")
     args = p.parse_args(argv)
-    types = [args.dev_type] if args.dev_type else ["tun", "tap"]
+    types: list[Literal["tun", "tap"]] = [args.dev_type] if args.dev_type else ["tun", "tap"]
     last: Exception | None = None
     for t in types:
         try:

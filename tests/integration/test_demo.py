@@ -7,7 +7,6 @@ import subprocess
 from netns import tunconnector_cmd
 
 
-
 def _namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}

@@ -40,7 +40,7 @@ class StreamProtocol(asyncio.Protocol):
             except OSError:
                 pass
         self.peername = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
         if self._on_made is not None:
             self._on_made(self)
 

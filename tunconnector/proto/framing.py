@@ -125,7 +125,8 @@ def encode_keepalive(counter: int, sent_us: int, echo_us: int = 0, *, path: int 
 def parse_keepalive(payload: bytes | memoryview) -> tuple[int, int]:
     if len(payload) < KEEPALIVE_BODY.size:
         raise RemoteProtocolError("truncated", "keepalive body")
-    return KEEPALIVE_BODY.unpack_from(payload, 0)  # type: ignore[return-value]
+    sent, echo = KEEPALIVE_BODY.unpack_from(payload, 0)
+    return int(sent), int(echo)
 
 
 # Path probe / probe-ack payload (multi-path health): the probe's own sequence number
