@@ -16,7 +16,8 @@ from typing import Literal
 
 from pytun_pmd3.linux import IFF_NO_PI, IFF_TAP, IFF_TUN, IFF_VNET_HDR, TunTapDevice
 
-from ..errors import DeviceError
+from ..errors import DeviceError, RemoteProtocolError
+from ..proto.offload import ZERO_VNET_HDR, GsoFrame
 
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
@@ -87,6 +88,8 @@ class Device:
 
     def write(self, frame: bytes | bytearray | memoryview) -> bool:
         """Write one frame; False when the kernel refused it (counted by the caller)."""
+        if self.vnet_hdr or type(frame) is GsoFrame:
+            return self.write_batch([frame]) == 0  # type: ignore[list-item]
         try:
             os.write(self.fd, frame)
             return True
@@ -96,14 +99,35 @@ class Device:
             return False
 
     def write_batch(self, frames: list[bytes]) -> int:
-        """Write frames; returns how many the kernel refused."""
+        """Write frames; returns how many the kernel refused.
+
+        A :class:`~tunconnector.proto.offload.GsoFrame` (a super-packet with its
+        virtio_net_hdr) is written whole on a device opened with IFF_VNET_HDR and
+        segmented in software otherwise; plain frames on a vnet device get a zero header.
+        """
         bad = 0
         write = os.write
         fd = self.fd
+        if self.vnet_hdr:
+            writev = os.writev
+            zero = [ZERO_VNET_HDR]
+            for f in frames:
+                try:
+                    if type(f) is GsoFrame:
+                        write(fd, f.data)
+                    else:
+                        writev(fd, zero + [f])
+                except OSError:
+                    bad += 1
+            return bad
         for f in frames:
             try:
-                write(fd, f)
-            except OSError:
+                if type(f) is GsoFrame:
+                    for seg in f.segments(tap=self.dev_type == "tap"):
+                        write(fd, seg)
+                else:
+                    write(fd, f)
+            except (OSError, RemoteProtocolError):
                 bad += 1
         return bad
 

@@ -8,8 +8,10 @@ import ipaddress
 import socket
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import TransportError
+from .offload import GRO_CMSG_SPACE, gro_segment_size, is_gso_refusal, send_each, sendmsg_gso
 
 Addr = tuple  # (host, port) or (host, port, flow, scope)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -83,10 +85,13 @@ class UdpEndpoint:
         self.drops = drops
         self._loop: asyncio.AbstractEventLoop | None = None
         self._v4mapped = sock.family == socket.AF_INET6
+        #: UDP GSO / GRO in use (set by the fast path after probing the socket)
+        self.gso = False
+        self.gro = False
 
     @property
     def local_address(self) -> Addr:
-        return self.sock.getsockname()  # type: ignore[no-any-return]
+        return tuple(self.sock.getsockname())
 
     def start(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
               max_batch: int = 64) -> None:
@@ -94,6 +99,9 @@ class UdpEndpoint:
         self._loop = loop
         sock = self.sock
         recvfrom = sock.recvfrom
+        if self.gro:
+            loop.add_reader(sock.fileno(), self._gro_reader(on_batch, max_batch))
+            return
 
         def readable() -> None:
             batch: list[tuple[bytes, Addr]] = []
@@ -109,6 +117,60 @@ class UdpEndpoint:
                 on_batch(batch)
 
         loop.add_reader(sock.fileno(), readable)
+
+    def _gro_reader(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
+                    max_batch: int) -> Callable[[], None]:
+        """Reader for a UDP_GRO socket: one read may hold many datagrams of one stride."""
+        recvmsg = self.sock.recvmsg
+        space = GRO_CMSG_SPACE
+
+        def readable() -> None:
+            batch: list[tuple[Any, Addr]] = []
+            try:
+                for _ in range(max_batch):
+                    data, anc, _flags, addr = recvmsg(65_600, space)
+                    seg = gro_segment_size(anc) if anc else 0
+                    if seg and len(data) > seg:
+                        mv = memoryview(data)
+                        for off in range(0, len(data), seg):
+                            batch.append((mv[off:off + seg], addr))
+                    else:
+                        batch.append((data, addr))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.drops["rx_error"] += 1
+            if batch:
+                on_batch(batch)
+
+        return readable
+
+    def send_gso(self, buf: bytes | bytearray | memoryview, stride: int, addr: Addr) -> bool:
+        """Send ``buf`` as datagrams of ``stride`` bytes: one sendmsg per 64 with UDP GSO,
+        one send each when the kernel refuses it (then GSO stays off for this socket)."""
+        if self._v4mapped and len(addr) == 2 and "." in addr[0] and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1])
+        if self.gso:
+            try:
+                sendmsg_gso(self.sock, buf, stride, addr)
+                return True
+            except (BlockingIOError, InterruptedError):
+                self.drops["tx_busy"] += 1
+                return False
+            except OSError as exc:
+                if not is_gso_refusal(exc):
+                    self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
+                    return False
+                self.gso = False
+                self.drops["udp_gso_refused"] += 1
+        try:
+            send_each(self.sock, buf, stride, addr)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.drops["tx_busy"] += 1
+        except OSError as exc:
+            self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
+        return False
 
     def sendto(self, data: bytes, addr: Addr) -> bool:
         """Send one datagram; failures are counted, never raised (link down, full queue)."""

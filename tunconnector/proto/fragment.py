@@ -161,8 +161,8 @@ class Reassembler:
         key = (session, msg_id)
         p = self._pending.get(key)
         if p is None:
+            self._expire(now)  # cheap: looks at the oldest entry only
             if len(self._pending) >= self.max_pending or self._bytes + total > self.max_bytes:
-                self._expire(now)
                 while self._pending and (len(self._pending) >= self.max_pending
                                          or self._bytes + total > self.max_bytes):
                     self._drop_oldest()

@@ -77,6 +77,33 @@ class VnetHdr:
 
 
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+#: largest GSO payload carried in one native message: 64 KiB packet + L2 + virtio_net_hdr
+MAX_GSO_PAYLOAD = 65_535 + 18 + VNET_HDR_LEN
+
+
+class GsoFrame:
+    """A received super-packet for the device: virtio_net_hdr (10 bytes) then the packet.
+
+    A marker type, so the data path hands it to ``Device.write_batch`` next to plain
+    frames: a device with IFF_VNET_HDR takes it as is, one without gets the segments of
+    :func:`gso_split`. ``len()`` is the packet length (header excluded), for counters.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data) - VNET_HDR_LEN
+
+    def segments(self, *, tap: bool) -> list[bytearray]:
+        """Software segmentation (and checksum completion) for a device without offload."""
+        h = parse_vnet_hdr(self.data)
+        pkt = memoryview(self.data)[VNET_HDR_LEN:]
+        if not h.is_gso and not h.needs_csum:
+            return [bytearray(pkt)]
+        return gso_split(pkt, h, l3_offset=l3_offset_of_frame(pkt) if tap else 0)
 
 
 def parse_vnet_hdr(buf: bytes | bytearray | memoryview, size: int = VNET_HDR_LEN) -> VnetHdr:

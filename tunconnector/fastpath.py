@@ -1,0 +1,206 @@
+"""The offload fast path of one tunnel: super-packets in, few syscalls and AEAD calls out.
+
+With ``offload = "auto"`` (and native framing) the device is opened with IFF_VNET_HDR and
+TSO/USO, so the kernel hands us up to 64 KiB of TCP payload per read. Each super-packet
+travels as ONE native DATA message with ``FLAG_GSO`` (its payload is the virtio_net_hdr
+plus the packet; sealed with one AEAD call when encrypted). On UDP a message larger than
+a datagram is cut into FRAGMENT datagrams (:mod:`.proto.fragment`) that leave with one
+``sendmsg`` (UDP GSO) and arrive as one coalesced read (UDP GRO); on TCP it is framed in
+the stream like any native message. The receiver writes it to its device with the header
+(or segments it in software when its device has no offload).
+
+Everything falls back on its own: no IFF_VNET_HDR -> per-packet device I/O; UDP_SEGMENT
+refused -> one ``send`` per fragment; UDP_GRO refused -> plain reads. ``describe()`` is
+the one log line per tunnel saying which path runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from .config import TunnelConfig
+from .errors import DeviceError, RemoteProtocolError
+from .io.device import Device, DevType
+from .io.offload import (
+    DeviceOffload,
+    SocketOffload,
+    enable_device_offload,
+    enable_socket_offload,
+    probe_vnet_hdr_support,
+)
+from .proto import fragment
+from .proto.framing import TCP_NATIVE_PREFIX
+from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, complete_checksum
+
+if TYPE_CHECKING:
+    from .io.udp import UdpEndpoint
+    from .tunnel import Tunnel
+
+log = logging.getLogger("tunconnector.fastpath")
+
+#: environment override, e.g. for integration tests of the per-packet path
+ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
+#: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
+ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
+_CSUM = struct.Struct("<HH")
+
+
+def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
+    """Whether to try offload for this tunnel, and why not when not."""
+    if os.environ.get(ENV_OFFLOAD, "").lower() == "off":
+        return False, f"off by ${ENV_OFFLOAD}"
+    if cfg.offload == "off":
+        return False, "off by configuration"
+    if cfg.framing != "native":
+        return False, f"framing {cfg.framing} carries one frame per message"
+    if cfg.path:
+        return False, "multi-path sends frame by frame"
+    return True, ""
+
+
+class FastPath:
+    """Offload state and helpers for one tunnel (created per tunnel start)."""
+
+    def __init__(self, cfg: TunnelConfig, underlay_mtu: int = 1500) -> None:
+        self.cfg = cfg
+        self.want, self.why_not = offload_wanted(cfg)
+        self.device = DeviceOffload()
+        self.socket = SocketOffload()
+        self.underlay_mtu = underlay_mtu
+        self.reasm = fragment.Reassembler()
+        self._frag_id = 0
+        self.super_tx = 0
+        self.super_rx = 0
+
+    # -- setup -----------------------------------------------------------------------
+    def open_device(self, name: str, dev_type: DevType) -> Device:
+        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed."""
+        if self.want and probe_vnet_hdr_support():
+            try:
+                dev = Device(name, dev_type, vnet_hdr=True)
+            except DeviceError as exc:
+                self.why_not = f"IFF_VNET_HDR refused ({exc})"
+            else:
+                self.device = enable_device_offload(dev.fd)
+                if self.device.enabled:
+                    return dev
+                dev.close()
+                self.why_not = "TUNSETVNETHDRSZ refused"
+        elif self.want:
+            self.why_not = "the TUN driver lacks IFF_VNET_HDR"
+        self.device = DeviceOffload()
+        return Device(name, dev_type)
+
+    def attach_udp(self, udp: UdpEndpoint) -> None:
+        """Switch UDP GSO/GRO on for the socket when the device does offload."""
+        self.socket = enable_socket_offload(udp.sock, want=self.device.enabled)
+        udp.gso = self.socket.gso
+        udp.gro = self.socket.gro
+
+    def describe(self) -> str:
+        if not self.device.enabled:
+            return f"per-packet path ({self.why_not or 'offload off'})"
+        parts = [f"offload path: {self.device.describe()}"]
+        if self.cfg.proto == "udp":
+            parts.append(self.socket.describe())
+        return ", ".join(parts)
+
+    # -- device -> wire --------------------------------------------------------------
+    def max_datagram(self, peer: Any) -> int:
+        v6 = peer is not None and ":" in str(peer[0])
+        return self.underlay_mtu - (40 if v6 else 20) - 8
+
+    def from_device(self, t: Tunnel, frames: list[bytes]) -> list[Any]:
+        """Send the super-packets of a batch read with virtio_net_hdr; return the rest.
+
+        The returned frames are plain packets without the header (checksum completed
+        when the kernel left it partial), for the tunnel's per-packet path.
+        """
+        plain: list[Any] = []
+        gso: list[bytes] = []
+        for f in frames:
+            if len(f) <= VNET_HDR_LEN:
+                t.stats.drops["short_vnet_frame"] += 1
+                continue
+            if f[1] == 0:  # gso_type NONE
+                if f[0] & F_NEEDS_CSUM:
+                    b = bytearray(f[VNET_HDR_LEN:])
+                    start, off = _CSUM.unpack_from(f, 6)
+                    try:
+                        complete_checksum(b, start, off)
+                    except RemoteProtocolError:
+                        t.stats.drops["bad_vnet_csum"] += 1
+                        continue
+                    plain.append(b)
+                else:
+                    plain.append(memoryview(f)[VNET_HDR_LEN:])
+            else:
+                gso.append(f)
+        if gso:
+            self._send_gso(t, gso)
+        return plain
+
+    def _send_gso(self, t: Tunnel, payloads: list[bytes]) -> None:
+        assert t._loop is not None
+        now = t._loop.time()
+        stats = t.stats
+        stats.tx_packets += len(payloads)
+        stats.tx_bytes += sum(len(p) - VNET_HDR_LEN for p in payloads)
+        self.super_tx += len(payloads)
+        if t.config.proto == "udp":
+            udp, peer, native = t._udp, t.peer, t._native
+            if udp is None or peer is None or native is None:
+                stats.drops["no_peer"] += len(payloads)
+                return
+            limit = self.max_datagram(peer)
+            for p in payloads:
+                msg = native.encode_gso(p, now)
+                if msg is None:
+                    continue
+                if len(msg) <= limit:
+                    udp.sendto(msg, peer)
+                    continue
+                self._frag_id += 1
+                buf, stride, _count = fragment.split(msg, self._frag_id, limit, path=native.path)
+                udp.send_gso(buf, stride, peer)
+            stats.wire_tx += len(payloads)
+            t._flush_native(native, now)
+            return
+        conn = t._conn
+        if conn is None or conn.native is None:
+            stats.drops["no_peer"] += len(payloads)
+            return
+        pack = TCP_NATIVE_PREFIX.pack
+        out: list[bytes] = []
+        for p in payloads:
+            msg = conn.native.encode_gso(p, now)
+            if msg is not None:
+                out.append(pack(len(msg)))
+                out.append(msg)
+        if out:
+            conn.proto.write(b"".join(out))
+        stats.wire_tx += len(payloads)
+        t._flush_native(conn.native, now)
+
+    # -- wire -> device --------------------------------------------------------------
+    def reassemble(self, data: bytes | memoryview, now: float,
+                   drops: Counter[str]) -> bytearray | None:
+        """Feed one FRAGMENT datagram; the inner native message once it is complete."""
+        try:
+            inner = self.reasm.receive(data, now)
+        except RemoteProtocolError as exc:
+            drops["fragment_" + exc.reason] += 1
+            return None
+        if inner is not None:
+            self.super_rx += 1
+        return inner
+
+    def stats(self) -> dict[str, int]:
+        r = self.reasm.stats
+        return {"super_tx": self.super_tx, "super_rx": self.super_rx,
+                "reassembly_expired": r.expired, "reassembly_evicted": r.evicted,
+                "reassembly_pending": self.reasm.pending}
