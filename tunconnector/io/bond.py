@@ -50,6 +50,7 @@ class BondState:
     index: int
     params: BondParams
     slaves: list[str] = field(default_factory=list)
+    active_slave: str = ""  # state, not configuration: kept out of ``params``
     up: bool = False
     carrier: bool = False
     operstate: str = ""
@@ -59,7 +60,9 @@ class BondState:
         return "up" if self.carrier else "down"
 
     def sysfs_view(self) -> dict[str, str]:
-        return sysfs_view(self.params, slaves=self.slaves, mii_status=self.mii_status)
+        view = sysfs_view(self.params, slaves=self.slaves, mii_status=self.mii_status)
+        view["active_slave"] = self.active_slave
+        return view
 
 
 def _describe(exc: BaseException) -> str:
@@ -231,7 +234,10 @@ class BondManager:
         set / re-enslave cycle (slaves keep their order; ``primary`` is restored).
         """
         state = self.read(name)
-        desired = state.params.merged(change)
+        # Options the (new) mode does not use stay in the kernel, inert: not our business.
+        mode = change.mode if change.mode is not None else state.params.mode
+        base = BondParams(**{k: v for k, v in state.params.items() if mode in SPECS[k].modes})
+        desired = base.merged(change)
         try:
             check_params(desired, name, slaves=state.slaves)
         except ConfigError as exc:
@@ -292,11 +298,13 @@ class BondManager:
                 values[opt] = tuple(str(a) for a in (raw or ()))
             elif raw is not None:
                 values[opt] = int(raw)
+        active = values.pop("active_slave", "")
         return BondState(
             name=name,
             index=idx,
             params=BondParams(**values),
             slaves=slaves,
+            active_slave=active,
             up=bool(msg["flags"] & IFF_UP),
             carrier=bool(msg.get_attr("IFLA_CARRIER")),
             operstate=str(msg.get_attr("IFLA_OPERSTATE") or ""),

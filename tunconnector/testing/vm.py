@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from ..errors import TunconnectorError
 
@@ -44,10 +45,14 @@ __all__ = [
     "VmResult",
     "VmUnavailable",
     "cache_dir",
+    "check_case",
+    "inner_test_names",
     "ensure_initramfs",
     "ensure_kernel",
     "find_qemu",
+    "parse_junit",
     "run_in_vm",
+    "run_pytest_in_vm",
     "vm_available",
 ]
 
@@ -388,7 +393,21 @@ mount -t 9p -o "$opts,cache=none" results /share || die "mount results"
 mkdir -p "/lib/modules/$TCVM_KVER"
 mount --bind "/host$TCVM_MODDIR" "/lib/modules/$TCVM_KVER" || die "bind modules"
 for m in $TCVM_MODULES; do modprobe "$m" || echo "TCVM-WARN modprobe $m failed"; done
+# /var becomes a writable skeleton of the host's: same top-level dirs and symlinks
+# (/var/run -> /run matters to netns tools), empty.
+skel=""
+for e in /host/var/* /host/var/.[!.]*; do
+  n=${e#/host/var/}
+  if [ -L "$e" ]; then skel="$skel L:$n:$(readlink "$e")"
+  elif [ -d "$e" ]; then skel="$skel D:$n"; fi
+done
 for d in tmp run var; do mount -t tmpfs -o mode=1777 tmpfs "/host/$d" || die "tmpfs /$d"; done
+for item in $skel; do
+  kind=${item%%:*}; rest=${item#*:}
+  if [ "$kind" = L ]; then ln -s "${rest#*:}" "/host/var/${rest%%:*}"
+  else mkdir -p "/host/var/$rest"; fi
+done
+mkdir -p /host/run/lock /host/run/netns
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -706,3 +725,133 @@ def _drive(
         qemu_returncode=proc.returncode,
         command=command,
     )
+
+
+# -- pytest inside the guest ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CaseResult:
+    """One test case from the guest's JUnit XML."""
+
+    name: str
+    outcome: Literal["passed", "failed", "skipped"]
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class PytestRun:
+    """A guest pytest run: the VM result plus every case by name (``test_x[param]``)."""
+
+    vm: VmResult
+    cases: dict[str, CaseResult]
+    properties: dict[str, str]
+
+    def matching(self, name: str) -> list[CaseResult]:
+        """Cases for test function ``name`` (all its parametrisations)."""
+        return [c for n, c in self.cases.items() if n == name or n.startswith(name + "[")]
+
+
+def parse_junit(text: str) -> tuple[dict[str, CaseResult], dict[str, str]]:
+    """Cases and ``record_property`` values from a pytest JUnit XML document."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(text)
+    cases: dict[str, CaseResult] = {}
+    props: dict[str, str] = {}
+    for tc in root.iter("testcase"):
+        name = tc.get("name", "")
+        outcome: Literal["passed", "failed", "skipped"] = "passed"
+        message = ""
+        for child in tc:
+            if child.tag in ("failure", "error"):
+                outcome = "failed"
+                message = (child.get("message", "") + "\n" + (child.text or "")).strip()
+            elif child.tag == "skipped" and outcome != "failed":
+                outcome = "skipped"
+                message = child.get("message", "")
+            elif child.tag == "properties":
+                for prop in child:
+                    props[f"{name}.{prop.get('name')}"] = prop.get("value", "")
+        cases[name] = CaseResult(name, outcome, message, float(tc.get("time", "0") or 0))
+    return cases, props
+
+
+def run_pytest_in_vm(
+    paths: Sequence[str | Path],
+    share: Path,
+    timeout: float,
+    *,
+    args: Sequence[str] = (),
+    inner_timeout: float | None = None,
+    plugins: Sequence[str] = ("pytest_timeout",),
+    **kwargs: Any,
+) -> PytestRun:
+    """Run ``pytest paths`` in a guest with the host's interpreter; collect JUnit results.
+
+    ``sys.executable`` is used as is: the guest sees the host root, so the venv is there.
+    Plugin auto-loading is off (importing every installed plugin over 9p under TCG costs
+    seconds); ``plugins`` are loaded explicitly (``pytest_asyncio.plugin`` if needed).
+    """
+    share.mkdir(parents=True, exist_ok=True)
+    junit = share / "junit.xml"
+    junit.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",
+        f"--junitxml={junit}",
+        "-q",
+        "-rfEs",
+        "-W",
+        "ignore::pytest.PytestConfigWarning",  # asyncio_* ini keys without the plugin
+        *[arg for p in plugins for arg in ("-p", p)],
+        *(
+            [f"--timeout={int(inner_timeout or max(timeout - 30, 30))}"]
+            if "pytest_timeout" in plugins
+            else []
+        ),
+        *map(str, paths),
+        *args,
+    ]
+    env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **kwargs.pop("env", {})}
+    result = run_in_vm(
+        command, timeout, share, cwd=kwargs.pop("cwd", _REPO_ROOT), env=env, **kwargs
+    )
+    try:
+        cases, props = parse_junit(junit.read_text())
+    except (OSError, ValueError, SyntaxError):
+        cases, props = {}, {}
+    return PytestRun(result, cases, props)
+
+
+def inner_test_names(path: Path) -> list[str]:
+    """Top-level test function names of a guest-side module, in file order (no import)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test_")
+    ]
+
+
+def check_case(run: PytestRun, name: str) -> None:
+    """Turn the guest's verdict on test ``name`` into the calling host test's verdict."""
+    import pytest
+
+    cases = run.matching(name)
+    if not cases:
+        pytest.fail(f"{name} did not run in the guest.\n{run.vm.describe()}", pytrace=False)
+    failed = [c for c in cases if c.outcome == "failed"]
+    if failed:
+        pytest.fail("\n\n".join(f"{c.name}: {c.message}" for c in failed), pytrace=False)
+    if all(c.outcome == "skipped" for c in cases):
+        pytest.skip(cases[0].message)
