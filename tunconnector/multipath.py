@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import functools
 import logging
 import socket
@@ -48,6 +49,9 @@ _PROBE_ACK = int(MsgType.PROBE_ACK)
 _DATA = int(MsgType.DATA)
 _KEEPALIVE = int(MsgType.KEEPALIVE)
 MAX_EVENTS = 32
+#: sendto() errors that mean "this path cannot work now" (interface down, no route)
+LINK_ERRNOS = frozenset({errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENODEV,
+                         errno.EADDRNOTAVAIL})
 
 
 @dataclass(slots=True)
@@ -55,7 +59,10 @@ class _PathIO:
     index: int
     cfg: PathConfig
     endpoint: UdpEndpoint | None = None
+    sock: socket.socket | None = None
+    v4mapped: bool = False
     remote: Addr | None = None
+    dest: Addr | None = None  # remote as passed to sendto()
     fixed: bool = False  # client: the remote comes from the config and never moves
 
 
@@ -95,6 +102,7 @@ class MultiPathLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._dirty = False  # a send error changed the path states
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -125,8 +133,8 @@ class MultiPathLink:
                 raise TransportError(
                     f"path {pc.name}: cannot resolve remote {host!r}: {exc.strerror}"
                 ) from exc
-            p.remote = normalize(infos[0][4])
-            family = family_for(pc.local or p.remote[0])
+            remote = normalize(infos[0][4])
+            family = family_for(pc.local or remote[0])
             port = pc.port
         else:
             family = family_for(pc.local) if pc.local else socket.AF_INET6
@@ -135,6 +143,10 @@ class MultiPathLink:
                         bind_interface=pc.bind_interface)
         ep = UdpEndpoint(sock, self.drops)
         p.endpoint = ep
+        p.sock = sock
+        p.v4mapped = sock.family == socket.AF_INET6
+        if self.client:
+            self._set_remote(p, remote)
         ep.start(functools.partial(self._on_batch, p))
 
     def close(self) -> None:
@@ -147,8 +159,30 @@ class MultiPathLink:
             if p.endpoint is not None:
                 p.endpoint.close()
                 p.endpoint = None
+                p.sock = None
 
     # ------------------------------------------------------------------ sending
+    def _send(self, p: _PathIO, data: bytes, now: float, addr: Addr | None = None) -> bool:
+        """One datagram on one path. The kernel saying the interface is down or has no
+        route is a certain failure: the core takes the path down at once."""
+        sock = p.sock
+        dest = p.dest if addr is None else self._dest(p, addr)
+        if sock is None or dest is None:
+            return False
+        try:
+            sock.sendto(data, dest)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.drops["tx_busy"] += 1
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, "error").lower()
+            self.drops["tx_" + code] += 1
+            if exc.errno in LINK_ERRNOS and self.core.note_send_error(
+                p.index, now, f"send failed: {exc.strerror}"
+            ):
+                self._dirty = True
+        return False
+
     def send_frames(self, frames: list[bytes], now: float) -> int:
         """Encode device frames and send each on the path(s) the policy picks."""
         native = self.native
@@ -158,46 +192,61 @@ class MultiPathLink:
         if not targets:
             self.drops["no_path"] += len(frames)
             return 0
+        send = self._send
+        balance = core.policy == "balance" and len(targets) > 1
         sent = 0
-        if len(targets) == 1 or core.policy != "balance":
-            eps = [(paths[i].endpoint, paths[i].remote) for i in targets]
-            nbytes = 0
-            for f in frames:
-                msg = native.encode_data(f, now)
-                if msg is None:
-                    continue
-                sent += 1
-                nbytes += len(f)
-                for ep, remote in eps:
-                    if ep is not None and remote is not None:
-                        ep.sendto(msg, remote)
-            for i in targets:
-                core.note_data_sent(i, sent, nbytes)
-            return sent
-        for f in frames:  # balance: one pick per packet
+        nbytes = 0
+        for f in frames:
             msg = native.encode_data(f, now)
             if msg is None:
                 continue
-            i = core.paths_for_data(now)[0]
-            p = paths[i]
-            if p.endpoint is not None and p.remote is not None:
-                p.endpoint.sendto(msg, p.remote)
-                core.note_data_sent(i, 1, len(f))
+            if balance:
+                targets = core.paths_for_data(now)
+            ok = False
+            for i in targets:
+                ok = send(paths[i], msg, now) or ok
+            if self._dirty:  # a path just failed under us: re-pick, resend this one
+                self._dirty = False
+                self._process_events(now)
+                targets = core.paths_for_data(now)
+                if not ok:
+                    for i in targets:
+                        ok = send(paths[i], msg, now) or ok
+            if ok:
                 sent += 1
+                nbytes += len(f)
+                if balance:
+                    core.note_data_sent(targets[0], 1, len(f))
+        if not balance:
+            for i in targets:
+                core.note_data_sent(i, sent, nbytes)
         return sent
 
     def send_control(self, msgs: list[bytes]) -> None:
         """Keepalives and handshake messages: on every path data would use now."""
         if not msgs or self._loop is None:
             return
-        targets = self.core.paths_for_data(self._loop.time())
+        now = self._loop.time()
+        targets = self.core.paths_for_data(now)
         if self.core.policy == "balance":
             targets = [p.index for p in self.paths if p.remote is not None]
-        for i in targets:
-            p = self.paths[i]
-            if p.endpoint is not None and p.remote is not None:
-                for m in msgs:
-                    p.endpoint.sendto(m, p.remote)
+        for i in list(targets):
+            for m in msgs:
+                self._send(self.paths[i], m, now)
+        if self._dirty:
+            self._dirty = False
+            self._process_events(now)
+
+    @staticmethod
+    def _dest(p: _PathIO, addr: Addr) -> Addr:
+        """The address as this path's socket wants it (IPv4-mapped on a dual-stack one)."""
+        if p.v4mapped and len(addr) == 2 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1])
+        return addr
+
+    def _set_remote(self, p: _PathIO, addr: Addr) -> None:
+        p.remote = addr
+        p.dest = self._dest(p, addr)
 
     # ------------------------------------------------------------------ receiving
     def _on_batch(self, p: _PathIO, batch: list[tuple[bytes, Addr]]) -> None:
@@ -251,8 +300,7 @@ class MultiPathLink:
                     if p.remote is None or self.native.secure is None:
                         self._learn(p, addr, now, "probe")
                 ack = self.core.receive_probe(p.index, header, data[HEADER_LEN:], now)
-                if p.endpoint is not None:
-                    p.endpoint.sendto(ack, addr)
+                self._send(p, ack, now, addr)
             else:
                 if addr != p.remote:
                     self.drops["unknown_peer"] += 1
@@ -263,7 +311,7 @@ class MultiPathLink:
 
     def _learn(self, p: _PathIO, addr: Addr, now: float, why: str) -> None:
         old = p.remote
-        p.remote = addr
+        self._set_remote(p, addr)
         if old is None:
             self.log.info("path %s: peer is %s (%s)", p.cfg.name, _fmt(addr), why)
         else:
@@ -281,9 +329,8 @@ class MultiPathLink:
         core = self.core
         core.handle_timer(now)
         for i, frame in core.probes_to_send(now):
-            p = self.paths[i]
-            if p.endpoint is not None and p.remote is not None:
-                p.endpoint.sendto(frame, p.remote)
+            self._send(self.paths[i], frame, now)
+        self._dirty = False
         self._process_events(now)
 
     def _arm(self) -> None:
