@@ -22,10 +22,15 @@ import struct
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from .config import TunnelConfig
 from .errors import DeviceError, RemoteProtocolError
+from .io import netlink as nl
 from .io.device import Device, DevType
 from .io.offload import (
+    UDP_GSO_MAX_BYTES,
+    UDP_MAX_SEGMENTS,
     DeviceOffload,
     SocketOffload,
     enable_device_offload,
@@ -33,8 +38,21 @@ from .io.offload import (
     probe_vnet_hdr_support,
 )
 from .proto import fragment
-from .proto.framing import TCP_NATIVE_PREFIX
+from .proto.framing import HEADER_LEN, TCP_NATIVE_PREFIX
 from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, complete_checksum
+
+
+def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
+    """IFLA_GSO_MAX_SIZE: the largest super-packet the stack builds for this device."""
+    with nl.ipr(netns) as sock:
+        found = sock.link_lookup(ifname=name)
+        if not found:
+            raise DeviceError(f"no interface named {name!r}")
+        try:
+            sock.link("set", index=found[0], gso_max_size=size)
+        except NetlinkError as exc:
+            raise DeviceError(f"{name}: gso_max_size {size} refused: {exc}") from exc
+
 
 if TYPE_CHECKING:
     from .io.udp import UdpEndpoint
@@ -75,6 +93,7 @@ class FastPath:
         self._frag_id = 0
         self.super_tx = 0
         self.super_rx = 0
+        self.gso_cap: int | None = None
 
     # -- setup -----------------------------------------------------------------------
     def open_device(self, name: str, dev_type: DevType) -> Device:
@@ -95,6 +114,41 @@ class FastPath:
         self.device = DeviceOffload()
         return Device(name, dev_type)
 
+    def gso_max_size(self) -> int | None:
+        """Cap on the device's super-packets, or None to keep the kernel default (64 KiB).
+
+        On UDP a message that fits one GSO ``sendmsg`` (44 datagrams on a 1500-byte IPv4
+        underlay) also arrives as one GRO read and is put back with one join, so the
+        device is told to build super-packets no larger than that. ``$TUNCONNECTOR_GSO_MAX``
+        overrides (e.g. smaller under heavy loss, see docs/bench.md).
+        """
+        env = os.environ.get(ENV_GSO_MAX, "")
+        if env.isdigit():
+            return max(1500, min(int(env), 65536))
+        if self.cfg.proto != "udp":
+            return None
+        stride = self.underlay_mtu - 20 - 8
+        segments = min(UDP_MAX_SEGMENTS, UDP_GSO_MAX_BYTES // stride)
+        inner = segments * (stride - fragment.FRAG_OVERHEAD)
+        encrypted = bool(self.cfg.key_file or self.cfg.private_key_file)
+        overhead = HEADER_LEN + VNET_HDR_LEN + (16 if encrypted else 0) + 64  # + margin
+        return inner - overhead
+
+    async def after_configure(self, netlink: nl.Netlink, name: str,
+                              netns: str | None) -> None:
+        """Apply :meth:`gso_max_size` to a device opened with offload."""
+        if not self.device.enabled:
+            return
+        size = self.gso_max_size()
+        if size is None:
+            return
+        try:
+            await netlink.call(_set_gso_max_size, name, size, netns)
+        except DeviceError as exc:
+            log.debug("%s: gso_max_size not set: %s", name, exc)
+        else:
+            self.gso_cap = size
+
     def attach_udp(self, udp: UdpEndpoint) -> None:
         """Switch UDP GSO/GRO on for the socket when the device does offload."""
         self.socket = enable_socket_offload(udp.sock, want=self.device.enabled)
@@ -105,6 +159,8 @@ class FastPath:
         if not self.device.enabled:
             return f"per-packet path ({self.why_not or 'offload off'})"
         parts = [f"offload path: {self.device.describe()}"]
+        if self.gso_cap:
+            parts.append(f"gso_max_size={self.gso_cap}")
         if self.cfg.proto == "udp":
             parts.append(self.socket.describe())
         return ", ".join(parts)
@@ -198,6 +254,29 @@ class FastPath:
         if inner is not None:
             self.super_rx += 1
         return inner
+
+    def expand_runs(self, batch: list[tuple[Any, Any]], now: float,
+                    drops: Counter[str]) -> list[tuple[Any, Any]]:
+        """Replace each FragmentRun of a UDP batch by the messages it completes."""
+        for item, _addr in batch:
+            if type(item) is fragment.FragmentRun:
+                break
+        else:
+            return batch
+        out: list[tuple[Any, Any]] = []
+        rstats = self.reasm.stats.drops
+        before = sum(rstats.values())
+        for item, addr in batch:
+            if type(item) is fragment.FragmentRun:
+                msgs = self.reasm.receive_run(item.buf, item.stride, now)
+                self.super_rx += len(msgs)
+                out.extend((m, addr) for m in msgs)
+            else:
+                out.append((item, addr))
+        bad = sum(rstats.values()) - before
+        if bad:
+            drops["fragment_bad"] += bad
+        return out
 
     def stats(self) -> dict[str, int]:
         r = self.reasm.stats

@@ -301,6 +301,7 @@ class Tunnel:
         await self._netlink.call(
             nl.configure, dev.name, addresses=cfg.interfaces, mtu=self.mtu, netns=cfg.netns
         )
+        await self._fast.after_configure(self._netlink, dev.name, cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
 
@@ -523,6 +524,8 @@ class Tunnel:
         native = self._native
         server = self.config.mode == "server"
         frames: list[bytes] = []
+        if native is not None and self._udp is not None and self._udp.gro:
+            batch = self._fast.expand_runs(batch, now, stats.drops)
         for data, raw_addr in batch:
             if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
                 inner = self._fast.reassemble(data, now, stats.drops)

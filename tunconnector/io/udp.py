@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import TransportError
+from ..proto.fragment import FragmentRun
+from ..proto.framing import MsgType
 from .offload import GRO_CMSG_SPACE, gro_segment_size, is_gso_refusal, send_each, sendmsg_gso
 
 Addr = tuple  # (host, port) or (host, port, flow, scope)
@@ -120,7 +122,12 @@ class UdpEndpoint:
 
     def _gro_reader(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
                     max_batch: int) -> Callable[[], None]:
-        """Reader for a UDP_GRO socket: one read may hold many datagrams of one stride."""
+        """Reader for a UDP_GRO socket: one read may hold many datagrams of one stride.
+
+        A coalesced read of FRAGMENT datagrams is passed on whole as a
+        :class:`FragmentRun` (see ``FastPath.expand_runs``); others are sliced.
+        """
+        FRAGMENT = int(MsgType.FRAGMENT)
         recvmsg = self.sock.recvmsg
         space = GRO_CMSG_SPACE
 
@@ -132,6 +139,9 @@ class UdpEndpoint:
                     seg = gro_segment_size(anc) if anc else 0
                     if seg and len(data) > seg:
                         mv = memoryview(data)
+                        if data[1] == FRAGMENT:  # a whole super-message, usually
+                            batch.append((FragmentRun(mv, seg), addr))
+                            continue
                         for off in range(0, len(data), seg):
                             batch.append((mv[off:off + seg], addr))
                     else:

@@ -43,7 +43,7 @@ def chunk_size(max_datagram: int) -> int:
 
 
 def split(message: bytes | bytearray | memoryview, msg_id: int, max_datagram: int, *,
-          session: int = 0, path: int = 0) -> tuple[bytearray, int, int]:
+          session: int = 0, path: int = 0) -> tuple[bytes, int, int]:
     """Cut ``message`` into FRAGMENT datagrams laid end to end in one buffer.
 
     Returns ``(buf, stride, count)``: datagram ``i`` is ``buf[i*stride:(i+1)*stride]``
@@ -54,19 +54,16 @@ def split(message: bytes | bytearray | memoryview, msg_id: int, max_datagram: in
     count = -(-total // chunk)
     if total == 0 or total > MAX_INNER_MESSAGE or count > MAX_FRAGMENTS:
         raise LocalProtocolError(f"cannot fragment a message of {total} bytes")
-    stride = chunk + FRAG_OVERHEAD
-    buf = bytearray(total + count * FRAG_OVERHEAD)
     src = memoryview(message)
     mtype = int(MsgType.FRAGMENT)
     msg_id &= 0xFFFFFFFFFFFFFFFF
-    pack = _HDR_SUB.pack_into
+    pack = _HDR_SUB.pack
+    parts: list[bytes | memoryview] = []
     for i in range(count):
-        off = i * stride
-        pack(buf, off, VERSION, mtype, 0, path, session, msg_id, i, count, total)
         a = i * chunk
-        b = min(a + chunk, total)
-        buf[off + FRAG_OVERHEAD:off + FRAG_OVERHEAD + (b - a)] = src[a:b]
-    return buf, stride, count
+        parts.append(pack(VERSION, mtype, 0, path, session, msg_id, i, count, total))
+        parts.append(src[a:a + chunk])
+    return b"".join(parts), chunk + FRAG_OVERHEAD, count
 
 
 def iter_datagrams(buf: bytes | bytearray | memoryview, stride: int) -> Iterator[memoryview]:
@@ -86,6 +83,30 @@ def parse_fragment(body: bytes | bytearray | memoryview) -> tuple[int, int, int]
     if total == 0 or total > MAX_INNER_MESSAGE:
         raise RemoteProtocolError("bad_fragment", f"fragmented message of {total} bytes")
     return index, count, total
+
+
+class FragmentRun:
+    """FRAGMENT datagrams of one stride laid end to end, as one UDP GRO read returns them.
+
+    Handed around as one item so a whole super-message is put back with one join
+    (:meth:`Reassembler.receive_run`) instead of one Python step per datagram.
+    ``len()`` and indexing look at the underlying buffer, like a datagram would.
+    """
+
+    __slots__ = ("buf", "stride")
+
+    def __init__(self, buf: memoryview, stride: int) -> None:
+        self.buf = buf
+        self.stride = stride
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.buf[i])
+
+
+_ID_SUB = struct.Struct("!QHHI")  # counter (message id) + sub-header, at offset 8
 
 
 @dataclass(slots=True)
@@ -209,6 +230,62 @@ class Reassembler:
             raise RemoteProtocolError("bad_fragment", "fragment lengths do not add up")
         self.stats.completed += 1
         return p.buf
+
+    def receive_run(self, buf: bytes | bytearray | memoryview, stride: int,
+                    now: float) -> list[bytes | bytearray]:
+        """Feed datagrams of ``stride`` bytes laid end to end (a UDP GRO read).
+
+        A run holding every fragment of a message in order (the usual case when the
+        sender's GSO batch and the receiver's GRO read match) is joined at once; anything
+        else goes datagram by datagram through :meth:`receive`. Malformed datagrams are
+        counted in ``stats.drops`` and skipped; never raises for remote input.
+        """
+        mv = memoryview(buf)
+        n = len(mv)
+        out: list[bytes | bytearray] = []
+        off = 0
+        frag = int(MsgType.FRAGMENT)
+        chunk = stride - FRAG_OVERHEAD
+        while off < n:
+            if n - off >= FRAG_OVERHEAD and chunk > 0:
+                ver, mtype, _f, _p, session, msg_id, index, count, total = \
+                    _HDR_SUB.unpack_from(mv, off)
+                last = total - (count - 1) * chunk
+                end = off + (count - 1) * stride + FRAG_OVERHEAD + last
+                if (index == 0 and count > 1 and ver == VERSION and mtype == frag
+                        and 0 < last <= chunk and end <= n and total <= MAX_INNER_MESSAGE
+                        and count <= MAX_FRAGMENTS
+                        and (session, msg_id) not in self._pending
+                        and self._run_consistent(mv, off, stride, count, total)):
+                    out.append(b"".join([
+                        mv[o + FRAG_OVERHEAD:min(o + stride, end)]
+                        for o in range(off, end, stride)]))
+                    self.stats.completed += 1
+                    off += count * stride
+                    continue
+            try:
+                msg = self.receive(mv[off:off + stride], now)
+            except RemoteProtocolError as exc:
+                self.stats.drops[exc.reason] = self.stats.drops.get(exc.reason, 0) + 1
+                msg = None
+            if msg is not None:
+                out.append(msg)
+            off += stride
+        return out
+
+    @staticmethod
+    def _run_consistent(mv: memoryview, off: int, stride: int, count: int,
+                        total: int) -> bool:
+        """Every datagram of the run carries the same message id, count and the next index.
+
+        (A lost datagram in the middle would otherwise splice two messages together.)
+        """
+        unpack = _ID_SUB.unpack_from
+        msg_id = unpack(mv, off + 8)[0]
+        for i in range(1, count):
+            if unpack(mv, off + i * stride + 8) != (msg_id, i, count, total):
+                return False
+        return True
 
     def handle_timer(self, now: float) -> None:
         self._expire(now)
