@@ -220,6 +220,22 @@ class ApiConfig:
 
 
 @dataclass(slots=True)
+class PrivilegesConfig:
+    """Drop root after set-up (``[privileges]``), see the privileges module."""
+
+    user: str | None = None
+    group: str | None = None
+    keep_caps: list[str] = field(default_factory=lambda: ["CAP_NET_ADMIN", "CAP_NET_RAW"])
+
+    def validate(self, where: str) -> None:
+        if self.user is not None and not self.user:
+            raise ConfigError(f"{where}.user: empty")
+        from .privileges import cap_bits
+
+        cap_bits(self.keep_caps)
+
+
+@dataclass(slots=True)
 class BondSlaveConfig:
     hw_int: str
     ip_server: str
@@ -243,18 +259,50 @@ class BondConfig:
     base_port: int = 1190
     bonding: dict[str, str] = field(default_factory=dict)
     key_file: str | None = None
+    # tunconnector additions (see docs/bond.md)
+    prefixlen: int = 24  # of ip_address / bridge_ip (the enabler fixed /24)
+    tap_prefix: str = "tap"  # slave i is <tap_prefix><i>, i from 1, in slave order
+    keepalive: float = 0.5  # tunnel liveness: carrier drops after dead_after of silence
+    dead_after: float = 2.0
+    bind: str | None = None  # server: listen address (default: any)
 
     def validate(self, where: str) -> None:
+        from .proto.bondparams import check_params, parse_params
+
         check_ifname(self.name, f"{where}.name")
         for i, s in enumerate(self.slaves):
             s.validate(f"{where}.slaves[{i}]")
         if self.role == "client" and not self.slaves:
             raise ConfigError(f"{where}.slaves: a client bond needs at least one slave")
+        if self.role == "client" and self.ip_address is None:
+            raise ConfigError(f"{where}.ip_address: a client bond needs its address")
+        if self.role == "server" and self.bridge_ip is None:
+            raise ConfigError(f"{where}.bridge_ip: a server needs the bridge's address")
         if self.ip_address is not None:
             _check_ip(self.ip_address, f"{where}.ip_address")
         if self.bridge_ip is not None:
             _check_ip(self.bridge_ip, f"{where}.bridge_ip")
+        if self.bind is not None:
+            _check_ip(self.bind, f"{where}.bind")
         _positive(self.links, f"{where}.links")
+        count = len(self.slaves) if self.role == "client" else self.links
+        _port(self.base_port + 1, f"{where}.base_port", allow_zero=False)
+        _port(self.base_port + count, f"{where}.base_port", allow_zero=False)
+        if not 1 <= self.prefixlen <= 32:
+            raise ConfigError(f"{where}.prefixlen: {self.prefixlen} outside 1..32")
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_-]{0,9}$", self.tap_prefix):
+            raise ConfigError(
+                f"{where}.tap_prefix: {self.tap_prefix!r} must be 1..10 of [A-Za-z0-9_-]"
+            )
+        _positive(self.keepalive, f"{where}.keepalive")
+        if self.dead_after <= self.keepalive:
+            raise ConfigError(f"{where}.dead_after: must exceed keepalive {self.keepalive}")
+        if self.role == "client":
+            params = parse_params(self.bonding, f"{where}.bonding")
+            taps = [f"{self.tap_prefix}{i}" for i in range(1, len(self.slaves) + 1)]
+            check_params(params, f"{where}.bonding", slaves=taps)
+        elif self.bonding:
+            raise ConfigError(f"{where}.bonding: only a client bond has bonding options")
 
 
 @dataclass(slots=True)
@@ -264,6 +312,7 @@ class Config:
     tunnel: list[TunnelConfig] = field(default_factory=list)
     api: ApiConfig | None = None
     bond: list[BondConfig] = field(default_factory=list)
+    privileges: PrivilegesConfig | None = None
     control_dir: str = "/run/tunconnector"
     log_level: str = "info"
     json_logs: bool = False
