@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,24 +171,26 @@ class Env:
         return want[1], got[1], float(want[2])
 
 
-@pytest.fixture
-def env() -> Iterator[Env]:
-    with lab(1, ipv6=True) as lb, tempfile.TemporaryDirectory(prefix="tc-it-") as wd:
+@contextlib.contextmanager
+def _env(n_links: int, ipv6: bool) -> Iterator[Env]:
+    with lab(n_links, ipv6=ipv6) as lb, tempfile.TemporaryDirectory(prefix="tc-it-") as wd:
         e = Env(lb, Path(wd))
         try:
             yield e
         finally:
             for d in e.daemons:
                 d.stop()
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    """Hosts A and B joined by one veth pair (IPv4 192.168.100.0/24 + IPv6 fd00:100::/64)."""
+    with _env(1, True) as e:
+        yield e
 
 
 @pytest.fixture
 def env2() -> Iterator[Env]:
     """Two veth pairs between A and B (multi-link tests)."""
-    with lab(2, ipv6=False) as lb, tempfile.TemporaryDirectory(prefix="tc-it-") as wd:
-        e = Env(lb, Path(wd))
-        try:
-            yield e
-        finally:
-            for d in e.daemons:
-                d.stop()
+    with _env(2, False) as e:
+        yield e
