@@ -265,6 +265,7 @@ class BondConfig:
     keepalive: float = 0.5  # tunnel liveness: carrier drops after dead_after of silence
     dead_after: float = 2.0
     bind: str | None = None  # server: listen address (default: any)
+    server_api_url: str | None = None  # client: the enabler's field, kept for status only
 
     def validate(self, where: str) -> None:
         from .proto.bondparams import check_params, parse_params

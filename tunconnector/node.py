@@ -72,6 +72,13 @@ class Node:
             from .health import health_service
 
             self.add_service(health_service)
+        # multi-link bonds (issue 5): [[bond]] sections and the API's saved state, before
+        # the API so a restored bond is there when the first request arrives
+        self.multilink: Any = None
+        if config.bond or config.api is not None:
+            from .bond import multilink_service
+
+            self.add_service(multilink_service)
         if config.api is not None:
             from .api import api_service
 
@@ -122,6 +129,11 @@ class Node:
                 stop = await service(self)
                 if stop is not None:
                     self._stoppers.append(stop)
+            if self.config.privileges is not None and self.config.privileges.user:
+                # last: everything that needs root is open now (issue 7)
+                from .privileges import privileges_service
+
+                await privileges_service(self)
         except BaseException:
             await self.stop()
             raise
@@ -186,7 +198,7 @@ async def serve(
         node.add_service(s)
     loop = asyncio.get_running_loop()
     stop_event = asyncio.Event()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if shutdown_trigger is None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -37,6 +37,10 @@ except ImportError as exc:  # pragma: no cover
 
 IFF_UP = 0x1
 
+
+class BondConfigError(BondError, ConfigError):
+    """The asked options are inconsistent (nothing was changed): a 422, not a kernel fault."""
+
 # Netlink attribute of every option (pyroute2 spells IFLA_BOND_X as bond_x).
 _NLA = {name: f"bond_{name}" for name in SPECS}
 _IFINDEX_OPTIONS = ("primary", "active_slave")
@@ -167,7 +171,7 @@ class BondManager:
         try:
             check_params(params, name, slaves=list(slaves))
         except ConfigError as exc:
-            raise BondError(str(exc)) from exc
+            raise BondConfigError(str(exc)) from exc
         if self.exists(name):
             raise BondError(f"interface {name} already exists")
         options = kernel_options(params)
@@ -241,7 +245,7 @@ class BondManager:
         try:
             check_params(desired, name, slaves=state.slaves)
         except ConfigError as exc:
-            raise BondError(str(exc)) from exc
+            raise BondConfigError(str(exc)) from exc
         options = kernel_options(desired)
         changed = kernel_options(change, desired)
         # Re-send what the mode accepts only when it differs from the kernel's value.
@@ -348,3 +352,61 @@ def list_bonds(ipr: Any) -> list[str]:
         if info is not None and info.get_attr("IFLA_INFO_KIND") == "bond":
             out.append(link.get_attr("IFLA_IFNAME"))
     return out
+
+
+# -- server side: a plain bridge over the TAP endpoints ------------------------------------
+
+
+def create_bridge(ipr: Any, name: str, address: str | None, prefixlen: int = 24) -> None:
+    """A bridge without STP or forward delay (ports forward at once), up, with ``address``."""
+    try:
+        if ipr.link_lookup(ifname=name):
+            raise BondError(f"interface {name} already exists")
+        ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=idx, state="up")
+        if address is not None:
+            ipr.addr("replace", index=idx, address=address, prefixlen=prefixlen)
+    except NetlinkError as exc:
+        raise BondError(f"bridge {name}: {_describe(exc)}") from exc
+
+
+def set_master(ipr: Any, port: str, master: str | None) -> None:
+    """Attach ``port`` to bridge/bond ``master`` (None: detach)."""
+    try:
+        pidx = ipr.link_lookup(ifname=port)
+        if not pidx:
+            raise BondError(f"interface {port} not found")
+        midx = 0
+        if master is not None:
+            found = ipr.link_lookup(ifname=master)
+            if not found:
+                raise BondError(f"interface {master} not found")
+            midx = found[0]
+        ipr.link("set", index=pidx[0], master=midx)
+        if master is not None:
+            ipr.link("set", index=pidx[0], state="up")
+    except NetlinkError as exc:
+        raise BondError(f"{port} -> {master}: {_describe(exc)}") from exc
+
+
+def delete_link(ipr: Any, name: str) -> bool:
+    """Delete ``name`` if present; True when something was deleted."""
+    try:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return False
+        ipr.link("del", index=found[0])
+        return True
+    except NetlinkError as exc:
+        raise BondError(f"delete {name}: {_describe(exc)}") from exc
+
+
+def set_link_up(ipr: Any, name: str, up: bool) -> None:
+    try:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise BondError(f"interface {name} not found")
+        ipr.link("set", index=found[0], state="up" if up else "down")
+    except NetlinkError as exc:
+        raise BondError(f"set {name} {'up' if up else 'down'}: {_describe(exc)}") from exc

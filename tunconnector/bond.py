@@ -1,0 +1,439 @@
+"""Multi-link over a kernel bond: the Multi-link enabler's stack on tunconnector tunnels.
+
+Client: slave *i* (1-based, in order) becomes TAP tunnel ``tap<i>`` whose UDP socket is
+bound to that slave's ``hw_int`` (SO_BINDTODEVICE) and talks to its ``ip_server`` on port
+``base_port + i``; the TAPs are enslaved to a kernel bond configured with every bonding
+option asked (read back from the kernel). Server: ``links`` TAP tunnel endpoints on ports
+``base_port + 1..links``, bridged into a bridge carrying ``bridge_ip``.
+
+Carrier follows liveness: a TAP's carrier is on only while its tunnel is ``up`` (the peer
+answered within ``dead_after``), so a bond using miimon, and the server's bridge, drop a
+dead link by themselves; ``tap_down`` forces a TAP down for tests and maintenance.
+
+:class:`MultiLink` is the per-node manager behind the REST API and ``[[bond]]`` sections;
+what the API started is persisted to ``[api] state_file`` and restored at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import BondConfig, TunnelConfig, build
+from .errors import BondError, ConfigError, DeviceError, TunconnectorError
+from .io import bond as bondio
+from .io.bond import BondManager, BondState
+from .proto.bondparams import BondParams, check_params, parse_params
+from .tunnel import State, Tunnel
+
+log = logging.getLogger("tunconnector.bond")
+
+Role = Literal["client", "server"]
+STATE_VERSION = 1
+
+
+def tap_names(cfg: BondConfig) -> list[str]:
+    count = len(cfg.slaves) if cfg.role == "client" else cfg.links
+    return [f"{cfg.tap_prefix}{i}" for i in range(1, count + 1)]
+
+
+def tunnel_configs(cfg: BondConfig) -> list[TunnelConfig]:
+    """The TAP tunnels of a bond, validated like any ``[[tunnel]]``."""
+    out = []
+    for i, tap in enumerate(tap_names(cfg), start=1):
+        common: dict[str, Any] = dict(
+            name=f"{cfg.name}-{tap}",
+            dev_type="tap",
+            device=tap,
+            proto="udp",
+            framing="native",
+            keepalive=cfg.keepalive,
+            dead_after=cfg.dead_after,
+            key_file=cfg.key_file,
+            offload="off",
+        )
+        if cfg.role == "client":
+            slave = cfg.slaves[i - 1]
+            t = TunnelConfig(
+                mode="client",
+                remote=slave.ip_server,
+                remote_port=cfg.base_port + i,
+                bind_interface=slave.hw_int,
+                **common,
+            )
+        else:
+            t = TunnelConfig(mode="server", port=cfg.base_port + i, bind=cfg.bind, **common)
+        t.validate(f"bond {cfg.name}.{tap}")
+        out.append(t)
+    return out
+
+
+class BondLink:
+    """One running multi-link: the client's bond or the server's bridge, and its tunnels."""
+
+    def __init__(self, cfg: BondConfig, node: Any) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.role: Role = cfg.role
+        self.taps = tap_names(cfg)
+        self.tunnels = [Tunnel(t, netlink=node.netlink) for t in tunnel_configs(cfg)]
+        self.down_taps: set[str] = set()
+        self.started = False
+        for t in self.tunnels:
+            t.add_listener(self._on_state)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def tunnel_of(self, tap: str) -> Tunnel | None:
+        for t in self.tunnels:
+            if t.config.device == tap:
+                return t
+        return None
+
+    # -- carrier follows liveness -------------------------------------------------------
+    def _carrier(self, t: Tunnel) -> None:
+        dev = t.device
+        if dev is None or getattr(dev, "closed", False):
+            return
+        on = t.state == State.UP and t.config.device not in self.down_taps
+        try:
+            dev.set_carrier(on)
+        except DeviceError as exc:
+            log.warning("%s", exc)
+
+    def _on_state(self, t: Tunnel, old: State, new: State) -> None:
+        if new in (State.UP, State.DOWN):
+            self._carrier(t)
+            log.info(
+                "%s %s: tunnel %s, carrier %s",
+                self.name,
+                t.config.device,
+                new.value,
+                "on" if new == State.UP and t.config.device not in self.down_taps else "off",
+            )
+
+    # -- life cycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        results = await asyncio.gather(*(t.start() for t in self.tunnels), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self._stop_tunnels()
+            exc = errors[0]
+            if isinstance(exc, TunconnectorError):
+                raise BondError(f"{self.name}: {exc}") from exc
+            raise exc
+        for t in self.tunnels:
+            self._carrier(t)  # DOWN until the peer answers
+        try:
+            if self.role == "client":
+                await self._call(self._create_bond)
+            else:
+                await self._call(self._create_bridge)
+        except BaseException:
+            await self._stop_tunnels()
+            raise
+        self.started = True
+        for tap in sorted(self.down_taps):
+            await self.set_tap(tap, up=False)
+        log.info("%s %s started over %s", self.role, self.name, " ".join(self.taps))
+
+    async def stop(self) -> None:
+        try:
+            await self._call(self._delete)
+        finally:
+            await self._stop_tunnels()
+            self.started = False
+        log.info("%s %s stopped", self.role, self.name)
+
+    async def _stop_tunnels(self) -> None:
+        await asyncio.gather(*(t.stop() for t in self.tunnels), return_exceptions=True)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.node.netlink.call(fn, *args)
+
+    def _params(self) -> BondParams:
+        return parse_params(self.cfg.bonding, f"{self.name}.bonding")
+
+    def _create_bond(self) -> BondState:
+        with BondManager() as bm:
+            return bm.create(
+                self.name,
+                self._params(),
+                self.taps,
+                address=self.cfg.ip_address,
+                prefixlen=self.cfg.prefixlen,
+            )
+
+    def _create_bridge(self) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            bondio.create_bridge(ipr, self.name, self.cfg.bridge_ip, self.cfg.prefixlen)
+            try:
+                for tap in self.taps:
+                    bondio.set_master(ipr, tap, self.name)
+            except BondError:
+                bondio.delete_link(ipr, self.name)
+                raise
+
+    def _delete(self) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            bondio.delete_link(ipr, self.name)
+
+    # -- operations ----------------------------------------------------------------------
+    async def set_tap(self, tap: str, up: bool) -> None:
+        """Force ``tap`` down (carrier off, link down) or give it back to liveness."""
+        t = self.tunnel_of(tap)
+        if t is None:
+            raise BondError(f"the tap interface {tap} don't exist")
+        if up:
+            self.down_taps.discard(tap)
+        else:
+            self.down_taps.add(tap)
+        self._carrier(t)
+
+        def _link() -> None:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                bondio.set_link_up(ipr, tap, up)
+
+        await self._call(_link)
+
+    async def apply(self, change: BondParams) -> BondState:
+        if self.role != "client":
+            raise BondError(f"{self.name} is a bridge, not a bond")
+
+        def _apply() -> BondState:
+            with BondManager() as bm:
+                return bm.apply(self.name, change)
+
+        state: BondState = await self._call(_apply)
+        # remember the new desired options (canonical names, so they parse back)
+        self.cfg.bonding = self._params().merged(change).to_strings()
+        return state
+
+    async def view(self) -> dict[str, str]:
+        def _view() -> dict[str, str]:
+            with BondManager() as bm:
+                return bm.view(self.name)
+
+        result: dict[str, str] = await self._call(_view)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "name": self.name,
+            "running": self.started,
+            "taps": {
+                t.config.device: {
+                    "state": t.state.value,
+                    "carrier": t.state == State.UP and t.config.device not in self.down_taps,
+                    "forced_down": t.config.device in self.down_taps,
+                    "peer": t.status().get("peer"),
+                    "bind_interface": t.config.bind_interface,
+                }
+                for t in self.tunnels
+            },
+        }
+
+
+class MultiLink:
+    """The node's bonds and bridges: at most one of each started through the API (as the
+    enabler), plus any ``[[bond]]`` sections; API state persisted to ``state_file``."""
+
+    def __init__(self, node: Any, state_file: str | Path | None = None) -> None:
+        self.node = node
+        self.state_file = Path(state_file) if state_file else None
+        self.links: dict[str, BondLink] = {}
+        self.api_owned: dict[Role, str] = {}
+        self.lock = asyncio.Lock()
+
+    # -- queries --------------------------------------------------------------------------
+    def running(self, role: Role) -> bool:
+        return any(link.role == role and link.started for link in self.links.values())
+
+    def link(self, name: str, role: Role | None = None) -> BondLink:
+        link = self.links.get(name)
+        if link is None or (role is not None and link.role != role):
+            raise KeyError(name)
+        return link
+
+    def link_of_tap(self, tap: str) -> BondLink:
+        for link in self.links.values():
+            if tap in link.taps:
+                return link
+        raise KeyError(tap)
+
+    def status(self) -> dict[str, Any]:
+        return {name: link.status() for name, link in self.links.items()}
+
+    # -- start / stop -----------------------------------------------------------------------
+    async def start(self, cfg: BondConfig, *, api: bool = False) -> BondLink:
+        if cfg.name in self.links:
+            raise BondError(f"{cfg.name} is already running")
+        if api and self.running(cfg.role):
+            raise BondError(f"a {cfg.role} is already running")
+        for other in self.links.values():
+            clash = set(other.taps) & set(tap_names(cfg))
+            if clash:
+                raise BondError(f"{', '.join(sorted(clash))} already used by {other.name}")
+        link = BondLink(cfg, self.node)
+        await link.start()
+        self.links[cfg.name] = link
+        for t in link.tunnels:
+            self.node.tunnels.setdefault(t.name, t)
+        if api:
+            self.api_owned[cfg.role] = cfg.name
+            self.save()
+        return link
+
+    async def stop(self, name: str, role: Role | None = None, *, forget: bool = True) -> None:
+        link = self.link(name, role)
+        try:
+            await link.stop()
+        finally:
+            self.links.pop(name, None)
+            for t in link.tunnels:
+                if self.node.tunnels.get(t.name) is t:
+                    del self.node.tunnels[t.name]
+            if forget and self.api_owned.get(link.role) == name:
+                del self.api_owned[link.role]
+                self.save()
+
+    async def stop_all(self) -> None:
+        for name in list(self.links):
+            try:
+                await self.stop(name, forget=False)
+            except TunconnectorError as exc:
+                log.warning("stopping %s: %s", name, exc)
+
+    async def set_tap(self, tap: str, up: bool) -> None:
+        link = self.link_of_tap(tap)
+        await link.set_tap(tap, up)
+        if link.name in self.api_owned.values():
+            self.save()
+
+    async def apply(self, bond: str, change: BondParams) -> BondState:
+        link = self.link(bond, "client")
+        state = await link.apply(change)
+        if bond in self.api_owned.values():
+            self.save()
+        return state
+
+    # -- persistence ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": STATE_VERSION}
+        for role, name in sorted(self.api_owned.items()):
+            link = self.links.get(name)
+            if link is None:
+                continue
+            out[role] = {
+                "config": dataclasses.asdict(link.cfg),
+                "down_taps": sorted(link.down_taps),
+            }
+        return out
+
+    def save(self) -> None:
+        """Write the desired state atomically (0600: it names interfaces and addresses)."""
+        if self.state_file is None:
+            return
+        data = json.dumps(self.snapshot(), indent=2, sort_keys=True)
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.state_file.parent, prefix=".bond-state-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def load(self) -> list[tuple[BondConfig, list[str]]]:
+        """The state file's client/server, validated; a broken file is a ConfigError."""
+        if self.state_file is None or not self.state_file.exists():
+            return []
+        where = str(self.state_file)
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: unreadable bond state: {exc}") from exc
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ConfigError(f"{where}: unknown bond state version")
+        out = []
+        for role in ("server", "client"):
+            entry = data.get(role)
+            if entry is None:
+                continue
+            cfg = build(BondConfig, entry.get("config"), f"{where}:{role}")
+            down = [str(x) for x in entry.get("down_taps", [])]
+            out.append((cfg, down))
+        return out
+
+    async def restore(self) -> None:
+        try:
+            entries = self.load()
+        except ConfigError as exc:
+            log.error("%s; nothing restored", exc)
+            return
+        for cfg, down in entries:
+            try:
+                link = BondLink(cfg, self.node)
+                link.down_taps = set(down) & set(link.taps)
+                await link.start()
+            except TunconnectorError as exc:
+                log.error("restoring %s %s failed: %s", cfg.role, cfg.name, exc)
+                continue
+            self.links[cfg.name] = link
+            for t in link.tunnels:
+                self.node.tunnels.setdefault(t.name, t)
+            self.api_owned[cfg.role] = cfg.name
+            log.info("restored %s %s from %s", cfg.role, cfg.name, self.state_file)
+
+
+def get_multilink(node: Any) -> MultiLink:
+    """The node's MultiLink, created on first use."""
+    ml = getattr(node, "multilink", None)
+    if ml is None:
+        api = node.config.api
+        ml = MultiLink(node, api.state_file if api is not None else None)
+        node.multilink = ml
+    return ml
+
+
+async def multilink_service(node: Any) -> Callable[[], Awaitable[None]] | None:
+    """Node service: start the ``[[bond]]`` sections, restore the API's bonds."""
+    ml = get_multilink(node)
+    for cfg in node.config.bond:
+        try:
+            await ml.start(cfg)
+        except TunconnectorError as exc:
+            if getattr(node, "strict", False):
+                raise
+            log.error("bond %s failed to start: %s", cfg.name, exc)
+    await ml.restore()
+    return ml.stop_all
+
+
+def validate_params_for(cfg: BondConfig) -> BondParams:
+    """Parse and check a client's bonding options against its own TAP names."""
+    params = parse_params(cfg.bonding, f"{cfg.name}.bonding")
+    check_params(params, f"{cfg.name}.bonding", slaves=tap_names(cfg))
+    return params
