@@ -103,6 +103,7 @@ class HealthMonitor:
         self._listeners: list[Listener] = []
         self._pinger: Any = None
         self._written: str | None = None
+        self._write_error: str | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
@@ -143,6 +144,9 @@ class HealthMonitor:
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None or self._task.done():
+            # the file exists (NOT_OK) as soon as start() returns: nothing vouches yet,
+            # and a privilege drop right after can hand it to the new user
+            self._write_status(force="NOT_OK")
             self._task = asyncio.create_task(self.run(), name=f"health-{self.name}")
         return self._task
 
@@ -156,7 +160,6 @@ class HealthMonitor:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.check.reset(loop.time())
-        self._write_status()
         try:
             while True:
                 now = loop.time()
@@ -228,8 +231,12 @@ class HealthMonitor:
         try:
             write_status_file(path, text)
             self._written = text
+            self._write_error = None
         except OSError as exc:
-            log.warning("tunnel %s: cannot write status file %s: %s", self.name, path, exc)
+            if self._write_error != str(exc):  # once per distinct error, not per probe
+                log.warning("tunnel %s: cannot write status file %s: %s", self.name, path, exc,
+                            extra={"tunnel": self.name})
+            self._write_error = str(exc)
 
 
 async def health_service(node: Any) -> Callable[[], Awaitable[None]] | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import shutil
 import socket
-import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from conftest import Daemon, Env, to_toml
 from netns import VENV_BIN, free_port, tunconnector_cmd, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunconnector.io.icmp import _in_netns
+from tunconnector.io.icmp import in_netns
 
 USER, PASSWORD, TOKEN = "admin", "pw-9f2c1e", "tok-4b7d0a"
 GOOD = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -52,7 +53,7 @@ class Api:
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None
                 ) -> tuple[int, dict[str, str], bytes]:
-        sock = _in_netns(self.ns, lambda: socket.create_connection(("127.0.0.1", self.port), 5))
+        sock = in_netns(self.ns, lambda: socket.create_connection(("127.0.0.1", self.port), 5))
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         conn.sock = sock
         try:
@@ -112,9 +113,9 @@ def read(path: Path) -> str | None:
         return None
 
 
-def wait_file(path: Path, want: str, timeout: float) -> float:
+def wait_file(path: Path, want: str, timeout: float, log: str = "") -> float:
     t0 = time.monotonic()
-    assert wait_for(lambda: read(path) == want, timeout, 0.02), (want, read(path))
+    assert wait_for(lambda: read(path) == want, timeout, 0.02), (want, read(path), log)
     return time.monotonic() - t0
 
 
@@ -259,3 +260,59 @@ def test_json_logs_one_line_per_state_change(env: Env, tmp_path: Path) -> None:
     assert any("-> OK" in ln["msg"] for ln in health)
     assert sum("API: admin stop tunnel vpn" in m for m in msgs) == 1
     assert sum("API: admin start tunnel vpn" in m for m in msgs) == 1
+
+
+def _caps(pid: int, tid: int | None = None) -> tuple[int, int, int]:
+    path = f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status"
+    fields = dict(ln.split(":", 1) for ln in Path(path).read_text().splitlines() if ":" in ln)
+    uid = int(fields["Uid"].split()[1])
+    return uid, int(fields["CapEff"], 16), int(fields["CapPrm"], 16)
+
+
+def test_privilege_drop_keeps_only_net_admin(env: Env, tmp_path: Path) -> None:
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    # like /tmp: the status file is rewritten after the drop (pytest's tmp is 0700 root)
+    shared = Path(tempfile.mkdtemp(prefix="tc-priv-", dir="/tmp"))
+    shared.chmod(0o1777)
+    try:
+        _privilege_drop(env, shared / "status", nobody)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _privilege_drop(env: Env, status: Path, nobody: int) -> None:
+    caps = ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+    keep = (1 << 12) | (1 << 13)
+    if os.stat("/dev/net/tun").st_mode & 0o006 != 0o006:
+        # /dev/net/tun is 0600 here (0666 on usual distros): reopening it after the drop
+        # needs DAC override; the daemon warns about exactly this
+        caps.append("CAP_DAC_OVERRIDE")
+        keep |= 1 << 1
+    server, _client, api = start_pair(
+        env, status_file=status,
+        api_extra=f'\n[privileges]\nuser = "nobody"\nkeep_caps = {json.dumps(caps)}\n',
+    )
+    assert server.proc is not None
+    pid = server.proc.pid
+    assert wait_for(lambda: _caps(pid)[0] == nobody, 10), server.log()
+    tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit()]
+    for tid in tasks:
+        uid, eff, prm = _caps(pid, tid)
+        assert uid == nobody and eff & ~keep == 0 and prm & ~keep == 0, (tid, hex(eff))
+    # with only CAP_NET_ADMIN it can still tear down and rebuild its tunnel
+    wait_file(status, "OK", 10, server.log())
+    assert status.stat().st_uid == nobody
+    api.json("POST", "/v1/tunnels/vpn/stop", GOOD)
+    assert env.b.ping("10.77.0.1", count=2, interval=0.1)[1] == 0
+    api.json("POST", "/v1/tunnels/vpn/start", GOOD)
+    assert env.b.wait_ping("10.77.0.1", timeout=10), server.log()
+    env.lab.link_down()
+    wait_file(status, "NOT_OK", 5)  # the health check still writes as the new user
+    env.lab.link_up()
+    wait_file(status, "OK", 5)
+    assert status.stat().st_uid == nobody

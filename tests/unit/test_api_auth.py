@@ -46,6 +46,7 @@ class FakeTunnel:
 class FakeNode:
     def __init__(self, *names: str) -> None:
         self.tunnels = {n: FakeTunnel(n) for n in names}
+        self.config = Config(tunnel=[t.config for t in self.tunnels.values()])
         self.calls: list[str] = []
 
     def tunnel(self, name: str) -> FakeTunnel:

@@ -120,7 +120,9 @@ def _status_of(node: Any, name: str) -> dict[str, Any]:
 def _default_tunnel(node: Any, api: ApiConfig | None) -> str:
     if api is not None and api.default_tunnel:
         return api.default_tunnel
-    names = list(node.tunnels)
+    # configured [[tunnel]]s only: bond TAP tunnels also live in node.tunnels
+    cfg = getattr(node, "config", None)
+    names = [t.name for t in cfg.tunnel] if cfg is not None else list(node.tunnels)
     if len(names) == 1:
         return names[0]
     if not names:

@@ -75,7 +75,7 @@ def parse_echo_reply(
     return ident, seq, data[_HDR.size :]
 
 
-def _in_netns(netns: str | None, fn: Callable[[], socket.socket]) -> socket.socket:
+def in_netns(netns: str | None, fn: Callable[[], socket.socket]) -> socket.socket:
     """Run ``fn`` in network namespace ``/run/netns/NAME`` (a throwaway thread's setns)."""
     if netns is None:
         return fn()
@@ -121,7 +121,7 @@ def open_icmp_socket(
     for k in order:
         stype = socket.SOCK_DGRAM if k == "dgram" else socket.SOCK_RAW
         try:
-            sock = _in_netns(netns, functools.partial(socket.socket, family, stype, proto))
+            sock = in_netns(netns, functools.partial(socket.socket, family, stype, proto))
         except OSError as exc:
             errors.append(f"{k}: {exc.strerror or exc}")
             continue
