@@ -496,3 +496,32 @@ def test_send_error_takes_path_down_at_once() -> None:
     assert not a.note_send_error(0, sim.now)  # already down: nothing changes
     sim.run_until(sim.now + 0.2)  # the link works again: probes bring it back
     assert a.state(0) is PathState.UP
+
+
+def test_lossy_path_that_blinks_stays_avoided() -> None:
+    """A down/up blink of a lossy path must not wipe its loss record (no ping-pong)."""
+    a, b = make(loss_threshold=0.05, failback_delay=0.3)
+    sim = Sim(a, b, [Link(), Link()], seed=5)
+    sim.run_until(0.3)
+    sim.links[0].loss = 0.15
+    sim.run_until(3.0)
+    assert a.active == 1 and a.path_stats()[0].degraded
+    sim.links[0].up_ab = sim.links[0].up_ba = False  # blink
+    sim.run_until(3.2)
+    sim.links[0].up_ab = sim.links[0].up_ba = True
+    sim.run_until(6.0)
+    st = a.path_stats()[0]
+    assert st.state == "up" and st.degraded and st.loss > 0.05
+    assert a.active == 1 and a.failbacks == 0
+
+
+def test_outage_is_not_counted_as_loss_after_recovery() -> None:
+    a, b = make(loss_threshold=0.05, failback_delay=0.3)
+    sim = Sim(a, b, [Link(), Link()])
+    sim.run_until(1.0)
+    sim.links[0].up_ab = sim.links[0].up_ba = False
+    sim.run_until(1.5)
+    sim.links[0].up_ab = sim.links[0].up_ba = True
+    sim.run_until(2.5)
+    st = a.path_stats()[0]
+    assert st.loss == 0.0 and not st.degraded and a.active == 0

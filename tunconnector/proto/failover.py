@@ -162,6 +162,8 @@ class _Path:
     good: int = 0  # consecutive answered probes
     missed: int = 0  # consecutive missed probes
     last_miss_sent: float = 0.0  # send time of the latest missed probe
+    streak_seq: int = 0  # first probe of the current miss streak
+    outage_seq: int = 0  # first probe of the last outage (not counted as loss after it)
     stable_since: float = 0.0  # when it last became up / changed degraded
     srtt: float | None = None
     rttvar: float = 0.0
@@ -431,6 +433,8 @@ class MultiPath:
                 pr.missed = True
                 p.probes_missed += 1
                 p.last_miss_sent = pr.sent
+                if p.missed == 0:
+                    p.streak_seq = pr.seq
                 p.missed += 1
                 p.good = 0
             if expired and p.state is not PathState.DOWN:
@@ -510,9 +514,9 @@ class MultiPath:
         p.state = PathState.UP
         p.transitions += 1
         p.stable_since = now
-        p.degraded = False
-        # judge the loss of the path as it is now, not the outage it just left
-        keep = [pr for pr in p.history if pr.seq in p.pending]
+        # judge the loss of the path without the outage it just left, but keep what came
+        # before: a lossy path that blinked stays judged lossy (no loss/failback ping-pong)
+        keep = [pr for pr in p.history if not (pr.missed and pr.seq >= p.outage_seq)]
         p.history.clear()
         p.history.extend(keep)
         self.path_ups += 1
@@ -524,7 +528,7 @@ class MultiPath:
         p.state = PathState.DOWN
         p.transitions += 1
         p.good = 0
-        p.degraded = False
+        p.outage_seq = p.streak_seq if p.missed else p.next_seq
         self.path_downs += 1
         self._events.append(
             PathDown(p.index, p.spec.name, now, "never answered" if was_unknown else reason)
