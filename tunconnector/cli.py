@@ -191,6 +191,14 @@ def cmd_status(argv: Sequence[str]) -> int:
                 f"in {t['rx_bytes']} B/{t['rx_packets']} pkts  "
                 f"out {t['tx_bytes']} B/{t['tx_packets']} pkts  drops: {drops}"
             )
+            for path in t.get("paths") or []:  # multi-path: one line per path, * = carrying
+                rtt = path.get("rtt")
+                print(
+                    f"  {'':<12} {'*' if path.get('active') else ' '}path {path['name']:<10} "
+                    f"{path['state']:<7} rtt {'-' if rtt is None else f'{rtt * 1000:.1f}ms'} "
+                    f"loss {100 * (path.get('loss') or 0):.1f}%  "
+                    f"{path.get('local') or '-'} -> {path.get('remote') or '-'}"
+                )
             crypto = t.get("crypto")
             if crypto:
                 age = crypto.get("session_age")

@@ -181,6 +181,9 @@ class TunnelConfig:
             raise ConfigError(f"{where}.path: path names must be unique")
         if self.path and self.framing != "native":
             raise ConfigError(f"{where}.path: multi-path needs framing = 'native'")
+        if self.path and self.proto != "udp":
+            raise ConfigError(f"{where}.path: multi-path runs over proto = 'udp' "
+                              "(one datagram socket per path)")
         for i, p in enumerate(self.path):
             if self.mode == "client" and not p.remote:
                 raise ConfigError(f"{where}.path[{i}].remote: a client path needs remote")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import PY, Daemon, Env
-from netns import Host
+from netns import Host, tunconnector_cmd
 
 from tunconnector.status import query_all
 
@@ -123,7 +123,7 @@ def mp_status(d: Daemon) -> dict[str, Any]:
     for r in query_all(str(d.ctl), timeout=2.0):
         for t in r.get("tunnels", []):
             if t.get("name") == "mp":
-                return t  # type: ignore[no-any-return]
+                return t
     return {}
 
 
@@ -352,6 +352,9 @@ def test_paths_come_up_and_status_shows_them(env2: Env) -> None:
     assert p0["remote"].startswith(env2.lab.a_addrs[0])
     srv = multipath(server)
     assert [p["remote"].split(":")[0] for p in srv["paths"]] == env2.lab.b_addrs
+    out = subprocess.run(tunconnector_cmd("status", "--control-dir", str(client.ctl)),
+                         capture_output=True, text=True, timeout=20).stdout
+    assert "*path p0" in out and " path p1" in out, out
 
 
 @pytest.mark.slow
@@ -437,12 +440,12 @@ def test_tcp_across_cut_and_restore(env2: Env, policy: str) -> None:
 
     t = threading.Thread(target=quick_fault)
     t.start()
-    want, have, secs = env2.transfer(env2.b, env2.a, TUN_A, nbytes=96 << 20, port=5298)
+    want, have, took = env2.transfer(env2.b, env2.a, TUN_A, nbytes=96 << 20, port=5298)
     t_end = time.time()
     t.join()
     assert want == have
     assert t_end > marks[1], "the transfer ended before the path was restored"
-    record(f"sha256/{policy}", {"bytes": 96 << 20, "seconds": secs, "digest_match": True})
+    record(f"sha256/{policy}", {"bytes": 96 << 20, "seconds": took, "digest_match": True})
 
 
 @pytest.mark.slow
