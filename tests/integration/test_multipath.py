@@ -490,3 +490,31 @@ def test_active_backup_leaves_lossy_path(env2: Env, nft: Nft) -> None:
     # the path stays avoided while lossy; back after the loss stops and failback_delay
     nft.clear()
     wait_active([server, client], "p0", timeout=30)
+
+
+def test_encrypted_duplicate_mode(env2: Env) -> None:
+    """One encrypted session over both paths: the replay window drops the copies."""
+    from tunconnector.keys import generate_psk
+
+    key = env2.workdir / "mp.key"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (generate_psk() + "\n").encode())
+    os.close(fd)
+    server, client = mp_pair(env2, "duplicate", key_file=str(key))
+    client.wait_state("up")
+    wait_all_up([server, client])
+    lab = env2.lab
+    with streams(env2) as (up, down):
+        time.sleep(1.0)  # experiment timeline: steady stream, cut, hold, restore
+        lab.link_down(0)
+        time.sleep(0.5)
+        lab.link_up(0)
+        wait_all_up([server, client])
+        time.sleep(0.5)
+        up.finish()
+        down.finish()
+    ratios = {s.name: s.delivered_ratio() for s in (up, down)}
+    st = mp_status(client)
+    assert st["encrypted"] and (st.get("crypto") or {}).get("established", True)
+    record("encrypted/duplicate", {"delivered": ratios, "drops": st["drops"]})
+    assert all(r == 1.0 for r in ratios.values()), ratios
