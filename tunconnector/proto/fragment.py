@@ -257,7 +257,7 @@ class Reassembler:
                         and count <= MAX_FRAGMENTS
                         and (session, msg_id) not in self._pending
                         and self._run_consistent(mv, off, stride, count, total)):
-                    out.append(b"".join([
+                    out.append(bytearray().join([  # a bytearray: decrypted in place later
                         mv[o + FRAG_OVERHEAD:min(o + stride, end)]
                         for o in range(off, end, stride)]))
                     self.stats.completed += 1

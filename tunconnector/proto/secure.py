@@ -236,7 +236,6 @@ class SecureChannel:
         self._retransmit_at: float | None = None
         self._wakeup_at: float | None = None
         self._want_session = False
-        self._can_initiate = initiator
         self._last_ts_sent = 0
         self._queue: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._out: list[bytes] = []
@@ -302,7 +301,7 @@ class SecureChannel:
         if kp is None:
             if flags:
                 self.drops["no_session"] += 1
-                if self._pending is None and (self._can_initiate or self._want_session):
+                if self._pending is None and self._may_initiate():
                     self._begin_handshake(now)
                 return None
             self._enqueue(bytes(frame), mtype, path, now)
@@ -313,18 +312,22 @@ class SecureChannel:
 
     def seal_into(
         self, buf: bytearray | memoryview, length: int, now: float, *,
-        mtype: int = MsgType.DATA, path: int = 0,
+        mtype: int = MsgType.DATA, path: int = 0, flags: int = 0,
     ) -> int:
         """In-place variant: frame at ``buf[16:16+length]``, 16 bytes of tail-room after.
 
         Returns the message length (header written at ``buf[0:16]``), or 0 when the frame
-        was copied into the handshake queue.
+        was copied into the handshake queue (or, with extra ``flags``, dropped as in
+        :meth:`seal`).
         """
         kp = self._sendable(now)
         if kp is None:
+            if flags:
+                self.seal(b"", now, flags=flags)  # counts no_session, starts a handshake
+                return 0
             self._enqueue(bytes(buf[HEADER_LEN:HEADER_LEN + length]), mtype, path, now)
             return 0
-        n = kp.seal_into(buf, length, mtype=mtype, path=path)
+        n = kp.seal_into(buf, length, mtype=mtype, path=path, flags=flags)
         self._after_send(kp, now)
         return n
 
@@ -361,7 +364,7 @@ class SecureChannel:
         if kp is None:
             self.drops["unknown_session"] += 1
             return None
-        if now - kp.created >= self.reject_after_time:
+        if now >= kp.created + self.reject_after_time:
             self.drops["expired"] += 1
             return None
         try:
@@ -386,13 +389,11 @@ class SecureChannel:
         for kp in (self.previous, self.current, self.next):
             if kp is not None:
                 times.append(kp.created + self.reject_after_time)
-        cur = self.current
-        if cur is not None and self._pending is None and self._can_initiate:
-            times.append(cur.created + self._rekey_age(cur))
+        due = self._rekey_due()
+        if due is not None:
+            times.append(due)
         if self._wakeup_at is not None:
             times.append(self._wakeup_at)
-        if self._unanswered_since is not None and self._pending is None and self._can_initiate:
-            times.append(self._unanswered_since + self.stale_after)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -403,18 +404,28 @@ class SecureChannel:
             if self._retransmit_at is not None and now >= self._retransmit_at:
                 self._retransmit(now)
         else:
-            cur = self.current
-            stale = (
-                self._unanswered_since is not None
-                and now - self._unanswered_since >= self.stale_after
-            )
-            if cur is not None and self._can_initiate and (
-                stale or now - cur.created >= self._rekey_age(cur)
-            ):
+            due = self._rekey_due()
+            if due is not None and now >= due:
                 self._unanswered_since = None
                 self._begin_handshake(now)
-            elif cur is None and self._want_session:
+            elif self.current is None and self._want_session and (
+                self.next is None or now >= self.next.created + self.max_retransmit
+            ):  # no session, and no keypair we answered with is about to be confirmed
                 self._begin_handshake(now)
+
+    def _may_initiate(self) -> bool:
+        """The client always may; the server only to renew a session it still has."""
+        return self.initiator or self._want_session or self.current is not None
+
+    def _rekey_due(self) -> float | None:
+        """When the current keypair should be renewed (age, or unanswered sends)."""
+        cur = self.current
+        if cur is None or self._pending is not None or self.next is not None:
+            return None  # nothing to renew, or a renewal is already under way
+        due = cur.created + self._rekey_age(cur)
+        if self._unanswered_since is not None:
+            due = min(due, self._unanswered_since + self.stale_after)
+        return due
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -422,7 +433,7 @@ class SecureChannel:
     # -- internals: sending ----------------------------------------------------------
     def _sendable(self, now: float) -> Keypair | None:
         kp = self.current
-        if kp is None or kp.exhausted or now - kp.created >= self.reject_after_time:
+        if kp is None or kp.exhausted or now >= kp.created + self.reject_after_time:
             return None
         return kp
 
@@ -434,7 +445,7 @@ class SecureChannel:
         if (
             kp.sent_bytes >= self.rekey_after_bytes
             or kp.send_counter >= REKEY_AFTER_MESSAGES
-            or (kp.initiator and now - kp.created >= self.rekey_after_time)
+            or (kp.initiator and now >= kp.created + self.rekey_after_time)
         ):
             self._begin_handshake(now)
 
@@ -444,7 +455,7 @@ class SecureChannel:
                 self._queue.popleft()
                 self.drops["queue_full"] += 1
             self._queue.append((frame, mtype, path))
-        if self._pending is None and (self._can_initiate or self._want_session):
+        if self._pending is None and self._may_initiate():
             self._begin_handshake(now)
 
     def _flush_queue(self, now: float) -> None:
@@ -606,7 +617,6 @@ class SecureChannel:
         self.previous = None
         self.next = kp
         self._by_index[index] = kp
-        self._can_initiate = True
         self.authenticated_source = source
         self.last_authenticated = now
         self._out.append(
@@ -713,13 +723,13 @@ class SecureChannel:
 
     def _expire(self, now: float) -> None:
         limit = self.reject_after_time
-        if self.previous is not None and now - self.previous.created >= limit:
+        if self.previous is not None and now >= self.previous.created + limit:
             self._forget(self.previous)
             self.previous = None
-        if self.next is not None and now - self.next.created >= limit:
+        if self.next is not None and now >= self.next.created + limit:
             self._forget(self.next)
             self.next = None
-        if self.current is not None and now - self.current.created >= limit:
+        if self.current is not None and now >= self.current.created + limit:
             self._forget(self.current)
             self.current = None
             self._events.append(SessionExpired())
