@@ -306,6 +306,12 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def cmd_install_systemd(argv: Sequence[str]) -> int:
+    from .install import main as install_main
+
+    return install_main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -313,6 +319,7 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "rmtun": cmd_rmtun,
     "demo": cmd_demo,
     "genkey": cmd_genkey,
+    "install-systemd": cmd_install_systemd,
 }
 
 

@@ -163,3 +163,27 @@ def test_dockerfile() -> None:
     assert ".venv" in ignore and ".git" in ignore and "tunconnector" not in ignore
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["tunconnector"] == "tunconnector.cli:main"
+
+
+def test_install_systemd_ships_the_same_units(tmp_path: Path) -> None:
+    from tunconnector.install import SYSUSERS, main, render_unit
+
+    assert render_unit() == (SYSTEMD / "tunconnector@.service").read_text()
+    assert SYSUSERS == (SYSTEMD / "tunconnector.sysusers.conf").read_text()
+    assert main(["--root", str(tmp_path), "--exec", "/opt/tc/bin/tunconnector"]) == 0
+    unit = (tmp_path / "etc/systemd/system/tunconnector@.service").read_text()
+    assert "ExecStart=/opt/tc/bin/tunconnector run -c /etc/tunconnector/%i.toml" in unit
+    assert (tmp_path / "etc/sysusers.d/tunconnector.conf").read_text() == SYSUSERS
+    assert (tmp_path / "etc/tunconnector").is_dir()
+
+
+def test_privileges_config() -> None:
+    from tunconnector.errors import ConfigError
+    from tunconnector.privileges import cap_bits
+
+    assert cap_bits(["CAP_NET_ADMIN", "net_raw"]) == (1 << 12) | (1 << 13)
+    cfg = Config.from_mapping({"privileges": {"user": "nobody"}})
+    assert cfg.privileges is not None
+    assert cfg.privileges.keep_caps == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+    with pytest.raises(ConfigError, match="keep_caps"):
+        Config.from_mapping({"privileges": {"user": "x", "keep_caps": ["CAP_FLY"]}})
