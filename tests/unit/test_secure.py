@@ -541,3 +541,70 @@ def test_guard_shared_between_channels_refuses_replay() -> None:
     s2.open(init, parse_header(init), 0.0)
     assert len(s1.datagrams_to_send()) == 1 and s2.datagrams_to_send() == []
     assert s2.drops["replay"] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=30.0), st.booleans(),
+                          st.sampled_from(["c", "s", "timer"])), max_size=60),
+       st.floats(min_value=0.0, max_value=0.9))
+def test_timers_always_move_forward(steps: list[tuple[float, bool, str]], loss: float) -> None:
+    """Whatever happens (loss, sends, idle), handle_timer(t) leaves get_timer() > t: the
+    runtime's single timer can never spin."""
+    rnd = random.Random(len(steps))
+    c, s = make(rekey_after_time=5.0, stale_after=3.0)
+    c.start(0.0)
+    now = 0.0
+
+    def drop(name: str, m: bytes) -> bool:
+        return rnd.random() < loss
+
+    for dt, deliver_now, who in sorted(steps):
+        now = max(now, dt)
+        if who == "c":
+            c.seal(b"c", now)
+        elif who == "s":
+            s.seal(b"s", now)
+        for ch in (c, s):
+            t = ch.get_timer()
+            if t is not None and t <= now:
+                ch.handle_timer(now)
+                t2 = ch.get_timer()
+                assert t2 is None or t2 > now, (t2, now)
+        if deliver_now:
+            pump(c, s, now, drop)
+    end = run_timers([c, s], now, now + 60.0, drop=lambda n, m: False)
+    assert c.established and s.established, end
+
+
+def test_server_stops_initiating_once_the_client_is_gone() -> None:
+    c, s = make(rekey_after_time=10.0)
+    establish(c, s)
+    sent = 0
+    now = 0.0
+    while now < 100.0:
+        t = s.get_timer()
+        if t is None:
+            break
+        now = t
+        s.handle_timer(now)
+        s.seal(b"", now)  # the tunnel's keepalive
+        sent += len(s.datagrams_to_send())
+    assert not s.established
+    assert sent <= 10
+    assert s.get_timer() is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([int(t) for t in MsgType]), st.integers(0, 3),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=200),
+       st.booleans())
+def test_garbage_never_raises(mtype: int, flags: int, session: int, counter: int,
+                              body: bytes, use_live_session: bool) -> None:
+    c, s = make()
+    establish(c, s)
+    if use_live_session and s.current is not None:
+        session = s.current.local_index
+    msg = encode_native(mtype, body, flags=flags, session=session, counter=counter)
+    for ch in (s, c):
+        assert ch.open(msg, parse_header(msg), 1.0, source="x") is None
+    assert sum(s.drops.values()) >= 1
