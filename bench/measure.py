@@ -15,6 +15,7 @@ from .netns import Topology, sh
 
 TICK = os.sysconf("SC_CLK_TCK")
 IPERF_PORT = 5201
+CC = ["-C", os.environ["BENCH_CC"]] if os.environ.get("BENCH_CC") else []
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -72,7 +73,7 @@ class IperfServer:
 
 def iperf(topo: Topology, server: IperfServer, target: str, args: list[str],
           seconds: float) -> dict:
-    cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-J", "-t", str(seconds),
+    cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-J", "-t", str(seconds), *CC,
            "--connect-timeout", "3000", *args]
     try:
         r = topo.run(topo.ns_a, cmd, check=False, timeout=seconds + 20)
