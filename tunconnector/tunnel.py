@@ -198,8 +198,9 @@ class Tunnel:
                 local = _fmt_addr(self._udp.local_address)
             except OSError:
                 local = None
-        elif self._server is not None and self._server.sockets:
-            local = _fmt_addr(self._server.sockets[0].getsockname())
+        elif self._server is not None:
+            socks = getattr(self._server, "sockets", None) or []
+            local = _fmt_addr(socks[0].getsockname()) if socks else None
         return {
             "name": self.name,
             "mode": cfg.mode,
@@ -248,8 +249,8 @@ class Tunnel:
         self._set_state(State.STARTING)
         try:
             self._keys = load_tunnel_keys(self.config)  # key file errors before any device
-            await self._open_device()
             self._fast = FastPath(self.config, UNDERLAY_MTU)
+            await self._open_device()
             await self._open_transport()
         except BaseException as exc:
             self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
@@ -261,12 +262,11 @@ class Tunnel:
             self.name, self.config.mode, self.config.proto, self.config.framing,
             self.device_name, self.mtu,
         )
-
         self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
+
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
-            self._set_state(State.STOPPED)
-            return
+            return  # nothing open; a failed tunnel keeps saying why
         self._stopping = True
         await self._close_all()
         self._set_state(State.STOPPED)
