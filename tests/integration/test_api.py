@@ -316,3 +316,85 @@ def _privilege_drop(env: Env, status: Path, nobody: int) -> None:
     env.lab.link_up()
     wait_file(status, "OK", 5)
     assert status.stat().st_uid == nobody
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cp, kp = tmp / "cert.pem", tmp / "key.pem"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cp, kp
+
+
+async def test_embedded_server_tls_port0_and_no_signal_handlers(tmp_path: Path) -> None:
+    """uvicorn in our loop: TLS, port 0, leaves SIGINT/SIGTERM alone, stops cleanly."""
+    import asyncio
+    import signal
+    import ssl
+
+    from tunconnector.api import ApiServer, create_app
+    from tunconnector.config import ApiConfig, Config
+    from tunconnector.errors import ConfigError, TransportError
+
+    class Node:
+        config = Config()
+        tunnels: dict[str, Any] = {}
+
+        def status(self) -> list[dict[str, Any]]:
+            return []
+
+    cert, key = _self_signed(tmp_path)
+    api = ApiConfig(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key),
+                    token="t0k")
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = ApiServer(create_app(Node(), api), api)
+    await server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:") and not server.url.endswith(":0")
+        ctx = ssl.create_default_context(cafile=str(cert))
+
+        def get() -> tuple[int, bytes]:
+            host, port = server.address  # type: ignore[misc]
+            c = http.client.HTTPSConnection(host, port, context=ctx, timeout=5)
+            try:
+                c.request("POST", "/v1/tunnels/x/stop", headers={"Authorization": "Bearer t0k"})
+                r = c.getresponse()
+                return r.status, r.read()
+            finally:
+                c.close()
+
+        status, body = await asyncio.to_thread(get)
+        assert status == 404, body  # authenticated over TLS, unknown tunnel
+        assert {s: signal.getsignal(s) for s in before} == before
+        # a second server on the same port fails cleanly, not with SystemExit
+        busy = ApiConfig(listen=f"127.0.0.1:{server.address[1]}")  # type: ignore[index]
+        with pytest.raises(TransportError, match="cannot listen"):
+            await ApiServer(create_app(Node(), busy), busy).start()
+    finally:
+        await server.stop()
+    assert {s: signal.getsignal(s) for s in before} == before
+    bad = ApiConfig(listen="127.0.0.1:0", tls_cert=str(key), tls_key=str(key))
+    with pytest.raises(ConfigError, match="TLS"):
+        await ApiServer(create_app(Node(), bad), bad).start()
