@@ -98,6 +98,18 @@ class NodeCollector(Collector):
         path_rtt = GaugeMetricFamily(
             p + "path_rtt_seconds", "Smoothed probe RTT of the path", labels=["tunnel", "path"]
         )
+        path_loss = GaugeMetricFamily(
+            p + "path_loss_ratio", "Recent probe loss on the path (0..1)",
+            labels=["tunnel", "path"],
+        )
+        established = GaugeMetricFamily(
+            p + "session_established", "1 when an encrypted session is established",
+            labels=["tunnel"],
+        )
+        session_age = GaugeMetricFamily(
+            p + "session_age_seconds", "Age of the current encrypted session",
+            labels=["tunnel"],
+        )
         path_counters = {
             key: CounterMetricFamily(
                 p + "path_" + key, f"Per path {key}", labels=["tunnel", "path"]
@@ -126,10 +138,17 @@ class NodeCollector(Collector):
             a = _num(t.get("last_rx_age"))
             if a is not None:
                 age.add_metric([name], a)
+            raw_crypto = t.get("crypto")
+            crypto: Mapping[str, Any] = raw_crypto if isinstance(raw_crypto, Mapping) else {}
             for key, fam in counters.items():
-                v = _num(t.get(key))
+                v = _num(t.get(key, crypto.get(key)))
                 if v is not None:
                     fam.add_metric([name], v)
+            if crypto:
+                established.add_metric([name], 1.0 if crypto.get("established") else 0.0)
+                sa = _num(crypto.get("session_age"))
+                if sa is not None:
+                    session_age.add_metric([name], sa)
             for reason, n in sorted((t.get("drops") or {}).items()):
                 v = _num(n)
                 if v is not None:
@@ -145,6 +164,9 @@ class NodeCollector(Collector):
                 rtt = _num(path.get("rtt"))
                 if rtt is not None:
                     path_rtt.add_metric([name, pname], rtt)
+                loss = _num(path.get("loss"))
+                if loss is not None:
+                    path_loss.add_metric([name, pname], loss)
                 for key, fam in path_counters.items():
                     v = _num(path.get(key))
                     if v is not None:
@@ -163,8 +185,8 @@ class NodeCollector(Collector):
                     if v is not None:
                         h_probes.add_metric([name, res], v)
 
-        yield from (up, state, age, *counters.values(), drops)
-        yield from (path_up, path_active, path_rtt, *path_counters.values())
+        yield from (up, state, age, *counters.values(), drops, established, session_age)
+        yield from (path_up, path_active, path_rtt, path_loss, *path_counters.values())
         yield from (h_state, h_ok, h_rtt, h_probes)
 
         if self._auth is not None:

@@ -39,7 +39,11 @@ class FakeTunnel:
             "device": "tun0", "addresses": ["10.0.0.1/24"], "peer": "192.0.2.2:55556",
             "state": self.state, "last_rx_age": 0.5, "rx_bytes": self.rx, "tx_bytes": 20,
             "rx_packets": 3, "tx_packets": 4, "drops": {"bad_version": 2},
-            "paths": [{"name": "eth0", "state": "up", "rtt": 0.002, "rx_bytes": 7}],
+            "paths": [{"name": "eth0", "state": "up", "rtt": 0.002, "rx_bytes": 7,
+                       "active": True, "loss": 0.25}],
+            "failovers": 1,
+            "crypto": {"established": True, "session_age": 12.5, "handshakes": 3,
+                       "rekeys": 2},
         }
 
 
@@ -298,6 +302,13 @@ def test_metrics_parse_and_follow_counters(client: TestClient, node: FakeNode) -
     assert sample(t, "tunconnector_tunnel_state", tunnel="vpn", state="up") == 1
     assert sample(t, "tunconnector_path_rtt_seconds", tunnel="vpn", path="eth0") == 0.002
     assert sample(t, "tunconnector_path_rx_bytes_total", tunnel="vpn", path="eth0") == 7
+    assert sample(t, "tunconnector_path_active", tunnel="vpn", path="eth0") == 1
+    assert sample(t, "tunconnector_path_loss_ratio", tunnel="vpn", path="eth0") == 0.25
+    assert sample(t, "tunconnector_failovers_total", tunnel="vpn") == 1
+    assert sample(t, "tunconnector_handshakes_total", tunnel="vpn") == 3
+    assert sample(t, "tunconnector_rekeys_total", tunnel="vpn") == 2
+    assert sample(t, "tunconnector_session_established", tunnel="vpn") == 1
+    assert sample(t, "tunconnector_session_age_seconds", tunnel="vpn") == 12.5
 
 
 def test_probes(client: TestClient, node: FakeNode) -> None:
