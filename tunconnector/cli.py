@@ -209,6 +209,14 @@ def cmd_status(argv: Sequence[str]) -> int:
                     f"{'' if age is None else f' age {age:.0f}s'}  "
                     f"handshakes {crypto.get('handshakes', 0)} rekeys {crypto.get('rekeys', 0)}"
                 )
+            health = t.get("health")
+            if health:  # [tunnel.health]: verdict over the last `probes` echoes
+                rtt = health.get("rtt_avg")
+                print(
+                    f"  {'':<12} health {health.get('state')} target {health.get('target')} "
+                    f"{health.get('window_answered')}/{health.get('window')} answered"
+                    f"{'' if rtt is None else f' rtt {rtt * 1000:.1f}ms'}"
+                )
     return 0
 
 

@@ -172,7 +172,14 @@ class Node:
         return t
 
     def status(self) -> list[dict[str, Any]]:
-        return [t.status() for t in self.tunnels.values()]
+        out = []
+        for name, t in self.tunnels.items():
+            st = t.status()
+            mon = self.health.get(name)
+            if mon is not None:  # [tunnel.health] verdict (issue 7)
+                st["health"] = mon.snapshot()
+            out.append(st)
+        return out
 
     def _control_request(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd", "status")

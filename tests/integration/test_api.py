@@ -163,8 +163,9 @@ def test_stop_and_start_change_real_traffic(env: Env, tmp_path: Path) -> None:
 
 def test_health_follows_far_end_and_status_file_flips(env: Env, tmp_path: Path) -> None:
     status = tmp_path / "upv_vpn_status"
-    _server, _client, api = start_pair(env, status_file=status)
+    server, _client, api = start_pair(env, status_file=status)
     wait_file(status, "OK", 10)
+    assert server.tunnel("vpn")["health"]["state"] == "OK"  # type: ignore[index]
     assert api.json("GET", "/vpn/status") == {
         "status": "OK", "tunnel": "vpn", "state": "up", "health": "OK"}
 
@@ -179,6 +180,8 @@ def test_health_follows_far_end_and_status_file_flips(env: Env, tmp_path: Path) 
     took_up = wait_file(status, "OK", 5 * INTERVAL)
     assert took_up <= INTERVAL + 0.3, f"OK after {took_up:.2f}s"
     assert api.json("GET", "/vpn/status")["status"] == "OK"
+    human = env.a.run(*tunconnector_cmd("status", "--control-dir", str(server.ctl))).stdout
+    assert "health OK target 10.77.0.2" in human, human
     print(f"health: NOT_OK after {took_down * 1000:.0f} ms, OK again after "
           f"{took_up * 1000:.0f} ms (interval {INTERVAL:.0f} s)")
 
