@@ -9,7 +9,8 @@
 # `run -c FILE`); API credentials from the environment (API_USERNAME/API_PASSWORD or
 # API_TOKEN). The process runs as root *inside* the container because Docker cannot
 # hand ambient capabilities to a non-root user; with only NET_ADMIN/NET_RAW added it has
-# nothing else. Set [privileges] user to drop to a non-root user after setup.
+# nothing else. To leave root after set-up as well, add --cap-add SETUID --cap-add SETGID
+# and set [privileges] user = "tunconnector" (docs/operations.md).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
