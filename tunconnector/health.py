@@ -147,6 +147,12 @@ class HealthMonitor:
             # the file exists (NOT_OK) as soon as start() returns: nothing vouches yet,
             # and a privilege drop right after can hand it to the new user
             self._write_status(force="NOT_OK")
+            # open the ICMP socket now, while the daemon may still be root (raw socket,
+            # setns): a privilege drop may follow before the first probe
+            try:
+                self._get_pinger()
+            except (TunconnectorError, OSError) as exc:
+                self.error = str(exc)  # retried at every probe
             self._task = asyncio.create_task(self.run(), name=f"health-{self.name}")
         return self._task
 
