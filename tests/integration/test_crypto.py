@@ -271,3 +271,39 @@ def test_rekey_every_2s_under_iperf3(env: Env) -> None:
     print(f"iperf3 with rekey every 2 s: {mbit:.0f} Mbit/s, "
           f"{report['end']['sum_sent'].get('retransmits', 0)} retransmits, "
           f"{c['crypto']['rekeys']} rekeys")
+
+
+@pytest.mark.parametrize("who", ["server", "client"])
+def test_restart_recovers_session(env: Env, who: str) -> None:
+    """A restarted end has forgotten its keys: the tunnel re-handshakes by itself
+    (server restart: unanswered data -> new handshake after keepalive + 5 s)."""
+    k = key_file(env, "tunnel.key")
+    server, client = pair(env, {"key_file": k}, {"key_file": k})
+    client.wait_state("up")
+    assert env.b.ping(SERVER_IP, count=3, interval=0.05) == (3, 3)
+    victim = server if who == "server" else client
+    victim.kill9()
+    victim.start()
+    victim.wait_state("up", timeout=20)
+    assert env.b.wait_ping(SERVER_IP, timeout=20)
+    assert env.b.ping(SERVER_IP, count=3, interval=0.05) == (3, 3)
+
+
+def test_both_mode_with_key_flag(env: Env) -> None:
+    k = key_file(env, "both.key")
+
+    def argv(sip: str, cip: str, remote: str) -> list[str]:
+        return tunconnector_cmd("-m", "both", "-p", "tcs0", "-s", sip, "-i", "55581",
+                                "-n", "tcc0", "-c", cip, "-r", remote, "-o", "55581",
+                                "--keepalive", "1", "--dead-after", "4", "--key", k,
+                                "--cipher", "aes-256-gcm")
+
+    a = env.daemon(env.a, argv("10.93.0.1/24", "10.94.0.2/24", env.lab.b_addrs[0]), "both-a")
+    b = env.daemon(env.b, argv("10.94.0.1/24", "10.93.0.2/24", env.lab.a_addrs[0]), "both-b")
+    a.wait_state("up", "client")
+    b.wait_state("up", "client")
+    assert env.b.ping("10.93.0.1", count=3, interval=0.1) == (3, 3)
+    assert env.a.ping("10.94.0.1", count=3, interval=0.1) == (3, 3)
+    for d in (a, b):
+        for t in d.status():
+            assert t["crypto"]["cipher"] == "aes-256-gcm" and t["crypto"]["established"]
