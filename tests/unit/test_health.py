@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunconnector.config import Config, HealthConfig
+from tunconnector.config import Config, HealthConfig, TunnelConfig
 from tunconnector.errors import ConfigError, LocalProtocolError
 from tunconnector.health import HealthMonitor, default_target, write_status_file
 from tunconnector.proto.health import HealthCheck, HealthState
@@ -116,7 +116,7 @@ def test_bad_parameters(kw: dict[str, float]) -> None:
         HealthCheck(**kw)  # type: ignore[arg-type]
 
 
-def _tcfg(address: str, **health: object):  # type: ignore[no-untyped-def]
+def _tcfg(address: str, **health: object) -> TunnelConfig:
     cfg = Config.from_mapping(
         {"tunnel": [{"name": "vpn", "address": address, "health": dict(health)}]}
     )
