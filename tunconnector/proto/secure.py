@@ -565,7 +565,8 @@ class SecureChannel:
             self.drops["bad_mac"] += 1
             self._auth_failure(
                 "bad_mac",
-                "handshake initiation failed the MAC check: the peer uses a different key",
+                "handshake initiation failed the MAC check: "
+                "the sender uses a different key (or forged it)",
                 now,
             )
             return
@@ -639,7 +640,8 @@ class SecureChannel:
             self.drops["bad_mac"] += 1
             self._auth_failure(
                 "bad_mac",
-                "handshake response failed the MAC check: the peer uses a different key",
+                "handshake response failed the MAC check: "
+                "the peer uses a different key (or forged it)",
                 now,
             )
             return
@@ -706,7 +708,9 @@ class SecureChannel:
         reason = "decrypt_failed" if exc.reason == "decrypt_failed" else "handshake_failed"
         self.drops[reason] += 1
         self._auth_failure(
-            reason, "handshake failed to authenticate: the peer uses a different key", now
+            reason,
+            "handshake failed to authenticate: the peer uses a different key (or forged it)",
+            now,
         )
 
     def _auth_failure(self, reason: str, message: str, now: float) -> None:
