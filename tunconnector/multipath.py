@@ -41,6 +41,7 @@ from .proto.failover import (
 )
 from .proto.framing import HEADER_LEN, MsgType, parse_header
 from .proto.native import NativeEndpoint
+from .proto.reorder import ReorderBuffer
 
 log = logging.getLogger("tunconnector.multipath")
 
@@ -49,6 +50,8 @@ _PROBE_ACK = int(MsgType.PROBE_ACK)
 _DATA = int(MsgType.DATA)
 _KEEPALIVE = int(MsgType.KEEPALIVE)
 MAX_EVENTS = 32
+REORDER_MIN = 0.002
+REORDER_MAX = 0.05
 #: sendto() errors that mean "this path cannot work now" (interface down, no route)
 LINK_ERRNOS = frozenset({errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENODEV,
                          errno.EADDRNOTAVAIL})
@@ -98,6 +101,11 @@ class MultiPathLink:
         # be able to poison a window)
         self.dedup: DuplicateFilter | None = DuplicateFilter() if native.secure is None else None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
+        # balance spreads one flow over paths of different delay: put it back in order
+        self.reorder: ReorderBuffer | None = (
+            ReorderBuffer(timeout=REORDER_MIN) if cfg.policy == "balance" else None
+        )
+        self._reorder_session = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -283,7 +291,18 @@ class MultiPathLink:
             decoded = native.decode(data, now)
             if decoded.authentic and not known:
                 self._learn(p, addr, now, "authenticated" if native.secure else "keepalive")
-            frames.extend(decoded.frames)
+            reorder = self.reorder
+            if reorder is not None and (decoded.frames or decoded.authentic) and (
+                mtype == _DATA or mtype == _KEEPALIVE
+            ):
+                session = int.from_bytes(data[4:8], "big")
+                if session != self._reorder_session:  # new keys restart the counter
+                    self._reorder_session = session
+                    reorder.reset()
+                frames.extend(reorder.push(int.from_bytes(data[8:16], "big"),
+                                           decoded.frames, now))
+            else:
+                frames.extend(decoded.frames)
         if frames:
             self._deliver(frames, now)
         self._after_receive(native, now)
@@ -331,13 +350,33 @@ class MultiPathLink:
         for i, frame in core.probes_to_send(now):
             self._send(self.paths[i], frame, now)
         self._dirty = False
+        if self.reorder is not None:
+            self.reorder.timeout = self._reorder_timeout()
+            frames = self.reorder.handle_timer(now)
+            if frames:
+                self._deliver(frames, now)
         self._process_events(now)
+
+    def _reorder_timeout(self) -> float:
+        """How long a gap may stay open: the RTT spread of the live paths (one-way delay
+        differs by about half of it) plus their jitter, within [2 ms, 50 ms]."""
+        rtts = [(st.rtt, st.rttvar or 0.0) for st in self.core.path_stats()
+                if st.state == "up" and st.rtt is not None]
+        if len(rtts) < 2:
+            return REORDER_MIN
+        spread = max(r for r, _ in rtts) - min(r for r, _ in rtts)
+        jitter = max(v for _, v in rtts)
+        return min(max(spread / 2 + 2 * jitter + REORDER_MIN, REORDER_MIN), REORDER_MAX)
 
     def _arm(self) -> None:
         loop = self._loop
         if loop is None or self._closed:
             return
         t = self.core.get_timer()
+        if self.reorder is not None:
+            rt = self.reorder.get_timer()
+            if rt is not None and (t is None or rt < t):
+                t = rt
         if t is None:
             return
         if self._timer is not None:
@@ -438,6 +477,11 @@ class MultiPathLink:
             **counters,
             "events": list(self.events),
         }
+        if self.reorder is not None:
+            r = self.reorder.stats
+            out["reorder"] = {"in_order": r.in_order, "held": r.held, "late": r.late,
+                              "gaps_skipped": r.gaps_skipped, "overflows": r.overflows,
+                              "timeout": round(self.reorder.timeout, 4)}
         if self.dedup is not None:
             s = self.dedup.stats
             out["dedup"] = {"delivered": s.delivered, "duplicates": s.duplicates,
