@@ -61,7 +61,9 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     text = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"Python {m['python']}; {m['openvpn'].split(' [')[0]}, {m['iperf3']}; {m['date']}.",
+        f"Python {m['python']}; {m['openvpn'].split(' [')[0]}, {m['iperf3']}; {m['date']}; "
+        f"1-min load average {m.get('loadavg_at_start', '?')} at start, "
+        f"{m.get('loadavg_at_end', '?')} at end (the machine is shared).",
         "",
         "Ratios compare each row with its OpenVPN counterpart (plaintext TUN rows with "
         "`ovpn-plain`, encrypted TUN rows with `ovpn-gcm`, TAP rows with `ovpn-tap`); "

@@ -44,6 +44,7 @@ def machine() -> dict[str, Any]:
         "openvpn": ver(["openvpn", "--version"]), "iperf3": ver(["iperf3", "--version"]),
         "socat": ver(["socat", "-V"], "version"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -109,15 +110,27 @@ LOSS_TABLE = "tcbench_loss"
 def add_loss(topo: Topology, pct: float) -> None:
     """Drop ``pct`` % of underlay UDP/TCP packets arriving in ns B (nftables numgen)."""
     n = max(1, round(pct * 100))  # out of 10000
-    rules = (f"table inet {LOSS_TABLE} {{ chain in {{ type filter hook input priority 0; "
-             f"iifname \"{topo.veth_b}\" meta l4proto {{ udp, tcp }} "
-             f"numgen random mod 10000 < {n} drop; }} }}")
-    topo.run(topo.ns_b, ["nft", rules], timeout=10)
+    rules = (f"table inet {LOSS_TABLE} {{\n chain in {{\n"
+             f"  type filter hook input priority 0;\n"
+             f"  iifname \"{topo.veth_b}\" meta l4proto {{ udp, tcp }} "
+             f"numgen random mod 10000 < {n} drop\n }}\n}}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as fh:
+        fh.write(rules)
+    try:
+        topo.run(topo.ns_b, ["nft", "-f", fh.name], timeout=10)
+    finally:
+        os.unlink(fh.name)
+    # GSO/TSO skbs cross veth whole, and nftables would drop a whole burst at once; a
+    # real NIC segments first, so loss hits single datagrams: segment before the veth.
+    topo.run(topo.ns_a, ["ethtool", "-K", topo.veth_a, "gso", "off", "tso", "off",
+                         "tx-udp-segmentation", "off"], check=False, timeout=10)
 
 
 def del_loss(topo: Topology) -> None:
     topo.run(topo.ns_b, ["nft", "delete", "table", "inet", LOSS_TABLE], check=False,
              timeout=10)
+    topo.run(topo.ns_a, ["ethtool", "-K", topo.veth_a, "gso", "on", "tso", "on",
+                         "tx-udp-segmentation", "on"], check=False, timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["scale"] = {"error": str(exc)[:500]}
             print("         " + json.dumps(results["scale"]), flush=True)
     results["total_seconds"] = round(time.monotonic() - t0, 1)
+    results["machine"]["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     report.write_all(results, out)
     print(f"wrote {out}/results.json, results.md, results.png "
           f"in {results['total_seconds']:.0f}s")

@@ -118,6 +118,8 @@ class TunnelConfig:
     enabled: bool = True
     owner: str | None = None
     offload: Literal["auto", "off"] = "auto"
+    # cap on offload super-packets (bytes); smaller helps on lossy links (docs/bench.md)
+    gso_max_size: int | None = None
     # encryption (see crypto docs); key material itself never lives in the config object
     key_file: str | None = None
     private_key_file: str | None = None
@@ -156,6 +158,8 @@ class TunnelConfig:
             raise ConfigError(f"{where}.framing: 'raw' works on UDP only (one frame per datagram)")
         if self.framing == "simpletun" and self.proto != "tcp":
             raise ConfigError(f"{where}.framing: 'simpletun' works on TCP only (length-prefixed)")
+        if self.gso_max_size is not None and not 1500 <= self.gso_max_size <= 65536:
+            raise ConfigError(f"{where}.gso_max_size: {self.gso_max_size} outside 1500..65536")
         if self.mtu is not None and not 68 <= self.mtu <= 65535:
             raise ConfigError(f"{where}.mtu: {self.mtu} outside 68..65535")
         _positive(self.keepalive, f"{where}.keepalive")

@@ -119,12 +119,15 @@ class FastPath:
 
         On UDP a message that fits one GSO ``sendmsg`` (44 datagrams on a 1500-byte IPv4
         underlay) also arrives as one GRO read and is put back with one join, so the
-        device is told to build super-packets no larger than that. ``$TUNCONNECTOR_GSO_MAX``
-        overrides (e.g. smaller under heavy loss, see docs/bench.md).
+        device is told to build super-packets no larger than that. The ``gso_max_size``
+        config key (and ``$TUNCONNECTOR_GSO_MAX``, first) override it: smaller is better
+        on lossy links, see docs/bench.md.
         """
         env = os.environ.get(ENV_GSO_MAX, "")
         if env.isdigit():
             return max(1500, min(int(env), 65536))
+        if self.cfg.gso_max_size is not None:
+            return self.cfg.gso_max_size
         if self.cfg.proto != "udp":
             return None
         stride = self.underlay_mtu - 20 - 8
