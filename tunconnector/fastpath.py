@@ -153,14 +153,21 @@ class FastPath:
             self.gso_cap = size
 
     def attach_udp(self, udp: UdpEndpoint) -> None:
-        """Switch UDP GSO/GRO on for the socket when the device does offload."""
-        self.socket = enable_socket_offload(udp.sock, want=self.device.enabled)
+        """Switch UDP GSO/GRO on for the socket (also on the per-packet path, where they
+        batch syscalls: runs of equal-size datagrams leave in one sendmsg and arrive in
+        one read); only ``$TUNCONNECTOR_OFFLOAD=off`` keeps the socket plain too."""
+        env_off = os.environ.get(ENV_OFFLOAD, "").lower() == "off"
+        self.socket = enable_socket_offload(udp.sock, want=not env_off)
         udp.gso = self.socket.gso
         udp.gro = self.socket.gro
+        udp.runs = self.cfg.framing == "native"
 
     def describe(self) -> str:
         if not self.device.enabled:
-            return f"per-packet path ({self.why_not or 'offload off'})"
+            text = f"per-packet path ({self.why_not or 'offload off'})"
+            if self.cfg.proto == "udp":
+                text += f", {self.socket.describe()}"
+            return text
         parts = [f"offload path: {self.device.describe()}"]
         if self.gso_cap:
             parts.append(f"gso_max_size={self.gso_cap}")

@@ -482,15 +482,13 @@ class Tunnel:
                 stats.drops["no_peer"] += len(frames)
                 return
             if self._native is None:
-                for f in frames:
-                    udp.sendto(f, peer)
+                udp.send_batch(frames, peer)  # equal-size runs: one UDP GSO sendmsg
             else:
                 now = self._loop.time()
                 native = self._native
-                for f in frames:
-                    msg = native.encode_data(f, now)
-                    if msg is not None:
-                        udp.sendto(msg, peer)
+                encode = native.encode_data
+                msgs = [m for f in frames if (m := encode(f, now)) is not None]
+                udp.send_batch(msgs, peer)
                 self._flush_native(native, now)
             stats.wire_tx += len(frames)
             return

@@ -13,7 +13,15 @@ from typing import Any
 from ..errors import TransportError
 from ..proto.fragment import FragmentRun
 from ..proto.framing import MsgType
-from .offload import GRO_CMSG_SPACE, gro_segment_size, is_gso_refusal, send_each, sendmsg_gso
+from .offload import (
+    GRO_CMSG_SPACE,
+    UDP_GSO_MAX_BYTES,
+    UDP_MAX_SEGMENTS,
+    gro_segment_size,
+    is_gso_refusal,
+    send_each,
+    sendmsg_gso,
+)
 
 Addr = tuple  # (host, port) or (host, port, flow, scope)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -90,6 +98,8 @@ class UdpEndpoint:
         #: UDP GSO / GRO in use (set by the fast path after probing the socket)
         self.gso = False
         self.gro = False
+        #: native framing: coalesced FRAGMENT reads are handed on whole (FragmentRun)
+        self.runs = False
 
     @property
     def local_address(self) -> Addr:
@@ -128,6 +138,7 @@ class UdpEndpoint:
         :class:`FragmentRun` (see ``FastPath.expand_runs``); others are sliced.
         """
         FRAGMENT = int(MsgType.FRAGMENT)
+        runs = self.runs
         recvmsg = self.sock.recvmsg
         space = GRO_CMSG_SPACE
 
@@ -139,7 +150,7 @@ class UdpEndpoint:
                     seg = gro_segment_size(anc) if anc else 0
                     if seg and len(data) > seg:
                         mv = memoryview(data)
-                        if data[1] == FRAGMENT:  # a whole super-message, usually
+                        if runs and data[1] == FRAGMENT:  # a whole super-message, usually
                             batch.append((FragmentRun(mv, seg), addr))
                             continue
                         for off in range(0, len(data), seg):
@@ -154,6 +165,30 @@ class UdpEndpoint:
                 on_batch(batch)
 
         return readable
+
+    def send_batch(self, msgs: list[bytes], addr: Addr) -> None:
+        """Send datagrams in order; with UDP GSO, each run of equal sizes (the last of a
+        run may be shorter) leaves in one sendmsg: bulk traffic of MTU-sized packets
+        costs one syscall per batch instead of one per packet. Failures are counted."""
+        n = len(msgs)
+        if not self.gso or n < 2:
+            for m in msgs:
+                self.sendto(m, addr)
+            return
+        i = 0
+        while i < n:
+            size = len(msgs[i])
+            j = i + 1
+            limit = min(n, i + UDP_MAX_SEGMENTS, i + UDP_GSO_MAX_BYTES // max(size, 1))
+            while j < limit and len(msgs[j]) == size:
+                j += 1
+            if j < limit and len(msgs[j]) < size:
+                j += 1  # a shorter datagram may close the run
+            if j - i == 1:
+                self.sendto(msgs[i], addr)
+            else:
+                self.send_gso(b"".join(msgs[i:j]), size, addr)
+            i = j
 
     def send_gso(self, buf: bytes | bytearray | memoryview, stride: int, addr: Addr) -> bool:
         """Send ``buf`` as datagrams of ``stride`` bytes: one sendmsg per 64 with UDP GSO,
