@@ -235,8 +235,8 @@ class TunconnectorPeer(Peer):
         extra = ["--proto", self.proto, "--offload", self.offload, "--log-level", "info"]
         if self.layer == "tap":
             extra += ["--dev-type", "tap"]
-        if self.encrypted:
-            extra += ["--key", str(write_key(workdir / "tunnel.key"))]
+        if self.encrypted:  # the cipher OpenVPN's encrypted row uses too
+            extra += ["--key", str(write_key(workdir / "tunnel.key")), "--cipher", "aes-256-gcm"]
         dev_b, dev_a = topo.name("tcs"), topo.name("tcc")
         self.spawn(topo, topo.ns_b, [TUNCONNECTOR, "-m", "server", "-p", dev_b, "-s",
                                      f"{b}/24", "-i", port, *extra], "server")
