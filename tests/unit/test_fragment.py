@@ -170,3 +170,37 @@ def test_roundtrip_property(n: int, dgram: int, rnd: random.Random) -> None:
     r = f.Reassembler()
     outs = [x for d in ds if (x := r.receive(d, 0.0)) is not None]
     assert outs == [msg]
+
+
+def test_receive_run_whole_message_in_one_join() -> None:
+    a, b = random.Random(7).randbytes(30_000), random.Random(8).randbytes(20_000)
+    buf_a, stride, _ = f.split(a, 1, 1472)
+    buf_b, _, _ = f.split(b, 2, 1472)
+    r = f.Reassembler()
+    # two messages in one GRO read: the first ends with a short datagram, so a read
+    # holds exactly one message's datagrams; feed them as two runs
+    assert r.receive_run(buf_a, stride, 0.0) == [a]
+    assert r.receive_run(buf_b, stride, 0.0) == [b]
+    assert r.pending == 0 and r.stats.completed == 2
+
+
+def test_receive_run_partial_and_lost_middle() -> None:
+    msg = random.Random(9).randbytes(40_000)
+    buf, stride, count = f.split(msg, 3, 1472)
+    r = f.Reassembler()
+    cut = 10 * stride
+    assert r.receive_run(buf[:cut], stride, 0.0) == []  # first part of a message
+    assert r.receive_run(buf[cut:], stride, 0.0) == [msg]  # the rest completes it
+    # a datagram lost in the middle: the run does not splice two messages together
+    other = random.Random(10).randbytes(40_000)
+    buf2, _, _ = f.split(other, 4, 1472)
+    spliced = buf[:5 * stride] + buf2[6 * stride:]
+    out = r.receive_run(spliced, stride, 0.0)
+    assert out == []
+    assert r.pending == 2
+
+
+def test_receive_run_garbage_counted() -> None:
+    r = f.Reassembler()
+    assert r.receive_run(b"\x00" * 3000, 1000, 0.0) == []
+    assert sum(r.stats.drops.values()) == 3

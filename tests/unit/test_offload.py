@@ -235,3 +235,14 @@ def test_gso_split_fuzz(data: bytes, gso: int, size: int, cs: int, co: int) -> N
         o.gso_split(data, o.VnetHdr(o.F_NEEDS_CSUM, gso, 0, size, cs, co))
     except RemoteProtocolError:
         pass
+
+
+def test_gso_batches_fit_one_sendmsg() -> None:
+    from tunconnector.io.offload import UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS, gso_batches
+
+    ranges = gso_batches(100 * 1472 + 5, 1472)
+    assert ranges[0] == (0, 44 * 1472)
+    assert ranges[-1][1] == 100 * 1472 + 5
+    for a, b in ranges:
+        assert b - a <= UDP_GSO_MAX_BYTES and (b - a) // 1472 <= UDP_MAX_SEGMENTS
+    assert gso_batches(500, 1472) == [(0, 500)]
