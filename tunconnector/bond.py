@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,7 +32,8 @@ from .config import BondConfig, TunnelConfig, build
 from .errors import BondError, ConfigError, DeviceError, TunconnectorError
 from .io import bond as bondio
 from .io.bond import BondManager, BondState
-from .proto.bondparams import BondParams, check_params, parse_params
+from .proto.bondparams import ACTIVE_BACKUP, BondParams, check_params, parse_params
+from .proto.linkevents import RTMGRP_LINK, parse_link_events
 from .tunnel import State, Tunnel
 
 log = logging.getLogger("tunconnector.bond")
@@ -87,6 +89,14 @@ class BondLink:
         self.tunnels = [Tunnel(t, netlink=node.netlink) for t in tunnel_configs(cfg)]
         self.down_taps: set[str] = set()
         self.started = False
+        self.assisted = 0  # active-slave moves made on tunnel liveness
+        self.underlay_down: set[str] = set()
+        self._hw_index: dict[int, str] = {}
+        self._link_sock: socket.socket | None = None
+        self._ipr: Any = None  # netlink-thread only (the assist's persistent socket)
+        self._index: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._assists: set[asyncio.Task[None]] = set()
         for t in self.tunnels:
             t.add_listener(self._on_state)
 
@@ -105,7 +115,7 @@ class BondLink:
         dev = t.device
         if dev is None or getattr(dev, "closed", False):
             return
-        on = t.state == State.UP and t.config.device not in self.down_taps
+        on = t.config.device in self.live_taps()
         try:
             dev.set_carrier(on)
         except DeviceError as exc:
@@ -119,11 +129,162 @@ class BondLink:
                 self.name,
                 t.config.device,
                 new.value,
-                "on" if new == State.UP and t.config.device not in self.down_taps else "off",
+                "on" if t.config.device in self.live_taps() else "off",
+            )
+            if self.role == "client" and self.started and self._loop is not None:
+                tap = t.config.device or ""
+                task = self._loop.create_task(self._assist(tap, new == State.UP))
+                self._assists.add(task)
+                task.add_done_callback(self._assists.discard)
+
+    def live_taps(self) -> list[str]:
+        """TAPs whose tunnel is up, not forced down, and whose underlay is usable."""
+        return [
+            t.config.device or ""
+            for t in self.tunnels
+            if t.state == State.UP
+            and t.config.device not in self.down_taps
+            and t.config.device not in self.underlay_down
+        ]
+
+    # -- underlay watch: a hw_int going down kills its tunnel at once --------------------
+    def _watch_underlay(self) -> None:
+        if self.role != "client" or self._loop is None:
+            return
+        self._hw_index = {}
+        for tap, slave in zip(self.taps, self.cfg.slaves, strict=True):
+            try:
+                self._hw_index[socket.if_nametoindex(slave.hw_int)] = tap
+                state = Path(f"/sys/class/net/{slave.hw_int}/operstate").read_text().strip()
+            except OSError:
+                continue
+            if state == "down":
+                self.underlay_down.add(tap)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            sock.setblocking(False)
+            sock.bind((0, RTMGRP_LINK))
+        except OSError as exc:
+            log.warning("%s: cannot watch underlay links (%s); liveness only", self.name, exc)
+            return
+        self._link_sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_link_events)
+
+    def _unwatch_underlay(self) -> None:
+        if self._link_sock is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._link_sock.fileno())
+            self._link_sock.close()
+            self._link_sock = None
+
+    def _on_link_events(self) -> None:
+        assert self._link_sock is not None
+        while True:
+            try:
+                data = self._link_sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ENOBUFS: events lost; state is re-read on next one
+                log.debug("%s: link watch: %s", self.name, exc)
+                return
+            try:
+                events = parse_link_events(data)
+            except TunconnectorError:
+                continue
+            for ev in events:
+                tap = self._hw_index.get(ev.index)
+                if tap is None:
+                    continue
+                down = not ev.usable
+                if down == (tap in self.underlay_down):
+                    continue
+                if down:
+                    self.underlay_down.add(tap)
+                else:
+                    self.underlay_down.discard(tap)
+                t = self.tunnel_of(tap)
+                if t is not None:
+                    self._carrier(t)
+                log.info("%s %s: underlay %s", self.name, tap, "down" if down else "up")
+                if self.started and self._loop is not None:
+                    task = self._loop.create_task(self._assist(tap, not down))
+                    self._assists.add(task)
+                    task.add_done_callback(self._assists.discard)
+
+    async def _assist(self, tap: str, up: bool) -> None:
+        """Active-backup: act on tunnel liveness before the ARP monitor can.
+
+        The kernel needs (arp_missed_max + 1/2) x arp_interval of silence to declare the
+        active slave down; our keepalives see a dead tunnel within ``dead_after``. Then
+        the active slave moves to a live one (the primary if live) over netlink. When the
+        primary's tunnel answers again while the kernel still counts it up (a short
+        outage, never noticed by the ARP monitor), it is made active again if
+        ``primary_reselect`` is ``always``; otherwise failback is left to the kernel.
+        """
+        live = self.live_taps()
+        try:
+            moved = await self._call(self._assist_sync, tap, up, live)
+        except TunconnectorError as exc:
+            log.warning("%s: liveness assist for %s failed: %s", self.name, tap, exc)
+            return
+        if moved:
+            self.assisted += 1
+            log.info(
+                "%s: active slave -> %s (tunnel %s %s)",
+                self.name,
+                moved,
+                tap,
+                "up" if up else "dead",
             )
 
-    # -- life cycle ---------------------------------------------------------------------
+    def _assist_sync(self, tap: str, up: bool, live: list[str]) -> str | None:
+        """Runs on the netlink thread: one RTM_GETLINK, at most one RTM_NEWLINK."""
+        self._warm()
+        idx = self._index
+        if self.name not in idx or tap not in idx:
+            return None
+        st = bondio.ab_state(self._ipr, idx[self.name])
+        if st.mode != ACTIVE_BACKUP:
+            return None
+        by_index = {v: k for k, v in idx.items()}
+        active = by_index.get(st.active, "")
+        primary = by_index.get(st.primary, "")
+        target: str | None = None
+        if not up and active == tap:
+            others = [s for s in live if s != tap and s in idx]
+            if primary in others:
+                others.remove(primary)
+                others.insert(0, primary)
+            target = others[0] if others else None
+        elif (
+            up
+            and tap in live
+            and tap == primary
+            and st.primary_reselect == 0
+            and active != tap
+            and bondio.slave_mii_up(Path("/sys/class/net"), tap)
+        ):
+            target = tap
+        if target is None:
+            return None
+        bondio.set_active_index(self._ipr, idx[self.name], idx[target])
+        return target
+
+    def _warm(self) -> None:
+        """Open the assist's socket and learn ifindexes now, not during a failover."""
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+            self._index = {}
+            for name in [self.name, *self.taps]:
+                found = self._ipr.link_lookup(ifname=name)
+                if found:
+                    self._index[name] = int(found[0])
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(t.start() for t in self.tunnels), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -143,11 +304,24 @@ class BondLink:
             await self._stop_tunnels()
             raise
         self.started = True
+        if self.role == "client":
+            await self._call(self._warm)
+        self._watch_underlay()
         for tap in sorted(self.down_taps):
             await self.set_tap(tap, up=False)
         log.info("%s %s started over %s", self.role, self.name, " ".join(self.taps))
 
+    def _close_ipr(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
     async def stop(self) -> None:
+        self._unwatch_underlay()
+        for task in list(self._assists):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._call(self._close_ipr)
         try:
             await self._call(self._delete)
         finally:
@@ -211,6 +385,8 @@ class BondLink:
                 bondio.set_link_up(ipr, tap, up)
 
         await self._call(_link)
+        if self.role == "client" and self.started:
+            await self._assist(tap, up)
 
     async def apply(self, change: BondParams) -> BondState:
         if self.role != "client":
@@ -238,11 +414,13 @@ class BondLink:
             "role": self.role,
             "name": self.name,
             "running": self.started,
+            "assisted_failovers": self.assisted,
             "taps": {
                 t.config.device: {
                     "state": t.state.value,
-                    "carrier": t.state == State.UP and t.config.device not in self.down_taps,
+                    "carrier": t.config.device in self.live_taps(),
                     "forced_down": t.config.device in self.down_taps,
+                    "underlay_down": t.config.device in self.underlay_down,
                     "peer": t.status().get("peer"),
                     "bind_interface": t.config.bind_interface,
                 }

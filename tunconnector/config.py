@@ -269,8 +269,11 @@ class BondConfig:
     # tunconnector additions (see docs/bond.md)
     prefixlen: int = 24  # of ip_address / bridge_ip (the enabler fixed /24)
     tap_prefix: str = "tap"  # slave i is <tap_prefix><i>, i from 1, in slave order
-    keepalive: float = 0.5  # tunnel liveness: carrier drops after dead_after of silence
-    dead_after: float = 2.0
+    # tunnel liveness: the TAP's carrier drops (and, in active-backup, the daemon moves
+    # the bond's active slave) after dead_after of silence; a hw_int going down does it
+    # at once. Lower on real hardware for faster-than-ARP detection of silent loss.
+    keepalive: float = 0.2
+    dead_after: float = 1.0
     bind: str | None = None  # server: listen address (default: any)
     server_api_url: str | None = None  # client: the enabler's field, kept for status only
 

@@ -31,6 +31,18 @@ def vm_ready() -> None:
 
 
 @pytest.fixture(scope="session")
+def vm_suite(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> PytestRun:
+    """Every ``inner/vm_*.py`` in ONE guest boot (boot and interpreter start-up are the
+    expensive part under TCG); host tests pick their cases by module and name."""
+    share = tmp_path_factory.mktemp("vm-suite")
+    modules = sorted(INNER.glob("vm_*.py"))
+    res = run_pytest_in_vm(modules, share, timeout=420)
+    _TIMINGS.append(("+".join(m.stem for m in modules), res.vm.boot_seconds, res.vm.elapsed))
+    _RUNS[INNER] = res
+    return res
+
+
+@pytest.fixture(scope="session")
 def vm_pytest(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., PytestRun]:
     """``vm_pytest(path, timeout)``: run an inner module once per session in a guest."""
 

@@ -1,6 +1,7 @@
 """Kernel bond management in a real 6.1 kernel (QEMU guest): every option read back.
 
-One guest boot runs ``inner/vm_bond_kernel.py``; each of its tests is mirrored here.
+One guest boot (shared by all VM tests) runs ``inner/vm_bond_kernel.py``; each of its
+tests is mirrored here.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ import pytest
 
 from tunconnector.testing.vm import PytestRun, check_case, inner_test_names
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600)]
 
 INNER = Path(__file__).parent / "inner" / "vm_bond_kernel.py"
 
 
 @pytest.fixture(scope="module")
-def guest(vm_pytest: Callable[..., PytestRun]) -> PytestRun:
-    return vm_pytest(INNER, timeout=240)
+def guest(vm_suite: PytestRun) -> PytestRun:
+    return vm_suite
 
 
 @pytest.mark.parametrize("name", inner_test_names(INNER))
 def test_in_guest(guest: PytestRun, name: str) -> None:
-    check_case(guest, name)
+    check_case(guest, name, INNER.stem)
 
 
 def test_boot_time(guest: PytestRun, record_property: Callable[[str, object], None]) -> None:

@@ -41,6 +41,7 @@ IFF_UP = 0x1
 class BondConfigError(BondError, ConfigError):
     """The asked options are inconsistent (nothing was changed): a 422, not a kernel fault."""
 
+
 # Netlink attribute of every option (pyroute2 spells IFLA_BOND_X as bond_x).
 _NLA = {name: f"bond_{name}" for name in SPECS}
 _IFINDEX_OPTIONS = ("primary", "active_slave")
@@ -277,6 +278,18 @@ class BondManager:
         self._set(name, later)
         return self.read(name)
 
+    def set_active_slave(self, name: str, slave: str) -> None:
+        """Make ``slave`` the active one now (active-backup, tlb, alb); it must be up."""
+        self._set(name, {"active_slave": slave})
+
+    def slave_link_up(self, slave: str) -> bool:
+        """The bond's own view of a slave (its monitor's verdict), from sysfs; False if unseen."""
+        try:
+            text = (self.sysfs_root / slave / "bonding_slave" / "mii_status").read_text()
+        except OSError:
+            return False
+        return text.strip() == "up"
+
     # -- read back ---------------------------------------------------------------------------
     def read(self, name: str) -> BondState:
         """Every IFLA_BOND_* option, the slaves and the link state, from netlink."""
@@ -352,6 +365,53 @@ def list_bonds(ipr: Any) -> list[str]:
         if info is not None and info.get_attr("IFLA_INFO_KIND") == "bond":
             out.append(link.get_attr("IFLA_IFNAME"))
     return out
+
+
+# -- lean active-backup control for the liveness assist ------------------------------------
+
+
+@dataclass(slots=True)
+class AbState:
+    """Just what the liveness assist needs, from ONE RTM_GETLINK (no dump, no lookups):
+    Python netlink parsing under load would otherwise stall the daemon's data path."""
+
+    mode: int
+    active: int  # ifindex, 0 = none
+    primary: int
+    primary_reselect: int
+
+
+def ab_state(ipr: Any, bond_index: int) -> AbState:
+    try:
+        msg = ipr.get_links(bond_index)[0]
+    except NetlinkError as exc:
+        raise BondError(f"read bond ifindex {bond_index}: {_describe(exc)}") from exc
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is None:
+        raise BondError(f"ifindex {bond_index} is not a bond")
+    return AbState(
+        mode=int(data.get_attr("IFLA_BOND_MODE") or 0),
+        active=int(data.get_attr("IFLA_BOND_ACTIVE_SLAVE") or 0),
+        primary=int(data.get_attr("IFLA_BOND_PRIMARY") or 0),
+        primary_reselect=int(data.get_attr("IFLA_BOND_PRIMARY_RESELECT") or 0),
+    )
+
+
+def set_active_index(ipr: Any, bond_index: int, slave_index: int) -> None:
+    try:
+        ipr.link("set", index=bond_index, kind="bond", bond_active_slave=slave_index)
+    except NetlinkError as exc:
+        raise BondError(f"set active slave {slave_index}: {_describe(exc)}") from exc
+
+
+def slave_mii_up(sysfs_root: Path, slave: str) -> bool:
+    """The bond's own verdict on a slave (its monitor), from sysfs; False if unseen."""
+    try:
+        text = (sysfs_root / slave / "bonding_slave" / "mii_status").read_text()
+    except OSError:
+        return False
+    return text.strip() == "up"
 
 
 # -- server side: a plain bridge over the TAP endpoints ------------------------------------

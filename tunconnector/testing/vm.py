@@ -738,6 +738,7 @@ class CaseResult:
     outcome: Literal["passed", "failed", "skipped"]
     message: str = ""
     seconds: float = 0.0
+    module: str = ""  # the test module's name (last part of the JUnit classname)
 
 
 @dataclass(slots=True)
@@ -748,9 +749,15 @@ class PytestRun:
     cases: dict[str, CaseResult]
     properties: dict[str, str]
 
-    def matching(self, name: str) -> list[CaseResult]:
-        """Cases for test function ``name`` (all its parametrisations)."""
-        return [c for n, c in self.cases.items() if n == name or n.startswith(name + "[")]
+    def matching(self, name: str, module: str | None = None) -> list[CaseResult]:
+        """Cases for test function ``name`` (all its parametrisations), optionally only
+        those of test module ``module`` (file stem)."""
+        return [
+            c
+            for c in self.cases.values()
+            if (c.name == name or c.name.startswith(name + "["))
+            and (module is None or c.module == module)
+        ]
 
 
 def parse_junit(text: str) -> tuple[dict[str, CaseResult], dict[str, str]]:
@@ -762,6 +769,7 @@ def parse_junit(text: str) -> tuple[dict[str, CaseResult], dict[str, str]]:
     props: dict[str, str] = {}
     for tc in root.iter("testcase"):
         name = tc.get("name", "")
+        module = tc.get("classname", "").rsplit(".", 1)[-1]
         outcome: Literal["passed", "failed", "skipped"] = "passed"
         message = ""
         for child in tc:
@@ -774,7 +782,8 @@ def parse_junit(text: str) -> tuple[dict[str, CaseResult], dict[str, str]]:
             elif child.tag == "properties":
                 for prop in child:
                     props[f"{name}.{prop.get('name')}"] = prop.get("value", "")
-        cases[name] = CaseResult(name, outcome, message, float(tc.get("time", "0") or 0))
+        seconds = float(tc.get("time", "0") or 0)
+        cases[f"{module}::{name}"] = CaseResult(name, outcome, message, seconds, module)
     return cases, props
 
 
@@ -843,11 +852,11 @@ def inner_test_names(path: Path) -> list[str]:
     ]
 
 
-def check_case(run: PytestRun, name: str) -> None:
+def check_case(run: PytestRun, name: str, module: str | None = None) -> None:
     """Turn the guest's verdict on test ``name`` into the calling host test's verdict."""
     import pytest
 
-    cases = run.matching(name)
+    cases = run.matching(name, module)
     if not cases:
         pytest.fail(f"{name} did not run in the guest.\n{run.vm.describe()}", pytrace=False)
     failed = [c for c in cases if c.outcome == "failed"]
