@@ -66,6 +66,10 @@ def measure_peer(peer: Peer, topo: Topology, server: measure.IperfServer, index:
         if loss:
             add_loss(topo, loss)
         cpu0 = measure.cpu_seconds(peer.pids)
+        try:  # first, on the idle tunnel: bulk tests leave queues that would skew it
+            row["rtt_ms"] = round(measure.ping_rtt_ms(topo, peer.target, int(secs["pings"])), 3)
+        except RuntimeError as exc:
+            row["rtt_ms_error"] = str(exc)[:200]
         for key, fn in (
             ("tcp1_gbps", lambda: measure.tcp_gbps(topo, server, peer.target, 1, secs["tcp"])),
             ("tcp4_gbps", lambda: measure.tcp_gbps(topo, server, peer.target, 4, secs["tcp"])),
@@ -76,10 +80,6 @@ def measure_peer(peer: Peer, topo: Topology, server: measure.IperfServer, index:
             except RuntimeError as exc:
                 row[f"{key}_error"] = str(exc)[:200]
             row[f"{key}_cpu_s"] = round(measure.cpu_seconds(peer.pids) - c0, 2)
-        try:
-            row["rtt_ms"] = round(measure.ping_rtt_ms(topo, peer.target, int(secs["pings"])), 3)
-        except RuntimeError as exc:
-            row["rtt_ms_error"] = str(exc)[:200]
         try:
             row["udp64_kpps"] = round(
                 measure.udp64_pps(topo, server, peer.target, secs["udp"]) / 1000, 1)
