@@ -574,7 +574,9 @@ def test_failover_link_down_and_nftables_with_tcp(
     assert lab.figures["nftdrop_failover_loss_ms"] <= 4 * ARP_INTERVAL_MS, lab.figures
 
 
-def test_tap_down_up_through_the_api(lab: Lab) -> None:
+def test_tap_down_up_through_the_api(
+    lab: Lab, record_property: Callable[[str, object], None]
+) -> None:
     with UdpStream(lab) as stream:
         _event(
             lab,
@@ -583,6 +585,9 @@ def test_tap_down_up_through_the_api(lab: Lab) -> None:
             lambda: lab.client.request("POST", "/v1/tap_up/tap1")[0] == 200 and None,
             stream,
         )
+    for k, v in lab.figures.items():
+        if k.startswith("tapdown"):
+            record_property(k, v)
     assert lab.client.request("POST", "/v1/tap_down/tap9")[0] == 404
     assert lab.client.request("POST", "/v1/tap_down/tap;ls")[0] == 400
     assert lab.figures["tapdown_failover_loss_ms"] <= 2 * ARP_INTERVAL_MS, lab.figures
@@ -641,6 +646,7 @@ def test_restart_restores_from_state_file(lab: Lab) -> None:
     wait_for(lambda: lab.client.request("GET", "/health")[0] == 200, 150, "client API back")
     wait_for(lambda: active(lab) == "tap1", 60, "restored bond0 active on tap1")
     lab.figures["restart_to_bond_up_s"] = round(time.monotonic() - t0, 2)
+    print(f"restart to bond up: {lab.figures['restart_to_bond_up_s']}s")
     assert lab.client.request("GET", "/v1/client/status")[1] == {"client_running": "true"}
     view = lab.client.request("GET", "/v1/client/bond_params/bond0")[1]
     assert view["arp_validate"] == "filter_active 5" and view["primary"] == "tap1"
