@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,14 +24,14 @@ from netns import lab, tunconnector_cmd, wait_for  # noqa: E402
 pytestmark = [pytest.mark.privileged, pytest.mark.netns]
 
 
-def _links(host: object, *args: str) -> list[dict[str, object]]:
-    res = host.run("ip", "-j", "link", "show", *args, check=False)  # type: ignore[attr-defined]
+def _links(host: Any, *args: str) -> list[dict[str, object]]:
+    res = host.run("ip", "-j", "link", "show", *args, check=False)
     if res.returncode != 0:
         return []
-    return json.loads(res.stdout or "[]")  # type: ignore[no-any-return]
+    return json.loads(res.stdout or "[]")
 
 
-def _operstate(host: object, dev: str) -> str:
+def _operstate(host: Any, dev: str) -> str:
     links = _links(host, "dev", dev)
     return str(links[0]["operstate"]) if links else "absent"
 
