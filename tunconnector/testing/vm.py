@@ -567,10 +567,13 @@ def run_in_vm(
     smp: int = 2,
     extra_qemu_args: Sequence[str] = (),
     echo: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> VmResult:
     """Boot a guest, run ``command`` (argv, no shell) chrooted in the host root, power off.
 
-    ``share`` (created if missing) is mounted read-write at the same path inside the guest;
+    ``wrapper`` prefixes QEMU's argv (e.g. ``ip netns exec NS`` so the guest's
+    ``-netdev dgram`` NIC lives in a namespace). ``share`` (created if missing) is
+    mounted read-write at the same path inside the guest;
     the command's output lands in ``share/.tcvm/output.log``. ``timeout`` bounds the whole
     run including boot; on expiry QEMU is killed and ``timed_out`` is set.
     """
@@ -617,6 +620,7 @@ def run_in_vm(
         "8250.nr_uarts=1 cryptomgr.notests"
     )
     argv = [
+        *wrapper,
         qemu,
         "-accel",
         "tcg",
