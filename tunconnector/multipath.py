@@ -38,6 +38,7 @@ from .proto.failover import (
     PathDown,
     PathSpec,
     PathUp,
+    PeerRestarted,
 )
 from .proto.framing import HEADER_LEN, MsgType, parse_header
 from .proto.native import NativeEndpoint
@@ -318,7 +319,10 @@ class MultiPathLink:
                         return
                     if p.remote is None or self.native.secure is None:
                         self._learn(p, addr, now, "probe")
+                restarts = self.core.peer_restarts
                 ack = self.core.receive_probe(p.index, header, data[HEADER_LEN:], now)
+                if self.core.peer_restarts != restarts:
+                    self._process_events(now)  # reset the filters before its data
                 self._send(p, ack, now, addr)
             else:
                 if addr != p.remote:
@@ -401,6 +405,14 @@ class MultiPathLink:
         elif isinstance(ev, PathDown):
             self.log.warning("path %s down: %s", ev.name, ev.reason)
             rec.update(event="path_down", path=ev.name, reason=ev.reason)
+        elif isinstance(ev, PeerRestarted):
+            self.log.warning("peer restarted (probe sequence started over on path %s)",
+                             ev.name)
+            rec.update(event="peer_restarted", path=ev.name)
+            if self.dedup is not None:
+                self.dedup.reset()
+            if self.reorder is not None:
+                self.reorder.reset()
         elif isinstance(ev, ActivePathChanged):
             level = logging.INFO if ev.reason in ("initial", "failback") else logging.WARNING
             self.log.log(level, "active path %s -> %s (%s)", ev.old_name or "-",

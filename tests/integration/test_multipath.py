@@ -603,3 +603,19 @@ def test_balance_aggregates_rate_limited_paths(env2: Env) -> None:
             assert d.stop() == 0
     record("balance/tcp_2x10mbit", results)
     assert results["balance"]["mbit"] > 1.3 * results["active-backup"]["mbit"], results
+
+
+def test_client_restart_recovers(env2: Env) -> None:
+    """A restarted client (new ports, counters from 1 again) is followed on every path
+    and not dropped as 'too old' by the server's duplicate filter."""
+    server, client = mp_pair(env2, "duplicate")
+    client.wait_state("up")
+    wait_all_up([server, client])
+    assert env2.b.ping(TUN_A, count=200, interval=0.005) == (200, 200)  # counters move on
+    client.kill9()
+    client2 = env2.daemon(env2.b, client.argv, "mp-client2")
+    client2.wait_state("up")
+    wait_all_up([server, client2])
+    sent, got = env2.b.ping(TUN_A, count=20, interval=0.05)
+    assert got >= 19, (sent, got)
+    assert multipath(server)["peer_restarts"] == 1  # seen by the probe epoch, once

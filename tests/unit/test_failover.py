@@ -445,7 +445,7 @@ def test_bad_input_raises_remote_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError):
         a.receive_probe(9, hdr, b"\x00" * 16, 0.0)
     ack_hdr = parse_header(encode_native(MsgType.PROBE_ACK))
-    a.receive_ack(0, ack_hdr, b"\x00" * 16, 0.0)  # unknown seq: ignored
+    a.receive_ack(0, ack_hdr, b"\x00" * 20, 0.0)  # unknown seq: ignored
     assert a.state(0) is PathState.UNKNOWN
 
 
@@ -454,11 +454,15 @@ def test_forged_ack_with_wrong_timestamp_is_ignored() -> None:
     (i, frame), _ = a.probes_to_send(0.0)
     hdr = parse_header(frame)
     from tunconnector.proto.framing import encode_probe, parse_probe
-    seq, sent_us = parse_probe(frame[HEADER_LEN:])
-    bad = encode_probe(seq, sent_us + 1, ack=True)
+    seq, sent_us, epoch = parse_probe(frame[HEADER_LEN:])
+    assert epoch == a.epoch
+    stale = encode_probe(seq, sent_us, ack=True, epoch=epoch ^ 1)  # a previous run of ours
+    a.receive_ack(i, parse_header(stale), stale[HEADER_LEN:], 0.001)
+    assert a.state(i) is PathState.UNKNOWN
+    bad = encode_probe(seq, sent_us + 1, ack=True, epoch=epoch)
     a.receive_ack(i, parse_header(bad), bad[HEADER_LEN:], 0.001)
     assert a.state(i) is PathState.UNKNOWN
-    good = encode_probe(seq, sent_us, ack=True)
+    good = encode_probe(seq, sent_us, ack=True, epoch=epoch)
     a.receive_ack(i, parse_header(good), good[HEADER_LEN:], 0.001)
     assert a.state(i) is PathState.UP
     assert hdr.type == MsgType.PROBE
@@ -525,3 +529,23 @@ def test_outage_is_not_counted_as_loss_after_recovery() -> None:
     sim.run_until(2.5)
     st = a.path_stats()[0]
     assert st.loss == 0.0 and not st.degraded and a.active == 0
+
+
+def test_peer_restart_is_reported_once() -> None:
+    from tunconnector.proto.failover import PeerRestarted
+    from tunconnector.proto.framing import encode_probe
+
+    sim = up_sim()
+    b = sim.b
+    sim.run_until(0.3)  # a short first run: only a few probes went out
+    fresh = make()[0]  # A restarted: new epoch, sequence from 1 again
+    assert fresh.epoch != sim.a.epoch
+    sim.sides["a"].mp = fresh
+    sim.run_until(0.5)
+    ev = [e for e in sim.sides["b"].events if isinstance(e, PeerRestarted)]
+    assert len(ev) == 1 and b.counters()["peer_restarts"] == 1  # once, not per path
+    assert fresh.state(0) is PathState.UP and fresh.state(1) is PathState.UP
+    # the same epoch again, whatever the sequence number, is no restart
+    probe = encode_probe(1, 1, path=0, epoch=fresh.epoch)
+    b.receive_probe(0, parse_header(probe), probe[HEADER_LEN:], 0.6)
+    assert b.counters()["peer_restarts"] == 1

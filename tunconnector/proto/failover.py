@@ -48,6 +48,7 @@ Driving it (aioquic style, time always passed in)::
 from __future__ import annotations
 
 import enum
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -112,7 +113,18 @@ class ActivePathChanged:
     reason: str  # initial | failover | loss | failback | recovered | all_down
 
 
-MultiPathEvent = PathUp | PathDown | ActivePathChanged
+@dataclass(frozen=True, slots=True)
+class PeerRestarted:
+    """The peer's probes carry a new epoch: its process restarted, so its data counters
+    did too (plaintext duplicate filters and reorder buffers must reset)."""
+
+    index: int
+    name: str
+    at: float
+
+
+MultiPathEvent = PathUp | PathDown | ActivePathChanged | PeerRestarted
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +237,7 @@ class MultiPath:
         loss_window: int = 100,
         loss_min_samples: int = 20,
         now: float = 0.0,
+        epoch: int | None = None,
     ) -> None:
         if not paths:
             raise LocalProtocolError("multi-path needs at least one path")
@@ -260,6 +273,9 @@ class MultiPath:
         self.path_ups = 0
         self.path_downs = 0
         self.active_changes = 0
+        self.peer_restarts = 0
+        self.epoch = random.getrandbits(32) if epoch is None else epoch & 0xFFFFFFFF
+        self._peer_epoch: int | None = None
 
     # -- read side ---------------------------------------------------------------------
     @property
@@ -310,6 +326,7 @@ class MultiPath:
             "path_ups": self.path_ups,
             "path_downs": self.path_downs,
             "active_changes": self.active_changes,
+            "peer_restarts": self.peer_restarts,
         }
 
     # -- probes ------------------------------------------------------------------------
@@ -331,7 +348,7 @@ class MultiPath:
             p.next_probe_at += interval
             if p.next_probe_at <= now:
                 p.next_probe_at = now + interval
-            out.append((p.index, encode_probe(seq, sent_us, path=p.index)))
+            out.append((p.index, encode_probe(seq, sent_us, path=p.index, epoch=self.epoch)))
         return out
 
     def receive_probe(self, index: int, header: Header, payload: bytes | memoryview,
@@ -340,11 +357,17 @@ class MultiPath:
         p = self._path(index)
         if header.type != MsgType.PROBE:
             raise RemoteProtocolError("bad_type", "not a probe")
-        seq, sent_us = parse_probe(payload)
+        seq, sent_us, epoch = parse_probe(payload)
         p.probes_received += 1
         p.last_rx = now
+        if self._peer_epoch is None:
+            self._peer_epoch = epoch
+        elif epoch != self._peer_epoch:  # seen once, on whichever path brings it first
+            self._peer_epoch = epoch
+            self.peer_restarts += 1
+            self._events.append(PeerRestarted(index, p.spec.name, now))
         self._learn(p, now)
-        return encode_probe(seq, sent_us, path=index, ack=True)
+        return encode_probe(seq, sent_us, path=index, ack=True, epoch=epoch)
 
     def receive_ack(self, index: int, header: Header, payload: bytes | memoryview,
                     now: float) -> None:
@@ -352,8 +375,11 @@ class MultiPath:
         p = self._path(index)
         if header.type != MsgType.PROBE_ACK:
             raise RemoteProtocolError("bad_type", "not a probe ack")
-        seq, sent_us = parse_probe(payload)
+        seq, sent_us, epoch = parse_probe(payload)
         p.last_rx = now
+        if epoch != self.epoch:
+            p.bad_acks += 1  # an answer to a previous run of ours
+            return
         probe = p.pending.get(seq)
         if probe is None:
             probe = next((pr for pr in p.history if pr.seq == seq), None)

@@ -130,22 +130,25 @@ def parse_keepalive(payload: bytes | memoryview) -> tuple[int, int]:
 
 
 # Path probe / probe-ack payload (multi-path health): the probe's own sequence number
-# (u64, independent of the header counter, which belongs to the data/AEAD stream) and
-# the prober's timestamp in microseconds (u64); a PROBE_ACK echoes both unchanged, so
-# the prober measures RTT on its own clock and knows which probe was answered.
-PROBE_BODY = struct.Struct("!QQ")
+# (u64, independent of the header counter, which belongs to the data/AEAD stream), the
+# prober's timestamp in microseconds (u64) and the prober's random epoch (u32, new at
+# every start, so the peer sees a restart and resets its duplicate filter); a PROBE_ACK
+# echoes all three, so the prober measures RTT on its own clock and knows which probe
+# of which run was answered.
+PROBE_BODY = struct.Struct("!QQI")
 
 
-def encode_probe(seq: int, sent_us: int, *, path: int = 0, ack: bool = False) -> bytes:
-    """A PROBE (or, with ``ack``, a PROBE_ACK echoing ``seq`` and ``sent_us``)."""
+def encode_probe(seq: int, sent_us: int, *, path: int = 0, ack: bool = False,
+                 epoch: int = 0) -> bytes:
+    """A PROBE (or, with ``ack``, a PROBE_ACK echoing ``seq``, ``sent_us``, ``epoch``)."""
     mtype = MsgType.PROBE_ACK if ack else MsgType.PROBE
     return HEADER.pack(VERSION, mtype, 0, path, 0, 0) + PROBE_BODY.pack(
-        seq & 0xFFFFFFFFFFFFFFFF, sent_us & 0xFFFFFFFFFFFFFFFF
+        seq & 0xFFFFFFFFFFFFFFFF, sent_us & 0xFFFFFFFFFFFFFFFF, epoch & 0xFFFFFFFF
     )
 
 
-def parse_probe(payload: bytes | memoryview) -> tuple[int, int]:
-    """``(seq, sent_us)`` of a PROBE or PROBE_ACK body."""
+def parse_probe(payload: bytes | memoryview) -> tuple[int, int, int]:
+    """``(seq, sent_us, epoch)`` of a PROBE or PROBE_ACK body."""
     if len(payload) < PROBE_BODY.size:
         raise RemoteProtocolError("truncated", "probe body")
     return PROBE_BODY.unpack_from(payload, 0)
