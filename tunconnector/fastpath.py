@@ -16,6 +16,7 @@ the one log line per tunnel saying which path runs.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import struct
@@ -39,7 +40,97 @@ from .io.offload import (
 )
 from .proto import fragment
 from .proto.framing import HEADER_LEN, TCP_NATIVE_PREFIX
-from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, complete_checksum
+from .proto.offload import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    VNET_HDR_LEN,
+    complete_checksum,
+    gso_resplit,
+    l3_offset_of_frame,
+)
+
+
+class LossAdaptiveCap:
+    """Shrink super-packets while the path loses datagrams, grow them back when it stops.
+
+    On UDP a lost datagram costs its whole super-packet (up to 44 datagrams), so 1% of
+    datagram loss loses a third of 64 KiB super-packets and TCP inside collapses; 16 KiB
+    ones lose 10% (measured in docs/bench.md). Loss is seen locally, without any wire
+    message: TCP retransmissions show up as super-packets whose sequence numbers lie
+    below what that flow already sent. Several of them within ``window`` halve the cap
+    (down to ``floor``); ``grow_after`` seconds without that double it again.
+    Oversized super-packets are then cut with :func:`gso_resplit`.
+    """
+
+    def __init__(self, ceiling: int = 65_536, floor: int = 8_000, window: float = 0.25,
+                 events: int = 4, grow_after: float = 1.0, max_flows: int = 1024) -> None:
+        self.ceiling = ceiling
+        self.floor = floor
+        self.cap = ceiling
+        self.window = window
+        self.events = events
+        self.grow_after = grow_after
+        self.max_flows = max_flows
+        self.retransmits = 0
+        self.decreases = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=events)
+        self._last_change = 0.0
+        self._flows: dict[bytes, int] = {}
+
+    def shape(self, frames: list[bytes], now: float, *, tap: bool = False) -> list[bytes]:
+        """Watch TCP super-packets for retransmissions; cut the ones above the cap."""
+        out: list[bytes] | None = None
+        for i, f in enumerate(frames):
+            if f[1] & 0x7F not in (GSO_TCPV4, GSO_TCPV6):
+                if out is not None:
+                    out.append(f)
+                continue
+            self.observe(f, now, tap)
+            if len(f) - VNET_HDR_LEN > self.cap:
+                if out is None:
+                    out = list(frames[:i])
+                out.extend(gso_resplit(f, self.cap))
+            elif out is not None:
+                out.append(f)
+        if self.cap < self.ceiling and now - self._last_change >= self.grow_after:
+            self.cap = min(self.ceiling, self.cap * 2)
+            self._last_change = now
+        return frames if out is None else out
+
+    def observe(self, f: bytes, now: float, tap: bool) -> None:
+        """Note one TCP packet (virtio_net_hdr + packet) of the device's output."""
+        (l4,) = _U16LE.unpack_from(f, 6)  # csum_start: TCP header offset in the packet
+        p = VNET_HDR_LEN
+        try:
+            l3 = p + (l3_offset_of_frame(memoryview(f)[p:]) if tap else 0)
+        except RemoteProtocolError:
+            return
+        l4 += p
+        if len(f) < l4 + 20:
+            return
+        v4 = f[l3] >> 4 == 4
+        if f[l3 + 9 if v4 else l3 + 6] != 6:  # not TCP
+            return
+        key = f[l3 + 12:l3 + 20] + f[l4:l4 + 4] if v4 else f[l3 + 8:l3 + 40] + f[l4:l4 + 4]
+        (seq,) = _U32BE.unpack_from(f, l4 + 4)
+        end = (seq + len(f) - l4 - (f[l4 + 12] >> 4) * 4) & 0xFFFFFFFF
+        prev = self._flows.get(key)
+        if prev is None:
+            if len(self._flows) >= self.max_flows:
+                self._flows.clear()
+            self._flows[key] = end
+            return
+        if 0 < (prev - seq) & 0xFFFFFFFF < 0x80000000:  # starts below what was sent
+            self.retransmits += 1
+            self._recent.append(now)
+            if (len(self._recent) == self.events and now - self._recent[0] <= self.window
+                    and now - self._last_change >= self.window and self.cap > self.floor):
+                self.cap = max(self.floor, self.cap // 2)
+                self._last_change = now
+                self.decreases += 1
+        if 0 < (end - prev) & 0xFFFFFFFF < 0x80000000:
+            self._flows[key] = end
 
 
 def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
@@ -65,6 +156,8 @@ ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
 _CSUM = struct.Struct("<HH")
+_U16LE = struct.Struct("<H")
+_U32BE = struct.Struct("!I")
 
 
 def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
@@ -94,6 +187,7 @@ class FastPath:
         self.super_tx = 0
         self.super_rx = 0
         self.gso_cap: int | None = None
+        self.loss = LossAdaptiveCap()
 
     # -- setup -----------------------------------------------------------------------
     def open_device(self, name: str, dev_type: DevType) -> Device:
@@ -151,6 +245,7 @@ class FastPath:
             log.debug("%s: gso_max_size not set: %s", name, exc)
         else:
             self.gso_cap = size
+            self.loss.ceiling = self.loss.cap = size
 
     def attach_udp(self, udp: UdpEndpoint) -> None:
         """Switch UDP GSO/GRO on for the socket (also on the per-packet path, where they
@@ -188,12 +283,17 @@ class FastPath:
         """
         plain: list[Any] = []
         gso: list[bytes] = []
+        watch = t.config.proto == "udp" and t._loop is not None
+        now = t._loop.time() if t._loop is not None else 0.0
+        tap = t.config.dev_type == "tap"
         for f in frames:
             if len(f) <= VNET_HDR_LEN:
                 t.stats.drops["short_vnet_frame"] += 1
                 continue
             if f[1] == 0:  # gso_type NONE
                 if f[0] & F_NEEDS_CSUM:
+                    if watch and len(f) > 300:  # a data segment, maybe a retransmission
+                        self.loss.observe(f, now, tap)
                     b = bytearray(f[VNET_HDR_LEN:])
                     start, off = _CSUM.unpack_from(f, 6)
                     try:
@@ -207,6 +307,8 @@ class FastPath:
             else:
                 gso.append(f)
         if gso:
+            if watch:
+                gso = self.loss.shape(gso, now, tap=tap)
             self._send_gso(t, gso)
         return plain
 
@@ -291,5 +393,6 @@ class FastPath:
     def stats(self) -> dict[str, int]:
         r = self.reasm.stats
         return {"super_tx": self.super_tx, "super_rx": self.super_rx,
+                "gso_cap": self.loss.cap, "retransmits_seen": self.loss.retransmits,
                 "reassembly_expired": r.expired, "reassembly_evicted": r.evicted,
                 "reassembly_pending": self.reasm.pending}

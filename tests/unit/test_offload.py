@@ -246,3 +246,35 @@ def test_gso_batches_fit_one_sendmsg() -> None:
     for a, b in ranges:
         assert b - a <= UDP_GSO_MAX_BYTES and (b - a) // 1472 <= UDP_MAX_SEGMENTS
     assert gso_batches(500, 1472) == [(0, 500)]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("tap", [False, True])
+def test_gso_resplit_equals_kernel_segments(v6: bool, tap: bool) -> None:
+    """Smaller super-packets segment into exactly the segments of the big one."""
+    payload = random.Random(11).randbytes(60_000)
+    eth = b"\x02" * 6 + b"\x04" * 6 + (b"\x86\xdd" if v6 else b"\x08\x00") if tap else b""
+    seg = tcp(payload, flags=0x99, options=b"\x01\x01\x08\x0a" + b"\0" * 8)
+    pkt = eth + (ipv6(o.IPPROTO_TCP, seg) if v6 else ipv4(o.IPPROTO_TCP, seg))
+    l3 = len(eth)
+    pkt, l4, off = partial(pkt, l3, v6, o.IPPROTO_TCP)
+    h = o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, 0, 1448, l4, off)
+    whole = o.build_vnet_hdr(h) + pkt
+    pieces = o.gso_resplit(whole, 16_000)
+    assert len(pieces) == -(-60_000 // (11 * 1448))
+    want = o.gso_split(pkt, h, l3_offset=l3)
+    got = []
+    for p in pieces:
+        ph = o.parse_vnet_hdr(p)
+        assert ph.gso_size == 1448 and len(p) - 10 - (l4 + 32) <= 16_000
+        got += o.gso_split(memoryview(p)[10:], ph, l3_offset=l3)
+    assert [bytes(x) for x in got] == [bytes(x) for x in want]
+
+
+def test_gso_resplit_leaves_others_alone() -> None:
+    pkt = ipv4(o.IPPROTO_UDP, udp(b"x" * 5000))
+    whole = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_UDP_L4, 0, 1000, 20, 6)) + pkt
+    assert o.gso_resplit(whole, 2000) == [whole]
+    small = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV4, 0, 1448, 20, 16)) + \
+        ipv4(o.IPPROTO_TCP, tcp(b"y" * 3000))
+    assert o.gso_resplit(small, 16_000) == [small]

@@ -316,6 +316,81 @@ def gso_split(pkt: bytes | bytearray | memoryview, h: VnetHdr, *, l3_offset: int
     return out
 
 
+def gso_resplit(data: bytes | bytearray | memoryview, max_payload: int) -> list[bytes]:
+    """Cut one TCP GSO super-packet (virtio_net_hdr + packet) into smaller ones.
+
+    Each piece keeps the header's ``gso_size`` and carries at most ``max_payload`` bytes
+    (rounded down to whole segments), with IP length/ID, TCP sequence, flags and the
+    partial checksum (pseudo-header sum) rewritten, exactly as the kernel would have
+    built smaller super-packets. Used to shrink super-packets on a lossy path (a lost
+    datagram costs a whole super-packet). Anything else comes back unchanged.
+    """
+    mv = memoryview(data)
+    h = parse_vnet_hdr(mv)
+    gso = h.gso_type & ~GSO_ECN
+    if gso not in (GSO_TCPV4, GSO_TCPV6) or not h.needs_csum or h.gso_size == 0:
+        return [bytes(mv)]
+    pkt = mv[VNET_HDR_LEN:]
+    n = len(pkt)
+    l4 = h.csum_start
+    if l4 < 20 or n < l4 + 20:
+        return [bytes(mv)]
+    # find the IP header: TUN packets start with it, TAP frames after Ethernet/VLAN
+    l3 = 0 if (pkt[0] >> 4) in (4, 6) and gso_type_matches(pkt[0] >> 4, gso) else -1
+    if l3 < 0:
+        try:
+            l3 = l3_offset_of_frame(pkt)
+        except RemoteProtocolError:
+            return [bytes(mv)]
+    thl = (pkt[l4 + 12] >> 4) * 4
+    hdr_end = l4 + thl
+    payload = n - hdr_end
+    per = max(1, max_payload // h.gso_size) * h.gso_size
+    if payload <= per or thl < 20:
+        return [bytes(mv)]
+    v6 = gso == GSO_TCPV6
+    if v6:
+        src, dst = bytes(pkt[l3 + 8:l3 + 24]), bytes(pkt[l3 + 24:l3 + 40])
+    else:
+        src, dst = bytes(pkt[l3 + 12:l3 + 16]), bytes(pkt[l3 + 16:l3 + 20])
+        ihl = (pkt[l3] & 0x0F) * 4
+        ip_id0 = _U16.unpack_from(pkt, l3 + 4)[0]
+    template = bytearray(mv[:VNET_HDR_LEN + hdr_end])
+    base = VNET_HDR_LEN
+    seq0 = _U32.unpack_from(template, base + l4 + 4)[0]
+    flags0 = template[base + l4 + 13]
+    out: list[bytes] = []
+    pieces = -(-payload // per)
+    segs_per = per // h.gso_size
+    for k in range(pieces):
+        start = hdr_end + k * per
+        chunk = pkt[start:min(start + per, n)]
+        t = bytearray(template)
+        l4len = thl + len(chunk)
+        if v6:
+            _U16.pack_into(t, base + l3 + 4, l4 - l3 - 40 + l4len)
+        else:
+            _U16.pack_into(t, base + l3 + 2, l4 - l3 + l4len)
+            _U16.pack_into(t, base + l3 + 4, (ip_id0 + k * segs_per) & 0xFFFF)
+            _U16.pack_into(t, base + l3 + 10, 0)
+            _U16.pack_into(t, base + l3 + 10,
+                           ipv4_header_checksum(memoryview(t)[base + l3:base + l3 + ihl]))
+        _U32.pack_into(t, base + l4 + 4, (seq0 + k * per) & 0xFFFFFFFF)
+        fl = flags0
+        if k != pieces - 1:
+            fl &= ~(_TCP_FIN | _TCP_PSH)
+        if k != 0:
+            fl &= ~_TCP_CWR
+        t[base + l4 + 13] = fl
+        _U16.pack_into(t, base + l4 + 16, pseudo_header_sum(src, dst, IPPROTO_TCP, l4len))
+        out.append(bytes(t) + chunk)
+    return out
+
+
+def gso_type_matches(version: int, gso: int) -> bool:
+    return (version == 4 and gso == GSO_TCPV4) or (version == 6 and gso == GSO_TCPV6)
+
+
 def verify_l4_checksum(pkt: bytes | bytearray | memoryview, l3_offset: int = 0) -> bool:
     """True when the TCP/UDP checksum of a plain IPv4/IPv6 packet is correct (for tests)."""
     mv = memoryview(pkt)
