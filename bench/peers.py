@@ -169,7 +169,8 @@ class OpenVPNPeer(Peer):
         port = "1194"
         common = ["openvpn", "--dev", dev, "--dev-type", self.layer, "--proto", "udp",
                   "--lport", port, "--rport", port, "--verb", "3", "--ping", "10",
-                  "--ping-exit", "120", "--persist-tun", *OPENVPN_TUNING,
+                  "--ping-exit", "120", "--persist-tun",
+                  *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING),
                   *os.environ.get("BENCH_OPENVPN_EXTRA", "").split()]
         if self.encrypted:
             pki = make_certs(workdir)
