@@ -401,7 +401,12 @@ for e in /host/var/* /host/var/.[!.]*; do
   if [ -L "$e" ]; then skel="$skel L:$n:$(readlink "$e")"
   elif [ -d "$e" ]; then skel="$skel D:$n"; fi
 done
+# a checkout under /tmp (CI clones anywhere) must stay visible under the fresh tmpfs
+mkdir -p /hosttmp && mount --bind /host/tmp /hosttmp
 for d in tmp run var; do mount -t tmpfs -o mode=1777 tmpfs "/host/$d" || die "tmpfs /$d"; done
+for k in $TCVM_KEEP; do
+  mkdir -p "/host$k" && mount --bind "/hosttmp${k#/tmp}" "/host$k" || die "bind $k"
+done
 for item in $skel; do
   kind=${item%%:*}; rest=${item#*:}
   if [ "$kind" = L ]; then ln -s "${rest#*:}" "/host/var/${rest%%:*}"
@@ -555,6 +560,16 @@ def _host_path(p: Path) -> str:
     return text
 
 
+def _keep_under_tmp(*paths: str) -> list[str]:
+    """Host directories under /tmp the guest must still see once /tmp is a tmpfs."""
+    keep = []
+    for p in {*paths, str(Path(sys.executable).parent.parent)}:
+        rp = Path(p).resolve()
+        if rp.parts[:2] == ("/", "tmp") and len(rp.parts) > 2:
+            keep.append(str(Path(*rp.parts[:3])))
+    return sorted(set(keep))
+
+
 def run_in_vm(
     command: Sequence[str],
     timeout: float,
@@ -613,6 +628,7 @@ def run_in_vm(
         f"TCVM_MODDIR={shlex.quote(moddir)}\n"
         f"TCVM_SHARE={shlex.quote(share_path)}\n"
         f"TCVM_MODULES={shlex.quote(' '.join(modules))}\n"
+        f"TCVM_KEEP={shlex.quote(' '.join(_keep_under_tmp(workdir)))}\n"
     )
     append = (
         "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init mitigations=off "
