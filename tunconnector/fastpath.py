@@ -59,7 +59,9 @@ class LossAdaptiveCap:
     ones lose 10% (measured in docs/bench.md). Loss is seen locally, without any wire
     message: TCP retransmissions show up as super-packets whose sequence numbers lie
     below what that flow already sent. Several of them within ``window`` halve the cap
-    (down to ``floor``); ``grow_after`` seconds without that double it again.
+    (down to ``floor``); ``grow_after`` seconds after the last change it doubles again
+    (and halves again if retransmissions go on: under steady loss it probes between
+    ``floor`` and twice that; on a clean path it is back at the ceiling in seconds).
     Oversized super-packets are then cut with :func:`gso_resplit`.
     """
 
