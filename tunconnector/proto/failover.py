@@ -610,7 +610,10 @@ class MultiPath:
 
     def _recompute_data_paths(self) -> None:
         ups = [p.index for p in self._paths if p.state is PathState.UP]
-        if not ups:
+        if not ups or self.policy == "duplicate":
+            # duplicate: every path with a known remote, whatever its health says (as
+            # engarde): a probe verdict delayed by a stalled process must never leave
+            # the one working path out; copies on a dead path cost nothing but bytes
             new = [p.index for p in self._paths if p.remote_known]
         elif self.policy == "active-backup":
             new = [self._active] if self._active is not None else ups[:1]
