@@ -289,7 +289,7 @@ class MultiPathLink:
                     int.from_bytes(data[8:16], "big")
                 ):
                     continue
-            decoded = native.decode(data, now)
+            decoded = native.decode(data, now, addr[0])
             if decoded.authentic and not known:
                 self._learn(p, addr, now, "authenticated" if native.secure else "keepalive")
             reorder = self.reorder
