@@ -58,7 +58,7 @@ class LossAdaptiveCap:
     datagram loss loses a third of 64 KiB super-packets and TCP inside collapses; 16 KiB
     ones lose 10% (measured in docs/bench.md). Loss is seen locally, without any wire
     message: TCP retransmissions show up as super-packets whose sequence numbers lie
-    below what that flow already sent. Several of them within ``window`` halve the cap
+    below what that flow already sent. ``events`` of them within ``window`` halve the cap
     (down to ``floor``); ``grow_after`` seconds after the last change it doubles again
     (and halves again if retransmissions go on: under steady loss it probes between
     ``floor`` and twice that; on a clean path it is back at the ceiling in seconds).
@@ -66,7 +66,7 @@ class LossAdaptiveCap:
     """
 
     def __init__(self, ceiling: int = 65_536, floor: int = 8_000, window: float = 0.25,
-                 events: int = 4, grow_after: float = 1.0, max_flows: int = 1024) -> None:
+                 events: int = 16, grow_after: float = 1.0, max_flows: int = 1024) -> None:
         self.ceiling = ceiling
         self.floor = floor
         self.cap = ceiling
@@ -395,6 +395,7 @@ class FastPath:
     def stats(self) -> dict[str, int]:
         r = self.reasm.stats
         return {"super_tx": self.super_tx, "super_rx": self.super_rx,
-                "gso_cap": self.loss.cap, "retransmits_seen": self.loss.retransmits,
+                "gso_cap": self.loss.cap, "gso_cap_decreases": self.loss.decreases,
+                "retransmits_seen": self.loss.retransmits,
                 "reassembly_expired": r.expired, "reassembly_evicted": r.evicted,
                 "reassembly_pending": self.reasm.pending}

@@ -225,6 +225,8 @@ class Tunnel:
             "tx_packets": self.stats.tx_packets,
             "connects": self.stats.connects,
             "drops": self.all_drops(),
+            "data_path": self._fast.describe(),
+            "fastpath": self._fast.stats(),
             **(self._mp.status_fields() if self._mp is not None else {}),
             "crypto": self._crypto_status(now),
         }

@@ -31,10 +31,10 @@ def test_retransmissions_shrink_then_recovery_grows() -> None:
     c.shape([superpkt(1)], 0.0)
     c.shape([superpkt(60_001)], 0.001)
     now = 0.01
-    for _ in range(40):  # repeated retransmissions of the first range
+    for _ in range(80):  # repeated retransmissions of the first range
         c.shape([superpkt(1)], now)
-        now += 0.02
-    assert c.retransmits >= 40 and c.cap == 8_000
+        now += 0.01
+    assert c.retransmits >= 80 and c.cap == 8_000
     out = c.shape([superpkt(1)], now)
     assert len(out) == -(-60_000 // (5 * 1448))  # cut to whole segments under the cap
     for p in out:
