@@ -202,6 +202,7 @@ class FastPath:
             else:
                 self.device = enable_device_offload(dev.fd)
                 if self.device.enabled:
+                    dev.coalesce_udp = self.device.uso and dev_type == "tun"
                     return dev
                 dev.close()
                 self.why_not = "TUNSETVNETHDRSZ refused"
@@ -278,83 +279,93 @@ class FastPath:
         return self.underlay_mtu - (40 if v6 else 20) - 8
 
     def from_device(self, t: Tunnel, frames: list[bytes]) -> list[Any]:
-        """Send the super-packets of a batch read with virtio_net_hdr; return the rest.
+        """Send a batch read with virtio_net_hdr, in order; returns what is left (nothing).
 
-        The returned frames are plain packets without the header (checksum completed
-        when the kernel left it partial), for the tunnel's per-packet path.
+        - a super-packet (GSO) -> one FLAG_GSO message (cut smaller under loss), then
+          FRAGMENT datagrams with one GSO sendmsg on UDP, or one stream frame on TCP;
+        - a packet with a partial checksum that fits a datagram with its header -> a
+          FLAG_GSO message too (the receiver's kernel, or its software path, finishes
+          the checksum), so no per-packet checksum work here;
+        - a larger one -> checksum completed here, plain DATA; others -> plain DATA.
+        Small messages leave together through ``send_batch`` (UDP GSO runs).
         """
-        plain: list[Any] = []
-        gso: list[bytes] = []
-        watch = t.config.proto == "udp" and t._loop is not None
-        now = t._loop.time() if t._loop is not None else 0.0
+        stats = t.stats
+        loop = t._loop
+        assert loop is not None
+        now = loop.time()
+        udp_mode = t.config.proto == "udp"
+        conn = None
+        if udp_mode:
+            native, udp, peer = t._native, t._udp, t.peer
+            if native is None or udp is None or peer is None:
+                stats.drops["no_peer"] += len(frames)
+                return []
+            limit = self.max_datagram(peer)
+        else:
+            conn = t._conn
+            if conn is None or conn.native is None:
+                stats.drops["no_peer"] += len(frames)
+                return []
+            native, udp, peer = conn.native, None, None
+            limit = 1 << 30
+        small_max = limit - HEADER_LEN - (16 if native.secure is not None else 0)
         tap = t.config.dev_type == "tap"
+        stats.tx_packets += len(frames)
+        stats.tx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
+        stats.wire_tx += len(frames)
+        encode_gso, encode_data = native.encode_gso, native.encode_data
+        small: list[bytes] = []  # messages that fit one datagram, in order
+        out: list[bytes] = []  # TCP: prefixed stream frames
+        pack = TCP_NATIVE_PREFIX.pack
         for f in frames:
             if len(f) <= VNET_HDR_LEN:
-                t.stats.drops["short_vnet_frame"] += 1
+                stats.drops["short_vnet_frame"] += 1
                 continue
             if f[1] == 0:  # gso_type NONE
                 if f[0] & F_NEEDS_CSUM:
-                    if watch and len(f) > 300:  # a data segment, maybe a retransmission
+                    if udp_mode and len(f) > 300:  # a data segment, maybe a retransmission
                         self.loss.observe(f, now, tap)
-                    b = bytearray(f[VNET_HDR_LEN:])
-                    start, off = _CSUM.unpack_from(f, 6)
-                    try:
-                        complete_checksum(b, start, off)
-                    except RemoteProtocolError:
-                        t.stats.drops["bad_vnet_csum"] += 1
-                        continue
-                    plain.append(b)
+                    if len(f) <= small_max:
+                        msgs = [encode_gso(f, now)]
+                    else:
+                        b = bytearray(f[VNET_HDR_LEN:])
+                        start, off = _CSUM.unpack_from(f, 6)
+                        try:
+                            complete_checksum(b, start, off)
+                        except RemoteProtocolError:
+                            stats.drops["bad_vnet_csum"] += 1
+                            continue
+                        msgs = [encode_data(b, now)]  # type: ignore[arg-type]
                 else:
-                    plain.append(memoryview(f)[VNET_HDR_LEN:])
+                    msgs = [encode_data(memoryview(f)[VNET_HDR_LEN:], now)]  # type: ignore[arg-type]
             else:
-                gso.append(f)
-        if gso:
-            if watch:
-                gso = self.loss.shape(gso, now, tap=tap)
-            self._send_gso(t, gso)
-        return plain
-
-    def _send_gso(self, t: Tunnel, payloads: list[bytes]) -> None:
-        assert t._loop is not None
-        now = t._loop.time()
-        stats = t.stats
-        stats.tx_packets += len(payloads)
-        stats.tx_bytes += sum(len(p) - VNET_HDR_LEN for p in payloads)
-        self.super_tx += len(payloads)
-        if t.config.proto == "udp":
-            udp, peer, native = t._udp, t.peer, t._native
-            if udp is None or peer is None or native is None:
-                stats.drops["no_peer"] += len(payloads)
-                return
-            limit = self.max_datagram(peer)
-            for p in payloads:
-                msg = native.encode_gso(p, now)
+                self.super_tx += 1
+                pieces = self.loss.shape([f], now, tap=tap) if udp_mode else [f]
+                msgs = [encode_gso(p, now) for p in pieces]
+            for msg in msgs:
                 if msg is None:
                     continue
-                if len(msg) <= limit:
-                    udp.sendto(msg, peer)
-                    continue
-                self._frag_id += 1
-                buf, stride, _count = fragment.split(msg, self._frag_id, limit, path=native.path)
-                udp.send_gso(buf, stride, peer)
-            stats.wire_tx += len(payloads)
-            t._flush_native(native, now)
-            return
-        conn = t._conn
-        if conn is None or conn.native is None:
-            stats.drops["no_peer"] += len(payloads)
-            return
-        pack = TCP_NATIVE_PREFIX.pack
-        out: list[bytes] = []
-        for p in payloads:
-            msg = conn.native.encode_gso(p, now)
-            if msg is not None:
-                out.append(pack(len(msg)))
-                out.append(msg)
-        if out:
+                if not udp_mode:
+                    out.append(pack(len(msg)))
+                    out.append(msg)
+                elif len(msg) <= limit:
+                    small.append(msg)
+                else:
+                    assert udp is not None and peer is not None
+                    if small:
+                        udp.send_batch(small, peer)
+                        small = []
+                    self._frag_id += 1
+                    buf, stride, _n = fragment.split(msg, self._frag_id, limit,
+                                                     path=native.path)
+                    udp.send_gso(buf, stride, peer)
+        if small:
+            assert udp is not None and peer is not None
+            udp.send_batch(small, peer)
+        if out and conn is not None:
             conn.proto.write(b"".join(out))
-        stats.wire_tx += len(payloads)
-        t._flush_native(conn.native, now)
+        t._flush_native(native, now)
+        return []
 
     # -- wire -> device --------------------------------------------------------------
     def reassemble(self, data: bytes | memoryview, now: float,

@@ -278,3 +278,49 @@ def test_gso_resplit_leaves_others_alone() -> None:
     small = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_TCPV4, 0, 1448, 20, 16)) + \
         ipv4(o.IPPROTO_TCP, tcp(b"y" * 3000))
     assert o.gso_resplit(small, 16_000) == [small]
+
+
+def test_coalesce_udp_roundtrip() -> None:
+    """Coalesced runs segment back into exactly the original packets."""
+    def u(payload: bytes, sport: int = 40000) -> bytes:
+        pkt = bytearray(ipv4(o.IPPROTO_UDP, udp(payload)))
+        struct.pack_into("!H", pkt, 20, sport)
+        b = bytearray(pkt)
+        struct.pack_into("!H", b, 26, 0)
+        c = o.checksum(bytes(b[20:]), o.pseudo_header_sum(SRC4, DST4, 17, len(b) - 20))
+        struct.pack_into("!H", b, 26, c or 0xFFFF)
+        return bytes(b)
+
+    frames = [u(bytes([i]) * 64) for i in range(10)] + [u(b"s" * 30)] + \
+        [u(b"o" * 64, sport=1)] + [ipv4(o.IPPROTO_TCP, tcp(b"t" * 10))] + \
+        [u(b"x" * 64), u(b"y" * 64)]
+    out = o.coalesce_udp(frames)
+    assert [type(x).__name__ for x in out] == ["GsoFrame", "bytes", "bytes", "GsoFrame"]
+    # super-packets received as such pass through untouched
+    g = out[0]
+    assert o.coalesce_udp([g, frames[0], g]) == [g, frames[0], g]
+    segs = []
+    for x in out:
+        if isinstance(x, o.GsoFrame):
+            segs += [bytes(s) for s in x.segments(tap=False)]
+        else:
+            segs.append(x)
+    assert len(segs) == len(frames)
+    for got, want in zip(segs, frames, strict=True):
+        assert got[20:] == want[20:]  # UDP header (checksum recomputed) and payload
+        assert got[9] != o.IPPROTO_UDP or o.verify_l4_checksum(got)
+        assert struct.unpack_from("!H", got, 2) == struct.unpack_from("!H", want, 2)
+
+
+def test_coalesce_udp_takes_partial_checksum_frames() -> None:
+    """Non-GSO frames with a partial checksum (sent with their vnet hdr) coalesce too."""
+    pkts = []
+    for i in range(5):
+        p, l4, off = partial(ipv4(o.IPPROTO_UDP, udp(bytes([i]) * 64)), 0, False,
+                             o.IPPROTO_UDP)
+        pkts.append(o.GsoFrame(o.build_vnet_hdr(
+            o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, l4, off)) + p))
+    [g] = o.coalesce_udp(pkts)
+    segs = g.segments(tap=False)
+    assert [bytes(s[28:]) for s in segs] == [bytes([i]) * 64 for i in range(5)]
+    assert all(o.verify_l4_checksum(s) for s in segs)

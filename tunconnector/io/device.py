@@ -17,7 +17,7 @@ from typing import Literal
 from pytun_pmd3.linux import IFF_NO_PI, IFF_TAP, IFF_TUN, IFF_VNET_HDR, TunTapDevice
 
 from ..errors import DeviceError, RemoteProtocolError
-from ..proto.offload import ZERO_VNET_HDR, GsoFrame
+from ..proto.offload import ZERO_VNET_HDR, GsoFrame, coalesce_udp
 
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
@@ -64,6 +64,8 @@ class Device:
         self.name: str = self._dev.name
         self.dev_type: DevType = dev_type
         self.vnet_hdr = vnet_hdr
+        #: merge runs of UDP packets into USO super-packets on write (set by the fast path)
+        self.coalesce_udp = False
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
         self.closed = False
@@ -109,6 +111,8 @@ class Device:
         write = os.write
         fd = self.fd
         if self.vnet_hdr:
+            if self.coalesce_udp and len(frames) > 1:
+                frames = coalesce_udp(frames)  # runs of one UDP flow: one write each
             writev = os.writev
             zero = [ZERO_VNET_HDR]
             for f in frames:
