@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -26,20 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .errors import TunconnectorError
+from .io.netns import setns
 
-CLONE_NEWNET = 0x40000000
 UNDERLAY = ("172.31.250.1", "172.31.250.2")
 INNER = ("10.99.0.1", "10.99.0.2")
-
-
-def _setns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -73,7 +62,7 @@ def _lab(tag: str) -> Iterator[tuple[str, str]]:
 
 
 def _in_ns(ns: str) -> Callable[[], None]:
-    return lambda: _setns(ns)
+    return lambda: setns(ns)
 
 
 def _status(ctl: str) -> list[dict[str, Any]]:
@@ -101,7 +90,7 @@ def _bulk(a: str, b: str, nbytes: int) -> tuple[float, str, str]:
     ready = threading.Event()
 
     def receiver() -> None:
-        _setns(a)  # per thread: only this thread moves
+        setns(a)  # per thread: only this thread moves
         srv = socket.create_server((INNER[0], 5999))
         srv.settimeout(30)
         ready.set()
@@ -121,7 +110,7 @@ def _bulk(a: str, b: str, nbytes: int) -> tuple[float, str, str]:
     block = os.urandom(1 << 20)
 
     def sender() -> None:
-        _setns(b)
+        setns(b)
         s = socket.create_connection((INNER[0], 5999), timeout=30)
         start = time.monotonic()
         left = nbytes

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, Env, to_toml
+from harness import Daemon, Env, to_toml
 from netns import VENV_BIN, free_port, tunconnector_cmd, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Env
+from harness import Env
 
 COMBOS = [
     ("tun", "udp", "native"),

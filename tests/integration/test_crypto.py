@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, Env
+from harness import Daemon, Env
 from netns import Host, tunconnector_cmd, wait_for
 
 from tunconnector.keys import generate_keypair, generate_psk

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Env
+from harness import Env
 
 pytestmark = [pytest.mark.privileged, pytest.mark.netns]
 

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import PY, Env
+from harness import PY, Env
 from test_core import pair
 
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import Env
+from harness import Env
 from netns import tunconnector_cmd, wait_for
 
 

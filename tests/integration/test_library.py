@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import secrets
 import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import Env
+from harness import Env
 
 import tunconnector
 from tunconnector import Config, Node, State
-
-CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    old = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    new = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(new, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        yield
-    finally:
-        libc.setns(old, CLONE_NEWNET)
-        os.close(old)
-        os.close(new)
+from tunconnector.io.netns import entered as in_netns
 
 
 @contextlib.contextmanager

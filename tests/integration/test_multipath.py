@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, Daemon, Env
+from harness import PY, Daemon, Env
 from netns import Host, tunconnector_cmd
 
 from tunconnector.status import query_all

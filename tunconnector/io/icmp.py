@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import functools
 import ipaddress
-import os
 import secrets
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Literal
 
-from ..errors import TransportError
+from ..errors import DeviceError, TransportError
+from .netns import run_in
 
 Kind = Literal["auto", "dgram", "raw"]
 
@@ -35,7 +33,6 @@ ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 ICMP6_ECHO_REQUEST = 128
 ICMP6_ECHO_REPLY = 129
-CLONE_NEWNET = 0x40000000
 _HDR = struct.Struct("!BBHHH")
 
 
@@ -76,35 +73,8 @@ def parse_echo_reply(
 
 
 def in_netns(netns: str | None, fn: Callable[[], socket.socket]) -> socket.socket:
-    """Run ``fn`` in network namespace ``/run/netns/NAME`` (a throwaway thread's setns)."""
-    if netns is None:
-        return fn()
-    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
-    result: list[socket.socket] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err), path)
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:  # handed to the caller's thread
-            error.append(exc)
-
-    t = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
-    t.start()
-    t.join(10.0)
-    if error:
-        raise error[0]
-    if not result:
-        raise TransportError(f"opening a socket in netns {netns!r} timed out")
-    return result[0]
+    """Run ``fn`` in network namespace ``netns`` (a throwaway thread's setns)."""
+    return run_in(netns, fn)
 
 
 def open_icmp_socket(
@@ -122,8 +92,8 @@ def open_icmp_socket(
         stype = socket.SOCK_DGRAM if k == "dgram" else socket.SOCK_RAW
         try:
             sock = in_netns(netns, functools.partial(socket.socket, family, stype, proto))
-        except OSError as exc:
-            errors.append(f"{k}: {exc.strerror or exc}")
+        except (OSError, DeviceError) as exc:
+            errors.append(f"{k}: {getattr(exc, 'strerror', None) or exc}")
             continue
         try:
             sock.setblocking(False)

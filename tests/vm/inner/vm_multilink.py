@@ -22,12 +22,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tunconnector.io.netns import entered as in_netns
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TUNCONNECTOR_IN_VM") != "1", reason="guest only"),
@@ -63,26 +64,10 @@ CLIENT_BODY = {
 SERVER_BODY = {"bride_interface": "br0", "bridge_ip": BRIDGE_IP, "links": "2"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Switch this thread's network namespace (sockets created inside stay there)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(fd)
-        os.close(own)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> float:
