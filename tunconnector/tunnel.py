@@ -553,12 +553,11 @@ class Tunnel:
                 if not server:
                     stats.drops["unknown_peer"] += 1
                     continue
-                if native.secure is None and (len(data) < 2 or data[1] != MsgType.KEEPALIVE):
+                admit, hello = native.screen_stranger(data, now)
+                if not admit:
                     stats.drops["unknown_peer"] += 1
-                    if data[:2] == b"\x01\x01" and self._udp is not None:
-                        hello = native.hello_for_unknown(now)
-                        if hello is not None:
-                            self._udp.sendto(hello, addr)
+                    if hello is not None and self._udp is not None:
+                        self._udp.sendto(hello, addr)
                     continue
             decoded = native.decode(data, now, addr[0])
             if decoded.authentic and not from_peer:

@@ -83,3 +83,15 @@ def test_unknown_source_hello_rate_limited() -> None:
     assert s.hello_for_unknown(0.0) is not None
     assert s.hello_for_unknown(0.5) is None
     assert s.hello_for_unknown(1.0) is not None
+
+
+def test_strangers_plaintext_only_keepalive_admitted() -> None:
+    c, s = pair()
+    c.start(0.0, initiator=True)
+    hello = c.messages_to_send()[0]
+    assert s.screen_stranger(hello, 0.0) == (True, None)
+    data = encode_native(MsgType.DATA, b"x" * 60)
+    admit, reply = s.screen_stranger(data, 0.0)
+    assert not admit and reply is not None and parse_header(reply).type == MsgType.KEEPALIVE
+    assert s.screen_stranger(data, 0.5) == (False, None)  # rate-limited
+    assert s.screen_stranger(b"\x07garbage", 2.0) == (False, None)  # no reply to junk

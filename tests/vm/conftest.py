@@ -68,3 +68,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for run in _RUNS.values():
         for key, value in sorted(run.properties.items()):
             terminalreporter.write_line(f"  {key} = {value}")
+
+
+@pytest.fixture(scope="module")
+def guest(vm_suite: PytestRun) -> PytestRun:
+    """The shared guest run, under the name the host-side mirror tests use."""
+    return vm_suite

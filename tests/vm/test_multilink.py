@@ -19,11 +19,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600)]
 INNER = Path(__file__).parent / "inner" / "vm_multilink.py"
 
 
-@pytest.fixture(scope="module")
-def guest(vm_suite: PytestRun) -> PytestRun:
-    return vm_suite
-
-
 @pytest.mark.parametrize("name", inner_test_names(INNER))
 def test_in_guest(guest: PytestRun, name: str) -> None:
     check_case(guest, name, INNER.stem)

@@ -142,6 +142,19 @@ class NativeEndpoint:
         self.tx_counter += 1
         return encode_keepalive(self.tx_counter, int(now * 1e6) or 1, 0, path=self.path)
 
+    def screen_stranger(self, data: bytes, now: float) -> tuple[bool, bytes | None]:
+        """Whether a message from an unknown source may be decoded, and a reply to it.
+
+        Encrypted: anything may (authentication decides). Plaintext: only a keepalive,
+        so garbage cannot steal the peer address; plaintext DATA from a stranger gets a
+        rate-limited hello back (see :meth:`hello_for_unknown`).
+        """
+        if self.secure is not None or (len(data) >= 2 and data[1] == MsgType.KEEPALIVE):
+            return True, None
+        if len(data) >= 2 and data[0] == VERSION and data[1] == MsgType.DATA:
+            return False, self.hello_for_unknown(now)
+        return False, None
+
     # -- receiving -----------------------------------------------------------------
     def decode(self, data: bytes, now: float, source: Hashable = None) -> Decoded:
         """Parse one message; bad input is counted in ``drops`` and yields nothing.
