@@ -50,6 +50,7 @@ def tap_names(cfg: BondConfig) -> list[str]:
 def tunnel_configs(cfg: BondConfig) -> list[TunnelConfig]:
     """The TAP tunnels of a bond, validated like any ``[[tunnel]]``."""
     out = []
+    keepalive, dead_after = cfg.liveness()
     for i, tap in enumerate(tap_names(cfg), start=1):
         common: dict[str, Any] = dict(
             name=f"{cfg.name}-{tap}",
@@ -57,8 +58,8 @@ def tunnel_configs(cfg: BondConfig) -> list[TunnelConfig]:
             device=tap,
             proto="udp",
             framing="native",
-            keepalive=cfg.keepalive,
-            dead_after=cfg.dead_after,
+            keepalive=keepalive,
+            dead_after=dead_after,
             key_file=cfg.key_file,
             offload="off",
         )

@@ -314,6 +314,24 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def cmd_bench(argv: Sequence[str]) -> int:
+    """``python -m bench`` of the source checkout this package runs from (bench/ is not
+    installed: it drives OpenVPN, socat, iperf3 and namespaces, a developer's tool)."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    if importlib.util.find_spec("bench") is None:
+        if not (repo / "bench" / "run.py").exists():
+            raise TunconnectorError(
+                "tunconnector bench needs the source checkout (bench/ is not installed): "
+                "run it from a git clone installed with pip install -e")
+        sys.path.insert(0, str(repo))
+    from bench.run import main as bench_main
+
+    return int(bench_main(list(argv)))
+
+
 def cmd_install_systemd(argv: Sequence[str]) -> int:
     from .install import main as install_main
 
@@ -326,6 +344,7 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mktun": cmd_mktun,
     "rmtun": cmd_rmtun,
     "demo": cmd_demo,
+    "bench": cmd_bench,
     "genkey": cmd_genkey,
     "install-systemd": cmd_install_systemd,
 }

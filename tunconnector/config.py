@@ -271,11 +271,34 @@ class BondConfig:
     tap_prefix: str = "tap"  # slave i is <tap_prefix><i>, i from 1, in slave order
     # tunnel liveness: the TAP's carrier drops (and, in active-backup, the daemon moves
     # the bond's active slave) after dead_after of silence; a hw_int going down does it
-    # at once. Lower on real hardware for faster-than-ARP detection of silent loss.
-    keepalive: float = 0.2
-    dead_after: float = 1.0
+    # at once. None: derived (see liveness()), from arp_interval on an ARP-monitored bond.
+    keepalive: float | None = None
+    dead_after: float | None = None
     bind: str | None = None  # server: listen address (default: any)
     server_api_url: str | None = None  # client: the enabler's field, kept for status only
+
+    def liveness(self) -> tuple[float, float]:
+        """(keepalive, dead_after) of the bond's tunnels, in seconds.
+
+        Explicit keys win. Otherwise a server sends keepalives every 50 ms on an idle
+        link (its clients' dead_after may be as short as 150 ms) and declares a client
+        dead after 1 s. A client whose bond runs the ARP monitor detects a silent path
+        (a firewall drop, a dead hop behind a live link) in 1.5 x arp_interval, before
+        the kernel's (arp_missed_max + 1/2) x arp_interval, and moves the active slave
+        itself; other clients keep 0.2 s / 1 s. Both clamp to [0.15 s, 1 s].
+        """
+        keepalive, dead_after = self.keepalive, self.dead_after
+        if self.role == "server":
+            return (keepalive or 0.05, dead_after or max(1.0, 3 * (keepalive or 0.05)))
+        arp_ms = 0
+        raw = str(self.bonding.get("arp_interval", "0") or "0").strip()
+        if raw.isdigit():
+            arp_ms = int(raw)
+        if arp_ms > 0:
+            derived = min(1.0, max(0.15, 1.5 * arp_ms / 1000))
+            dead_after = dead_after or derived
+            keepalive = keepalive or round(min(0.2, dead_after / 3), 3)
+        return (keepalive or 0.2, dead_after or max(1.0, 3 * (keepalive or 0.2)))
 
     def validate(self, where: str) -> None:
         from .proto.bondparams import check_params, parse_params
@@ -305,9 +328,13 @@ class BondConfig:
             raise ConfigError(
                 f"{where}.tap_prefix: {self.tap_prefix!r} must be 1..10 of [A-Za-z0-9_-]"
             )
-        _positive(self.keepalive, f"{where}.keepalive")
-        if self.dead_after <= self.keepalive:
-            raise ConfigError(f"{where}.dead_after: must exceed keepalive {self.keepalive}")
+        if self.keepalive is not None:
+            _positive(self.keepalive, f"{where}.keepalive")
+        if self.dead_after is not None:
+            _positive(self.dead_after, f"{where}.dead_after")
+        keepalive, dead_after = self.liveness()
+        if dead_after <= keepalive:
+            raise ConfigError(f"{where}.dead_after: must exceed keepalive {keepalive}")
         if self.role == "client":
             params = parse_params(self.bonding, f"{where}.bonding")
             taps = [f"{self.tap_prefix}{i}" for i in range(1, len(self.slaves) + 1)]

@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import TunnelConfig
 from .errors import DeviceError, RemoteProtocolError, TransportError, TunconnectorError
+from .express import Express
 from .fastpath import FastPath
 from .io import netlink as nl
 from .io import tcp as tcpio
@@ -68,6 +69,10 @@ class TunnelStats:
     connects: int = 0
     last_rx: float | None = None
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+#: a timer firing this much (seconds) after its time means the process stalled
+LATE_TIMER = 0.03
 
 
 def overhead(cfg: TunnelConfig, ipv6: bool) -> int:
@@ -155,6 +160,8 @@ class Tunnel:
         self._keys: TunnelKeys | None = None
         self._guard = HandshakeGuard()
         self._fast = FastPath(config, UNDERLAY_MTU)
+        self._express: Express | None = None  # UDP without [[tunnel.path]]
+        self._late = False  # the timer fired late once and was deferred past the I/O
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -226,7 +233,9 @@ class Tunnel:
             "connects": self.stats.connects,
             "drops": self.all_drops(),
             "data_path": self._fast.describe(),
-            "fastpath": self._fast.stats(),
+            "fastpath": {**self._fast.stats(),
+                         **({"express_tx": self._express.tx, "express_rx": self._express.rx}
+                            if self._express is not None else {})},
             **(self._mp.status_fields() if self._mp is not None else {}),
             "crypto": self._crypto_status(now),
         }
@@ -311,7 +320,10 @@ class Tunnel:
         if self.device is None or self._loop is None or on == self._reading_device:
             return
         if on:
-            self._loop.add_reader(self.device.fd, self._on_device_readable)
+            express = self._express
+            self._loop.add_reader(self.device.fd, express.on_device_readable
+                                  if express is not None and express.enabled
+                                  else self._on_device_readable)
         else:
             self._loop.remove_reader(self.device.fd)
         self._reading_device = on
@@ -376,7 +388,9 @@ class Tunnel:
             self.peer = self._remote
         if cfg.framing == "native":
             self._native = self._make_native()
-        self._udp.start(self._on_udp_batch)
+        self._express = Express(self)
+        self._udp.start(self._on_udp_batch,
+                        reader=self._express.on_udp_readable if self._express.enabled else None)
         self._device_reader(True)
         now = self._loop.time()
         if self._native is not None:
@@ -416,6 +430,7 @@ class Tunnel:
         else:
             self._set_state(State.DOWN)
             self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
+        self._express = Express(self)
         self._device_reader(True)
 
     def _protocol(self) -> tcpio.StreamProtocol:
@@ -460,7 +475,13 @@ class Tunnel:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
             return
-        if not frames:
+        if frames:
+            self._device_frames(frames)
+
+    def _device_frames(self, frames: list[bytes]) -> None:
+        """Send frames read from the device (the express lane hands its overflow here)."""
+        dev = self.device
+        if dev is None:
             return
         if dev.vnet_hdr:  # offload: super-packets leave here, plain packets go on below
             frames = self._fast.from_device(self, frames)
@@ -687,6 +708,9 @@ class Tunnel:
         return None
 
     def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
+        express = self._express
+        if express is not None and express.enabled and express.on_stream_data(proto, data):
+            return
         conn = self._find_conn(proto)
         if conn is None:
             return
@@ -766,11 +790,21 @@ class Tunnel:
         self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        due = self._timer_at
         self._timer = None
         self._timer_at = None
         if self._loop is None or self._stopping:
             return
         now = self._loop.time()
+        if due is not None and now - due > LATE_TIMER and not self._late:
+            # The process stalled (timers run before I/O in the loop): whatever arrived
+            # meanwhile is still unread. Read it first, so a stall of this process is not
+            # taken for a dead peer (fast bond liveness runs dead_after of 150 ms).
+            self._late = True
+            self._timer_at = now + 0.002
+            self._timer = self._loop.call_at(self._timer_at, self._on_timer)
+            return
+        self._late = False
         for native in self._natives() + [c.native for c in self._candidates if c.native]:
             native.handle_timer(now)
             self._flush_native(native, now)
@@ -817,12 +851,14 @@ class Tunnel:
             c.proto.abort()
         self._candidates.clear()
         self._conn = None
+        self._express = None
         if self._server is not None:
             self._server.close()
             self._server = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+            self._express = None
         if self._mp is not None:
             self._mp.close()
             self._mp = None

@@ -608,3 +608,28 @@ def test_garbage_never_raises(mtype: int, flags: int, session: int, counter: int
     for ch in (s, c):
         assert ch.open(msg, parse_header(msg), 1.0, source="x") is None
     assert sum(s.drops.values()) >= 1
+
+
+def test_open_data_is_open_for_live_sessions_and_declines_the_rest() -> None:
+    """The express lane's lean receive: same plaintext, same drop counters as open();
+    ``False`` (untouched) for what only the general path may judge."""
+    c, s = make(cipher="aes-256-gcm")
+    establish(c, s)
+    m = c.seal(b"hello", 1.0)
+    assert m is not None
+    assert bytes(s.open_data(m, 1.0, "peer")) == b"hello"
+    assert s.authenticated_source == "peer"
+    assert s.open_data(m, 1.0) is None  # a replay: dropped and counted
+    assert s.drops["replay"] == 1
+    forged = bytearray(c.seal(b"hello", 1.0) or b"")
+    forged[-1] ^= 1
+    assert s.open_data(bytes(forged), 1.0) is None
+    assert s.drops["decrypt_failed"] == 1
+    keepalive = c.seal(b"", 1.0)
+    assert keepalive is not None and bytes(s.open_data(keepalive, 1.0)) == b""
+    unknown = bytearray(m)
+    unknown[4:8] = b"\xff\xff\xff\xfe"
+    before = dict(s.drops)
+    assert s.open_data(bytes(unknown), 1.0) is False  # not a session we know: untouched
+    assert dict(s.drops) == before
+    assert s.open_data(m, 1e9) is False  # expired keypair: the general path counts it

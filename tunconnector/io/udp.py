@@ -27,6 +27,8 @@ Addr = tuple  # (host, port) or (host, port, flow, scope)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
+_FRAGMENT = int(MsgType.FRAGMENT)
+
 def family_for(host: str | None) -> int:
     if host is None:
         return socket.AF_INET6
@@ -100,71 +102,84 @@ class UdpEndpoint:
         self.gro = False
         #: native framing: coalesced FRAGMENT reads are handed on whole (FragmentRun)
         self.runs = False
+        self._max_batch = 64
 
     @property
     def local_address(self) -> Addr:
         return tuple(self.sock.getsockname())
 
     def start(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
-              max_batch: int = 64) -> None:
+              max_batch: int = 64, *, reader: Callable[[], None] | None = None) -> None:
+        """Read datagrams as they arrive: batches go to ``on_batch``.
+
+        ``reader`` replaces the default readable callback (the tunnel's express lane,
+        which reads one datagram itself and uses :meth:`drain` for the rest).
+        """
         loop = asyncio.get_running_loop()
         self._loop = loop
-        sock = self.sock
-        recvfrom = sock.recvfrom
-        if self.gro:
-            loop.add_reader(sock.fileno(), self._gro_reader(on_batch, max_batch))
-            return
+        self._max_batch = max_batch
+        drain = self.drain
 
         def readable() -> None:
-            batch: list[tuple[bytes, Addr]] = []
-            try:
-                for _ in range(max_batch):
-                    batch.append(recvfrom(65_600))
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
-                self.drops["rx_error"] += 1
+            batch = drain([])
             if batch:
                 on_batch(batch)
 
-        loop.add_reader(sock.fileno(), readable)
+        loop.add_reader(self.sock.fileno(), reader or readable)
 
-    def _gro_reader(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
-                    max_batch: int) -> Callable[[], None]:
-        """Reader for a UDP_GRO socket: one read may hold many datagrams of one stride.
+    def recv_one(self) -> tuple[bytes, Any, Addr] | None:
+        """One datagram as ``(data, ancillary, addr)`` (ancillary: GRO cmsgs or None);
+        None when nothing is waiting (or an ICMP error surfaced, counted)."""
+        try:
+            if self.gro:
+                data, anc, _flags, addr = self.sock.recvmsg(65_600, GRO_CMSG_SPACE)
+                return data, anc, addr
+            data, addr = self.sock.recvfrom(65_600)
+            return data, None, addr
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self.drops["rx_error"] += 1
+            return None
 
-        A coalesced read of FRAGMENT datagrams is passed on whole as a
-        :class:`FragmentRun` (see ``FastPath.expand_runs``); others are sliced.
-        """
-        FRAGMENT = int(MsgType.FRAGMENT)
-        runs = self.runs
-        recvmsg = self.sock.recvmsg
-        space = GRO_CMSG_SPACE
+    def add_received(self, batch: list[tuple[Any, Addr]], data: bytes, anc: Any,
+                     addr: Addr) -> None:
+        """Append one read to ``batch``: a GRO-coalesced read is sliced into its
+        datagrams, or kept whole as a :class:`FragmentRun` (native FRAGMENT runs, see
+        ``FastPath.expand_runs``)."""
+        seg = gro_segment_size(anc) if anc else 0
+        if seg and len(data) > seg:
+            mv = memoryview(data)
+            if self.runs and data[1] == _FRAGMENT:  # a whole super-message, usually
+                batch.append((FragmentRun(mv, seg), addr))
+                return
+            for off in range(0, len(data), seg):
+                batch.append((mv[off:off + seg], addr))
+        else:
+            batch.append((data, addr))
 
-        def readable() -> None:
-            batch: list[tuple[Any, Addr]] = []
-            try:
-                for _ in range(max_batch):
+    def drain(self, batch: list[tuple[Any, Addr]]) -> list[tuple[Any, Addr]]:
+        """Read until EAGAIN or the batch limit, appending to ``batch``; returns it."""
+        limit = self._max_batch
+        try:
+            if self.gro:
+                recvmsg, space, add = self.sock.recvmsg, GRO_CMSG_SPACE, self.add_received
+                for _ in range(limit):
                     data, anc, _flags, addr = recvmsg(65_600, space)
-                    seg = gro_segment_size(anc) if anc else 0
-                    if seg and len(data) > seg:
-                        mv = memoryview(data)
-                        if runs and data[1] == FRAGMENT:  # a whole super-message, usually
-                            batch.append((FragmentRun(mv, seg), addr))
-                            continue
-                        for off in range(0, len(data), seg):
-                            batch.append((mv[off:off + seg], addr))
+                    if anc:
+                        add(batch, data, anc, addr)
                     else:
                         batch.append((data, addr))
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self.drops["rx_error"] += 1
-            if batch:
-                on_batch(batch)
-
-        return readable
+            else:
+                recvfrom, append = self.sock.recvfrom, batch.append
+                for _ in range(limit):
+                    append(recvfrom(65_600))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
+            self.drops["rx_error"] += 1
+        return batch
 
     def send_batch(self, msgs: list[bytes], addr: Addr) -> None:
         """Send datagrams in order; with UDP GSO, each run of equal sizes (the last of a
@@ -193,8 +208,7 @@ class UdpEndpoint:
     def send_gso(self, buf: bytes | bytearray | memoryview, stride: int, addr: Addr) -> bool:
         """Send ``buf`` as datagrams of ``stride`` bytes: one sendmsg per 64 with UDP GSO,
         one send each when the kernel refuses it (then GSO stays off for this socket)."""
-        if self._v4mapped and len(addr) == 2 and "." in addr[0] and ":" not in addr[0]:
-            addr = ("::ffff:" + addr[0], addr[1])
+        addr = self.tx_addr(addr)
         if self.gso:
             try:
                 sendmsg_gso(self.sock, buf, stride, addr)
@@ -217,12 +231,16 @@ class UdpEndpoint:
             self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
         return False
 
+    def tx_addr(self, addr: Addr) -> Addr:
+        """``addr`` as this socket's sendto() wants it (IPv4 v4-mapped on a v6 socket)."""
+        if self._v4mapped and len(addr) == 2 and "." in addr[0] and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1])
+        return addr
+
     def sendto(self, data: bytes, addr: Addr) -> bool:
         """Send one datagram; failures are counted, never raised (link down, full queue)."""
-        if self._v4mapped and len(addr) == 2 and "." in addr[0] and ":" not in addr[0]:
-            addr = ("::ffff:" + addr[0], addr[1])
         try:
-            self.sock.sendto(data, addr)
+            self.sock.sendto(data, self.tx_addr(addr))
             return True
         except (BlockingIOError, InterruptedError):
             self.drops["tx_busy"] += 1

@@ -83,5 +83,8 @@ class Liveness:
         due, self._due = self._due, False
         return due
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> LivenessEvent | None:
         return self._events.pop(0) if self._events else None

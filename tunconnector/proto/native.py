@@ -53,6 +53,13 @@ class SecureChannelLike(Protocol):
 
     def datagrams_to_send(self) -> list[bytes]: ...
 
+    def has_output(self) -> bool: ...
+
+    def open_data(self, message: bytes, now: float, source: Hashable = None) -> Any: ...
+
+    @property
+    def unanswered_since(self) -> float | None: ...
+
     def handle_timer(self, now: float) -> None: ...
 
     def get_timer(self) -> float | None: ...
@@ -128,6 +135,12 @@ class NativeEndpoint:
         if self.secure is not None:
             out.extend(self.secure.datagrams_to_send())
         return out
+
+    def has_work(self) -> bool:
+        """Control messages or events are waiting (the adapter must flush)."""
+        secure = self.secure
+        return bool(self._out) or self.liveness.has_events() or (
+            secure is not None and secure.has_output())
 
     def hello_for_unknown(self, now: float) -> bytes | None:
         """A keepalive with echo 0 for a source we do not know (at most one per second).

@@ -38,6 +38,7 @@ import secrets
 import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -57,6 +58,9 @@ OVERHEAD = HEADER_LEN + TAG_LEN
 
 
 # -- events ---------------------------------------------------------------------------
+
+_INDEX_COUNTER = struct.Struct("!IQ")  # session index, counter (header bytes 4-16)
+
 
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
@@ -331,6 +335,15 @@ class SecureChannel:
         self._after_send(kp, now)
         return n
 
+    def has_output(self) -> bool:
+        """Datagrams or events are waiting to be collected."""
+        return bool(self._out) or bool(self._events)
+
+    @property
+    def unanswered_since(self) -> float | None:
+        """When we first sent without hearing back (the stale-session timer's start)."""
+        return self._unanswered_since
+
     def datagrams_to_send(self) -> list[bytes]:
         """Handshake messages and queued frames sealed since the last call."""
         out, self._out = self._out, []
@@ -379,6 +392,28 @@ class SecureChannel:
             self._promote_next(now)
         if header.type == MsgType.DATA and len(plain) == 0:
             return None
+        return plain
+
+    def open_data(self, message: bytes, now: float, source: Hashable = None) -> Any:
+        """Lean :meth:`open_into` for one encrypted DATA message of a live session.
+
+        Returns the plaintext (a view; empty for a keepalive), ``None`` when the message
+        was dropped and counted (replay, forgery), or ``False`` when it is not a DATA
+        message of a session this side still accepts: then nothing happened and the
+        caller takes its general path. For the express lane (``tunconnector.express``).
+        """
+        session, counter = _INDEX_COUNTER.unpack_from(message, 4)
+        kp = self._by_index.get(session)
+        if kp is None or now >= kp.created + self.reject_after_time or kp is self.next:
+            return False
+        try:
+            plain = kp.open_into(memoryview(bytearray(message)), counter)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self.authenticated_source = source
+        self.last_authenticated = now
+        self._unanswered_since = None
         return plain
 
     # -- public: timers and events ---------------------------------------------------
