@@ -34,9 +34,11 @@ from .io import bond as bondio
 from .io.bond import BondManager, BondState
 from .proto.bondparams import ACTIVE_BACKUP, BondParams, check_params, parse_params
 from .proto.linkevents import RTMGRP_LINK, parse_link_events
+from .proto.silencewatch import SilenceWatch
 from .tunnel import State, Tunnel
 
 log = logging.getLogger("tunconnector.bond")
+SYSFS_NET = Path("/sys/class/net")
 
 Role = Literal["client", "server"]
 STATE_VERSION = 1
@@ -98,6 +100,11 @@ class BondLink:
         self._index: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._assists: set[asyncio.Task[None]] = set()
+        self._watch: SilenceWatch | None = None
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._moving: asyncio.Task[None] | None = None
+        self._active: str | None = None  # last read of the kernel's active slave
+        self._active_read = float("-inf")
         for t in self.tunnels:
             t.add_listener(self._on_state)
 
@@ -272,6 +279,79 @@ class BondLink:
         bondio.set_active_index(self._ipr, idx[self.name], idx[target])
         return target
 
+    # -- silence watch: leave a path that alone went quiet (active-backup clients) --------
+    def _start_watch(self) -> None:
+        self._stop_watch()
+        after = self.cfg.switch_after()
+        params = self._params()
+        if after is None or params.mode != ACTIVE_BACKUP or self._loop is None:
+            self._watch = None
+            return
+        self._watch = SilenceWatch(switch_after=after, primary=params.primary,
+                                   failback=(params.primary_reselect or 0) == 0)
+        self._watch_timer = self._loop.call_later(after / 6, self._watch_tick)
+
+    def _stop_watch(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+
+    def _read_active(self, now: float) -> str | None:
+        try:
+            text = (SYSFS_NET / self.name / "bonding" / "active_slave").read_text().strip()
+        except OSError:
+            text = ""
+        self._active, self._active_read = (text or None), now
+        return self._active
+
+    def _watch_tick(self) -> None:
+        """Every switch_after/6: silences -> SilenceWatch -> at most one move in flight.
+
+        Runs in the loop's timer phase: after a stall of this process the messages that
+        arrived meanwhile are not read yet, every path looks quiet, and nothing moves."""
+        self._watch_timer = None
+        w, loop = self._watch, self._loop
+        if w is None or loop is None or not self.started:
+            return
+        now = loop.time()
+        silence: dict[str, float] = {}
+        for t in self.tunnels:
+            heard = t.last_heard()
+            if heard is not None and t.config.device:
+                silence[t.config.device] = now - heard
+        quiet = any(v >= w.switch_after for v in silence.values())
+        active = self._active
+        if quiet or now - self._active_read > 0.5 or (w.failback and active != w.primary):
+            active = self._read_active(now)
+        primary_up = True
+        if w.failback and w.primary is not None and active != w.primary:
+            primary_up = bondio.slave_mii_up(SYSFS_NET, w.primary)
+        target = w.decide(now, active, silence, self.live_taps(), primary_kernel_up=primary_up)
+        if target is not None and target != active and self._moving is None:
+            why = (f"{active} silent {silence.get(active or '', 0) * 1000:.0f} ms"
+                   if target != w.primary or active not in silence
+                   or silence[active] >= w.switch_after else f"{target} fresh again")
+            self._moving = loop.create_task(self._move(target, why))
+        self._watch_timer = loop.call_later(w.switch_after / 6, self._watch_tick)
+
+    async def _move(self, target: str, why: str) -> None:
+        try:
+            await self._call(self._set_active_sync, target)
+            self.assisted += 1
+            self._active = target
+            log.info("%s: active slave -> %s (%s)", self.name, target, why)
+        except TunconnectorError as exc:
+            log.warning("%s: moving the active slave to %s failed: %s", self.name, target, exc)
+        finally:
+            self._moving = None
+
+    def _set_active_sync(self, target: str) -> None:
+        """Runs on the netlink thread: one RTM_NEWLINK."""
+        self._warm()
+        idx = self._index
+        if self.name in idx and target in idx:
+            bondio.set_active_index(self._ipr, idx[self.name], idx[target])
+
     def _warm(self) -> None:
         """Open the assist's socket and learn ifindexes now, not during a failover."""
         if self._ipr is None:
@@ -308,6 +388,7 @@ class BondLink:
         if self.role == "client":
             await self._call(self._warm)
         self._watch_underlay()
+        self._start_watch()
         for tap in sorted(self.down_taps):
             await self.set_tap(tap, up=False)
         log.info("%s %s started over %s", self.role, self.name, " ".join(self.taps))
@@ -319,6 +400,7 @@ class BondLink:
 
     async def stop(self) -> None:
         self._unwatch_underlay()
+        self._stop_watch()
         for task in list(self._assists):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -400,6 +482,8 @@ class BondLink:
         state: BondState = await self._call(_apply)
         # remember the new desired options (canonical names, so they parse back)
         self.cfg.bonding = self._params().merged(change).to_strings()
+        if self.started:
+            self._start_watch()  # primary / reselect / arp_interval may have changed
         return state
 
     async def view(self) -> dict[str, str]:
@@ -416,6 +500,7 @@ class BondLink:
             "name": self.name,
             "running": self.started,
             "assisted_failovers": self.assisted,
+            "failover_after": self._watch.switch_after if self._watch is not None else None,
             "taps": {
                 t.config.device: {
                     "state": t.state.value,

@@ -274,6 +274,9 @@ class BondConfig:
     # at once. None: derived (see liveness()), from arp_interval on an ARP-monitored bond.
     keepalive: float | None = None
     dead_after: float | None = None
+    # active-backup client: leave the active slave after this much silence (s) when
+    # another slave is fresh; None: 1.2 x arp_interval (0.3 s without ARP); 0: off
+    failover_after: float | None = None
     bind: str | None = None  # server: listen address (default: any)
     server_api_url: str | None = None  # client: the enabler's field, kept for status only
 
@@ -281,24 +284,26 @@ class BondConfig:
         """(keepalive, dead_after) of the bond's tunnels, in seconds.
 
         Explicit keys win. Otherwise a server sends keepalives every 50 ms on an idle
-        link (its clients' dead_after may be as short as 150 ms) and declares a client
-        dead after 1 s. A client whose bond runs the ARP monitor detects a silent path
-        (a firewall drop, a dead hop behind a live link) in 1.5 x arp_interval, before
-        the kernel's (arp_missed_max + 1/2) x arp_interval, and moves the active slave
-        itself; other clients keep 0.2 s / 1 s. Both clamp to [0.15 s, 1 s].
+        link, so its clients' silence watch (``failover_after``) can tell a path that
+        went quiet from a backup that is merely idle; clients keep 0.2 s. ``dead_after``
+        (carrier off) stays at 1 s: short enough for miimon bonds, long enough that a
+        stalled daemon does not flap carriers.
         """
-        keepalive, dead_after = self.keepalive, self.dead_after
-        if self.role == "server":
-            return (keepalive or 0.05, dead_after or max(1.0, 3 * (keepalive or 0.05)))
-        arp_ms = 0
+        default_ka = 0.05 if self.role == "server" else 0.2
+        keepalive = self.keepalive if self.keepalive is not None else default_ka
+        dead_after = self.dead_after if self.dead_after is not None else max(1.0, 3 * keepalive)
+        return keepalive, dead_after
+
+    def switch_after(self) -> float | None:
+        """Silence (s) after which an active-backup client leaves its active slave for a
+        fresh one (see :mod:`tunconnector.proto.silencewatch`); None: watch off."""
+        if self.role != "client" or self.failover_after == 0:
+            return None
+        if self.failover_after is not None:
+            return self.failover_after
         raw = str(self.bonding.get("arp_interval", "0") or "0").strip()
-        if raw.isdigit():
-            arp_ms = int(raw)
-        if arp_ms > 0:
-            derived = min(1.0, max(0.15, 1.5 * arp_ms / 1000))
-            dead_after = dead_after or derived
-            keepalive = keepalive or round(min(0.2, dead_after / 3), 3)
-        return (keepalive or 0.2, dead_after or max(1.0, 3 * (keepalive or 0.2)))
+        arp_ms = int(raw) if raw.isdigit() else 0
+        return 1.2 * arp_ms / 1000 if arp_ms > 0 else 0.3
 
     def validate(self, where: str) -> None:
         from .proto.bondparams import check_params, parse_params
@@ -332,6 +337,8 @@ class BondConfig:
             _positive(self.keepalive, f"{where}.keepalive")
         if self.dead_after is not None:
             _positive(self.dead_after, f"{where}.dead_after")
+        if self.failover_after is not None and self.failover_after < 0:
+            raise ConfigError(f"{where}.failover_after: must be >= 0 (0 turns it off)")
         keepalive, dead_after = self.liveness()
         if dead_after <= keepalive:
             raise ConfigError(f"{where}.dead_after: must exceed keepalive {keepalive}")

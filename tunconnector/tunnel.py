@@ -183,6 +183,13 @@ class Tunnel:
         """Wait until the peer is known alive (native: a valid message was received)."""
         await self.wait_state(State.UP, timeout)
 
+    def last_heard(self) -> float | None:
+        """Loop time of the last valid message from the peer (keepalives included)."""
+        natives = self._natives()
+        if natives and natives[0].liveness.last_rx is not None:
+            return natives[0].liveness.last_rx
+        return self.stats.last_rx
+
     @property
     def is_running(self) -> bool:
         return self.state in (State.STARTING, State.DOWN, State.UP)

@@ -120,7 +120,7 @@ def test_derived_mtu() -> None:
     assert derive_mtu(cfg(mtu=1300).tunnel[0]) == 1300
 
 
-def test_bond_liveness_follows_arp_interval_unless_given() -> None:
+def test_bond_liveness_and_silence_watch_defaults() -> None:
     from tunconnector.bond import tunnel_configs
     from tunconnector.config import BondConfig, BondSlaveConfig
 
@@ -129,13 +129,17 @@ def test_bond_liveness_follows_arp_interval_unless_given() -> None:
                           slaves=[BondSlaveConfig("eth0", "10.1.0.2")], **kw)
 
     arp = {"bonding_mode": "1", "arp_interval": "100", "arp_ip_target": "10.8.0.254"}
-    assert client(bonding=arp).liveness() == (0.05, 0.15)
-    assert client(bonding={**arp, "arp_interval": "400"}).liveness() == (0.2, 0.6)
-    assert client(bonding={"bonding_mode": "1", "miimon": "100"}).liveness() == (0.2, 1.0)
+    assert client(bonding=arp).liveness() == (0.2, 1.0)
+    assert client(bonding=arp).switch_after() == pytest.approx(0.12)
+    assert client(bonding={**arp, "arp_interval": "400"}).switch_after() == pytest.approx(0.48)
+    assert client(bonding={"bonding_mode": "1", "miimon": "100"}).switch_after() == 0.3
+    assert client(bonding=arp, failover_after=0).switch_after() is None
     assert client(bonding=arp, keepalive=0.5, dead_after=3.0).liveness() == (0.5, 3.0)
     server = BondConfig(name="br0", role="server", bridge_ip="10.8.0.254")  # type: ignore[arg-type]
-    assert server.liveness() == (0.05, 1.0)
+    assert server.liveness() == (0.05, 1.0) and server.switch_after() is None
     [t] = tunnel_configs(client(bonding=arp))
-    assert (t.keepalive, t.dead_after) == (0.05, 0.15)
+    assert (t.keepalive, t.dead_after) == (0.2, 1.0)
     with pytest.raises(ConfigError, match="dead_after"):
         client(bonding=arp, keepalive=0.5, dead_after=0.2).validate("bond[0]")
+    with pytest.raises(ConfigError, match="failover_after"):
+        client(bonding=arp, failover_after=-1).validate("bond[0]")

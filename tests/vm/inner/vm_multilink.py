@@ -165,7 +165,7 @@ class Lab:
     client: Side
     server: Side
     tmp: Path
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 def _mount_sysfs(ns: str, target: Path) -> None:
@@ -493,6 +493,33 @@ def _event(
     )
 
 
+REPS = 3  # each cut is repeated: the bound is on the median, the outliers are bounded too
+
+
+def _events(
+    lab: Lab,
+    name: str,
+    cut: Callable[[], object],
+    restore: Callable[[], object],
+    stream: UdpStream,
+) -> None:
+    """:func:`_event` REPS times; figures: every run, their median and their maximum."""
+    runs = []
+    for _ in range(REPS):
+        _event(lab, name, cut, restore, stream)
+        runs.append(lab.figures[f"{name}_failover_loss_ms"])
+    lab.figures[f"{name}_failover_loss_ms_runs"] = runs
+    lab.figures[f"{name}_failover_loss_ms"] = sorted(runs)[len(runs) // 2]
+    lab.figures[f"{name}_failover_loss_ms_max"] = max(runs)
+
+
+def _check_loss(lab: Lab, name: str) -> None:
+    """Issue 5's bound, loss <= 2 x arp_interval, on the median of REPS cuts; a single
+    outlier (a stall of the emulated vCPUs) may reach 5 x arp_interval."""
+    assert lab.figures[f"{name}_failover_loss_ms"] <= 2 * ARP_INTERVAL_MS, lab.figures
+    assert lab.figures[f"{name}_failover_loss_ms_max"] <= 5 * ARP_INTERVAL_MS, lab.figures
+
+
 def test_failover_link_down_and_nftables_with_tcp(
     lab: Lab, record_property: Callable[[str, object], None]
 ) -> None:
@@ -515,7 +542,7 @@ def test_failover_link_down_and_nftables_with_tcp(
             "-p",
             "5201",
             "-t",
-            "14",
+            str(8 + 2 * REPS * 5),
             "-b",
             "1M",
             "-J",
@@ -532,7 +559,7 @@ def test_failover_link_down_and_nftables_with_tcp(
     )
     try:
         with UdpStream(lab) as stream:
-            _event(
+            _events(
                 lab,
                 "linkdown",
                 lambda: lab.client.run("ip", "link", "set", "eth0", "down"),
@@ -541,7 +568,7 @@ def test_failover_link_down_and_nftables_with_tcp(
             )
             rules = lab.tmp / "drop.nft"
             rules.write_text(nft_rules)
-            _event(
+            _events(
                 lab,
                 "nftdrop",
                 lambda: lab.client.run("nft", "-f", str(rules)),
@@ -563,22 +590,18 @@ def test_failover_link_down_and_nftables_with_tcp(
     assert received > 0
     lab.figures["iperf3_received_bytes"] = received
     lab.figures["tcp_verified_bytes"] = tcp.recv_bytes
-    # The target is 2 x arp_interval (200 ms); measured 93..306 ms here. Both daemons
-    # are Python processes on 2 emulated (TCG) vCPUs of a shared, loaded host, and
-    # every switch with fail_over_mac=active changes the bond's MAC (neighbour
-    # re-resolution through the tunnels): the bound asserted tolerates those stalls;
-    # the figures are recorded and reported (docs/bond.md). A CI run on a busy host once
-    # measured 575 ms: CI asserts that failover happens within 10 x arp_interval.
-    limit = 10 * ARP_INTERVAL_MS
-    assert lab.figures["linkdown_failover_loss_ms"] <= limit, lab.figures
-    assert lab.figures["nftdrop_failover_loss_ms"] <= limit, lab.figures
+    # 2 x arp_interval (200 ms) on the median of three cuts each. What makes it: the
+    # underlay link watch (link down) and bond tunnels' liveness derived from
+    # arp_interval (dead after 150 ms: silent loss), both moving the active slave.
+    _check_loss(lab, "linkdown")
+    _check_loss(lab, "nftdrop")
 
 
 def test_tap_down_up_through_the_api(
     lab: Lab, record_property: Callable[[str, object], None]
 ) -> None:
     with UdpStream(lab) as stream:
-        _event(
+        _events(
             lab,
             "tapdown",
             lambda: lab.client.request("POST", "/v1/tap_down/tap1")[0] == 200,
@@ -590,7 +613,7 @@ def test_tap_down_up_through_the_api(
             record_property(k, v)
     assert lab.client.request("POST", "/v1/tap_down/tap9")[0] == 404
     assert lab.client.request("POST", "/v1/tap_down/tap;ls")[0] == 400
-    assert lab.figures["tapdown_failover_loss_ms"] <= 10 * ARP_INTERVAL_MS, lab.figures
+    _check_loss(lab, "tapdown")
 
 
 def test_put_bond_params_changes_primary_live(lab: Lab) -> None:
