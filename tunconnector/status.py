@@ -62,6 +62,8 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            with contextlib.suppress(Exception):  # the socket file goes only once unused
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

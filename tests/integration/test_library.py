@@ -12,10 +12,11 @@ import contextlib
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
-from harness import Env
+from harness import PY, Env
 
 import tunconnector
 from tunconnector import Config, Node, State
@@ -98,3 +99,48 @@ async def test_library_errors_are_typed(env: Env) -> None:
         with pytest.raises(tunconnector.DeviceError, match="netns 'nope-missing'|namespace"):
             await Node({"tunnel": [{"name": "x", "device": "tlib8", "port": 55592,
                                     "netns": "nope-missing"}]}).start()
+
+
+def test_busy_device_error_closes_nothing_else(env: Env) -> None:
+    """A device another process (here: another queue) holds is a DeviceError, and the
+    failed open must not close a file descriptor later reused by something else
+    (pytun-pmd3 closed its fd twice; the second close hit the daemon's control socket
+    and uvloop aborted the process)."""
+    import gc
+
+    from tunconnector.io.device import Device
+
+    with in_netns(env.a.ns):
+        holder = Device("tbusy9", "tun")
+        try:
+            victim = None
+            try:
+                Device("tbusy9", "tun")
+            except tunconnector.DeviceError as exc:
+                assert "busy" in str(exc)
+                # takes the number the failed open freed, while the error is still alive
+                victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            assert victim is not None, "a busy device must be refused"
+            try:
+                gc.collect()  # the error and what it references are gone now
+                victim.getsockname()  # EBADF if the failed open closed the number again
+            finally:
+                victim.close()
+        finally:
+            holder.close()
+
+
+def test_daemon_with_a_busy_device_exits_cleanly(env: Env) -> None:
+    cli = [PY, "-m", "tunconnector", "-m", "server", "-p", "tbusy8", "-s", "10.79.0.1/24"]
+    first = env.a.popen(*cli, "-i", "55593", stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while env.a.run("ip", "link", "show", "tbusy8", check=False).returncode != 0:
+            assert time.monotonic() < deadline and first.poll() is None, "first daemon"
+            time.sleep(0.05)
+        res = env.a.run(*cli, "-i", "55594", "--offload", "off", check=False)
+        assert res.returncode == 1, (res.returncode, res.stderr)  # not -6/134 (SIGABRT)
+        assert "busy" in res.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=30)

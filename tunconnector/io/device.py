@@ -51,6 +51,19 @@ def _explain(exc: OSError, name: str) -> DeviceError:
     return DeviceError(f"cannot open TUN/TAP device {name!r}: {exc.strerror or exc}")
 
 
+class _TunTap(TunTapDevice):
+    """pytun-pmd3 3.0.3 closes its fd when TUNSETIFF fails but keeps the number, and its
+    ``__del__`` closes it again later: by then the number may belong to another tunnel's
+    socket or the control socket (uvloop aborted the daemon). Forget it on failure."""
+
+    def __init__(self, name: str, flags: int) -> None:
+        try:
+            super().__init__(name, flags)
+        except BaseException:
+            self._fd = -1
+            raise
+
+
 class Device:
     """One open TUN or TAP queue, non-blocking, no packet-info header."""
 
@@ -58,7 +71,7 @@ class Device:
         if len(name.encode()) >= 16:
             raise DeviceError(f"device name {name!r} too long (max 15 bytes)")
         try:
-            self._dev = TunTapDevice(name, _flags(dev_type, vnet_hdr))
+            self._dev = _TunTap(name, _flags(dev_type, vnet_hdr))
         except OSError as exc:
             raise _explain(exc, name) from exc
         self.name: str = self._dev.name
