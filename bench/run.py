@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
 
     secs = ({"tcp": 2.0, "udp": 1.0, "pings": 20.0} if args.quick
-            else {"tcp": 4.0, "udp": 2.0, "pings": 50.0})
+            else {"tcp": 4.0, "udp": 2.0, "pings": 100.0})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
