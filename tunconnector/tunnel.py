@@ -162,6 +162,7 @@ class Tunnel:
         self._fast = FastPath(config, UNDERLAY_MTU)
         self._express: Express | None = None  # UDP without [[tunnel.path]]
         self._late = False  # the timer fired late once and was deferred past the I/O
+        self._peer_raw: Any = None  # the peer's address as recvfrom() returns it
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -516,9 +517,7 @@ class Tunnel:
             else:
                 now = self._loop.time()
                 native = self._native
-                encode = native.encode_data
-                msgs = [m for f in frames if (m := encode(f, now)) is not None]
-                udp.send_batch(msgs, peer)
+                udp.send_batch(native.encode_batch(frames, now), peer)
                 self._flush_native(native, now)
             stats.wire_tx += len(frames)
             return
@@ -532,11 +531,7 @@ class Tunnel:
         else:
             now = self._loop.time()
             pack = TCP_NATIVE_PREFIX.pack
-            out = []
-            for f in frames:
-                msg = conn.native.encode_data(f, now)
-                if msg is not None:
-                    out.append(pack(len(msg)) + msg)
+            out = [pack(len(m)) + m for m in conn.native.encode_batch(frames, now)]
             for msg in conn.native.messages_to_send():
                 out.append(pack(len(msg)) + msg)
             if out:
@@ -554,7 +549,17 @@ class Tunnel:
         frames: list[bytes] = []
         if native is not None and self._udp is not None and self._udp.gro:
             batch = self._fast.expand_runs(batch, now, stats.drops)
+        # plain DATA from the known peer (the bulk of a plaintext tunnel's datagrams):
+        # taken here without a decode call per datagram
+        fast = native.plain_data_prefix() if native is not None else None
+        peer_raw = self._peer_raw if fast is not None else None
+        lo, hi = HEADER_LEN, HEADER_LEN + self.max_frame
+        taken = 0
         for data, raw_addr in batch:
+            if raw_addr == peer_raw and data[:3] == fast and lo < len(data) <= hi:
+                frames.append(data[HEADER_LEN:])
+                taken += 1
+                continue
             if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
                 inner = self._fast.reassemble(data, now, stats.drops)
                 if inner is None:
@@ -577,7 +582,9 @@ class Tunnel:
                 frames.append(data)
                 continue
             from_peer = addr == self.peer
-            if not from_peer:
+            if from_peer:
+                self._peer_raw = raw_addr  # its next datagrams may take the fast check
+            else:
                 if not server:
                     stats.drops["unknown_peer"] += 1
                     continue
@@ -591,6 +598,8 @@ class Tunnel:
             if decoded.authentic and not from_peer:
                 self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
             frames.extend(decoded.frames)
+        if taken and native is not None:
+            native.received(now)
         if frames:
             self._to_device(frames, now)
         if native is not None:
@@ -601,6 +610,7 @@ class Tunnel:
     def _float(self, addr: Addr, why: str) -> None:
         old = self.peer
         self.peer = addr
+        self._peer_raw = None
         if old is None:
             self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
         else:
@@ -879,6 +889,7 @@ class Tunnel:
             self.device.close()  # a non-persistent device vanishes with its last fd
             self.device = None
         self.peer = None
+        self._peer_raw = None
 
 
 def _fmt_addr(addr: Addr | None) -> str:

@@ -95,3 +95,22 @@ def test_strangers_plaintext_only_keepalive_admitted() -> None:
     assert not admit and reply is not None and parse_header(reply).type == MsgType.KEEPALIVE
     assert s.screen_stranger(data, 0.5) == (False, None)  # rate-limited
     assert s.screen_stranger(b"\x07garbage", 2.0) == (False, None)  # no reply to junk
+
+
+def test_encode_batch_equals_encode_data_and_fast_prefix_only_when_alive() -> None:
+    a, _ = pair()
+    b, _ = pair()
+    frames = [b"one", b"two" * 100, b"\x00"]
+    assert a.encode_batch(frames, 1.0) == [b.encode_data(f, 1.0) for f in frames]
+    assert a.tx_counter == b.tx_counter == 3 and a.liveness.last_tx == 1.0
+    c, s = pair()
+    assert s.plain_data_prefix() is None  # peer not alive yet: decode() decides
+    c.start(0.0, initiator=True)
+    s.start(0.0, initiator=False)
+    s.decode(c.messages_to_send()[0], 0.01)
+    prefix = s.plain_data_prefix()
+    msg = c.encode_data(b"payload", 0.02)
+    assert prefix is not None and msg is not None and msg[:3] == prefix
+    assert s.decode(msg, 0.02).frames == [b"payload"]  # what the prefix path delivers
+    s.received(5.0)
+    assert s.liveness.last_rx == 5.0
