@@ -41,6 +41,7 @@ from .proto.framing import (
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
+from .proto.offload import MAX_GSO_PAYLOAD, GsoFrame
 from .proto.secure import AuthFailure, HandshakeComplete, HandshakeGuard, Rekeyed, SessionExpired
 
 log = logging.getLogger("tunconnector.tunnel")
@@ -552,14 +553,22 @@ class Tunnel:
         # plain DATA from the known peer (the bulk of a plaintext tunnel's datagrams):
         # taken here without a decode call per datagram
         fast = native.plain_data_prefix() if native is not None else None
+        fast_gso = native.plain_gso_prefix() if native is not None else None
         peer_raw = self._peer_raw if fast is not None else None
         lo, hi = HEADER_LEN, HEADER_LEN + self.max_frame
+        gso_hi = HEADER_LEN + MAX_GSO_PAYLOAD
         taken = 0
         for data, raw_addr in batch:
-            if raw_addr == peer_raw and data[:3] == fast and lo < len(data) <= hi:
-                frames.append(data[HEADER_LEN:])
-                taken += 1
-                continue
+            if raw_addr == peer_raw and len(data) > lo:
+                head = data[:3]
+                if head == fast and len(data) <= hi:
+                    frames.append(data[HEADER_LEN:])
+                    taken += 1
+                    continue
+                if head == fast_gso and len(data) <= gso_hi:
+                    frames.append(GsoFrame(memoryview(data)[HEADER_LEN:]))  # type: ignore[arg-type]
+                    taken += 1
+                    continue
             if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
                 inner = self._fast.reassemble(data, now, stats.drops)
                 if inner is None:

@@ -114,3 +114,13 @@ def test_encode_batch_equals_encode_data_and_fast_prefix_only_when_alive() -> No
     assert s.decode(msg, 0.02).frames == [b"payload"]  # what the prefix path delivers
     s.received(5.0)
     assert s.liveness.last_rx == 5.0
+
+
+def test_gso_prefix_matches_encode_gso() -> None:
+    c, s = pair()
+    c.start(0.0, initiator=True)
+    s.start(0.0, initiator=False)
+    assert s.plain_gso_prefix() is None
+    s.decode(c.messages_to_send()[0], 0.01)
+    msg = c.encode_gso(b"\x01" + bytes(9) + b"packet", 0.02)
+    assert msg is not None and msg[:3] == s.plain_gso_prefix()

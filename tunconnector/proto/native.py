@@ -34,6 +34,7 @@ from .offload import MAX_GSO_PAYLOAD, GsoFrame
 KEEPALIVE_LEN = HEADER_LEN + KEEPALIVE_BODY.size
 _DATA = int(MsgType.DATA)
 _PLAIN_DATA = bytes((VERSION, _DATA, 0))  # version, type, flags of a plain DATA message
+_PLAIN_GSO = bytes((VERSION, _DATA, FLAG_GSO))  # ... of a plain super-packet message
 
 
 class SecureChannelLike(Protocol):
@@ -130,9 +131,15 @@ class NativeEndpoint:
     def plain_data_prefix(self) -> bytes | None:
         """First 3 header bytes of a plain DATA message when a receiver may take such
         messages from the known peer without :meth:`decode` (plaintext, peer alive; it
-        then calls :meth:`received`), else None."""
+        then calls :meth:`received`), else None. The same with FLAG_GSO (a GsoFrame of
+        at most MAX_GSO_PAYLOAD bytes): :meth:`plain_gso_prefix`."""
         if self.secure is None and self.liveness.alive:
             return _PLAIN_DATA
+        return None
+
+    def plain_gso_prefix(self) -> bytes | None:
+        if self.secure is None and self.liveness.alive:
+            return _PLAIN_GSO
         return None
 
     def received(self, now: float) -> None:
