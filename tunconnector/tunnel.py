@@ -825,7 +825,7 @@ class Tunnel:
         if due is not None and now - due > LATE_TIMER and not self._late:
             # The process stalled (timers run before I/O in the loop): whatever arrived
             # meanwhile is still unread. Read it first, so a stall of this process is not
-            # taken for a dead peer (fast bond liveness runs dead_after of 150 ms).
+            # taken for a dead peer (or a keepalive sent for nothing).
             self._late = True
             self._timer_at = now + 0.002
             self._timer = self._loop.call_at(self._timer_at, self._on_timer)
@@ -884,7 +884,6 @@ class Tunnel:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-            self._express = None
         if self._mp is not None:
             self._mp.close()
             self._mp = None
