@@ -276,7 +276,7 @@ class BondLink:
             target = tap
         if target is None:
             return None
-        bondio.set_active_index(self._ipr, idx[self.name], idx[target])
+        self._set_active_sync(target)
         return target
 
     # -- silence watch: leave a path that alone went quiet (active-backup clients) --------
@@ -328,9 +328,9 @@ class BondLink:
             primary_up = bondio.slave_mii_up(SYSFS_NET, w.primary)
         target = w.decide(now, active, silence, self.live_taps(), primary_kernel_up=primary_up)
         if target is not None and target != active and self._moving is None:
-            why = (f"{active} silent {silence.get(active or '', 0) * 1000:.0f} ms"
-                   if target != w.primary or active not in silence
-                   or silence[active] >= w.switch_after else f"{target} fresh again")
+            quiet_ms = silence.get(active or "", 0.0) * 1000
+            why = (f"{active} silent {quiet_ms:.0f} ms" if quiet_ms >= w.switch_after * 1000
+                   else f"{target} fresh again")
             self._moving = loop.create_task(self._move(target, why))
         self._watch_timer = loop.call_later(w.switch_after / 6, self._watch_tick)
 

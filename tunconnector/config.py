@@ -301,8 +301,9 @@ class BondConfig:
             return None
         if self.failover_after is not None:
             return self.failover_after
-        raw = str(self.bonding.get("arp_interval", "0") or "0").strip()
-        arp_ms = int(raw) if raw.isdigit() else 0
+        from .proto.bondparams import parse_params
+
+        arp_ms = parse_params(self.bonding, "bonding").arp_interval or 0
         return 1.2 * arp_ms / 1000 if arp_ms > 0 else 0.3
 
     def validate(self, where: str) -> None:

@@ -50,7 +50,7 @@ _PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
 class Express:
     """Per-tunnel express callbacks (device readable, UDP readable) with fallbacks."""
 
-    __slots__ = ("t", "tx", "rx", "_dev_last", "_udp_last", "_peer_key", "_peer_tx",
+    __slots__ = ("t", "tx", "rx", "_dev_last", "_wire_last", "_peer_key", "_peer_tx",
                  "_peer_rx", "enabled")
 
     def __init__(self, tunnel: Tunnel, *, enabled: bool | None = None) -> None:
@@ -61,7 +61,7 @@ class Express:
         self.tx = 0  #: packets sent by the express lane
         self.rx = 0  #: packets delivered by the express lane
         self._dev_last = float("-inf")
-        self._udp_last = float("-inf")
+        self._wire_last = float("-inf")
         self._peer_key: Any = None  # the Tunnel.peer object _peer_tx was made for
         self._peer_tx: Any = None  # sendto() form of the peer (v4-mapped on v6 sockets)
         self._peer_rx: Any = None  # raw recvfrom() form of the peer, once seen
@@ -84,11 +84,19 @@ class Express:
         busy = now - self._dev_last < BUSY
         self._dev_last = now
         if busy or not self._send(f, now):
-            try:
-                more = dev.read_batch(63)
-            except DeviceError:
-                more = []
-            t._device_frames([f, *more])
+            self._overflow(f)
+
+    def _overflow(self, f: bytes) -> None:
+        """``f`` and whatever else the device holds, through the batch path."""
+        t = self.t
+        dev = t.device
+        if dev is None:
+            return
+        try:
+            more = dev.read_batch(63)
+        except DeviceError:
+            more = []
+        t._device_frames([f, *more])
 
     def _send(self, f: bytes, now: float) -> bool:
         t = self.t
@@ -171,8 +179,8 @@ class Express:
             return
         data, anc, addr = got
         now = loop.time()
-        busy = now - self._udp_last < BUSY
-        self._udp_last = now
+        busy = now - self._wire_last < BUSY
+        self._wire_last = now
         if anc or busy or not self._deliver(data, addr, now):
             batch: list[tuple[Any, Any]] = []
             udp.add_received(batch, data, anc, addr)
@@ -191,8 +199,8 @@ class Express:
         if conn is None or conn.proto is not proto or loop is None or conn.decoder.buffered:
             return False
         now = loop.time()
-        busy = now - self._udp_last < BUSY
-        self._udp_last = now
+        busy = now - self._wire_last < BUSY
+        self._wire_last = now
         prefix = SIMPLETUN_PREFIX if conn.native is None else TCP_NATIVE_PREFIX
         plen = prefix.size
         if busy or len(data) <= plen or prefix.unpack_from(data)[0] != len(data) - plen:
@@ -272,11 +280,7 @@ class Express:
             return True
         self._dev_last = now
         if not self._send(f, now):
-            try:
-                more = dev.read_batch(63)
-            except DeviceError:
-                more = []
-            t._device_frames([f, *more])
+            self._overflow(f)
         return True
 
 

@@ -552,9 +552,9 @@ class Tunnel:
             batch = self._fast.expand_runs(batch, now, stats.drops)
         # plain DATA from the known peer (the bulk of a plaintext tunnel's datagrams):
         # taken here without a decode call per datagram
-        fast = native.plain_data_prefix() if native is not None else None
-        fast_gso = native.plain_gso_prefix() if native is not None else None
-        peer_raw = self._peer_raw if fast is not None else None
+        prefixes = native.plain_prefixes() if native is not None else None
+        fast, fast_gso = prefixes if prefixes is not None else (None, None)
+        peer_raw = self._peer_raw if prefixes is not None else None
         lo, hi = HEADER_LEN, HEADER_LEN + self.max_frame
         gso_hi = HEADER_LEN + MAX_GSO_PAYLOAD
         taken = 0

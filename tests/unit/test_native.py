@@ -104,13 +104,13 @@ def test_encode_batch_equals_encode_data_and_fast_prefix_only_when_alive() -> No
     assert a.encode_batch(frames, 1.0) == [b.encode_data(f, 1.0) for f in frames]
     assert a.tx_counter == b.tx_counter == 3 and a.liveness.last_tx == 1.0
     c, s = pair()
-    assert s.plain_data_prefix() is None  # peer not alive yet: decode() decides
+    assert s.plain_prefixes() is None  # peer not alive yet: decode() decides
     c.start(0.0, initiator=True)
     s.start(0.0, initiator=False)
     s.decode(c.messages_to_send()[0], 0.01)
-    prefix = s.plain_data_prefix()
+    prefixes = s.plain_prefixes()
     msg = c.encode_data(b"payload", 0.02)
-    assert prefix is not None and msg is not None and msg[:3] == prefix
+    assert prefixes is not None and msg is not None and msg[:3] == prefixes[0]
     assert s.decode(msg, 0.02).frames == [b"payload"]  # what the prefix path delivers
     s.received(5.0)
     assert s.liveness.last_rx == 5.0
@@ -120,7 +120,8 @@ def test_gso_prefix_matches_encode_gso() -> None:
     c, s = pair()
     c.start(0.0, initiator=True)
     s.start(0.0, initiator=False)
-    assert s.plain_gso_prefix() is None
+    assert s.plain_prefixes() is None
     s.decode(c.messages_to_send()[0], 0.01)
     msg = c.encode_gso(b"\x01" + bytes(9) + b"packet", 0.02)
-    assert msg is not None and msg[:3] == s.plain_gso_prefix()
+    prefixes = s.plain_prefixes()
+    assert msg is not None and prefixes is not None and msg[:3] == prefixes[1]

@@ -128,22 +128,17 @@ class NativeEndpoint:
         self.tx_counter = c
         return out
 
-    def plain_data_prefix(self) -> bytes | None:
-        """First 3 header bytes of a plain DATA message when a receiver may take such
-        messages from the known peer without :meth:`decode` (plaintext, peer alive; it
-        then calls :meth:`received`), else None. The same with FLAG_GSO (a GsoFrame of
-        at most MAX_GSO_PAYLOAD bytes): :meth:`plain_gso_prefix`."""
+    def plain_prefixes(self) -> tuple[bytes, bytes] | None:
+        """First 3 header bytes of a plain DATA message, and of a plain FLAG_GSO one, when
+        a receiver may take such messages from the known peer without :meth:`decode`
+        (plaintext, peer alive; it then calls :meth:`received`), else None. Limits stay
+        the receiver's: max_frame, and MAX_GSO_PAYLOAD for a GsoFrame."""
         if self.secure is None and self.liveness.alive:
-            return _PLAIN_DATA
-        return None
-
-    def plain_gso_prefix(self) -> bytes | None:
-        if self.secure is None and self.liveness.alive:
-            return _PLAIN_GSO
+            return _PLAIN_DATA, _PLAIN_GSO
         return None
 
     def received(self, now: float) -> None:
-        """Messages taken through :meth:`plain_data_prefix` arrived at ``now``."""
+        """Messages taken through :meth:`plain_prefixes` arrived at ``now``."""
         self.liveness.on_receive(now)
 
     def encode_gso(self, payload: bytes | memoryview, now: float) -> bytes | None:

@@ -380,14 +380,9 @@ class SecureChannel:
         if now >= kp.created + self.reject_after_time:
             self.drops["expired"] += 1
             return None
-        try:
-            plain = kp.open_into(mv, header.counter, out)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
+        plain = self._open_with(kp, mv, header.counter, now, source, out)
+        if plain is None:
             return None
-        self.authenticated_source = source
-        self.last_authenticated = now
-        self._unanswered_since = None
         if kp is self.next:
             self._promote_next(now)
         if header.type == MsgType.DATA and len(plain) == 0:
@@ -406,8 +401,13 @@ class SecureChannel:
         kp = self._by_index.get(session)
         if kp is None or now >= kp.created + self.reject_after_time or kp is self.next:
             return False
+        return self._open_with(kp, memoryview(bytearray(message)), counter, now, source)
+
+    def _open_with(self, kp: Keypair, mv: memoryview, counter: int, now: float,
+                   source: Hashable, out: memoryview | None = None) -> memoryview | None:
+        """Decrypt with ``kp``; a failure is counted (None), a success proves the peer."""
         try:
-            plain = kp.open_into(memoryview(bytearray(message)), counter)
+            plain = kp.open_into(mv, counter, out)
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
             return None
