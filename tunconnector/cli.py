@@ -125,10 +125,12 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
 
 
 def _serve(config: Config) -> int:
+    from .io import malloc
     from .log import setup
     from .node import serve
 
     setup(config.log_level, config.json_logs)
+    malloc.tune()  # before the data path's first big buffer (see io/malloc.py)
     run_loop(serve(config, services=default_services(config)))
     return 0
 

@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .errors import ConfigError, TunconnectorError
+from .io import malloc
 from .io.netlink import Netlink
 from .status import ControlServer
 from .tunnel import State, Tunnel
@@ -184,7 +185,8 @@ class Node:
     def _control_request(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd", "status")
         if cmd == "status":
-            return {"pid": os.getpid(), "version": __version__, "tunnels": self.status()}
+            return {"pid": os.getpid(), "version": __version__, "malloc": malloc.state,
+                    "tunnels": self.status()}
         raise ConfigError(f"unknown control command {cmd!r}")
 
     @property

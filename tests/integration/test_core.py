@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 from harness import Env
 
@@ -80,6 +83,10 @@ def test_cli_flags_default_prefix_and_clean_exit(env: Env) -> None:
     assert env.b.ping("10.80.0.1", count=3, interval=0.1) == (3, 3)
     addrs = env.a.run("ip", "-o", "addr", "show", "dev", "tcx0").stdout
     assert "10.80.0.1/24" in addrs
+    # the daemon tuned glibc malloc for its data path (io/malloc.py)
+    ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
+                         capture_output=True, text=True, timeout=10)
+    assert json.loads(ctl.stdout)[0]["malloc"].startswith("tuned"), ctl.stdout
     assert s.stop() == 0 and c.stop() == 0
     # devices the daemon created are gone after exit
     assert env.a.run("ip", "link", "show", "tcx0", check=False).returncode != 0
