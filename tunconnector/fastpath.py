@@ -340,8 +340,13 @@ class FastPath:
                     msgs = [encode_data(memoryview(f)[VNET_HDR_LEN:], now)]  # type: ignore[arg-type]
             else:
                 self.super_tx += 1
-                pieces = self.loss.shape([f], now, tap=tap) if udp_mode else [f]
-                msgs = [encode_gso(p, now) for p in pieces]
+                if not udp_mode:  # header and super-packet written gathered, not joined
+                    parts = native.gso_parts(f, now)
+                    if parts:
+                        out.append(pack(sum(map(len, parts))))
+                        out.extend(parts)
+                    continue
+                msgs = [encode_gso(p, now) for p in self.loss.shape([f], now, tap=tap)]
             for msg in msgs:
                 if msg is None:
                     continue
@@ -363,7 +368,7 @@ class FastPath:
             assert udp is not None and peer is not None
             udp.send_batch(small, peer)
         if out and conn is not None:
-            conn.proto.write(b"".join(out))
+            conn.proto.writelines(out)
         t._flush_native(native, now)
         return []
 

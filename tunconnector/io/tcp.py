@@ -66,6 +66,11 @@ class StreamProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Write ``parts`` as one gathered write, without joining them first."""
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(parts)
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()

@@ -180,14 +180,17 @@ class _LengthPrefixedDecoder:
     def __init__(self, max_frame: int, min_frame: int = 1) -> None:
         self.max_frame = max_frame
         self.min_frame = min_frame
-        self._buf = bytearray()
+        # Bytes not yet returned are src[pos:]. src is the last chunk received itself
+        # while frames are taken straight out of it (one copy per frame, none for the
+        # chunk), or a bytearray holding a partial frame and what followed it.
+        self._src: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._src) - self._pos
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof and data:
@@ -195,19 +198,30 @@ class _LengthPrefixedDecoder:
         if not data:
             self._eof = True
             return
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+        src, pos = self._src, self._pos
+        if pos == len(src):  # nothing pending: decode from the chunk itself
+            self._src = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+        elif type(src) is bytearray:
+            src += data
+            if pos > 262_144:  # compact now and then instead of on every frame
+                del src[:pos]
+                self._pos = 0
+        else:  # a partial frame at the end of the last chunk: buffer it and the rest
+            buf = bytearray(memoryview(src)[pos:])
+            buf += data
+            self._src = buf
+            self._pos = 0
 
     def next_frame(self) -> bytes | NeedData:
         if self._error is not None:
             raise self._error
+        src, pos = self._src, self._pos
         plen = self._prefix.size
-        avail = len(self._buf) - self._pos
+        avail = len(src) - pos
         if avail < plen:
             return self._at_need_data(avail)
-        (length,) = self._prefix.unpack_from(self._buf, self._pos)
+        (length,) = self._prefix.unpack_from(src, pos)
         if length < self.min_frame or length > self.max_frame:
             self._error = RemoteProtocolError(
                 "bad_length", f"frame length {length} outside {self.min_frame}..{self.max_frame}"
@@ -215,12 +229,14 @@ class _LengthPrefixedDecoder:
             raise self._error
         if avail < plen + length:
             return self._at_need_data(avail)
-        start = self._pos + plen
-        frame = bytes(self._buf[start:start + length])
-        self._pos = start + length
-        if self._pos > 262_144:  # compact now and then instead of on every frame
-            del self._buf[: self._pos]
-            self._pos = 0
+        start = pos + plen
+        end = start + length
+        if type(src) is bytes:
+            frame = src[start:end]
+        else:
+            with memoryview(src) as mv:
+                frame = bytes(mv[start:end])
+        self._pos = end
         return frame
 
     def _at_need_data(self, avail: int) -> NeedData:

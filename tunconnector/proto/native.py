@@ -158,6 +158,17 @@ class NativeEndpoint:
         return HEADER.pack(VERSION, MsgType.DATA, FLAG_GSO, self.path, 0,
                            self.tx_counter) + payload
 
+    def gso_parts(self, payload: bytes | memoryview, now: float) -> list[Any]:
+        """:meth:`encode_gso` as pieces to write gathered: ``[header, payload]`` in
+        plaintext (no copy of the super-packet), ``[sealed]`` or ``[]`` encrypted."""
+        if self.secure is not None:
+            msg = self.encode_gso(payload, now)
+            return [] if msg is None else [msg]
+        self.liveness.on_send(now)
+        self.tx_counter += 1
+        return [HEADER.pack(VERSION, MsgType.DATA, FLAG_GSO, self.path, 0, self.tx_counter),
+                payload]
+
     def messages_to_send(self) -> list[bytes]:
         """Control messages (keepalives, handshake) to transmit now."""
         out, self._out = self._out, []
