@@ -759,16 +759,34 @@ class Tunnel:
                 else:
                     frames.append(f)
         else:
+            native = conn.native
+            # plain DATA on the current connection: taken without a decode call per
+            # message, as in _on_udp_batch
+            prefixes = native.plain_prefixes() if conn.promoted else None
+            fast, fast_gso = prefixes if prefixes is not None else (None, None)
+            hi, gso_hi = HEADER_LEN + self.max_frame, HEADER_LEN + MAX_GSO_PAYLOAD
+            source = conn.proto.peername[0] if conn.proto.peername else None
+            taken = 0
             for msg in items:
-                decoded = conn.native.decode(
-                    msg, now, conn.proto.peername[0] if conn.proto.peername else None
-                )
+                if prefixes is not None and len(msg) > HEADER_LEN:
+                    head = msg[:3]
+                    if head == fast_gso and len(msg) <= gso_hi:
+                        frames.append(GsoFrame(memoryview(msg)[HEADER_LEN:]))  # type: ignore[arg-type]
+                        taken += 1
+                        continue
+                    if head == fast and len(msg) <= hi:
+                        frames.append(msg[HEADER_LEN:])
+                        taken += 1
+                        continue
+                decoded = native.decode(msg, now, source)
                 if decoded.authentic and not conn.promoted:
                     self._promote(conn)
                 if conn.promoted:
                     frames.extend(decoded.frames)
                 elif decoded.frames:
                     self.stats.drops["unknown_peer"] += len(decoded.frames)
+            if taken:
+                native.received(now)
         if frames and conn is self._conn:
             self._to_device(frames, now)
         if conn.native is not None:
