@@ -131,6 +131,7 @@ def _serve(config: Config) -> int:
 
     setup(config.log_level, config.json_logs)
     malloc.tune()  # before the data path's first big buffer (see io/malloc.py)
+    malloc.freeze_gc()
     run_loop(serve(config, services=default_services(config)))
     return 0
 

@@ -552,9 +552,13 @@ class Tunnel:
             batch = self._fast.expand_runs(batch, now, stats.drops)
         # plain DATA from the known peer (the bulk of a plaintext tunnel's datagrams):
         # taken here without a decode call per datagram
+        # (and encrypted DATA of a current session: one lean open_data call each)
         prefixes = native.plain_prefixes() if native is not None else None
         fast, fast_gso = prefixes if prefixes is not None else (None, None)
-        peer_raw = self._peer_raw if prefixes is not None else None
+        sealing = native.sealed_prefixes() if native is not None else None
+        sealed, sealed_gso = sealing if sealing is not None else (None, None)
+        open_data = native.secure.open_data if sealing is not None else None  # type: ignore[union-attr]
+        peer_raw = self._peer_raw if prefixes is not None or sealing is not None else None
         lo, hi = HEADER_LEN, HEADER_LEN + self.max_frame
         gso_hi = HEADER_LEN + MAX_GSO_PAYLOAD
         taken = 0
@@ -569,6 +573,22 @@ class Tunnel:
                     frames.append(GsoFrame(memoryview(data)[HEADER_LEN:]))  # type: ignore[arg-type]
                     taken += 1
                     continue
+                if open_data is not None and (head == sealed or head == sealed_gso):
+                    plain = open_data(data, now, raw_addr[0])
+                    if plain is not False:  # else: not for this path, decode() decides
+                        if plain is None:
+                            continue  # dropped and counted (replay, forgery)
+                        taken += 1
+                        if not plain:
+                            continue  # an encrypted keepalive
+                        gso = head == sealed_gso
+                        if len(plain) > (MAX_GSO_PAYLOAD if gso else self.max_frame):
+                            native.drops["oversize"] += 1  # type: ignore[union-attr]
+                        elif gso:
+                            frames.append(GsoFrame(plain))  # type: ignore[arg-type]
+                        else:
+                            frames.append(bytes(plain))
+                        continue
             if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
                 inner = self._fast.reassemble(data, now, stats.drops)
                 if inner is None:

@@ -58,3 +58,15 @@ def test_switches() -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              timeout=30, env={**os.environ, **env}, check=True).stdout
         assert out.startswith(want), (env, out)
+
+
+def test_freeze_gc() -> None:
+    code = ("import gc; from tunconnector.io import malloc; ok = malloc.freeze_gc(); "
+            "print(ok, gc.get_freeze_count() > 1000, gc.get_threshold()[0])")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=30, check=True).stdout.split()
+    assert on == ["True", "True", "50000"]
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True,
+                         env={**os.environ, "TUNCONNECTOR_GC_TUNE": "0"}).stdout.split()
+    assert off == ["False", "False", "700"]

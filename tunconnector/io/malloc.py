@@ -17,6 +17,7 @@ process, so a program importing the library decides for itself.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import platform
 
@@ -24,6 +25,7 @@ M_TRIM_THRESHOLD = -1  #: mallopt parameter numbers, from glibc's <malloc.h>
 M_TOP_PAD = -2
 TRIM_THRESHOLD = 16 << 20
 TOP_PAD = 4 << 20
+GC_YOUNG_THRESHOLD = 50_000
 
 #: what :func:`tune` did, for ``status``: "tuned", or why not
 state = "not tried"
@@ -59,4 +61,24 @@ def tune(trim_threshold: int = TRIM_THRESHOLD, top_pad: int = TOP_PAD) -> bool:
     return True
 
 
-__all__ = ["tune", "state", "TRIM_THRESHOLD", "TOP_PAD"]
+def freeze_gc() -> bool:
+    """Move every object alive now out of the cyclic collector's reach, and collect the
+    youngest generation less often.
+
+    Why: the data path allocates tuples and small objects per packet (addresses,
+    ancillary data), which triggers a young-generation collection every 700 of them and,
+    every hundred of those, a pass over the whole heap (modules, config, tunnels). None
+    of it is cyclic garbage. ``gc.freeze()`` after start-up takes the long-lived objects
+    out of those passes; a young threshold of 50,000 makes the passes rarer. Cycles are
+    still collected. ``TUNCONNECTOR_GC_TUNE=0`` turns this off.
+    """
+    if os.environ.get("TUNCONNECTOR_GC_TUNE", "1") == "0":
+        return False
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, g1, g2)
+    return True
+
+
+__all__ = ["tune", "freeze_gc", "state", "TRIM_THRESHOLD", "TOP_PAD", "GC_YOUNG_THRESHOLD"]

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from ..errors import RemoteProtocolError
 from .framing import (
+    FLAG_ENCRYPTED,
     FLAG_GSO,
     HEADER,
     HEADER_LEN,
@@ -35,6 +36,8 @@ KEEPALIVE_LEN = HEADER_LEN + KEEPALIVE_BODY.size
 _DATA = int(MsgType.DATA)
 _PLAIN_DATA = bytes((VERSION, _DATA, 0))  # version, type, flags of a plain DATA message
 _PLAIN_GSO = bytes((VERSION, _DATA, FLAG_GSO))  # ... of a plain super-packet message
+_SEALED_DATA = bytes((VERSION, _DATA, FLAG_ENCRYPTED))  # ... of an encrypted DATA message
+_SEALED_GSO = bytes((VERSION, _DATA, FLAG_ENCRYPTED | FLAG_GSO))  # ... of a sealed super-packet
 
 
 class SecureChannelLike(Protocol):
@@ -135,6 +138,16 @@ class NativeEndpoint:
         the receiver's: max_frame, and MAX_GSO_PAYLOAD for a GsoFrame."""
         if self.secure is None and self.liveness.alive:
             return _PLAIN_DATA, _PLAIN_GSO
+        return None
+
+    def sealed_prefixes(self) -> tuple[bytes, bytes] | None:
+        """First 3 header bytes of an encrypted DATA message, and of an encrypted
+        FLAG_GSO one, when a receiver may hand such messages from the known peer to
+        ``secure.open_data`` instead of :meth:`decode` (encrypted, peer alive; on success
+        it then calls :meth:`received`; ``open_data`` returning False means: take the
+        general path), else None. Limits stay the receiver's, as for plain_prefixes."""
+        if self.secure is not None and self.liveness.alive:
+            return _SEALED_DATA, _SEALED_GSO
         return None
 
     def received(self, now: float) -> None:
