@@ -158,6 +158,9 @@ ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
 _CSUM = struct.Struct("<HH")
+#: partial-checksum packets up to this size are small (ACKs, a 64-byte flood), larger
+#: ones are data segments the loss watcher reads (and may be sealed one by one)
+SMALL_BATCH = 300
 _U16LE = struct.Struct("<H")
 _U32BE = struct.Struct("!I")
 
@@ -313,6 +316,16 @@ class FastPath:
         stats.tx_packets += len(frames)
         stats.tx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
         stats.wire_tx += len(frames)
+        if udp_mode and all(VNET_HDR_LEN < len(f) <= SMALL_BATCH and f[1] == 0
+                            and f[0] & F_NEEDS_CSUM for f in frames):
+            # only small packets (a 64-byte UDP flood, TCP ACKs): encoded (sealed) in one
+            # call, sent as one GSO run; what the loop below does for them, one by one
+            assert udp is not None and peer is not None
+            sealed = native.encode_gso_batch(frames, now)
+            if sealed:
+                udp.send_batch(sealed, peer)
+            t._flush_native(native, now)
+            return []
         encode_gso, encode_data = native.encode_gso, native.encode_data
         small: list[bytes] = []  # messages that fit one datagram, in order
         out: list[bytes] = []  # TCP: prefixed stream frames
@@ -323,7 +336,7 @@ class FastPath:
                 continue
             if f[1] == 0:  # gso_type NONE
                 if f[0] & F_NEEDS_CSUM:
-                    if udp_mode and len(f) > 300:  # a data segment, maybe a retransmission
+                    if udp_mode and len(f) > SMALL_BATCH:  # a data segment, maybe resent
                         self.loss.observe(f, now, tap)
                     if len(f) <= small_max:
                         msgs = [encode_gso(f, now)]

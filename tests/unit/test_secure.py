@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunconnector.errors import CryptoError
-from tunconnector.proto.framing import MsgType, encode_native, parse_header
+from tunconnector.proto.framing import FLAG_GSO, MsgType, encode_native, parse_header
 from tunconnector.proto.secure import (
     AuthFailure,
     Event,
@@ -661,3 +661,25 @@ def test_sealed_prefixes_match_sealed_data_and_gso_messages() -> None:
     assert bytes(data[:3]) == prefixes[0] and bytes(gso[:3]) == prefixes[1]
     assert bytes(s.open_data(bytes(data), 1.0)) == b"packet"
     assert bytes(s.open_data(bytes(gso), 1.0)) == b"\x01" + bytes(9) + b"packet"
+
+
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305", "aes-256-gcm"])
+def test_seal_many_is_seal_frame_by_frame(cipher: str) -> None:
+    """The batch sealer gives byte-identical messages to seal(), counters included, and
+    declines (None, nothing done) when there is no session to seal under."""
+    c1, s1 = make(cipher=cipher)
+    assert c1.seal_many([b"x"], 0.0) is None and not c1.datagrams_to_send()
+    establish(c1, s1)
+    frames = [b"", b"a", os.urandom(64), os.urandom(1400)]
+    kp = c1.current
+    assert kp is not None
+    start = kp.send_counter
+    many = c1.seal_many(frames, 1.0, flags=FLAG_GSO)
+    assert many is not None and len(many) == len(frames)
+    kp.send_counter = start  # the same counters again, one by one
+    one = [kp.seal(f, mtype=MsgType.DATA, flags=FLAG_GSO) for f in frames]
+    assert [bytes(m) for m in many] == one
+    kp.send_counter = start + len(frames)
+    assert all(parse_header(bytes(m)).flags == FLAG_GSO | 1 for m in many)
+    got = [bytes(s1.open_data(bytes(m), 1.0)) for m in many]  # the receiver opens each
+    assert got == frames

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ..errors import CryptoError, RemoteProtocolError
 from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION, Header, MsgType
 from .noise import DHLEN, TAGLEN, HandshakeState, blake2s, public_bytes
+from .replay import REJECT_AFTER_MESSAGES
 from .session import CIPHER_NAMES, CIPHERS, REKEY_AFTER_MESSAGES, TAG_LEN, Keypair
 
 PROLOGUE = b"tunconnector native v1"
@@ -313,6 +314,18 @@ class SecureChannel:
         msg = kp.seal(frame, mtype=mtype, path=path, flags=flags)
         self._after_send(kp, now)
         return msg
+
+    def seal_many(self, frames: list[bytes], now: float, *, flags: int = 0
+                  ) -> list[bytearray] | None:
+        """:meth:`seal` for a batch of DATA frames under the current keypair, or None
+        (nothing done) when the batch cannot all go now: the caller then seals frame by
+        frame, which queues or drops and starts a handshake as :meth:`seal` does."""
+        kp = self._sendable(now)
+        if kp is None or kp.send_counter + len(frames) >= REJECT_AFTER_MESSAGES:
+            return None
+        msgs = kp.seal_many(frames, mtype=MsgType.DATA, flags=flags)
+        self._after_send(kp, now)
+        return msgs
 
     def seal_into(
         self, buf: bytearray | memoryview, length: int, now: float, *,
