@@ -45,13 +45,17 @@ SMALL_CSUM = 300
 _DATA = int(MsgType.DATA)
 _MAX_READ = 65_600
 _PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
+#: after this many read-after-writes in a row found nothing (the side whose device does
+#: not answer, e.g. a ping client's), only one delivery in PEEK_PROBE tries again
+PEEK_GIVE_UP = 8
+PEEK_PROBE = 16
 
 
 class Express:
     """Per-tunnel express callbacks (device readable, UDP readable) with fallbacks."""
 
     __slots__ = ("t", "tx", "rx", "_dev_last", "_wire_last", "_peer_key", "_peer_tx",
-                 "_peer_rx", "enabled")
+                 "_peer_rx", "enabled", "_peek_misses")
 
     def __init__(self, tunnel: Tunnel, *, enabled: bool | None = None) -> None:
         self.t = tunnel
@@ -65,6 +69,7 @@ class Express:
         self._peer_key: Any = None  # the Tunnel.peer object _peer_tx was made for
         self._peer_tx: Any = None  # sendto() form of the peer (v4-mapped on v6 sockets)
         self._peer_rx: Any = None  # raw recvfrom() form of the peer, once seen
+        self._peek_misses = 0  # read-after-writes in a row that found nothing
 
     # ------------------------------------------------------------------ device -> wire
     def on_device_readable(self) -> None:
@@ -274,10 +279,17 @@ class Express:
         # time the write returns: send it now, while hot, instead of after another wake.
         if not _PEEK:
             return True
+        misses = self._peek_misses
+        if misses >= PEEK_GIVE_UP:  # no local answers lately (a client's pings): probe now
+            self._peek_misses = misses + 1  # and then, not on every delivery
+            if misses % PEEK_PROBE:
+                return True
         try:
             f = os.read(dev.fd, _MAX_READ)
         except OSError:
+            self._peek_misses += misses < PEEK_GIVE_UP
             return True
+        self._peek_misses = 0
         self._dev_last = now
         if not self._send(f, now):
             self._overflow(f)
