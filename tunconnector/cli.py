@@ -125,13 +125,13 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
 
 
 def _serve(config: Config) -> int:
-    from .io import malloc
+    from . import memory
     from .log import setup
     from .node import serve
 
     setup(config.log_level, config.json_logs)
-    malloc.tune()  # before the data path's first big buffer (see io/malloc.py)
-    malloc.freeze_gc()
+    memory.tune()  # before the data path's first big buffer (see memory.py)
+    memory.freeze_gc()
     run_loop(serve(config, services=default_services(config)))
     return 0
 

@@ -23,12 +23,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import DeviceError
 from .io.udp import normalize
 from .proto.framing import (
-    FLAG_ENCRYPTED,
+    FLAG_GSO,
     HEADER_LEN,
     SIMPLETUN_PREFIX,
     TCP_NATIVE_PREFIX,
-    VERSION,
-    MsgType,
 )
 from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR
 
@@ -42,7 +40,6 @@ BUSY = 0.0005
 #: checksum-offloaded (TCP/UDP) packets up to this size go express; bigger ones are data
 #: segments the general path watches for retransmissions (loss-adaptive super-packets)
 SMALL_CSUM = 300
-_DATA = int(MsgType.DATA)
 _MAX_READ = 65_600
 _PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
 #: after this many read-after-writes in a row found nothing (the side whose device does
@@ -235,36 +232,18 @@ class Express:
                 return False
             frame = data
         else:
-            if len(data) <= HEADER_LEN or data[1] != _DATA or not native.liveness.alive:
+            if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
+                return False  # a super-packet: the general path's (it writes GsoFrames)
+            frame = native.quick(data, now, source)
+            if frame is False:
                 return False
-            if native.secure is None:
-                if data[0] != VERSION or data[2] != 0 or len(data) - HEADER_LEN > t.max_frame:
-                    return False
-                native.liveness.last_rx = now  # Liveness.on_receive for a live peer
-                frame = data[HEADER_LEN:]
-            else:
-                if data[0] != VERSION or data[2] != FLAG_ENCRYPTED:
-                    return False
-                plain = native.secure.open_data(data, now, source)
-                if plain is False:
-                    return False  # not a current session's DATA: the general path decides
-                t.stats.wire_rx += 1
-                self.rx += 1
-                if plain is None:
-                    return True  # dropped and counted (replay, forgery)
-                native.liveness.last_rx = now
-                if native.has_work():
-                    t._flush_native(native, now)
-                if not plain:
-                    return True  # an encrypted keepalive
-                if len(plain) > t.max_frame:
-                    native.drops["oversize"] += 1
-                    return True
-                frame = plain
+            if native.has_work():
+                t._flush_native(native, now)  # an opened message may start a rekey
         stats = t.stats
-        if native is None or native.secure is None:
-            stats.wire_rx += 1
-            self.rx += 1
+        stats.wire_rx += 1
+        self.rx += 1
+        if frame is None:
+            return True  # consumed: an encrypted keepalive or a counted drop
         try:
             if dev.vnet_hdr:
                 os.writev(dev.fd, [ZERO_VNET_HDR, frame])

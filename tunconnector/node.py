@@ -16,10 +16,9 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import __version__
+from . import __version__, memory
 from .config import Config
 from .errors import ConfigError, TunconnectorError
-from .io import malloc
 from .io.netlink import Netlink
 from .status import ControlServer
 from .tunnel import State, Tunnel
@@ -185,7 +184,7 @@ class Node:
     def _control_request(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd", "status")
         if cmd == "status":
-            return {"pid": os.getpid(), "version": __version__, "malloc": malloc.state,
+            return {"pid": os.getpid(), "version": __version__, "malloc": memory.state,
                     "tunnels": self.status()}
         raise ConfigError(f"unknown control command {cmd!r}")
 

@@ -41,7 +41,6 @@ from .proto.framing import (
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
-from .proto.offload import MAX_GSO_PAYLOAD, GsoFrame
 from .proto.secure import AuthFailure, HandshakeComplete, HandshakeGuard, Rekeyed, SessionExpired
 
 log = logging.getLogger("tunconnector.tunnel")
@@ -550,45 +549,17 @@ class Tunnel:
         frames: list[bytes] = []
         if native is not None and self._udp is not None and self._udp.gro:
             batch = self._fast.expand_runs(batch, now, stats.drops)
-        # plain DATA from the known peer (the bulk of a plaintext tunnel's datagrams):
-        # taken here without a decode call per datagram
-        # (and encrypted DATA of a current session: one lean open_data call each)
-        prefixes = native.plain_prefixes() if native is not None else None
-        fast, fast_gso = prefixes if prefixes is not None else (None, None)
-        sealing = native.sealed_prefixes() if native is not None else None
-        sealed, sealed_gso = sealing if sealing is not None else (None, None)
-        open_data = native.secure.open_data if sealing is not None else None  # type: ignore[union-attr]
-        peer_raw = self._peer_raw if prefixes is not None or sealing is not None else None
-        lo, hi = HEADER_LEN, HEADER_LEN + self.max_frame
-        gso_hi = HEADER_LEN + MAX_GSO_PAYLOAD
-        taken = 0
+        # DATA from the known peer (the bulk of the datagrams): NativeEndpoint.quick,
+        # no decode() call per datagram
+        quick = native.quick if native is not None else None
+        peer_raw = self._peer_raw if quick is not None else None
         for data, raw_addr in batch:
-            if raw_addr == peer_raw and len(data) > lo:
-                head = data[:3]
-                if head == fast and len(data) <= hi:
-                    frames.append(data[HEADER_LEN:])
-                    taken += 1
+            if raw_addr == peer_raw:
+                frame = quick(data, now, raw_addr[0])  # type: ignore[misc]
+                if frame is not False:
+                    if frame is not None:
+                        frames.append(frame)
                     continue
-                if head == fast_gso and len(data) <= gso_hi:
-                    frames.append(GsoFrame(memoryview(data)[HEADER_LEN:]))  # type: ignore[arg-type]
-                    taken += 1
-                    continue
-                if open_data is not None and (head == sealed or head == sealed_gso):
-                    plain = open_data(data, now, raw_addr[0])
-                    if plain is not False:  # else: not for this path, decode() decides
-                        if plain is None:
-                            continue  # dropped and counted (replay, forgery)
-                        taken += 1
-                        if not plain:
-                            continue  # an encrypted keepalive
-                        gso = head == sealed_gso
-                        if len(plain) > (MAX_GSO_PAYLOAD if gso else self.max_frame):
-                            native.drops["oversize"] += 1  # type: ignore[union-attr]
-                        elif gso:
-                            frames.append(GsoFrame(plain))  # type: ignore[arg-type]
-                        else:
-                            frames.append(bytes(plain))
-                        continue
             if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
                 inner = self._fast.reassemble(data, now, stats.drops)
                 if inner is None:
@@ -627,8 +598,6 @@ class Tunnel:
             if decoded.authentic and not from_peer:
                 self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
             frames.extend(decoded.frames)
-        if taken and native is not None:
-            native.received(now)
         if frames:
             self._to_device(frames, now)
         if native is not None:
@@ -780,23 +749,14 @@ class Tunnel:
                     frames.append(f)
         else:
             native = conn.native
-            # plain DATA on the current connection: taken without a decode call per
-            # message, as in _on_udp_batch
-            prefixes = native.plain_prefixes() if conn.promoted else None
-            fast, fast_gso = prefixes if prefixes is not None else (None, None)
-            hi, gso_hi = HEADER_LEN + self.max_frame, HEADER_LEN + MAX_GSO_PAYLOAD
+            # DATA on the current connection: NativeEndpoint.quick, as in _on_udp_batch
             source = conn.proto.peername[0] if conn.proto.peername else None
-            taken = 0
             for msg in items:
-                if prefixes is not None and len(msg) > HEADER_LEN:
-                    head = msg[:3]
-                    if head == fast_gso and len(msg) <= gso_hi:
-                        frames.append(GsoFrame(memoryview(msg)[HEADER_LEN:]))  # type: ignore[arg-type]
-                        taken += 1
-                        continue
-                    if head == fast and len(msg) <= hi:
-                        frames.append(msg[HEADER_LEN:])
-                        taken += 1
+                if conn.promoted:
+                    frame = native.quick(msg, now, source)
+                    if frame is not False:
+                        if frame is not None:
+                            frames.append(frame)
                         continue
                 decoded = native.decode(msg, now, source)
                 if decoded.authentic and not conn.promoted:
@@ -805,8 +765,6 @@ class Tunnel:
                     frames.extend(decoded.frames)
                 elif decoded.frames:
                     self.stats.drops["unknown_peer"] += len(decoded.frames)
-            if taken:
-                native.received(now)
         if frames and conn is self._conn:
             self._to_device(frames, now)
         if conn.native is not None:

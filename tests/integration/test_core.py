@@ -83,7 +83,7 @@ def test_cli_flags_default_prefix_and_clean_exit(env: Env) -> None:
     assert env.b.ping("10.80.0.1", count=3, interval=0.1) == (3, 3)
     addrs = env.a.run("ip", "-o", "addr", "show", "dev", "tcx0").stdout
     assert "10.80.0.1/24" in addrs
-    # the daemon tuned glibc malloc for its data path (io/malloc.py)
+    # the daemon tuned glibc malloc for its data path (memory.py)
     ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
                          capture_output=True, text=True, timeout=10)
     assert json.loads(ctl.stdout)[0]["malloc"].startswith("tuned"), ctl.stdout

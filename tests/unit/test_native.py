@@ -5,6 +5,7 @@ from __future__ import annotations
 from tunconnector.proto.framing import MsgType, encode_native, parse_header
 from tunconnector.proto.liveness import Liveness, PeerDown, PeerUp
 from tunconnector.proto.native import NativeEndpoint
+from tunconnector.proto.offload import GsoFrame
 
 
 def pair() -> tuple[NativeEndpoint, NativeEndpoint]:
@@ -104,24 +105,25 @@ def test_encode_batch_equals_encode_data_and_fast_prefix_only_when_alive() -> No
     assert a.encode_batch(frames, 1.0) == [b.encode_data(f, 1.0) for f in frames]
     assert a.tx_counter == b.tx_counter == 3 and a.liveness.last_tx == 1.0
     c, s = pair()
-    assert s.plain_prefixes() is None  # peer not alive yet: decode() decides
+    early = c.encode_data(b"payload", 0.0)
+    assert s.quick(early, 0.0) is False  # peer not alive yet: decode() decides
     c.start(0.0, initiator=True)
     s.start(0.0, initiator=False)
     s.decode(c.messages_to_send()[0], 0.01)
-    prefixes = s.plain_prefixes()
     msg = c.encode_data(b"payload", 0.02)
-    assert prefixes is not None and msg is not None and msg[:3] == prefixes[0]
-    assert s.decode(msg, 0.02).frames == [b"payload"]  # what the prefix path delivers
-    s.received(5.0)
+    assert msg is not None and s.decode(msg, 0.02).frames == [b"payload"]
+    assert s.quick(msg, 5.0) == b"payload"  # what decode() delivers
     assert s.liveness.last_rx == 5.0
+    big = c.encode_data(b"x" * 1501, 6.0)  # over max_frame: decode() counts it
+    assert big is not None and s.quick(big, 6.0) is False and s.liveness.last_rx == 5.0
 
 
 def test_gso_prefix_matches_encode_gso() -> None:
     c, s = pair()
     c.start(0.0, initiator=True)
     s.start(0.0, initiator=False)
-    assert s.plain_prefixes() is None
-    s.decode(c.messages_to_send()[0], 0.01)
     msg = c.encode_gso(b"\x01" + bytes(9) + b"packet", 0.02)
-    prefixes = s.plain_prefixes()
-    assert msg is not None and prefixes is not None and msg[:3] == prefixes[1]
+    assert msg is not None and s.quick(msg, 0.02) is False  # not alive yet
+    s.decode(c.messages_to_send()[0], 0.01)
+    frame = s.quick(msg, 0.02)
+    assert isinstance(frame, GsoFrame) and bytes(frame.data) == b"\x01" + bytes(9) + b"packet"

@@ -635,17 +635,17 @@ def test_open_data_is_open_for_live_sessions_and_declines_the_rest() -> None:
     assert s.open_data(m, 1e9) is False  # expired keypair: the general path counts it
 
 
-def test_sealed_prefixes_match_sealed_data_and_gso_messages() -> None:
-    """The batch path hands messages starting with these bytes to open_data (see
-    Tunnel._on_udp_batch): they must be exactly the sealed DATA and sealed FLAG_GSO
-    headers, and offered only for an encrypted endpoint whose peer is alive."""
+def test_quick_opens_sealed_data_and_gso_messages() -> None:
+    """The batch path hands messages from the peer to NativeEndpoint.quick (see
+    Tunnel._on_udp_batch): sealed DATA and sealed FLAG_GSO give their frames, only for an
+    endpoint whose peer is alive; anything else is left to decode()."""
     from tunconnector.proto.native import NativeEndpoint
+    from tunconnector.proto.offload import GsoFrame
 
     c, s = make(cipher="aes-256-gcm")
     nc = NativeEndpoint(keepalive=10, dead_after=60, max_frame=1500, secure=c)
     ns = NativeEndpoint(keepalive=10, dead_after=60, max_frame=1500, secure=s)
-    assert NativeEndpoint(keepalive=10, dead_after=60, max_frame=1500).sealed_prefixes() is None
-    assert ns.sealed_prefixes() is None  # peer not alive yet: decode() decides
+    plain = NativeEndpoint(keepalive=10, dead_after=60, max_frame=1500)
     nc.start(0.0, initiator=True)
     ns.start(0.0, initiator=False)
     for _ in range(4):
@@ -653,14 +653,15 @@ def test_sealed_prefixes_match_sealed_data_and_gso_messages() -> None:
             ns.decode(m, 0.0, "c")
         for m in ns.messages_to_send():
             nc.decode(m, 0.0, "s")
-    prefixes = ns.sealed_prefixes()
-    assert prefixes is not None and ns.plain_prefixes() is None
     data = nc.encode_data(b"packet", 1.0)
     gso = nc.encode_gso(b"\x01" + bytes(9) + b"packet", 1.0)
     assert data is not None and gso is not None
-    assert bytes(data[:3]) == prefixes[0] and bytes(gso[:3]) == prefixes[1]
-    assert bytes(s.open_data(bytes(data), 1.0)) == b"packet"
-    assert bytes(s.open_data(bytes(gso), 1.0)) == b"\x01" + bytes(9) + b"packet"
+    assert plain.quick(bytes(data), 1.0) is False  # no peer alive, no key: decode decides
+    assert bytes(ns.quick(bytes(data), 1.0)) == b"packet"
+    frame = ns.quick(bytes(gso), 1.0)
+    assert isinstance(frame, GsoFrame) and bytes(frame.data) == b"\x01" + bytes(9) + b"packet"
+    assert ns.quick(bytes(data), 1.0) is None and s.drops["replay"] == 1  # counted
+    assert ns.quick(plain.encode_data(b"p", 1.0), 1.0) is False  # plaintext: decode refuses
 
 
 @pytest.mark.parametrize("cipher", ["chacha20-poly1305", "aes-256-gcm"])

@@ -146,28 +146,47 @@ class NativeEndpoint:
         self.tx_counter = c
         return out
 
-    def plain_prefixes(self) -> tuple[bytes, bytes] | None:
-        """First 3 header bytes of a plain DATA message, and of a plain FLAG_GSO one, when
-        a receiver may take such messages from the known peer without :meth:`decode`
-        (plaintext, peer alive; it then calls :meth:`received`), else None. Limits stay
-        the receiver's: max_frame, and MAX_GSO_PAYLOAD for a GsoFrame."""
-        if self.secure is None and self.liveness.alive:
-            return _PLAIN_DATA, _PLAIN_GSO
-        return None
+    def quick(self, data: Any, now: float, source: Hashable = None) -> Any:
+        """:meth:`decode` for the bulk of a live tunnel's traffic, without its machinery.
 
-    def sealed_prefixes(self) -> tuple[bytes, bytes] | None:
-        """First 3 header bytes of an encrypted DATA message, and of an encrypted
-        FLAG_GSO one, when a receiver may hand such messages from the known peer to
-        ``secure.open_data`` instead of :meth:`decode` (encrypted, peer alive; on success
-        it then calls :meth:`received`; ``open_data`` returning False means: take the
-        general path), else None. Limits stay the receiver's, as for plain_prefixes."""
-        if self.secure is not None and self.liveness.alive:
-            return _SEALED_DATA, _SEALED_GSO
-        return None
-
-    def received(self, now: float) -> None:
-        """Messages taken through :meth:`plain_prefixes` arrived at ``now``."""
-        self.liveness.on_receive(now)
+        A DATA message from the known peer while it is alive (plain, or sealed under a
+        current session; with or without FLAG_GSO) becomes its frame (a
+        :class:`GsoFrame` for a super-packet). Returns the frame; None when the message
+        was consumed (an encrypted keepalive, a counted drop: replay, forgery,
+        oversize); False when it is anything else, or over a plain limit: untouched,
+        :meth:`decode` decides. The caller has checked that ``data`` comes from the
+        peer (address or connection).
+        """
+        if len(data) <= HEADER_LEN or not self.liveness.alive:
+            return False
+        head = data[:3]
+        secure = self.secure
+        if secure is None:
+            if head == _PLAIN_DATA:
+                if len(data) - HEADER_LEN > self.max_frame:
+                    return False
+                frame: Any = data[HEADER_LEN:]
+            elif head == _PLAIN_GSO:
+                if len(data) - HEADER_LEN > MAX_GSO_PAYLOAD:
+                    return False
+                frame = GsoFrame(memoryview(data)[HEADER_LEN:])
+            else:
+                return False
+            self.liveness.last_rx = now  # on_receive() of a peer that is alive
+            return frame
+        gso = head == _SEALED_GSO
+        if not gso and head != _SEALED_DATA:
+            return False
+        plain = secure.open_data(data, now, source)
+        if plain is False or plain is None:
+            return plain  # not a current session's (decode decides), or counted
+        self.liveness.last_rx = now
+        if not plain:
+            return None  # an encrypted keepalive
+        if len(plain) > (MAX_GSO_PAYLOAD if gso else self.max_frame):
+            self.drops["oversize"] += 1
+            return None
+        return GsoFrame(plain) if gso else bytes(plain)  # bytes, as decode() gives
 
     def encode_gso(self, payload: bytes | memoryview, now: float) -> bytes | None:
         """One DATA message with FLAG_GSO: ``payload`` is virtio_net_hdr + super-packet.

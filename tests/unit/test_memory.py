@@ -1,4 +1,4 @@
-"""io/malloc.py: the daemon keeps freed heap instead of handing it back per buffer.
+"""memory.py: the daemon keeps freed heap instead of handing it back per buffer.
 
 Each case runs in a fresh interpreter: mallopt changes the whole process.
 """
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
 # and print how far the program break fell.
 PROBE = r"""
 import ctypes, sys
-from tunconnector.io import malloc
+from tunconnector import memory
 if sys.argv[1] == "tune":
-    assert malloc.tune(), malloc.state
+    assert memory.tune(), memory.state
 libc = ctypes.CDLL(None)
 libc.sbrk.restype = ctypes.c_void_p
 libc.malloc.restype = ctypes.c_void_p
@@ -50,8 +50,8 @@ def test_tuned_process_keeps_freed_heap() -> None:
 
 
 def test_switches() -> None:
-    code = ("from tunconnector.io import malloc; import sys; "
-            "print(malloc.tune(), malloc.state)")
+    code = ("from tunconnector import memory; import sys; "
+            "print(memory.tune(), memory.state)")
     for env, want in (({"TUNCONNECTOR_MALLOC_TUNE": "0"}, "False off"),
                       ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=0"}, "False left to"),
                       ({}, "True tuned")):
@@ -61,7 +61,7 @@ def test_switches() -> None:
 
 
 def test_freeze_gc() -> None:
-    code = ("import gc; from tunconnector.io import malloc; ok = malloc.freeze_gc(); "
+    code = ("import gc; from tunconnector import memory; ok = memory.freeze_gc(); "
             "print(ok, gc.get_freeze_count() > 1000, gc.get_threshold()[0])")
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=30, check=True).stdout.split()

@@ -1,17 +1,17 @@
-"""glibc malloc settings for the daemon process.
+"""Process memory settings of the daemon: glibc malloc and the cyclic garbage collector.
 
 Why: the data path allocates and frees buffers of 64-256 KiB (device reads of
 super-packets, uvloop's TCP reads) tens of thousands of times a second. With glibc's
 defaults a free that leaves more than 128 KiB at the top of the heap hands it back to
 the kernel (``brk``), and the next allocation grows the heap and page-faults it in again.
-That churn cost 20-30% of a bulk TCP stream's throughput here (same-moment A/B:
-tc-tun-tcp-plain 5.2-6.5 Gbit/s at 1.6-1.95 CPU s/GB with the defaults against
-6.6-8.2 Gbit/s at 1.3-1.6 CPU s/GB with these settings). Keeping up to
-:data:`TRIM_THRESHOLD` free at the top and growing the heap :data:`TOP_PAD` at a time
-removes it. The cost is that up to 16 MiB freed after a burst stays mapped.
+That churn cost a third of a bulk stream's throughput here (same-moment A/B,
+tc-tun-udp-plain: 4.45-5.1 Gbit/s at 2.2-2.5 CPU s/GB with the defaults, 6.6-7.2 Gbit/s
+at 1.7-1.85 CPU s/GB with these settings). Keeping up to :data:`TRIM_THRESHOLD` free at
+the top and growing the heap :data:`TOP_PAD` at a time removes it. The cost is that up
+to 16 MiB freed after a burst stays mapped.
 
-Only the daemon (``tunconnector`` CLI) calls :func:`tune`: it changes the whole
-process, so a program importing the library decides for itself.
+Only the daemon (``tunconnector`` CLI) calls :func:`tune` and :func:`freeze_gc`: they
+change the whole process, so a program importing the library decides for itself.
 """
 
 from __future__ import annotations
