@@ -1,0 +1,647 @@
+"""The OpenVPN TLS client as a :class:`~tunconnector.proto.connection.Connection`.
+
+One session (our session id, the server's) holds up to a few key states, one per key_id:
+each has its own reliability layer and TLS session. Key state 0 starts with a hard reset,
+later ones with a soft reset sent by either side (``reneg-sec``). When a key state's key
+method exchange finishes, its data key becomes the one we send with; the previous key
+keeps decrypting for the transition window so nothing in flight is lost.
+
+The first key additionally asks for the server's configuration (PUSH_REQUEST); the reply
+decides the cipher, the peer id and whether data keys come from TLS-EKM or the PRF, and
+becomes a :class:`ConfigAssigned` event, then :class:`Connected`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from OpenSSL import SSL
+
+from ...errors import RemoteProtocolError
+from ..connection import (
+    Addr,
+    ConfigAssigned,
+    Connected,
+    ConnectionEvent,
+    Disconnected,
+    Rekeyed,
+)
+from . import push as pushmod
+from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .datav2 import CIPHERS, DataKey, canonical_cipher
+from .keymethod import (
+    EKM_LABEL,
+    KEY_MATERIAL_LEN,
+    KeySource,
+    ServerKeyMessage,
+    client_message,
+    parse_server_message,
+    prf_key_material,
+    split_key_material,
+)
+from .packet import (
+    DATA_OPCODES,
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_SOFT_RESET_V1,
+    P_CONTROL_V1,
+    ControlPacket,
+    parse_body,
+    parse_header,
+    split_opcode,
+)
+from .reliable import ReliableReceiver, ReliableSender
+from .tls import TlsContext, TlsSession, TlsSettings
+from .tlsauth import TlsAuth, TlsCrypt, Wrapper
+
+log = logging.getLogger(__name__)
+
+#: TLS bytes per control packet: the whole packet stays under OpenVPN's 1250-byte tls-mtu
+CONTROL_CHUNK = 1100
+#: acks piggybacked or sent in one ACK_V1 (the receiver accepts up to 8)
+ACKS_PER_PACKET = 4
+#: IV_PROTO bits: DATA_V2 (1), request-push (2), TLS key-material export (3)
+IV_PROTO = (1 << 1) | (1 << 2) | (1 << 3)
+PUSH_RETRY = 2.0
+
+
+@dataclass(slots=True)
+class ClientOptions:
+    """What a client needs from its ``.ovpn`` (already read from files and inline blocks)."""
+
+    ca_pem: bytes
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    tls_auth: bytes | None = None
+    key_direction: int | None = None
+    tls_crypt: bytes | None = None
+    auth: str = "SHA1"
+    remote_cert_tls: str | None = None
+    verify_x509_name: tuple[str, str] | None = None
+    data_ciphers: tuple[str, ...] = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+    cipher_fallback: str | None = None
+    tap: bool = False
+    proto: str = "udp"
+    ping: int | None = None
+    ping_restart: int | None = None
+    reneg_sec: int = 3600
+    username: str | None = None
+    password: str | None = None
+    explicit_exit_notify: int = 0
+    hand_window: float = 60.0
+    tran_window: float = 60.0
+    tun_mtu: int = 1500
+    tls_version_min: str = "1.2"
+    #: announce TLS-EKM support (off only to exercise the PRF path against a 2.6 server)
+    offer_ekm: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# key-state phases
+_RESET, _TLS, _KEYS_SENT, _ACTIVE = "reset", "tls", "key-exchange", "active"
+
+
+class _KeyState:
+    def __init__(self, key_id: int, tls: TlsSession, reset_opcode: int, now: float,
+                 max_rto: float) -> None:
+        self.key_id = key_id
+        self.tls = tls
+        self.sender = ReliableSender(initial_rto=1.0, max_rto=max_rto)
+        self.receiver = ReliableReceiver()
+        self.sender.queue(reset_opcode, b"")
+        self.phase = _RESET
+        self.created = now
+        self.peer_reset = False
+        self.app_in = b""
+        self.local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32),
+                               secrets.token_bytes(48))
+        self.server: ServerKeyMessage | None = None
+        self.data: DataKey | None = None
+
+
+def _next_key_id(key_id: int) -> int:
+    return key_id % 7 + 1
+
+
+class OpenVPNClient:
+    """Sans-I/O OpenVPN TLS client for one server (see module docstring)."""
+
+    def __init__(self, options: ClientOptions, peer: Addr = None,
+                 wall_clock: float | None = None) -> None:
+        self.options = options
+        self.peer = peer
+        self._tls_ctx = TlsContext(TlsSettings(
+            options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
+            options.verify_x509_name, options.tls_version_min))
+        self._epoch = int(time.time() if wall_clock is None else wall_clock)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._events: collections.deque[ConnectionEvent] = collections.deque()
+        self._frames: list[bytes] = []
+        self._out: list[bytes] = []
+        self._stream = bytearray()
+        self.state = "idle"
+        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.reconnects = -1
+        self._reset_session(0.0)
+
+    # -- session lifecycle -------------------------------------------------------------
+
+    def _make_wrapper(self) -> Wrapper:
+        o = self.options
+        if o.tls_crypt is not None:
+            return TlsCrypt(o.tls_crypt, client=True, epoch=self._epoch)
+        if o.tls_auth is not None:
+            return TlsAuth(o.tls_auth, o.key_direction, o.auth, epoch=self._epoch)
+        return Wrapper(self._epoch)
+
+    def _reset_session(self, now: float) -> None:
+        self.session_id = secrets.token_bytes(8)
+        self.remote_session_id: bytes | None = None
+        self._wrapper = self._make_wrapper()
+        self._keys: dict[int, _KeyState] = {}
+        self._data_keys: dict[int, DataKey] = {}
+        self._expiry: dict[int, float] = {}
+        self._primary: DataKey | None = None
+        self._current_key_id = 0
+        self._push: pushmod.PushReply | None = None
+        self._push_partial: pushmod.PushReply | None = None
+        self._push_next: float | None = None
+        self._ekm: bool | None = None
+        self._cipher: str | None = None
+        self._peer_id: int | None = None
+        self._ping = self.options.ping
+        self._ping_restart = self.options.ping_restart
+        self._last_sent = now
+        self._last_received = now
+        self._started = now
+        self._reneg_at: float | None = None
+        self._handshake_deadline: float | None = None
+        self._stream.clear()
+        self._reneg_count = 0
+
+    def start(self, now: float) -> None:
+        """(Re)connect: a fresh session (new session id) with a hard reset, key_id 0."""
+        self._reset_session(now)
+        self.state = "connecting"
+        self.reconnects += 1
+        self._handshake_deadline = now + self.options.hand_window
+        self._new_key_state(0, P_CONTROL_HARD_RESET_CLIENT_V2, now)
+        log.info("openvpn: connecting to %s (session %s)", self.peer, self.session_id.hex())
+        self._flush(now)
+
+    def close(self, now: float) -> None:
+        if self.state == "closed":
+            return
+        if self._primary is not None and self.options.proto == "udp":
+            n = max(1, min(self.options.explicit_exit_notify, 3))
+            for _ in range(n):
+                self._send_data(occ_message(OCC_EXIT), now)
+        self.state = "closed"
+
+    def connection_made(self, now: float) -> None:
+        self._stream.clear()
+
+    def _max_rto(self) -> float:
+        return 4.0 if self.options.proto == "udp" else 8.0
+
+    def _tls_session(self) -> TlsSession:
+        return self._tls_ctx.session()
+
+    def _new_key_state(self, key_id: int, opcode: int, now: float) -> _KeyState:
+        ks = _KeyState(key_id, self._tls_session(), opcode, now, self._max_rto())
+        old = self._keys.get(key_id)
+        if old is not None and old.data is not None:
+            self._data_keys.pop(key_id, None)
+        self._keys[key_id] = ks
+        self._current_key_id = key_id
+        return ks
+
+    def _fail(self, reason: str, now: float, restart: bool = True) -> None:
+        if self.state in ("closed", "failed"):
+            return
+        log.warning("openvpn: %s", reason)
+        self.state = "failed"
+        self._events.append(Disconnected(now, reason, restart))
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        self._receive_packet(data, now)
+        self._flush(now)
+
+    def receive_stream(self, data: bytes, now: float) -> None:
+        if not data:
+            self._fail("server closed the TCP connection", now)
+            return
+        buf = self._stream
+        buf += data
+        while len(buf) >= 2:
+            (n,) = struct.unpack_from("!H", buf, 0)
+            if len(buf) < 2 + n:
+                break
+            packet = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
+            self._receive_packet(packet, now)
+        self._flush(now)
+
+    def send_frames(self, frames: list[bytes], now: float) -> None:
+        if self._primary is None or self.state != "connected":
+            self.drops["no_key"] += len(frames)
+            return
+        for frame in frames:
+            self.bytes_out += len(frame)
+            self.packets_out += 1
+            self._send_data(frame, now)
+
+    def _receive_packet(self, data: bytes, now: float) -> None:
+        if self.state in ("closed", "failed", "idle") or not data:
+            return
+        opcode, key_id = split_opcode(data[0])
+        try:
+            if opcode in DATA_OPCODES:
+                self._receive_data(key_id, data, now)
+            else:
+                self._receive_control(data, now)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+
+    def _receive_data(self, key_id: int, data: bytes, now: float) -> None:
+        dk = self._data_keys.get(key_id)
+        if dk is None:
+            raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
+        payload = dk.decrypt(data)
+        self._last_received = now
+        if is_ping(payload):
+            return
+        occ = occ_opcode(payload)
+        if occ is not None:
+            if occ == OCC_REQUEST:
+                self._send_data(occ_message(OCC_REPLY, self._options_string().encode() + b"\0"),
+                                now)
+            elif occ == OCC_EXIT:
+                self._fail("server sent explicit-exit-notify", now)
+            return
+        self.bytes_in += len(payload)
+        self.packets_in += 1
+        self._frames.append(payload)
+
+    def _receive_control(self, data: bytes, now: float) -> None:
+        opcode, key_id, sid = parse_header(data)
+        if opcode not in (P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_SOFT_RESET_V1,
+                          P_CONTROL_V1, P_ACK_V1):
+            raise RemoteProtocolError("bad_opcode", f"client got control opcode {opcode}")
+        if self.remote_session_id is not None and sid != self.remote_session_id:
+            raise RemoteProtocolError("bad_session", "control packet from another session")
+        body = self._wrapper.unwrap(data)
+        pkt = parse_body(opcode, key_id, sid, body)
+        if pkt.acks and pkt.remote_session_id != self.session_id:
+            raise RemoteProtocolError("bad_session", "acks for another session")
+        if opcode == P_CONTROL_HARD_RESET_SERVER_V2:
+            if key_id != 0 or 0 not in self._keys:
+                raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
+            if self.remote_session_id is None:
+                self.remote_session_id = sid
+        elif self.remote_session_id is None:
+            raise RemoteProtocolError("no_session", "control packet before the server reset")
+        self._last_received = now
+        ks = self._keys.get(key_id)
+        if opcode == P_CONTROL_SOFT_RESET_V1 and (
+            ks is None or (ks.phase == _ACTIVE and key_id != self._current_key_id)
+        ):
+            # the server renegotiates: a new key state under its key_id
+            log.info("openvpn: server started renegotiation (key_id %d)", key_id)
+            ks = self._new_key_state(key_id, P_CONTROL_SOFT_RESET_V1, now)
+        if ks is None:
+            raise RemoteProtocolError("unknown_key", f"control for key_id {key_id}")
+        ks.sender.ack(pkt.acks)
+        if pkt.message_id is not None:
+            if not ks.receiver.receive(pkt.message_id, pkt.payload):
+                self.drops["control_window"] += 1
+            for payload in ks.receiver.pop_ready():
+                if not ks.peer_reset:
+                    ks.peer_reset = True  # message 0 is the reset itself
+                    continue
+                try:
+                    ks.tls.feed(payload)
+                except SSL.Error as exc:
+                    self._tls_failed(ks, exc, now)
+                    return
+        self._advance(ks, now)
+
+    # -- key state machine ---------------------------------------------------------------
+
+    def _tls_failed(self, ks: _KeyState, exc: Exception, now: float) -> None:
+        reason = ks.tls.refusal or f"TLS failed: {exc}"
+        self._fail(f"refused server: {reason}" if ks.tls.refusal else reason, now)
+
+    def _advance(self, ks: _KeyState, now: float) -> None:
+        if self.state in ("failed", "closed"):
+            return
+        if ks.phase == _RESET:
+            if not (ks.peer_reset and ks.sender.empty):
+                return
+            ks.phase = _TLS
+        try:
+            app = ks.tls.step()
+            if ks.tls.handshake_done and ks.phase == _TLS:
+                ks.tls.write(client_message(ks.local, self._options_string(),
+                                            self.options.username, self.options.password,
+                                            self._peer_info()))
+                ks.phase = _KEYS_SENT
+                if ks.key_id == 0:
+                    log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
+            ks.app_in += app
+            self._process_app(ks, now)
+            out = ks.tls.outgoing()
+        except SSL.Error as exc:
+            self._tls_failed(ks, exc, now)
+            return
+        for i in range(0, len(out), CONTROL_CHUNK):
+            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+
+    def _process_app(self, ks: _KeyState, now: float) -> None:
+        if ks.server is None:
+            msg = parse_server_message(ks.app_in)
+            if msg is None:
+                return
+            ks.server = msg
+            ks.app_in = ks.app_in[msg.length :]
+            if ks.key_id == 0 and self._push is None:
+                self._send_push_request(ks, now)
+            else:
+                self._activate(ks, now)
+        while b"\0" in ks.app_in:
+            raw, _, ks.app_in = ks.app_in.partition(b"\0")
+            self._control_message(raw.decode(errors="replace"), now)
+
+    def _send_push_request(self, ks: _KeyState, now: float) -> None:
+        ks.tls.write(b"PUSH_REQUEST\0")
+        self._push_next = now + PUSH_RETRY
+
+    def _control_message(self, text: str, now: float) -> None:
+        text = text.strip()
+        if not text:
+            return
+        if text.startswith("PUSH_REPLY"):
+            self._push_reply(text[len("PUSH_REPLY") :].lstrip(","), now)
+        elif text.startswith("AUTH_FAILED"):
+            self._fail(f"server refused authentication: {text}", now, restart=False)
+        elif text.startswith("RESTART"):
+            self._fail(f"server asked to restart: {text}", now)
+        elif text.startswith("HALT"):
+            self._fail(f"server asked to halt: {text}", now, restart=False)
+        elif text.startswith("INFO") or text.startswith("AUTH_PENDING"):
+            log.info("openvpn: server says %s", text[:200])
+        else:
+            self.drops["unknown_control_message"] += 1
+
+    def _push_reply(self, body: str, now: float) -> None:
+        if self._push is not None:
+            return  # a duplicate answer to a retried PUSH_REQUEST
+        opts = pushmod.parse_options(body)
+        partial = self._push_partial or pushmod.PushReply()
+        try:
+            pushmod.apply(partial, opts)
+        except RemoteProtocolError as exc:
+            self._fail(f"unusable PUSH_REPLY: {exc}", now)
+            return
+        if pushmod.continuation(opts):
+            self._push_partial = partial
+            return
+        self._push_partial = None
+        self._push = reply = partial
+        self._push_next = None
+        cipher = canonical_cipher(reply.cipher) if reply.cipher else None
+        if cipher is None and reply.cipher is None and self.options.cipher_fallback:
+            cipher = canonical_cipher(self.options.cipher_fallback)
+        if cipher is None:
+            self._fail(f"server pushed an unsupported data cipher {reply.cipher!r} "
+                       f"(supported: {', '.join(CIPHERS)})", now, restart=False)
+            return
+        self._cipher = cipher
+        self._peer_id = reply.peer_id
+        self._ekm = reply.key_derivation == "tls-ekm"
+        if reply.ping is not None:
+            self._ping = reply.ping
+        if reply.ping_restart is not None:
+            self._ping_restart = reply.ping_restart
+        ks = self._keys.get(0)
+        if ks is None or ks.server is None:
+            self._fail("PUSH_REPLY before the key exchange", now)
+            return
+        if reply.ignored:
+            log.info("openvpn: pushed options not used: %s", ", ".join(reply.ignored)[:300])
+        self._activate(ks, now)
+        if self.state == "failed":
+            return
+        routes = list(reply.routes)
+        gw = reply.default_gateway()
+        routes = [(net, g or (gw if self.options.tap else None)) for net, g in routes]
+        extra: dict[str, Any] = dict(reply.extra)
+        extra.update(cipher=cipher, peer_id=reply.peer_id, topology=reply.topology,
+                     route_gateway=reply.route_gateway, key_derivation=reply.key_derivation,
+                     routes_ipv6=list(reply.routes_ipv6))
+        if reply.redirect_gateway is not None:
+            extra["redirect_gateway"] = reply.redirect_gateway
+        self._events.append(ConfigAssigned(now, reply.addresses(self.options.tap),
+                                           tuple(routes), reply.tun_mtu, extra))
+        self.state = "connected"
+        self._handshake_deadline = None
+        self._reneg_at = now + self.options.reneg_sec
+        log.info("openvpn: connected, %s, peer-id %s, keys by %s", cipher, reply.peer_id,
+                 "TLS-EKM" if self._ekm else "PRF")
+        self._events.append(Connected(now, self.peer))
+        self._send_data(occ_message(OCC_REQUEST), now)
+
+    def _activate(self, ks: _KeyState, now: float) -> None:
+        if ks.server is None or self._cipher is None or self.remote_session_id is None:
+            return
+        if self._ekm:
+            try:
+                material = ks.tls.export(EKM_LABEL, KEY_MATERIAL_LEN)
+            except SSL.Error as exc:
+                self._fail(f"TLS key-material export failed: {exc}", now)
+                return
+        else:
+            material = prf_key_material(ks.local, ks.server.source, self.session_id,
+                                        self.remote_session_id)
+        c2s, s2c = split_key_material(material)
+        dk = DataKey(ks.key_id, self._cipher, c2s, s2c, self._peer_id, now)
+        ks.data = dk
+        ks.phase = _ACTIVE
+        previous = self._primary
+        self._data_keys[ks.key_id] = dk
+        self._primary = dk
+        if previous is not None and previous.key_id != ks.key_id:
+            self._expiry[previous.key_id] = now + self.options.tran_window
+            self._reneg_at = now + self.options.reneg_sec
+            self._reneg_count += 1
+            log.info("openvpn: renegotiated, now key_id %d", ks.key_id)
+            self._events.append(Rekeyed(now, ks.key_id))
+        for kid in [k for k in self._keys if k != ks.key_id and k not in self._data_keys]:
+            del self._keys[kid]
+
+    def _renegotiate(self, now: float) -> None:
+        key_id = _next_key_id(self._current_key_id)
+        log.info("openvpn: starting renegotiation (key_id %d)", key_id)
+        ks = self._new_key_state(key_id, P_CONTROL_SOFT_RESET_V1, now)
+        ks.peer_reset = False
+        self._reneg_at = now + max(self.options.reneg_sec, 10)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        if self.state in ("closed", "failed", "idle"):
+            return
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self._fail(f"no TLS session with the server within {self.options.hand_window:g} s",
+                       now)
+            return
+        if self._ping_restart and now - self._last_received >= self._ping_restart:
+            self._fail(f"ping-restart: nothing from the server for {self._ping_restart} s", now)
+            return
+        for kid, at in list(self._expiry.items()):
+            if now >= at:
+                del self._expiry[kid]
+                if self._primary is None or self._primary.key_id != kid:
+                    self._data_keys.pop(kid, None)
+                    ks = self._keys.get(kid)
+                    if ks is not None and ks.data is not None:
+                        del self._keys[kid]
+        if self._push_next is not None and now >= self._push_next and self._push is None:
+            ks = self._keys.get(0)
+            if ks is not None and ks.server is not None:
+                try:
+                    self._send_push_request(ks, now)
+                    out = ks.tls.outgoing()
+                except SSL.Error as exc:
+                    self._tls_failed(ks, exc, now)
+                    return
+                for i in range(0, len(out), CONTROL_CHUNK):
+                    ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+        if self.state == "connected":
+            primary = self._primary
+            if (self._reneg_at is not None and now >= self._reneg_at) or (
+                primary is not None and primary.exhausted
+            ):
+                if self._current_key_id == (primary.key_id if primary else 0):
+                    self._renegotiate(now)
+            if self._ping and now - self._last_sent >= self._ping:
+                self._send_data(PING_MAGIC, now)
+        self._flush(now)
+
+    def get_timer(self) -> float | None:
+        if self.state in ("closed", "failed", "idle"):
+            return None
+        times: list[float] = []
+        for ks in self._keys.values():
+            if ks.receiver.pending_acks:
+                return 0.0
+            t = ks.sender.next_due()
+            if t is not None:
+                times.append(t)
+        if self._handshake_deadline is not None:
+            times.append(self._handshake_deadline)
+        if self._ping_restart:
+            times.append(self._last_received + self._ping_restart)
+        times.extend(self._expiry.values())
+        if self._push_next is not None and self._push is None:
+            times.append(self._push_next)
+        if self.state == "connected":
+            if self._reneg_at is not None:
+                times.append(self._reneg_at)
+            if self._ping:
+                times.append(self._last_sent + self._ping)
+        return min(times) if times else None
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def _send_data(self, payload: bytes, now: float) -> None:
+        dk = self._primary
+        if dk is None:
+            return
+        self._out.append(dk.encrypt(payload))
+        self._last_sent = now
+
+    def _control(self, ks: _KeyState, opcode: int, message_id: int | None,
+                  payload: bytes) -> bytes:
+        acks = ks.receiver.take_acks(ACKS_PER_PACKET) if self.remote_session_id else ()
+        pkt = ControlPacket(opcode, ks.key_id, self.session_id, acks,
+                            self.remote_session_id if acks else None, message_id, payload)
+        return self._wrapper.wrap(pkt.header(), pkt.body())
+
+    def _flush(self, now: float) -> None:
+        if self.state in ("closed", "idle"):
+            return
+        for ks in list(self._keys.values()):
+            for mid, opcode, payload in ks.sender.due(now):
+                self._out.append(self._control(ks, opcode, mid, payload))
+                self._last_sent = now
+            while ks.receiver.pending_acks and self.remote_session_id is not None:
+                self._out.append(self._control(ks, P_ACK_V1, None, b""))
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return [(p, self.peer) for p in out]
+
+    def stream_to_send(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        return [struct.pack("!H", len(p)) + p for p in out]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        out, self._frames = self._frames, []
+        return out
+
+    def next_event(self) -> ConnectionEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- strings -------------------------------------------------------------------------
+
+    def _options_string(self) -> str:
+        o = self.options
+        proto = "UDPv4" if o.proto == "udp" else "TCPv4_CLIENT"
+        parts = ["V4", f"dev-type {'tap' if o.tap else 'tun'}", f"link-mtu {o.tun_mtu + 49}",
+                 f"tun-mtu {o.tun_mtu}", f"proto {proto}"]
+        if self._cipher:
+            parts.append(f"cipher {self._cipher}")
+        parts += ["auth [null-digest]", "keysize 256"]
+        if o.tls_auth is not None:
+            parts.append("tls-auth")
+        parts += ["key-method 2", "tls-client"]
+        return ",".join(parts)
+
+    def _peer_info(self) -> str:
+        ciphers = ":".join(c for c in self.options.data_ciphers if c in CIPHERS)
+        proto = IV_PROTO if self.options.offer_ekm else IV_PROTO & ~(1 << 3)
+        lines = ["IV_VER=2.6.14", "IV_PLAT=linux", f"IV_PROTO={proto}", "IV_NCP=2",
+                 f"IV_CIPHERS={ciphers}", "IV_TCPNL=1", "IV_GUI_VER=tunconnector"]
+        return "\n".join(lines) + "\n"
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        dk = self._primary
+        return {
+            "peer": None if self.peer is None else str(self.peer),
+            "state": self.state,
+            "cipher": self._cipher,
+            "key_id": dk.key_id if dk else None,
+            "key_age": round(now - dk.created, 1) if dk else None,
+            "key_derivation": None if self._ekm is None else ("tls-ekm" if self._ekm else "prf"),
+            "peer_id": self._peer_id,
+            "renegotiations": self._reneg_count,
+            "reconnects": max(self.reconnects, 0),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "drops": dict(self.drops),
+            "addresses": list(self._push.addresses(self.options.tap)) if self._push else [],
+        }

@@ -1,0 +1,230 @@
+"""TLS for the control channel over memory BIOs (pyOpenSSL), with OpenVPN's peer checks.
+
+pyOpenSSL because the data keys may come from the TLS key-material exporter (RFC 5705),
+which the standard library's ``ssl`` does not offer. No socket is involved: the client
+feeds received TLS bytes in with :meth:`TlsSession.feed` and takes bytes to send with
+:meth:`TlsSession.outgoing`.
+
+Checks, in the verify callback so a refused server never completes the handshake: the
+chain up to the configured CA, ``remote-cert-tls server`` (extended key usage TLS Web
+Server Authentication, and a key usage fit for a server when present), and
+``verify-x509-name`` (full subject, CN, or CN prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
+
+from ...errors import ConfigError
+
+#: OpenSSL verify error numbers worth a readable word in the log
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in chain",
+    20: "unable to get local issuer certificate (not signed by the configured CA)",
+    21: "unable to verify the first certificate",
+    26: "unsuitable certificate purpose",
+}
+
+_SHORT = {
+    NameOID.COUNTRY_NAME: "C", NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.LOCALITY_NAME: "L", NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.COMMON_NAME: "CN",
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+}
+
+
+def subject_string(cert: x509.Certificate) -> str:
+    """The subject as OpenVPN prints it for verify-x509-name: ``C=.., O=.., CN=..``."""
+    parts = []
+    for attr in cert.subject:
+        name = _SHORT.get(attr.oid, attr.oid.dotted_string)
+        parts.append(f"{name}={attr.value!s}")
+    return ", ".join(parts)
+
+
+def common_name(cert: x509.Certificate) -> str:
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""
+
+
+def check_server_eku(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` fails ``remote-cert-tls server``, or None when it passes."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "server certificate has no extended key usage (remote-cert-tls server)"
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        return ("server certificate lacks the TLS Web Server Authentication extended key "
+                "usage (remote-cert-tls server)")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if not (ku.digital_signature or ku.key_encipherment or ku.key_agreement):
+        return "server certificate key usage unfit for a TLS server (remote-cert-tls server)"
+    return None
+
+
+def check_x509_name(cert: x509.Certificate, name: str, kind: str) -> str | None:
+    if kind == "name":
+        ok = common_name(cert) == name
+    elif kind == "name-prefix":
+        ok = common_name(cert).startswith(name)
+    else:
+        ok = subject_string(cert) == name
+    if ok:
+        return None
+    return (f"server certificate {subject_string(cert)!r} does not match "
+            f"verify-x509-name {name!r} {kind}")
+
+
+def _load_certs(pem: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: not a PEM certificate ({exc})") from None
+    return certs
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    ca_pem: bytes
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    remote_cert_tls: str | None = None
+    verify_x509_name: tuple[str, str] | None = None
+    tls_version_min: str = "1.2"
+
+
+class TlsContext:
+    """One pyOpenSSL context per client configuration, shared by its key states."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(
+            SSL.TLS1_3_VERSION if settings.tls_version_min == "1.3" else SSL.TLS1_2_VERSION
+        )
+        store = ctx.get_cert_store()
+        if store is None:  # pragma: no cover - OpenSSL always gives one
+            raise ConfigError("ca: no certificate store")
+        cas = _load_certs(settings.ca_pem, "ca")
+        if not cas:
+            raise ConfigError("ca: no certificate found")
+        for ca in cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+        if settings.cert_pem is not None:
+            chain = _load_certs(settings.cert_pem, "cert")
+            if not chain:
+                raise ConfigError("cert: no certificate found")
+            ctx.use_certificate(chain[0])
+            for extra in chain[1:]:
+                ctx.add_extra_chain_cert(extra)
+            if settings.key_pem is None:
+                raise ConfigError("cert given without key")
+            try:
+                key = serialization.load_pem_private_key(settings.key_pem, password=None)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"key: cannot load private key ({exc})") from None
+            ctx.use_privatekey(key)  # type: ignore[arg-type]
+            try:
+                ctx.check_privatekey()
+            except SSL.Error:
+                raise ConfigError("key does not match cert") from None
+        self.ctx = ctx
+
+    def session(self) -> TlsSession:
+        return TlsSession(self)
+
+
+class TlsSession:
+    """One TLS client handshake and its application stream, all in memory."""
+
+    def __init__(self, context: TlsContext) -> None:
+        self._settings = context.settings
+        #: why the peer was refused (set by the verify callback), for a clear log line
+        self.refusal: str | None = None
+        self._conn = SSL.Connection(context.ctx, None)
+        self._conn.set_verify(SSL.VERIFY_PEER, self._verify)
+        self._conn.set_connect_state()
+        self.handshake_done = False
+        self.closed = False
+
+    def _verify(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
+                ok: int) -> bool:
+        c = cert.to_cryptography()
+        if not ok:
+            word = _VERIFY_ERRORS.get(errnum, f"OpenSSL verify error {errnum}")
+            self.refusal = (f"server certificate refused at depth {depth} "
+                            f"({subject_string(c)!r}): {word}")
+            return False
+        if depth == 0:
+            why = None
+            if self._settings.remote_cert_tls == "server":
+                why = check_server_eku(c)
+            if why is None and self._settings.verify_x509_name is not None:
+                why = check_x509_name(c, *self._settings.verify_x509_name)
+            if why is not None:
+                self.refusal = why
+                return False
+        return True
+
+    def step(self) -> bytes:
+        """Advance the handshake, then return application bytes received so far.
+
+        Raises ``SSL.Error`` when TLS fails (bad certificate, alert from the peer).
+        """
+        if not self.handshake_done:
+            try:
+                self._conn.do_handshake()
+            except SSL.WantReadError:
+                return b""
+            self.handshake_done = True
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.recv(65536))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.closed = True
+                break
+        return b"".join(chunks)
+
+    def feed(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+    def write(self, data: bytes) -> None:
+        self._conn.sendall(data)
+
+    def outgoing(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def export(self, label: bytes, length: int) -> bytes:
+        return self._conn.export_keying_material(label, length, None)
+
+    @property
+    def version(self) -> str:
+        return self._conn.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str | None:
+        return self._conn.get_cipher_name()
