@@ -24,6 +24,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
+from ..backoff import Backoff
 from ..connection import (
     Addr,
     ConfigAssigned,
@@ -101,6 +102,8 @@ class ClientOptions:
     tls_version_min: str = "1.2"
     #: announce TLS-EKM support (off only to exercise the PRF path against a 2.6 server)
     offer_ekm: bool = True
+    #: accept a pushed redirect-gateway (route everything through the server)
+    allow_redirect_gateway: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +152,11 @@ class OpenVPNClient:
         self.state = "idle"
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
         self.reconnects = -1
+        #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
+        #: reconnects the stream and :meth:`connection_made` starts a new session)
+        self._backoff = Backoff(base=1.0, cap=30.0)
+        self._restart_at: float | None = None
+        self.last_error: str | None = None
         self._reset_session(0.0)
 
     # -- session lifecycle -------------------------------------------------------------
@@ -189,6 +197,8 @@ class OpenVPNClient:
     def start(self, now: float) -> None:
         """(Re)connect: a fresh session (new session id) with a hard reset, key_id 0."""
         self._reset_session(now)
+        self._out.clear()
+        self._restart_at = None
         self.state = "connecting"
         self.reconnects += 1
         self._handshake_deadline = now + self.options.hand_window
@@ -206,7 +216,9 @@ class OpenVPNClient:
         self.state = "closed"
 
     def connection_made(self, now: float) -> None:
-        self._stream.clear()
+        """A new TCP stream: a new OpenVPN session on it."""
+        if self.options.proto == "tcp" and self.state != "closed":
+            self.start(now)
 
     def _max_rto(self) -> float:
         return 4.0 if self.options.proto == "udp" else 8.0
@@ -228,6 +240,10 @@ class OpenVPNClient:
             return
         log.warning("openvpn: %s", reason)
         self.state = "failed"
+        self.last_error = reason
+        self._primary = None
+        if restart and self.options.proto == "udp":
+            self._restart_at = now + self._backoff.next_delay()
         self._events.append(Disconnected(now, reason, restart))
 
     # -- inputs --------------------------------------------------------------------------
@@ -449,10 +465,20 @@ class OpenVPNClient:
                      route_gateway=reply.route_gateway, key_derivation=reply.key_derivation,
                      routes_ipv6=list(reply.routes_ipv6))
         if reply.redirect_gateway is not None:
-            extra["redirect_gateway"] = reply.redirect_gateway
+            if self.options.allow_redirect_gateway:
+                extra["redirect_gateway"] = reply.redirect_gateway
+                routes += [("0.0.0.0/1", gw), ("128.0.0.0/1", gw)]
+                if self.peer is not None and isinstance(self.peer, tuple):
+                    extra["bypass_host"] = str(self.peer[0])
+            else:
+                log.warning("openvpn: server pushed redirect-gateway %s: refused (set "
+                            "allow_redirect_gateway = true to route everything through it)",
+                            " ".join(reply.redirect_gateway))
         self._events.append(ConfigAssigned(now, reply.addresses(self.options.tap),
                                            tuple(routes), reply.tun_mtu, extra))
         self.state = "connected"
+        self.last_error = None
+        self._backoff.reset()
         self._handshake_deadline = None
         self._reneg_at = now + self.options.reneg_sec
         log.info("openvpn: connected, %s, peer-id %s, keys by %s", cipher, reply.peer_id,
@@ -498,6 +524,9 @@ class OpenVPNClient:
     # -- timers --------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        if self.state == "failed" and self._restart_at is not None and now >= self._restart_at:
+            self.start(now)
+            return
         if self.state in ("closed", "failed", "idle"):
             return
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
@@ -538,7 +567,9 @@ class OpenVPNClient:
         self._flush(now)
 
     def get_timer(self) -> float | None:
-        if self.state in ("closed", "failed", "idle"):
+        if self.state == "failed":
+            return self._restart_at
+        if self.state in ("closed", "idle"):
             return None
         times: list[float] = []
         for ks in self._keys.values():
@@ -631,6 +662,7 @@ class OpenVPNClient:
         return {
             "peer": None if self.peer is None else str(self.peer),
             "state": self.state,
+            "error": self.last_error,
             "cipher": self._cipher,
             "key_id": dk.key_id if dk else None,
             "key_age": round(now - dk.created, 1) if dk else None,
