@@ -1,0 +1,315 @@
+"""OpenVPN static-key connections, sans I/O: two connections talking in memory."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import pytest
+
+from tunconnector.errors import ConfigError, CryptoError
+from tunconnector.proto.connection import AddressChanged, Connected, Disconnected
+from tunconnector.proto.openvpn.common import OCC_MAGIC, PING_MAGIC
+from tunconnector.proto.openvpn.keyfile import format_static_key, parse_static_key
+from tunconnector.proto.openvpn.static import (
+    PacketIdReplay,
+    StaticKeyConnection,
+    StaticKeyCrypto,
+    check_cipher,
+    options_string,
+)
+
+KEY = parse_static_key(format_static_key(bytes(range(256))))
+CLIENT_ADDR = ("10.0.0.2", 1191)
+SERVER_ADDR = ("10.0.0.1", 1191)
+
+
+def pair(cipher: str = "none", auth: str = "SHA1", dirs: tuple[int | None, int | None] = (None, None),
+         stream: bool = False, **kw: object) -> tuple[StaticKeyConnection, StaticKeyConnection]:
+    c = StaticKeyConnection(KEY, direction=dirs[0], cipher=cipher, auth=auth, mode="client",
+                            remote=SERVER_ADDR, stream=stream, **kw)  # type: ignore[arg-type]
+    s = StaticKeyConnection(KEY, direction=dirs[1], cipher=cipher, auth=auth, mode="server",
+                            stream=stream, **kw)  # type: ignore[arg-type]
+    return c, s
+
+
+def events(conn: StaticKeyConnection) -> list[object]:
+    out = []
+    while (ev := conn.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def deliver(src: StaticKeyConnection, dst: StaticKeyConnection, now: float,
+            addr: tuple[str, int] = CLIENT_ADDR) -> int:
+    """Hand src's output to dst; returns how many packets moved."""
+    if src.stream:
+        chunks = src.stream_to_send(now)
+        if chunks:
+            dst.receive_stream(b"".join(chunks), now)
+        return len(chunks)
+    dgrams = src.datagrams_to_send(now)
+    for data, _ in dgrams:
+        dst.receive_datagram(data, addr if src.mode == "client" else SERVER_ADDR, now)
+    return len(dgrams)
+
+
+def roundtrip(c: StaticKeyConnection, s: StaticKeyConnection, now: float) -> None:
+    for _ in range(4):
+        if deliver(c, s, now) + deliver(s, c, now) == 0:
+            return
+
+
+@pytest.mark.parametrize("cipher,auth,dirs", [
+    ("none", "SHA1", (None, None)),
+    ("AES-256-CBC", "SHA256", (0, 1)),
+    ("AES-128-CBC", "SHA512", (1, 0)),
+    ("AES-256-CBC", "none", (None, None)),
+    ("none", "none", (0, 1)),
+])
+def test_handshake_and_frames_both_ways(cipher: str, auth: str, dirs: tuple[int, int]) -> None:
+    c, s = pair(cipher, auth, dirs)
+    c.start(0.0)
+    s.start(0.0)
+    roundtrip(c, s, 0.0)
+    assert [type(e) for e in events(c)] == [Connected]
+    ev = events(s)
+    assert [type(e) for e in ev] == [Connected] and ev[0].addr == CLIENT_ADDR  # type: ignore[attr-defined]
+    assert s.peer_options == c.options and c.peer_options == s.options
+    frames = [os.urandom(n) for n in (1, 15, 16, 17, 100, 1400)]
+    c.send_frames(frames, 0.1)
+    deliver(c, s, 0.1)
+    assert s.frames_to_deliver() == frames
+    s.send_frames(frames[::-1], 0.1)
+    deliver(s, c, 0.1)
+    assert c.frames_to_deliver() == frames[::-1]
+    assert not c.drops and not s.drops
+
+
+def test_wire_layout_cipher_none_sha1() -> None:
+    c = StaticKeyConnection(KEY, cipher="none", auth="SHA1", remote=SERVER_ADDR,
+                            clock_offset=1_700_000_000)
+    c.start(5.0)
+    c.datagrams_to_send(5.0)  # the hello
+    c.send_frames([b"payload"], 5.0)
+    [(data, addr)] = c.datagrams_to_send(5.0)
+    assert addr == SERVER_ADDR
+    assert len(data) == 20 + 8 + 7
+    pid, ptime = struct.unpack_from("!II", data, 20)
+    assert pid == 2 and ptime == 1_700_000_005
+    assert data[28:] == b"payload"
+
+
+def test_directions_must_be_opposite() -> None:
+    c, s = pair("AES-256-CBC", "SHA256", (0, 0))
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    assert s.drops["bad_hmac"] >= 1 and not events(s)
+
+
+def test_wrong_key_counts_drops() -> None:
+    other = parse_static_key(format_static_key(bytes(255 - i for i in range(256))))
+    c = StaticKeyConnection(KEY, cipher="none", remote=SERVER_ADDR)
+    s = StaticKeyConnection(other, cipher="none", mode="server")
+    c.start(0)
+    s.start(0)
+    c.send_frames([b"x" * 60] * 5, 0)
+    deliver(c, s, 0)
+    assert s.drops["bad_hmac"] == 6 and s.frames_to_deliver() == [] and s.peer is None
+
+
+def test_replay_dropped_and_does_not_move_peer() -> None:
+    c, s = pair("AES-256-CBC", "SHA1")
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    c.send_frames([b"a" * 80], 1)
+    [(data, _)] = c.datagrams_to_send(1)
+    s.receive_datagram(data, CLIENT_ADDR, 1)
+    assert len(s.frames_to_deliver()) == 1
+    for _ in range(1000):
+        s.receive_datagram(data, ("192.0.2.9", 4444), 1)
+    assert s.drops["replay"] == 1000 and s.peer == CLIENT_ADDR and not s.frames_to_deliver()
+
+
+def test_replay_rules() -> None:
+    r = PacketIdReplay()
+    assert r.update(5, 100)
+    assert not r.update(5, 100)
+    assert r.update(3, 100) and r.update(4, 100)
+    assert not r.update(1, 99)  # time went back
+    assert r.update(1, 101)  # time forward: a new window
+    assert not r.update(5, 100)
+    assert not r.update(0, 101)
+    assert r.update(10_000, 101) and not r.update(10, 101)  # far behind the window
+
+
+def test_ping_sent_when_idle_and_swallowed() -> None:
+    c, s = pair(keepalive=10, dead_after=60)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(c), events(s)
+    assert c.get_timer() is not None and c.get_timer() <= 10  # type: ignore[operator]
+    c.handle_timer(10.0)
+    s.handle_timer(10.0)
+    roundtrip(c, s, 10.0)
+    assert s.counters["ping_rx"] >= 1 and c.counters["ping_rx"] >= 1
+    assert s.frames_to_deliver() == [] and c.frames_to_deliver() == []
+
+
+def test_ping_restart_and_recovery() -> None:
+    c, s = pair(keepalive=1, dead_after=5)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(c), events(s)
+    now = 0.0
+    while now < 6:  # the server is silent (lost): the client pings, hears nothing
+        now = c.get_timer()  # type: ignore[assignment]
+        c.handle_timer(now)
+        c.datagrams_to_send(now)
+    ev = events(c)
+    assert len(ev) == 1 and isinstance(ev[0], Disconnected) and ev[0].restart
+    assert "ping-restart" in ev[0].reason
+    # hellos go on every second; the server answers: up again
+    t = c.get_timer()
+    assert t is not None and t <= now + 1.0
+    c.handle_timer(t)
+    roundtrip(c, s, t)
+    assert [type(e) for e in events(c)] == [Connected]
+
+
+def test_occ_exit_marks_peer_down_at_once() -> None:
+    c, s = pair()
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(c), events(s)
+    c.close(1.0)
+    deliver(c, s, 1.0)
+    ev = events(s)
+    assert len(ev) == 1 and isinstance(ev[0], Disconnected) and "EXIT" in ev[0].reason
+    assert c.get_timer() is None
+
+
+def test_server_follows_new_address() -> None:
+    c, s = pair()
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    c.send_frames([b"z" * 50], 1)
+    for data, _ in c.datagrams_to_send(1):
+        s.receive_datagram(data, ("10.0.0.3", 5555), 1)
+    ev = events(s)
+    assert ev == [AddressChanged(1, ("10.0.0.3", 5555))] and s.peer == ("10.0.0.3", 5555)
+
+
+def test_client_refuses_other_sources() -> None:
+    c, s = pair()
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    s.send_frames([b"q" * 40], 1)
+    for data, _ in s.datagrams_to_send(1):
+        c.receive_datagram(data, ("10.9.9.9", 1), 1)
+    assert c.drops["unknown_peer"] == 1
+
+
+def test_tcp_stream_byte_by_byte() -> None:
+    c, s = pair("AES-256-CBC", "SHA256", (1, 0), stream=True)
+    c.start(0)
+    s.start(0)
+    c.connection_made(0)
+    s.connection_made(0)
+    roundtrip(c, s, 0)
+    assert [type(e) for e in events(s)] == [Connected]
+    frames = [os.urandom(n) for n in (60, 1500, 1518)]
+    c.send_frames(frames, 1)
+    data = b"".join(c.stream_to_send(1))
+    assert struct.unpack_from("!H", data)[0] + 2 < len(data)
+    for i in range(len(data)):
+        s.receive_stream(data[i:i + 1], 1)
+    assert s.frames_to_deliver() == frames
+    s.receive_stream(b"", 2)
+    assert [type(e) for e in events(s)] == [Disconnected]
+
+
+def test_tcp_bad_length_goes_down() -> None:
+    c, s = pair(stream=True)
+    s.start(0)
+    s.connection_made(0)
+    s.receive_stream(b"\x00\x00", 0)
+    assert s.drops["bad_length"] == 1
+    s.receive_stream(b"more", 0)  # ignored: the stream is poisoned
+
+
+@pytest.mark.parametrize("cipher,auth", [("none", "SHA1"), ("AES-256-CBC", "SHA256"),
+                                         ("AES-128-CBC", "none"), ("none", "none")])
+def test_garbage_never_raises(cipher: str, auth: str) -> None:
+    rng = random.Random(7)
+    c, s = pair(cipher, auth)
+    s.start(0)
+    for _ in range(3000):
+        n = rng.choice([0, 1, 7, 20, 27, 28, 47, 48, 64, 200, 1600])
+        s.receive_datagram(rng.randbytes(n), CLIENT_ADDR, 0)
+    s.frames_to_deliver()
+    assert sum(s.drops.values()) >= 2900 or auth == "none"
+
+
+def test_stream_garbage_never_raises() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        _, s = pair("AES-256-CBC", "SHA1", stream=True)
+        s.start(0)
+        s.connection_made(0)
+        blob = rng.randbytes(rng.randrange(0, 3000))
+        for i in range(0, len(blob), 97):
+            s.receive_stream(blob[i:i + 97], 0)
+        s.receive_stream(b"", 0)
+
+
+def test_padding_tamper_counted() -> None:
+    crypto = StaticKeyCrypto(KEY, None, "AES-256-CBC", "none")
+    sealed = crypto.seal(struct.pack("!II", 1, 1), b"hello" * 10)
+    bad = bytearray(sealed)
+    bad[-1] ^= 0x55
+    assert crypto.open(bytes(bad)) in ("bad_padding",) or isinstance(crypto.open(bytes(bad)), tuple)
+    assert crypto.open(sealed[:-1]) == "bad_padding"
+    assert crypto.open(b"x" * 10) == "short"
+
+
+def test_cipher_checks() -> None:
+    with pytest.raises(ConfigError, match="BF-CBC"):
+        check_cipher("BF-CBC", "SHA1")
+    with pytest.raises(ConfigError):
+        check_cipher("AES-256-CBC", "MD5")
+
+
+def test_options_string_matches_openvpn() -> None:
+    # captured from openvpn 2.6.14 with the enabler's config (dev tap, udp4, cipher none)
+    assert options_string(dev_type="tap", tun_mtu=1500, proto="udp", mode="server",
+                          cipher="none", auth="SHA1") == (
+        "V4,dev-type tap,link-mtu 1560,tun-mtu 1500,proto UDPv4,cipher [null-cipher],"
+        "auth SHA1,keysize 0,secret")
+
+
+def test_key_file_parse_and_errors() -> None:
+    text = format_static_key(bytes(range(256)))
+    assert text.startswith("#") and text.count("\n") == 21
+    key = parse_static_key(text)
+    assert "secret" in repr(key) and "00010203" not in repr(key)
+    send0, recv0 = key.directional(0)
+    send1, recv1 = key.directional(1)
+    assert send0 == recv1 and recv0 == send1 and send0.cipher == bytes(range(64))
+    assert key.directional(None) == (key.half(0), key.half(0))
+    with pytest.raises(CryptoError, match="no '-----BEGIN"):
+        parse_static_key("hello")
+    with pytest.raises(CryptoError, match="bytes, expected 256"):
+        parse_static_key(text.replace("000102030405060708090a0b0c0d0e0f\n", ""))
+    with pytest.raises(CryptoError, match="hexadecimal"):
+        parse_static_key(text.replace("00010203", "zz010203"))
+    assert OCC_MAGIC != PING_MAGIC

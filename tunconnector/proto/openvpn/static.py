@@ -1,0 +1,486 @@
+"""OpenVPN static-key mode (``--secret``) as a sans-I/O :class:`Connection`.
+
+Wire format of one data-channel packet (no opcode byte in this mode; on TCP each packet
+follows a 2-byte big-endian length):
+
+- ``cipher none``: ``HMAC(packet id, time, payload) | packet id | time | payload``
+- CBC cipher: ``HMAC(IV | ciphertext) | IV | CBC(packet id | time | payload + PKCS#7)``
+- ``auth none`` leaves the HMAC out.
+
+The packet id (u32, from 1) and time (u32, the sender's start time in wall-clock seconds)
+drive replay protection as in openvpn: a later time restarts the window, an earlier one
+is refused, the same time is a sliding window over packet ids.
+
+Control messages travel as payloads: ping (sent when nothing else was sent for
+``keepalive`` seconds, swallowed on receipt) and OCC (REQUEST answered with our options
+string; EXIT sent on a clean shutdown and taken as the peer leaving). ``dead_after``
+seconds without any authentic packet is openvpn's ping-restart.
+
+A server without a fixed remote takes the first peer that authenticates and follows it
+to any new address that sends an authentic, non-replayed packet; a client only accepts
+packets from its remote.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import os
+import struct
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ...errors import ConfigError, RemoteProtocolError
+from ..connection import (
+    Addr,
+    AddressChanged,
+    Connected,
+    ConnectionEvent,
+    Disconnected,
+)
+from ..framing import SimpletunDecoder
+from ..replay import ReplayWindow
+from .common import OCC_EXIT, OCC_MAGIC, OCC_REPLY, OCC_REQUEST, PING_MAGIC, occ_message
+from .keyfile import StaticKey
+
+log = logging.getLogger("tunconnector.openvpn")
+
+#: name -> (key bytes, IV/block bytes)
+CIPHERS: dict[str, tuple[int, int]] = {"none": (0, 0), "AES-128-CBC": (16, 16),
+                                       "AES-256-CBC": (32, 16)}
+#: name -> (hashlib name, digest bytes)
+DIGESTS: dict[str, tuple[str | None, int]] = {"none": (None, 0), "SHA1": ("sha1", 20),
+                                              "SHA256": ("sha256", 32),
+                                              "SHA512": ("sha512", 64)}
+_PID = struct.Struct("!II")
+_LEN = struct.Struct("!H")
+PID_LEN = _PID.size
+#: openvpn's extra room for a TAP frame in the link-mtu it announces (TAP_MTU_EXTRA_DEFAULT)
+TAP_MTU_EXTRA = 32
+#: hello cadence while the peer has not answered (OCC REQUEST, which the peer answers)
+HELLO_INTERVAL = 1.0
+#: after the peer answered: our OCC REQUEST is retried this often until a REPLY comes
+OCC_RETRY = 10.0
+OCC_TRIES = 12
+#: copies of OCC EXIT sent on close (UDP may lose one)
+EXIT_COPIES = 2
+PACKET_ID_MAX = 0xFFFFFFFF
+#: replay window over packet ids within one time value (openvpn's default is 64)
+REPLAY_BLOCKS = 64
+
+
+def check_cipher(cipher: str, auth: str) -> None:
+    """Refuse what we cannot speak with a message naming the choices."""
+    if cipher.upper() == "BF-CBC":
+        raise ConfigError("BF-CBC is not supported (64-bit block cipher, refused by openvpn 2.6 "
+                          "without OpenSSL's legacy provider): use AES-256-CBC on both ends")
+    if cipher not in CIPHERS:
+        raise ConfigError(f"cipher {cipher!r} is not one of {' | '.join(CIPHERS)}")
+    if auth not in DIGESTS:
+        raise ConfigError(f"auth {auth!r} is not one of {' | '.join(DIGESTS)}")
+
+
+class StaticKeyCrypto:
+    """Seal and open packets of one static-key tunnel (both directions)."""
+
+    def __init__(self, key: StaticKey, direction: int | None, cipher: str = "AES-256-CBC",
+                 auth: str = "SHA1") -> None:
+        check_cipher(cipher, auth)
+        self.cipher = cipher
+        self.auth = auth
+        send, recv = key.directional(direction)
+        klen, self.block = CIPHERS[cipher]
+        self.digest, self.hlen = DIGESTS[auth]
+        self._enc_key = send.cipher[:klen]
+        self._dec_key = recv.cipher[:klen]
+        self._tx_hmac = send.hmac[:self.hlen]
+        self._rx_hmac = recv.hmac[:self.hlen]
+        #: smallest valid packet
+        self.min_len = self.hlen + (2 * self.block if self.block else PID_LEN)
+
+    def overhead(self) -> int:
+        """Worst-case bytes added to a payload (HMAC, IV, packet id, padding)."""
+        return self.hlen + PID_LEN + (2 * self.block if self.block else 0)
+
+    def seal(self, pid_time: bytes, payload: bytes | bytearray | memoryview) -> bytes:
+        if self.block:
+            plain = pid_time + bytes(payload)
+            pad = self.block - len(plain) % self.block
+            plain += bytes((pad,)) * pad
+            iv = os.urandom(self.block)
+            enc = Cipher(algorithms.AES(self._enc_key), modes.CBC(iv)).encryptor()
+            body = iv + enc.update(plain) + enc.finalize()
+        else:
+            body = pid_time + bytes(payload)
+        if self.digest is not None:
+            return hmac.digest(self._tx_hmac, body, self.digest) + body
+        return body
+
+    def open(self, data: bytes | bytearray | memoryview) -> tuple[int, int, bytes] | str:
+        """(packet id, time, payload), or the drop reason."""
+        if len(data) < self.min_len:
+            return "short"
+        hlen = self.hlen
+        mv = memoryview(data)
+        if self.digest is not None:
+            tag = hmac.digest(self._rx_hmac, mv[hlen:], self.digest)
+            if not hmac.compare_digest(tag, mv[:hlen]):
+                return "bad_hmac"
+        if self.block:
+            b = self.block
+            ct = mv[hlen + b:]
+            if len(ct) % b:
+                return "bad_padding"
+            dec = Cipher(algorithms.AES(self._dec_key), modes.CBC(mv[hlen:hlen + b])).decryptor()
+            plain = dec.update(ct) + dec.finalize()
+            pad = plain[-1]
+            if not 1 <= pad <= b or len(plain) - pad < PID_LEN \
+                    or plain[-pad:] != bytes((pad,)) * pad:
+                return "bad_padding"
+            pid, ptime = _PID.unpack_from(plain, 0)
+            return pid, ptime, plain[PID_LEN:-pad]
+        pid, ptime = _PID.unpack_from(mv, hlen)
+        return pid, ptime, bytes(mv[hlen + PID_LEN:])
+
+
+class PacketIdReplay:
+    """openvpn's (time, packet id) rules: time back -> refuse; time forward -> a new
+    window; same time -> a sliding window over packet ids (each accepted once)."""
+
+    __slots__ = ("time", "window")
+
+    def __init__(self) -> None:
+        self.time: int | None = None
+        self.window = ReplayWindow(blocks=REPLAY_BLOCKS)
+
+    def check(self, pid: int, ptime: int) -> bool:
+        if pid == 0:
+            return False
+        if self.time is None or ptime > self.time:
+            return True
+        if ptime < self.time:
+            return False
+        return self.window.check(pid)
+
+    def update(self, pid: int, ptime: int) -> bool:
+        if not self.check(pid, ptime):
+            return False
+        if self.time is None or ptime > self.time:
+            self.time = ptime
+            self.window.reset()
+        return self.window.update(pid)
+
+
+def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher: str,
+                   auth: str) -> str:
+    """What openvpn sends in an OCC REPLY for the same settings (compared by the peer,
+    which only warns on a difference)."""
+    klen, block = CIPHERS[cipher]
+    hlen = DIGESTS[auth][1]
+    link_mtu = tun_mtu + (TAP_MTU_EXTRA if dev_type == "tap" else 0) + hlen + PID_LEN
+    if block:
+        link_mtu += 2 * block
+    if proto == "tcp":
+        link_mtu += 2
+        proto_s = "TCPv4_CLIENT" if mode == "client" else "TCPv4_SERVER"
+    else:
+        proto_s = "UDPv4"
+    cipher_s = "[null-cipher]" if cipher == "none" else cipher
+    auth_s = "[null-digest]" if auth == "none" else auth
+    return (f"V4,dev-type {dev_type},link-mtu {link_mtu},tun-mtu {tun_mtu},proto {proto_s},"
+            f"cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
+
+
+class StaticKeyConnection:
+    """One OpenVPN static-key peer. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        key: StaticKey,
+        *,
+        direction: int | None = None,
+        cipher: str = "AES-256-CBC",
+        auth: str = "SHA1",
+        mode: str = "client",
+        remote: Addr = None,
+        stream: bool = False,
+        keepalive: float = 10.0,
+        dead_after: float = 60.0,
+        max_frame: int = 1518,
+        dev_type: str = "tun",
+        tun_mtu: int = 1500,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self.crypto = StaticKeyCrypto(key, direction, cipher, auth)
+        self.direction = direction
+        self.mode = mode
+        self.stream = stream
+        self.keepalive = keepalive
+        self.dead_after = dead_after
+        self.max_frame = max_frame
+        self.clock_offset = clock_offset
+        self.options = options_string(dev_type=dev_type, tun_mtu=tun_mtu,
+                                      proto="tcp" if stream else "udp", mode=mode,
+                                      cipher=cipher, auth=auth)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
+        #: where packets go (client: its remote; server: the peer it follows)
+        self.peer: Addr = remote
+        self._fixed = remote is not None and mode == "client"
+        self.alive = False
+        self.last_heard: float | None = None
+        self.peer_options: str | None = None
+        self._pid = 0
+        self._time = 0
+        self._replay = PacketIdReplay()
+        self._last_tx = 0.0
+        self._next_hello: float | None = None
+        self._occ_tries = 0
+        self._occ_next: float | None = None
+        self._closed = False
+        self._started = False
+        self._out: list[bytes] = []
+        self._frames: list[bytes] = []
+        self._events: collections.deque[ConnectionEvent] = collections.deque()
+        self._decoder = SimpletunDecoder(max_frame=65535) if stream else None
+        self._stream_open = False
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self._started = True
+        self._time = int(now + self.clock_offset) & PACKET_ID_MAX
+        self._last_tx = now
+        if self.crypto.cipher == "none":
+            log.warning("openvpn static key with cipher none: packets are authenticated, "
+                        "not encrypted")
+        if self.mode == "client" and self._can_send():
+            self._hello(now)
+
+    def close(self, now: float) -> None:
+        if self._closed:
+            return
+        if self._can_send() and self._started:
+            for _ in range(EXIT_COPIES):
+                self._send_payload(occ_message(OCC_EXIT), now)
+        self._closed = True
+
+    def connection_made(self, now: float) -> None:
+        """A (new) TCP stream: decode from scratch; a client says hello on it."""
+        if self.stream:
+            self._decoder = SimpletunDecoder(max_frame=65535)
+            self._stream_open = True
+            self._out.clear()  # what was queued for the old stream is stale
+            if self.mode == "client":
+                self._hello(now)
+
+    # -- input ----------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        if self._fixed and addr != self.peer:
+            self.drops["unknown_peer"] += 1
+            return
+        self._receive_packet(data, addr, now)
+
+    def receive_stream(self, data: bytes, now: float) -> None:
+        dec = self._decoder
+        if dec is None:
+            return
+        try:
+            dec.receive_data(data)
+            packets = dec.frames()
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            self._decoder = None
+            self._go_down(now, f"stream error: {exc}", restart=True)
+            return
+        for p in packets:
+            self._receive_packet(p, None, now)
+        if not data:  # EOF: the stream is gone (openvpn restarts on that)
+            self._stream_open = False
+            self._decoder = None
+            self._go_down(now, "connection closed", restart=True)
+
+    def _receive_packet(self, data: bytes | bytearray | memoryview, addr: Addr,
+                        now: float) -> None:
+        opened = self.crypto.open(data)
+        if type(opened) is str:
+            self.drops[opened] += 1
+            return
+        pid, ptime, payload = opened  # type: ignore[misc]
+        if not self._replay.update(pid, ptime):
+            self.drops["replay"] += 1
+            return
+        if len(payload) == 17 and payload[16] == OCC_EXIT and payload[:16] == OCC_MAGIC:
+            self.counters["occ_rx"] += 1  # the peer leaves: not a sign of life
+            self._go_down(now, "peer exit (OCC EXIT)", restart=True)
+            return
+        self.last_heard = now
+        if not self.stream and addr != self.peer:
+            old = self.peer
+            self.peer = addr
+            if old is not None:
+                self._events.append(AddressChanged(now, addr))
+        if not self.alive:
+            self.alive = True
+            self._next_hello = None
+            self._events.append(Connected(now, addr))
+            if self.peer_options is None:  # ask for the peer's options (and retry)
+                self._occ_next = now + (OCC_RETRY if self._occ_tries else 0.0)
+        self._payload(payload, now)
+        if self._occ_next is not None and self._occ_next <= now:
+            self._occ_request(now)
+
+    def _payload(self, payload: bytes, now: float) -> None:
+        n = len(payload)
+        if n == 16 and payload == PING_MAGIC:
+            self.counters["ping_rx"] += 1
+            return
+        if n > 16 and payload[:16] == OCC_MAGIC:
+            self._occ(payload[16], payload[17:], now)
+            return
+        if n == 0:
+            self.drops["empty"] += 1
+        elif n > self.max_frame:
+            self.drops["oversize"] += 1
+        else:
+            self._frames.append(payload)
+
+    def _occ(self, opcode: int, body: bytes, now: float) -> None:
+        self.counters["occ_rx"] += 1
+        if opcode == OCC_REQUEST:
+            self._send_payload(occ_message(OCC_REPLY, self.options.encode() + b"\0"), now)
+        elif opcode == OCC_REPLY:
+            text = body.split(b"\0", 1)[0].decode("ascii", "replace")
+            self._occ_next = None
+            if text != self.peer_options:
+                self.peer_options = text
+                if text != self.options:
+                    log.warning("openvpn peer options differ: theirs %r, ours %r",
+                                text, self.options)
+        elif opcode == OCC_EXIT:
+            self._go_down(now, "peer exit (OCC EXIT)", restart=True)
+        else:
+            self.drops["occ_unsupported"] += 1
+
+    def _go_down(self, now: float, reason: str, *, restart: bool) -> None:
+        if self.alive:
+            self.alive = False
+            self._events.append(Disconnected(now, reason, restart))
+        if self.mode == "client" and self._can_send() and not self._closed:
+            self._next_hello = now + HELLO_INTERVAL
+        self._occ_tries = 0
+
+    # -- output ---------------------------------------------------------------------
+    def _can_send(self) -> bool:
+        return self._stream_open if self.stream else self.peer is not None
+
+    def send_frames(self, frames: list[bytes], now: float) -> None:
+        if not self._can_send() or self._closed:
+            self.drops["no_peer"] += len(frames)
+            return
+        seal = self.crypto.seal
+        pack = _PID.pack
+        out = self._out
+        pid, ptime = self._pid, self._time
+        for f in frames:
+            if pid >= PACKET_ID_MAX:
+                pid, ptime = self._wrap(now)
+            pid += 1
+            out.append(seal(pack(pid, ptime), f))
+        self._pid = pid
+        self._last_tx = now
+
+    def _wrap(self, now: float) -> tuple[int, int]:
+        """The packet id ran out: a new time value restarts it (long form)."""
+        self._time = max(self._time + 1, int(now + self.clock_offset)) & PACKET_ID_MAX
+        self._pid = 0
+        return 0, self._time
+
+    def _send_payload(self, payload: bytes, now: float) -> None:
+        if not self._can_send() or self._closed:
+            return
+        if self._pid >= PACKET_ID_MAX:
+            self._wrap(now)
+        self._pid += 1
+        self._out.append(self.crypto.seal(_PID.pack(self._pid, self._time), payload))
+        self._last_tx = now
+
+    def _occ_request(self, now: float) -> None:
+        if self._occ_tries < OCC_TRIES:
+            self._occ_tries += 1
+            self._send_payload(occ_message(OCC_REQUEST), now)
+            self._occ_next = now + OCC_RETRY
+        else:
+            self._occ_next = None
+
+    def _hello(self, now: float) -> None:
+        """Ask the peer to answer (an OCC REQUEST): it tells a server our address and
+        proves the path at once instead of after the peer's next ping."""
+        self._send_payload(occ_message(OCC_REQUEST), now)
+        self._occ_tries = max(self._occ_tries, 1)
+        self._next_hello = now + HELLO_INTERVAL if not self.alive else None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        if not self._out or self.stream:
+            return []
+        out, self._out = self._out, []
+        peer = self.peer
+        return [(m, peer) for m in out]
+
+    def stream_to_send(self, now: float) -> list[bytes]:
+        if not self._out or not self.stream:
+            return []
+        out, self._out = self._out, []
+        pack = _LEN.pack
+        return [pack(len(m)) + m for m in out]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        frames, self._frames = self._frames, []
+        return frames
+
+    # -- time -----------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        if self._closed or not self._started:
+            return None
+        times: list[float] = []
+        if self._can_send():
+            times.append(self._last_tx + self.keepalive)
+        if self._next_hello is not None:
+            times.append(self._next_hello)
+        if self._occ_next is not None:
+            times.append(self._occ_next)
+        if self.alive and self.last_heard is not None:
+            times.append(self.last_heard + self.dead_after)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if self._closed or not self._started:
+            return
+        if self.alive and self.last_heard is not None \
+                and now >= self.last_heard + self.dead_after:
+            self._go_down(now, f"ping-restart: nothing received for "
+                               f"{now - self.last_heard:.1f}s", restart=True)
+        if self._next_hello is not None and now >= self._next_hello and not self.alive:
+            self._hello(now)
+        if self._occ_next is not None and now >= self._occ_next and self.alive:
+            self._occ_request(now)
+        if self._can_send() and now >= self._last_tx + self.keepalive:
+            self.counters["ping_tx"] += 1
+            self._send_payload(PING_MAGIC, now)
+
+    def next_event(self) -> ConnectionEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "protocol": "openvpn static key",
+            "cipher": self.crypto.cipher,
+            "auth": self.crypto.auth,
+            "key_direction": self.direction,
+            "established": self.alive,
+            "last_rx_age": round(now - self.last_heard, 3) if self.last_heard else None,
+            "peer_options": self.peer_options,
+            "pings_rx": self.counters["ping_rx"],
+            "pings_tx": self.counters["ping_tx"],
+        }
