@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from .adapter import make_tunnel
 from .config import BondConfig, TunnelConfig, build
 from .errors import BondError, ConfigError, DeviceError, TunconnectorError
 from .io import bond as bondio
@@ -89,7 +90,7 @@ class BondLink:
         self.node = node
         self.role: Role = cfg.role
         self.taps = tap_names(cfg)
-        self.tunnels = [Tunnel(t, netlink=node.netlink) for t in tunnel_configs(cfg)]
+        self.tunnels = [make_tunnel(t, netlink=node.netlink) for t in tunnel_configs(cfg)]
         self.down_taps: set[str] = set()
         self.started = False
         self.assisted = 0  # active-slave moves made on tunnel liveness

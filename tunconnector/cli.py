@@ -37,8 +37,10 @@ def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
 def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-type", choices=["tun", "tap"], default="tun")
     p.add_argument("--proto", choices=["udp", "tcp"], default="udp")
-    p.add_argument("--framing", choices=["native", "raw", "simpletun"], default=None,
-                   help="default: native (simpletun is TCP only, raw UDP only)")
+    p.add_argument("--framing", choices=["native", "raw", "simpletun", "openvpn"],
+                   default=None,
+                   help="default: native (simpletun is TCP only, raw UDP only; openvpn: "
+                   "OpenVPN static-key mode, needs --openvpn-secret)")
     p.add_argument("--mtu", type=int, default=None)
     p.add_argument("--keepalive", type=float, default=10.0, metavar="S")
     p.add_argument("--dead-after", type=float, default=60.0, metavar="S")
@@ -53,6 +55,14 @@ def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-public-key", default=None, metavar="KEY",
                    help="the peer's public key (base64), with --private-key")
     p.add_argument("--offload", choices=["auto", "off"], default=None)
+    p.add_argument("--openvpn-secret", default=None, metavar="FILE",
+                   help="framing openvpn: OpenVPN static key file (openvpn --genkey secret)")
+    p.add_argument("--key-direction", type=int, choices=[0, 1], default=None,
+                   help="framing openvpn: key direction (absent: both ways use key 0)")
+    p.add_argument("--openvpn-cipher", default=None, metavar="C",
+                   help="framing openvpn: none | AES-128-CBC | AES-256-CBC (default)")
+    p.add_argument("--openvpn-auth", default=None, metavar="A",
+                   help="framing openvpn: SHA1 (default) | SHA256 | SHA512 | none")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -96,7 +106,11 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
                      ("bind_interface", args.bind_interface), ("key_file", args.key),
                      ("cipher", args.cipher), ("offload", args.offload),
                      ("private_key_file", args.private_key),
-                     ("peer_public_key", args.peer_public_key)):
+                     ("peer_public_key", args.peer_public_key),
+                     ("openvpn_secret", args.openvpn_secret),
+                     ("key_direction", args.key_direction),
+                     ("openvpn_cipher", args.openvpn_cipher),
+                     ("openvpn_auth", args.openvpn_auth)):
         if val is not None:
             common[key] = val
     tunnels: list[dict[str, Any]] = []
@@ -287,8 +301,23 @@ def cmd_genkey(argv: Sequence[str]) -> int:
                    help="print the public key of an existing private key file")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write the PSK to FILE (mode 0600, never overwritten)")
+    p.add_argument("--openvpn", metavar="FILE", nargs="?", const="-", default=None,
+                   help="an OpenVPN static key (openvpn --secret) to FILE (mode 0600) or "
+                   "-o FILE, else stdout")
     args = p.parse_args(argv)
     _private_stdout()
+    if args.openvpn is not None:
+        from .keys import write_openvpn_key_file
+        from .proto.openvpn.keyfile import format_static_key
+
+        target = args.openvpn if args.openvpn != "-" else args.output
+        if target:
+            write_openvpn_key_file(target)
+        else:
+            import secrets
+
+            sys.stdout.write(format_static_key(secrets.token_bytes(256)))
+        return 0
     if args.public:
         from .keys import load_key_file
 

@@ -110,7 +110,7 @@ class TunnelConfig:
     remote: str | None = None
     remote_port: int = DEFAULT_PORT
     proto: Literal["udp", "tcp"] = "udp"
-    framing: Literal["native", "raw", "simpletun"] = "native"
+    framing: Literal["native", "raw", "simpletun", "openvpn"] = "native"
     mtu: int | None = None
     keepalive: float = 10.0
     dead_after: float = 60.0
@@ -136,6 +136,11 @@ class TunnelConfig:
     loss_threshold: float = 0.2
     path: list[PathConfig] = field(default_factory=list)
     health: HealthConfig | None = None
+    # framing = "openvpn", static-key mode (docs/openvpn.md): an OpenVPN Static key V1 file
+    openvpn_secret: str | None = None
+    key_direction: int | None = None
+    openvpn_cipher: str = "AES-256-CBC"
+    openvpn_auth: str = "SHA1"
 
     def validate(self, where: str) -> None:
         if not self.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
@@ -193,6 +198,38 @@ class TunnelConfig:
                 raise ConfigError(f"{where}.path[{i}].remote: a client path needs remote")
         if self.health is not None:
             self.health.validate(f"{where}.health")
+        self._validate_openvpn(where)
+
+    def _validate_openvpn(self, where: str) -> None:
+        """The ``openvpn_*`` keys: only with framing = "openvpn", which needs a secret."""
+        if self.framing != "openvpn":
+            if self.openvpn_secret is not None or self.key_direction is not None:
+                key = "openvpn_secret" if self.openvpn_secret is not None else "key_direction"
+                raise ConfigError(f"{where}.{key}: only used with framing = 'openvpn'")
+            return
+        from .proto.openvpn.static import CIPHERS, DIGESTS
+
+        if not self.openvpn_secret:
+            raise ConfigError(f"{where}.openvpn_secret: framing 'openvpn' (static-key mode) "
+                              "needs an OpenVPN static key file")
+        if self.key_direction is not None and self.key_direction not in (0, 1):
+            raise ConfigError(f"{where}.key_direction: must be 0 or 1, got {self.key_direction}")
+        if self.openvpn_cipher.upper() == "BF-CBC":
+            raise ConfigError(
+                f"{where}.openvpn_cipher: BF-CBC is not supported (a 64-bit block cipher that "
+                "openvpn 2.6 itself refuses without OpenSSL's legacy provider); set "
+                "cipher AES-256-CBC on the openvpn side and here"
+            )
+        if self.openvpn_cipher not in CIPHERS:
+            choices = " | ".join(repr(c) for c in CIPHERS)
+            raise ConfigError(f"{where}.openvpn_cipher: {self.openvpn_cipher!r} is not one "
+                              f"of {choices}")
+        if self.openvpn_auth not in DIGESTS:
+            choices = " | ".join(repr(c) for c in DIGESTS)
+            raise ConfigError(f"{where}.openvpn_auth: {self.openvpn_auth!r} is not one "
+                              f"of {choices}")
+        if self.path:
+            raise ConfigError(f"{where}.path: multi-path needs framing = 'native'")
 
     @property
     def interfaces(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import CryptoError
+from .proto.openvpn.keyfile import KEY_BYTES as STATIC_KEY_BYTES
+from .proto.openvpn.keyfile import StaticKey, format_static_key, parse_static_key
 from .proto.secure import HandshakeGuard, SecureChannel
 
 KEY_LEN = 32
@@ -66,6 +68,13 @@ def generate_keypair() -> tuple[str, str]:
 
 def load_key_file(path: str | os.PathLike[str], *, check_mode: bool = True) -> bytes:
     """Read a base64 key file; refuse it when group or others may read it."""
+    return decode_key(read_private_file(path, check_mode=check_mode), f"{Path(path)}")
+
+
+def read_private_file(path: str | os.PathLike[str], *, check_mode: bool = True,
+                      limit: int = 4096) -> bytes:
+    """The bytes of a key file; refused when it is not a regular file or when group or
+    others may read it (as ssh refuses such private keys)."""
     p = Path(path)
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -81,23 +90,40 @@ def load_key_file(path: str | os.PathLike[str], *, check_mode: bool = True) -> b
                 f"a key file must not be accessible by group or others "
                 f"(run: chmod 600 {p})"
             )
-        data = os.read(fd, 4096)
+        data = os.read(fd, limit)
     except OSError as exc:
         raise CryptoError(f"{p}: cannot read key file: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    return decode_key(data, f"{p}")
+    return data
+
+
+def load_openvpn_key_file(path: str | os.PathLike[str], *, check_mode: bool = True
+                          ) -> StaticKey:
+    """An OpenVPN Static key V1 file (``openvpn --genkey secret``), mode-checked."""
+    return parse_static_key(read_private_file(path, check_mode=check_mode, limit=16384),
+                            f"{Path(path)}")
+
+
+def write_openvpn_key_file(path: str | os.PathLike[str]) -> None:
+    """A new OpenVPN static key file (mode 0600) that openvpn ``--secret`` accepts."""
+    write_private_file(path, format_static_key(secrets.token_bytes(STATIC_KEY_BYTES)))
 
 
 def write_key_file(path: str | os.PathLike[str], key_b64: str) -> None:
     """Create a key file with mode 0600 (never world-readable, not even briefly)."""
+    write_private_file(path, key_b64 + "\n")
+
+
+def write_private_file(path: str | os.PathLike[str], text: str) -> None:
+    """Create ``path`` with mode 0600 holding ``text``; an existing file is an error."""
     p = Path(path)
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise CryptoError(f"{p}: cannot create key file: {exc.strerror}") from exc
     try:
-        os.write(fd, (key_b64 + "\n").encode())
+        os.write(fd, text.encode())
     finally:
         os.close(fd)
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import __version__, memory
+from .adapter import make_tunnel
 from .config import Config
 from .errors import ConfigError, TunconnectorError
 from .io.netlink import Netlink
@@ -58,7 +59,7 @@ class Node:
         self.strict = strict
         self.netlink = Netlink()
         self.tunnels: dict[str, Tunnel] = {
-            t.name: Tunnel(t, netlink=self.netlink) for t in config.tunnel
+            t.name: make_tunnel(t, netlink=self.netlink) for t in config.tunnel
         }
         self._control = ControlServer(config.control_dir, self._control_request) \
             if control_socket else None

@@ -25,7 +25,8 @@ CLIENT_ADDR = ("10.0.0.2", 1191)
 SERVER_ADDR = ("10.0.0.1", 1191)
 
 
-def pair(cipher: str = "none", auth: str = "SHA1", dirs: tuple[int | None, int | None] = (None, None),
+def pair(cipher: str = "none", auth: str = "SHA1",
+         dirs: tuple[int | None, int | None] = (None, None),
          stream: bool = False, **kw: object) -> tuple[StaticKeyConnection, StaticKeyConnection]:
     c = StaticKeyConnection(KEY, direction=dirs[0], cipher=cipher, auth=auth, mode="client",
                             remote=SERVER_ADDR, stream=stream, **kw)  # type: ignore[arg-type]

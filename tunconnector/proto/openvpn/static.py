@@ -304,10 +304,10 @@ class StaticKeyConnection:
     def _receive_packet(self, data: bytes | bytearray | memoryview, addr: Addr,
                         now: float) -> None:
         opened = self.crypto.open(data)
-        if type(opened) is str:
+        if isinstance(opened, str):
             self.drops[opened] += 1
             return
-        pid, ptime, payload = opened  # type: ignore[misc]
+        pid, ptime, payload = opened
         if not self._replay.update(pid, ptime):
             self.drops["replay"] += 1
             return

@@ -1,0 +1,761 @@
+"""The generic tunnel adapter: one device, one UDP socket or TCP stream, one timer, and a
+sans-I/O :class:`~tunconnector.proto.connection.Connection` that makes every decision.
+
+What :class:`ConnectionTunnel` does is what aioquic's ``QuicConnectionProtocol`` does for
+a ``QuicConnection``: hand the connection what the device and the transport produced
+(with ``now``), write out what it returns, re-arm one timer, and turn its events into
+tunnel state (``up`` on :class:`Connected`, ``down`` on :class:`Disconnected`). It holds
+no protocol state. Its public surface is :class:`tunconnector.tunnel.Tunnel`'s (state,
+stats, ``wait_up``, listeners, ``status()``, start/stop/close), so the node, status,
+metrics, health checks and bonds drive it unchanged.
+
+:class:`ConfigAssigned` events (a server pushing our address, routes, MTU) are applied
+to the device with netlink and undone when the tunnel stops.
+
+:func:`make_tunnel` picks the adapter for a config: framings implemented as connections
+(``openvpn``) run here, the others in :class:`~tunconnector.tunnel.Tunnel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .config import TunnelConfig
+from .errors import ConfigError, DeviceError, TransportError, TunconnectorError
+from .io import netlink as nl
+from .io import tcp as tcpio
+from .io.device import Device
+from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .proto.backoff import Backoff
+from .proto.connection import (
+    AddressChanged,
+    ConfigAssigned,
+    Connected,
+    Connection,
+    Disconnected,
+    Rekeyed,
+)
+from .tunnel import State, TunnelStats
+
+log = logging.getLogger("tunconnector.tunnel")
+
+#: a Connection for a tunnel, made when the transport opens (one per TCP stream on a server)
+ConnectionFactory = Callable[[], Connection]
+Listener = Callable[[Any, State, State], None]
+
+#: OpenVPN's default tun-mtu: both ends of an OpenVPN tunnel use it unless configured
+OPENVPN_TUN_MTU = 1500
+
+
+def _fmt_addr(addr: Any) -> str:
+    if not isinstance(addr, tuple):
+        return "-" if addr is None else str(addr)
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def derive_mtu(cfg: TunnelConfig) -> int:
+    """The device MTU: configured, else what the framing's peers use by default."""
+    if cfg.mtu is not None:
+        return cfg.mtu
+    return OPENVPN_TUN_MTU
+
+
+def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int, mtu: int,
+                       remote: Any) -> ConnectionFactory:
+    """Load the key material of ``cfg`` now (errors before any device opens) and return
+    what makes its connections."""
+    if cfg.framing == "openvpn" and cfg.openvpn_secret:
+        from .keys import load_openvpn_key_file
+        from .proto.openvpn.static import StaticKeyConnection
+
+        key = load_openvpn_key_file(cfg.openvpn_secret)
+
+        def make() -> Connection:
+            return StaticKeyConnection(
+                key, direction=cfg.key_direction, cipher=cfg.openvpn_cipher,
+                auth=cfg.openvpn_auth, mode=cfg.mode, remote=remote,
+                stream=cfg.proto == "tcp", keepalive=cfg.keepalive,
+                dead_after=cfg.dead_after, max_frame=max_frame, dev_type=cfg.dev_type,
+                tun_mtu=mtu, clock_offset=clock_offset,
+            )
+
+        return make
+    raise ConfigError(f"tunnel {cfg.name}: framing {cfg.framing!r} has no connection "
+                      "implementation for these settings")
+
+
+def uses_connection(cfg: TunnelConfig) -> bool:
+    """Whether ``cfg`` runs on :class:`ConnectionTunnel` (else the native Tunnel)."""
+    return cfg.framing == "openvpn"
+
+
+def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
+    """The tunnel object for ``cfg``: a ConnectionTunnel or a native Tunnel."""
+    if uses_connection(cfg):
+        return ConnectionTunnel(cfg, netlink=netlink)
+    from .tunnel import Tunnel
+
+    return Tunnel(cfg, netlink=netlink)
+
+
+class _Stream:
+    """One TCP stream and the connection reading it."""
+
+    __slots__ = ("proto", "conn")
+
+    def __init__(self, proto: tcpio.StreamProtocol, conn: Connection) -> None:
+        self.proto = proto
+        self.conn = conn
+
+
+class ConnectionTunnel:
+    """Runs one :class:`TunnelConfig` whose wire protocol is a Connection."""
+
+    def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None,
+                 factory: ConnectionFactory | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = State.STOPPED
+        self.stats = TunnelStats()
+        self.device: Device | None = None
+        self.device_name: str | None = config.device
+        self.mtu = derive_mtu(config)
+        self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
+        self.peer: Any = None
+        self.error: str | None = None
+        self.since = time.time()
+        self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._netlink = netlink or nl.Netlink()
+        self._own_netlink = netlink is None
+        self._factory = factory
+        self._make: ConnectionFactory | None = None
+        self._listeners: list[Listener] = []
+        self._state_changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: UdpEndpoint | None = None
+        self._conn: Connection | None = None  # the connection traffic goes to
+        self._stream: _Stream | None = None  # TCP: the stream of self._conn
+        self._candidates: set[_Stream] = set()  # TCP server: streams not yet authentic
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._conn_lost: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._reading_device = False
+        self._stopping = False
+        self._remote: Any = None
+        self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
+        self._assign_tasks: set[asyncio.Task[None]] = set()
+        self._retired: list[Connection] = []  # replaced connections: their drops count
+
+    # ------------------------------------------------------------------ public API
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(tunnel, old, new)`` on every state change."""
+        self._listeners.append(callback)
+
+    async def wait_state(self, state: State, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while self.state != state:
+                if self.state == State.FAILED and state != State.FAILED:
+                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
+                ev = self._event()
+                ev.clear()
+                await ev.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        """Wait until the connection says the peer proved itself."""
+        await self.wait_state(State.UP, timeout)
+
+    def last_heard(self) -> float | None:
+        """Loop time of the last authentic message from the peer (pings included)."""
+        if self._conn is not None:
+            heard = getattr(self._conn, "last_heard", None)
+            if heard is not None:
+                return float(heard)
+        return self.stats.last_rx
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in (State.STARTING, State.DOWN, State.UP)
+
+    def all_drops(self) -> dict[str, int]:
+        drops = collections.Counter(self.stats.drops)
+        for conn in self._connections():
+            drops.update(conn.drops)
+        for conn in self._retired:
+            drops.update(conn.drops)
+        return {k: v for k, v in sorted(drops.items()) if v}
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        now = self._loop.time() if self._loop is not None else None
+        last = self.last_heard()
+        local = None
+        try:
+            if self._udp is not None:
+                local = _fmt_addr(tuple(self._udp.local_address))
+            elif self._server is not None:
+                socks = getattr(self._server, "sockets", None) or []
+                local = _fmt_addr(tuple(socks[0].getsockname())) if socks else None
+        except OSError:
+            local = None
+        crypto = None
+        if self._conn is not None and now is not None:
+            crypto = self._conn.status(now)
+        return {
+            "name": self.name,
+            "mode": cfg.mode,
+            "proto": cfg.proto,
+            "framing": cfg.framing,
+            "transport": f"{cfg.proto}/{cfg.framing}",
+            "dev_type": cfg.dev_type,
+            "device": self.device_name,
+            "netns": cfg.netns,
+            "addresses": list(cfg.address)
+            + [a for ev in self._assigned for a in ev.addresses],
+            "mtu": self.mtu,
+            "local": local,
+            "peer": _fmt_addr(self.peer) if self.peer else None,
+            "state": self.state.value,
+            "error": self.error,
+            "encrypted": bool(crypto and crypto.get("cipher") not in (None, "none")),
+            "since": self.since,
+            "last_rx_age": round(now - last, 3) if (now is not None and last is not None)
+            else None,
+            "rx_bytes": self.stats.rx_bytes,
+            "tx_bytes": self.stats.tx_bytes,
+            "rx_packets": self.stats.rx_packets,
+            "tx_packets": self.stats.tx_packets,
+            "connects": self.stats.connects,
+            "drops": self.all_drops(),
+            "data_path": f"{cfg.framing} connection, per-packet",
+            "fastpath": {},
+            "crypto": crypto,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.is_running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self.error = None
+        self._retired = []
+        self._set_state(State.STARTING)
+        try:
+            if self.config.mode == "client":
+                self._remote = await self._resolve(self.config.remote or "",
+                                                   self.config.remote_port)
+            self._make = self._factory or connection_factory(
+                self.config, clock_offset=time.time() - self._loop.time(),
+                max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
+            await self._open_device()
+            if self.config.proto == "udp":
+                self._open_udp()
+            else:
+                await self._open_tcp()
+        except BaseException as exc:
+            self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
+            await self._close_all()
+            self._set_state(State.FAILED)
+            raise
+        self.log.info("tunnel %s started: %s %s/%s device %s mtu %d", self.name,
+                      self.config.mode, self.config.proto, self.config.framing,
+                      self.device_name, self.mtu)
+
+    async def stop(self) -> None:
+        if self.state in (State.STOPPED, State.FAILED) and self.device is None:
+            return
+        if self._loop is not None:
+            now = self._loop.time()
+            for conn in self._connections():  # tell the peer we leave (OCC EXIT ...)
+                conn.close(now)
+                self._flush(conn, now)
+            if self._stream is not None:
+                self._stream.proto.close()  # a graceful close still sends what was queued
+        self._stopping = True
+        await self._unassign()
+        await self._close_all()
+        self._set_state(State.STOPPED)
+        self.log.info("tunnel %s stopped", self.name)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_netlink:
+            self._netlink.close()
+
+    # ------------------------------------------------------------------ device
+    async def _open_device(self) -> None:
+        cfg = self.config
+        name = cfg.device or ""
+        existed = False
+        if name:
+            existed = await self._netlink.call(nl.link_exists, name)
+        dev = Device(name, cfg.dev_type)
+        self.device = dev
+        self.device_name = dev.name
+        if cfg.netns:
+            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
+                                 mtu=self.mtu, netns=cfg.netns)
+        if existed:
+            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    def _device_reader(self, on: bool) -> None:
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
+
+    def _on_device_readable(self) -> None:
+        dev = self.device
+        if dev is None or self._loop is None:
+            return
+        try:
+            frames = dev.read_batch(64)
+        except DeviceError as exc:
+            self.stats.drops["device_read_error"] += 1
+            self.log.warning("%s", exc)
+            return
+        if not frames:
+            return
+        stats = self.stats
+        stats.tx_packets += len(frames)
+        stats.tx_bytes += sum(map(len, frames))
+        conn = self._conn
+        if conn is None:
+            stats.drops["no_peer"] += len(frames)
+            return
+        now = self._loop.time()
+        conn.send_frames(frames, now)
+        stats.wire_tx += len(frames)
+        self._flush(conn, now)
+
+    def _to_device(self, frames: list[bytes], now: float) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        bad = dev.write_batch(frames)
+        stats = self.stats
+        if bad:
+            stats.drops["device_refused"] += bad
+        stats.rx_packets += len(frames) - bad
+        stats.rx_bytes += sum(map(len, frames))
+        stats.last_rx = now
+
+    # ------------------------------------------------------------------ transports
+    async def _resolve(self, host: str, port: int) -> Any:
+        assert self._loop is not None
+        try:
+            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve remote {host!r}: {exc.strerror}") from exc
+        return normalize(infos[0][4])
+
+    def _open_udp(self) -> None:
+        cfg = self.config
+        assert self._loop is not None and self._make is not None
+        if cfg.mode == "client":
+            family = family_for(cfg.bind or (self._remote[0] if self._remote else None))
+        else:
+            family = family_for(cfg.bind) if cfg.bind else socket.AF_INET6
+        port = cfg.port if (cfg.mode == "server" or cfg.port) else 0
+        sock = open_udp(bind=cfg.bind, port=port, family=family,
+                        bind_interface=cfg.bind_interface)
+        self._udp = UdpEndpoint(sock, self.stats.drops)
+        self._udp.start(self._on_udp_batch)
+        conn = self._conn = self._make()
+        if cfg.mode == "client":
+            self.peer = self._remote
+        self._set_state(State.DOWN)
+        now = self._loop.time()
+        conn.start(now)
+        self._device_reader(True)
+        self._flush(conn, now)
+
+    def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:
+        conn = self._conn
+        if conn is None or self._loop is None:
+            return
+        now = self._loop.time()
+        self.stats.wire_rx += len(batch)
+        receive = conn.receive_datagram
+        last_raw: Any = None
+        addr: Any = None
+        for data, raw in batch:
+            if raw != last_raw:
+                last_raw, addr = raw, normalize(raw)
+            receive(bytes(data) if type(data) is not bytes else data, addr, now)
+        self._flush(conn, now)
+
+    async def _open_tcp(self) -> None:
+        cfg = self.config
+        assert self._loop is not None and self._make is not None
+        self._set_state(State.DOWN)
+        if cfg.mode == "server":
+            family = family_for(cfg.bind) if cfg.bind else socket.AF_INET6
+            sock = tcpio.listen_socket(bind=cfg.bind, port=cfg.port, family=family,
+                                       bind_interface=cfg.bind_interface)
+            self._server = await self._loop.create_server(self._protocol, sock=sock)
+        else:
+            self._conn = self._make()
+            self._conn.start(self._loop.time())
+            self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
+        self._device_reader(True)
+
+    def _protocol(self) -> tcpio.StreamProtocol:
+        return tcpio.StreamProtocol(self._on_stream_data, self._on_stream_lost,
+                                    self._on_stream_made, self._on_stream_pause)
+
+    async def _tcp_client_loop(self) -> None:
+        cfg = self.config
+        assert self._loop is not None and self._remote is not None
+        backoff = Backoff(base=0.2, cap=5.0)
+        while not self._stopping:
+            try:
+                sock = await tcpio.connect(self._remote, family=family_for(self._remote[0]),
+                                           bind=cfg.bind, port=cfg.port,
+                                           bind_interface=cfg.bind_interface, timeout=5.0)
+            except (TimeoutError, OSError, TransportError) as exc:
+                delay = backoff.next_delay()
+                self.log.debug("connect to %s failed (%s); retry in %.2fs",
+                               _fmt_addr(self._remote), exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            self._conn_lost = asyncio.Event()
+            await self._loop.create_connection(self._protocol, sock=sock)
+            await self._conn_lost.wait()
+            if not self._stopping:
+                await asyncio.sleep(backoff.next_delay())
+
+    def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
+        assert self._loop is not None and self._make is not None
+        now = self._loop.time()
+        self.stats.connects += 1
+        if self.config.mode == "client":
+            assert self._conn is not None
+            stream = _Stream(proto, self._conn)
+            self._stream = stream
+            self.peer = normalize(proto.peername) if proto.peername else self._remote
+            self.log.info("connected to %s", _fmt_addr(self.peer))
+        else:
+            conn = self._make()
+            conn.start(now)
+            stream = _Stream(proto, conn)
+            self._candidates.add(stream)  # traffic moves to it once it authenticates
+        stream.conn.connection_made(now)
+        self._flush(stream.conn, now)
+
+    def _find_stream(self, proto: tcpio.StreamProtocol) -> _Stream | None:
+        if self._stream is not None and self._stream.proto is proto:
+            return self._stream
+        for s in self._candidates:
+            if s.proto is proto:
+                return s
+        return None
+
+    def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
+        stream = self._find_stream(proto)
+        if stream is None or self._loop is None:
+            return
+        now = self._loop.time()
+        stream.conn.receive_stream(data, now)
+        self._flush(stream.conn, now)
+
+    def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
+        stream = self._find_stream(proto)
+        self._candidates = {s for s in self._candidates if s.proto is not proto}
+        if stream is not None and self._loop is not None and not self._stopping:
+            now = self._loop.time()
+            stream.conn.receive_stream(b"", now)  # EOF: the connection goes down
+            self._flush(stream.conn, now)
+        if stream is not None and stream is self._stream:
+            self._stream = None
+            if not self._stopping:
+                self.log.warning("connection to %s lost%s", _fmt_addr(self.peer),
+                                 f": {exc}" if exc else "")
+                self._set_state(State.DOWN)
+            self._device_reader(True)
+        if self.config.mode == "client" and self._conn_lost is not None and stream is not None:
+            self._conn_lost.set()
+
+    def _on_stream_pause(self, proto: tcpio.StreamProtocol, paused: bool) -> None:
+        if self._stream is not None and self._stream.proto is proto:
+            self._device_reader(not paused)
+
+    def _stream_of(self, conn: Connection) -> _Stream | None:
+        if self._stream is not None and self._stream.conn is conn:
+            return self._stream
+        for s in self._candidates:
+            if s.conn is conn:
+                return s
+        return None
+
+    def _promote(self, stream: _Stream) -> None:
+        """A server's TCP stream authenticated: traffic moves to it."""
+        old = self._stream
+        self._candidates.discard(stream)
+        self._stream = stream
+        if self._conn is not None and self._conn is not stream.conn:
+            self._retired.append(self._conn)
+        self._conn = stream.conn
+        self.peer = normalize(stream.proto.peername) if stream.proto.peername else None
+        if old is not None and old is not stream:
+            self.log.info("new connection from %s replaces the old one", _fmt_addr(self.peer))
+            old.proto.abort()
+
+    # ------------------------------------------------------------------ output + events
+    def _flush(self, conn: Connection, now: float) -> None:
+        """Write what ``conn`` produced, deliver its frames, act on its events."""
+        if self._udp is not None:
+            out = conn.datagrams_to_send(now)
+            if out:
+                udp = self._udp
+                run: list[bytes] = []
+                run_addr: Any = None
+                for data, addr in out:
+                    if addr != run_addr and run:
+                        udp.send_batch(run, run_addr)
+                        run = []
+                    run_addr = addr
+                    run.append(data)
+                if run and run_addr is not None:
+                    udp.send_batch(run, run_addr)
+        else:
+            chunks = conn.stream_to_send(now)
+            if chunks:
+                stream = self._stream_of(conn)
+                if stream is not None:
+                    stream.proto.writelines(chunks)
+        frames = conn.frames_to_deliver()
+        if frames:
+            if conn is self._conn:
+                self._to_device(frames, now)
+            else:
+                self.stats.drops["unknown_peer"] += len(frames)
+        while (ev := conn.next_event()) is not None:
+            self._on_event(conn, ev, now)
+        self._arm_timer()
+
+    def _on_event(self, conn: Connection, ev: Any, now: float) -> None:
+        if isinstance(ev, Connected):
+            stream = self._stream_of(conn)
+            if stream is not None and stream is not self._stream:
+                self._promote(stream)
+                frames = conn.frames_to_deliver()
+                if frames:
+                    self._to_device(frames, now)
+            if conn is not self._conn:
+                return
+            if ev.addr is not None:
+                self.peer = ev.addr
+            self.log.info("peer %s alive", _fmt_addr(self.peer))
+            self._set_state(State.UP)
+        elif conn is not self._conn:
+            return
+        elif isinstance(ev, Disconnected):
+            self.log.warning("peer %s down: %s", _fmt_addr(self.peer), ev.reason)
+            self._set_state(State.DOWN)
+            stream = self._stream_of(conn)
+            if stream is not None and ev.restart:
+                stream.proto.abort()
+        elif isinstance(ev, AddressChanged):
+            old, self.peer = self.peer, ev.addr
+            self.log.info("peer moved %s -> %s", _fmt_addr(old), _fmt_addr(ev.addr))
+        elif isinstance(ev, ConfigAssigned):
+            self._assign(ev)
+        elif isinstance(ev, Rekeyed):
+            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name, ev.key_id)
+
+    # ------------------------------------------------------------------ assigned config
+    def _assign(self, ev: ConfigAssigned) -> None:
+        """Apply a pushed configuration (addresses, routes, MTU) to the device."""
+        if self._loop is None or self.device_name is None:
+            return
+        task = self._loop.create_task(self._apply(ev))
+        self._assign_tasks.add(task)
+        task.add_done_callback(self._assign_tasks.discard)
+
+    async def _apply(self, ev: ConfigAssigned) -> None:
+        # a new assignment replaces the previous one
+        await self._unassign()
+        name, netns = self.device_name or "", self.config.netns
+        try:
+            await self._netlink.call(apply_assigned, name, ev, netns)
+        except (DeviceError, NetlinkError, OSError, ValueError) as exc:
+            self.stats.drops["config_assign_failed"] += 1
+            self.log.warning("tunnel %s: cannot apply the assigned configuration: %s",
+                             self.name, exc)
+            return
+        self._assigned.append(ev)
+        if ev.mtu is not None:
+            self.mtu = ev.mtu
+        self.log.info("tunnel %s: assigned %s%s", self.name,
+                      ", ".join(ev.addresses) or "no address",
+                      f", routes {', '.join(r[0] for r in ev.routes)}" if ev.routes else "")
+
+    async def _unassign(self) -> None:
+        for task in list(self._assign_tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        done, self._assigned = self._assigned, []
+        if not done or self.device_name is None or self.device is None:
+            return
+        for ev in done:
+            try:
+                await self._netlink.call(remove_assigned, self.device_name, ev,
+                                         self.config.netns)
+            except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
+                self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
+
+    # ------------------------------------------------------------------ timer
+    def _connections(self) -> list[Connection]:
+        out = [] if self._conn is None else [self._conn]
+        out += [s.conn for s in self._candidates if s.conn is not self._conn]
+        return out
+
+    def _arm_timer(self) -> None:
+        if self._loop is None or self._stopping:
+            return
+        times = [t for t in (c.get_timer() for c in self._connections()) if t is not None]
+        if not times:
+            return
+        when = max(min(times), self._loop.time())
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._loop is None or self._stopping:
+            return
+        now = self._loop.time()
+        for conn in self._connections():
+            conn.handle_timer(now)
+            self._flush(conn, now)
+        self._arm_timer()
+
+    # ------------------------------------------------------------------ state & teardown
+    def _event(self) -> asyncio.Event:
+        if self._state_changed is None:
+            self._state_changed = asyncio.Event()
+        return self._state_changed
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old == new:
+            return
+        self.state = new
+        self.since = time.time()
+        if new in (State.UP, State.DOWN):
+            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
+        self._event().set()
+        for cb in list(self._listeners):
+            try:
+                cb(self, old, new)
+            except Exception:  # a listener bug must not break the data path
+                self.log.exception("state listener failed")
+
+    async def _close_all(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self._conn_lost is not None:
+            self._conn_lost.set()
+        for s in [*self._candidates, *([self._stream] if self._stream else [])]:
+            s.proto.abort()
+        self._candidates.clear()
+        self._stream = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._conn is not None:
+            self._retired.append(self._conn)
+        self._conn = None
+        if self.device is not None:
+            try:
+                self._device_reader(False)
+            except (ValueError, OSError):
+                pass
+            self._reading_device = False
+            self.device.close()
+            self.device = None
+        self.peer = None
+
+
+# ---------------------------------------------------------------------- netlink helpers
+def apply_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
+    """Addresses, MTU and routes of a :class:`ConfigAssigned` on device ``name``
+    (runs on the netlink thread)."""
+    ifaces = [ipaddress.ip_interface(a) for a in ev.addresses]
+    nl.configure(name, addresses=ifaces, mtu=ev.mtu, netns=netns)
+    with nl.ipr(netns) as sock:
+        idx = sock.link_lookup(ifname=name)[0]
+        for dst, gateway in ev.routes:
+            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
+                                  "oif": idx}
+            if gateway:
+                kw["gateway"] = gateway
+            try:
+                sock.route("add", **kw)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: already there
+                    raise
+
+
+def remove_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
+    """Undo :func:`apply_assigned` (what is already gone is fine)."""
+    with nl.ipr(netns) as sock:
+        found = sock.link_lookup(ifname=name)
+        if not found:
+            return
+        idx = found[0]
+        for dst, gateway in ev.routes:
+            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
+                                  "oif": idx}
+            if gateway:
+                kw["gateway"] = gateway
+            try:
+                sock.route("del", **kw)
+            except NetlinkError:
+                pass
+        for a in ev.addresses:
+            iface = ipaddress.ip_interface(a)
+            try:
+                sock.addr("del", index=idx, address=str(iface.ip),
+                          prefixlen=iface.network.prefixlen)
+            except NetlinkError:
+                pass
