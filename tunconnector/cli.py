@@ -234,6 +234,15 @@ def cmd_status(argv: Sequence[str]) -> int:
                     f"{health.get('window_answered')}/{health.get('window')} answered"
                     f"{'' if rtt is None else f' rtt {rtt * 1000:.1f}ms'}"
                 )
+            hooks = t.get("hooks")
+            if hooks:  # [tunnel.hooks]: runs per event, failures never stop the tunnel
+                runs = ", ".join(
+                    f"{ev} {c.get('ok', 0)}/{c.get('runs', 0)} ok"
+                    for ev, c in hooks.items() if isinstance(c, dict)
+                )
+                last = hooks.get("last_error")
+                print(f"  {'':<12} hooks {runs or 'none run'}  failures {hooks.get('failures', 0)}"
+                      f"{'' if not last else f' (last: {last})'}")
     return 0
 
 

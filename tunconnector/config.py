@@ -71,6 +71,32 @@ class HealthConfig:
             raise ConfigError(f"{where}.threshold: must be in [0, 1), got {self.threshold}")
 
 
+def _argv() -> Any:
+    """A list field that must be written as a list: a string would be a shell habit."""
+    return field(default_factory=list, metadata={"argv": True})
+
+
+@dataclass(slots=True)
+class HooksConfig:
+    """Programs run on tunnel events (see :mod:`tunconnector.hooks`); argv lists, no shell."""
+
+    up: list[str] = _argv()
+    down: list[str] = _argv()
+    peer_up: list[str] = _argv()
+    peer_down: list[str] = _argv()
+    timeout: float = 10.0
+
+    def validate(self, where: str) -> None:
+        _positive(self.timeout, f"{where}.timeout")
+        for event in ("up", "down", "peer_up", "peer_down"):
+            argv = getattr(self, event)
+            if argv and not argv[0]:
+                raise ConfigError(f"{where}.{event}[0]: the program must not be empty")
+            for i, arg in enumerate(argv):
+                if "\0" in arg:
+                    raise ConfigError(f"{where}.{event}[{i}]: NUL byte in argument")
+
+
 @dataclass(slots=True)
 class PathConfig:
     """One underlay path of a multi-path tunnel (userspace failover)."""
@@ -141,6 +167,7 @@ class TunnelConfig:
     key_direction: int | None = None
     openvpn_cipher: str = "AES-256-CBC"
     openvpn_auth: str = "SHA1"
+    hooks: HooksConfig | None = None
 
     def validate(self, where: str) -> None:
         if not self.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
@@ -198,6 +225,8 @@ class TunnelConfig:
                 raise ConfigError(f"{where}.path[{i}].remote: a client path needs remote")
         if self.health is not None:
             self.health.validate(f"{where}.health")
+        if self.hooks is not None:
+            self.hooks.validate(f"{where}.hooks")
         self._validate_openvpn(where)
 
     def _validate_openvpn(self, where: str) -> None:
@@ -464,6 +493,11 @@ def build(cls: type, data: Any, where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
+            if f.metadata.get("argv") and not isinstance(data[name], list):
+                raise ConfigError(
+                    f"{_join(where, name)}: expected an argv list such as "
+                    '["/usr/local/bin/prog", "arg"], not a string (hooks run without a shell)'
+                )
             kwargs[name] = _convert(hints[name], data[name], _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, name)}: required key missing")

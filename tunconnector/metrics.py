@@ -125,6 +125,10 @@ class NodeCollector(Collector):
         h_rtt = GaugeMetricFamily(
             p + "health_rtt_seconds", "Mean echo RTT over the health window", labels=["tunnel"]
         )
+        hook_runs = CounterMetricFamily(
+            p + "hook_runs", "Event hooks finished, by event and result (ok, failed, timeout, "
+            "not_run, dropped)", labels=["tunnel", "event", "result"],
+        )
         h_probes = CounterMetricFamily(
             p + "health_probes", "Health probes by result", labels=["tunnel", "result"]
         )
@@ -171,6 +175,15 @@ class NodeCollector(Collector):
                     v = _num(path.get(key))
                     if v is not None:
                         fam.add_metric([name, pname], v)
+            hk = t.get("hooks")
+            if isinstance(hk, Mapping):
+                for event, counts in sorted(hk.items()):
+                    if not isinstance(counts, Mapping):
+                        continue
+                    for result, n in sorted(counts.items()):
+                        v = _num(n)
+                        if v is not None and result != "runs":
+                            hook_runs.add_metric([name, str(event), str(result)], v)
             hs = health.get(name) or t.get("health")
             if isinstance(hs, Mapping):
                 cur = str(hs.get("state", "UNKNOWN"))
@@ -187,7 +200,7 @@ class NodeCollector(Collector):
 
         yield from (up, state, age, *counters.values(), drops, established, session_age)
         yield from (path_up, path_active, path_rtt, path_loss, *path_counters.values())
-        yield from (h_state, h_ok, h_rtt, h_probes)
+        yield from (h_state, h_ok, h_rtt, h_probes, hook_runs)
 
         if self._auth is not None:
             lim = self._auth.limiter

@@ -18,8 +18,9 @@ from typing import Any
 
 from . import __version__, memory
 from .adapter import make_tunnel
-from .config import Config
+from .config import Config, parse_interface_address
 from .errors import ConfigError, TunconnectorError
+from .hooks import Hooks, peer_env, tunnel_env
 from .io.netlink import Netlink
 from .status import ControlServer
 from .tunnel import State, Tunnel
@@ -68,6 +69,12 @@ class Node:
         self.started = False
         # operations (issue 7): health checks, then the control API, when configured
         self.health: dict[str, Any] = {}
+        # [tunnel.hooks]: programs run on up/down (and peer_up/peer_down in hubs)
+        self.hooks: dict[str, Hooks] = {}
+        for tcfg in config.tunnel:
+            if tcfg.hooks is not None:
+                self.hooks[tcfg.name] = Hooks(tcfg.hooks, tunnel=tcfg.name)
+                self.tunnels[tcfg.name].add_listener(self._hook_listener)
         self.api_server: Any = None
         if any(t.health is not None for t in config.tunnel):
             from .health import health_service
@@ -147,6 +154,8 @@ class Node:
                 log.exception("service failed to stop")
         self._stoppers.clear()
         await asyncio.gather(*(t.stop() for t in self.tunnels.values()), return_exceptions=True)
+        # the down hooks the stops just queued run before the process goes away
+        await asyncio.gather(*(h.close() for h in self.hooks.values()), return_exceptions=True)
         if self._control is not None:
             await self._control.stop()
         self.netlink.close()
@@ -179,6 +188,9 @@ class Node:
             mon = self.health.get(name)
             if mon is not None:  # [tunnel.health] verdict (issue 7)
                 st["health"] = mon.snapshot()
+            hooks = self.hooks.get(name)
+            if hooks is not None:
+                st["hooks"] = hooks.snapshot()
             out.append(st)
         return out
 
@@ -189,9 +201,51 @@ class Node:
                     "tunnels": self.status()}
         raise ConfigError(f"unknown control command {cmd!r}")
 
+    def _hook_listener(self, tunnel: Any, old: State, new: State) -> None:
+        """Entering ``up`` fires the up hook; leaving it (peer dead, stop) fires down."""
+        if new == State.UP and old != State.UP:
+            event = "up"
+        elif old == State.UP and new != State.UP:
+            event = "down"
+        else:
+            return
+        hooks = self.hooks.get(tunnel.name)
+        if hooks is not None:
+            hooks.fire(event, self.hook_env(tunnel))
+
+    def hook_env(self, tunnel: Any) -> dict[str, str]:
+        """What a point-to-point tunnel's hook learns: names, device, addresses, peer."""
+        cfg = tunnel.config
+        local = cfg.address[0] if cfg.address else None
+        remote = None
+        if cfg.health is not None and cfg.health.target:
+            remote = cfg.health.target
+        elif local is not None:
+            from .health import default_target
+
+            with contextlib.suppress(TunconnectorError):
+                remote = default_target(cfg)
+        env = tunnel_env(tunnel=tunnel.name, device=getattr(tunnel, "device_name", None),
+                         local_address=str(parse_interface_address(local, "address"))
+                         if local else None,
+                         remote_address=remote, mtu=getattr(tunnel, "mtu", None),
+                         dev_type=cfg.dev_type)
+        peer = getattr(tunnel, "peer", None)
+        if peer:
+            env.update(peer_env(endpoint=_fmt_endpoint(peer)))
+        return env
+
     @property
     def all_up(self) -> bool:
         return all(t.state == State.UP for t in self.tunnels.values() if t.config.enabled)
+
+
+def _fmt_endpoint(addr: Any) -> str:
+    """``host:port`` (``[v6]:port``) from a socket address tuple."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)
 
 
 async def serve(
