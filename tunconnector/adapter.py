@@ -100,7 +100,12 @@ def uses_connection(cfg: TunnelConfig) -> bool:
 
 
 def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
-    """The tunnel object for ``cfg``: a ConnectionTunnel or a native Tunnel."""
+    """The tunnel object for ``cfg``: a ConnectionTunnel, a native Tunnel, or a hub
+    (a server with ``[[tunnel.peer]]`` tables: :class:`tunconnector.hub.Hub`)."""
+    if cfg.is_hub:
+        from .hub import Hub
+
+        return Hub(cfg, netlink=netlink)
     if uses_connection(cfg):
         return ConnectionTunnel(cfg, netlink=netlink)
     from .tunnel import Tunnel

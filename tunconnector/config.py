@@ -122,6 +122,36 @@ class PathConfig:
 
 
 @dataclass(slots=True)
+class PeerConfig:
+    """One peer of a hub (``[[tunnel.peer]]``), identified by its public key."""
+
+    name: str
+    public_key: str
+    address: str | None = None
+    allowed_ips: list[str] = field(default_factory=list)
+    key_file: str | None = None  # an extra per-peer PSK on top of the public keys
+
+    def validate(self, where: str) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
+            raise ConfigError(f"{where}.name: {self.name!r} must be 1..64 of [A-Za-z0-9_.-]")
+        from .errors import CryptoError
+        from .keys import decode_key
+
+        try:
+            decode_key(self.public_key, "public_key")
+        except CryptoError as exc:
+            raise ConfigError(f"{where}.public_key: {exc}") from None
+        if self.address is not None:
+            _check_ip(self.address.split("/")[0], f"{where}.address")
+        for i, net in enumerate(self.allowed_ips):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.allowed_ips[{i}]: {net!r} is not a network") \
+                    from exc
+
+
+@dataclass(slots=True)
 class TunnelConfig:
     """One tunnel: a device, a transport, a framing. The keys are a public contract."""
 
@@ -168,6 +198,71 @@ class TunnelConfig:
     openvpn_cipher: str = "AES-256-CBC"
     openvpn_auth: str = "SHA1"
     hooks: HooksConfig | None = None
+    # hub mode: a server with [[tunnel.peer]] tables serves many peers on one port
+    peer: list[PeerConfig] = field(default_factory=list)
+    pool: str | None = None
+    client_to_client: bool = False
+    push_routes: list[str] = field(default_factory=list)
+    max_peers: int = 1024
+    state_file: str | None = None  # pool leases (default /var/lib/tunconnector/NAME.json)
+    mac_aging: float = 300.0
+    max_macs_per_peer: int = 1024
+
+    @property
+    def is_hub(self) -> bool:
+        return bool(self.peer)
+
+    def validate_hub(self, where: str) -> None:
+        if self.mode != "server":
+            raise ConfigError(f"{where}.peer: only a server has [[tunnel.peer]] tables")
+        if self.framing != "native" or self.proto != "udp":
+            raise ConfigError(f"{where}.peer: a hub runs framing = 'native' over proto = 'udp'")
+        if self.path:
+            raise ConfigError(f"{where}.path: a hub has one socket, not [[tunnel.path]]")
+        if not self.private_key_file:
+            raise ConfigError(f"{where}.private_key_file: a hub identifies peers by public "
+                              "key and needs its own private key")
+        if self.peer_public_key:
+            raise ConfigError(f"{where}.peer_public_key: a hub lists its peers in "
+                              "[[tunnel.peer]] instead")
+        _positive(self.max_peers, f"{where}.max_peers")
+        if len(self.peer) > self.max_peers:
+            raise ConfigError(f"{where}.peer: {len(self.peer)} peers exceed max_peers "
+                              f"{self.max_peers}")
+        _positive(self.mac_aging, f"{where}.mac_aging")
+        _positive(self.max_macs_per_peer, f"{where}.max_macs_per_peer")
+        pool = None
+        if self.pool is not None:
+            try:
+                pool = ipaddress.ip_network(self.pool, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.pool: {self.pool!r} is not a network") from exc
+        for i, r in enumerate(self.push_routes):
+            try:
+                ipaddress.ip_network(r, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.push_routes[{i}]: {r!r} is not a network") from exc
+        seen_names: set[str] = set()
+        seen_keys: set[str] = set()
+        seen_addrs: set[str] = set()
+        own = {str(i.ip) for i in self.interfaces}
+        for i, p in enumerate(self.peer):
+            pw = f"{where}.peer[{i}]"
+            if p.name in seen_names:
+                raise ConfigError(f"{pw}.name: duplicate peer name {p.name!r}")
+            seen_names.add(p.name)
+            key = p.public_key.strip()
+            if key in seen_keys:
+                raise ConfigError(f"{pw}.public_key: the same key is given to two peers")
+            seen_keys.add(key)
+            if p.address is not None:
+                a = p.address.split("/")[0]
+                if a in seen_addrs or a in own:
+                    raise ConfigError(f"{pw}.address: {a} is used twice")
+                seen_addrs.add(a)
+            elif pool is None and self.dev_type == "tun":
+                raise ConfigError(f"{pw}.address: a peer needs an address, or the tunnel "
+                                  "a pool")
 
     def validate(self, where: str) -> None:
         if not self.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
@@ -204,8 +299,13 @@ class TunnelConfig:
             raise ConfigError(f"{where}.netns: bad namespace name {self.netns!r}")
         if self.framing != "native" and (self.key_file or self.private_key_file):
             raise ConfigError(f"{where}.key_file: encryption needs framing = 'native'")
-        if self.private_key_file and not self.peer_public_key:
+        if self.peer:
+            self.validate_hub(where)
+        elif self.private_key_file and not self.peer_public_key:
             raise ConfigError(f"{where}.peer_public_key: required with private_key_file")
+        elif self.pool is not None or self.push_routes or self.client_to_client:
+            raise ConfigError(f"{where}.pool: pool, push_routes and client_to_client "
+                              "belong to a hub (a server with [[tunnel.peer]] tables)")
         _positive(self.rekey_after_time, f"{where}.rekey_after_time")
         _positive(self.probe_interval, f"{where}.probe_interval")
         _positive(self.down_after, f"{where}.down_after")

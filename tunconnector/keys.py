@@ -25,6 +25,10 @@ from .proto.secure import HandshakeGuard, SecureChannel
 
 KEY_LEN = 32
 
+#: per tunnel config (by id): what to call when its hub assigns configuration (see
+#: tunconnector.client_assign); registered by the Node, looked up for each new channel
+ASSIGNMENT_HANDLERS: dict[int, Any] = {}
+
 
 def encode_key(key: bytes) -> str:
     return base64.b64encode(key).decode()
@@ -179,7 +183,7 @@ def channel_from_config(
         keys = load_tunnel_keys(tunnel)
         if keys is None:
             return None
-    return SecureChannel(
+    channel = SecureChannel(
         initiator=getattr(tunnel, "mode", "client") == "client",
         psk=keys.psk,
         private_key=keys.private_key,
@@ -191,3 +195,5 @@ def channel_from_config(
         clock_offset=clock_offset,
         guard=guard,
     )
+    channel.on_assigned = ASSIGNMENT_HANDLERS.get(id(tunnel))
+    return channel

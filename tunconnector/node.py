@@ -62,6 +62,13 @@ class Node:
         self.tunnels: dict[str, Tunnel] = {
             t.name: make_tunnel(t, netlink=self.netlink) for t in config.tunnel
         }
+        # hub clients (public-key clients) take the address and routes a hub assigns
+        self._assigners: list[Any] = []
+        for t in self.tunnels.values():
+            if t.config.mode == "client" and t.config.private_key_file:
+                from .client_assign import ClientAssignment
+
+                self._assigners.append(ClientAssignment(t))
         self._control = ControlServer(config.control_dir, self._control_request) \
             if control_socket else None
         self._services: list[Service] = []
@@ -158,6 +165,8 @@ class Node:
         await asyncio.gather(*(h.close() for h in self.hooks.values()), return_exceptions=True)
         if self._control is not None:
             await self._control.stop()
+        for a in self._assigners:
+            await asyncio.gather(*a._tasks, return_exceptions=True)
         self.netlink.close()
         self.netlink = Netlink()
         for t in self.tunnels.values():

@@ -448,7 +448,7 @@ def test_garbage_is_counted_not_raised() -> None:
         assert s.open(junk, parse_header(junk), 1.0) is None
     cookie = encode_native(MsgType.COOKIE_REPLY, b"")
     s.open(cookie, parse_header(cookie), 1.0)
-    assert s.drops["truncated"] == 3 and s.drops["unsupported"] == 1
+    assert s.drops["truncated"] == 3 and s.drops["stale_cookie"] == 1
 
 
 def test_replayed_data_counted() -> None:

@@ -223,6 +223,13 @@ class HandshakeState:
                 raise LocalProtocolError("pattern needs the remote static public key")
             self.ss.mix_hash(self.rs)
 
+    def set_psk(self, psk: bytes) -> None:
+        """Set the PSK before the token that mixes it (IKpsk2: the responder's message,
+        so a hub can read an initiation before it knows which peer, and PSK, sent it)."""
+        if len(psk) != KEYLEN:
+            raise LocalProtocolError("a PSK is 32 bytes")
+        self._psk = psk
+
     @property
     def finished(self) -> bool:
         return self._msg >= len(self.pattern.messages)

@@ -43,6 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import CryptoError, RemoteProtocolError
+from .cookie import REPLY_LEN, CookieChecker, CookieJar, cookie_key, reply_session
 from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION, Header, MsgType
 from .noise import DHLEN, TAGLEN, HandshakeState, blake2s, public_bytes
 from .replay import REJECT_AFTER_MESSAGES
@@ -90,7 +91,17 @@ class SessionExpired:
     """The current keypair aged past ``reject_after_time`` with no replacement."""
 
 
-Event = HandshakeComplete | Rekeyed | AuthFailure | SessionExpired
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """The responder (a hub) sent configuration with its handshake response."""
+
+    payload: bytes
+
+
+Event = HandshakeComplete | Rekeyed | AuthFailure | SessionExpired | Assigned
+
+#: longest extra payload a handshake response may carry (a hub's assignment)
+MAX_RESPONSE_EXTRA = 8192
 
 
 # -- rate limiter ---------------------------------------------------------------------
@@ -133,11 +144,15 @@ class HandshakeGuard:
     and the per-source rate limit holds across connections.
     """
 
-    __slots__ = ("limiter", "last_timestamp")
+    __slots__ = ("limiter", "last_timestamp", "cookies")
 
-    def __init__(self, limiter: TokenBucketLimiter | None = None) -> None:
+    def __init__(self, limiter: TokenBucketLimiter | None = None,
+                 cookies: CookieChecker | None = None) -> None:
         self.limiter = limiter if limiter is not None else TokenBucketLimiter()
         self.last_timestamp = 0
+        #: cookie replies under load; only set by an adapter that sends
+        #: :attr:`SecureChannel.cookie_out` to each reply's source address
+        self.cookies = cookies
 
 
 # -- the channel ----------------------------------------------------------------------
@@ -253,6 +268,19 @@ class SecureChannel:
         #: source of the last authenticated message (roaming: where the peer is now)
         self.authenticated_source: Hashable | None = None
         self.last_authenticated: float | None = None
+        # cookies (see proto/cookie.py): ours as initiator, replies we owe as responder
+        self._cookie_key_in = cookie_key(self._mac_in)
+        self._cookie_key_out = cookie_key(self._mac_out)
+        self._jar = CookieJar()
+        self._last_mac1 = b""
+        self._last_had_mac2 = False
+        #: COOKIE_REPLY messages to send, each to its own (source) address
+        self.cookie_out: list[tuple[bytes, Hashable]] = []
+        #: appended to our handshake responses (a hub's assignment, proto/assign.py)
+        self.response_extra = b""
+        #: called with what a hub appended to its response (besides the Assigned event,
+        #: for adapters that do not drain events of that type)
+        self.on_assigned: Callable[[bytes], None] | None = None
 
     def __repr__(self) -> str:
         state = "up" if self.current is not None else "down"
@@ -561,8 +589,8 @@ class SecureChannel:
         flags = _FLAG_PREFERRED if self.initiator else 0
         payload = _INIT_PAYLOAD.pack(self._timestamp(now), self._cipher_id, flags)
         body = hs.write_message(payload)
-        msg = self._with_mac(
-            HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, index, 0) + body
+        msg = self._initiation_with_macs(
+            HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, index, 0) + body, now
         )
         self._pending = _Pending(index, hs, now)
         delay = min(self.rekey_timeout * (2 ** self._attempts), self.max_retransmit)
@@ -588,6 +616,14 @@ class SecureChannel:
     def _with_mac(self, data: bytes) -> bytes:
         return data + hashlib.blake2s(data, key=self._mac_out, digest_size=MAC_LEN).digest()
 
+    def _initiation_with_macs(self, data: bytes, now: float) -> bytes:
+        """mac1, and mac2 when we hold a fresh cookie from the responder."""
+        msg = self._with_mac(data)
+        self._last_mac1 = msg[-MAC_LEN:]
+        mac2 = self._jar.mac2(msg, now)
+        self._last_had_mac2 = mac2 is not None
+        return msg if mac2 is None else msg + mac2
+
     def _mac_ok(self, msg: memoryview) -> bool:
         want = hashlib.blake2s(msg[:-MAC_LEN], key=self._mac_in, digest_size=MAC_LEN).digest()
         return hmac.compare_digest(want, msg[-MAC_LEN:])
@@ -599,17 +635,22 @@ class SecureChannel:
         elif t == MsgType.HANDSHAKE_RESP:
             self._on_response(msg, header, now, source)
         elif t == MsgType.COOKIE_REPLY:
-            self.drops["unsupported"] += 1
+            self._on_cookie_reply(msg, now)
         else:
             self.drops["plaintext"] += 1
 
     def _on_initiation(
         self, msg: memoryview, header: Header, now: float, source: Hashable
     ) -> None:
-        if len(msg) != self._init_len:
+        n = len(msg)
+        if n == self._init_len + MAC_LEN:
+            body = msg[:-MAC_LEN]  # ... || mac1 || mac2
+        elif n == self._init_len:
+            body = msg
+        else:
             self.drops["truncated"] += 1
             return
-        if not self._mac_ok(msg):
+        if not self._mac_ok(body):
             self.drops["bad_mac"] += 1
             self._auth_failure(
                 "bad_mac",
@@ -618,18 +659,41 @@ class SecureChannel:
                 now,
             )
             return
+        cookies = self.guard.cookies
+        if cookies is not None:
+            cookies.note_initiation(now)
+            if cookies.under_load(now):
+                if body is msg or not cookies.check_mac2(msg, source, now):
+                    self.drops["cookie_sent"] += 1
+                    self.cookie_out.append((cookies.make_reply(
+                        header.session, bytes(body[-MAC_LEN:]), source, now,
+                        self._cookie_key_in), source))
+                    return
         if not self.limiter.allow(source, now):
             self.drops["rate_limited"] += 1
             return
         hs = self._handshake_state(False)
         try:
-            payload = hs.read_message(bytes(msg[HEADER_LEN:-MAC_LEN]))
+            payload = hs.read_message(bytes(body[HEADER_LEN:-MAC_LEN]))
         except RemoteProtocolError as exc:
             self._handshake_failed(exc, now)
             return
+        self.accept_initiation(hs, payload, header.session, now, source)
+
+    def accept_initiation(self, hs: HandshakeState, payload: bytes, sender_index: int,
+                          now: float, source: Hashable) -> None:
+        """Go on with an initiation whose first message ``hs`` has read (``payload``).
+
+        A hub reads the initiation itself to learn which peer's static key sent it,
+        then hands it to that peer's channel here: one DH pass, not two.
+        """
         if self._peer_static is not None and hs.rs != self._peer_static:
             self.drops["unknown_peer"] += 1
             self._auth_failure("unknown_peer", "handshake from an unknown static key", now)
+            return
+        hs.set_psk(self._psk)
+        if len(payload) != _INIT_PAYLOAD.size:
+            self.drops["handshake_failed"] += 1
             return
         ts, cipher_id, flags = _INIT_PAYLOAD.unpack(payload)
         if cipher_id != self._cipher_id:
@@ -655,10 +719,10 @@ class SecureChannel:
             # if the peer never confirms the keypair we answer with, try again ourselves
             self._wakeup_at = now + self.max_retransmit
         index = self._new_index()
-        body = hs.write_message(_RESP_PAYLOAD.pack(index, self._cipher_id))
+        body = hs.write_message(_RESP_PAYLOAD.pack(index, self._cipher_id) + self.response_extra)
         k_init_to_resp, k_resp_to_init = hs.split()
         kp = Keypair(
-            local_index=index, remote_index=header.session, send_key=k_resp_to_init,
+            local_index=index, remote_index=sender_index, send_key=k_resp_to_init,
             recv_key=k_init_to_resp, initiator=False, created=now, cipher=self.cipher,
         )
         self._forget(self.next)
@@ -670,14 +734,33 @@ class SecureChannel:
         self.last_authenticated = now
         self._out.append(
             self._with_mac(
-                HEADER.pack(VERSION, MsgType.HANDSHAKE_RESP, 0, 0, header.session, 0) + body
+                HEADER.pack(VERSION, MsgType.HANDSHAKE_RESP, 0, 0, sender_index, 0) + body
             )
         )
+
+    def _on_cookie_reply(self, msg: memoryview, now: float) -> None:
+        """A responder under load asks for mac2: take the cookie, initiate again now."""
+        pending = self._pending
+        if len(msg) != REPLY_LEN or pending is None or reply_session(msg) != pending.index:
+            self.drops["stale_cookie"] += 1
+            return
+        if not self._jar.consume(msg, self._last_mac1, self._cookie_key_out, now):
+            self.drops["bad_cookie"] += 1
+            return
+        if not self._last_had_mac2:  # one retry per cookie: no loop with a broken peer
+            self._send_initiation(now)
+
+    def local_indices(self) -> list[int]:
+        """Session indices that address this channel (a hub maps them to the peer)."""
+        out = list(self._by_index)
+        if self._pending is not None:
+            out.append(self._pending.index)
+        return out
 
     def _on_response(
         self, msg: memoryview, header: Header, now: float, source: Hashable
     ) -> None:
-        if len(msg) != self._resp_len:
+        if not self._resp_len <= len(msg) <= self._resp_len + MAX_RESPONSE_EXTRA:
             self.drops["truncated"] += 1
             return
         pending = self._pending
@@ -700,7 +783,8 @@ class SecureChannel:
             self._handshake_failed(exc, now)
             self._send_initiation(now)
             return
-        remote_index, cipher_id = _RESP_PAYLOAD.unpack(payload)
+        remote_index, cipher_id = _RESP_PAYLOAD.unpack_from(payload)
+        extra = payload[_RESP_PAYLOAD.size:]
         if cipher_id != self._cipher_id or remote_index == 0:
             self.drops["cipher_mismatch"] += 1
             return
@@ -725,6 +809,10 @@ class SecureChannel:
         self.authenticated_source = source
         self.last_authenticated = now
         self._established(had_session, True)
+        if extra:
+            self._events.append(Assigned(bytes(extra)))
+            if self.on_assigned is not None:
+                self.on_assigned(bytes(extra))
         if self._queue:
             self._flush_queue(now)
         else:  # confirm the keypair to the responder at once
@@ -793,6 +881,7 @@ def _mac_key(public: bytes, psk: bytes) -> bytes:
 
 __all__ = [
     "OVERHEAD",
+    "Assigned",
     "AuthFailure",
     "Event",
     "HandshakeComplete",

@@ -1,0 +1,111 @@
+"""Cookie replies under load and the assignment in the handshake response (in memory)."""
+
+from __future__ import annotations
+
+from tunconnector.keys import decode_key, generate_keypair
+from tunconnector.proto.assign import Assignment
+from tunconnector.proto.cookie import REPLY_LEN, CookieChecker
+from tunconnector.proto.framing import MsgType, parse_header
+from tunconnector.proto.secure import Assigned, HandshakeComplete, HandshakeGuard, SecureChannel
+
+
+def pair(cookies: CookieChecker | None) -> tuple[SecureChannel, SecureChannel]:
+    cpriv, cpub = generate_keypair()
+    spriv, spub = generate_keypair()
+    c = SecureChannel(initiator=True, private_key=decode_key(cpriv),
+                      peer_public_key=decode_key(spub))
+    s = SecureChannel(initiator=False, private_key=decode_key(spriv),
+                      peer_public_key=decode_key(cpub), guard=HandshakeGuard(cookies=cookies))
+    return c, s
+
+
+def to(dst: SecureChannel, msgs: list[bytes], now: float, source: object = ("10.0.0.2", 5))\
+        -> None:
+    for m in msgs:
+        dst.open(m, parse_header(m), now, source=source)
+
+
+def test_under_load_a_cookie_then_mac2_gets_through() -> None:
+    checker = CookieChecker(threshold=0)  # every initiation counts as load
+    c, s = pair(checker)
+    c.start(0.0)
+    to(s, c.datagrams_to_send(), 0.0)
+    assert s.datagrams_to_send() == []  # no DH, no response
+    assert s.drops["cookie_sent"] == 1
+    (reply, dest), = s.cookie_out
+    assert dest == ("10.0.0.2", 5) and len(reply) == REPLY_LEN
+    assert parse_header(reply).type == MsgType.COOKIE_REPLY
+    to(c, [reply], 0.01)
+    retry = c.datagrams_to_send()  # initiates again at once, now with mac2
+    assert len(retry) == 1 and len(retry[0]) == s._init_len + 16
+    to(s, retry, 0.02)
+    to(c, s.datagrams_to_send(), 0.03)
+    assert c.established
+    to(s, c.datagrams_to_send(), 0.04)
+    assert s.established
+
+
+def test_cookie_bound_to_source_address() -> None:
+    checker = CookieChecker(threshold=0)
+    c, s = pair(checker)
+    c.start(0.0)
+    to(s, c.datagrams_to_send(), 0.0)
+    (reply, _), = s.cookie_out
+    to(c, [reply], 0.01)
+    to(s, c.datagrams_to_send(), 0.02, source=("10.9.9.9", 5))  # another address
+    assert not s.datagrams_to_send() and s.drops["cookie_sent"] == 2
+    assert checker.refused == 1
+
+
+def test_forged_cookie_reply_ignored() -> None:
+    c, s = pair(CookieChecker(threshold=0))
+    c.start(0.0)
+    init = c.datagrams_to_send()[0]
+    forged = bytearray(CookieChecker().make_reply(parse_header(init).session, b"x" * 16,
+                                                  "a", 0.0, bytes(32)))
+    to(c, [bytes(forged)], 0.01)
+    assert c.drops["bad_cookie"] == 1 and c.datagrams_to_send() == []
+
+
+def test_not_under_load_no_cookie() -> None:
+    c, s = pair(CookieChecker(threshold=100))
+    c.start(0.0)
+    to(s, c.datagrams_to_send(), 0.0)
+    to(c, s.datagrams_to_send(), 0.01)
+    assert c.established and not s.cookie_out
+
+
+def test_load_window() -> None:
+    ck = CookieChecker(threshold=3)
+    for i in range(3):
+        ck.note_initiation(0.1 * i)
+    assert not ck.under_load(0.3)
+    ck.note_initiation(0.35)
+    assert ck.under_load(0.4) and ck.under_load(1.3) and not ck.under_load(1.4)
+
+
+def test_response_carries_assignment() -> None:
+    c, s = pair(None)
+    a = Assignment("10.220.0.5/24", ("10.220.0.0/24", "10.99.0.0/16"), 1420)
+    s.response_extra = a.encode()
+    c.start(0.0)
+    to(s, c.datagrams_to_send(), 0.0)
+    to(c, s.datagrams_to_send(), 0.01)
+    evs = []
+    while (e := c.next_event()) is not None:
+        evs.append(e)
+    assert isinstance(evs[0], HandshakeComplete)
+    assert Assignment.decode(next(e for e in evs if isinstance(e, Assigned)).payload) == a
+
+
+def test_assignment_decode_rejects_garbage() -> None:
+    import pytest
+
+    from tunconnector.errors import RemoteProtocolError
+
+    for bad in (b"", b"[]", b'{"a": 5}', b'{"r": ["x"]}', b'{"m": 5}', b"\xff" * 9000):
+        with pytest.raises(RemoteProtocolError):
+            Assignment.decode(bad)
+    many = Assignment("10.0.0.2/24", tuple(f"10.{i // 256}.{i % 256}.0/24"
+                                            for i in range(3000)))
+    assert len(many.encode()) <= 8192

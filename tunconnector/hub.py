@@ -1,0 +1,1035 @@
+"""Hub mode: one device, one UDP socket, many peers identified by their public keys.
+
+An asyncio adapter like :mod:`.tunnel`, with the same public face (``state``,
+``wait_up``, ``add_listener``, ``status()``, ``stats``, ``start``/``stop``/``close``)
+plus a view of its peers. The decisions live in sans-I/O pieces: per peer a
+:class:`~.proto.native.NativeEndpoint` with its own
+:class:`~.proto.secure.SecureChannel` (responder), the :class:`~.proto.router.Router`
+(TUN) or :class:`~.proto.mactable.MacTable` (TAP) between the device and the peers, the
+:class:`~.proto.pool.AddressPool`, and the :class:`~.proto.cookie.CookieChecker` that
+answers floods with cookies. Here we only read, dispatch and write.
+
+Who sent a datagram: a known source address is the fast path; otherwise the receiver's
+session index names the peer; an initiation is read once by the hub (mac1, load and
+cookie, then the first Noise message, which reveals the initiator's static key) and
+handed to that peer's channel. A peer follows its client on any authenticated message
+(roaming, NAT rebinding).
+
+One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost a
+heap entry each and a wake-up only when one of them has something to do.
+
+TCP is not offered for hubs (the config refuses it): one UDP port serves every peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import heapq
+import hmac
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .config import PeerConfig, TunnelConfig
+from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
+from .io import netlink as nl
+from .io import routes as rt
+from .io.device import Device
+from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .keys import decode_key, encode_key, load_key_file
+from .proto import fragment
+from .proto.assign import Assignment
+from .proto.cookie import CookieChecker, cookie_key
+from .proto.framing import HEADER_LEN, MsgType
+from .proto.liveness import PeerDown, PeerUp
+from .proto.mactable import FLOOD, LOCAL, MacTable
+from .proto.native import NativeEndpoint
+from .proto.noise import HandshakeState, public_bytes
+from .proto.offload import GsoFrame
+from .proto.pool import AddressPool, PoolExhausted
+from .proto.router import FORWARD, TO_DEVICE, Router
+from .proto.secure import (
+    _INIT_PAYLOAD,
+    MAC_LEN,
+    PROLOGUE,
+    AuthFailure,
+    HandshakeComplete,
+    HandshakeGuard,
+    SecureChannel,
+    SessionExpired,
+    TokenBucketLimiter,
+    _mac_key,
+)
+from .tunnel import State, TunnelStats, derive_mtu
+
+log = logging.getLogger("tunconnector.hub")
+
+#: header || e || enc(s) || enc(payload) || mac1  (IKpsk2 first message)
+INIT_LEN = HEADER_LEN + 32 + (32 + 16) + _INIT_PAYLOAD.size + 16 + MAC_LEN
+DEFAULT_STATE_DIR = "/var/lib/tunconnector"
+
+Listener = Callable[[Any, State, State], None]
+
+
+@dataclass(slots=True)
+class PeerStats:
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class HubPeer:
+    """One configured peer: its key, addresses, protocol state and counters."""
+
+    __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
+                 "native", "secure", "addr", "raw", "up", "started", "last_handshake",
+                 "timer_at", "indices", "stats", "assignment", "routes_installed")
+
+    def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.key_b64 = encode_key(public)
+        self.public = public
+        self.psk = psk
+        self.address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.prefixes: list[str] = []
+        self.native: NativeEndpoint | None = None
+        self.secure: SecureChannel | None = None
+        self.addr: Addr | None = None  # where the peer is now (normalized)
+        self.raw: Any = None  # ... as recvfrom() returns it (the fast-path key)
+        self.up = False
+        self.started = False
+        self.last_handshake: float | None = None  # wall clock
+        self.timer_at: float | None = None
+        self.indices: set[int] = set()
+        self.stats = PeerStats()
+        self.assignment: Assignment | None = None
+        self.routes_installed: list[str] = []
+
+    def same_as(self, cfg: PeerConfig) -> bool:
+        """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
+        return (cfg.public_key.strip() == self.cfg.public_key.strip()
+                and cfg.address == self.cfg.address
+                and list(cfg.allowed_ips) == list(self.cfg.allowed_ips)
+                and cfg.key_file == self.cfg.key_file)
+
+
+def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
+    try:
+        public = decode_key(cfg.public_key, f"{where}.public_key")
+        psk = load_key_file(cfg.key_file) if cfg.key_file else None
+    except CryptoError as exc:
+        raise ConfigError(str(exc)) from exc
+    return public, psk
+
+
+class Hub:
+    """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
+
+    def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = State.STOPPED
+        self.stats = TunnelStats()
+        self.device: Device | None = None
+        self.device_name: str | None = config.device
+        self.mtu = derive_mtu(config)
+        self.tap = config.dev_type == "tap"
+        self.max_frame = self.mtu + (18 if self.tap else 0)
+        self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
+        self.error: str | None = None
+        self.since = time.time()
+        self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._netlink = netlink or nl.Netlink()
+        self._own_netlink = netlink is None
+        self._listeners: list[Listener] = []
+        self._state_changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: UdpEndpoint | None = None
+        self._stopping = False
+        self.peers: dict[str, HubPeer] = {}
+        self._by_key: dict[bytes, HubPeer] = {}
+        self._by_raw: dict[Any, HubPeer] = {}
+        self._by_index: dict[int, HubPeer] = {}
+        self.router = Router(client_to_client=config.client_to_client)
+        self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer)
+        self.pool: AddressPool | None = None
+        self.cookies = CookieChecker()
+        self._limiter = TokenBucketLimiter()
+        self._static: X25519PrivateKey | None = None
+        self._mac_keys: list[bytes] = []
+        self._cookie_key = b""
+        self._reasm = fragment.Reassembler()
+        self._heap: list[tuple[float, int, HubPeer]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._clock_offset = 0.0
+        self._hooks: Any = None
+        self._kernel_routes: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ public face
+    def add_listener(self, callback: Listener) -> None:
+        self._listeners.append(callback)
+
+    async def wait_state(self, state: State, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while self.state != state:
+                if self.state == State.FAILED and state != State.FAILED:
+                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
+                ev = self._event()
+                ev.clear()
+                await ev.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        """Wait until at least one peer is up."""
+        await self.wait_state(State.UP, timeout)
+
+    async def wait_peer_up(self, name: str, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while not (name in self.peers and self.peers[name].up):
+                ev = self._event()
+                ev.clear()
+                await ev.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in (State.STARTING, State.DOWN, State.UP)
+
+    def last_heard(self) -> float | None:
+        times = [p.native.liveness.last_rx for p in self.peers.values()
+                 if p.native is not None and p.native.liveness.last_rx is not None]
+        return max(times) if times else None
+
+    def all_drops(self) -> dict[str, int]:
+        drops = collections.Counter(self.stats.drops)
+        for p in self.peers.values():
+            drops.update(p.stats.drops)
+        return {k: v for k, v in sorted(drops.items()) if v}
+
+    def peer_status(self, p: HubPeer, now: float | None = None) -> dict[str, Any]:
+        drops = collections.Counter(p.stats.drops)
+        if p.native is not None:
+            drops.update(p.native.drops)
+        if p.secure is not None:
+            drops.update(p.secure.drops)
+        hs_age = None if p.last_handshake is None else round(time.time() - p.last_handshake, 1)
+        return {
+            "name": p.name,
+            "public_key": p.key_b64,
+            "key": p.key_b64[:8],
+            "endpoint": _fmt_addr(p.addr) if p.addr is not None else None,
+            "address": str(p.address) if p.address is not None else None,
+            "allowed_ips": list(p.cfg.allowed_ips),
+            "state": "up" if p.up else ("down" if p.started else "never"),
+            "last_handshake_age": hs_age,
+            "rx_bytes": p.stats.rx_bytes,
+            "tx_bytes": p.stats.tx_bytes,
+            "rx_packets": p.stats.rx_packets,
+            "tx_packets": p.stats.tx_packets,
+            "handshakes": p.secure.handshakes if p.secure is not None else 0,
+            "drops": {k: v for k, v in sorted(drops.items()) if v},
+        }
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        return [self.peer_status(p) for p in self.peers.values()]
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        now = self._loop.time() if self._loop is not None else None
+        last = self.stats.last_rx
+        local = None
+        if self._udp is not None:
+            try:
+                local = _fmt_addr(self._udp.local_address)
+            except OSError:
+                local = None
+        up = sum(1 for p in self.peers.values() if p.up)
+        handshakes = sum(p.secure.handshakes for p in self.peers.values() if p.secure)
+        return {
+            "name": self.name,
+            "mode": cfg.mode,
+            "hub": True,
+            "proto": cfg.proto,
+            "framing": cfg.framing,
+            "transport": f"{cfg.proto}/{cfg.framing}",
+            "dev_type": cfg.dev_type,
+            "device": self.device_name,
+            "netns": cfg.netns,
+            "addresses": list(cfg.address),
+            "mtu": self.mtu,
+            "local": local,
+            "peer": None,
+            "state": self.state.value,
+            "error": self.error,
+            "encrypted": True,
+            "since": self.since,
+            "last_rx_age": round(now - last, 3) if (now is not None and last is not None) else None,
+            "rx_bytes": self.stats.rx_bytes,
+            "tx_bytes": self.stats.tx_bytes,
+            "rx_packets": self.stats.rx_packets,
+            "tx_packets": self.stats.tx_packets,
+            "connects": self.stats.connects,
+            "drops": self.all_drops(),
+            "peers_up": up,
+            "peers_configured": len(self.peers),
+            "client_to_client": cfg.client_to_client,
+            "pool": cfg.pool,
+            "cookies": {**self.cookies.stats(), "under_load": (
+                self.cookies.under_load(now) if now is not None else False)},
+            "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
+            "peers": self.peers_status(),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.is_running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._clock_offset = time.time() - self._loop.time()
+        self._stopping = False
+        self.error = None
+        self._set_state(State.STARTING)
+        try:
+            self._load_keys()
+            self._setup_pool()
+            self._apply_peer_table(self.config.peer, initial=True)
+            await self._open_device()
+            self._open_udp()
+            await self._sync_kernel_routes()
+        except BaseException as exc:
+            self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
+            await self._close_all()
+            self._set_state(State.FAILED)
+            raise
+        self._set_state(State.DOWN)
+        self.log.info("hub %s started: %d peers, device %s mtu %d, udp %s", self.name,
+                      len(self.peers), self.device_name, self.mtu,
+                      _fmt_addr(self._udp.local_address) if self._udp else "-")
+
+    async def stop(self) -> None:
+        if self.state in (State.STOPPED, State.FAILED) and self.device is None:
+            return
+        self._stopping = True
+        for p in self.peers.values():
+            if p.up:
+                self._peer_state(p, False, "hub stopping")
+        await self._close_all()
+        self._set_state(State.STOPPED)
+        self.log.info("hub %s stopped", self.name)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._own_netlink:
+            self._netlink.close()
+
+    def set_hooks(self, hooks: Any) -> None:
+        """Something with ``peer_up(hub, peer)`` / ``peer_down(hub, peer)`` methods."""
+        self._hooks = hooks
+
+    # ------------------------------------------------------------------ set-up
+    def _load_keys(self) -> None:
+        cfg = self.config
+        try:
+            priv = load_key_file(cfg.private_key_file or "")
+        except CryptoError as exc:
+            raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
+        self._static = X25519PrivateKey.from_private_bytes(priv)
+        self._own_public = public_bytes(self._static)
+        self._cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
+
+    def _refresh_mac_keys(self) -> None:
+        """mac1 keys of the peers' PSKs (a peer with a PSK keys mac1 with it too)."""
+        keys = {_mac_key(self._own_public, bytes(32))}
+        for p in self.peers.values():
+            if p.psk is not None:
+                keys.add(_mac_key(self._own_public, p.psk))
+        self._mac_keys = list(keys)
+
+    def state_path(self) -> Path:
+        cfg = self.config
+        if cfg.state_file:
+            return Path(cfg.state_file)
+        return Path(DEFAULT_STATE_DIR) / f"{cfg.name}.json"
+
+    def _setup_pool(self) -> None:
+        cfg = self.config
+        if cfg.pool is None:
+            self.pool = None
+            return
+        reserved: list[Any] = [i.ip for i in cfg.interfaces]
+        reserved += [p.address.split("/")[0] for p in cfg.peer if p.address]
+        self.pool = AddressPool(cfg.pool, reserved=reserved)
+        path = self.state_path()
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log.warning("hub %s: state file %s unreadable (%s): starting afresh",
+                             self.name, path, exc)
+            return
+        n = self.pool.load(data.get("pool") if isinstance(data, dict) else None)
+        self.log.info("hub %s: %d address leases restored from %s", self.name, n, path)
+
+    def _save_pool(self) -> None:
+        if self.pool is None:
+            return
+        path = self.state_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"pool": self.pool.dump()}, indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.stats.drops["state_file_error"] += 1
+            self.log.warning("hub %s: cannot write state file %s: %s", self.name, path, exc)
+
+    async def _open_device(self) -> None:
+        cfg = self.config
+        dev = Device(cfg.device or "", cfg.dev_type)
+        self.device = dev
+        self.device_name = dev.name
+        if cfg.netns:
+            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
+                                 mtu=self.mtu, netns=cfg.netns)
+        assert self._loop is not None
+        self._loop.add_reader(dev.fd, self._on_device_readable)
+
+    def _open_udp(self) -> None:
+        cfg = self.config
+        family = family_for(cfg.bind) if cfg.bind else family_for(None)
+        sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
+                        bind_interface=cfg.bind_interface)
+        self._udp = UdpEndpoint(sock, self.stats.drops)
+        self._udp.start(self._on_udp_batch, max_batch=64)
+
+    # ------------------------------------------------------------------ peer table
+    def _hub_networks(self) -> list[str]:
+        ifaces = [i.network for i in self.config.interfaces]
+        nets = [str(n) for n in ifaces]
+        if self.config.pool:
+            pool: Any = ipaddress.ip_network(self.config.pool, strict=False)
+            if not any(n.version == pool.version and pool.subnet_of(n) for n in ifaces):
+                nets.append(str(pool))
+        return nets
+
+    def _prefix_len_for(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+        for i in self.config.interfaces:
+            if addr in i.network:
+                return i.network.prefixlen
+        if self.config.pool:
+            net = ipaddress.ip_network(self.config.pool, strict=False)
+            if addr in net:
+                return net.prefixlen
+        return addr.max_prefixlen
+
+    def _apply_peer_table(self, table: Iterable[PeerConfig], *, initial: bool = False
+                          ) -> dict[str, list[str]]:
+        """Make the peers exactly ``table``: add, remove, change; unchanged ones keep
+        their sessions. Returns the names by outcome."""
+        table = list(table)
+        if len(table) > self.config.max_peers:
+            raise ConfigError(f"{self.name}: {len(table)} peers exceed max_peers "
+                              f"{self.config.max_peers}")
+        new = {p.name: p for p in table}
+        result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [],
+                                        "unchanged": []}
+        for name in [n for n in self.peers if n not in new]:
+            self._remove_peer(name)
+            result["removed"].append(name)
+        keys_in_use = {p.public_key.strip(): p.name for p in table}
+        for i, pc in enumerate(table):
+            old = self.peers.get(pc.name)
+            if old is not None and old.same_as(pc):
+                old.cfg = pc
+                result["unchanged"].append(pc.name)
+                continue
+            if keys_in_use.get(pc.public_key.strip()) != pc.name:
+                raise ConfigError(f"peer[{i}].public_key: the same key is given to two peers")
+            public, psk = _peer_key(pc, f"peer[{i}]")
+            if old is not None:
+                self._remove_peer(pc.name)
+                result["changed"].append(pc.name)
+            else:
+                result["added"].append(pc.name)
+            other = self._by_key.get(public)
+            if other is not None:  # the key moved to a new name
+                self._remove_peer(other.name)
+            self._add_peer(HubPeer(pc, public, psk))
+        self._assign_all()
+        self._refresh_mac_keys()
+        if not initial:
+            self._save_pool()
+        return result
+
+    def _add_peer(self, p: HubPeer) -> None:
+        self.peers[p.name] = p
+        self._by_key[p.public] = p
+        if p.cfg.address is not None and self.pool is not None:
+            self.pool.reserve(p.cfg.address.split("/")[0])
+
+    def _remove_peer(self, name: str) -> None:
+        p = self.peers.pop(name, None)
+        if p is None:
+            return
+        if p.up:
+            self._peer_state(p, False, "removed")
+        self._by_key.pop(p.public, None)
+        if p.raw is not None:
+            self._by_raw.pop(p.raw, None)
+        for i in p.indices:
+            if self._by_index.get(i) is p:
+                del self._by_index[i]
+        self.router.remove_peer(p)
+        self.macs.forget_port(p)
+        if p.cfg.address is not None and self.pool is not None:
+            self.pool.unreserve(p.cfg.address.split("/")[0])
+        p.native = None
+        p.secure = None
+        p.timer_at = None  # its heap entries are now stale
+        self.log.info("hub %s: peer %s removed", self.name, name)
+
+    def _assign_all(self) -> None:
+        """Addresses, prefixes and assignments of every peer (after any table change)."""
+        active = [p.key_b64 for p in self.peers.values()]
+        changed = False
+        for p in self.peers.values():
+            if p.cfg.address is not None:
+                p.address = ipaddress.ip_address(p.cfg.address.split("/")[0])
+            elif self.pool is not None:
+                before = self.pool.lookup(p.key_b64)
+                try:
+                    p.address = self.pool.assign(p.key_b64, active=active)
+                except PoolExhausted as exc:
+                    self.log.warning("hub %s: peer %s gets no address: %s", self.name,
+                                     p.name, exc)
+                    p.address = None
+                changed = changed or before != p.address
+            else:
+                p.address = None
+            prefixes = ([f"{p.address}/{p.address.max_prefixlen}"] if p.address else [])
+            prefixes += [str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips]
+            p.prefixes = prefixes
+            self.router.set_peer(p, prefixes)
+        for p in self.peers.values():
+            p.assignment = self._assignment_for(p)
+            if p.secure is not None:
+                p.secure.response_extra = p.assignment.encode()
+        if changed:
+            self._save_pool()
+
+    def _assignment_for(self, p: HubPeer) -> Assignment:
+        cfg = self.config
+        address = None
+        if p.address is not None:
+            address = f"{p.address}/{self._prefix_len_for(p.address)}"
+        routes = list(self._hub_networks())
+        if cfg.client_to_client:
+            for q in self.peers.values():
+                if q is not p:
+                    routes += [str(ipaddress.ip_network(n, strict=False))
+                               for n in q.cfg.allowed_ips]
+        routes += [str(ipaddress.ip_network(r, strict=False)) for r in cfg.push_routes]
+        own = set(str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips)
+        routes = list(dict.fromkeys(r for r in routes if r not in own))
+        gateway = None
+        if self.tap and cfg.interfaces:
+            gateway = str(cfg.interfaces[0].ip)
+        return Assignment(address, tuple(routes), self.mtu, gateway)
+
+    async def _sync_kernel_routes(self) -> None:
+        """Kernel routes for the peers' allowed_ips via the hub's device."""
+        if self.device_name is None or self.tap:
+            return
+        want = {p.name: [str(ipaddress.ip_network(n, strict=False))
+                         for n in p.cfg.allowed_ips] for p in self.peers.values()}
+        for name, nets in list(self._kernel_routes.items()):
+            gone = [n for n in nets if n not in want.get(name, [])]
+            if gone:
+                await self._netlink.call(rt.del_routes, self.device_name, gone,
+                                         netns=self.config.netns)
+            self._kernel_routes[name] = [n for n in nets if n not in gone]
+        for name, nets in want.items():
+            have = self._kernel_routes.get(name, [])
+            add = [n for n in nets if n not in have]
+            if add:
+                await self._netlink.call(rt.add_routes, self.device_name, add,
+                                         netns=self.config.netns)
+            self._kernel_routes[name] = nets
+        for name in [n for n in self._kernel_routes if n not in want]:
+            del self._kernel_routes[name]
+
+    async def apply_peers(self, table: Iterable[PeerConfig]) -> dict[str, list[str]]:
+        """Live change: the peer table becomes ``table`` (reload, API)."""
+        result = self._apply_peer_table(table)
+        if self.is_running:
+            await self._sync_kernel_routes()
+        changed = {k: v for k, v in result.items() if v and k != "unchanged"}
+        if changed:
+            self.log.info("hub %s: peers %s", self.name,
+                          ", ".join(f"{k} {' '.join(v)}" for k, v in changed.items()))
+        self._update_state()
+        return result
+
+    async def put_peer(self, cfg: PeerConfig) -> str:
+        """Add or replace one peer; returns ``added``, ``changed`` or ``unchanged``."""
+        table = [p.cfg for p in self.peers.values() if p.name != cfg.name] + [cfg]
+        result = await self.apply_peers(table)
+        for k in ("added", "changed", "unchanged"):
+            if cfg.name in result[k]:
+                return k
+        return "unchanged"  # pragma: no cover
+
+    async def delete_peer(self, name: str) -> bool:
+        if name not in self.peers:
+            return False
+        await self.apply_peers([p.cfg for p in self.peers.values() if p.name != name])
+        return True
+
+    def _ensure_channel(self, p: HubPeer) -> SecureChannel:
+        if p.secure is None:
+            cfg = self.config
+            assert self._static is not None
+            p.secure = SecureChannel(
+                initiator=False, psk=p.psk,
+                private_key=self._static.private_bytes_raw(), peer_public_key=p.public,
+                cipher=cfg.cipher, rekey_after_time=cfg.rekey_after_time,
+                rekey_after_bytes=cfg.rekey_after_bytes, stale_after=cfg.keepalive + 5.0,
+                clock_offset=self._clock_offset, guard=HandshakeGuard(),
+            )
+            if p.assignment is not None:
+                p.secure.response_extra = p.assignment.encode()
+            p.native = NativeEndpoint(keepalive=cfg.keepalive, dead_after=cfg.dead_after,
+                                      max_frame=self.max_frame, secure=p.secure)
+        return p.secure
+
+    # ------------------------------------------------------------------ wire -> device
+    def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        stats = self.stats
+        stats.wire_rx += len(batch)
+        by_raw = self._by_raw
+        touched: dict[int, HubPeer] = {}
+        inbound: list[tuple[HubPeer, Any]] = []
+        for data, raw in batch:
+            p = by_raw.get(raw)
+            if p is not None and p.native is not None:
+                frame = p.native.quick(data, now, raw)
+                if frame is not False:
+                    if frame is not None:
+                        inbound.append((p, frame))
+                    continue
+            if len(data) < HEADER_LEN:
+                stats.drops["truncated"] += 1
+                continue
+            mtype = data[1]
+            if mtype == MsgType.FRAGMENT:
+                try:
+                    inner = self._reasm.receive(data, now)
+                except RemoteProtocolError as exc:
+                    stats.drops["fragment_" + exc.reason] += 1
+                    continue
+                if inner is None:
+                    continue
+                data = bytes(inner)
+                mtype = data[1]
+            addr = normalize(raw)
+            if mtype == MsgType.HANDSHAKE_INIT:
+                p = self._on_initiation(data, addr, raw, now)
+                if p is not None:
+                    touched[id(p)] = p
+                continue
+            session = int.from_bytes(data[4:8], "big")
+            p = self._by_index.get(session)
+            if p is None or p.native is None:
+                stats.drops["unknown_session"] += 1
+                continue
+            decoded = p.native.decode(data, now, raw)
+            if decoded.authentic and p.raw != raw:
+                self._follow(p, addr, raw)
+            for f in decoded.frames:
+                inbound.append((p, f))
+            touched[id(p)] = p
+        if inbound:
+            self._route_inbound(inbound, now)
+        for p in touched.values():
+            self._flush(p, now)
+
+    def _follow(self, p: HubPeer, addr: Addr, raw: Any) -> None:
+        old = p.addr
+        if p.raw is not None and self._by_raw.get(p.raw) is p:
+            del self._by_raw[p.raw]
+        p.addr = addr
+        p.raw = raw
+        self._by_raw[raw] = p
+        if old is None:
+            self.log.info("hub %s: peer %s at %s", self.name, p.name, _fmt_addr(addr))
+        elif old != addr:
+            self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
+                          _fmt_addr(old), _fmt_addr(addr))
+
+    def _mac1_ok(self, body: bytes) -> bool:
+        data, mac = body[:-MAC_LEN], body[-MAC_LEN:]
+        for key in self._mac_keys:
+            want = hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
+            if hmac.compare_digest(want, mac):
+                return True
+        return False
+
+    def _on_initiation(self, data: bytes, addr: Addr, raw: Any, now: float) -> HubPeer | None:
+        stats = self.stats
+        n = len(data)
+        if n not in (INIT_LEN, INIT_LEN + MAC_LEN):
+            stats.drops["truncated"] += 1
+            return None
+        body = data[:INIT_LEN]
+        if not self._mac1_ok(body):
+            stats.drops["bad_mac"] += 1
+            return None
+        ck = self.cookies
+        ck.note_initiation(now)
+        if ck.under_load(now):
+            if n == INIT_LEN or not ck.check_mac2(data, addr, now):
+                stats.drops["cookie_sent"] += 1
+                if self._udp is not None:
+                    sender = int.from_bytes(data[4:8], "big")
+                    self._udp.sendto(ck.make_reply(sender, body[-MAC_LEN:], addr, now,
+                                                   self._cookie_key), addr)
+                return None
+            if not self._limiter.allow(addr[0], now):
+                stats.drops["rate_limited"] += 1
+                return None
+        hs = HandshakeState("IKpsk2", initiator=False, prologue=PROLOGUE, static=self._static,
+                            psk=bytes(32))
+        try:
+            payload = hs.read_message(body[HEADER_LEN:-MAC_LEN])
+        except RemoteProtocolError:
+            stats.drops["handshake_failed"] += 1
+            return None
+        p = self._by_key.get(hs.rs or b"")
+        if p is None:
+            stats.drops["unknown_peer"] += 1
+            return None
+        secure = self._ensure_channel(p)
+        secure.accept_initiation(hs, payload, int.from_bytes(data[4:8], "big"), now, raw)
+        if secure.last_authenticated == now and secure.authenticated_source == raw:
+            self._follow(p, addr, raw)
+            if not p.started and p.native is not None:
+                p.started = True
+                p.native.start(now, initiator=False)
+            self._index_peer(p)
+        return p
+
+    def _index_peer(self, p: HubPeer) -> None:
+        if p.secure is None:
+            return
+        now_idx = set(p.secure.local_indices())
+        for i in p.indices - now_idx:
+            if self._by_index.get(i) is p:
+                del self._by_index[i]
+        for i in now_idx - p.indices:
+            self._by_index[i] = p
+        p.indices = now_idx
+
+    def _route_inbound(self, items: list[tuple[HubPeer, Any]], now: float) -> None:
+        to_dev: list[Any] = []
+        fwd: dict[int, tuple[HubPeer, list[Any]]] = {}
+        router = self.router
+        for p, frame in items:
+            if type(frame) is GsoFrame:
+                try:
+                    segs: list[Any] = frame.segments(tap=self.tap)
+                except RemoteProtocolError:
+                    p.stats.drops["bad_gso"] += 1
+                    continue
+            else:
+                segs = [frame]
+            for f in segs:
+                st = p.stats
+                st.rx_packets += 1
+                st.rx_bytes += len(f)
+                if self.tap:
+                    self._switch_from_peer(p, f, now, to_dev, fwd)
+                    continue
+                v = router.inbound(p, f)
+                if v.action == TO_DEVICE:
+                    to_dev.append(f)
+                elif v.action == FORWARD:
+                    q: Any = v.peer
+                    fwd.setdefault(id(q), (q, []))[1].append(f)
+                else:
+                    st.drops[v.reason] += 1
+        if to_dev:
+            self._to_device(to_dev, now)
+        for q, frames in fwd.values():
+            self._send_to_peer(q, frames, now)
+
+    def _switch_from_peer(self, p: HubPeer, f: Any, now: float, to_dev: list[Any],
+                          fwd: dict[int, tuple[HubPeer, list[Any]]]) -> None:
+        egress, learned = self.macs.decide(f, p, now)
+        if not learned:
+            p.stats.drops["mac_limit"] += 1
+        if egress is None:
+            p.stats.drops["hairpin"] += 1
+        elif egress is LOCAL:
+            to_dev.append(f)
+        elif egress == FLOOD:
+            to_dev.append(f)
+            if self.config.client_to_client:
+                for q in self.peers.values():
+                    if q is not p and q.up:
+                        fwd.setdefault(id(q), (q, []))[1].append(f)
+        elif not self.config.client_to_client:
+            p.stats.drops["client_to_client"] += 1
+        else:
+            dest: Any = egress
+            fwd.setdefault(id(dest), (dest, []))[1].append(f)
+
+    def _to_device(self, frames: list[Any], now: float) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        bad = dev.write_batch(frames)
+        st = self.stats
+        if bad:
+            st.drops["device_refused"] += bad
+        st.rx_packets += len(frames) - bad
+        st.rx_bytes += sum(map(len, frames))
+        st.last_rx = now
+
+    # ------------------------------------------------------------------ device -> wire
+    def _on_device_readable(self) -> None:
+        dev = self.device
+        if dev is None or self._loop is None:
+            return
+        try:
+            frames = dev.read_batch(64)
+        except TunconnectorError as exc:
+            self.stats.drops["device_read_error"] += 1
+            self.log.warning("%s", exc)
+            return
+        if not frames:
+            return
+        now = self._loop.time()
+        st = self.stats
+        st.tx_packets += len(frames)
+        st.tx_bytes += sum(map(len, frames))
+        groups: dict[int, tuple[HubPeer, list[Any]]] = {}
+        if self.tap:
+            macs = self.macs
+            up = [q for q in self.peers.values() if q.up]
+            for f in frames:
+                egress, _ = macs.decide(f, LOCAL, now)
+                if egress == FLOOD:
+                    for q in up:
+                        groups.setdefault(id(q), (q, []))[1].append(f)
+                elif egress is not None and egress is not LOCAL:
+                    q = egress  # type: ignore[assignment]
+                    groups.setdefault(id(q), (q, []))[1].append(f)
+        else:
+            outbound = self.router.outbound
+            for f in frames:
+                r: Any = outbound(f)
+                if r is None:
+                    st.drops["no_route"] += 1
+                    continue
+                groups.setdefault(id(r), (r, []))[1].append(f)
+        for q, fs in groups.values():
+            self._send_to_peer(q, fs, now)
+
+    def _send_to_peer(self, q: HubPeer, frames: list[Any], now: float) -> None:
+        native = q.native
+        if native is None or q.addr is None or self._udp is None:
+            q.stats.drops["peer_down"] += len(frames)
+            return
+        q.stats.tx_packets += len(frames)
+        q.stats.tx_bytes += sum(map(len, frames))
+        self._udp.send_batch(native.encode_batch(frames, now), q.addr)
+        self.stats.wire_tx += len(frames)
+        if native.has_work():
+            self._flush(q, now)
+
+    # ------------------------------------------------------------------ control, timer
+    def _flush(self, p: HubPeer, now: float) -> None:
+        native = p.native
+        if native is None:
+            return
+        msgs = native.messages_to_send()
+        if msgs and self._udp is not None and p.addr is not None:
+            for m in msgs:
+                self._udp.sendto(m, p.addr)
+        while (ev := native.next_event()) is not None:
+            if isinstance(ev, PeerUp):
+                self._peer_state(p, True, "alive")
+            elif isinstance(ev, PeerDown):
+                self._peer_state(p, False, f"nothing received for {ev.silent_for:.1f}s")
+        secure = p.secure
+        if secure is not None:
+            while (sev := secure.next_event()) is not None:
+                if isinstance(sev, HandshakeComplete):
+                    p.last_handshake = time.time()
+                    self.stats.connects += 1
+                elif isinstance(sev, AuthFailure):
+                    self.log.warning("hub %s: peer %s: %s", self.name, p.name, sev.message)
+                elif isinstance(sev, SessionExpired):
+                    self.log.info("hub %s: peer %s: session expired", self.name, p.name)
+                else:  # Rekeyed
+                    p.last_handshake = time.time()
+            self._index_peer(p)
+        self._schedule(p)
+
+    def _peer_state(self, p: HubPeer, up: bool, why: str) -> None:
+        if p.up == up:
+            return
+        p.up = up
+        if up:
+            self.log.info("hub %s: peer %s up (%s, %s)", self.name, p.name,
+                          _fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
+        else:
+            self.log.warning("hub %s: peer %s down: %s", self.name, p.name, why)
+            if self.tap:
+                self.macs.forget_port(p)
+        hooks = self._hooks
+        if hooks is not None:
+            try:
+                (hooks.peer_up if up else hooks.peer_down)(self, p)
+            except Exception:  # a hook bug must not break the data path
+                self.log.exception("peer hook failed")
+        self._update_state()
+        self._event().set()
+
+    def _update_state(self) -> None:
+        if self.state not in (State.UP, State.DOWN):
+            return
+        self._set_state(State.UP if any(p.up for p in self.peers.values()) else State.DOWN)
+
+    def _schedule(self, p: HubPeer) -> None:
+        if self._stopping or self._loop is None:
+            return
+        t = p.native.get_timer() if (p.native is not None and p.started) else None
+        if t is None:
+            p.timer_at = None
+            return
+        if p.timer_at == t:
+            return
+        p.timer_at = t
+        heapq.heappush(self._heap, (t, next(self._seq), p))
+        if self._timer_at is None or t < self._timer_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2].timer_at != heap[0][0]:
+            heapq.heappop(heap)  # stale: the peer was rescheduled or removed
+        if self._loop is None or not heap:
+            return
+        when = max(heap[0][0], self._loop.time())
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._loop is None or self._stopping:
+            return
+        now = self._loop.time()
+        heap = self._heap
+        due: list[HubPeer] = []
+        while heap and heap[0][0] <= now:
+            t, _, p = heapq.heappop(heap)
+            if p.timer_at == t:
+                p.timer_at = None
+                due.append(p)
+        for p in due:
+            if p.native is None:
+                continue
+            p.native.handle_timer(now)
+            self._flush(p, now)
+        if self._reasm.pending:
+            self._reasm.handle_timer(now)
+        self._arm()
+
+    # ------------------------------------------------------------------ state & teardown
+    def _event(self) -> asyncio.Event:
+        if self._state_changed is None:
+            self._state_changed = asyncio.Event()
+        return self._state_changed
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old == new:
+            return
+        self.state = new
+        self.since = time.time()
+        if new in (State.UP, State.DOWN):
+            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
+        self._event().set()
+        for cb in list(self._listeners):
+            try:
+                cb(self, old, new)
+            except Exception:
+                self.log.exception("state listener failed")
+
+    async def _close_all(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        self._heap.clear()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self.device is not None:
+            if self._loop is not None:
+                try:
+                    self._loop.remove_reader(self.device.fd)
+                except (ValueError, OSError):
+                    pass
+            self.device.close()
+            self.device = None
+        self._kernel_routes.clear()  # they went with the device
+        for p in self.peers.values():
+            p.native = None
+            p.secure = None
+            p.started = False
+            p.up = False
+            p.addr = None
+            p.raw = None
+            p.timer_at = None
+            p.indices = set()
+        self._by_raw.clear()
+        self._by_index.clear()
+        self.peers.clear()
+        self._by_key.clear()
+
+
+def _fmt_addr(addr: Any) -> str:
+    if addr is None:
+        return "-"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
