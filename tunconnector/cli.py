@@ -138,7 +138,7 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
     })
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, config_path: str | None = None) -> int:
     from . import memory
     from .log import setup
     from .node import serve
@@ -146,7 +146,7 @@ def _serve(config: Config) -> int:
     setup(config.log_level, config.json_logs)
     memory.tune()  # before the data path's first big buffer (see memory.py)
     memory.freeze_gc()
-    run_loop(serve(config, services=default_services(config)))
+    run_loop(serve(config, services=default_services(config), config_path=config_path))
     return 0
 
 
@@ -175,7 +175,32 @@ def cmd_run(argv: Sequence[str]) -> int:
         config.json_logs = True
     if "--control-dir" in argv or os.environ.get(ENV_CONTROL_DIR):
         config.control_dir = args.control_dir
-    return _serve(config)
+    return _serve(config, os.path.abspath(args.config))
+
+
+def cmd_reload(argv: Sequence[str]) -> int:
+    """Ask running daemons to re-read their config file (as SIGHUP does)."""
+    from .status import query_all
+
+    p = argparse.ArgumentParser(prog="tunconnector reload",
+                                description="re-read the config file of every daemon here "
+                                "and apply peer changes of hubs (as SIGHUP)")
+    p.add_argument("--control-dir", default=os.environ.get(ENV_CONTROL_DIR, "/run/tunconnector"))
+    args = p.parse_args(argv)
+    replies = query_all(args.control_dir, {"cmd": "reload"}, timeout=30.0)
+    if not replies:
+        print("no running tunconnector daemon")
+        return 1
+    rc = 0
+    for r in replies:
+        if r.get("error"):
+            print(f"daemon pid {r.get('pid')}: reload failed: {r['error']}")
+            rc = 1
+            continue
+        for name, res in (r.get("reloaded") or {}).items():
+            parts = [f"{k} {','.join(v)}" for k, v in res.items() if v and k != "unchanged"]
+            print(f"daemon pid {r.get('pid')}: {name}: {'; '.join(parts) or 'no change'}")
+    return rc
 
 
 def cmd_status(argv: Sequence[str]) -> int:
@@ -215,6 +240,17 @@ def cmd_status(argv: Sequence[str]) -> int:
                     f"{path['state']:<7} rtt {'-' if rtt is None else f'{rtt * 1000:.1f}ms'} "
                     f"loss {100 * (path.get('loss') or 0):.1f}%  "
                     f"{path.get('local') or '-'} -> {path.get('remote') or '-'}"
+                )
+            for pe in t.get("peers") or []:  # a hub: one line per peer
+                hs = pe.get("last_handshake_age")
+                pdrops = ",".join(f"{k}={v}" for k, v in pe.get("drops", {}).items()) or "-"
+                print(
+                    f"  {'':<12} peer {pe['name']:<12} {pe['key']}… {pe['state']:<5} "
+                    f"{pe.get('endpoint') or '-'} {pe.get('address') or '-'} "
+                    f"allowed {','.join(pe.get('allowed_ips') or []) or '-'} "
+                    f"handshake {'-' if hs is None else f'{hs:.0f}s ago'} "
+                    f"in {pe['rx_bytes']} B/{pe['rx_packets']} pkts "
+                    f"out {pe['tx_bytes']} B/{pe['tx_packets']} pkts drops {pdrops}"
                 )
             crypto = t.get("crypto")
             if crypto:
@@ -382,6 +418,7 @@ def cmd_install_systemd(argv: Sequence[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
     "status": cmd_status,
+    "reload": cmd_reload,
     "mktun": cmd_mktun,
     "rmtun": cmd_rmtun,
     "demo": cmd_demo,

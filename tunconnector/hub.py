@@ -580,7 +580,9 @@ class Hub:
 
     async def apply_peers(self, table: Iterable[PeerConfig]) -> dict[str, list[str]]:
         """Live change: the peer table becomes ``table`` (reload, API)."""
+        table = list(table)
         result = self._apply_peer_table(table)
+        self.config.peer = table  # a later stop/start keeps the live table
         if self.is_running:
             await self._sync_kernel_routes()
         changed = {k: v for k, v in result.items() if v and k != "unchanged"}

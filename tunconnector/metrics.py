@@ -30,6 +30,14 @@ _TUNNEL_COUNTERS = {
     "failovers": ("failovers", "Active path changes (userspace multi-path)"),
 }
 _PATH_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+# per peer of a hub (label ``peer``): status key -> help
+_PEER_COUNTERS = {
+    "rx_bytes": "Bytes received from the peer",
+    "tx_bytes": "Bytes sent to the peer",
+    "rx_packets": "Packets received from the peer",
+    "tx_packets": "Packets sent to the peer",
+    "handshakes": "Completed handshakes with the peer",
+}
 
 
 def _num(v: Any) -> float | None:
@@ -133,8 +141,38 @@ class NodeCollector(Collector):
             p + "health_probes", "Health probes by result", labels=["tunnel", "result"]
         )
 
+        peer_up = GaugeMetricFamily(
+            p + "peer_up", "1 when the hub's peer is alive", labels=["tunnel", "peer"]
+        )
+        peer_hs_age = GaugeMetricFamily(
+            p + "peer_last_handshake_age_seconds", "Seconds since the peer's last handshake",
+            labels=["tunnel", "peer"],
+        )
+        peer_counters = {
+            key: CounterMetricFamily(p + "peer_" + key, helptext, labels=["tunnel", "peer"])
+            for key, helptext in _PEER_COUNTERS.items()
+        }
+        peer_drops = CounterMetricFamily(
+            p + "peer_drops", "Packets from or to the peer dropped, by reason",
+            labels=["tunnel", "peer", "reason"],
+        )
+
         for t in tunnels:
             name = str(t.get("name", ""))
+            for pe in t.get("peers") or []:  # a hub: the same facts per peer
+                pn = str(pe.get("name", ""))
+                peer_up.add_metric([name, pn], 1.0 if pe.get("state") == "up" else 0.0)
+                hs_age = _num(pe.get("last_handshake_age"))
+                if hs_age is not None:
+                    peer_hs_age.add_metric([name, pn], hs_age)
+                for key, fam in peer_counters.items():
+                    v = _num(pe.get(key))
+                    if v is not None:
+                        fam.add_metric([name, pn], v)
+                for reason, n in sorted((pe.get("drops") or {}).items()):
+                    v = _num(n)
+                    if v is not None:
+                        peer_drops.add_metric([name, pn, str(reason)], v)
             st = str(t.get("state", ""))
             up.add_metric([name], 1.0 if st == "up" else 0.0)
             for s in STATES:
@@ -201,6 +239,7 @@ class NodeCollector(Collector):
         yield from (up, state, age, *counters.values(), drops, established, session_age)
         yield from (path_up, path_active, path_rtt, path_loss, *path_counters.values())
         yield from (h_state, h_ok, h_rtt, h_probes, hook_runs)
+        yield from (peer_up, peer_hs_age, *peer_counters.values(), peer_drops)
 
         if self._auth is not None:
             lim = self._auth.limiter

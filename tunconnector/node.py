@@ -51,12 +51,15 @@ class Node:
         *,
         strict: bool = True,
         control_socket: bool = False,
+        config_path: str | None = None,
     ) -> None:
         if not isinstance(config, Config):
             config = Config.from_mapping(config)
         else:
             config.validate()
         self.config = config
+        #: the file ``reload`` (SIGHUP, ``tunconnector reload``) reads again
+        self.config_path = config_path
         self.strict = strict
         self.netlink = Netlink()
         self.tunnels: dict[str, Tunnel] = {
@@ -208,6 +211,8 @@ class Node:
         if cmd == "status":
             return {"pid": os.getpid(), "version": __version__, "malloc": memory.state,
                     "tunnels": self.status()}
+        if cmd == "reload":
+            return self.reload()  # type: ignore[return-value]  # awaited by the server
         raise ConfigError(f"unknown control command {cmd!r}")
 
     def _hook_listener(self, tunnel: Any, old: State, new: State) -> None:
@@ -244,6 +249,31 @@ class Node:
             env.update(peer_env(endpoint=_fmt_endpoint(peer)))
         return env
 
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again and apply what can change live: the peers of each
+        hub (added, removed, changed; unchanged peers keep their sessions). A bad file
+        changes nothing (the error is returned and logged)."""
+        if self.config_path is None:
+            return {"pid": os.getpid(), "error": "no config file to reload"}
+        try:
+            new = Config.from_toml(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: %s (nothing changed)", exc)
+            return {"pid": os.getpid(), "error": str(exc)}
+        result: dict[str, Any] = {}
+        for tcfg in new.tunnel:
+            t = self.tunnels.get(tcfg.name)
+            apply = getattr(t, "apply_peers", None)
+            if t is None or apply is None:
+                continue
+            try:
+                result[tcfg.name] = await apply(tcfg.peer)
+            except TunconnectorError as exc:
+                log.error("reload: tunnel %s: %s", tcfg.name, exc)
+                result[tcfg.name] = {"error": str(exc)}
+        log.info("reload of %s done", self.config_path)
+        return {"pid": os.getpid(), "reloaded": result}
+
     @property
     def all_up(self) -> bool:
         return all(t.state == State.UP for t in self.tunnels.values() if t.config.enabled)
@@ -263,9 +293,11 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     control_socket: bool = True,
     services: list[Service] | None = None,
+    config_path: str | None = None,
 ) -> None:
-    """Run a daemon until ``shutdown_trigger`` returns, or SIGINT/SIGTERM without one."""
-    node = Node(config, strict=False, control_socket=control_socket)
+    """Run a daemon until ``shutdown_trigger`` returns, or SIGINT/SIGTERM without one
+    (then SIGHUP reloads ``config_path``)."""
+    node = Node(config, strict=False, control_socket=control_socket, config_path=config_path)
     for s in services or []:
         node.add_service(s)
     loop = asyncio.get_running_loop()
@@ -276,6 +308,16 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop_event.set)
                 installed.append(sig)
+        reloads: set[asyncio.Task[Any]] = set()
+
+        def _hup() -> None:
+            task = loop.create_task(node.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, _hup)
+            installed.append(signal.SIGHUP)
 
         async def _wait() -> Any:
             await stop_event.wait()

@@ -1,9 +1,11 @@
 """The control API: FastAPI app over a running :class:`~tunconnector.node.Node`.
 
 Per tunnel: ``GET /v1/tunnels``, ``GET /v1/tunnels/{name}``,
-``POST /v1/tunnels/{name}/start|stop``. Seed 000's short forms act on the default tunnel
-(the only one, or ``[api] default_tunnel``): ``/vpn/start``, ``/vpn/stop`` (authenticated;
-GET is accepted too because the seed's clients may use it) and ``/vpn/status``
+``POST /v1/tunnels/{name}/start|stop``; a hub's peers: ``GET /v1/tunnels/{name}/peers``,
+``PUT|DELETE /v1/tunnels/{name}/peers/{peer}`` (authenticated). Seed 000's short forms
+act on the default tunnel (the only one, or ``[api] default_tunnel``): ``/vpn/start``,
+``/vpn/stop`` (authenticated; GET is accepted too because the seed's clients may use it)
+and ``/vpn/status``
 (unauthenticated, ``{"status": "OK"|"NOT_OK"}`` like the seed's status file). Also
 ``/metrics`` (Prometheus text), ``/livez`` and ``/readyz`` for probes, and the OpenAPI
 document at ``/openapi.json``. The Multi-link enabler router (``api/enabler.py``) is
@@ -23,8 +25,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..config import ApiConfig
-from ..errors import TunconnectorError
+from ..config import ApiConfig, PeerConfig, build
+from ..errors import ConfigError, TunconnectorError
 from ..metrics import NodeCollector, make_registry, render
 from .auth import Authenticator, make_authenticator
 
@@ -237,6 +239,70 @@ def create_app(
     ) -> ActionOut:
         """Stop the tunnel: its device goes away, traffic through it stops."""
         return await _act(name, "stop", who)
+
+    # -- a hub's peers -------------------------------------------------------------------
+    def _hub(name: str) -> Any:
+        t = node.tunnel(_known(name))
+        if not hasattr(t, "apply_peers"):
+            raise HTTPException(404, detail=f"tunnel {name!r} is not a hub")
+        return t
+
+    def _peer_out(hub: Any, peer: str) -> dict[str, Any]:
+        for p in hub.peers_status():
+            if p["name"] == peer:
+                return dict(p)
+        raise HTTPException(404, detail=f"no peer named {peer!r}")
+
+    @app.get("/v1/tunnels/{name}/peers", responses=not_found, tags=["hub"])
+    async def list_peers(name: str = Path(pattern=NAME_PATTERN)) -> list[dict[str, Any]]:
+        """The hub's peers: key, endpoint, address, state, counters, drops."""
+        return list(_hub(name).peers_status())
+
+    @app.put(
+        "/v1/tunnels/{name}/peers/{peer}",
+        responses={**not_found, **auth_errors,
+                   422: {"model": Problem, "description": "invalid peer table"}},
+        dependencies=secured,
+        tags=["hub"],
+    )
+    async def put_peer(
+        body: dict[str, Any],
+        name: str = Path(pattern=NAME_PATTERN), peer: str = Path(pattern=NAME_PATTERN),
+        who: str = Depends(auth),
+    ) -> dict[str, Any]:
+        """Add or change a peer (body: the ``[[tunnel.peer]]`` table as JSON; ``name``
+        comes from the path). Other peers keep their sessions."""
+        hub = _hub(name)
+        table = dict(body)
+        if table.setdefault("name", peer) != peer:
+            raise HTTPException(422, detail="peer.name: differs from the path")
+        try:
+            cfg = build(PeerConfig, table, "peer")
+            async with locks.setdefault(name, asyncio.Lock()):
+                outcome = await hub.put_peer(cfg)
+        except ConfigError as exc:
+            raise HTTPException(422, detail=str(exc)[:500]) from None
+        log.info("API: %s put peer %s of hub %s (%s)", who, peer, name, outcome)
+        return {"peer": peer, "result": outcome, **_peer_out(hub, peer)}
+
+    @app.delete(
+        "/v1/tunnels/{name}/peers/{peer}",
+        responses={**not_found, **auth_errors},
+        dependencies=secured,
+        tags=["hub"],
+    )
+    async def delete_peer(
+        name: str = Path(pattern=NAME_PATTERN), peer: str = Path(pattern=NAME_PATTERN),
+        who: str = Depends(auth),
+    ) -> dict[str, Any]:
+        """Remove a peer: its session ends at once; the others are untouched."""
+        hub = _hub(name)
+        async with locks.setdefault(name, asyncio.Lock()):
+            removed = await hub.delete_peer(peer)
+        if not removed:
+            raise HTTPException(404, detail=f"no peer named {peer!r}")
+        log.info("API: %s removed peer %s of hub %s", who, peer, name)
+        return {"peer": peer, "result": "removed"}
 
     # -- seed 000's /vpn/* ---------------------------------------------------------------
     vpn_errors: dict[int | str, dict[str, Any]] = {
