@@ -1030,6 +1030,30 @@ class Hub:
         self._by_key.clear()
 
 
+class PeerHooks:
+    """Fires ``[tunnel.hooks]`` ``peer_up``/``peer_down`` for a hub's peers: the
+    tunnel's hook environment plus the peer's name, endpoint and tunnel address."""
+
+    def __init__(self, hooks: Any, base_env: Callable[[], dict[str, str]]) -> None:
+        self.hooks = hooks
+        self.base_env = base_env
+
+    def _fire(self, event: str, p: HubPeer) -> None:
+        from .hooks import peer_env
+
+        env = dict(self.base_env())
+        env.update(peer_env(name=p.name, endpoint=_fmt_addr(p.addr) if p.addr else None,
+                            remote_address=str(p.address) if p.address else None))
+        env["TUNCONNECTOR_PEER_PUBLIC_KEY"] = p.key_b64
+        self.hooks.fire(event, env)
+
+    def peer_up(self, hub: Hub, p: HubPeer) -> None:
+        self._fire("peer_up", p)
+
+    def peer_down(self, hub: Hub, p: HubPeer) -> None:
+        self._fire("peer_down", p)
+
+
 def _fmt_addr(addr: Any) -> str:
     if addr is None:
         return "-"

@@ -85,6 +85,13 @@ class Node:
             if tcfg.hooks is not None:
                 self.hooks[tcfg.name] = Hooks(tcfg.hooks, tunnel=tcfg.name)
                 self.tunnels[tcfg.name].add_listener(self._hook_listener)
+                set_hooks = getattr(self.tunnels[tcfg.name], "set_hooks", None)
+                if set_hooks is not None:  # a hub: peer_up / peer_down per peer
+                    from .hub import PeerHooks
+
+                    hub = self.tunnels[tcfg.name]
+                    set_hooks(PeerHooks(self.hooks[tcfg.name],
+                                        lambda hub=hub: self.hook_env(hub)))  # type: ignore[misc]
         self.api_server: Any = None
         if any(t.health is not None for t in config.tunnel):
             from .health import health_service
