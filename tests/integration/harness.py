@@ -96,6 +96,23 @@ class Daemon:
             time.sleep(0.1)
         raise AssertionError(f"tunnel not {state} after {timeout}s: {last}\n{self.log()}")
 
+    def wait_ready(self, name: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait until the tunnel's device and transport are open (state ``down`` or ``up``).
+
+        A raw tunnel has no handshake: ``up`` on one end says nothing about the other end
+        having opened its socket yet.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            last = self.tunnel(name)
+            if last is not None and last["state"] in ("down", "up"):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"tunnel not ready after {timeout}s: {last}\n{self.log()}")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]

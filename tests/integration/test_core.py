@@ -39,6 +39,10 @@ def pair(env: Env, dev_type: str, proto: str, framing: str, port: int = 55556,
 def test_ping_and_bulk(env: Env, dev_type: str, proto: str, framing: str) -> None:
     server, client = pair(env, dev_type, proto, framing)
     client.wait_state("up")  # type: ignore[attr-defined]
+    if framing == "raw":
+        # no handshake: the client is "up" at once, while the server may still be opening
+        # its socket; the server is ready once its transport is open (state down, waiting)
+        server.wait_ready()  # type: ignore[attr-defined]
     sent, got = env.b.ping("10.77.0.1", count=10, interval=0.05)
     assert (sent, got) == (10, 10)
     sent, got = env.a.ping("fd77::2", count=5, interval=0.05)

@@ -219,3 +219,37 @@ async def test_monitor_survives_pinger_errors(tmp_path: Path) -> None:
         assert "not permitted" in (mon.snapshot()["error"] or "")
     finally:
         await mon.stop()
+
+
+def test_late_timeout_of_an_older_probe_does_not_flap_the_verdict() -> None:
+    """Probes overlap when timeout > spacing: probes sent while the link was down time out
+    after newer probes were already answered. The verdict is over the last N probes *sent*,
+    so those late losses must not undo the recovery."""
+    c = HealthCheck(interval=1, probes=4, threshold=0.5)  # spacing 0.25 s
+    t = 0.0
+    for _ in range(4):  # link down: four probes lost
+        c.probe_result(c.send_probe(t), None, t + 0.3)
+        t += 0.25
+    pending = [(c.send_probe(t), t), (c.send_probe(t + 0.25), t + 0.25)]  # still in flight
+    t += 0.5
+    for _ in range(3):  # link up: the next three answered at once
+        c.probe_result(c.send_probe(t), 0.001, t + 0.001)
+        t += 0.25
+    assert c.state is HealthState.OK
+    drain(c)
+    for seq, sent in pending:  # their timeouts arrive late (a stalled loop)
+        c.probe_result(seq, None, sent + 2.0)
+    assert c.state is HealthState.OK, c.snapshot()
+    assert drain(c) == []
+    assert c.lost_total == 6
+
+
+def test_results_older_than_the_window_are_counted_but_not_judged() -> None:
+    c = HealthCheck(interval=1, probes=2, threshold=0.0)
+    old = c.send_probe(0.0)
+    for i in range(1, 4):
+        c.probe_result(c.send_probe(i * 0.5), 0.001, i * 0.5)
+    assert c.state is HealthState.OK
+    c.probe_result(old, None, 5.0)  # older than every probe in the window
+    assert c.state is HealthState.OK
+    assert c.lost_total == 1 and c.snapshot()["window_answered"] == 2

@@ -118,14 +118,33 @@ class HealthCheck:
         if sent_at is None:
             return
         rec = ProbeRecord(seq, sent_at, rtt)
-        self._window.append(rec)
         self._history.append(rec)
+        self._judge(rec)
         if rtt is None:
             self.lost_total += 1
         else:
             self.answered_total += 1
             self.last_rtt = rtt
         self._evaluate(now)
+
+    def _judge(self, rec: ProbeRecord) -> None:
+        """Put ``rec`` into the window in the order the probes were *sent*.
+
+        Probes overlap when the timeout exceeds the spacing, so a probe sent while the link
+        was down can time out after newer probes were answered. The verdict is about the
+        last ``probes`` probes sent: a result older than every probe in a full window is
+        counted but not judged, and an older one lands in its place, not at the end
+        (appending it once flipped a recovered link back to NOT_OK).
+        """
+        window = self._window
+        if not window or rec.sent_at >= window[-1].sent_at:
+            window.append(rec)
+            return
+        if len(window) == window.maxlen and rec.sent_at < window[0].sent_at:
+            return
+        ordered = sorted([*window, rec], key=lambda r: r.sent_at)
+        window.clear()
+        window.extend(ordered[-self.probes:])
 
     def reset(self, now: float) -> None:
         """Forget the window (tunnel restarted): verdict back to UNKNOWN, probe now."""
