@@ -90,7 +90,24 @@ def legacy_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--outport", type=int, default=55556, help="remote server port")
     _add_tunnel_options(p)
     _add_common(p)
+    _add_check(p)
     return p
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true",
+                   help="validate the configuration and exit (0 valid, 2 invalid)")
+
+
+def report_valid(config: Config, source: str) -> int:
+    """What ``--check`` prints for a configuration that passed validation."""
+    parts = [f"{len(config.tunnel)} tunnel(s)"]
+    if config.bond:
+        parts.append(f"{len(config.bond)} bond(s)")
+    if config.api is not None:
+        parts.append(f"api on {config.api.listen}")
+    print(f"{source}: valid ({', '.join(parts)})")
+    return 0
 
 
 def config_from_legacy(args: argparse.Namespace) -> Config:
@@ -167,8 +184,11 @@ def cmd_run(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tunconnector run", description="run tunnels from a TOML file")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     _add_common(p)
+    _add_check(p)
     args = p.parse_args(argv)
     config = Config.from_toml(args.config)
+    if args.check:
+        return report_valid(config, args.config)
     if "--log-level" in argv:
         config.log_level = args.log_level
     if args.json_logs:
@@ -201,6 +221,16 @@ def cmd_reload(argv: Sequence[str]) -> int:
             parts = [f"{k} {','.join(v)}" for k, v in res.items() if v and k != "unchanged"]
             print(f"daemon pid {r.get('pid')}: {name}: {'; '.join(parts) or 'no change'}")
     return rc
+
+
+def cmd_check(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tunconnector check",
+        description="validate a TOML file without starting anything: exit 0 when valid, "
+        "2 when not (the message starts with the key's path)")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    args = p.parse_args(argv)
+    return report_valid(Config.from_toml(args.config), args.config)
 
 
 def cmd_status(argv: Sequence[str]) -> int:
@@ -417,6 +447,7 @@ def cmd_install_systemd(argv: Sequence[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
+    "check": cmd_check,
     "status": cmd_status,
     "reload": cmd_reload,
     "mktun": cmd_mktun,
@@ -434,7 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in SUBCOMMANDS:
             return SUBCOMMANDS[args[0]](args[1:])
         parsed = legacy_parser().parse_args(args)
-        return _serve(config_from_legacy(parsed))
+        config = config_from_legacy(parsed)
+        if parsed.check:
+            return report_valid(config, "flags")
+        return _serve(config)
     except ConfigError as exc:
         print(f"tunconnector: config error: {exc}", file=sys.stderr)
         return 2

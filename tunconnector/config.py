@@ -8,8 +8,11 @@ starts with the key's path (``tunnel[1].remote_port: ...``). The CLI maps that t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import math
 import re
+import reprlib
 import tomllib
 import types
 import typing
@@ -22,15 +25,22 @@ from .errors import ConfigError
 
 IFNAMSIZ = 16
 DEFAULT_PORT = 55556
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@+-]+")
+# str.isdigit() also accepts "²" and other Unicode digits; int() then fails or surprises
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+HOUR = 3600.0
+DAY = 86400.0
+WEEK = 7 * DAY
+# timers below this pin a core for nothing (a 1e-300 s keepalive is a busy loop)
+MIN_KEEPALIVE = 0.01
 
 
 def check_ifname(name: str, where: str) -> None:
     """Linux interface names: 1..15 bytes, no '/', no whitespace (dev_valid_name)."""
     if not name or len(name.encode()) >= IFNAMSIZ:
-        raise ConfigError(f"{where}: interface name {name!r} must be 1..15 bytes long")
-    if not _IFNAME_RE.match(name) or name in (".", ".."):
-        raise ConfigError(f"{where}: interface name {name!r} has forbidden characters")
+        raise ConfigError(f"{where}: interface name {_short(name)} must be 1..15 bytes long")
+    if not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{where}: interface name {_short(name)} has forbidden characters")
 
 
 def parse_interface_address(
@@ -42,12 +52,12 @@ def parse_interface_address(
         try:
             addr = ipaddress.ip_address(text)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {text!r} is not an IP address") from exc
+            raise ConfigError(f"{where}: {_short(text)} is not an IP address") from exc
         text = f"{text}/{24 if addr.version == 4 else 64}"
     try:
         return ipaddress.ip_interface(text)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {text!r} is not an address with prefix") from exc
+        raise ConfigError(f"{where}: {_short(text)} is not an address with prefix") from exc
 
 
 @dataclass(slots=True)
@@ -64,9 +74,9 @@ class HealthConfig:
     def validate(self, where: str) -> None:
         if self.target is not None:
             _check_ip(self.target, f"{where}.target")
-        _positive(self.interval, f"{where}.interval")
-        _positive(self.probes, f"{where}.probes")
-        _positive(self.timeout, f"{where}.timeout")
+        _within(self.interval, f"{where}.interval", 0.01, DAY)
+        _within(self.probes, f"{where}.probes", 1, 1000)
+        _within(self.timeout, f"{where}.timeout", 0.001, HOUR)
         if not 0.0 <= self.threshold < 1.0:
             raise ConfigError(f"{where}.threshold: must be in [0, 1), got {self.threshold}")
 
@@ -87,7 +97,7 @@ class HooksConfig:
     timeout: float = 10.0
 
     def validate(self, where: str) -> None:
-        _positive(self.timeout, f"{where}.timeout")
+        _within(self.timeout, f"{where}.timeout", 0.01, HOUR)
         for event in ("up", "down", "peer_up", "peer_down"):
             argv = getattr(self, event)
             if argv and not argv[0]:
@@ -117,8 +127,8 @@ class PathConfig:
             _check_ip(self.local, f"{where}.local")
         _port(self.port, f"{where}.port", allow_zero=True)
         _port(self.remote_port, f"{where}.remote_port")
-        if self.weight <= 0:
-            raise ConfigError(f"{where}.weight: must be > 0")
+        _within(self.priority, f"{where}.priority", -(1 << 31), (1 << 31) - 1)
+        _within(self.weight, f"{where}.weight", 0.0, 1e6, lo_open=True)
 
 
 @dataclass(slots=True)
@@ -225,18 +235,18 @@ class TunnelConfig:
         if self.peer_public_key:
             raise ConfigError(f"{where}.peer_public_key: a hub lists its peers in "
                               "[[tunnel.peer]] instead")
-        _positive(self.max_peers, f"{where}.max_peers")
+        _within(self.max_peers, f"{where}.max_peers", 1, 1_000_000)
         if len(self.peer) > self.max_peers:
             raise ConfigError(f"{where}.peer: {len(self.peer)} peers exceed max_peers "
                               f"{self.max_peers}")
-        _positive(self.mac_aging, f"{where}.mac_aging")
-        _positive(self.max_macs_per_peer, f"{where}.max_macs_per_peer")
+        _within(self.mac_aging, f"{where}.mac_aging", 1.0, WEEK)
+        _within(self.max_macs_per_peer, f"{where}.max_macs_per_peer", 1, 1_000_000)
         pool = None
         if self.pool is not None:
             try:
                 pool = ipaddress.ip_network(self.pool, strict=False)
             except ValueError as exc:
-                raise ConfigError(f"{where}.pool: {self.pool!r} is not a network") from exc
+                raise ConfigError(f"{where}.pool: {_short(self.pool)} is not a network") from exc
         for i, r in enumerate(self.push_routes):
             try:
                 ipaddress.ip_network(r, strict=False)
@@ -265,8 +275,8 @@ class TunnelConfig:
                                   "a pool")
 
     def validate(self, where: str) -> None:
-        if not self.name or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
-            raise ConfigError(f"{where}.name: {self.name!r} must be 1..64 of [A-Za-z0-9_.-]")
+        if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
+            raise ConfigError(f"{where}.name: {_short(self.name)} must be 1..64 of [A-Za-z0-9_.-]")
         if self.device is not None:
             check_ifname(self.device, f"{where}.device")
         if self.bind_interface is not None:
@@ -289,14 +299,14 @@ class TunnelConfig:
             raise ConfigError(f"{where}.gso_max_size: {self.gso_max_size} outside 1500..65536")
         if self.mtu is not None and not 68 <= self.mtu <= 65535:
             raise ConfigError(f"{where}.mtu: {self.mtu} outside 68..65535")
-        _positive(self.keepalive, f"{where}.keepalive")
-        _positive(self.dead_after, f"{where}.dead_after")
+        _within(self.keepalive, f"{where}.keepalive", MIN_KEEPALIVE, DAY)
+        _within(self.dead_after, f"{where}.dead_after", MIN_KEEPALIVE, WEEK)
         if self.dead_after <= self.keepalive:
             raise ConfigError(
                 f"{where}.dead_after: {self.dead_after} must exceed keepalive {self.keepalive}"
             )
-        if self.netns is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.netns):
-            raise ConfigError(f"{where}.netns: bad namespace name {self.netns!r}")
+        if self.netns is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.netns):
+            raise ConfigError(f"{where}.netns: bad namespace name {_short(self.netns)}")
         if self.framing != "native" and (self.key_file or self.private_key_file):
             raise ConfigError(f"{where}.key_file: encryption needs framing = 'native'")
         if self.peer:
@@ -306,12 +316,14 @@ class TunnelConfig:
         elif self.pool is not None or self.push_routes or self.client_to_client:
             raise ConfigError(f"{where}.pool: pool, push_routes and client_to_client "
                               "belong to a hub (a server with [[tunnel.peer]] tables)")
-        _positive(self.rekey_after_time, f"{where}.rekey_after_time")
-        _positive(self.probe_interval, f"{where}.probe_interval")
-        _positive(self.down_after, f"{where}.down_after")
-        _positive(self.up_after, f"{where}.up_after")
-        if self.failback_delay < 0:
-            raise ConfigError(f"{where}.failback_delay: must be >= 0")
+        # a rekey is a handshake: below a second (or a MiB) the tunnel does little else
+        _within(self.rekey_after_time, f"{where}.rekey_after_time", 1.0, DAY)
+        _within(self.rekey_after_bytes, f"{where}.rekey_after_bytes", 1 << 20, 1 << 62)
+        _within(self.probe_interval, f"{where}.probe_interval", 0.001, 60.0)
+        _within(self.down_after, f"{where}.down_after", 1, 1000)
+        _within(self.up_after, f"{where}.up_after", 1, 1000)
+        _within(self.failback_delay, f"{where}.failback_delay", 0.0, DAY)
+        _within(self.loss_threshold, f"{where}.loss_threshold", 0.0, 1.0)  # 0: never
         names = [p.name for p in self.path]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.path: path names must be unique")
@@ -382,11 +394,11 @@ class ApiConfig:
     auth_window: float = 60.0
 
     def validate(self, where: str) -> None:
-        _positive(self.auth_max_failures, f"{where}.auth_max_failures")
-        _positive(self.auth_window, f"{where}.auth_window")
+        _within(self.auth_max_failures, f"{where}.auth_max_failures", 1, 1_000_000)
+        _within(self.auth_window, f"{where}.auth_window", 0.001, WEEK)
         host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{where}.listen: expected HOST:PORT, got {self.listen!r}")
+        if not host or not _ASCII_DIGITS.fullmatch(port) or len(port) > 5:
+            raise ConfigError(f"{where}.listen: expected HOST:PORT, got {_short(self.listen)}")
         _port(int(port), f"{where}.listen", allow_zero=True)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(f"{where}.tls_cert: tls_cert and tls_key go together")
@@ -490,22 +502,22 @@ class BondConfig:
             _check_ip(self.bridge_ip, f"{where}.bridge_ip")
         if self.bind is not None:
             _check_ip(self.bind, f"{where}.bind")
-        _positive(self.links, f"{where}.links")
+        _within(self.links, f"{where}.links", 1, 64)
         count = len(self.slaves) if self.role == "client" else self.links
         _port(self.base_port + 1, f"{where}.base_port", allow_zero=False)
         _port(self.base_port + count, f"{where}.base_port", allow_zero=False)
         if not 1 <= self.prefixlen <= 32:
             raise ConfigError(f"{where}.prefixlen: {self.prefixlen} outside 1..32")
-        if not re.match(r"^[A-Za-z][A-Za-z0-9_-]{0,9}$", self.tap_prefix):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,9}", self.tap_prefix):
             raise ConfigError(
-                f"{where}.tap_prefix: {self.tap_prefix!r} must be 1..10 of [A-Za-z0-9_-]"
+                f"{where}.tap_prefix: {_short(self.tap_prefix)} must be 1..10 of [A-Za-z0-9_-]"
             )
         if self.keepalive is not None:
-            _positive(self.keepalive, f"{where}.keepalive")
+            _within(self.keepalive, f"{where}.keepalive", MIN_KEEPALIVE, DAY)
         if self.dead_after is not None:
-            _positive(self.dead_after, f"{where}.dead_after")
-        if self.failover_after is not None and self.failover_after < 0:
-            raise ConfigError(f"{where}.failover_after: must be >= 0 (0 turns it off)")
+            _within(self.dead_after, f"{where}.dead_after", MIN_KEEPALIVE, WEEK)
+        if self.failover_after is not None:
+            _within(self.failover_after, f"{where}.failover_after", 0.0, DAY)
         keepalive, dead_after = self.liveness()
         if dead_after <= keepalive:
             raise ConfigError(f"{where}.dead_after: must exceed keepalive {keepalive}")
@@ -534,26 +546,26 @@ class Config:
         devices: set[tuple[str | None, str]] = set()
         for i, t in enumerate(self.tunnel):
             if t.name in seen:
-                raise ConfigError(f"tunnel[{i}].name: duplicate tunnel name {t.name!r}")
+                raise ConfigError(f"tunnel[{i}].name: duplicate tunnel name {_short(t.name)}")
             seen.add(t.name)
             if t.device is not None:
                 key = (t.netns, t.device)
                 if key in devices:
-                    raise ConfigError(f"tunnel[{i}].device: {t.device!r} used twice")
+                    raise ConfigError(f"tunnel[{i}].device: {_short(t.device)} used twice")
                 devices.add(key)
         if self.api is not None and self.api.default_tunnel is not None:
             if self.api.default_tunnel not in seen:
                 raise ConfigError(
-                    f"api.default_tunnel: no tunnel named {self.api.default_tunnel!r}"
+                    f"api.default_tunnel: no tunnel named {_short(self.api.default_tunnel)}"
                 )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+            raise ConfigError(f"log_level: unknown level {_short(self.log_level)}")
 
     def tunnel_by_name(self, name: str) -> TunnelConfig:
         for t in self.tunnel:
             if t.name == name:
                 return t
-        raise ConfigError(f"no tunnel named {name!r}")
+        raise ConfigError(f"no tunnel named {_short(name)}")
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -568,24 +580,47 @@ class Config:
             raw = p.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+        return cls.from_toml_bytes(raw, str(p))
+
+    @classmethod
+    def from_toml_bytes(cls, raw: bytes, source: str = "config") -> Config:
+        """The text of a TOML file; ``source`` names it in syntax errors."""
+        p = source
         try:
             data = tomllib.loads(raw.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        except RecursionError as exc:  # tomllib recurses once per nested array/table
+            raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deep") from exc
         return cls.from_mapping(data)
 
 
 # -- generic builder -------------------------------------------------------------------
 
-def _join(where: str, key: str) -> str:
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _join(where: str, key: Any) -> str:
+    """``where.key``; a key that is not a plain name is quoted and cut short, so a path
+    stays one readable token whatever bytes the file held."""
+    key = str(key)
+    if not _PLAIN_KEY.fullmatch(key):
+        key = _short(key, 40)
     return f"{where}.{key}" if where else key
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved once per class: evaluating string annotations costs more than the rest
+    of a load."""
+    return typing.get_type_hints(cls)
 
 
 def build(cls: type, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys, then validate it."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -621,7 +656,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is Literal:
         if value not in args:
             choices = " | ".join(repr(a) for a in args)
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{where}: {_short(value)} is not one of {choices}")
         return value
     if origin is list:
         (item_tp,) = args
@@ -633,28 +668,36 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table")
-        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(args[1], v, _join(where, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().isdigit():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            # the enabler sends numbers as strings; ASCII digits only, at most 18 of them
+            if isinstance(value, str) and _ASCII_DIGITS.fullmatch(value.strip() or "x"):
+                if len(value.strip()) <= 18:
+                    return int(value.strip())
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError as exc:  # an integer beyond a double's range
+            raise ConfigError(f"{where}: number out of range") from exc
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {number}")
+        return number
     if tp is str:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # the enabler sends numbers as strings and vice versa
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return value
     raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover
 
@@ -663,15 +706,34 @@ def _check_ip(text: str, where: str) -> None:
     try:
         ipaddress.ip_address(text)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {text!r} is not an IP address") from exc
+        raise ConfigError(f"{where}: {_short(text)} is not an IP address") from exc
 
 
 def _port(value: int, where: str, *, allow_zero: bool = False) -> None:
     lo = 0 if allow_zero else 1
-    if not lo <= value <= 65535:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 65535:
         raise ConfigError(f"{where}: port {value} outside {lo}..65535")
 
 
 def _positive(value: float, where: str) -> None:
-    if value <= 0:
+    if not value > 0:  # also refuses nan
         raise ConfigError(f"{where}: must be > 0, got {value}")
+
+
+def _within(value: float, where: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    """Range check with the key path; refuses nan and inf (every comparison with nan is
+    false, so ``not lo <= value`` catches it where ``value < lo`` would let it through)."""
+    low_ok = value > lo if lo_open else value >= lo
+    if not (low_ok and value <= hi and math.isfinite(value)):
+        low = f"({lo}" if lo_open else f"[{lo}"
+        raise ConfigError(f"{where}: {_short(value)} outside {low}, {hi}]")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a rejected value cut to ``limit`` characters: an error message must
+    not grow with the input (a megabyte string, a 20,000-deep list)."""
+    try:
+        text = reprlib.repr(value)
+    except RecursionError:  # pragma: no cover - reprlib already bounds depth
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

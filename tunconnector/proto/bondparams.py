@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
+import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -262,6 +264,9 @@ KERNEL_DEFAULTS = BondParams(
 
 
 def _join(where: str, key: str) -> str:
+    """``where.key``; an odd key (any bytes a config file held) is quoted, cut short."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key):
+        key = reprlib.repr(key)[:40]
     return f"{where}.{key}" if where else key
 
 
@@ -277,22 +282,23 @@ def parse_value(spec: ParamSpec, value: Any, where: str) -> Any:
         return _parse_targets(value, where)
     if spec.kind == "ifname":
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected an interface name, got {value!r}")
+            raise ConfigError(f"{where}: expected an interface name, got {reprlib.repr(value)}")
         name = value.strip()
         if name and (
             len(name.encode()) > 15 or not all(c.isalnum() or c in "_.-@+:" for c in name)
         ):
-            raise ConfigError(f"{where}: {value!r} is not a valid interface name")
+            raise ConfigError(f"{where}: {reprlib.repr(value)} is not a valid interface name")
         return name
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number{_choices(spec)}, got {value!r}")
+        raise ConfigError(f"{where}: expected a number{_choices(spec)}, got {reprlib.repr(value)}")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
         text = value.strip()
         number_opt = _parse_text(spec, text)
         if number_opt is None:
-            raise ConfigError(f"{where}: {value!r} is not a valid value{_choices(spec)}")
+            raise ConfigError(
+                f"{where}: {reprlib.repr(value)} is not a valid value{_choices(spec)}")
         number = number_opt
     else:
         raise ConfigError(f"{where}: expected a string or number, got {type(value).__name__}")
@@ -330,7 +336,8 @@ def _parse_targets(value: Any, where: str) -> tuple[str, ...]:
         items = []
         for i, v in enumerate(value):
             if not isinstance(v, str):
-                raise ConfigError(f"{where}[{i}]: expected an IPv4 address string, got {v!r}")
+                raise ConfigError(
+                    f"{where}[{i}]: expected an IPv4 address string, got {reprlib.repr(v)}")
             items.append(v.strip())
     else:
         raise ConfigError(f"{where}: expected an IPv4 address or a list of them")
@@ -341,7 +348,7 @@ def _parse_targets(value: Any, where: str) -> tuple[str, ...]:
         try:
             addr = ipaddress.IPv4Address(item)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {item!r} is not an IPv4 address") from exc
+            raise ConfigError(f"{where}: {reprlib.repr(item)} is not an IPv4 address") from exc
         if addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
             raise ConfigError(f"{where}: {item} cannot be an ARP target")
         if addr.is_multicast:
@@ -446,7 +453,7 @@ def check_params(
             value = getattr(params, name)
             if value and value not in slaves:
                 raise ConfigError(
-                    f"{_join(where, name)}: {value!r} is not one of the bond's slaves "
+                    f"{_join(where, name)}: {reprlib.repr(value)} is not one of the bond's slaves "
                     f"({', '.join(slaves) or 'none'})"
                 )
 
