@@ -142,8 +142,9 @@ class PeerConfig:
     key_file: str | None = None  # an extra per-peer PSK on top of the public keys
 
     def validate(self, where: str) -> None:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
-            raise ConfigError(f"{where}.name: {self.name!r} must be 1..64 of [A-Za-z0-9_.-]")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
+            raise ConfigError(
+                f"{where}.name: {_short(self.name)} must be 1..64 of [A-Za-z0-9_.-]")
         from .errors import CryptoError
         from .keys import decode_key
 
@@ -157,7 +158,7 @@ class PeerConfig:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
-                raise ConfigError(f"{where}.allowed_ips[{i}]: {net!r} is not a network") \
+                raise ConfigError(f"{where}.allowed_ips[{i}]: {_short(net)} is not a network") \
                     from exc
 
 
@@ -251,7 +252,8 @@ class TunnelConfig:
             try:
                 ipaddress.ip_network(r, strict=False)
             except ValueError as exc:
-                raise ConfigError(f"{where}.push_routes[{i}]: {r!r} is not a network") from exc
+                raise ConfigError(
+                    f"{where}.push_routes[{i}]: {_short(r)} is not a network") from exc
         seen_names: set[str] = set()
         seen_keys: set[str] = set()
         seen_addrs: set[str] = set()
@@ -259,7 +261,7 @@ class TunnelConfig:
         for i, p in enumerate(self.peer):
             pw = f"{where}.peer[{i}]"
             if p.name in seen_names:
-                raise ConfigError(f"{pw}.name: duplicate peer name {p.name!r}")
+                raise ConfigError(f"{pw}.name: duplicate peer name {_short(p.name)}")
             seen_names.add(p.name)
             key = p.public_key.strip()
             if key in seen_keys:
@@ -363,11 +365,11 @@ class TunnelConfig:
             )
         if self.openvpn_cipher not in CIPHERS:
             choices = " | ".join(repr(c) for c in CIPHERS)
-            raise ConfigError(f"{where}.openvpn_cipher: {self.openvpn_cipher!r} is not one "
+            raise ConfigError(f"{where}.openvpn_cipher: {_short(self.openvpn_cipher)} is not one "
                               f"of {choices}")
         if self.openvpn_auth not in DIGESTS:
             choices = " | ".join(repr(c) for c in DIGESTS)
-            raise ConfigError(f"{where}.openvpn_auth: {self.openvpn_auth!r} is not one "
+            raise ConfigError(f"{where}.openvpn_auth: {_short(self.openvpn_auth)} is not one "
                               f"of {choices}")
         if self.path:
             raise ConfigError(f"{where}.path: multi-path needs framing = 'native'")
