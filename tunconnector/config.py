@@ -218,6 +218,10 @@ class TunnelConfig:
     state_file: str | None = None  # pool leases (default /var/lib/tunconnector/NAME.json)
     mac_aging: float = 300.0
     max_macs_per_peer: int = 1024
+    # OpenVPN TLS client (docs/openvpn.md): a standard client .ovpn decides the remote,
+    # protocol and device type; the server pushes addresses and routes
+    openvpn_config: str | None = None
+    allow_redirect_gateway: bool = False
 
     @property
     def is_hub(self) -> bool:
@@ -277,6 +281,8 @@ class TunnelConfig:
                                   "a pool")
 
     def validate(self, where: str) -> None:
+        if self.openvpn_config is not None:
+            self._from_openvpn_config(where)
         if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
             raise ConfigError(f"{where}.name: {_short(self.name)} must be 1..64 of [A-Za-z0-9_.-]")
         if self.device is not None:
@@ -344,7 +350,13 @@ class TunnelConfig:
         self._validate_openvpn(where)
 
     def _validate_openvpn(self, where: str) -> None:
-        """The ``openvpn_*`` keys: only with framing = "openvpn", which needs a secret."""
+        """The ``openvpn_*`` keys: only with framing = "openvpn", which needs a secret
+        (static-key mode) unless ``openvpn_config`` makes it the TLS client."""
+        if self.openvpn_config is not None:
+            if self.openvpn_secret is not None:
+                raise ConfigError(f"{where}.openvpn_secret: not used with openvpn_config "
+                                  "(TLS mode)")
+            return
         if self.framing != "openvpn":
             if self.openvpn_secret is not None or self.key_direction is not None:
                 key = "openvpn_secret" if self.openvpn_secret is not None else "key_direction"
@@ -373,6 +385,34 @@ class TunnelConfig:
                               f"of {choices}")
         if self.path:
             raise ConfigError(f"{where}.path: multi-path needs framing = 'native'")
+
+    def _from_openvpn_config(self, where: str) -> None:
+        """Read the .ovpn now (bad files are config errors, exit 2) and take from it what
+        the tunnel adapter needs: client mode, remote, protocol, device type and name."""
+        from .ovpnconfig import load
+
+        key = f"{where}.openvpn_config"
+        try:
+            ovpn = load(self.openvpn_config or "")
+            ovpn.check_tls()
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        first = ovpn.remote_list()[0]
+        for other in ("key_file", "private_key_file", "peer_public_key"):
+            if getattr(self, other):
+                raise ConfigError(f"{where}.{other}: not used with openvpn_config (the .ovpn "
+                                  "holds the keys)")
+        if self.remote not in (None, first.host):
+            raise ConfigError(f"{where}.remote: comes from openvpn_config ('remote' there)")
+        if self.path:
+            raise ConfigError(f"{where}.path: not available with openvpn_config")
+        self.mode = "client"
+        self.framing = "openvpn"
+        self.remote, self.remote_port = first.host, first.port
+        self.proto = "tcp" if first.proto == "tcp" else "udp"
+        self.dev_type = "tap" if ovpn.dev_type == "tap" else "tun"
+        if self.device is None and ovpn.device is not None:
+            self.device = ovpn.device
 
     @property
     def interfaces(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:

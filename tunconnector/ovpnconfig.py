@@ -52,6 +52,13 @@ class OvpnConfig:
     nobind: bool = False
     options: ClientOptions = field(default_factory=lambda: ClientOptions(ca_pem=b""))
 
+    def check_tls(self) -> None:
+        """Load the CA, certificate and key into a TLS context: PEM errors surface now."""
+        from .proto.openvpn.tls import TlsContext, TlsSettings
+
+        o = self.options
+        TlsContext(TlsSettings(o.ca_pem, o.cert_pem, o.key_pem))
+
     def remote_list(self) -> list[Remote]:
         """Remotes with the config-wide port/proto filled in, in the order to try."""
         return [Remote(r.host, r.port or self.port, r.proto or self.proto)

@@ -137,9 +137,11 @@ class OpenVPNClient:
     """Sans-I/O OpenVPN TLS client for one server (see module docstring)."""
 
     def __init__(self, options: ClientOptions, peer: Addr = None,
-                 wall_clock: float | None = None) -> None:
+                 wall_clock: float | None = None, peers: list[Addr] | None = None) -> None:
         self.options = options
         self.peer = peer
+        #: UDP: the servers to try in turn, one more on every restart (``remote`` lines)
+        self._peers = list(peers) if peers else [peer]
         self._tls_ctx = TlsContext(TlsSettings(
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             options.verify_x509_name, options.tls_version_min))
@@ -201,6 +203,8 @@ class OpenVPNClient:
         self._restart_at = None
         self.state = "connecting"
         self.reconnects += 1
+        if self.options.proto == "udp" and len(self._peers) > 1:
+            self.peer = self._peers[self.reconnects % len(self._peers)]
         self._handshake_deadline = now + self.options.hand_window
         self._new_key_state(0, P_CONTROL_HARD_RESET_CLIENT_V2, now)
         log.info("openvpn: connecting to %s (session %s)", self.peer, self.session_id.hex())
@@ -654,6 +658,11 @@ class OpenVPNClient:
         lines = ["IV_VER=2.6.14", "IV_PLAT=linux", f"IV_PROTO={proto}", "IV_NCP=2",
                  f"IV_CIPHERS={ciphers}", "IV_TCPNL=1", "IV_GUI_VER=tunconnector"]
         return "\n".join(lines) + "\n"
+
+    @property
+    def last_heard(self) -> float | None:
+        """Loop time of the last authentic packet from the server (pings included)."""
+        return self._last_received if self.state == "connected" else None
 
     # -- status --------------------------------------------------------------------------
 
