@@ -157,6 +157,9 @@ class OpenVPNClient:
         #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
         #: reconnects the stream and :meth:`connection_made` starts a new session)
         self._backoff = Backoff(base=1.0, cap=30.0)
+        # one wrapper for the connection's life: its packet ids keep rising across
+        # sessions, so a server that still remembers our address sees no replay
+        self._wrapper = self._make_wrapper()
         self._restart_at: float | None = None
         self.last_error: str | None = None
         self._reset_session(0.0)
@@ -174,7 +177,6 @@ class OpenVPNClient:
     def _reset_session(self, now: float) -> None:
         self.session_id = secrets.token_bytes(8)
         self.remote_session_id: bytes | None = None
-        self._wrapper = self._make_wrapper()
         self._keys: dict[int, _KeyState] = {}
         self._data_keys: dict[int, DataKey] = {}
         self._expiry: dict[int, float] = {}

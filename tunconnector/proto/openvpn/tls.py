@@ -164,6 +164,8 @@ class TlsSession:
         c = cert.to_cryptography()
         if not ok:
             word = _VERIFY_ERRORS.get(errnum, f"OpenSSL verify error {errnum}")
+            if errnum in (2, 19, 20, 21):
+                word += "; the server's chain does not lead to the configured CA"
             self.refusal = (f"server certificate refused at depth {depth} "
                             f"({subject_string(c)!r}): {word}")
             return False
