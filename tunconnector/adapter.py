@@ -74,6 +74,10 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
                        remote: Any) -> ConnectionFactory:
     """Load the key material of ``cfg`` now (errors before any device opens) and return
     what makes its connections."""
+    if cfg.openvpn_config:
+        from .ovpnclient import tls_connection_factory
+
+        return tls_connection_factory(cfg, remote)
     if cfg.framing == "openvpn" and cfg.openvpn_secret:
         from .keys import load_openvpn_key_file
         from .proto.openvpn.static import StaticKeyConnection
@@ -96,7 +100,7 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
 
 def uses_connection(cfg: TunnelConfig) -> bool:
     """Whether ``cfg`` runs on :class:`ConnectionTunnel` (else the native Tunnel)."""
-    return cfg.framing == "openvpn"
+    return cfg.framing == "openvpn" or bool(cfg.openvpn_config)
 
 
 def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
@@ -393,6 +397,24 @@ class ConnectionTunnel:
         self._device_reader(True)
         self._flush(conn, now)
 
+    def _new_udp_socket(self) -> None:
+        """A client about to reconnect gets a fresh ephemeral source port, as openvpn's
+        own client does: a server may still hold state for the old address and ignore
+        a new session from it. A configured ``port`` is kept."""
+        cfg = self.config
+        if cfg.mode != "client" or cfg.port or self._udp is None:
+            return
+        family = family_for(cfg.bind or (self._remote[0] if self._remote else None))
+        try:
+            sock = open_udp(bind=cfg.bind, port=0, family=family,
+                            bind_interface=cfg.bind_interface)
+        except (OSError, TransportError) as exc:
+            self.log.warning("cannot open a new UDP socket (keeping the old one): %s", exc)
+            return
+        self._udp.close()
+        self._udp = UdpEndpoint(sock, self.stats.drops)
+        self._udp.start(self._on_udp_batch)
+
     def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:
         conn = self._conn
         if conn is None or self._loop is None:
@@ -580,6 +602,8 @@ class ConnectionTunnel:
             stream = self._stream_of(conn)
             if stream is not None and ev.restart:
                 stream.proto.abort()
+            elif ev.restart and self._udp is not None:
+                self._new_udp_socket()
         elif isinstance(ev, AddressChanged):
             old, self.peer = self.peer, ev.addr
             self.log.info("peer moved %s -> %s", _fmt_addr(old), _fmt_addr(ev.addr))
