@@ -602,7 +602,8 @@ class ConnectionTunnel:
             stream = self._stream_of(conn)
             if stream is not None and ev.restart:
                 stream.proto.abort()
-            elif ev.restart and self._udp is not None:
+            elif ev.restart and self._udp is not None and getattr(
+                    conn, "new_port_on_restart", False):
                 self._new_udp_socket()
         elif isinstance(ev, AddressChanged):
             old, self.peer = self.peer, ev.addr

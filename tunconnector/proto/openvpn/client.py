@@ -136,6 +136,10 @@ def _next_key_id(key_id: int) -> int:
 class OpenVPNClient:
     """Sans-I/O OpenVPN TLS client for one server (see module docstring)."""
 
+    #: tells the UDP adapter to reconnect from a fresh source port (as openvpn's client
+    #: does): a server may ignore a new session from an address it still tracks
+    new_port_on_restart = True
+
     def __init__(self, options: ClientOptions, peer: Addr = None,
                  wall_clock: float | None = None, peers: list[Addr] | None = None) -> None:
         self.options = options
