@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import TunnelConfig
+from .devicewatch import DeviceSupervisor
 from .errors import DeviceError, RemoteProtocolError, TransportError, TunconnectorError
 from .express import Express
 from .fastpath import FastPath
@@ -141,6 +142,7 @@ class Tunnel:
         self._netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._created_device = False
+        self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
         self._listeners: list[Listener] = []
         self._state_changed = asyncio.Event() if _has_loop() else None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -245,6 +247,7 @@ class Tunnel:
                          **({"express_tx": self._express.tx, "express_rx": self._express.rx}
                             if self._express is not None else {})},
             **(self._mp.status_fields() if self._mp is not None else {}),
+            **(self._devsup.describe() if self._devsup is not None else {}),
             "crypto": self._crypto_status(now),
         }
 
@@ -270,6 +273,7 @@ class Tunnel:
             self._keys = load_tunnel_keys(self.config)  # key file errors before any device
             self._fast = FastPath(self.config, UNDERLAY_MTU)
             await self._open_device()
+            await self._supervise_device()
             await self._open_transport()
         except BaseException as exc:
             self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
@@ -323,6 +327,42 @@ class Tunnel:
         await self._fast.after_configure(self._netlink, dev.name, cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    # A deleted device (ip link del) is noticed and brought back by a DeviceSupervisor;
+    # the tunnel lends it these four operations and gates its state through admit().
+    async def _supervise_device(self) -> None:
+        assert self.device_name is not None
+        sup = DeviceSupervisor(
+            self.device_name, netlink=self._netlink, created=self._created_device,
+            gone=lambda: self.device is None or self.device.detached(),
+            detach=self._detach_device, reopen=self._open_device,
+            resume=lambda: self._device_reader(True), on_change=self._device_changed,
+            netns=self.config.netns, logger=self.log,
+        )
+        await sup.start()
+        self._devsup = sup
+
+    def _device_check(self) -> None:
+        """A device read or write failed: the supervisor asks whether it is gone."""
+        if self._devsup is not None:
+            self._devsup.check()
+
+    def _device_changed(self, lost: str | None) -> None:
+        self.error = lost
+        if lost is not None:
+            self._set_state(State.DOWN)
+        elif self._devsup is not None and self._devsup.want_up:
+            self._set_state(State.UP)
+
+    def _detach_device(self) -> None:
+        if self.device is not None:
+            try:
+                self._device_reader(False)
+            except (ValueError, OSError):
+                pass
+            self._reading_device = False
+            self.device.close()  # a non-persistent device vanishes with its last fd
+            self.device = None
 
     def _device_reader(self, on: bool) -> None:
         if self.device is None or self._loop is None or on == self._reading_device:
@@ -482,6 +522,7 @@ class Tunnel:
         except DeviceError as exc:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
+            self._device_check()
             return
         if frames:
             self._device_frames(frames)
@@ -617,11 +658,13 @@ class Tunnel:
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device
         if dev is None:
+            self.stats.drops["device_gone"] += len(frames)
             return
         bad = dev.write_batch(frames)
         stats = self.stats
         if bad:
             stats.drops["device_refused"] += bad
+            self._device_check()
         stats.rx_packets += len(frames) - bad
         stats.rx_bytes += sum(map(len, frames))
         stats.last_rx = now
@@ -840,6 +883,9 @@ class Tunnel:
 
     def _set_state(self, new: State) -> None:
         old = self.state
+        sup = self._devsup
+        if sup is not None and new in (State.UP, State.DOWN) and not sup.admit(new is State.UP):
+            return  # up while the device is missing: shown once it is back
         if old == new:
             return
         self.state = new
@@ -855,6 +901,9 @@ class Tunnel:
 
     async def _close_all(self) -> None:
         self._stopping = True
+        if self._devsup is not None:
+            self._devsup.close()
+            self._devsup = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -884,14 +933,7 @@ class Tunnel:
             self._mp.close()
             self._mp = None
         self._native = None
-        if self.device is not None:
-            try:
-                self._device_reader(False)
-            except (ValueError, OSError):
-                pass
-            self._reading_device = False
-            self.device.close()  # a non-persistent device vanishes with its last fd
-            self.device = None
+        self._detach_device()
         self.peer = None
         self._peer_raw = None
 

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import pwd
+import select
 import struct
 from typing import Literal
 
@@ -154,6 +155,21 @@ class Device:
             fcntl.ioctl(self.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
         except OSError as exc:
             raise DeviceError(f"{self.name}: TUNSETCARRIER failed: {exc.strerror}") from exc
+
+    def detached(self) -> bool:
+        """True when the kernel took the interface away from this fd (``ip link del``).
+
+        The fd then stays open but every read and write fails with EBADFD, and poll
+        reports POLLERR: that is what this asks, without consuming a frame.
+        """
+        if self.closed:
+            return True
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        try:
+            return any(ev & (select.POLLERR | select.POLLNVAL) for _fd, ev in p.poll(0))
+        except OSError:
+            return True
 
     def close(self) -> None:
         if not self.closed:

@@ -1,0 +1,107 @@
+"""A deleted TUN device (``ip link del``) during traffic: noticed, reported, brought back.
+
+A device the daemon created is created again (name, addresses, MTU, routes) and traffic
+resumes within 5 s; while it cannot be (the name taken by another link) the tunnel says
+``down`` with the reason. A persistent device the daemon only attached to is waited for
+and attached again when ``tunconnector mktun`` brings it back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from harness import Env
+from netns import tunconnector_cmd, wait_for
+from test_core import pair
+
+
+def _ping_flood(env: Env) -> subprocess.Popen[bytes]:
+    """Traffic through the tunnel while the device goes (stopped by the test)."""
+    return env.b.popen("ping", "-n", "-q", "-i", "0.01", "-W", "1", "10.77.0.1",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _replace_with_veth(env: Env) -> None:
+    """Delete tc0 and take its name with a veth link at once (one ``ip -batch``); if the
+    daemon recreated tc0 in between (it is fast), try again."""
+    for _ in range(20):
+        env.a.run("ip", "-force", "-batch", "-", check=False,
+                  input="link del tc0\nlink add tc0 type veth peer name tc0peer\n")
+        if "veth" in env.a.run("ip", "-d", "link", "show", "tc0", check=False).stdout:
+            return
+    raise AssertionError("could not take the name tc0 from the daemon")
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) -> None:
+    server, client = pair(env, "tun", proto, "native")
+    client.wait_state("up")  # type: ignore[attr-defined]
+    server.wait_state("up")  # type: ignore[attr-defined]
+    env.a.run("ip", "route", "add", "10.88.0.0/16", "via", "10.77.0.2", "dev", "tc0")
+    flood = _ping_flood(env)
+    try:
+        # 1. deleted during traffic: back within 5 s, with its addresses and routes
+        time.sleep(0.3)  # let the flood run: the deletion must hit a busy device
+        env.a.run("ip", "link", "del", "tc0")
+        t0 = time.monotonic()
+        assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
+        took = time.monotonic() - t0
+        print(f"{proto}: traffic back {took:.2f}s after ip link del")
+        assert took < 5.0
+        st = server.tunnel()  # type: ignore[attr-defined]
+        assert st["state"] == "up" and st["error"] is None, st
+        assert st["device_losses"] == 1 and st["device_last_outage"] < 5.0, st
+        routes = env.a.run("ip", "route", "show", "dev", "tc0").stdout
+        assert "10.88.0.0/16 via 10.77.0.2" in routes, routes
+        link = env.a.run("ip", "addr", "show", "dev", "tc0").stdout
+        assert "10.77.0.1/24" in link and "fd77::1/64" in link, link
+        log = server.log()  # type: ignore[attr-defined]
+        assert "device tc0 " in log and "recreating it" in log, log  # the reason, logged
+        assert "up -> down" in log and "device tc0 recreated" in log, log
+        assert env.a.ping("fd77::2", count=3, interval=0.1) == (3, 3)
+
+        # 2. while it cannot come back (another link took the name): down, with why
+        _replace_with_veth(env)
+        def down() -> bool:
+            t = server.tunnel()  # type: ignore[attr-defined]
+            return bool(t and t["state"] == "down" and "tc0" in (t["error"] or ""))
+        assert wait_for(down, timeout=5.0), server.tunnel()  # type: ignore[attr-defined]
+        st = server.tunnel()  # type: ignore[attr-defined]
+        assert "cannot be reopened yet" in st["error"], st
+        print(f"{proto}: while blocked: {st['state']}: {st['error']}")
+        env.a.run("ip", "link", "del", "tc0")  # the name is free again
+        t0 = time.monotonic()
+        assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
+        print(f"{proto}: back {time.monotonic() - t0:.2f}s after the name was freed")
+        server.wait_state("up", timeout=5.0)  # type: ignore[attr-defined]
+    finally:
+        flood.kill()
+        flood.wait(5)
+
+
+def test_persistent_device_is_waited_for_and_reattached(env: Env) -> None:
+    env.a.run(*tunconnector_cmd("mktun", "--dev", "tc0", "--dev-type", "tun"))
+    server, client = pair(env, "tun", "udp", "native")
+    client.wait_state("up")  # type: ignore[attr-defined]
+    assert env.b.ping("10.77.0.1", count=3, interval=0.1) == (3, 3)
+    assert "attached to existing device tc0" in server.log()  # type: ignore[attr-defined]
+    env.a.run("ip", "link", "del", "tc0")
+    # not recreated by the daemon (it is not its device): down, saying it waits
+    st = server.wait_state("down", timeout=5.0)  # type: ignore[attr-defined]
+    assert "waiting for it to come back" in (st["error"] or ""), st
+    time.sleep(1.0)  # still waiting a second later, not recreating it on its own
+    assert env.a.run("ip", "link", "show", "tc0", check=False).returncode != 0
+    assert server.tunnel()["state"] == "down"  # type: ignore[attr-defined]
+    env.a.run(*tunconnector_cmd("mktun", "--dev", "tc0", "--dev-type", "tun"))
+    t0 = time.monotonic()
+    assert env.b.wait_ping("10.77.0.1", timeout=8.0), server.log()  # type: ignore[attr-defined]
+    print(f"persistent: traffic back {time.monotonic() - t0:.2f}s after mktun")
+    st = server.wait_state("up", timeout=5.0)  # type: ignore[attr-defined]
+    assert st["error"] is None and st["device_losses"] == 1, st
+    assert "re-attached" in server.log()  # type: ignore[attr-defined]
+    server.stop()  # type: ignore[attr-defined]
+    # an attached device outlives the daemon, as before
+    assert env.a.run("ip", "link", "show", "tc0", check=False).returncode == 0
+    env.a.run(*tunconnector_cmd("rmtun", "--dev", "tc0"))

@@ -1,0 +1,222 @@
+"""Keeps a tunnel's TUN/TAP device alive: notices when it is deleted, brings it back.
+
+Why: ``ip link del`` of a device a daemon holds open leaves the daemon with an fd whose
+every read and write fails (EBADFD); before this, a tunnel went on saying ``up`` while
+nothing was delivered. The supervisor learns of the loss from two sources, whichever
+comes first: netlink (a :class:`~tunconnector.io.netlink.LinkWatch` sees the link go)
+and the data path (a failed read or write makes the owner call :meth:`check`, which
+asks the fd itself). Then:
+
+- the owner is told (state ``down``, the reason in its ``error``) and stops using the fd;
+- a device the daemon created is created again at once (same name; the owner applies
+  its addresses and MTU as at start; the supervisor adds back the addresses and routes
+  the link carried, recorded by the watch), retried with backoff if the kernel refuses;
+- a persistent device it only attached to (``tunconnector mktun``) is not recreated
+  (someone else owns it): it is waited for, with backoff and woken early by netlink
+  when a link of that name appears, and attached again;
+- when the device is back the owner resumes and its state is whatever the transport
+  said meanwhile (a peer still alive: ``up`` at once).
+
+The owner is anything with a device: the native tunnel, or another adapter. It passes
+callables, so this module knows nothing of its internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import DeviceError
+from .io import netlink as nl
+from .proto.backoff import Backoff
+
+log = logging.getLogger("tunconnector.device")
+
+
+class DeviceSupervisor:
+    """One per running device. ``lost`` is the reason while the device is missing."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        netlink: nl.Netlink,
+        created: bool,
+        gone: Callable[[], bool],
+        detach: Callable[[], None],
+        reopen: Callable[[], Awaitable[None]],
+        resume: Callable[[], None],
+        on_change: Callable[[str | None], None],
+        netns: str | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        """``gone()`` says whether the owner's fd lost its device; ``detach()`` stops
+        reading it and closes it; ``reopen()`` opens and configures the device again
+        (raising :class:`DeviceError` when it cannot yet); ``resume()`` starts reading;
+        ``on_change(reason)`` reports the loss (a reason) or the return (``None``)."""
+        self.name = name
+        self.netns = netns
+        self.created = created
+        self.lost: str | None = None
+        self.losses = 0
+        self.last_outage: float | None = None
+        self._since = 0.0
+        self._netlink = netlink
+        self._gone = gone
+        self._detach = detach
+        self._reopen = reopen
+        self._resume = resume
+        self._on_change = on_change
+        self._log = logger or log
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: nl.LinkWatch | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._back = asyncio.Event()
+        self._closed = False
+        self._forcing = False
+        self._want_up = False
+
+    async def start(self) -> None:
+        """Start watching (after the device was opened and configured)."""
+        self._loop = asyncio.get_running_loop()
+        watch = nl.LinkWatch(self.name, self._from_thread, self.netns)
+        try:
+            await self._netlink.call(watch.start)
+        except DeviceError as exc:  # no netlink: the data path still notices
+            self._log.warning("%s; a deleted device is noticed on I/O errors only", exc)
+            return
+        self._watch = watch
+
+    def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    # ------------------------------------------------------------------ state gate
+    def admit(self, up: bool) -> bool:
+        """Called by the owner on each transport state change (up or down); False when
+        the change must not show (``up`` while the device is missing). Remembers it, so
+        the state on return is what the transport says."""
+        if self._forcing:
+            return True
+        self._want_up = up
+        return self.lost is None or not up
+
+    # ------------------------------------------------------------------ detection
+    def check(self) -> None:
+        """The data path saw a device read or write fail: is the device gone?"""
+        if self.lost is None and not self._closed and self._gone():
+            self._device_lost(f"device {self.name} is gone (reads and writes fail)")
+
+    def _from_thread(self, present: bool, why: str) -> None:
+        loop = self._loop
+        if loop is not None and not self._closed:
+            try:
+                loop.call_soon_threadsafe(self._on_link, present, why)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _on_link(self, present: bool, why: str) -> None:
+        if self._closed:
+            return
+        if self.lost is not None:
+            self._back.set()  # the name appeared or was freed: retry now, not on backoff
+        elif not present and self._gone():
+            self._device_lost(why)
+        # else: a stale event (our fd still works, e.g. the link of an older device)
+
+    def _device_lost(self, why: str) -> None:
+        self.losses += 1
+        self._since = time.monotonic()
+        what = "recreating it" if self.created else "waiting for it to come back"
+        self.lost = f"{why}; {what}"
+        self._log.warning("%s", self.lost)
+        self._forcing = True
+        try:
+            self._detach()
+            self._on_change(self.lost)
+        finally:
+            self._forcing = False
+        self._back.clear()
+        self._task = asyncio.get_running_loop().create_task(self._recover())
+
+    # ------------------------------------------------------------------ recovery
+    async def _recover(self) -> None:
+        backoff = Backoff(base=0.05 if self.created else 0.2, cap=5.0)
+        said: str | None = None
+        while not self._closed:
+            why = ""
+            if not self.created and not await self._netlink.call(
+                nl.link_exists, self.name, self.netns
+            ):
+                why = f"device {self.name} is gone; waiting for it to come back"
+            else:
+                try:
+                    await self._reopen()
+                    await self._restore()
+                except DeviceError as exc:
+                    why = f"device {self.name} is gone and cannot be reopened yet: {exc}"
+                    self._detach()  # a half-opened device is retried whole
+                else:
+                    break
+            if why != said:  # one log line per distinct reason, not per attempt
+                self._log.warning("%s", why)
+                said = why
+            self.lost = why
+            self._forcing = True
+            try:
+                self._on_change(why)
+            finally:
+                self._forcing = False
+            self._back.clear()
+            try:
+                await asyncio.wait_for(self._back.wait(), backoff.next_delay())
+            except TimeoutError:
+                pass
+        if self._closed:
+            return
+        self.last_outage = time.monotonic() - self._since
+        self.lost = None
+        self._task = None
+        self._resume()
+        self._forcing = True
+        try:
+            self._on_change(None)
+        finally:
+            self._forcing = False
+        self._log.info("device %s %s after %.2fs", self.name,
+                       "recreated" if self.created else "re-attached", self.last_outage)
+
+    async def _restore(self) -> None:
+        """Addresses and routes the old link carried beyond what the owner configures."""
+        if self._watch is None:
+            return
+        routes, addrs, _mtu = self._watch.snapshot()
+        if addrs:
+            ifaces = [ipaddress.ip_interface(f"{a}/{n}") for a, n in addrs]
+            await self._netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,
+                                     netns=self.netns)
+        if routes:
+            failed = await self._netlink.call(nl.restore_routes, self.name, routes,
+                                              self.netns)
+            if failed:
+                self._log.warning("device %s: %d of %d routes could not be restored",
+                                  self.name, failed, len(routes))
+
+    @property
+    def want_up(self) -> bool:
+        return self._want_up
+
+    def describe(self) -> dict[str, Any]:
+        """Status fields: the reason while missing, how often it was lost, the last outage."""
+        return {"device_lost": self.lost, "device_losses": self.losses,
+                "device_last_outage": (None if self.last_outage is None
+                                       else round(self.last_outage, 3))}
