@@ -284,6 +284,8 @@ def cmd_status(argv: Sequence[str]) -> int:
                 f"dev {t.get('device') or '-'} {','.join(t.get('addresses', []))} "
                 f"peer {t.get('peer') or '-'}"
             )
+            if t.get("error"):  # why it is down (failed start, device missing, ...)
+                print(f"  {'':<12} error: {t['error']}")
             print(
                 f"  {'':<12} last rx {'-' if age is None else f'{age:.1f}s ago'}  "
                 f"in {t['rx_bytes']} B/{t['rx_packets']} pkts  "
