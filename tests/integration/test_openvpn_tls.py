@@ -286,8 +286,10 @@ def tunnel_address(t: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ tests
 @pytest.mark.slow
 def test_two_clients_pool_addresses_ping_and_transfer(lab: Lab) -> None:
-    """UDP/TUN, tls-crypt, the server's default cipher (AES-256-GCM) and TLS-EKM."""
-    lab.start_server(extra=f"tls-crypt {lab.pki.files['ta.key']}\n")
+    """UDP/TUN, tls-crypt, the server's default cipher (AES-256-GCM) and TLS-EKM; a pushed
+    route is installed and removed on exit."""
+    lab.start_server(extra=f"tls-crypt {lab.pki.files['ta.key']}\n"
+                     'push "route 10.77.0.0 255.255.0.0"\n')
     extra = f"tls-crypt {lab.pki.files['ta.key']}\n"
     d1 = lab.client(lab.c1, lab.ovpn("c1", "client1", extra=extra), "ovpn1")
     d2 = lab.client(lab.c2, lab.ovpn("c2", "client2", extra=extra), "ovpn2")
@@ -306,6 +308,10 @@ def test_two_clients_pool_addresses_ping_and_transfer(lab: Lab) -> None:
     assert t1["state"] == "up" and t1["peer"] and t1["tx_bytes"] > 32 << 20
     assert crypto["cipher"] == "AES-256-GCM" and crypto["key_derivation"] == "tls-ekm"
     assert crypto["key_age"] is not None and isinstance(t1["drops"], dict)
+    route = lab.c1.run("ip", "route", "show", "10.77.0.0/16").stdout
+    assert t1["device"] in route, route
+    d1.stop()
+    assert lab.c1.run("ip", "route", "show", "10.77.0.0/16").stdout.strip() == ""
 
 
 @pytest.mark.slow
@@ -330,12 +336,16 @@ def test_ciphers_and_key_derivation(lab: Lab, cipher: str, keys: str) -> None:
 
 
 @pytest.mark.slow
-def test_tcp_tls_auth(lab: Lab) -> None:
+def test_tcp_tls_auth_net30(lab: Lab) -> None:
+    """TCP, tls-auth with key-direction, and the net30 topology (openvpn 2.6's default)."""
     ta = lab.pki.files["ta.key"]
-    lab.start_server(proto="tcp", extra=f"tls-auth {ta} 0\n")
+    lab.start_server(proto="tcp", extra=f"tls-auth {ta} 0\n",
+                     mode="server 10.8.0.0 255.255.255.0\n")
     d = lab.client(lab.c1, lab.ovpn("c1", proto="tcp", extra=f"tls-auth {ta}\nkey-direction 1\n"),
                    "ovpn1")
     wait_up(d)
+    assert wait_for(lambda: status(d).get("addresses"), 10)
+    assert status(d)["addresses"][0].endswith("/30")
     assert lab.c1.wait_ping("10.8.0.1", 10)
     transfer(lab.c1, lab.s, "10.8.0.1", 32 << 20)
     assert status(d)["proto"] == "tcp"
