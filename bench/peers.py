@@ -195,6 +195,41 @@ class OpenVPNPeer(Peer):
         self.wait_ready(topo, timeout=30)
 
 
+class OpenVPNServerPeer(Peer):
+    """A real ``openvpn --server`` (topology subnet, AES-256-GCM) in B and a client in A:
+    openvpn's own client, or tunconnector's OpenVPN TLS client with the same .ovpn."""
+
+    client: str = "openvpn"  # | "tunconnector"
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.workdir = workdir
+        pki = make_certs(workdir)
+        net = f"10.82.{index}.0"
+        tuning = [] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING
+        self.spawn(topo, topo.ns_b, [
+            "openvpn", "--dev", topo.name("ovs"), "--dev-type", "tun", "--proto", "udp",
+            "--port", "1194", "--server", net, "255.255.255.0", "--topology", "subnet",
+            "--dh", "none", "--ca", str(pki / "ca.crt"), "--cert", str(pki / "server.crt"),
+            "--key", str(pki / "server.key"), "--data-ciphers", "AES-256-GCM",
+            "--keepalive", "10", "60", "--verb", "3", *tuning], "server")
+        time.sleep(1.0)  # openvpn has no readiness signal; the client retries anyway
+        ovpn = workdir / f"{self.name}.ovpn"
+        ovpn.write_text(
+            f"client\ndev tun\nproto udp\nremote {UNDERLAY_B} 1194\nnobind\n"
+            f"ca {pki / 'ca.crt'}\ncert {pki / 'client.crt'}\nkey {pki / 'client.key'}\n"
+            "remote-cert-tls server\ndata-ciphers AES-256-GCM\nverb 3\n")
+        dev = topo.name("ovc")
+        if self.client == "tunconnector":
+            self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "openvpn", "-c", str(ovpn),
+                                         "--device", dev, "--log-level", "info"], "client")
+        else:
+            self.spawn(topo, topo.ns_a, ["openvpn", "--config", str(ovpn), "--dev", dev,
+                                         "--dev-type", "tun",
+                                         *tuning], "client")
+        self.target = f"10.82.{index}.1"
+        self.wait_ready(topo, timeout=40)
+
+
 class SocatPeer(Peer):
     """socat's TUN address over UDP: one frame per datagram, one read per frame."""
 
@@ -274,7 +309,14 @@ def all_peers() -> list[Peer]:
         OpenVPNPeer("ovpn-tap", "openvpn", layer="tap",
                     description="OpenVPN 2.6 UDP tap, no crypto"),
         SocatPeer("socat-tun", "socat", baseline="ovpn-plain", description="socat TUN over UDP"),
+        OpenVPNServerPeer("ovpn-server-ovpn-client", "openvpn",
+                          description="openvpn --server, openvpn client, AES-256-GCM"),
     ]
+    tls_client = OpenVPNServerPeer(
+        "ovpn-server-tc-client", "tunconnector", baseline="ovpn-server-ovpn-client",
+        description="openvpn --server, tunconnector OpenVPN TLS client, AES-256-GCM")
+    tls_client.client = "tunconnector"
+    peers.append(tls_client)
     for proto in ("udp", "tcp"):
         for enc in (False, True):
             for off in ("auto", "off"):
