@@ -30,6 +30,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import TunnelConfig
+from .devicewatch import SupervisedDevice
 from .errors import ConfigError, DeviceError, TransportError, TunconnectorError
 from .io import netlink as nl
 from .io import tcp as tcpio
@@ -127,7 +128,7 @@ class _Stream:
         self.conn = conn
 
 
-class ConnectionTunnel:
+class ConnectionTunnel(SupervisedDevice):
     """Runs one :class:`TunnelConfig` whose wire protocol is a Connection."""
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None,
@@ -161,6 +162,7 @@ class ConnectionTunnel:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._reading_device = False
+        self._created_device = False
         self._stopping = False
         self._remote: Any = None
         self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
@@ -252,6 +254,7 @@ class ConnectionTunnel:
             "data_path": f"{cfg.framing} connection, per-packet",
             "fastpath": {},
             "crypto": crypto,
+            **self._device_status(),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -271,6 +274,7 @@ class ConnectionTunnel:
                 self.config, clock_offset=time.time() - self._loop.time(),
                 max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
             await self._open_device()
+            await self._supervise_device()
             if self.config.proto == "udp":
                 self._open_udp()
             else:
@@ -315,6 +319,7 @@ class ConnectionTunnel:
         dev = Device(name, cfg.dev_type)
         self.device = dev
         self.device_name = dev.name
+        self._created_device = not existed
         if cfg.netns:
             await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
@@ -340,6 +345,7 @@ class ConnectionTunnel:
         except DeviceError as exc:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
+            self._device_check()
             return
         if not frames:
             return
@@ -358,11 +364,13 @@ class ConnectionTunnel:
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device
         if dev is None:
+            self.stats.drops["device_gone"] += len(frames)
             return
         bad = dev.write_batch(frames)
         stats = self.stats
         if bad:
             stats.drops["device_refused"] += bad
+            self._device_check()
         stats.rx_packets += len(frames) - bad
         stats.rx_bytes += sum(map(len, frames))
         stats.last_rx = now
@@ -693,6 +701,8 @@ class ConnectionTunnel:
 
     def _set_state(self, new: State) -> None:
         old = self.state
+        if not self._device_admits(new):
+            return  # up while the device is missing: shown once it is back
         if old == new:
             return
         self.state = new
@@ -708,6 +718,7 @@ class ConnectionTunnel:
 
     async def _close_all(self) -> None:
         self._stopping = True
+        self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -735,14 +746,7 @@ class ConnectionTunnel:
         if self._conn is not None:
             self._retired.append(self._conn)
         self._conn = None
-        if self.device is not None:
-            try:
-                self._device_reader(False)
-            except (ValueError, OSError):
-                pass
-            self._reading_device = False
-            self.device.close()
-            self.device = None
+        self._detach_device()
         self.peer = None
 
 

@@ -28,11 +28,16 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DeviceError
 from .io import netlink as nl
 from .proto.backoff import Backoff
+
+if TYPE_CHECKING:
+    from .config import TunnelConfig
+    from .io.device import Device
+    from .tunnel import State
 
 log = logging.getLogger("tunconnector.device")
 
@@ -65,6 +70,7 @@ class DeviceSupervisor:
         self.losses = 0
         self.last_outage: float | None = None
         self._since = 0.0
+        self._saved: tuple[list[nl.RouteKey], list[tuple[str, int]], str | None] | None = None
         self._netlink = netlink
         self._gone = gone
         self._detach = detach
@@ -138,6 +144,8 @@ class DeviceSupervisor:
         self._since = time.monotonic()
         what = "recreating it" if self.created else "waiting for it to come back"
         self.lost = f"{why}; {what}"
+        # what it carried, now: the new link's own events would overwrite it (its MAC)
+        self._saved = self._watch.snapshot() if self._watch is not None else None
         self._log.warning("%s", self.lost)
         self._forcing = True
         try:
@@ -196,10 +204,13 @@ class DeviceSupervisor:
                        "recreated" if self.created else "re-attached", self.last_outage)
 
     async def _restore(self) -> None:
-        """Addresses and routes the old link carried beyond what the owner configures."""
-        if self._watch is None:
+        """MAC, addresses and routes the old link carried beyond what the owner configures
+    (a TAP's new random MAC would leave the peer's ARP cache pointing nowhere)."""
+        if self._saved is None:
             return
-        routes, addrs, _mtu = self._watch.snapshot()
+        routes, addrs, lladdr = self._saved
+        if lladdr is not None:
+            await self._netlink.call(nl.set_lladdr, self.name, lladdr, self.netns)
         if addrs:
             ifaces = [ipaddress.ip_interface(f"{a}/{n}") for a, n in addrs]
             await self._netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,
@@ -220,3 +231,86 @@ class DeviceSupervisor:
         return {"device_lost": self.lost, "device_losses": self.losses,
                 "device_last_outage": (None if self.last_outage is None
                                        else round(self.last_outage, 3))}
+
+
+class SupervisedDevice:
+    """What a tunnel adapter with one device (the native :class:`Tunnel`, the generic
+    ``ConnectionTunnel``) needs to lend its device to a :class:`DeviceSupervisor`.
+
+    The adapter calls :meth:`_supervise_device` once its device is configured,
+    :meth:`_device_check` when a device read or write fails, :meth:`_device_admits` at
+    the top of its ``_set_state`` and :meth:`_unsupervise_device` first thing on close;
+    it provides ``_open_device`` (idempotent: opens and configures the device named in
+    the config, setting ``device``, ``device_name`` and ``_created_device``) and
+    ``_device_reader(on)``.
+    """
+
+    device: Device | None
+    device_name: str | None
+    config: TunnelConfig
+    error: str | None
+    log: logging.LoggerAdapter[logging.Logger]
+    _netlink: nl.Netlink
+    _reading_device: bool
+    _created_device: bool
+    _devsup: DeviceSupervisor | None = None
+
+    async def _open_device(self) -> None:
+        raise NotImplementedError
+
+    def _device_reader(self, on: bool) -> None:
+        raise NotImplementedError
+
+    def _set_state(self, new: State) -> None:
+        raise NotImplementedError
+
+    async def _supervise_device(self) -> None:
+        assert self.device_name is not None
+        sup = DeviceSupervisor(
+            self.device_name, netlink=self._netlink, created=self._created_device,
+            gone=lambda: self.device is None or self.device.detached(),
+            detach=self._detach_device, reopen=self._open_device,
+            resume=lambda: self._device_reader(True), on_change=self._device_changed,
+            netns=self.config.netns, logger=self.log,
+        )
+        await sup.start()
+        self._devsup = sup
+
+    def _unsupervise_device(self) -> None:
+        if self._devsup is not None:
+            self._devsup.close()
+            self._devsup = None
+
+    def _device_check(self) -> None:
+        """A device read or write failed: the supervisor asks whether it is gone."""
+        if self._devsup is not None:
+            self._devsup.check()
+
+    def _device_admits(self, new: State) -> bool:
+        """False for ``up`` while the device is missing (remembered for its return)."""
+        sup = self._devsup
+        if sup is None or new.value not in ("up", "down"):
+            return True
+        return sup.admit(new.value == "up")
+
+    def _device_changed(self, lost: str | None) -> None:
+        from .tunnel import State  # tunnel imports this module
+
+        self.error = lost
+        if lost is not None:
+            self._set_state(State.DOWN)
+        elif self._devsup is not None and self._devsup.want_up:
+            self._set_state(State.UP)
+
+    def _device_status(self) -> dict[str, Any]:
+        return self._devsup.describe() if self._devsup is not None else {}
+
+    def _detach_device(self) -> None:
+        if self.device is not None:
+            try:
+                self._device_reader(False)
+            except (ValueError, OSError):
+                pass
+            self._reading_device = False
+            self.device.close()  # a non-persistent device vanishes with its last fd
+            self.device = None

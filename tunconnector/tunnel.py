@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import TunnelConfig
-from .devicewatch import DeviceSupervisor
+from .devicewatch import DeviceSupervisor, SupervisedDevice
 from .errors import DeviceError, RemoteProtocolError, TransportError, TunconnectorError
 from .express import Express
 from .fastpath import FastPath
@@ -123,7 +123,7 @@ class _StreamConn:
 Listener = Callable[["Tunnel", State, State], None]
 
 
-class Tunnel:
+class Tunnel(SupervisedDevice):
     """Runs one :class:`TunnelConfig`. Create through :class:`tunconnector.Node`."""
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
@@ -247,7 +247,7 @@ class Tunnel:
                          **({"express_tx": self._express.tx, "express_rx": self._express.rx}
                             if self._express is not None else {})},
             **(self._mp.status_fields() if self._mp is not None else {}),
-            **(self._devsup.describe() if self._devsup is not None else {}),
+            **self._device_status(),
             "crypto": self._crypto_status(now),
         }
 
@@ -327,42 +327,6 @@ class Tunnel:
         await self._fast.after_configure(self._netlink, dev.name, cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
-
-    # A deleted device (ip link del) is noticed and brought back by a DeviceSupervisor;
-    # the tunnel lends it these four operations and gates its state through admit().
-    async def _supervise_device(self) -> None:
-        assert self.device_name is not None
-        sup = DeviceSupervisor(
-            self.device_name, netlink=self._netlink, created=self._created_device,
-            gone=lambda: self.device is None or self.device.detached(),
-            detach=self._detach_device, reopen=self._open_device,
-            resume=lambda: self._device_reader(True), on_change=self._device_changed,
-            netns=self.config.netns, logger=self.log,
-        )
-        await sup.start()
-        self._devsup = sup
-
-    def _device_check(self) -> None:
-        """A device read or write failed: the supervisor asks whether it is gone."""
-        if self._devsup is not None:
-            self._devsup.check()
-
-    def _device_changed(self, lost: str | None) -> None:
-        self.error = lost
-        if lost is not None:
-            self._set_state(State.DOWN)
-        elif self._devsup is not None and self._devsup.want_up:
-            self._set_state(State.UP)
-
-    def _detach_device(self) -> None:
-        if self.device is not None:
-            try:
-                self._device_reader(False)
-            except (ValueError, OSError):
-                pass
-            self._reading_device = False
-            self.device.close()  # a non-persistent device vanishes with its last fd
-            self.device = None
 
     def _device_reader(self, on: bool) -> None:
         if self.device is None or self._loop is None or on == self._reading_device:
@@ -883,8 +847,7 @@ class Tunnel:
 
     def _set_state(self, new: State) -> None:
         old = self.state
-        sup = self._devsup
-        if sup is not None and new in (State.UP, State.DOWN) and not sup.admit(new is State.UP):
+        if not self._device_admits(new):
             return  # up while the device is missing: shown once it is back
         if old == new:
             return
@@ -901,9 +864,7 @@ class Tunnel:
 
     async def _close_all(self) -> None:
         self._stopping = True
-        if self._devsup is not None:
-            self._devsup.close()
-            self._devsup = None
+        self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

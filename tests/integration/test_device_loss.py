@@ -8,13 +8,23 @@ and attached again when ``tunconnector mktun`` brings it back.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from harness import Env
 from netns import tunconnector_cmd, wait_for
 from test_core import pair
+from test_openvpn_static import (  # noqa: F401  (openvpns: a fixture)
+    OV_ADDR,
+    TC_ADDR,
+    enabler_client,
+    genkey,
+    openvpns,
+    tc_tunnel,
+)
 
 
 def _ping_flood(env: Env) -> subprocess.Popen[bytes]:
@@ -105,3 +115,28 @@ def test_persistent_device_is_waited_for_and_reattached(env: Env) -> None:
     # an attached device outlives the daemon, as before
     assert env.a.run("ip", "link", "show", "tc0", check=False).returncode == 0
     env.a.run(*tunconnector_cmd("rmtun", "--dev", "tc0"))
+
+
+@pytest.mark.openvpn
+@pytest.mark.skipif(shutil.which("openvpn") is None, reason="needs openvpn (Debian package)")
+def test_openvpn_framing_recreates_its_device(env: Env, openvpns: Any) -> None:  # noqa: F811
+    """The generic adapter (framing openvpn) has the same supervisor; a TAP keeps its MAC."""
+    key = genkey(env)
+    tc = env.config_daemon(env.a, [tc_tunnel(
+        mode="server", dev_type="tap", device="tap1", port=1191, openvpn_secret=str(key),
+        openvpn_cipher="none", address=f"{TC_ADDR}/24", keepalive=1, dead_after=10)], "tc")
+    tc.wait_state("down")
+    openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
+             "tap1", OV_ADDR)
+    tc.wait_state("up")
+    assert env.b.wait_ping(TC_ADDR, timeout=10.0)
+    mac = env.a.run("cat", "/sys/class/net/tap1/address").stdout
+    env.a.run("ip", "link", "del", "tap1")
+    t0 = time.monotonic()
+    assert env.b.wait_ping(TC_ADDR, timeout=5.0), tc.log()
+    print(f"openvpn framing: traffic back {time.monotonic() - t0:.2f}s after ip link del")
+    st = tc.wait_state("up", timeout=5.0)
+    assert st["device_losses"] == 1 and st["error"] is None, st
+    assert "device tap1 recreated" in tc.log()
+    # the same MAC: the peer's ARP cache still points at it
+    assert env.a.run("cat", "/sys/class/net/tap1/address").stdout == mac

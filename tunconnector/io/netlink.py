@@ -166,6 +166,12 @@ def _route_key(msg: Any) -> RouteKey | None:
             get("RTA_PRIORITY"), msg["scope"], msg["type"], msg["proto"], get("RTA_PREFSRC"))
 
 
+def _lladdr(msg: Any) -> str | None:
+    """An Ethernet (TAP) link's MAC; None for a TUN (no link-layer address)."""
+    addr = msg.get_attr("IFLA_ADDRESS")
+    return str(addr) if addr and msg.get("ifi_type") == 1 else None  # ARPHRD_ETHER
+
+
 def _addr_key(msg: Any) -> tuple[str, int] | None:
     addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     if addr is None or str(addr).lower().startswith("fe80:"):
@@ -198,6 +204,7 @@ class LinkWatch:
         self.index: int | None = None
         self.up = False
         self.mtu: int | None = None
+        self.lladdr: str | None = None  # a TAP's MAC: peers' ARP caches point at it
         self.routes: dict[RouteKey, None] = {}  # insertion-ordered set
         self.addresses: dict[tuple[str, int], None] = {}
         self._lock = threading.Lock()
@@ -239,13 +246,14 @@ class LinkWatch:
             self.index = idx
             self.up = bool(link["flags"] & IFF_UP)
             self.mtu = link.get_attr("IFLA_MTU")
+            self.lladdr = _lladdr(link)
             self.routes.update(dict.fromkeys(routes))
             self.addresses.update(dict.fromkeys(addrs))
 
-    def snapshot(self) -> tuple[list[RouteKey], list[tuple[str, int]], int | None]:
-        """(routes, addresses, mtu) the link carried while it was last up."""
+    def snapshot(self) -> tuple[list[RouteKey], list[tuple[str, int]], str | None]:
+        """(routes, addresses, MAC address) the link carried while it was last up."""
         with self._lock:
-            return list(self.routes), list(self.addresses), self.mtu
+            return list(self.routes), list(self.addresses), self.lladdr
 
     def _run(self) -> None:
         sock = self._sock
@@ -308,6 +316,7 @@ class LinkWatch:
                 self.up = bool(msg["flags"] & IFF_UP)
                 if self.up:
                     self.mtu = msg.get_attr("IFLA_MTU") or self.mtu
+                    self.lladdr = _lladdr(msg) or self.lladdr
             if new:
                 self._on_change(True, f"device {self.name} appeared")
             return
@@ -353,6 +362,15 @@ class LinkWatch:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def set_lladdr(name: str, lladdr: str, netns: str | None = None) -> None:
+    """Give ``name`` a MAC address (a recreated TAP keeps the one its peers know)."""
+    with ipr(netns) as sock:
+        try:
+            sock.link("set", index=_index(sock, name), address=lladdr)
+        except NetlinkError as exc:
+            raise DeviceError(f"{name}: cannot set MAC address {lladdr}: {exc}") from exc
 
 
 def restore_routes(name: str, routes: list[RouteKey], netns: str | None = None) -> int:
