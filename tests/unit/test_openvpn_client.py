@@ -1,0 +1,323 @@
+"""The OpenVPN TLS client against a small in-memory server built from the same pieces.
+
+No socket, no sleep: each side's output is handed to the other (aioquic's roundtrip
+style), optionally dropping packets to exercise retransmission. The interop truth is the
+integration test against a real openvpn; this checks the state machine without root.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import secrets
+import struct
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
+
+from tunconnector.proto.connection import ConfigAssigned, Connected, Disconnected, Rekeyed
+from tunconnector.proto.openvpn import packet as pk
+from tunconnector.proto.openvpn.client import ClientOptions, OpenVPNClient
+from tunconnector.proto.openvpn.common import PING_MAGIC
+from tunconnector.proto.openvpn.datav2 import DataKey
+from tunconnector.proto.openvpn.keymethod import (
+    EKM_LABEL,
+    KeySource,
+    prf_key_material,
+    read_string,
+    split_key_material,
+    write_string,
+)
+from tunconnector.proto.openvpn.reliable import ReliableReceiver, ReliableSender
+from tunconnector.proto.openvpn.tlsauth import TlsCrypt, Wrapper
+
+
+def _cert(cn: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
+          ca: bool = False, eku: bool = True) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    b = (x509.CertificateBuilder().subject_name(name)
+         .issuer_name(issuer.subject if issuer else name).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(hours=1))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if eku and not ca:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj: Any) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+
+
+CA_KEY = ec.generate_private_key(ec.SECP256R1())
+CA = _cert("ca", CA_KEY, None, CA_KEY, ca=True)
+SRV_KEY = ec.generate_private_key(ec.SECP256R1())
+SRV = _cert("server", SRV_KEY, CA, CA_KEY)
+NOEKU = _cert("server", SRV_KEY, CA, CA_KEY, eku=False)
+TC_KEY = secrets.token_bytes(256)
+
+
+class FakeServer:
+    """Just enough of an OpenVPN server: resets, TLS, key method 2, push, DATA_V2 echo."""
+
+    def __init__(self, cert: x509.Certificate = SRV, ekm: bool = True,
+                 push: str = "PUSH_REPLY,route-gateway 10.8.0.1,topology subnet,ping 1,"
+                             "ping-restart 5,ifconfig 10.8.0.2 255.255.255.0,"
+                             "route 10.9.0.0 255.255.0.0,peer-id 7,cipher AES-128-GCM",
+                 tls_crypt: bool = False) -> None:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(SRV_KEY)
+        self.ctx = ctx
+        self.sid = secrets.token_bytes(8)
+        self.client_sid: bytes | None = None
+        self.ekm = ekm
+        self.push = push + (",key-derivation tls-ekm" if ekm else "")
+        self.wrapper: Wrapper = TlsCrypt(TC_KEY, client=False) if tls_crypt else Wrapper()
+        self.keys: dict[int, dict[str, Any]] = {}
+        self.data: dict[int, DataKey] = {}
+        self.out: list[bytes] = []
+        self.echoed = 0
+
+    def _key_state(self, key_id: int, opcode: int) -> dict[str, Any]:
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_accept_state()
+        sender = ReliableSender()
+        sender.queue(opcode, b"")
+        ks = {"tls": conn, "send": sender, "recv": ReliableReceiver(), "reset": False,
+              "app": b"", "client": None, "src": KeySource(secrets.token_bytes(32),
+                                                           secrets.token_bytes(32))}
+        self.keys[key_id] = ks
+        return ks
+
+    def receive(self, data: bytes, now: float) -> None:
+        opcode, key_id = pk.split_opcode(data[0])
+        if opcode == pk.P_DATA_V2:
+            dk = self.data[key_id]
+            payload = dk.decrypt(data)
+            if payload[:1] == b"\x45" or payload == PING_MAGIC:  # echo IPv4 and pings
+                self.echoed += 1
+                self.out.append(self.data[max(self.data)].encrypt(payload))
+            return
+        op, kid, sid = pk.parse_header(data)
+        body = self.wrapper.unwrap(data)
+        p = pk.parse_body(op, kid, sid, body)
+        if op == pk.P_CONTROL_HARD_RESET_CLIENT_V2:
+            self.client_sid = sid
+            if 0 not in self.keys:
+                self._key_state(0, pk.P_CONTROL_HARD_RESET_SERVER_V2)
+        elif op == pk.P_CONTROL_SOFT_RESET_V1 and kid not in self.keys:
+            self._key_state(kid, pk.P_CONTROL_SOFT_RESET_V1)
+        ks = self.keys[kid]
+        ks["send"].ack(p.acks)
+        if p.message_id is not None:
+            ks["recv"].receive(p.message_id, p.payload)
+            for payload in ks["recv"].pop_ready():
+                if not ks["reset"]:
+                    ks["reset"] = True
+                    continue
+                ks["tls"].bio_write(payload)
+        self._advance(kid, ks, now)
+
+    def _advance(self, kid: int, ks: dict[str, Any], now: float) -> None:
+        tls = ks["tls"]
+        try:
+            tls.do_handshake()
+            while True:
+                ks["app"] += tls.recv(65536)
+        except SSL.WantReadError:
+            pass
+        app = ks["app"]
+        if ks["client"] is None and len(app) > 5 + 48 + 64:
+            pos = 5 + 48 + 64
+            try:
+                for _ in range(4):
+                    _, pos = read_string(app, pos)
+            except Exception:
+                return
+            ks["client"] = KeySource(app[53:85], app[85:117], app[5:53])
+            ks["app"] = app[pos:]
+            src = ks["src"]
+            tls.sendall(struct.pack("!IB", 0, 2) + src.random1 + src.random2
+                        + write_string("V4,dev-type tun"))
+            if kid:
+                self._make_key(kid, ks, now)
+        while b"\0" in ks["app"]:
+            msg, _, ks["app"] = ks["app"].partition(b"\0")
+            if msg == b"PUSH_REQUEST":
+                tls.sendall(self.push.encode() + b"\0")
+                self._make_key(kid, ks, now)
+        out = b""
+        try:
+            while True:
+                out += tls.bio_read(65536)
+        except SSL.WantReadError:
+            pass
+        for i in range(0, len(out), 1000):
+            ks["send"].queue(pk.P_CONTROL_V1, out[i : i + 1000])
+
+    def _make_key(self, kid: int, ks: dict[str, Any], now: float) -> None:
+        assert self.client_sid is not None
+        if self.ekm:
+            material = ks["tls"].export_keying_material(EKM_LABEL, 256, None)
+        else:
+            material = prf_key_material(ks["client"], ks["src"], self.client_sid, self.sid)
+        c2s, s2c = split_key_material(material)
+        self.data[kid] = DataKey(kid, "AES-128-GCM", s2c, c2s, 7, now)
+
+    def flush(self, now: float) -> list[bytes]:
+        for kid, ks in self.keys.items():
+            for mid, op, payload in ks["send"].due(now):
+                acks = ks["recv"].take_acks(4)
+                pkt = pk.ControlPacket(op, kid, self.sid, acks,
+                                       self.client_sid if acks else None, mid, payload)
+                self.out.append(self.wrapper.wrap(pkt.header(), pkt.body()))
+            while ks["recv"].pending_acks:
+                acks = ks["recv"].take_acks(4)
+                pkt = pk.ControlPacket(pk.P_ACK_V1, kid, self.sid, acks, self.client_sid)
+                self.out.append(self.wrapper.wrap(pkt.header(), pkt.body()))
+        out, self.out = self.out, []
+        return out
+
+
+def options(**kw: Any) -> ClientOptions:
+    return ClientOptions(ca_pem=_pem(CA), remote_cert_tls="server", **kw)
+
+
+def run(client: OpenVPNClient, server: FakeServer, until: float, now: float = 0.0,
+        loss: float = 0.0, seed: int = 1) -> tuple[float, list[Any]]:
+    """Exchange packets (dropping ``loss`` of them) and fire timers until ``until``."""
+    rng = random.Random(seed)
+    events: list[Any] = []
+    while now < until:
+        for _ in range(50):
+            c2s = [d for d, _ in client.datagrams_to_send(now)]
+            s2c = server.flush(now)
+            if not c2s and not s2c:
+                break
+            for d in c2s:
+                if rng.random() >= loss:
+                    server.receive(d, now)
+            for d in s2c:
+                if rng.random() >= loss:
+                    client.receive_datagram(d, None, now)
+            while (ev := client.next_event()) is not None:
+                events.append(ev)
+        t = client.get_timer()
+        now = min(until, max(now + 0.01, t if t is not None else until))
+        client.handle_timer(now)
+        while (ev := client.next_event()) is not None:
+            events.append(ev)
+    return now, events
+
+
+IP = bytes.fromhex("4500001c00000000400100000a0800020a080001") + b"\x08\x00\xf7\xff\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(("ekm", "tls_crypt", "loss"), [(True, False, 0.0), (False, True, 0.0),
+                                                         (True, True, 0.25)])
+def test_connects_pushes_and_carries_data(ekm: bool, tls_crypt: bool, loss: float) -> None:
+    tc = {"tls_crypt": TC_KEY} if tls_crypt else {}
+    client = OpenVPNClient(options(offer_ekm=ekm, **tc))
+    server = FakeServer(ekm=ekm, tls_crypt=tls_crypt)
+    client.start(0.0)
+    now, events = run(client, server, 30.0 if loss else 3.0, loss=loss)
+    kinds = [type(e) for e in events]
+    assert ConfigAssigned in kinds and Connected in kinds, events
+    assigned = next(e for e in events if isinstance(e, ConfigAssigned))
+    assert assigned.addresses == ("10.8.0.2/24",)
+    assert assigned.routes == (("10.9.0.0/16", None),)
+    assert assigned.extra["cipher"] == "AES-128-GCM" and assigned.extra["peer_id"] == 7
+    client.send_frames([IP], now)
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP]
+    st = client.status(now)
+    assert st["key_derivation"] == ("tls-ekm" if ekm else "prf") and st["state"] == "connected"
+
+
+def test_client_renegotiates_and_old_key_still_decrypts() -> None:
+    client = OpenVPNClient(options(reneg_sec=5))
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 2.0)
+    old = server.data[0]
+    now, events = run(client, server, 8.0, now)
+    assert any(isinstance(e, Rekeyed) and e.key_id == 1 for e in events)
+    # a packet the server sent under the old key just before the switch still arrives
+    client.receive_datagram(old.encrypt(IP), None, now)
+    assert client.frames_to_deliver() == [IP]
+    client.send_frames([IP], now)
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP]
+    assert client.status(now)["key_id"] == 1
+
+
+def test_ping_restart_and_restart_from_scratch() -> None:
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 2.0)
+    first_session = client.session_id
+    # the server goes silent: ping-restart (5 s pushed) takes the connection down
+    events = []
+    t = now
+    while t < now + 8:
+        t += 0.5
+        client.handle_timer(t)
+        client.datagrams_to_send(t)
+        while (ev := client.next_event()) is not None:
+            events.append(ev)
+    down = [e for e in events if isinstance(e, Disconnected)]
+    assert down and down[0].restart and "ping-restart" in down[0].reason
+    # after the backoff it starts a new session by itself
+    t2 = client.get_timer()
+    assert t2 is not None
+    client.handle_timer(t2)
+    assert client.session_id != first_session and client.state == "connecting"
+    _, events = run(client, FakeServer(), t2 + 3.0, t2)
+    assert any(isinstance(e, Connected) for e in events)
+
+
+@pytest.mark.parametrize(("cert", "ca", "why"), [
+    (NOEKU, CA, "remote-cert-tls server"),
+    (SRV, _cert("other", CA_KEY, None, CA_KEY, ca=True), "does not lead to the configured CA"),
+])
+def test_refused_server_never_gets_keys(cert: x509.Certificate, ca: x509.Certificate,
+                                       why: str) -> None:
+    client = OpenVPNClient(ClientOptions(ca_pem=_pem(ca), remote_cert_tls="server"))
+    server = FakeServer(cert=cert)
+    client.start(0.0)
+    _, events = run(client, server, 2.0)
+    down = [e for e in events if isinstance(e, Disconnected)]
+    assert down and why in down[0].reason
+    assert not any(isinstance(e, Connected | ConfigAssigned) for e in events)
+    assert not server.data
+    client.send_frames([IP], 2.0)
+    assert client.drops["no_key"] == 1
+
+
+def test_garbage_is_counted_never_raised() -> None:
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 2.0)
+    rng = random.Random(5)
+    for _ in range(3000):
+        n = rng.randrange(0, 80)
+        data = bytes([rng.choice([0x20, 0x28, 0x48, 0x18, rng.randrange(256)])]) + rng.randbytes(n)
+        client.receive_datagram(data, None, now)
+    assert sum(client.drops.values()) > 0
+    assert client.state == "connected"
+    client.send_frames([IP], now)
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP]
