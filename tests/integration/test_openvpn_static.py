@@ -10,6 +10,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,9 @@ class OpenVPN:
     """One openvpn process in a namespace, its device addressed by the test."""
 
     def __init__(self, env: Env, host: Host, name: str, lines: list[str], dev: str,
-                 addr: str | None) -> None:
+                 addr: str | None, bridge: str | None = None) -> None:
         self.env, self.host, self.name, self.dev, self.addr = env, host, name, dev, addr
+        self.bridge = bridge
         self.conf = env.workdir / f"{name}.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.log_path = env.workdir / f"{name}.log"
@@ -52,7 +55,15 @@ class OpenVPN:
                                     stdout=log, stderr=subprocess.STDOUT)
         assert wait_for(lambda: self.host.run("ip", "link", "show", self.dev,
                                               check=False).returncode == 0, 15), self.log()
-        if self.addr:
+        if self.bridge:  # the enabler's server: taps in a bridge that holds the address
+            if self.host.run("ip", "link", "show", self.bridge, check=False).returncode:
+                self.host.run("ip", "link", "add", self.bridge, "address", "02:00:00:00:77:01",
+                              "type", "bridge")
+                if self.addr:
+                    self.host.run("ip", "addr", "add", f"{self.addr}/24", "dev", self.bridge)
+                self.host.run("ip", "link", "set", self.bridge, "up")
+            self.host.run("ip", "link", "set", self.dev, "master", self.bridge)
+        elif self.addr:
             self.host.run("ip", "addr", "replace", f"{self.addr}/24", "dev", self.dev)
         self.host.run("ip", "link", "set", self.dev, "up")
         return self
@@ -81,8 +92,8 @@ def openvpns(env: Env) -> Any:
     started: list[OpenVPN] = []
 
     def make(host: Host, name: str, lines: list[str], dev: str,
-             addr: str | None = None) -> OpenVPN:
-        o = OpenVPN(env, host, name, lines, dev, addr).start()
+             addr: str | None = None, bridge: str | None = None) -> OpenVPN:
+        o = OpenVPN(env, host, name, lines, dev, addr, bridge).start()
         started.append(o)
         return o
 
@@ -150,3 +161,152 @@ def test_openvpn_enabler_client_against_server(env: Env, openvpns: Any) -> None:
 
 def wait_down_then_stop(d: Daemon) -> None:
     d.stop()
+
+
+@pytest.mark.parametrize("proto,tc_dir,tc_mode", [
+    ("udp", 0, "client"), ("udp", 1, "server"), ("tcp", 0, "server"), ("tcp", 1, "client"),
+])
+def test_tun_aes256_sha256_key_directions(env: Env, openvpns: Any, proto: str, tc_dir: int,
+                                          tc_mode: str) -> None:
+    key = genkey(env)
+    ov_lines = [f"secret {key} {1 - tc_dir}", "dev tun1", "cipher AES-256-CBC", "auth SHA256",
+                "keepalive 2 20", "port 1191"]
+    if tc_mode == "client":  # openvpn is the server: no remote
+        ov_lines.append(f"proto {proto}4" + ("-server" if proto == "tcp" else ""))
+    else:
+        ov_lines += [f"proto {proto}4" + ("-client" if proto == "tcp" else ""),
+                     f"remote {env.lab.a_addrs[0]} 1191"]
+        if proto == "udp":
+            ov_lines.append(f"local {env.lab.b_addrs[0]}")
+    t = tc_tunnel(mode=tc_mode, dev_type="tun", device="tun1", proto=proto,
+                  openvpn_secret=str(key), key_direction=tc_dir, openvpn_cipher="AES-256-CBC",
+                  openvpn_auth="SHA256", address=f"{TC_ADDR}/24", keepalive=2, dead_after=20)
+    if tc_mode == "client":
+        t.update(remote=env.lab.b_addrs[0], remote_port=1191)
+        tc = env.config_daemon(env.a, [t], "tc")
+        ov = openvpns(env.b, "ov", ov_lines, "tun1", OV_ADDR)
+    else:
+        t.update(port=1191)
+        tc = env.config_daemon(env.a, [t], "tc")
+        tc.wait_state("down")
+        ov = openvpns(env.b, "ov", ov_lines, "tun1", OV_ADDR)
+    tc.wait_state("up", timeout=20)
+    assert env.a.ping(OV_ADDR, count=10, interval=0.05) == (10, 10)
+    assert env.b.ping(TC_ADDR, count=10, interval=0.05) == (10, 10)
+    want, have, _ = env.transfer(env.a, env.b, OV_ADDR, nbytes=4 << 20)
+    assert want == have
+    st = tc.tunnel()
+    assert st is not None and st["crypto"]["cipher"] == "AES-256-CBC" and st["encrypted"]
+    assert not {k for k in st["drops"] if k in ("bad_hmac", "bad_padding", "replay")}, st
+    tc.stop()  # a clean stop tells openvpn (OCC EXIT; over TCP the stream closes)
+    assert wait_for(lambda: "exit message received" in ov.log()
+                    or "Connection reset" in ov.log() or "restarting" in ov.log(), 10), ov.log()
+
+
+def test_wrong_key_no_traffic_both_alive(env: Env, openvpns: Any) -> None:
+    key, other = genkey(env), genkey(env, "other.key")
+    ov = openvpns(env.b, "ovs", enabler_server(key), "tap1", OV_ADDR)
+    tc = env.config_daemon(env.a, [tc_tunnel(
+        mode="client", dev_type="tap", device="tap1", remote=env.lab.b_addrs[0],
+        remote_port=1191, openvpn_secret=str(other), openvpn_cipher="none",
+        address=f"{TC_ADDR}/24")], "tc")
+    tc.wait_state("down")
+    assert env.a.ping(OV_ADDR, count=5, interval=0.2) == (5, 0)
+    assert env.b.ping(TC_ADDR, count=5, interval=0.2) == (5, 0)
+    assert ov.alive() and tc.proc is not None and tc.proc.poll() is None
+    st = tc.wait_state("down")
+    assert "Authenticate/Decrypt packet error" in ov.log(), ov.log()
+    # our hellos reached openvpn and were refused; openvpn sent nothing authentic back
+    assert st["rx_packets"] == 0
+
+
+def _pcap_udp_payloads(path: Path, sport: int) -> list[bytes]:
+    """UDP payloads with source port ``sport`` from a pcap of an Ethernet link."""
+    import struct
+
+    data = path.read_bytes()
+    out = []
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 42 or pkt[12:14] != b"\x08\x00" or pkt[23] != 17:
+            continue
+        ihl = (pkt[14] & 0x0F) * 4
+        udp = 14 + ihl
+        if struct.unpack_from("!H", pkt, udp)[0] == sport:
+            out.append(pkt[udp + 8:])
+    return out
+
+
+def test_replayed_datagrams_dropped(env: Env, openvpns: Any) -> None:
+    key = genkey(env)
+    tc = env.config_daemon(env.a, [tc_tunnel(
+        mode="server", dev_type="tap", device="tap1", port=1191, openvpn_secret=str(key),
+        openvpn_cipher="none", address=f"{TC_ADDR}/24")], "tc")
+    tc.wait_state("down")
+    pcap = env.workdir / "cap.pcap"
+    cap = env.a.popen("tcpdump", "-i", env.lab.links[0][0], "-U", "-w", str(pcap),
+                      "udp src port 1191", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pcap.exists(), 10)
+        time.sleep(0.5)  # tcpdump attaches its filter after creating the file
+        openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
+                 "tap1", OV_ADDR)
+        tc.wait_state("up")
+        assert env.b.ping(TC_ADDR, count=5, interval=0.05) == (5, 5)
+        time.sleep(0.5)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+    payloads = _pcap_udp_payloads(pcap, 1191)
+    assert payloads, "no datagram of openvpn captured"
+    before = tc.tunnel()
+    assert before is not None
+    # the same authentic datagrams again, 1,000 of them, from another source port
+    script = ("import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+              "ps=[bytes.fromhex(h) for h in sys.argv[2:]];"
+              "[s.sendto(ps[i%len(ps)],(sys.argv[1],1191)) for i in range(1000)]")
+    env.b.run(sys.executable, "-c", script, env.lab.a_addrs[0], *[p.hex() for p in payloads])
+    assert wait_for(lambda: (tc.tunnel() or {}).get("drops", {}).get("replay", 0) >= 1000, 10)
+    after = tc.tunnel()
+    assert after is not None
+    assert after["peer"] == before["peer"]
+    assert after["state"] == "up"
+    assert env.b.ping(TC_ADDR, count=5, interval=0.05) == (5, 5)
+
+
+def test_openvpn_killed_and_restarted(env: Env, openvpns: Any) -> None:
+    key = genkey(env)
+    # as the enabler's server runs it: the tap in bridge br0, which holds the address
+    ov = openvpns(env.b, "ovs", enabler_server(key), "tap1", OV_ADDR, bridge="br0")
+    tc = env.config_daemon(env.a, [tc_tunnel(
+        mode="client", dev_type="tap", device="tap1", remote=env.lab.b_addrs[0],
+        remote_port=1191, openvpn_secret=str(key), openvpn_cipher="none",
+        address=f"{TC_ADDR}/24")], "tc")
+    tc.wait_state("up")
+    assert env.a.ping(OV_ADDR, count=3, interval=0.1) == (3, 3)
+    ov.stop(signal.SIGKILL)
+    assert env.a.ping(OV_ADDR, count=2, interval=0.2) == (2, 0)
+    ov2 = openvpns(env.b, "ovs2", enabler_server(key), "tap1", OV_ADDR, bridge="br0")
+    t0 = time.monotonic()
+    assert env.a.wait_ping(OV_ADDR, timeout=5.0), ov2.log()
+    assert time.monotonic() - t0 < 5.0
+    assert env.a.ping(OV_ADDR, count=10, interval=0.05) == (10, 10)
+
+
+def test_occ_exit_marks_peer_down_at_once(env: Env, openvpns: Any) -> None:
+    key = genkey(env)
+    tc = env.config_daemon(env.a, [tc_tunnel(
+        mode="server", dev_type="tap", device="tap1", port=1191, openvpn_secret=str(key),
+        openvpn_cipher="none", address=f"{TC_ADDR}/24")], "tc")
+    tc.wait_state("down")
+    ov = openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0])
+                  + ["explicit-exit-notify 1"], "tap1", OV_ADDR)
+    tc.wait_state("up")
+    t0 = time.monotonic()
+    ov.stop(signal.SIGTERM)
+    tc.wait_state("down", timeout=5)  # dead_after is 60 s: only the EXIT explains this
+    assert time.monotonic() - t0 < 5
+    assert "peer exit (OCC EXIT)" in tc.log()

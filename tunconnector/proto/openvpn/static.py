@@ -174,7 +174,7 @@ class PacketIdReplay:
 
 
 def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher: str,
-                   auth: str) -> str:
+                   auth: str, direction: int | None = None) -> str:
     """What openvpn sends in an OCC REPLY for the same settings (compared by the peer,
     which only warns on a difference)."""
     klen, block = CIPHERS[cipher]
@@ -189,8 +189,9 @@ def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher
         proto_s = "UDPv4"
     cipher_s = "[null-cipher]" if cipher == "none" else cipher
     auth_s = "[null-digest]" if auth == "none" else auth
+    keydir = "" if direction is None else f"keydir {direction},"
     return (f"V4,dev-type {dev_type},link-mtu {link_mtu},tun-mtu {tun_mtu},proto {proto_s},"
-            f"cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
+            f"{keydir}cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
 
 
 class StaticKeyConnection:
@@ -223,7 +224,7 @@ class StaticKeyConnection:
         self.clock_offset = clock_offset
         self.options = options_string(dev_type=dev_type, tun_mtu=tun_mtu,
                                       proto="tcp" if stream else "udp", mode=mode,
-                                      cipher=cipher, auth=auth)
+                                      cipher=cipher, auth=auth, direction=direction)
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         #: where packets go (client: its remote; server: the peer it follows)
