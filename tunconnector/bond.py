@@ -66,6 +66,9 @@ def tunnel_configs(cfg: BondConfig) -> list[TunnelConfig]:
             key_file=cfg.key_file,
             offload="off",
         )
+        if cfg.wire == "openvpn":  # the enabler's openvpn: cipher none, HMAC-SHA1, no keydir
+            common.update(framing="openvpn", key_file=None, openvpn_secret=cfg.openvpn_secret,
+                          openvpn_cipher="none", openvpn_auth="SHA1")
         if cfg.role == "client":
             slave = cfg.slaves[i - 1]
             t = TunnelConfig(

@@ -434,6 +434,10 @@ class ApiConfig:
     # failed-auth rate limit per client address (see api/auth.py)
     auth_max_failures: int = 10
     auth_window: float = 60.0
+    # the enabler endpoints' tunnels: tunconnector's own or OpenVPN static key, compatible
+    # with the original enabler's openvpn processes (docs/openvpn.md)
+    enabler_wire: Literal["native", "openvpn"] = "native"
+    openvpn_secret: str | None = None  # the server's key (generated when unset)
 
     def validate(self, where: str) -> None:
         _within(self.auth_max_failures, f"{where}.auth_max_failures", 1, 1_000_000)
@@ -499,6 +503,10 @@ class BondConfig:
     failover_after: float | None = None
     bind: str | None = None  # server: listen address (default: any)
     server_api_url: str | None = None  # client: the enabler's field, kept for status only
+    # "openvpn": the links are OpenVPN static-key tunnels (cipher none, HMAC-SHA1, no key
+    # direction) as the enabler's openvpn processes run them, keyed by openvpn_secret
+    wire: Literal["native", "openvpn"] = "native"
+    openvpn_secret: str | None = None
 
     def liveness(self) -> tuple[float, float]:
         """(keepalive, dead_after) of the bond's tunnels, in seconds.
@@ -509,6 +517,9 @@ class BondConfig:
         (carrier off) stays at 1 s: short enough for miimon bonds, long enough that a
         stalled daemon does not flap carriers.
         """
+        if self.wire == "openvpn":  # the enabler's openvpn: keepalive 15 60 / ping 15
+            return (self.keepalive if self.keepalive is not None else 15.0,
+                    self.dead_after if self.dead_after is not None else 60.0)
         default_ka = 0.05 if self.role == "server" else 0.2
         keepalive = self.keepalive if self.keepalive is not None else default_ka
         dead_after = self.dead_after if self.dead_after is not None else max(1.0, 3 * keepalive)
@@ -521,6 +532,8 @@ class BondConfig:
             return None
         if self.failover_after is not None:
             return self.failover_after
+        if self.wire == "openvpn":  # openvpn peers stay silent for up to `ping` seconds
+            return None
         from .proto.bondparams import parse_params
 
         arp_ms = parse_params(self.bonding, "bonding").arp_interval or 0
@@ -558,6 +571,11 @@ class BondConfig:
             _within(self.keepalive, f"{where}.keepalive", MIN_KEEPALIVE, DAY)
         if self.dead_after is not None:
             _within(self.dead_after, f"{where}.dead_after", MIN_KEEPALIVE, WEEK)
+        if self.wire == "openvpn" and not self.openvpn_secret:
+            raise ConfigError(f"{where}.openvpn_secret: wire = 'openvpn' needs the OpenVPN "
+                              "static key file")
+        if self.wire == "openvpn" and self.key_file:
+            raise ConfigError(f"{where}.key_file: wire = 'openvpn' uses openvpn_secret")
         if self.failover_after is not None:
             _within(self.failover_after, f"{where}.failover_after", 0.0, DAY)
         keepalive, dead_after = self.liveness()

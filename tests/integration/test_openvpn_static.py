@@ -6,6 +6,7 @@ port 1191, secret, cipher none, keepalive 15 60 / ping 15) or the variants the t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -310,3 +311,62 @@ def test_occ_exit_marks_peer_down_at_once(env: Env, openvpns: Any) -> None:
     tc.wait_state("down", timeout=5)  # dead_after is 60 s: only the EXIT explains this
     assert time.monotonic() - t0 < 5
     assert "peer exit (OCC EXIT)" in tc.log()
+
+
+def _http(host: Host, method: str, url: str, body: dict[str, Any] | None = None,
+          auth: tuple[str, str] | None = None) -> tuple[int, Any]:
+    """One HTTP request made from inside ``host`` (a python process in its namespace)."""
+    script = (
+        "import base64,json,sys,urllib.request,urllib.error\n"
+        "m,u,b,a=sys.argv[1:5]\n"
+        "h={'Content-Type':'application/json'}\n"
+        "if a: h['Authorization']='Basic '+base64.b64encode(a.encode()).decode()\n"
+        "r=urllib.request.Request(u,data=b.encode() if b else None,method=m,headers=h)\n"
+        "try:\n"
+        "  with urllib.request.urlopen(r,timeout=20) as f:\n"
+        "    print(f.status); print(f.read().decode())\n"
+        "except urllib.error.HTTPError as e: print(e.code); print(e.read().decode())\n")
+    res = host.run(sys.executable, "-c", script, method, url,
+                   json.dumps(body) if body is not None else "",
+                   ":".join(auth) if auth else "", timeout=30, check=False)
+    if res.returncode != 0:  # not listening yet
+        return 0, None
+    code, _, text = res.stdout.partition("\n")
+    return int(code), json.loads(text) if text.strip() else None
+
+
+def test_enabler_api_openvpn_wire(env: Env, openvpns: Any) -> None:
+    from netns import free_port
+
+    user, pw = "admin", "pw-ovpn-7"
+    port = free_port()
+    api = f"http://{env.lab.a_addrs[0]}:{port}"
+    extra = (f'[api]\nlisten = "{env.lab.a_addrs[0]}:{port}"\nusername = "{user}"\n'
+             f'password = "{pw}"\nenabler_wire = "openvpn"\nauth_max_failures = 1000\n')
+    srv = env.config_daemon(env.a, [], "srv", extra)
+    assert wait_for(lambda: _http(env.b, "GET", f"{api}/version")[0] == 200, 20), srv.log()
+    code, _ = _http(env.b, "POST", f"{api}/v1/server/start",
+                    {"bridge_interface": "br0", "bridge_ip": "10.8.0.254", "links": "2"},
+                    auth=(user, pw))
+    assert code == 200, srv.log()
+    # the key: never to anonymous or wrong credentials; to the right ones, verbatim
+    assert _http(env.b, "GET", f"{api}/v1/server/key")[0] == 401
+    assert _http(env.b, "GET", f"{api}/v1/server/key", auth=(user, "nope"))[0] == 401
+    code, body = _http(env.b, "GET", f"{api}/v1/server/key", auth=(user, pw))
+    assert code == 200 and "BEGIN OpenVPN Static key V1" in body["key"]
+    # what /v1/client/start does with server_api_url (credentials in the URL)
+    key = env.workdir / "fetched.key"
+    fetch = ("import sys;from tunconnector.api.enabler import fetch_openvpn_key as f;"
+             "open(sys.argv[2],'w').write(f(sys.argv[1]))")
+    bad = env.b.run(sys.executable, "-c", fetch, api, str(key), check=False)
+    assert bad.returncode != 0 and "HTTP 401" in bad.stderr
+    env.b.run(sys.executable, "-c", fetch, f"http://{user}:{pw}@{api[7:]}", str(key))
+    os.chmod(key, 0o600)
+    # a real openvpn with the enabler's client config reaches tap1 of the server
+    openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
+             "tap1", "10.8.0.1")
+    assert env.b.wait_ping("10.8.0.254", timeout=15), srv.log()
+    assert env.b.ping("10.8.0.254", count=20, interval=0.05) == (20, 20)
+    assert env.a.run("ip", "-j", "link", "show", "tap1").returncode == 0
+    status = json.loads(env.a.run("ip", "-j", "link", "show", "tap1").stdout)[0]
+    assert status.get("master") == "br0"

@@ -314,3 +314,16 @@ def test_key_file_parse_and_errors() -> None:
     with pytest.raises(CryptoError, match="hexadecimal"):
         parse_static_key(text.replace("00010203", "zz010203"))
     assert OCC_MAGIC != PING_MAGIC
+
+
+def test_key_parse_tolerates_joined_lines() -> None:
+    # the enabler's API example: the file's lines joined by spaces
+    text = format_static_key(bytes(range(256)))
+    assert parse_static_key(" ".join(text.splitlines())).material == bytes(range(256))
+
+
+def test_without_credentials_and_fetch_errors() -> None:
+    from tunconnector.api.enabler import without_credentials
+
+    assert without_credentials("http://u:p%40ss@10.0.0.1:3333/x") == "http://10.0.0.1:3333/x"
+    assert without_credentials("http://10.0.0.1:3333") == "http://10.0.0.1:3333"

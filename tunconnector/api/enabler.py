@@ -6,8 +6,12 @@ spelled both ways); answers are the enabler's plain JSON strings and status obje
 Differences, on purpose:
 
 - every mutating endpoint needs credentials (the app's HTTP basic / bearer dependency);
-- ``GET /v1/server/key`` serves no secret: tunnel keys are configured out of band
-  (``key_file``) and never cross the API;
+- ``GET /v1/server/key`` serves no secret with ``[api] enabler_wire = "native"``: tunnel
+  keys are configured out of band (``key_file``) and never cross the API. With
+  ``enabler_wire = "openvpn"`` (links are OpenVPN static-key tunnels, like the original's
+  openvpn processes) it returns the OpenVPN key, but only to authenticated requests, and
+  ``/v1/client/start`` fetches it from ``server_api_url`` with the credentials given in
+  that URL (``http://user:pass@host:port``);
 - nothing is run through a shell; interface names are checked before any use;
 - what was started is persisted (``[api] state_file``) and restored on restart;
 - bodies are validated: 422 with the offending key's path; bad names in paths are 400
@@ -17,9 +21,17 @@ Differences, on purpose:
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import json
+import os
 import re
 import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -128,6 +140,78 @@ class PingTest(BaseModel):
             raise ValueError(f"{value!r} is not an IP address") from exc
 
 
+def fetch_openvpn_key(server_api_url: str, timeout: float = 10.0) -> str:
+    """The server's OpenVPN static key from ``GET {server_api_url}/v1/server/key``.
+
+    Credentials in the URL (``http://user:pass@host``) go as HTTP basic, never in the
+    request line. The answer is the enabler's ``{"key": "<file>"}`` (or a bare string);
+    the key is checked and returned as a well-formed key file. Runs blocking (call it in
+    a thread)."""
+    from ..errors import CryptoError
+    from ..proto.openvpn.keyfile import format_static_key, parse_static_key
+
+    parts = urllib.parse.urlsplit(server_api_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    url = urllib.parse.urlunsplit((parts.scheme, netloc,
+                                   parts.path.rstrip("/") + "/v1/server/key", "", ""))
+    headers = {"Accept": "application/json"}
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        pw = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{pw}".encode()).decode()
+    where = f"{parts.scheme}://{netloc}/v1/server/key"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as resp:
+            body = resp.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        hint = " (credentials go in server_api_url: http://user:pass@host:port)" \
+            if exc.code == 401 else ""
+        raise TunconnectorError(f"cannot fetch the key from {where}: HTTP {exc.code}{hint}"
+                                ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TunconnectorError(f"cannot fetch the key from {where}: {reason}") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body.decode("ascii", "replace")
+    text = data.get("key") if isinstance(data, dict) else data
+    if not isinstance(text, str):
+        raise TunconnectorError(f"{where} served no key: is the server's [api] "
+                                "enabler_wire = 'openvpn'?")
+    try:
+        return format_static_key(parse_static_key(text, where).material)
+    except CryptoError as exc:
+        raise TunconnectorError(str(exc)) from None
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without ``user:pass@`` (what is kept in status and the state file)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _replace_private(path: Path, text: str) -> None:
+    """Write a 0600 key file, replacing an older one."""
+    from ..keys import write_private_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    write_private_file(tmp, text)
+    os.replace(tmp, path)
+
+
 def _text(message: str, status: int = 200) -> JSONResponse:
     return JSONResponse(message, status_code=status)
 
@@ -163,6 +247,34 @@ def build_router(node: Any, auth: Any) -> APIRouter:
     router = APIRouter()
     secured = auth.dependencies()
     ml = get_multilink(node)
+    api_cfg = getattr(getattr(node, "config", None), "api", None)
+    wire: str = getattr(api_cfg, "enabler_wire", "native")
+    keydir: list[Path] = []  # a private directory for generated/fetched keys, made once
+
+    def key_path(name: str) -> Path:
+        """Where the enabler's OpenVPN key lives: beside [api] state_file when set (so it
+        survives restarts with the restored endpoints), else in a private directory."""
+        state_file = getattr(api_cfg, "state_file", None)
+        if state_file:
+            return Path(state_file).with_name(name)
+        if not keydir:
+            keydir.append(Path(tempfile.mkdtemp(prefix="tunconnector-enabler-")))
+        return keydir[0] / name
+
+    def server_key() -> Path:
+        """[api] openvpn_secret, or a key generated once (mode 0600) and kept."""
+        from ..keys import write_openvpn_key_file
+
+        configured = getattr(api_cfg, "openvpn_secret", None)
+        path = Path(configured) if configured else key_path("enabler-ta.key")
+        if not path.exists():
+            write_openvpn_key_file(path)
+        return path
+
+    def with_wire(body: dict[str, Any], key: Path | None) -> dict[str, Any]:
+        if wire == "openvpn":
+            body.update(wire="openvpn", openvpn_secret=str(key))
+        return body
 
     # -- server --------------------------------------------------------------------------
     @router.post(
@@ -174,18 +286,21 @@ def build_router(node: Any, auth: Any) -> APIRouter:
     )
     async def start_server(body: StartServer) -> Any:
         try:
+            key = server_key() if wire == "openvpn" else None
             cfg = build(
                 BondConfig,
-                {
+                with_wire({
                     "role": "server",
                     "name": body.bridge_interface,
                     "bridge_ip": body.bridge_ip,
                     "links": body.links,
-                },
+                }, key),
                 "body",
             )
         except ConfigError as exc:
             return _unprocessable(exc)
+        except TunconnectorError as exc:
+            return _text(f"Server not started: {exc}", 409)
         async with ml.lock:
             if ml.running("server"):
                 return _text(
@@ -198,8 +313,21 @@ def build_router(node: Any, auth: Any) -> APIRouter:
                 return _text(f"Server not started: {exc}", 409)
         return _text("Server started succesfully!")
 
-    @router.get("/v1/server/key", tags=["Server"], summary="No key is ever served")
-    async def server_key() -> Any:
+    @router.get(
+        "/v1/server/key",
+        tags=["Server"],
+        responses={401: {"description": "enabler_wire = 'openvpn' and no credentials"}},
+        summary="The OpenVPN static key (enabler_wire = 'openvpn', authenticated only); "
+        "no key otherwise",
+    )
+    async def get_server_key(request: Request) -> Any:
+        if wire == "openvpn":
+            await auth(request)  # 401 / 429 for anonymous or wrong credentials
+            try:
+                text = server_key().read_text()
+            except (OSError, TunconnectorError) as exc:
+                return _text(f"No key: {exc}", 500)
+            return {"key": text, "wire": "openvpn"}
         encrypted = any(
             link.cfg.key_file for link in ml.links.values() if link.role == "server"
         )
@@ -240,17 +368,25 @@ def build_router(node: Any, auth: Any) -> APIRouter:
     )
     async def start_client(body: StartClient) -> Any:
         ((name, b),) = body.bond.items()
+        key: Path | None = None
+        if wire == "openvpn":  # the original client fetched the server's key first
+            try:
+                text = await asyncio.to_thread(fetch_openvpn_key, body.server_api_url)
+                key = key_path(f"enabler-{name}-ta.key")
+                await asyncio.to_thread(_replace_private, key, text)
+            except TunconnectorError as exc:
+                return _text(f"Client not started: {exc}", 409)
         try:
             cfg = build(
                 BondConfig,
-                {
+                with_wire({
                     "role": "client",
                     "name": name,
                     "ip_address": b.ip_address,
                     "slaves": [s.model_dump() for s in b.slaves],
                     "bonding": _strings(b.bonding),
-                    "server_api_url": body.server_api_url,
-                },
+                    "server_api_url": without_credentials(body.server_api_url),
+                }, key),
                 f"bond.{name}",
             )
         except ConfigError as exc:

@@ -67,15 +67,14 @@ def parse_static_key(text: str | bytes, what: str = "static key") -> StaticKey:
             text = text.decode("ascii")
         except UnicodeDecodeError:
             raise CryptoError(f"{what}: not an OpenVPN static key file (not ASCII)") from None
-    lines = [ln.strip() for ln in text.splitlines()]
-    try:
-        start = lines.index(BEGIN)
-        end = lines.index(END, start + 1)
-    except ValueError:
+    # by markers, not lines: the enabler's API served the file with its lines joined
+    start = text.find(BEGIN)
+    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
+    if start < 0 or end < 0:
         raise CryptoError(
             f"{what}: not an OpenVPN static key file (no '{BEGIN}' ... '{END}' block)"
-        ) from None
-    body = "".join(lines[start + 1:end])
+        )
+    body = "".join(text[start + len(BEGIN):end].split())
     try:
         material = binascii.unhexlify(body)
     except (binascii.Error, ValueError):
