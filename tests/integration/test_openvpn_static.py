@@ -122,12 +122,15 @@ def tc_tunnel(**kw: Any) -> dict[str, Any]:
     return t
 
 
-def check_traffic(env: Env, tc_host: Host, ov_host: Host, nbytes: int = 32 << 20) -> None:
+def check_traffic(env: Env, tc_host: Host, ov_host: Host, *, to_openvpn: bool,
+                  nbytes: int = 32 << 20) -> None:
+    """Ping both ways without loss, then ``nbytes`` one way, sha256 compared."""
     assert tc_host.ping(OV_ADDR, count=20, interval=0.05) == (20, 20)
     assert ov_host.ping(TC_ADDR, count=20, interval=0.05) == (20, 20)
-    want, have, _ = env.transfer(tc_host, ov_host, OV_ADDR, nbytes=nbytes)
-    assert want == have
-    want, have, _ = env.transfer(ov_host, tc_host, TC_ADDR, nbytes=nbytes)
+    if to_openvpn:
+        want, have, _ = env.transfer(tc_host, ov_host, OV_ADDR, nbytes=nbytes)
+    else:
+        want, have, _ = env.transfer(ov_host, tc_host, TC_ADDR, nbytes=nbytes)
     assert want == have
 
 
@@ -139,13 +142,14 @@ def test_client_against_enabler_openvpn_server(env: Env, openvpns: Any) -> None:
         remote_port=1191, port=1191, bind=env.lab.a_addrs[0], openvpn_secret=str(key),
         openvpn_cipher="none", address=f"{TC_ADDR}/24")], "tc")
     tc.wait_state("up")
-    check_traffic(env, env.a, env.b)
+    check_traffic(env, env.a, env.b, to_openvpn=True)
     assert ov.alive()
     assert "Peer Connection Initiated" in ov.log()
-    assert "WARNING: 'link-mtu'" not in ov.log() and "OPTIONS" not in ov.log().upper() \
-        or "inconsistent" not in ov.log(), ov.log()
     st = tc.tunnel()
-    assert st is not None and st["crypto"]["peer_options"].startswith("V4,dev-type tap")
+    assert st is not None  # our options string is openvpn's own for this config
+    assert st["crypto"]["peer_options"] == (
+        "V4,dev-type tap,link-mtu 1560,tun-mtu 1500,proto UDPv4,cipher [null-cipher],"
+        "auth SHA1,keysize 0,secret")
 
 
 def test_openvpn_enabler_client_against_server(env: Env, openvpns: Any) -> None:
@@ -157,7 +161,7 @@ def test_openvpn_enabler_client_against_server(env: Env, openvpns: Any) -> None:
     openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
              "tap1", OV_ADDR)
     tc.wait_state("up")
-    check_traffic(env, env.a, env.b)
+    check_traffic(env, env.a, env.b, to_openvpn=False)
 
 
 def wait_down_then_stop(d: Daemon) -> None:
@@ -306,11 +310,13 @@ def test_occ_exit_marks_peer_down_at_once(env: Env, openvpns: Any) -> None:
     ov = openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0])
                   + ["explicit-exit-notify 1"], "tap1", OV_ADDR)
     tc.wait_state("up")
+    assert ov.proc is not None
     t0 = time.monotonic()
-    ov.stop(signal.SIGTERM)
+    ov.proc.send_signal(signal.SIGTERM)  # openvpn sends its EXIT, then lingers a moment
     tc.wait_state("down", timeout=5)  # dead_after is 60 s: only the EXIT explains this
     assert time.monotonic() - t0 < 5
     assert "peer exit (OCC EXIT)" in tc.log()
+    ov.stop()
 
 
 def _http(host: Host, method: str, url: str, body: dict[str, Any] | None = None,

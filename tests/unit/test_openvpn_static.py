@@ -196,6 +196,26 @@ def test_occ_exit_marks_peer_down_at_once() -> None:
     assert c.get_timer() is None
 
 
+def test_after_exit_only_a_restarted_peer_comes_back() -> None:
+    c, s = pair(clock_offset=1000)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    exiting = StaticKeyConnection(KEY, cipher="none", remote=SERVER_ADDR, clock_offset=1000)
+    c.close(1)
+    deliver(c, s, 1)
+    exiting._time, exiting._pid = c._time, c._pid  # the same process, after its EXIT
+    exiting.send_frames([b"late" * 20], 1.5)
+    deliver(exiting, s, 1.5)
+    assert [type(e) for e in events(s)] == [Disconnected] and not s.alive
+    assert s.frames_to_deliver() == [b"late" * 20]
+    again, _ = pair(clock_offset=1002)  # restarted: a later time value
+    again.start(2)
+    deliver(again, s, 2)
+    assert [type(e) for e in events(s)] == [Connected]
+
+
 def test_server_follows_new_address() -> None:
     c, s = pair()
     c.start(0)

@@ -247,6 +247,7 @@ class StaticKeyConnection:
         self._events: collections.deque[ConnectionEvent] = collections.deque()
         self._decoder = SimpletunDecoder(max_frame=65535) if stream else None
         self._stream_open = False
+        self._exit_time: int | None = None  # time value of the peer that sent OCC EXIT
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -314,8 +315,16 @@ class StaticKeyConnection:
             return
         if len(payload) == 17 and payload[16] == OCC_EXIT and payload[:16] == OCC_MAGIC:
             self.counters["occ_rx"] += 1  # the peer leaves: not a sign of life
+            self._exit_time = ptime
             self._go_down(now, "peer exit (OCC EXIT)", restart=True)
             return
+        if self._exit_time is not None and ptime <= self._exit_time:
+            # the departing process still sends for a moment (openvpn's exit-notify
+            # wait): its packets are delivered but do not bring the peer back; a
+            # restarted peer sends under a later time value
+            self._payload(payload, now)
+            return
+        self._exit_time = None
         self.last_heard = now
         if not self.stream and addr != self.peer:
             old = self.peer
