@@ -31,6 +31,7 @@ from .io.device import Device
 from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
 from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .multipath import MultiPathLink
+from .proto.admission import Admission
 from .proto.backoff import Backoff
 from .proto.framing import (
     HEADER_LEN,
@@ -111,13 +112,18 @@ def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
 class _StreamConn:
     """One TCP connection of a tunnel, with its own decoder and native endpoint."""
 
-    __slots__ = ("proto", "decoder", "native", "promoted")
+    __slots__ = ("proto", "decoder", "native", "promoted", "failed")
 
     def __init__(self, proto: tcpio.StreamProtocol, decoder: Any, native: NativeEndpoint | None):
         self.proto = proto
         self.decoder = decoder
         self.native = native
         self.promoted = False
+        self.failed = False  # the stream broke (bad length): counted once, decoded no more
+
+
+#: at most one warning per this many seconds for the same kind of bad connection
+WARN_EVERY = 10.0
 
 
 Listener = Callable[["Tunnel", State, State], None]
@@ -155,7 +161,9 @@ class Tunnel(SupervisedDevice):
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.AbstractServer | None = None
         self._conn: _StreamConn | None = None
-        self._candidates: set[_StreamConn] = set()
+        # unproven TCP connections (server): bounded, oldest dropped first, with a deadline
+        self._candidates: Admission[tcpio.StreamProtocol, _StreamConn] = Admission()
+        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed)
         self._conn_lost: asyncio.Event | None = None
         self._reading_device = False
         self._stopping = False
@@ -633,8 +641,14 @@ class Tunnel(SupervisedDevice):
         stats.rx_bytes += sum(map(len, frames))
         stats.last_rx = now
 
-    def _flush_native(self, native: NativeEndpoint, now: float) -> None:
-        """Send pending control messages and turn liveness events into state changes."""
+    def _flush_native(self, native: NativeEndpoint, now: float,
+                      conn: _StreamConn | None = None) -> None:
+        """Send pending control messages and turn liveness events into state changes.
+
+        ``conn``: the stream connection ``native`` belongs to, when it is not the live one.
+        """
+        if conn is None and self.config.proto == "tcp":
+            conn = self._conn_for(native)
         msgs = native.messages_to_send()
         if msgs:
             if self._mp is not None:
@@ -643,20 +657,19 @@ class Tunnel(SupervisedDevice):
                 if self._udp is not None and self.peer is not None:
                     for m in msgs:
                         self._udp.sendto(m, self.peer)
-            else:
-                conn = self._conn_for(native)
-                if conn is not None:
-                    pack = TCP_NATIVE_PREFIX.pack
-                    conn.proto.write(b"".join(pack(len(m)) + m for m in msgs))
+            elif conn is not None:
+                pack = TCP_NATIVE_PREFIX.pack
+                conn.proto.write(b"".join(pack(len(m)) + m for m in msgs))
         while (ev := native.next_event()) is not None:
+            if conn is not None and not conn.promoted:
+                continue  # an unproven connection changes no tunnel state
             if isinstance(ev, PeerUp):
                 self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
-                if self._conn_for(native) is not None or self.config.proto == "udp":
+                if conn is not None or self.config.proto == "udp":
                     self._set_state(State.UP)
             elif isinstance(ev, PeerDown):
                 self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
                 self._set_state(State.DOWN)
-                conn = self._conn_for(native)
                 if conn is not None:
                     conn.proto.abort()
         if native.secure is not None:
@@ -673,42 +686,46 @@ class Tunnel(SupervisedDevice):
             elif isinstance(ev, Rekeyed):
                 self.log.debug("tunnel %s: rekeyed", self.name)
             elif isinstance(ev, AuthFailure):
-                self.log.warning("tunnel %s: authentication failure (%s): %s",
-                                 self.name, ev.reason, ev.message)
+                self._warn_limited("auth_" + ev.reason, "tunnel %s: authentication failure "
+                                   "(%s): %s", self.name, ev.reason, ev.message)
             elif isinstance(ev, SessionExpired):
                 self.log.warning("tunnel %s: session keys expired without a rekey", self.name)
 
     def _conn_for(self, native: NativeEndpoint) -> _StreamConn | None:
-        if self._conn is not None and self._conn.native is native:
-            return self._conn
-        for c in self._candidates:
-            if c.native is native:
-                return c
+        """The stream connection of ``native``: the live one (candidates are passed in)."""
+        conn = self._conn
+        if conn is not None and conn.native is native:
+            return conn
         return None
 
     # ------------------------------------------------------------------ TCP callbacks
     def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
         assert self._loop is not None
         cfg = self.config
+        now = self._loop.time()
         if cfg.framing == "simpletun":
             conn = _StreamConn(proto, SimpletunDecoder(), None)
         else:
             conn = _StreamConn(proto, NativeStreamDecoder(), self._make_native())
         self.stats.connects += 1
-        if cfg.mode == "client":
-            self._promote(conn)
-        elif conn.native is None:
+        if cfg.mode == "client" or (conn.native is None and self._conn is None):
+            # a client trusts the server it dialled; simpletun has nothing to prove with,
+            # so with no live connection to protect it is taken at once
             self._promote(conn)
         else:
-            self._candidates.add(conn)  # promoted by its first authentic message
+            # proved by its first valid native message (simpletun: its first frame)
+            for old in self._candidates.add(proto, conn, now):
+                self.stats.drops["unproven_evicted"] += 1
+                old.proto.abort()
         if conn.native is not None:
-            now = self._loop.time()
             conn.native.start(now, initiator=cfg.mode == "client")
-            self._flush_native(conn.native, now)
+            self._flush_native(conn.native, now, conn)
+        elif not conn.promoted:
+            self._arm_timer()
 
     def _promote(self, conn: _StreamConn) -> None:
         old = self._conn
-        self._candidates.discard(conn)
+        self._candidates.pop(conn.proto)
         self._conn = conn
         conn.promoted = True
         self.peer = normalize(conn.proto.peername) if conn.proto.peername else None
@@ -722,19 +739,17 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.UP)
 
     def _find_conn(self, proto: tcpio.StreamProtocol) -> _StreamConn | None:
-        if self._conn is not None and self._conn.proto is proto:
-            return self._conn
-        for c in self._candidates:
-            if c.proto is proto:
-                return c
-        return None
+        conn = self._conn
+        if conn is not None and conn.proto is proto:
+            return conn
+        return self._candidates.get(proto)
 
     def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
         express = self._express
         if express is not None and express.enabled and express.on_stream_data(proto, data):
             return
         conn = self._find_conn(proto)
-        if conn is None:
+        if conn is None or conn.failed:
             return
         assert self._loop is not None
         now = self._loop.time()
@@ -742,10 +757,8 @@ class Tunnel(SupervisedDevice):
         try:
             items = conn.decoder.frames()
         except RemoteProtocolError as exc:
-            self.stats.drops[exc.reason] += 1
-            self.log.warning("closing connection: %s", exc)
+            self._stream_failed(conn, exc)
             items = []
-            proto.abort()
         self.stats.wire_rx += len(items)
         frames: list[bytes] = []
         if conn.native is None:
@@ -753,6 +766,8 @@ class Tunnel(SupervisedDevice):
                 if len(f) > self.max_frame:
                     self.stats.drops["oversize"] += 1
                 else:
+                    if not conn.promoted:
+                        self._promote(conn)  # simpletun: a first valid frame
                     frames.append(f)
         else:
             native = conn.native
@@ -774,13 +789,40 @@ class Tunnel(SupervisedDevice):
                     self.stats.drops["unknown_peer"] += len(decoded.frames)
         if frames and conn is self._conn:
             self._to_device(frames, now)
-        if conn.native is not None:
-            self._flush_native(conn.native, now)
+        if not conn.promoted and not conn.failed and self._candidates.over_buffer(
+                conn.decoder.buffered):
+            # holding most of a large frame before proving anything: not our peer
+            self._candidates.pop(proto)
+            self.stats.drops["unproven_overflow"] += 1
+            conn.failed = True
+            proto.abort()
+            return
+        if conn.native is not None and not conn.failed:
+            self._flush_native(conn.native, now, conn)
+
+    def _stream_failed(self, conn: _StreamConn, exc: RemoteProtocolError) -> None:
+        """A byte stream cannot be resynchronised: count once, close, decode no more."""
+        conn.failed = True
+        self.stats.drops[exc.reason] += 1
+        self._warn_limited(exc.reason, "closing connection: %s", exc)
+        conn.proto.abort()
+
+    def _warn_limited(self, kind: str, msg: str, *args: Any) -> None:
+        """A warning at most every WARN_EVERY seconds per kind (counters have the rest)."""
+        now = time.monotonic()
+        last, suppressed = self._warned.get(kind, (float("-inf"), 0))
+        if now - last < WARN_EVERY:
+            self._warned[kind] = (last, suppressed + 1)
+            return
+        self._warned[kind] = (now, 0)
+        if suppressed:
+            msg += f" (and {suppressed} more like it in the last {WARN_EVERY:.0f}s)"
+        self.log.warning(msg, *args)
 
     def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
         conn = self._find_conn(proto)
-        self._candidates = {c for c in self._candidates if c.proto is not proto}
-        if conn is not None and conn.decoder.buffered:
+        self._candidates.pop(proto)
+        if conn is not None and not conn.failed and conn.decoder.buffered:
             conn.decoder.receive_data(b"")  # EOF inside a frame: count it
             try:
                 conn.decoder.frames()
@@ -806,8 +848,9 @@ class Tunnel(SupervisedDevice):
         if self._loop is None or self._stopping:
             return
         times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
-        times += [t for t in (c.native.get_timer() for c in self._candidates if c.native)
-                  if t is not None]
+        deadline = self._candidates.get_timer()  # the oldest unproven connection's
+        if deadline is not None:
+            times.append(deadline)
         if not times:
             return
         when = max(min(times), self._loop.time())
@@ -834,7 +877,10 @@ class Tunnel(SupervisedDevice):
             self._timer = self._loop.call_at(self._timer_at, self._on_timer)
             return
         self._late = False
-        for native in self._natives() + [c.native for c in self._candidates if c.native]:
+        for conn in self._candidates.expired(now):
+            self.stats.drops["unproven_timeout"] += 1
+            conn.proto.abort()
+        for native in self._natives():
             native.handle_timer(now)
             self._flush_native(native, now)
         self._arm_timer()
@@ -879,9 +925,8 @@ class Tunnel(SupervisedDevice):
         self._tasks.clear()
         if self._conn_lost is not None:
             self._conn_lost.set()
-        for c in [*self._candidates, *([self._conn] if self._conn else [])]:
+        for c in [*self._candidates.clear(), *([self._conn] if self._conn else [])]:
             c.proto.abort()
-        self._candidates.clear()
         self._conn = None
         self._express = None
         if self._server is not None:

@@ -11,6 +11,10 @@ from collections.abc import Callable
 from ..errors import TransportError
 from .udp import SO_BINDTODEVICE
 
+#: pending accepts the kernel keeps: a flood of connections must not crowd out a real
+#: client's (the tunnel bounds the accepted ones it keeps, see proto.admission)
+LISTEN_BACKLOG = 1024
+
 
 class StreamProtocol(asyncio.Protocol):
     """Forwards bytes and flow-control to callbacks; knows nothing about framing."""
@@ -110,7 +114,7 @@ def listen_socket(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind is None else 1)
         host = bind if bind is not None else ("::" if family == socket.AF_INET6 else "0.0.0.0")
         sock.bind((host, port))
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
