@@ -27,6 +27,8 @@ from .proto.framing import (
     HEADER_LEN,
     SIMPLETUN_PREFIX,
     TCP_NATIVE_PREFIX,
+    encode_native_stream,
+    encode_simpletun,
 )
 from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR
 
@@ -146,9 +148,9 @@ class Express:
                 return True
         if conn is not None and udp is None:
             if native is None:
-                conn.proto.write(SIMPLETUN_PREFIX.pack(len(msg)) + msg)
+                conn.proto.write(encode_simpletun(msg))
             else:
-                conn.proto.write(TCP_NATIVE_PREFIX.pack(len(msg)) + msg)
+                conn.proto.write(encode_native_stream(msg))
         else:
             assert udp is not None and peer is not None
             self._udp_send(udp, peer, msg)

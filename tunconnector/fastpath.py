@@ -16,7 +16,6 @@ the one log line per tunnel saying which path runs.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import struct
@@ -39,100 +38,13 @@ from .io.offload import (
     probe_vnet_hdr_support,
 )
 from .proto import fragment
-from .proto.framing import HEADER_LEN, TCP_NATIVE_PREFIX
+from .proto.framing import HEADER_LEN, TAG_LEN, native_stream_prefix
+from .proto.losscap import LossAdaptiveCap
 from .proto.offload import (
     F_NEEDS_CSUM,
-    GSO_TCPV4,
-    GSO_TCPV6,
     VNET_HDR_LEN,
     complete_checksum,
-    gso_resplit,
-    l3_offset_of_frame,
 )
-
-
-class LossAdaptiveCap:
-    """Shrink super-packets while the path loses datagrams, grow them back when it stops.
-
-    On UDP a lost datagram costs its whole super-packet (up to 44 datagrams), so 1% of
-    datagram loss loses a third of 64 KiB super-packets and TCP inside collapses; 16 KiB
-    ones lose 10% (measured in docs/bench.md). Loss is seen locally, without any wire
-    message: TCP retransmissions show up as super-packets whose sequence numbers lie
-    below what that flow already sent. ``events`` of them within ``window`` halve the cap
-    (down to ``floor``); ``grow_after`` seconds after the last change it doubles again
-    (and halves again if retransmissions go on: under steady loss it probes between
-    ``floor`` and twice that; on a clean path it is back at the ceiling in seconds).
-    Oversized super-packets are then cut with :func:`gso_resplit`.
-    """
-
-    def __init__(self, ceiling: int = 65_536, floor: int = 8_000, window: float = 0.25,
-                 events: int = 16, grow_after: float = 1.0, max_flows: int = 1024) -> None:
-        self.ceiling = ceiling
-        self.floor = floor
-        self.cap = ceiling
-        self.window = window
-        self.events = events
-        self.grow_after = grow_after
-        self.max_flows = max_flows
-        self.retransmits = 0
-        self.decreases = 0
-        self._recent: collections.deque[float] = collections.deque(maxlen=events)
-        self._last_change = 0.0
-        self._flows: dict[bytes, int] = {}
-
-    def shape(self, frames: list[bytes], now: float, *, tap: bool = False) -> list[bytes]:
-        """Watch TCP super-packets for retransmissions; cut the ones above the cap."""
-        out: list[bytes] | None = None
-        for i, f in enumerate(frames):
-            if f[1] & 0x7F not in (GSO_TCPV4, GSO_TCPV6):
-                if out is not None:
-                    out.append(f)
-                continue
-            self.observe(f, now, tap)
-            if len(f) - VNET_HDR_LEN > self.cap:
-                if out is None:
-                    out = list(frames[:i])
-                out.extend(gso_resplit(f, self.cap))
-            elif out is not None:
-                out.append(f)
-        if self.cap < self.ceiling and now - self._last_change >= self.grow_after:
-            self.cap = min(self.ceiling, self.cap * 2)
-            self._last_change = now
-        return frames if out is None else out
-
-    def observe(self, f: bytes, now: float, tap: bool) -> None:
-        """Note one TCP packet (virtio_net_hdr + packet) of the device's output."""
-        (l4,) = _U16LE.unpack_from(f, 6)  # csum_start: TCP header offset in the packet
-        p = VNET_HDR_LEN
-        try:
-            l3 = p + (l3_offset_of_frame(memoryview(f)[p:]) if tap else 0)
-        except RemoteProtocolError:
-            return
-        l4 += p
-        if len(f) < l4 + 20:
-            return
-        v4 = f[l3] >> 4 == 4
-        if f[l3 + 9 if v4 else l3 + 6] != 6:  # not TCP
-            return
-        key = f[l3 + 12:l3 + 20] + f[l4:l4 + 4] if v4 else f[l3 + 8:l3 + 40] + f[l4:l4 + 4]
-        (seq,) = _U32BE.unpack_from(f, l4 + 4)
-        end = (seq + len(f) - l4 - (f[l4 + 12] >> 4) * 4) & 0xFFFFFFFF
-        prev = self._flows.get(key)
-        if prev is None:
-            if len(self._flows) >= self.max_flows:
-                self._flows.clear()
-            self._flows[key] = end
-            return
-        if 0 < (prev - seq) & 0xFFFFFFFF < 0x80000000:  # starts below what was sent
-            self.retransmits += 1
-            self._recent.append(now)
-            if (len(self._recent) == self.events and now - self._recent[0] <= self.window
-                    and now - self._last_change >= self.window and self.cap > self.floor):
-                self.cap = max(self.floor, self.cap // 2)
-                self._last_change = now
-                self.decreases += 1
-        if 0 < (end - prev) & 0xFFFFFFFF < 0x80000000:
-            self._flows[key] = end
 
 
 def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
@@ -161,8 +73,6 @@ _CSUM = struct.Struct("<HH")
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood), larger
 #: ones are data segments the loss watcher reads (and may be sealed one by one)
 SMALL_BATCH = 300
-_U16LE = struct.Struct("<H")
-_U32BE = struct.Struct("!I")
 
 
 def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
@@ -234,7 +144,7 @@ class FastPath:
         segments = min(UDP_MAX_SEGMENTS, UDP_GSO_MAX_BYTES // stride)
         inner = segments * (stride - fragment.FRAG_OVERHEAD)
         encrypted = bool(self.cfg.key_file or self.cfg.private_key_file)
-        overhead = HEADER_LEN + VNET_HDR_LEN + (16 if encrypted else 0) + 64  # + margin
+        overhead = HEADER_LEN + VNET_HDR_LEN + (TAG_LEN if encrypted else 0) + 64  # + margin
         return inner - overhead
 
     async def after_configure(self, netlink: nl.Netlink, name: str,
@@ -311,7 +221,7 @@ class FastPath:
                 return []
             native, udp, peer = conn.native, None, None
             limit = 1 << 30
-        small_max = limit - HEADER_LEN - (16 if native.secure is not None else 0)
+        small_max = limit - HEADER_LEN - (TAG_LEN if native.secure is not None else 0)
         tap = t.config.dev_type == "tap"
         stats.tx_packets += len(frames)
         stats.tx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
@@ -329,7 +239,7 @@ class FastPath:
         encode_gso, encode_data = native.encode_gso, native.encode_data
         small: list[bytes] = []  # messages that fit one datagram, in order
         out: list[bytes] = []  # TCP: prefixed stream frames
-        pack = TCP_NATIVE_PREFIX.pack
+        pack = native_stream_prefix
         for f in frames:
             if len(f) <= VNET_HDR_LEN:
                 stats.drops["short_vnet_frame"] += 1

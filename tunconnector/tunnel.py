@@ -36,10 +36,13 @@ from .proto.backoff import Backoff
 from .proto.framing import (
     HEADER_LEN,
     SIMPLETUN_PREFIX,
+    TAG_LEN,
     TCP_NATIVE_PREFIX,
     MsgType,
     NativeStreamDecoder,
     SimpletunDecoder,
+    native_stream,
+    simpletun_stream,
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
@@ -88,7 +91,7 @@ def overhead(cfg: TunnelConfig, ipv6: bool) -> int:
     else:
         extra = HEADER_LEN + (TCP_NATIVE_PREFIX.size if cfg.proto == "tcp" else 0)
         if cfg.key_file or cfg.private_key_file:
-            extra += 16
+            extra += TAG_LEN
     return ip + l4 + extra
 
 
@@ -539,16 +542,13 @@ class Tunnel(SupervisedDevice):
             stats.drops["no_peer"] += len(frames)
             return
         if conn.native is None:
-            pack = SIMPLETUN_PREFIX.pack
-            conn.proto.write(b"".join(pack(len(f)) + f for f in frames))
+            conn.proto.write(simpletun_stream(frames))
         else:
             now = self._loop.time()
-            pack = TCP_NATIVE_PREFIX.pack
-            out = [pack(len(m)) + m for m in conn.native.encode_batch(frames, now)]
-            for msg in conn.native.messages_to_send():
-                out.append(pack(len(msg)) + msg)
+            out = conn.native.encode_batch(frames, now)
+            out.extend(conn.native.messages_to_send())
             if out:
-                conn.proto.write(b"".join(out))
+                conn.proto.write(native_stream(out))
         stats.wire_tx += len(frames)
 
     # ------------------------------------------------------------------ data: wire -> device
@@ -658,8 +658,7 @@ class Tunnel(SupervisedDevice):
                     for m in msgs:
                         self._udp.sendto(m, self.peer)
             elif conn is not None:
-                pack = TCP_NATIVE_PREFIX.pack
-                conn.proto.write(b"".join(pack(len(m)) + m for m in msgs))
+                conn.proto.write(native_stream(msgs))
         while (ev := native.next_event()) is not None:
             if conn is not None and not conn.promoted:
                 continue  # an unproven connection changes no tunnel state

@@ -6,7 +6,7 @@ import struct
 
 from test_offload import ipv4, partial, tcp
 
-from tunconnector.fastpath import LossAdaptiveCap
+from tunconnector.proto.losscap import LossAdaptiveCap
 from tunconnector.proto import offload as o
 
 

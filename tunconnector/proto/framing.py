@@ -34,6 +34,9 @@ HEADER_LEN = HEADER.size  # 16
 TCP_NATIVE_PREFIX = struct.Struct("!I")
 SIMPLETUN_PREFIX = struct.Struct("!H")
 
+#: bytes of AEAD tag after an encrypted payload (both ciphers)
+TAG_LEN = 16
+
 FLAG_ENCRYPTED = 0x01
 FLAG_GSO = 0x02
 KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_GSO
@@ -280,8 +283,26 @@ class NativeStreamDecoder(_LengthPrefixedDecoder):
 def encode_simpletun(frame: bytes | bytearray | memoryview) -> bytes:
     if not 1 <= len(frame) <= MAX_SIMPLETUN_FRAME:
         raise LocalProtocolError(f"simpletun frame of {len(frame)} bytes")
-    return SIMPLETUN_PREFIX.pack(len(frame)) + bytes(frame)
+    return SIMPLETUN_PREFIX.pack(len(frame)) + frame
+
+
+def simpletun_stream(frames: list[bytes]) -> bytes:
+    """Frames as simpletun's byte stream (no length check: the device MTU bounds them)."""
+    pack = SIMPLETUN_PREFIX.pack
+    return b"".join(pack(len(f)) + f for f in frames)
+
+
+def native_stream_prefix(length: int) -> bytes:
+    """The length prefix of one native message on TCP (for gathered writes)."""
+    return TCP_NATIVE_PREFIX.pack(length)
 
 
 def encode_native_stream(message: bytes | bytearray | memoryview) -> bytes:
-    return TCP_NATIVE_PREFIX.pack(len(message)) + bytes(message)
+    """One native message as TCP stream bytes: the one encoder of the length prefix."""
+    return TCP_NATIVE_PREFIX.pack(len(message)) + message
+
+
+def native_stream(messages: list[bytes]) -> bytes:
+    """Native messages as one piece of TCP stream."""
+    pack = TCP_NATIVE_PREFIX.pack
+    return b"".join(pack(len(m)) + m for m in messages)

@@ -23,6 +23,7 @@ from .framing import (
     HEADER,
     HEADER_LEN,
     KEEPALIVE_BODY,
+    TAG_LEN,
     VERSION,
     Header,
     MsgType,
@@ -197,7 +198,7 @@ class NativeEndpoint:
         self.liveness.on_send(now)
         if self.secure is not None:
             n = len(payload)
-            buf = bytearray(HEADER_LEN + n + 16)  # one copy; sealed in place
+            buf = bytearray(HEADER_LEN + n + TAG_LEN)  # one copy; sealed in place
             buf[HEADER_LEN:HEADER_LEN + n] = payload
             size = self.secure.seal_into(buf, n, now, flags=FLAG_GSO)
             return buf if size else None  # type: ignore[return-value]

@@ -17,13 +17,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ..errors import CryptoError, LocalProtocolError, RemoteProtocolError
-from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION
+from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, TAG_LEN, VERSION
 from .replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
 CipherName = Literal["chacha20-poly1305", "aes-256-gcm"]
 CIPHERS: dict[str, int] = {"chacha20-poly1305": 1, "aes-256-gcm": 2}
 CIPHER_NAMES: dict[int, str] = {v: k for k, v in CIPHERS.items()}
-TAG_LEN = 16
 KEY_LEN = 32
 #: WireGuard's RekeyAfterMessages: start a new handshake well before the hard limit
 REKEY_AFTER_MESSAGES = 1 << 60
