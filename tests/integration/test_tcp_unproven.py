@@ -39,11 +39,13 @@ def test_unproven_connections_bounded_and_expire(env: Env) -> None:
         assert drops.get("unproven_evicted", 0) >= 1, drops
         # ... a connection holding most of a 70 KB frame is closed at once ...
         assert drops.get("unproven_overflow", 0) >= 1, drops
-        # ... a restarted client is served at once, among the strangers ...
+        # ... a restarted client is served among the strangers (how fast: bench.unproven;
+        # here the bound only covers a slow start of the new process on a busy machine) ...
         client.kill9()  # type: ignore[attr-defined]
-        env.daemon(env.b, client.argv, "client2")  # type: ignore[attr-defined]
+        restarted = env.daemon(env.b, client.argv, "client2")  # type: ignore[attr-defined]
         t0 = time.monotonic()
-        assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
+        assert env.b.wait_ping("10.77.0.1", timeout=20.0), (
+            server.log() + restarted.log())  # type: ignore[attr-defined]
         print(f"restarted client served after {time.monotonic() - t0:.2f}s")
         # ... and the rest are closed when their time to prove themselves is over
         assert wait_for(lambda: _established(env) == 1, timeout=15), _established(env)

@@ -6,8 +6,8 @@ import struct
 
 from test_offload import ipv4, partial, tcp
 
-from tunconnector.proto.losscap import LossAdaptiveCap
 from tunconnector.proto import offload as o
+from tunconnector.proto.losscap import LossAdaptiveCap
 
 
 def superpkt(seq: int, size: int = 60_000) -> bytes:
