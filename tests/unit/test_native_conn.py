@@ -82,22 +82,20 @@ def run(c: NativeConnection, s: NativeConnection, start: float, end: float,
         drop: Drop | None = None) -> float:
     """Advance the fake clock from timer to timer until ``end``, moving output each step."""
     now = start
+    exchange(c, s, now, drop=drop)
     for _ in range(10_000):
-        exchange(c, s, now, drop=drop)
-        timers = [t for t in (c.get_timer(), s.get_timer()) if t is not None]
-        if not timers or min(timers) > end:
+        due = min((t for t in (c.get_timer(), s.get_timer()) if t is not None), default=None)
+        if due is None or due > end:
             return end
-        now = max(now, min(timers))
-        c.handle_timer(now)
-        s.handle_timer(now)
-    raise AssertionError("timer loop did not settle")
+        now = max(now, due)
+        for conn in (c, s):
+            conn.handle_timer(now)
+        exchange(c, s, now, drop=drop)
+    raise AssertionError("timers never settled")
 
 
 def events(conn: NativeConnection) -> list[ConnectionEvent]:
-    out = []
-    while (ev := conn.next_event()) is not None:
-        out.append(ev)
-    return out
+    return list(iter(conn.next_event, None))
 
 
 def up(c: NativeConnection, s: NativeConnection, now: float = 0.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import struct
+from dataclasses import dataclass, field
 
 from ..errors import RemoteProtocolError
 from .offload import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, gso_resplit, l3_offset_of_frame
@@ -17,6 +18,7 @@ _U16LE = struct.Struct("<H")
 _U32BE = struct.Struct("!I")
 
 
+@dataclass(slots=True, eq=False)
 class LossAdaptiveCap:
     """Shrink super-packets while the path loses datagrams, grow them back when it stops.
 
@@ -31,20 +33,22 @@ class LossAdaptiveCap:
     Oversized super-packets are then cut with :func:`gso_resplit`.
     """
 
-    def __init__(self, ceiling: int = 65_536, floor: int = 8_000, window: float = 0.25,
-                 events: int = 16, grow_after: float = 1.0, max_flows: int = 1024) -> None:
-        self.ceiling = ceiling
-        self.floor = floor
-        self.cap = ceiling
-        self.window = window
-        self.events = events
-        self.grow_after = grow_after
-        self.max_flows = max_flows
-        self.retransmits = 0
-        self.decreases = 0
-        self._recent: collections.deque[float] = collections.deque(maxlen=events)
-        self._last_change = 0.0
-        self._flows: dict[bytes, int] = {}
+    ceiling: int = 65_536
+    floor: int = 8_000
+    window: float = 0.25
+    events: int = 16
+    grow_after: float = 1.0
+    max_flows: int = 1024
+    cap: int = field(init=False)
+    retransmits: int = field(default=0, init=False)
+    decreases: int = field(default=0, init=False)
+    _recent: collections.deque[float] = field(init=False, repr=False)
+    _last_change: float = field(default=0.0, init=False, repr=False)
+    _flows: dict[bytes, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cap = self.ceiling
+        self._recent = collections.deque(maxlen=self.events)
 
     def shape(self, frames: list[bytes], now: float, *, tap: bool = False) -> list[bytes]:
         """Watch TCP super-packets for retransmissions; cut the ones above the cap."""
