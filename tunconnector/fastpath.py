@@ -299,11 +299,7 @@ class FastPath:
     def reassemble(self, data: bytes | memoryview, now: float,
                    drops: Counter[str]) -> bytearray | None:
         """Feed one FRAGMENT datagram; the inner native message once it is complete."""
-        try:
-            inner = self.reasm.receive(data, now)
-        except RemoteProtocolError as exc:
-            drops["fragment_" + exc.reason] += 1
-            return None
+        inner = self.reasm.feed(data, now, drops)
         if inner is not None:
             self.super_rx += 1
         return inner

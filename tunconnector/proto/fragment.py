@@ -18,6 +18,7 @@ which is bounded in number, bytes and time. A lost fragment loses only its messa
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -286,6 +287,15 @@ class Reassembler:
             if unpack(mv, off + i * stride + 8) != (msg_id, i, count, total):
                 return False
         return True
+
+    def feed(self, datagram: bytes | bytearray | memoryview, now: float,
+             drops: Counter[str]) -> bytearray | None:
+        """:meth:`receive` for a data path: a bad fragment is counted (``fragment_*``)."""
+        try:
+            return self.receive(datagram, now)
+        except RemoteProtocolError as exc:
+            drops["fragment_" + exc.reason] += 1
+            return None
 
     def handle_timer(self, now: float) -> None:
         self._expire(now)

@@ -131,11 +131,7 @@ class NativeConnection:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """One UDP datagram from ``addr``."""
         if len(data) > 1 and data[1] == _FRAGMENT:
-            try:
-                inner = self.reasm.receive(data, now)
-            except RemoteProtocolError as exc:
-                self.drops["fragment_" + exc.reason] += 1
-                return
+            inner = self.reasm.feed(data, now, self.drops)
             if inner is None:
                 return
             self.super_rx += 1
