@@ -74,7 +74,7 @@ class Express:
     def on_device_readable(self) -> None:
         t = self.t
         dev = t.device
-        loop = t._loop
+        loop = t.loop
         if dev is None or loop is None:
             return
         try:
@@ -82,7 +82,7 @@ class Express:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            t._on_device_readable()  # reports the error its usual way
+            t.on_device_readable()  # reports the error its usual way
             return
         now = loop.time()
         busy = now - self._dev_last < BUSY
@@ -100,13 +100,13 @@ class Express:
             more = dev.read_batch(63)
         except DeviceError:
             more = []
-        t._device_frames([f, *more])
+        t.send_device_frames([f, *more])
 
     def _send(self, f: bytes, now: float) -> bool:
         t = self.t
-        udp, peer, native = t._udp, t.peer, t._native
+        udp, peer, native = t.udp, t.peer, t.native
         dev = t.device
-        conn = t._conn
+        conn = t.stream
         if udp is None:
             if conn is None:
                 return False
@@ -139,9 +139,9 @@ class Express:
             quiet = secure is None or secure.unanswered_since is not None
             msg = native.encode_gso(payload, now) if gso else native.encode_data(payload, now)
             if msg is None or native.has_work():
-                t._flush_native(native, now)  # queued for a handshake, or rekey started
+                t.flush_native(native, now)  # queued for a handshake, or rekey started
             elif not quiet:
-                t._arm_timer()  # first unanswered send: the stale-session timer starts
+                t.arm_timer()  # first unanswered send: the stale-session timer starts
             if msg is None:
                 t.stats.tx_packets += 1
                 t.stats.tx_bytes += n
@@ -174,8 +174,8 @@ class Express:
     def on_udp_readable(self) -> None:
         """Read one datagram; deliver it express, or it and the rest through the batch path."""
         t = self.t
-        udp = t._udp
-        loop = t._loop
+        udp = t.udp
+        loop = t.loop
         if udp is None or loop is None:
             return
         got = udp.recv_one()
@@ -189,7 +189,7 @@ class Express:
             batch: list[tuple[Any, Any]] = []
             udp.add_received(batch, data, anc, addr)
             udp.drain(batch)
-            t._on_udp_batch(batch)
+            t.on_udp_batch(batch)
 
     def on_stream_data(self, proto: Any, data: bytes) -> bool:
         """A TCP read holding exactly one whole frame of the current connection: take it.
@@ -198,8 +198,8 @@ class Express:
         candidate connection, bytes already buffered, dense traffic.
         """
         t = self.t
-        conn = t._conn
-        loop = t._loop
+        conn = t.stream
+        loop = t.loop
         if conn is None or conn.proto is not proto or loop is None or conn.decoder.buffered:
             return False
         now = loop.time()
@@ -220,7 +220,7 @@ class Express:
             if t.peer is None or normalize(addr) != t.peer:
                 return False  # a stranger: the general path screens it
             self._peer_rx = addr
-        return self._take(data, t._native, addr[0], now)
+        return self._take(data, t.native, addr[0], now)
 
     def _take(self, data: Any, native: NativeEndpoint | None, source: Any, now: float) -> bool:
         """Deliver one message from the peer to the device, or refuse it untouched."""
@@ -240,7 +240,7 @@ class Express:
             if frame is False:
                 return False
             if native.has_work():
-                t._flush_native(native, now)  # an opened message may start a rekey
+                t.flush_native(native, now)  # an opened message may start a rekey
         stats = t.stats
         stats.wire_rx += 1
         self.rx += 1

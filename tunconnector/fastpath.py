@@ -203,19 +203,19 @@ class FastPath:
         Small messages leave together through ``send_batch`` (UDP GSO runs).
         """
         stats = t.stats
-        loop = t._loop
+        loop = t.loop
         assert loop is not None
         now = loop.time()
         udp_mode = t.config.proto == "udp"
         conn = None
         if udp_mode:
-            native, udp, peer = t._native, t._udp, t.peer
+            native, udp, peer = t.native, t.udp, t.peer
             if native is None or udp is None or peer is None:
                 stats.drops["no_peer"] += len(frames)
                 return []
             limit = self.max_datagram(peer)
         else:
-            conn = t._conn
+            conn = t.stream
             if conn is None or conn.native is None:
                 stats.drops["no_peer"] += len(frames)
                 return []
@@ -234,7 +234,7 @@ class FastPath:
             sealed = native.encode_gso_batch(frames, now)
             if sealed:
                 udp.send_batch(sealed, peer)
-            t._flush_native(native, now)
+            t.flush_native(native, now)
             return []
         encode_gso, encode_data = native.encode_gso, native.encode_data
         small: list[bytes] = []  # messages that fit one datagram, in order
@@ -292,7 +292,7 @@ class FastPath:
             udp.send_batch(small, peer)
         if out and conn is not None:
             conn.proto.writelines(out)
-        t._flush_native(native, now)
+        t.flush_native(native, now)
         return []
 
     # -- wire -> device --------------------------------------------------------------

@@ -204,6 +204,26 @@ class Tunnel(SupervisedDevice):
             return natives[0].liveness.last_rx
         return self.stats.last_rx
 
+    # -- what the data-path helpers (express lane, offload path) read of the tunnel
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    @property
+    def udp(self) -> UdpEndpoint | None:
+        """The UDP socket of a tunnel without ``[[tunnel.path]]``."""
+        return self._udp
+
+    @property
+    def native(self) -> NativeEndpoint | None:
+        """The native endpoint of a UDP tunnel (TCP: :attr:`stream`'s)."""
+        return self._native
+
+    @property
+    def stream(self) -> _StreamConn | None:
+        """The live TCP connection, if any."""
+        return self._conn
+
     @property
     def is_running(self) -> bool:
         return self.state in (State.STARTING, State.DOWN, State.UP)
@@ -346,7 +366,7 @@ class Tunnel(SupervisedDevice):
             express = self._express
             self._loop.add_reader(self.device.fd, express.on_device_readable
                                   if express is not None and express.enabled
-                                  else self._on_device_readable)
+                                  else self.on_device_readable)
         else:
             self._loop.remove_reader(self.device.fd)
         self._reading_device = on
@@ -412,15 +432,15 @@ class Tunnel(SupervisedDevice):
         if cfg.framing == "native":
             self._native = self._make_native()
         self._express = Express(self)
-        self._udp.start(self._on_udp_batch,
+        self._udp.start(self.on_udp_batch,
                         reader=self._express.on_udp_readable if self._express.enabled else None)
         self._device_reader(True)
         now = self._loop.time()
         if self._native is not None:
             self._native.start(now, initiator=cfg.mode == "client")
-            self._flush_native(self._native, now)
+            self.flush_native(self._native, now)
             self._set_state(State.DOWN)
-            self._arm_timer()
+            self.arm_timer()
         elif cfg.mode == "client":
             self._set_state(State.UP)  # raw: nothing to wait for
         else:
@@ -431,15 +451,15 @@ class Tunnel(SupervisedDevice):
         assert self._loop is not None
         native = self._native = self._make_native()
         self._mp = MultiPathLink(self.config, native, deliver=self._to_device,
-                                 after_receive=self._flush_native, drops=self.stats.drops,
+                                 after_receive=self.flush_native, drops=self.stats.drops,
                                  logger=self.log)
         await self._mp.start()
         self._device_reader(True)
         now = self._loop.time()
         native.start(now, initiator=self.config.mode == "client")
-        self._flush_native(native, now)
+        self.flush_native(native, now)
         self._set_state(State.DOWN)
-        self._arm_timer()
+        self.arm_timer()
 
     async def _open_tcp(self) -> None:
         cfg = self.config
@@ -488,7 +508,7 @@ class Tunnel(SupervisedDevice):
                 await asyncio.sleep(backoff.next_delay())
 
     # ------------------------------------------------------------------ data: device -> wire
-    def _on_device_readable(self) -> None:
+    def on_device_readable(self) -> None:
         dev = self.device
         if dev is None:
             return
@@ -500,9 +520,9 @@ class Tunnel(SupervisedDevice):
             self._device_check()
             return
         if frames:
-            self._device_frames(frames)
+            self.send_device_frames(frames)
 
-    def _device_frames(self, frames: list[bytes]) -> None:
+    def send_device_frames(self, frames: list[bytes]) -> None:
         """Send frames read from the device (the express lane hands its overflow here)."""
         dev = self.device
         if dev is None:
@@ -520,7 +540,7 @@ class Tunnel(SupervisedDevice):
             if self._mp is not None and self._native is not None:
                 now = self._loop.time()
                 self._mp.send_frames(frames, now)
-                self._flush_native(self._native, now)
+                self.flush_native(self._native, now)
                 stats.wire_tx += len(frames)
                 return
             udp = self._udp
@@ -534,7 +554,7 @@ class Tunnel(SupervisedDevice):
                 now = self._loop.time()
                 native = self._native
                 udp.send_batch(native.encode_batch(frames, now), peer)
-                self._flush_native(native, now)
+                self.flush_native(native, now)
             stats.wire_tx += len(frames)
             return
         conn = self._conn
@@ -552,7 +572,7 @@ class Tunnel(SupervisedDevice):
         stats.wire_tx += len(frames)
 
     # ------------------------------------------------------------------ data: wire -> device
-    def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
+    def on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
         assert self._loop is not None
         now = self._loop.time()
         stats = self.stats
@@ -614,7 +634,7 @@ class Tunnel(SupervisedDevice):
         if frames:
             self._to_device(frames, now)
         if native is not None:
-            self._flush_native(native, now)
+            self.flush_native(native, now)
         elif server and self.peer is not None and self.state != State.UP:
             self._set_state(State.UP)
 
@@ -641,7 +661,7 @@ class Tunnel(SupervisedDevice):
         stats.rx_bytes += sum(map(len, frames))
         stats.last_rx = now
 
-    def _flush_native(self, native: NativeEndpoint, now: float,
+    def flush_native(self, native: NativeEndpoint, now: float,
                       conn: _StreamConn | None = None) -> None:
         """Send pending control messages and turn liveness events into state changes.
 
@@ -673,7 +693,7 @@ class Tunnel(SupervisedDevice):
                     conn.proto.abort()
         if native.secure is not None:
             self._on_secure_events(native)
-        self._arm_timer()
+        self.arm_timer()
 
     def _on_secure_events(self, native: NativeEndpoint) -> None:
         """One log line per crypto state change (never key material)."""
@@ -718,9 +738,9 @@ class Tunnel(SupervisedDevice):
                 old.proto.abort()
         if conn.native is not None:
             conn.native.start(now, initiator=cfg.mode == "client")
-            self._flush_native(conn.native, now, conn)
+            self.flush_native(conn.native, now, conn)
         elif not conn.promoted:
-            self._arm_timer()
+            self.arm_timer()
 
     def _promote(self, conn: _StreamConn) -> None:
         old = self._conn
@@ -770,7 +790,7 @@ class Tunnel(SupervisedDevice):
                     frames.append(f)
         else:
             native = conn.native
-            # DATA on the current connection: NativeEndpoint.quick, as in _on_udp_batch
+            # DATA on the current connection: NativeEndpoint.quick, as in on_udp_batch
             source = conn.proto.peername[0] if conn.proto.peername else None
             for msg in items:
                 if conn.promoted:
@@ -797,7 +817,7 @@ class Tunnel(SupervisedDevice):
             proto.abort()
             return
         if conn.native is not None and not conn.failed:
-            self._flush_native(conn.native, now, conn)
+            self.flush_native(conn.native, now, conn)
 
     def _stream_failed(self, conn: _StreamConn, exc: RemoteProtocolError) -> None:
         """A byte stream cannot be resynchronised: count once, close, decode no more."""
@@ -843,7 +863,7 @@ class Tunnel(SupervisedDevice):
             self._device_reader(not paused)
 
     # ------------------------------------------------------------------ timer
-    def _arm_timer(self) -> None:
+    def arm_timer(self) -> None:
         if self._loop is None or self._stopping:
             return
         times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
@@ -881,8 +901,8 @@ class Tunnel(SupervisedDevice):
             conn.proto.abort()
         for native in self._natives():
             native.handle_timer(now)
-            self._flush_native(native, now)
-        self._arm_timer()
+            self.flush_native(native, now)
+        self.arm_timer()
 
     # ------------------------------------------------------------------ state & teardown
     def _event(self) -> asyncio.Event:

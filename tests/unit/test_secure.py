@@ -637,7 +637,7 @@ def test_open_data_is_open_for_live_sessions_and_declines_the_rest() -> None:
 
 def test_quick_opens_sealed_data_and_gso_messages() -> None:
     """The batch path hands messages from the peer to NativeEndpoint.quick (see
-    Tunnel._on_udp_batch): sealed DATA and sealed FLAG_GSO give their frames, only for an
+    Tunnel.on_udp_batch): sealed DATA and sealed FLAG_GSO give their frames, only for an
     endpoint whose peer is alive; anything else is left to decode()."""
     from tunconnector.proto.native import NativeEndpoint
     from tunconnector.proto.offload import GsoFrame
