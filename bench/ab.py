@@ -1,0 +1,106 @@
+"""Same-moment A/B of two builds: alternate them round by round on the same namespaces.
+
+    python -m bench.ab --a CHECKOUT_A --b CHECKOUT_B [--rounds 2] [--seconds 5]
+                       [--peers tc-tun-udp-aead,tc-tun-tcp-plain,...]
+
+Why alternate: on a shared machine the load moves by more than the difference between two
+builds; running A, B, A, B (each peer started, one iperf3 stream for ``--seconds``,
+stopped) puts both builds under the same load. Each checkout runs its own code (its
+``.venv/bin/tunconnector`` with ``PYTHONPATH`` at the checkout). Reported per peer and
+build: Gbit/s and Gbit per CPU-second of the two tunnel processes (mean of the rounds),
+and B/A for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import measure, peers
+from .netns import Topology
+
+DEFAULT_PEERS = "tc-tun-udp-aead,tc-tun-tcp-plain,tc-tun-udp-plain-nooff,tc-tap-udp-plain"
+
+
+def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfServer,
+         index: int, workdir: Path, seconds: float) -> dict[str, float]:
+    peers.TUNCONNECTOR = str(build / ".venv" / "bin" / "tunconnector")
+    os.environ["PYTHONPATH"] = str(build)
+    peer.start(topo, index, workdir)
+    try:
+        c0 = measure.cpu_seconds(peer.pids)
+        gbps = measure.tcp_gbps(topo, server, peer.target, 1, seconds)
+        cpu = measure.cpu_seconds(peer.pids) - c0
+    finally:
+        peer.stop(topo)
+    return {"gbps": gbps, "cpu_s": cpu, "gbit_per_cpu_s": gbps * seconds / cpu if cpu else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    ap.add_argument("--a", type=Path, required=True, help="checkout of the previous build")
+    ap.add_argument("--b", type=Path, required=True, help="checkout of the new build")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--peers", default=DEFAULT_PEERS)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
+    by_name = {p.name: p for p in peers.all_peers()}
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        print(f"unknown peers: {missing}", file=sys.stderr)
+        return 2
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        n: {"A": [], "B": []} for n in wanted}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="tcab-") as tmp, Topology() as topo:
+        server = measure.IperfServer(topo)
+        server.start()
+        try:
+            index = 0
+            for rnd in range(args.rounds):
+                for label, build in (("A", args.a), ("B", args.b)):
+                    for name in wanted:
+                        index += 1
+                        row = _one(by_name[name], build, topo, server, index, Path(tmp),
+                                   args.seconds)
+                        runs[name][label].append(row)
+                        print(f"round {rnd + 1} {label} {name:24} {row['gbps']:6.2f} Gbit/s "
+                              f"{row['gbit_per_cpu_s']:6.2f} Gbit/CPU-s", flush=True)
+        finally:
+            server.stop()
+    summary: dict[str, Any] = {}
+    for name, by in runs.items():
+        s: dict[str, Any] = {}
+        for label in ("A", "B"):
+            s[label] = {k: round(statistics.mean(r[k] for r in by[label]), 3)
+                        for k in ("gbps", "gbit_per_cpu_s")}
+        s["ratio_gbps"] = round(s["B"]["gbps"] / s["A"]["gbps"], 3) if s["A"]["gbps"] else None
+        s["ratio_per_cpu"] = (round(s["B"]["gbit_per_cpu_s"] / s["A"]["gbit_per_cpu_s"], 3)
+                              if s["A"]["gbit_per_cpu_s"] else None)
+        summary[name] = s
+    out = {"started": started, "load_at_start": round(load0, 2),
+           "load_at_end": round(os.getloadavg()[0], 2), "rounds": args.rounds,
+           "seconds": args.seconds, "summary": summary, "runs": runs}
+    print("| peer | A Gbit/s | B Gbit/s | B/A | A Gbit/CPU-s | B Gbit/CPU-s | B/A |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['A']['gbps']:.2f} | {s['B']['gbps']:.2f} | {s['ratio_gbps']} "
+              f"| {s['A']['gbit_per_cpu_s']:.2f} | {s['B']['gbit_per_cpu_s']:.2f} "
+              f"| {s['ratio_per_cpu']} |")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
