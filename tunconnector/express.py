@@ -254,7 +254,7 @@ class Express:
             stats.rx_packets += 1
         except OSError:
             stats.drops["device_refused"] += 1
-            t._device_check()  # a deleted device: the supervisor takes over
+            t.device_check()  # a deleted device: the supervisor takes over
             if t.device is not dev:
                 return True  # closed: its fd number is no longer ours to read
         stats.rx_bytes += len(frame)

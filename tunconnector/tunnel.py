@@ -224,6 +224,10 @@ class Tunnel(SupervisedDevice):
         """The live TCP connection, if any."""
         return self._conn
 
+    def device_check(self) -> None:
+        """A device write of the express lane failed: is the device gone (supervisor)?"""
+        self._device_check()
+
     @property
     def is_running(self) -> bool:
         return self.state in (State.STARTING, State.DOWN, State.UP)
