@@ -62,7 +62,7 @@ def parse_interface_address(
 
 @dataclass(slots=True)
 class HealthConfig:
-    """Built-in reachability check (seed 000's ping timer), see the health module."""
+    """Built-in reachability check (TunConnector's ping timer), see the health module."""
 
     target: str | None = None
     interval: float = 10.0

@@ -2,7 +2,7 @@
 
 One :class:`HealthMonitor` per tunnel with a ``[tunnel.health]`` table. It pings the
 target (default: the peer's tunnel address) through the tunnel, keeps the verdict, logs
-one line per change, calls listeners, and, like seed 000's timer, keeps ``status_file``
+one line per change, calls listeners, and, like TunConnector's timer, keeps ``status_file``
 holding ``OK`` or ``NOT_OK`` (written atomically: temp file + ``os.replace``, so a reader
 never sees a torn or empty file).
 """
@@ -61,7 +61,7 @@ def default_target(tcfg: TunnelConfig) -> str:
 
 
 def write_status_file(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (``OK``/``NOT_OK``, seed 000's contract)."""
+    """Atomically replace ``path`` with ``text`` (``OK``/``NOT_OK``, TunConnector's contract)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)

@@ -58,7 +58,7 @@ ConfigurationDirectory=tunconnector
 DeviceAllow=/dev/net/tun rw
 DevicePolicy=closed
 ProtectSystem=strict
-# seed 000 consumers read the status file from /tmp (health.status_file); keep /tmp shared
+# TunConnector's consumers read the status file from /tmp (health.status_file); keep /tmp shared
 ReadWritePaths=-/tmp
 ProtectHome=yes
 PrivateTmp=no

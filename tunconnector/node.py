@@ -77,7 +77,7 @@ class Node:
         self._services: list[Service] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
-        # operations (issue 7): health checks, then the control API, when configured
+        # operations: health checks, then the control API, when configured
         self.health: dict[str, Any] = {}
         # [tunnel.hooks]: programs run on up/down (and peer_up/peer_down in hubs)
         self.hooks: dict[str, Hooks] = {}
@@ -97,7 +97,7 @@ class Node:
             from .health import health_service
 
             self.add_service(health_service)
-        # multi-link bonds (issue 5): [[bond]] sections and the API's saved state, before
+        # multi-link bonds: [[bond]] sections and the API's saved state, before
         # the API so a restored bond is there when the first request arrives
         self.multilink: Any = None
         if config.bond or config.api is not None:
@@ -155,7 +155,7 @@ class Node:
                 if stop is not None:
                     self._stoppers.append(stop)
             if self.config.privileges is not None and self.config.privileges.user:
-                # last: everything that needs root is open now (issue 7)
+                # last: everything that needs root is open now
                 from .privileges import privileges_service
 
                 await privileges_service(self)
@@ -205,7 +205,7 @@ class Node:
         for name, t in self.tunnels.items():
             st = t.status()
             mon = self.health.get(name)
-            if mon is not None:  # [tunnel.health] verdict (issue 7)
+            if mon is not None:  # [tunnel.health] verdict
                 st["health"] = mon.snapshot()
             hooks = self.hooks.get(name)
             if hooks is not None:

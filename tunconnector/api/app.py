@@ -4,9 +4,9 @@ Per tunnel: ``GET /v1/tunnels``, ``GET /v1/tunnels/{name}``,
 ``POST /v1/tunnels/{name}/start|stop``; a hub's peers: ``GET /v1/tunnels/{name}/peers``,
 ``PUT|DELETE /v1/tunnels/{name}/peers/{peer}`` (authenticated). Seed 000's short forms
 act on the default tunnel (the only one, or ``[api] default_tunnel``): ``/vpn/start``,
-``/vpn/stop`` (authenticated; GET is accepted too because the seed's clients may use it)
+``/vpn/stop`` (authenticated; GET is accepted too because TunConnector's clients use it)
 and ``/vpn/status``
-(unauthenticated, ``{"status": "OK"|"NOT_OK"}`` like the seed's status file). Also
+(unauthenticated, ``{"status": "OK"|"NOT_OK"}`` like TunConnector's status file). Also
 ``/metrics`` (Prometheus text), ``/livez`` and ``/readyz`` for probes, and the OpenAPI
 document at ``/openapi.json``. The Multi-link enabler router (``api/enabler.py``) is
 included when that module exists.
@@ -304,18 +304,18 @@ def create_app(
         log.info("API: %s removed peer %s of hub %s", who, peer, name)
         return {"peer": peer, "result": "removed"}
 
-    # -- seed 000's /vpn/* ---------------------------------------------------------------
+    # -- TunConnector's /vpn/* -----------------------------------------------------------
     vpn_errors: dict[int | str, dict[str, Any]] = {
         **auth_errors,
         404: {"model": Problem, "description": "no tunnel configured"},
     }
 
     async def vpn_start(who: str = Depends(auth)) -> ActionOut:
-        """Start the default tunnel (seed 000)."""
+        """Start the default tunnel (TunConnector's /vpn/start)."""
         return await _act(_default_tunnel(node, api_config), "start", who)
 
     async def vpn_stop(who: str = Depends(auth)) -> ActionOut:
-        """Stop the default tunnel (seed 000)."""
+        """Stop the default tunnel (TunConnector's /vpn/stop)."""
         return await _act(_default_tunnel(node, api_config), "stop", who)
 
     for path, endpoint in (("/vpn/start", vpn_start), ("/vpn/stop", vpn_stop)):
@@ -325,7 +325,7 @@ def create_app(
                 responses=vpn_errors, dependencies=secured, tags=["vpn"],
                 operation_id=f"{endpoint.__name__}_{method.lower()}",
                 description=(endpoint.__doc__ or "") + (
-                    " GET is accepted for the seed's clients; prefer POST." if method == "GET"
+                    " GET is accepted for TunConnector's clients; prefer POST." if method == "GET"
                     else ""
                 ),
             )

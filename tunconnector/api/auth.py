@@ -1,8 +1,8 @@
 """Authentication for the control API: HTTP basic or bearer token, no defaults.
 
 Credentials come from ``[api]`` (``username``/``password``, ``token``) or, for keys the
-file leaves unset, from the environment (``API_USERNAME``/``API_PASSWORD`` as in seed
-000's unit, ``API_TOKEN``). Secrets are compared with :func:`hmac.compare_digest`, user
+file leaves unset, from the environment (``API_USERNAME``/``API_PASSWORD`` as in
+TunConnector's unit, ``API_TOKEN``). Secrets are compared with :func:`hmac.compare_digest`, user
 and password both always (no early exit that would leak which one was wrong). Without
 any credential configured, mutating endpoints are refused: the API is then read-only.
 
