@@ -107,3 +107,56 @@ def test_ignored_directives_are_accepted() -> None:
     cfg = parse(f"client\nremote a\n{body}\n<ca>\nx\n</ca>\n<cert>\nc\n</cert>\n"
                 "<key>\nk\n</key>\n", "t.ovpn")
     assert cfg.remotes[0].host == "a"
+
+
+def _pki() -> str:
+    """A real CA/cert/key so the config check can load them into a TLS context."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    kpem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+    return f"<ca>\n{pem}</ca>\n<cert>\n{pem}</cert>\n<key>\n{kpem}</key>\n"
+
+
+def test_tunnel_key_openvpn_config(tmp_path: Path) -> None:
+    from tunconnector.config import Config
+
+    ovpn = tmp_path / "site.ovpn"
+    ovpn.write_text("client\ndev tap\nproto tcp-client\nremote 192.0.2.9 443\n" + _pki())
+    cfg = Config.from_mapping({"tunnel": [{"name": "site", "openvpn_config": str(ovpn),
+                                           "netns": "x"}]})
+    t = cfg.tunnel[0]
+    assert (t.mode, t.framing, t.proto, t.dev_type) == ("client", "openvpn", "tcp", "tap")
+    assert (t.remote, t.remote_port, t.netns) == ("192.0.2.9", 443, "x")
+    with pytest.raises(ConfigError, match=r"tunnel\[0\]\.openvpn_config: .*:2: unsupported"):
+        ovpn.write_text("client\nfragment 1300\n")
+        Config.from_mapping({"tunnel": [{"name": "site", "openvpn_config": str(ovpn)}]})
+    ovpn.write_text("client\nremote a\n<ca>\nnot pem\n</ca>\n"
+                    "<cert>\nx\n</cert>\n<key>\nk\n</key>\n")
+    with pytest.raises(ConfigError, match=r"tunnel\[0\]\.openvpn_config: ca: not a PEM"):
+        Config.from_mapping({"tunnel": [{"name": "site", "openvpn_config": str(ovpn)}]})
+    with pytest.raises(ConfigError, match=r"tunnel\[0\]\.openvpn_config: .*cannot read"):
+        Config.from_mapping({"tunnel": [{"name": "s", "openvpn_config": "/nonexistent.ovpn"}]})
+
+
+def test_cli_openvpn_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tunconnector.cli import main
+
+    ovpn = tmp_path / "bad.ovpn"
+    ovpn.write_text("client\nremote a\nup /bin/true\n")
+    assert main(["openvpn", "-c", str(ovpn)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.ovpn:3: unsupported directive 'up'" in err
