@@ -17,7 +17,7 @@ import pytest
 from harness import Env
 from netns import tunconnector_cmd, wait_for
 from test_core import pair
-from test_openvpn_static import (  # noqa: F401  (openvpns: a fixture)
+from test_openvpn_static_interop import (  # noqa: F401  (openvpns: a fixture)
     OV_ADDR,
     TC_ADDR,
     enabler_client,
