@@ -327,6 +327,13 @@ class FastPath:
             drops["fragment_bad"] += bad
         return out
 
+    def get_timer(self) -> float | None:
+        """When the oldest partial reassembly expires (the tunnel's timer includes it)."""
+        return self.reasm.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.reasm.handle_timer(now)
+
     def stats(self) -> dict[str, int]:
         r = self.reasm.stats
         return {"super_tx": self.super_tx, "super_rx": self.super_rx,

@@ -874,6 +874,8 @@ class Tunnel(SupervisedDevice):
         deadline = self._candidates.get_timer()  # the oldest unproven connection's
         if deadline is not None:
             times.append(deadline)
+        if (reasm_at := self._fast.get_timer()) is not None:
+            times.append(reasm_at)  # partial reassemblies expire on time, not on traffic
         if not times:
             return
         when = max(min(times), self._loop.time())
@@ -903,6 +905,7 @@ class Tunnel(SupervisedDevice):
         for conn in self._candidates.expired(now):
             self.stats.drops["unproven_timeout"] += 1
             conn.proto.abort()
+        self._fast.handle_timer(now)
         for native in self._natives():
             native.handle_timer(now)
             self.flush_native(native, now)

@@ -204,3 +204,47 @@ def test_receive_run_garbage_counted() -> None:
     r = f.Reassembler()
     assert r.receive_run(b"\x00" * 3000, 1000, 0.0) == []
     assert sum(r.stats.drops.values()) == 3
+
+
+def test_partials_expire_on_the_timer_without_new_fragments() -> None:
+    """59 messages lose their last fragment: the timer alone clears them (fake clock)."""
+    r = f.Reassembler(timeout=1.0)
+    assert r.get_timer() is None
+    for i in range(59):
+        r.receive(frags(bytes([i]) * 5000, 100 + i)[0], 10.0 + i * 0.001)
+    assert r.pending == 59 and r.get_timer() == 11.0  # the oldest's first fragment + 1 s
+    r.handle_timer(10.5)
+    assert r.pending == 59  # not yet
+    r.handle_timer(11.0 + 0.03)  # the first 31 are due
+    assert r.pending == 28 and r.stats.expired == 31
+    assert r.get_timer() == pytest.approx(10.031 + 1.0)
+    r.handle_timer(40.0)  # long after: nothing left, no timer wanted
+    assert r.pending == 0 and r.pending_bytes == 0 and r.stats.expired == 59
+    assert r.get_timer() is None
+
+
+def test_complete_runs_expire_stale_partials() -> None:
+    """A GRO run that completes whole (never reaching receive()) still expires the old."""
+    r = f.Reassembler(timeout=1.0)
+    r.receive(frags(b"x" * 5000, 1)[0], 0.0)
+    msg = random.Random(3).randbytes(20_000)
+    buf, stride, _ = f.split(msg, 2, 1472)
+    assert r.receive_run(buf, stride, 5.0) == [msg]
+    assert r.pending == 0 and r.stats.expired == 1
+
+
+def test_fastpath_timer_is_the_reassembler_timer() -> None:
+    """The tunnel arms its one timer with FastPath.get_timer and calls handle_timer."""
+    import collections
+
+    from tunconnector.config import TunnelConfig
+    from tunconnector.fastpath import FastPath
+
+    fp = FastPath(TunnelConfig(name="t", mode="server", port=1))
+    drops: collections.Counter[str] = collections.Counter()
+    for i in range(5):
+        assert fp.reassemble(frags(b"y" * 4000, i)[0], 3.0, drops) is None
+    assert fp.stats()["reassembly_pending"] == 5 and fp.get_timer() == 4.0
+    fp.handle_timer(4.0)
+    assert fp.stats()["reassembly_pending"] == 0 and fp.stats()["reassembly_expired"] == 5
+    assert fp.get_timer() is None

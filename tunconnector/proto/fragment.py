@@ -245,6 +245,8 @@ class Reassembler:
         n = len(mv)
         out: list[bytes | bytearray] = []
         off = 0
+        if self._pending:
+            self._expire(now)  # complete runs never reach receive(): expire here too
         frag = int(MsgType.FRAGMENT)
         chunk = stride - FRAG_OVERHEAD
         while off < n:
@@ -298,6 +300,9 @@ class Reassembler:
             return None
 
     def handle_timer(self, now: float) -> None:
+        """Drop partial messages older than ``timeout``. The owner must call this at
+        :meth:`get_timer`: fragments alone expire others only when a new message starts,
+        so after a burst of losses the partials would otherwise stay until more arrive."""
         self._expire(now)
 
     def get_timer(self) -> float | None:
