@@ -260,21 +260,30 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
 
 
 def cmd_status(argv: Sequence[str]) -> int:
-    from .status import query_all
+    from .status import DEFAULT_TIMEOUT, query_all
 
     p = argparse.ArgumentParser(prog="tunconnector status",
                                 description="status of every tunnel of every daemon here")
     p.add_argument("--json", action="store_true")
     p.add_argument("--control-dir", default=os.environ.get(ENV_CONTROL_DIR, "/run/tunconnector"))
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="a daemon not answering within this is reported unresponsive "
+                   f"(default {DEFAULT_TIMEOUT:g})")
     args = p.parse_args(argv)
-    replies = query_all(args.control_dir)
+    replies = query_all(args.control_dir, timeout=args.timeout)
+    # a daemon that does not answer (stopped, hung) is named and makes the exit status 1
+    rc = 1 if any(r.get("unresponsive") for r in replies) else 0
     if args.json:
         print(json.dumps(replies, indent=2, default=str))
-        return 0
+        return rc
     if not replies:
         print("no running tunconnector daemon")
         return 0
     for r in replies:
+        if r.get("unresponsive"):
+            print(f"daemon pid {r.get('pid')} ({r.get('socket')}): NOT RESPONDING: "
+                  f"{r.get('error')}")
+            continue
         print(f"daemon pid {r.get('pid')} (v{r.get('version')})")
         for t in r.get("tunnels", []):
             age = t.get("last_rx_age")
@@ -337,7 +346,7 @@ def cmd_status(argv: Sequence[str]) -> int:
                 last = hooks.get("last_error")
                 print(f"  {'':<12} hooks {runs or 'none run'}  failures {hooks.get('failures', 0)}"
                       f"{'' if not last else f' (last: {last})'}")
-    return 0
+    return rc
 
 
 def cmd_mktun(argv: Sequence[str]) -> int:
