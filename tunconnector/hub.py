@@ -704,14 +704,23 @@ class Hub:
         if n not in (INIT_LEN, INIT_LEN + MAC_LEN):
             stats.drops["truncated"] += 1
             return None
+        ck = self.cookies
+        loaded = ck.under_load(now)
+        if loaded and n == INIT_LEN and not ck.may_reply(now):
+            # a flood: no mac2 and no reply budget left; not even a MAC is computed
+            stats.drops["cookie_throttled"] += 1
+            return None
         body = data[:INIT_LEN]
         if not self._mac1_ok(body):
             stats.drops["bad_mac"] += 1
             return None
-        ck = self.cookies
         ck.note_initiation(now)
-        if ck.under_load(now):
+        if loaded or ck.under_load(now):
             if n == INIT_LEN or not ck.check_mac2(data, addr, now):
+                budget_taken = loaded and n == INIT_LEN  # by the check above
+                if not budget_taken and not ck.may_reply(now):
+                    stats.drops["cookie_throttled"] += 1
+                    return None
                 stats.drops["cookie_sent"] += 1
                 if self._udp is not None:
                     sender = int.from_bytes(data[4:8], "big")

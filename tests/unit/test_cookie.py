@@ -109,3 +109,10 @@ def test_assignment_decode_rejects_garbage() -> None:
     many = Assignment("10.0.0.2/24", tuple(f"10.{i // 256}.{i % 256}.0/24"
                                             for i in range(3000)))
     assert len(many.encode()) <= 8192
+
+
+def test_reply_budget() -> None:
+    ck = CookieChecker(reply_rate=10, reply_burst=5)
+    assert sum(ck.may_reply(0.0) for _ in range(20)) == 5
+    assert ck.throttled == 15
+    assert sum(ck.may_reply(1.0) for _ in range(20)) == 5  # refilled (capped at burst)

@@ -66,10 +66,21 @@ class CookieChecker:
     """Responder side: load estimate, cookie generation and ``mac2`` checks."""
 
     __slots__ = ("threshold", "secret_lifetime", "_secret", "_previous", "_rotated",
-                 "_window", "_count", "_loaded_until", "replies", "refused")
+                 "_window", "_count", "_loaded_until", "replies", "refused", "throttled",
+                 "reply_rate", "reply_burst", "_tokens", "_tokens_at", "_aeads")
 
-    def __init__(self, *, threshold: float = 200.0, secret_lifetime: float = 120.0) -> None:
+    def __init__(self, *, threshold: float = 200.0, secret_lifetime: float = 120.0,
+                 reply_rate: float = 2000.0, reply_burst: float = 200.0) -> None:
         self.threshold = threshold
+        #: cookie replies per second at most (each costs a sendto); beyond, initiations
+        #: without a valid mac2 are dropped silently and counted (``throttled``): a real
+        #: initiator retransmits within a second and gets its cookie then
+        self.reply_rate = reply_rate
+        self.reply_burst = reply_burst
+        self._tokens = reply_burst
+        self._tokens_at = 0.0
+        self._aeads: dict[bytes, ChaCha20Poly1305] = {}
+        self.throttled = 0
         self.secret_lifetime = secret_lifetime
         self._secret = secrets.token_bytes(32)
         self._previous: bytes | None = None
@@ -121,16 +132,33 @@ class CookieChecker:
         self.refused += 1
         return False
 
+    def may_reply(self, now: float) -> bool:
+        """Whether the reply budget allows one more cookie reply now."""
+        self._tokens = min(self.reply_burst,
+                           self._tokens + (now - self._tokens_at) * self.reply_rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self.throttled += 1
+            return False
+        self._tokens -= 1.0
+        return True
+
     def make_reply(self, sender_index: int, mac1: bytes, source: Hashable, now: float,
                    key: bytes) -> bytes:
         """The COOKIE_REPLY for an initiation (its sender index and its ``mac1``)."""
         nonce = secrets.token_bytes(NONCE_LEN)
-        sealed = ChaCha20Poly1305(key).encrypt(nonce, self.cookie(source, now), bytes(mac1))
+        aead = self._aeads.get(key)
+        if aead is None:
+            if len(self._aeads) > 64:
+                self._aeads.clear()
+            aead = self._aeads[key] = ChaCha20Poly1305(key)
+        sealed = aead.encrypt(nonce, self.cookie(source, now), bytes(mac1))
         self.replies += 1
         return HEADER.pack(VERSION, MsgType.COOKIE_REPLY, 0, 0, sender_index, 0) + nonce + sealed
 
     def stats(self) -> dict[str, int]:
-        return {"cookie_replies": self.replies, "mac2_refused": self.refused}
+        return {"cookie_replies": self.replies, "mac2_refused": self.refused,
+                "cookie_throttled": self.throttled}
 
 
 class CookieJar:

@@ -664,6 +664,9 @@ class SecureChannel:
             cookies.note_initiation(now)
             if cookies.under_load(now):
                 if body is msg or not cookies.check_mac2(msg, source, now):
+                    if not cookies.may_reply(now):
+                        self.drops["cookie_throttled"] += 1
+                        return
                     self.drops["cookie_sent"] += 1
                     self.cookie_out.append((cookies.make_reply(
                         header.session, bytes(body[-MAC_LEN:]), source, now,

@@ -1,0 +1,82 @@
+"""Flood a native responder with valid-mac1 handshake initiations from unknown keys.
+
+    python initflood.py HOST PORT RESPONDER_PUBLIC_KEY TOTAL [DISTINCT] [SOURCES]
+
+Builds DISTINCT initiations (IKpsk2 first messages from random static keys, each with a
+valid mac1: only the responder's public key is needed for that), then sends TOTAL
+datagrams cycling through them from SOURCES sockets (source ports) as fast as it can.
+Every one of them costs a responder without cookies a Diffie-Hellman: the key is only
+known after the DH. Prints one JSON line: sent, seconds, cookie replies received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import select
+import socket
+import sys
+import time
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from tunconnector.keys import decode_key
+from tunconnector.proto.framing import HEADER, VERSION, MsgType
+from tunconnector.proto.noise import HandshakeState
+from tunconnector.proto.secure import _INIT_PAYLOAD, PROLOGUE, _mac_key
+
+
+def main() -> int:
+    host, port, pub = sys.argv[1], int(sys.argv[2]), decode_key(sys.argv[3])
+    total = int(sys.argv[4])
+    distinct = int(sys.argv[5]) if len(sys.argv) > 5 else 500
+    sources = int(sys.argv[6]) if len(sys.argv) > 6 else 20
+    mac_key = _mac_key(pub, bytes(32))
+    statics = [X25519PrivateKey.generate() for _ in range(max(1, distinct // 10))]
+    msgs = []
+    for i in range(distinct):
+        hs = HandshakeState("IKpsk2", initiator=True, prologue=PROLOGUE,
+                            static=statics[i % len(statics)], remote_static=pub,
+                            psk=bytes(32))
+        body = hs.write_message(_INIT_PAYLOAD.pack(time.time_ns() + i, 1, 1))
+        data = HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, i + 1, 0) + body
+        msgs.append(data + hashlib.blake2s(data, key=mac_key, digest_size=16).digest())
+    socks = []
+    for _ in range(sources):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((host, port))
+        socks.append(s)
+    print(json.dumps({"ready": True}), flush=True)
+    cookies = 0
+    start = time.monotonic()
+    sent = 0
+    while sent < total:
+        s = socks[sent % sources]
+        try:
+            s.send(msgs[sent % distinct])
+            sent += 1
+        except BlockingIOError:
+            select.select([], [s], [], 0.01)
+        if sent % 200 == 0:
+            for r in socks:
+                try:
+                    while r.recv(2048):
+                        cookies += 1
+                except (BlockingIOError, ConnectionRefusedError):
+                    pass
+    seconds = time.monotonic() - start
+    time.sleep(0.5)
+    for r in socks:
+        try:
+            while r.recv(2048):
+                cookies += 1
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+    print(json.dumps({"sent": sent, "seconds": round(seconds, 3), "cookie_replies": cookies}),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
