@@ -144,7 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-scale", action="store_true", help="skip the memory/idle-CPU test")
     ap.add_argument("--scale-tunnels", type=int, default=100)
     ap.add_argument("--list", action="store_true", help="list peer names and exit")
+    ap.add_argument("--hub", type=int, default=None, metavar="N",
+                    help="hub bench instead: one hub, N peers; prints one JSON line")
+    ap.add_argument("--hub-idle", type=float, default=30.0, metavar="S",
+                    help="hub bench: seconds of idle CPU measurement (default 30)")
+    ap.add_argument("--hub-storm", type=float, default=10.0, metavar="S",
+                    help="hub bench: seconds of back-to-back rekeys (default 10)")
+    ap.add_argument("--hub-no-gbps", action="store_true",
+                    help="hub bench: skip the ten real clients running iperf3")
     args = ap.parse_args(argv)
+    if args.hub is not None:
+        from . import hub
+
+        os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        return hub.main(args.hub, storm=args.hub_storm, idle=args.hub_idle,
+                        gbps=not args.hub_no_gbps)
 
     peers = all_peers()
     pats = [p.strip() for p in args.peers.split(",") if p.strip()]
