@@ -202,6 +202,7 @@ def run(n: int, *, storm: float = 10.0, idle: float = 30.0, gbps: bool = True) -
                 result["handshakes_per_hub_cpu_s"] = round((hs1 - hs0) / ((cpu1 - cpu0) / hz), 1)
             result["cookie_replies"] = st.get("cookies", {}).get("cookie_replies")
             result["peers_up_after_storm"] = st.get("peers_up")
+            result["hub_drops"] = st.get("drops")
             if gbps:
                 try:
                     result["gbps_10_active"] = _gbps(hub_ns, client_ns, made, wd, hub_pub,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -78,6 +79,8 @@ log = logging.getLogger("tunconnector.hub")
 #: header || e || enc(s) || enc(payload) || mac1  (IKpsk2 first message)
 INIT_LEN = HEADER_LEN + 32 + (32 + 16) + _INIT_PAYLOAD.size + 16 + MAC_LEN
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
+#: frames a peer's channel holds while its session renews (bounded memory per peer)
+PEER_QUEUE = 16
 
 Listener = Callable[[Any, State, State], None]
 
@@ -447,9 +450,8 @@ class Hub:
         """Make the peers exactly ``table``: add, remove, change; unchanged ones keep
         their sessions. Returns the names by outcome."""
         table = list(table)
-        if len(table) > self.config.max_peers:
-            raise ConfigError(f"{self.name}: {len(table)} peers exceed max_peers "
-                              f"{self.config.max_peers}")
+        if not initial:  # the same checks as the config file's (names, keys, addresses)
+            dataclasses.replace(self.config, peer=table).validate_hub(self.name)
         new = {p.name: p for p in table}
         result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [],
                                         "unchanged": []}
@@ -617,6 +619,7 @@ class Hub:
                 cipher=cfg.cipher, rekey_after_time=cfg.rekey_after_time,
                 rekey_after_bytes=cfg.rekey_after_bytes, stale_after=cfg.keepalive + 5.0,
                 clock_offset=self._clock_offset, guard=HandshakeGuard(),
+                queue_limit=PEER_QUEUE,
             )
             if p.assignment is not None:
                 p.secure.response_extra = p.assignment.encode()
@@ -870,7 +873,7 @@ class Hub:
 
     def _send_to_peer(self, q: HubPeer, frames: list[Any], now: float) -> None:
         native = q.native
-        if native is None or q.addr is None or self._udp is None:
+        if native is None or q.addr is None or self._udp is None or not q.up:
             q.stats.drops["peer_down"] += len(frames)
             return
         q.stats.tx_packets += len(frames)
