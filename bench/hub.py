@@ -16,7 +16,10 @@ Measured:
   completed, for ``--storm`` seconds; the hub's completed handshakes per second;
 - ``idle_cpu_percent``: the hub's CPU (user + system, % of one core) over 30 s with
   every peer up and keepalives running;
-- ``gbps_10_active``: aggregate iperf3 TCP throughput of the ten real clients.
+- ``gbps_10_active``: aggregate iperf3 TCP throughput of the ten real clients;
+- ``hub_cpu_ms_per_handshake``, ``handshakes_per_core_s``: the hub's side of a
+  handshake timed in-process (CPU time, no sockets): what one core sustains when the
+  clients are not the bottleneck (in the storm they are: they share this machine).
 """
 
 from __future__ import annotations
@@ -230,6 +233,9 @@ def run(n: int, *, storm: float = 10.0, idle: float = 30.0, gbps: bool = True) -
                     except (ProcessLookupError, ValueError):
                         pass
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if os.environ.get("BENCH_HUB_KEEP_LOG"):
+            import shutil
+            shutil.copy(wd / "hub.log", os.environ["BENCH_HUB_KEEP_LOG"])
     return result
 
 
@@ -284,6 +290,42 @@ def _gbps(hub_ns: str, client_ns: list[str], made: list[str], wd: Path, hub_pub:
     return round(total / 1e9, 3)
 
 
+def responder_cpu(n: int = 300) -> float:
+    """CPU seconds the hub's side of one handshake costs (read the initiation, answer,
+    take the confirmation), measured in this process without sockets: what one core
+    sustains is its inverse, whatever else the machine runs."""
+    from tunconnector.keys import decode_key
+    from tunconnector.proto.framing import parse_header
+    from tunconnector.proto.secure import SecureChannel
+
+    spriv, spub = generate_keypair()
+    pairs = []
+    for _ in range(n):
+        cpriv, cpub = generate_keypair()
+        pairs.append((
+            SecureChannel(initiator=True, private_key=decode_key(cpriv),
+                          peer_public_key=decode_key(spub)),
+            SecureChannel(initiator=False, private_key=decode_key(spriv),
+                          peer_public_key=decode_key(cpub))))
+    spent = 0.0
+    for i, (c, s) in enumerate(pairs):
+        now = 1.0 + i
+        c.start(now)
+        for m in c.datagrams_to_send():
+            t = time.process_time()
+            s.open(m, parse_header(m), now, source="c")
+            spent += time.process_time() - t
+        for m in s.datagrams_to_send():
+            c.open(m, parse_header(m), now, source="s")
+        for m in c.datagrams_to_send():
+            t = time.process_time()
+            s.open(m, parse_header(m), now, source="c")
+            spent += time.process_time() - t
+    if not all(s.established for _, s in pairs):
+        raise RuntimeError("in-process handshakes failed")
+    return spent / n
+
+
 def main(n: int, *, storm: float = 10.0, idle: float = 30.0, gbps: bool = True) -> int:
     if os.geteuid() != 0:
         print("bench --hub: needs root (network namespaces, TUN devices)", file=sys.stderr)
@@ -291,6 +333,9 @@ def main(n: int, *, storm: float = 10.0, idle: float = 30.0, gbps: bool = True) 
     machine = {"cpu_count": os.cpu_count(), "loadavg_at_start": round(os.getloadavg()[0], 2),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     res = run(n, storm=storm, idle=idle, gbps=gbps)
+    per = responder_cpu()
+    res["hub_cpu_ms_per_handshake"] = round(per * 1e3, 3)
+    res["handshakes_per_core_s"] = round(1.0 / per, 1)
     res["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps({**res, **machine}), flush=True)
     return 0

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
+import time
 from typing import Any
 
 from tunconnector.keys import decode_key
@@ -99,6 +101,19 @@ async def run(argv: list[str]) -> int:
         c.start()
         await asyncio.sleep(0)
     print(json.dumps({"started": len(clients)}), flush=True)
+    if os.environ.get("HUBCLIENTS_DEBUG"):
+        async def report() -> None:
+            import collections
+            while True:
+                await asyncio.sleep(5)
+                drops: collections.Counter[str] = collections.Counter()
+                for c in clients:
+                    drops.update(c.secure.drops)
+                    drops.update(c.native.drops)
+                up = sum(1 for c in clients if c.secure.established)
+                print(f"{time.strftime('%H:%M:%S')} first={first} established={up} "
+                      f"drops={dict(drops)}", file=sys.stderr, flush=True)
+        loop.create_task(report())
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:

@@ -116,3 +116,15 @@ def test_reply_budget() -> None:
     assert sum(ck.may_reply(0.0) for _ in range(20)) == 5
     assert ck.throttled == 15
     assert sum(ck.may_reply(1.0) for _ in range(20)) == 5  # refilled (capped at burst)
+
+
+def test_late_response_to_the_previous_initiation_is_taken() -> None:
+    c, s = pair(None)
+    c.start(0.0)
+    first = c.datagrams_to_send()
+    c.handle_timer(1.5)  # retransmits: a new initiation, a new index
+    second = c.datagrams_to_send()
+    assert len(second) == 1 and second[0][4:8] != first[0][4:8]
+    to(s, first, 1.6)  # the responder was slow: it answers the first one
+    to(c, s.datagrams_to_send(), 1.7)
+    assert c.established and c.drops["stale_response"] == 0

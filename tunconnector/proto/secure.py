@@ -160,12 +160,13 @@ class HandshakeGuard:
 class _Pending:
     """An initiation we sent and wait a response for."""
 
-    __slots__ = ("index", "hs", "sent")
+    __slots__ = ("index", "hs", "sent", "mac1")
 
-    def __init__(self, index: int, hs: HandshakeState, sent: float) -> None:
+    def __init__(self, index: int, hs: HandshakeState, sent: float, mac1: bytes = b"") -> None:
         self.index = index
         self.hs = hs
         self.sent = sent
+        self.mac1 = mac1
 
     def __repr__(self) -> str:
         return f"_Pending(index={self.index:#010x})"
@@ -252,6 +253,10 @@ class SecureChannel:
         self.next: Keypair | None = None
         self._by_index: dict[int, Keypair] = {}
         self._pending: _Pending | None = None
+        #: the initiation before the pending one: its response is still taken when it
+        #: arrives after our retransmission (a slow responder, a loaded machine), so a
+        #: retransmission never turns a good response into a stale one
+        self._previous_pending: _Pending | None = None
         self._attempts = 0
         self._retransmit_at: float | None = None
         self._wakeup_at: float | None = None
@@ -557,8 +562,8 @@ class SecureChannel:
     def _new_index(self) -> int:
         while True:
             idx = secrets.randbits(32)
-            if idx and idx not in self._by_index and (
-                self._pending is None or self._pending.index != idx
+            if idx and idx not in self._by_index and all(
+                p is None or p.index != idx for p in (self._pending, self._previous_pending)
             ):
                 return idx
 
@@ -592,7 +597,8 @@ class SecureChannel:
         msg = self._initiation_with_macs(
             HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, index, 0) + body, now
         )
-        self._pending = _Pending(index, hs, now)
+        self._previous_pending = self._pending
+        self._pending = _Pending(index, hs, now, self._last_mac1)
         delay = min(self.rekey_timeout * (2 ** self._attempts), self.max_retransmit)
         self._retransmit_at = now + delay
         self._out.append(msg)
@@ -608,7 +614,7 @@ class SecureChannel:
             )
         if not self.initiator and self._sendable(now) is None:
             # a server only re-initiates while it still has a live session to the peer
-            self._pending = None
+            self._pending = self._previous_pending = None
             self._retransmit_at = None
             return
         self._send_initiation(now)
@@ -717,7 +723,7 @@ class SecureChannel:
             if mine > theirs:  # crossed initiations: ours wins, the peer will answer it
                 self.drops["crossed_initiation"] += 1
                 return
-            self._pending = None
+            self._pending = self._previous_pending = None
             self._retransmit_at = None
             # if the peer never confirms the keypair we answer with, try again ourselves
             self._wakeup_at = now + self.max_retransmit
@@ -743,11 +749,11 @@ class SecureChannel:
 
     def _on_cookie_reply(self, msg: memoryview, now: float) -> None:
         """A responder under load asks for mac2: take the cookie, initiate again now."""
-        pending = self._pending
-        if len(msg) != REPLY_LEN or pending is None or reply_session(msg) != pending.index:
+        pending = self._matching_pending(reply_session(msg)) if len(msg) == REPLY_LEN else None
+        if pending is None:
             self.drops["stale_cookie"] += 1
             return
-        if not self._jar.consume(msg, self._last_mac1, self._cookie_key_out, now):
+        if not self._jar.consume(msg, pending.mac1, self._cookie_key_out, now):
             self.drops["bad_cookie"] += 1
             return
         if not self._last_had_mac2:  # one retry per cookie: no loop with a broken peer
@@ -756,9 +762,14 @@ class SecureChannel:
     def local_indices(self) -> list[int]:
         """Session indices that address this channel (a hub maps them to the peer)."""
         out = list(self._by_index)
-        if self._pending is not None:
-            out.append(self._pending.index)
+        out += [p.index for p in (self._pending, self._previous_pending) if p is not None]
         return out
+
+    def _matching_pending(self, index: int) -> _Pending | None:
+        for p in (self._pending, self._previous_pending):
+            if p is not None and p.index == index:
+                return p
+        return None
 
     def _on_response(
         self, msg: memoryview, header: Header, now: float, source: Hashable
@@ -766,8 +777,8 @@ class SecureChannel:
         if not self._resp_len <= len(msg) <= self._resp_len + MAX_RESPONSE_EXTRA:
             self.drops["truncated"] += 1
             return
-        pending = self._pending
-        if pending is None or pending.index != header.session:
+        pending = self._matching_pending(header.session)
+        if pending is None:
             self.drops["stale_response"] += 1
             return
         if not self._mac_ok(msg):
@@ -796,7 +807,7 @@ class SecureChannel:
             local_index=pending.index, remote_index=remote_index, send_key=k_init_to_resp,
             recv_key=k_resp_to_init, initiator=True, created=now, cipher=self.cipher,
         )
-        self._pending = None
+        self._pending = self._previous_pending = None
         self._retransmit_at = None
         self._attempts = 0
         had_session = self.current is not None
