@@ -97,7 +97,8 @@ class HubLab:
 def query(d: Daemon) -> dict[str, Any] | None:
     """The daemon's (first) tunnel status; a generous timeout: the CLI starts slowly on
     a loaded machine."""
-    res = subprocess.run(cli("status", "--json", "--control-dir", str(d.ctl)),
+    res = subprocess.run(cli("status", "--json", "--timeout", "20", "--control-dir",
+                             str(d.ctl)),
                          capture_output=True, text=True, timeout=60)
     try:
         replies = json.loads(res.stdout or "[]")
