@@ -67,7 +67,9 @@ class ControlServer:
             with contextlib.suppress(Exception):  # the socket file goes only once unused
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
+        # after a privilege drop the directory may still be root's (no CAP_CHOWN, as in a
+        # container with --cap-drop ALL): the socket stays, and query_all() removes it later
+        with contextlib.suppress(OSError):
             self.path.unlink()
 
 
