@@ -234,14 +234,28 @@ class Node:
         if hooks is not None:
             hooks.fire(event, self.hook_env(tunnel))
 
-    def hook_env(self, tunnel: Any) -> dict[str, str]:
+    def peer_hook(self, tunnel: str, event: str, *, name: str | None = None,
+                  endpoint: str | None = None, remote_address: str | None = None) -> bool:
+        """Fire a hub's ``peer_up``/``peer_down`` hook for one peer of ``tunnel``.
+
+        The environment is the tunnel's (device, local address) plus the peer's name,
+        underlay endpoint (``host:port``) and tunnel address. False when no hook is set.
+        """
+        hooks = self.hooks.get(tunnel)
+        if hooks is None:
+            return False
+        env = self.hook_env(self.tunnel(tunnel), with_peer=False)
+        env.update(peer_env(name=name, endpoint=endpoint, remote_address=remote_address))
+        return hooks.fire(event, env)
+
+    def hook_env(self, tunnel: Any, *, with_peer: bool = True) -> dict[str, str]:
         """What a point-to-point tunnel's hook learns: names, device, addresses, peer."""
         cfg = tunnel.config
         local = cfg.address[0] if cfg.address else None
         remote = None
-        if cfg.health is not None and cfg.health.target:
+        if with_peer and cfg.health is not None and cfg.health.target:
             remote = cfg.health.target
-        elif local is not None:
+        elif with_peer and local is not None:
             from .health import default_target
 
             with contextlib.suppress(TunconnectorError):
@@ -251,7 +265,7 @@ class Node:
                          if local else None,
                          remote_address=remote, mtu=getattr(tunnel, "mtu", None),
                          dev_type=cfg.dev_type)
-        peer = getattr(tunnel, "peer", None)
+        peer = getattr(tunnel, "peer", None) if with_peer else None
         if peer:
             env.update(peer_env(endpoint=_fmt_endpoint(peer)))
         return env

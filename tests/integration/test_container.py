@@ -39,7 +39,8 @@ def podman_env() -> dict[str, str]:
     return dict(os.environ, CONTAINERS_CONF=str(CACHE / "containers.conf"))
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def podman(*args: str, check: bool = True,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
                          env=podman_env())
     if check and res.returncode != 0:

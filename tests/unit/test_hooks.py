@@ -139,3 +139,27 @@ def test_config_hooks_rejects(hooks: object, where: str | None) -> None:
     with pytest.raises(ConfigError) as exc:
         Config.from_mapping(_cfg(hooks))
     assert str(exc.value).startswith(where), str(exc.value)
+
+
+async def test_node_peer_hook(tmp_path: Path) -> None:
+    """What hub code calls: the tunnel's facts plus the peer's, through the Node."""
+    from tunconnector.node import Node
+
+    node = Node({"tunnel": [{
+        "name": "hub", "device": "tchub0", "address": "10.9.0.1/24",
+        "hooks": {"peer_up": [sys.executable, "-c", RECORD, str(tmp_path)]},
+    }]})
+    try:
+        assert node.peer_hook("hub", "peer_up", name="alice", endpoint="192.0.2.9:1194",
+                              remote_address="10.9.0.7")
+        assert not node.peer_hook("hub", "peer_down", name="alice")  # none configured
+        assert await node.hooks["hub"].wait_idle(30)
+    finally:
+        node.netlink.close()
+    e = json.loads((tmp_path / "peer_up.json").read_text())["env"]
+    assert e["TUNCONNECTOR_DEVICE"] == "tchub0"
+    assert e["TUNCONNECTOR_LOCAL_ADDRESS"] == "10.9.0.1/24"
+    assert e["TUNCONNECTOR_PEER_NAME"] == "alice" and e["common_name"] == "alice"
+    assert e["TUNCONNECTOR_PEER"] == "192.0.2.9:1194"
+    assert e["TUNCONNECTOR_REMOTE_ADDRESS"] == "10.9.0.7"
+    assert node.status()[0]["hooks"]["peer_up"] == {"runs": 1, "ok": 1}
