@@ -70,7 +70,7 @@ async def test_hanging_hook_is_killed_at_timeout(tmp_path: Path) -> None:
     hang = ("import os, subprocess, sys, time; "
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
             "open(sys.argv[1], 'w').write(f'{os.getpid()} {c.pid}'); time.sleep(600)")
-    hooks = Hooks(HooksConfig(down=[sys.executable, "-c", hang, str(pids)], timeout=1.5),
+    hooks = Hooks(HooksConfig(down=[sys.executable, "-c", hang, str(pids)], timeout=4),
                   tunnel="t")
     hooks.fire("down", {})
     assert await hooks.wait_idle(30)
