@@ -29,7 +29,8 @@ import pytest
 from harness import Env, to_toml
 from netns import ROOT, Host, free_port
 
-pytestmark = [pytest.mark.container, pytest.mark.slow]
+# the first test's set-up builds the image: on a fresh machine that includes debootstrap
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CACHE = Path(os.environ.get("TUNCONNECTOR_CONTAINER_CACHE", "/var/cache/tunconnector"))
 CAPS = ["--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"]
@@ -59,11 +60,18 @@ def image() -> Iterator[str]:
     tag = f"localhost/tunconnector-test:{secrets.token_hex(3)}"
     env = dict(os.environ, TUNCONNECTOR_CONTAINER_CACHE=str(CACHE), PYTHON=sys.executable)
     t0 = time.monotonic()
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "container.sh"), tag],
-                         capture_output=True, text=True, timeout=1500, env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "container.sh"), tag],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=1700)
+    except BaseException:  # timeout or interrupt: no debootstrap left running
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    assert proc.returncode == 0, out + err
     # the script's own timing line, and ours, for the CI log (pytest -rA / on failure)
-    print(res.stderr.strip().splitlines()[-1], f"(fixture {time.monotonic() - t0:.0f}s)")
+    print(err.strip().splitlines()[-1], f"(fixture {time.monotonic() - t0:.0f}s)")
     try:
         yield tag
     finally:
