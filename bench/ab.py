@@ -4,11 +4,11 @@
                        [--peers tc-tun-udp-aead,tc-tun-tcp-plain,...]
 
 Why alternate: on a shared machine the load moves by more than the difference between two
-builds; running A, B, A, B (each peer started, one iperf3 stream for ``--seconds``,
-stopped) puts both builds under the same load. Each checkout runs its own code (its
-``.venv/bin/tunconnector`` with ``PYTHONPATH`` at the checkout). Reported per peer and
-build: Gbit/s and Gbit per CPU-second of the two tunnel processes (mean of the rounds),
-and B/A for both.
+builds; running A, B, A, B (per peer and round: A's tunnel started, one iperf3 stream
+for ``--seconds``, stopped, then B's) puts both builds under the same load. Each
+checkout runs its own code (its ``.venv/bin/tunconnector`` with ``PYTHONPATH`` at the
+checkout). Reported per peer and build: Gbit/s and Gbit per CPU-second of the two
+tunnel processes (mean of the rounds), and B/A for both.
 """
 
 from __future__ import annotations
@@ -35,9 +35,16 @@ def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfSer
     os.environ["PYTHONPATH"] = str(build)
     peer.start(topo, index, workdir)
     try:
-        c0 = measure.cpu_seconds(peer.pids)
-        gbps = measure.tcp_gbps(topo, server, peer.target, 1, seconds)
-        cpu = measure.cpu_seconds(peer.pids) - c0
+        for attempt in range(3):  # iperf3 now and then refuses a test ("server is busy")
+            c0 = measure.cpu_seconds(peer.pids)
+            try:
+                gbps = measure.tcp_gbps(topo, server, peer.target, 1, seconds)
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                continue
+            cpu = measure.cpu_seconds(peer.pids) - c0
+            break
     finally:
         peer.stop(topo)
     return {"gbps": gbps, "cpu_s": cpu, "gbit_per_cpu_s": gbps * seconds / cpu if cpu else 0.0}
@@ -68,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             index = 0
             for rnd in range(args.rounds):
-                for label, build in (("A", args.a), ("B", args.b)):
-                    for name in wanted:
+                for name in wanted:  # per peer A then B: each pair under the same load
+                    for label, build in (("A", args.a), ("B", args.b)):
                         index += 1
                         row = _one(by_name[name], build, topo, server, index, Path(tmp),
                                    args.seconds)
