@@ -28,6 +28,7 @@ from .. import __version__
 from ..config import ApiConfig, PeerConfig, build
 from ..errors import ConfigError, TunconnectorError
 from ..metrics import NodeCollector, make_registry, render
+from . import guard
 from .auth import Authenticator, make_authenticator
 
 log = logging.getLogger(__name__)
@@ -394,4 +395,6 @@ def create_app(
         enabler = importlib.import_module(f"{__package__}.enabler")
         app.include_router(enabler.build_router(node, auth))
 
+    # credentials before bodies, a body limit, 422s without the input (see guard.py)
+    guard.install(app, auth)
     return app

@@ -35,6 +35,8 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 REALM = "tunconnector"
+#: where the request guard (guard.py) leaves the principal it authenticated
+PRINCIPAL_KEY = "tunconnector.principal"
 CHALLENGE = f'Basic realm="{REALM}", Bearer realm="{REALM}"'
 
 
@@ -142,12 +144,6 @@ basic_scheme = _Scheme(HTTPBase(scheme="basic"), "basicAuth")
 bearer_scheme = _Scheme(HTTPBearer(), "bearerAuth")
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": CHALLENGE}
-    )
-
-
 class Authenticator:
     """Checks a request's ``Authorization`` header; use :meth:`dependency` in routes."""
 
@@ -180,26 +176,42 @@ class Authenticator:
                 return user
         return None
 
-    async def __call__(self, request: Request) -> str:
-        client = request.client.host if request.client else "unknown"
+    def verdict(self, client: str, header: str | None,
+                path: str) -> str | tuple[int, str, dict[str, str]]:
+        """The principal, or the refusal ``(status, detail, headers)``; counts either.
+
+        Used by the request guard on headers alone (before any body is read) and by the
+        route dependency for anything the guard did not see."""
         wait = self.limiter.retry_after(client)
         if wait > 0:
             self.limiter.throttled()
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                detail="too many failed authentication attempts",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
+            return (status.HTTP_429_TOO_MANY_REQUESTS,
+                    "too many failed authentication attempts",
+                    {"Retry-After": str(int(wait) + 1)})
         if not self.creds.configured:
             self.limiter.failed(client)
-            raise _unauthorized("API credentials are not configured: the API is read-only")
-        principal = self.check_header(request.headers.get("authorization"))
+            return (status.HTTP_401_UNAUTHORIZED,
+                    "API credentials are not configured: the API is read-only",
+                    {"WWW-Authenticate": CHALLENGE})
+        principal = self.check_header(header)
         if principal is None:
             self.limiter.failed(client)
-            log.warning("API: failed authentication from %s for %s", client, request.url.path)
-            raise _unauthorized("invalid or missing credentials")
+            log.warning("API: failed authentication from %s for %s", client, path[:200])
+            return (status.HTTP_401_UNAUTHORIZED, "invalid or missing credentials",
+                    {"WWW-Authenticate": CHALLENGE})
         self.successes_total += 1
         return principal
+
+    async def __call__(self, request: Request) -> str:
+        checked = request.scope.get(PRINCIPAL_KEY)
+        if isinstance(checked, str):  # the guard authenticated this request already
+            return checked
+        client = request.client.host if request.client else "unknown"
+        verdict = self.verdict(client, request.headers.get("authorization"), request.url.path)
+        if isinstance(verdict, tuple):
+            code, detail, headers = verdict
+            raise HTTPException(code, detail=detail, headers=headers)
+        return verdict
 
     def dependencies(self) -> list[Any]:
         """Route dependencies: the two schemes (for OpenAPI) and the check itself."""
