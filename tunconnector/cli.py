@@ -41,6 +41,9 @@ def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="default: native (simpletun is TCP only, raw UDP only; openvpn: "
                    "OpenVPN static-key mode, needs --openvpn-secret)")
+    p.add_argument("--packet-info", action="store_true", default=None,
+                   help="raw framing: a 4-byte packet-information header before every "
+                   "frame (socat's TUN without iff-no-pi)")
     p.add_argument("--mtu", type=int, default=None)
     p.add_argument("--keepalive", type=float, default=10.0, metavar="S")
     p.add_argument("--dead-after", type=float, default=60.0, metavar="S")
@@ -127,7 +130,8 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
                      ("openvpn_secret", args.openvpn_secret),
                      ("key_direction", args.key_direction),
                      ("openvpn_cipher", args.openvpn_cipher),
-                     ("openvpn_auth", args.openvpn_auth)):
+                     ("openvpn_auth", args.openvpn_auth),
+                     ("packet_info", args.packet_info)):
         if val is not None:
             common[key] = val
     tunnels: list[dict[str, Any]] = []

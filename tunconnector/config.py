@@ -178,6 +178,9 @@ class TunnelConfig:
     remote_port: int = DEFAULT_PORT
     proto: Literal["udp", "tcp"] = "udp"
     framing: Literal["native", "raw", "simpletun", "openvpn"] = "native"
+    # raw only: a 4-byte packet-information header before every frame on the wire, as
+    # a TUN/TAP device opened without IFF_NO_PI gives (socat's TUN without iff-no-pi)
+    packet_info: bool = False
     mtu: int | None = None
     keepalive: float = 10.0
     dead_after: float = 60.0
@@ -301,6 +304,8 @@ class TunnelConfig:
             raise ConfigError(f"{where}.remote: empty")
         if self.framing == "raw" and self.proto != "udp":
             raise ConfigError(f"{where}.framing: 'raw' works on UDP only (one frame per datagram)")
+        if self.packet_info and self.framing != "raw":
+            raise ConfigError(f"{where}.packet_info: only with framing = 'raw'")
         if self.framing == "simpletun" and self.proto != "tcp":
             raise ConfigError(f"{where}.framing: 'simpletun' works on TCP only (length-prefixed)")
         if self.gso_max_size is not None and not 1500 <= self.gso_max_size <= 65536:

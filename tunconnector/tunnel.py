@@ -35,14 +35,17 @@ from .proto.admission import Admission
 from .proto.backoff import Backoff
 from .proto.framing import (
     HEADER_LEN,
+    PACKET_INFO_LEN,
     SIMPLETUN_PREFIX,
     TAG_LEN,
     TCP_NATIVE_PREFIX,
     MsgType,
     NativeStreamDecoder,
     SimpletunDecoder,
+    add_packet_info,
     native_stream,
     simpletun_stream,
+    strip_packet_info,
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
@@ -85,7 +88,7 @@ def overhead(cfg: TunnelConfig, ipv6: bool) -> int:
     ip = 40 if ipv6 else 20
     l4 = 8 if cfg.proto == "udp" else 20
     if cfg.framing == "raw":
-        extra = 0
+        extra = PACKET_INFO_LEN if cfg.packet_info else 0
     elif cfg.framing == "simpletun":
         extra = SIMPLETUN_PREFIX.size
     else:
@@ -144,6 +147,7 @@ class Tunnel(SupervisedDevice):
         self.device_name: str | None = config.device
         self.mtu = derive_mtu(config)
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
+        self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
         self.error: str | None = None
         self.since = time.time()
@@ -435,7 +439,8 @@ class Tunnel(SupervisedDevice):
             self.peer = self._remote
         if cfg.framing == "native":
             self._native = self._make_native()
-        self._express = Express(self)
+        # packet info is added and removed on the batch path only
+        self._express = Express(self, enabled=False if self._packet_info else None)
         self._udp.start(self.on_udp_batch,
                         reader=self._express.on_udp_readable if self._express.enabled else None)
         self._device_reader(True)
@@ -553,6 +558,9 @@ class Tunnel(SupervisedDevice):
                 stats.drops["no_peer"] += len(frames)
                 return
             if self._native is None:
+                if self._packet_info:
+                    tap = cfg.dev_type == "tap"
+                    frames = [add_packet_info(f, tap) for f in frames]
                 udp.send_batch(frames, peer)  # equal-size runs: one UDP GSO sendmsg
             else:
                 now = self._loop.time()
@@ -604,6 +612,12 @@ class Tunnel(SupervisedDevice):
                 data = inner  # type: ignore[assignment]  # bytearray: no 64 KiB copy
             addr = normalize(raw_addr)
             if native is None:
+                if self._packet_info:
+                    try:
+                        data = strip_packet_info(data)
+                    except RemoteProtocolError as exc:
+                        stats.drops[exc.reason] += 1
+                        continue
                 if server:
                     if addr != self.peer:
                         self._float(addr, "first datagram" if self.peer is None else "new source")

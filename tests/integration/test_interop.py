@@ -38,6 +38,38 @@ def test_raw_udp_against_socat_tun(env: Env) -> None:
         socat.wait(5)
 
 
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_raw_packet_info_against_socat_default_tun(env: Env) -> None:
+    """socat's TUN without iff-no-pi: 4 bytes of packet information before every frame,
+    both ways; ``packet_info = true`` adds and strips them."""
+    tc = env.config_daemon(env.a, [{
+        "name": "rawpi", "mode": "server", "framing": "raw", "packet_info": True,
+        "device": "tcpi0", "port": 55556, "address": "10.68.0.1/24", "mtu": 1400}], "tc")
+    tc.wait_ready()
+    socat = env.b.popen(
+        "socat", "-d", "-d",
+        f"UDP:{env.lab.a_addrs[0]}:55556,sourceport=55601",
+        "TUN:10.68.0.2/24,tun-type=tun,iff-up,tun-name=socatpi0",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(lambda: env.b.run("ip", "link", "show", "socatpi0",
+                                          check=False).returncode == 0, 10)
+        env.b.run("ip", "link", "set", "socatpi0", "mtu", "1400")
+        # socat speaks first (the raw server learns its peer from the first datagram)
+        assert env.b.ping("10.68.0.1", count=5, interval=0.1)[1] >= 4
+        assert env.a.ping("10.68.0.2", count=5, interval=0.1) == (5, 5)
+        want, have, _ = env.transfer(env.b, env.a, "10.68.0.1", nbytes=4 << 20)
+        assert want == have
+        want, have, _ = env.transfer(env.a, env.b, "10.68.0.2", nbytes=4 << 20, port=5202)
+        assert want == have
+        t = tc.tunnel("rawpi")
+        assert t is not None and not t["drops"].get("truncated"), t
+    finally:
+        socat.terminate()
+        socat.wait(5)
+
+
 def test_mktun_rmtun_and_attach(env: Env) -> None:
     made = env.a.run(*tunconnector_cmd("mktun", "--dev", "tcp0", "--dev-type", "tap"))
     assert "tcp0 created" in made.stdout

@@ -159,3 +159,21 @@ def test_random_split_points() -> None:
         out += dec.frames()
         i += n
     assert out == frames
+
+
+def test_packet_info_round_trip_and_refusals() -> None:
+    from tunconnector.proto.framing import add_packet_info, strip_packet_info
+
+    v4 = bytes([0x45]) + bytes(19)
+    v6 = bytes([0x60]) + bytes(39)
+    assert add_packet_info(v4) == b"\x00\x00\x08\x00" + v4  # what a TUN without IFF_NO_PI
+    assert add_packet_info(v6) == b"\x00\x00\x86\xdd" + v6  # reads for IPv4 / IPv6
+    eth = bytes(12) + b"\x08\x06" + bytes(28)  # an ARP frame on a TAP
+    assert add_packet_info(eth, tap=True)[:4] == b"\x00\x00\x08\x06"
+    for frame in (v4, v6, b"\x00garbage"):
+        assert strip_packet_info(add_packet_info(frame)) == frame
+    for bad, reason in ((b"", "truncated"), (b"\x00\x00\x08\x00", "truncated"),
+                        (b"\x00\x01\x08\x00" + v4, "pi_strip")):
+        with pytest.raises(RemoteProtocolError) as ei:
+            strip_packet_info(bad)
+        assert ei.value.reason == reason

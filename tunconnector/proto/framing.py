@@ -306,3 +306,42 @@ def native_stream(messages: list[bytes]) -> bytes:
     """Native messages as one piece of TCP stream."""
     pack = TCP_NATIVE_PREFIX.pack
     return b"".join(pack(len(m)) + m for m in messages)
+
+
+# -- packet information (a TUN/TAP device opened without IFF_NO_PI) -----------------------
+# socat's TUN address (without ``iff-no-pi``) and other programs that open their device
+# the kernel's default way read and write every frame behind ``struct tun_pi``: flags
+# (u16, TUN_PKT_STRIP = 1 when the kernel cut the packet short) and the protocol (u16
+# ethertype), both big-endian. ``raw`` framing with ``packet_info`` speaks that on the
+# wire: the header is added to every frame sent and checked and removed on receipt.
+PACKET_INFO = struct.Struct("!HH")
+PACKET_INFO_LEN = PACKET_INFO.size  # 4
+PI_FLAG_STRIP = 0x0001
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+_PI_IPV4 = PACKET_INFO.pack(0, ETH_P_IP)
+_PI_IPV6 = PACKET_INFO.pack(0, ETH_P_IPV6)
+_PI_NONE = PACKET_INFO.pack(0, 0)
+
+
+def add_packet_info(frame: bytes | bytearray | memoryview, tap: bool = False) -> bytes:
+    """``frame`` behind a packet-information header, as the kernel would write it: the
+    ethertype is the IP version's for TUN, the frame's own (bytes 12-13) for TAP."""
+    if tap:
+        proto = PACKET_INFO.pack(0, (frame[12] << 8) | frame[13]) if len(frame) >= 14 \
+            else _PI_NONE
+    else:
+        version = frame[0] >> 4 if frame else 0
+        proto = _PI_IPV4 if version == 4 else _PI_IPV6 if version == 6 else _PI_NONE
+    return proto + bytes(frame)
+
+
+def strip_packet_info(data: bytes | bytearray | memoryview) -> bytes:
+    """The frame behind a packet-information header; refuses a datagram without a frame
+    behind it (``truncated``) and one its sender's kernel had cut short (``pi_strip``)."""
+    if len(data) <= PACKET_INFO_LEN:
+        raise RemoteProtocolError("truncated", f"packet info datagram of {len(data)} bytes")
+    flags, _ = PACKET_INFO.unpack_from(data, 0)
+    if flags & PI_FLAG_STRIP:
+        raise RemoteProtocolError("pi_strip", "the sender's device truncated this packet")
+    return bytes(memoryview(data)[PACKET_INFO_LEN:])
