@@ -80,6 +80,8 @@ class DataKey:
 
     def decrypt(self, packet: bytes) -> bytes:
         """The payload of an authentic, fresh packet, else RemoteProtocolError."""
+        if not packet:
+            raise RemoteProtocolError("truncated", "empty data packet")
         opcode = packet[0] >> 3
         if opcode == P_DATA_V2:
             head = V2_HEADER

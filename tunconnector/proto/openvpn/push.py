@@ -36,7 +36,15 @@ class PushReply:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def addresses(self, tap: bool) -> tuple[str, ...]:
-        """Interface addresses with prefix: subnet mask, or net30/p2p as local/30-ish."""
+        """Interface addresses with prefix: subnet mask, or net30/p2p as local/30-ish.
+
+        A pushed value that is no address or mask raises RemoteProtocolError."""
+        try:
+            return self._addresses(tap)
+        except ValueError as exc:  # ipaddress's AddressValueError, NetmaskValueError
+            raise RemoteProtocolError("bad_push", f"pushed ifconfig: {exc}") from None
+
+    def _addresses(self, tap: bool) -> tuple[str, ...]:
         out: list[str] = []
         if self.ifconfig:
             local, second = self.ifconfig

@@ -1,0 +1,1 @@
+"""One module per protocol area; each registers its parsers on import."""
