@@ -157,7 +157,7 @@ class OpenVPNClient:
         self._stream = bytearray()
         self.state = "idle"
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
-        self.reconnects = -1
+        self.reconnects = 0
         #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
         #: reconnects the stream and :meth:`connection_made` starts a new session)
         self._backoff = Backoff(base=1.0, cap=30.0)
@@ -204,11 +204,12 @@ class OpenVPNClient:
 
     def start(self, now: float) -> None:
         """(Re)connect: a fresh session (new session id) with a hard reset, key_id 0."""
+        if self.state in ("failed", "connected"):
+            self.reconnects += 1
         self._reset_session(now)
         self._out.clear()
         self._restart_at = None
         self.state = "connecting"
-        self.reconnects += 1
         if self.options.proto == "udp" and len(self._peers) > 1:
             self.peer = self._peers[self.reconnects % len(self._peers)]
         self._handshake_deadline = now + self.options.hand_window
@@ -470,6 +471,7 @@ class OpenVPNClient:
         routes = list(reply.routes)
         gw = reply.default_gateway()
         routes = [(net, g or (gw if self.options.tap else None)) for net, g in routes]
+        routes += list(reply.routes_ipv6)
         extra: dict[str, Any] = dict(reply.extra)
         extra.update(cipher=cipher, peer_id=reply.peer_id, topology=reply.topology,
                      route_gateway=reply.route_gateway, key_derivation=reply.key_derivation,
@@ -684,7 +686,7 @@ class OpenVPNClient:
             "key_derivation": None if self._ekm is None else ("tls-ekm" if self._ekm else "prf"),
             "peer_id": self._peer_id,
             "renegotiations": self._reneg_count,
-            "reconnects": max(self.reconnects, 0),
+            "reconnects": self.reconnects,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "packets_in": self.packets_in,
