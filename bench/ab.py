@@ -6,9 +6,9 @@
 Why alternate: on a shared machine the load moves by more than the difference between two
 builds; running A, B, A, B (per peer and round: A's tunnel started, one iperf3 stream
 for ``--seconds``, stopped, then B's) puts both builds under the same load. Each
-checkout runs its own code (its ``.venv/bin/tunconnector`` with ``PYTHONPATH`` at the
-checkout). Reported per peer and build: Gbit/s and Gbit per CPU-second of the two
-tunnel processes (mean of the rounds), and B/A for both.
+checkout runs its own code (``python -m tunconnector`` of the running interpreter, with
+``PYTHONPATH`` at the checkout). Reported per peer and build: Gbit/s and Gbit per
+CPU-second of the two tunnel processes (mean of the rounds), and B/A for both.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ DEFAULT_PEERS = "tc-tun-udp-aead,tc-tun-tcp-plain,tc-tun-udp-plain-nooff,tc-tap-
 
 def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfServer,
          index: int, workdir: Path, seconds: float) -> dict[str, float]:
-    peers.TUNCONNECTOR = str(build / ".venv" / "bin" / "tunconnector")
-    os.environ["PYTHONPATH"] = str(build)
+    peers.TUNCONNECTOR = [sys.executable, "-m", "tunconnector"]
+    os.environ["PYTHONPATH"] = str(build)  # this checkout's code, this interpreter's deps
     peer.start(topo, index, workdir)
     try:
         for attempt in range(3):  # iperf3 now and then refuses a test ("server is busy")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,12 @@ from pathlib import Path
 from .netns import UNDERLAY_A, UNDERLAY_B, Topology, sh
 
 REPO = Path(__file__).resolve().parent.parent
-TUNCONNECTOR = os.environ.get("BENCH_TUNCONNECTOR", str(REPO / ".venv" / "bin" / "tunconnector"))
+#: how peers start tunconnector: ``python -m tunconnector`` of the interpreter running the
+#: bench (any install: editable, a venv elsewhere, the system), or $BENCH_TUNCONNECTOR
+#: (a command line, e.g. another build's ``/opt/x/bin/tunconnector``)
+TUNCONNECTOR: list[str] = (shlex.split(os.environ["BENCH_TUNCONNECTOR"])
+                           if os.environ.get("BENCH_TUNCONNECTOR")
+                           else [sys.executable, "-m", "tunconnector"])
 
 
 class PeerError(Exception):
@@ -220,7 +227,7 @@ class OpenVPNServerPeer(Peer):
             "remote-cert-tls server\ndata-ciphers AES-256-GCM\nverb 3\n")
         dev = topo.name("ovc")
         if self.client == "tunconnector":
-            self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "openvpn", "-c", str(ovpn),
+            self.spawn(topo, topo.ns_a, [*TUNCONNECTOR, "openvpn", "-c", str(ovpn),
                                          "--device", dev, "--log-level", "info"], "client")
         else:
             self.spawn(topo, topo.ns_a, ["openvpn", "--config", str(ovpn), "--dev", dev,
@@ -264,8 +271,9 @@ class TunconnectorPeer(Peer):
 
     def start(self, topo: Topology, index: int, workdir: Path) -> None:
         self.workdir = workdir
-        if not shutil.which(TUNCONNECTOR) and not Path(TUNCONNECTOR).exists():
-            raise PeerError(f"{TUNCONNECTOR} not found")
+        exe = TUNCONNECTOR[0]
+        if not shutil.which(exe) and not Path(exe).exists():
+            raise PeerError(f"{exe} not found (BENCH_TUNCONNECTOR)")
         a, b = subnet(index)
         port = str(56000 + index)
         extra = ["--proto", self.proto, "--offload", self.offload, "--log-level", "info"]
@@ -274,9 +282,9 @@ class TunconnectorPeer(Peer):
         if self.encrypted:  # the cipher OpenVPN's encrypted row uses too
             extra += ["--key", str(write_key(workdir / "tunnel.key")), "--cipher", "aes-256-gcm"]
         dev_b, dev_a = topo.name("tcs"), topo.name("tcc")
-        self.spawn(topo, topo.ns_b, [TUNCONNECTOR, "-m", "server", "-p", dev_b, "-s",
+        self.spawn(topo, topo.ns_b, [*TUNCONNECTOR, "-m", "server", "-p", dev_b, "-s",
                                      f"{b}/24", "-i", port, *extra], "server")
-        self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "-m", "client", "-n", dev_a, "-c",
+        self.spawn(topo, topo.ns_a, [*TUNCONNECTOR, "-m", "client", "-n", dev_a, "-c",
                                      f"{a}/24", "-r", UNDERLAY_B, "-o", port, *extra], "client")
         self.target = b
         self.wait_ready(topo, timeout=30)

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import measure
+from . import measure, peers
 from .netns import UNDERLAY_B, Topology
-from .peers import TUNCONNECTOR
 
 
 def tunnel_toml(mode: str, n: int, topo: Topology, base_port: int = 57000) -> str:
@@ -44,7 +43,7 @@ def _one(workdir: Path, n: int, idle_seconds: float) -> dict[str, Any]:
                 cfg.write_text(tunnel_toml(mode, n, topo))
                 log = (workdir / f"scale-{mode}-{n}.log").open("wb")
                 procs.append(subprocess.Popen(
-                    topo.exec_args(ns, [TUNCONNECTOR, "run", "-c", str(cfg)]), stdout=log,
+                    topo.exec_args(ns, [*peers.TUNCONNECTOR, "run", "-c", str(cfg)]), stdout=log,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

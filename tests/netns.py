@@ -12,13 +12,16 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(os.environ.get("TUNCONNECTOR_VENV_BIN", str(ROOT / ".venv" / "bin")))
+#: the environment whose ``tunconnector`` the tests drive: the interpreter running them
+#: (wherever it is installed), or another build's bin directory when set
+VENV_BIN = Path(os.environ.get("TUNCONNECTOR_VENV_BIN") or Path(sys.executable).parent)
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -130,7 +133,11 @@ def lab(n_links: int = 1, ipv6: bool = False) -> Iterator[Lab]:
 
 
 def tunconnector_cmd(*args: str) -> list[str]:
-    return [str(VENV_BIN / "tunconnector"), *args]
+    """The CLI of the environment under test: ``python -m tunconnector`` of the running
+    interpreter (no checkout ``.venv`` assumed), or ``$TUNCONNECTOR_VENV_BIN/tunconnector``."""
+    if os.environ.get("TUNCONNECTOR_VENV_BIN"):
+        return [str(VENV_BIN / "tunconnector"), *args]
+    return [sys.executable, "-m", "tunconnector", *args]
 
 
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:

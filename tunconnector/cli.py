@@ -463,17 +463,22 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    """``python -m bench`` of the source checkout this package runs from (bench/ is not
-    installed: it drives OpenVPN, socat, iperf3 and namespaces, a developer's tool)."""
+    """``python -m bench`` of a source checkout (bench/ is not installed: it drives
+    OpenVPN, socat, iperf3 and namespaces, a developer's tool): the checkout this package
+    runs from (``pip install -e``), else the current directory or one above it (an
+    install elsewhere, run from inside a clone). The tunnels it starts are this
+    interpreter's ``python -m tunconnector``, wherever it is installed."""
     import importlib.util
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parent.parent
     if importlib.util.find_spec("bench") is None:
-        if not (repo / "bench" / "run.py").exists():
+        here = Path.cwd().resolve()
+        candidates = [Path(__file__).resolve().parent.parent, here, *here.parents]
+        repo = next((c for c in candidates if (c / "bench" / "run.py").exists()), None)
+        if repo is None:
             raise TunconnectorError(
-                "tunconnector bench needs the source checkout (bench/ is not installed): "
-                "run it from a git clone installed with pip install -e")
+                "tunconnector bench needs a source checkout (bench/ is not installed): "
+                "run it from inside a git clone")
         sys.path.insert(0, str(repo))
     from bench.run import main as bench_main
 

@@ -248,8 +248,7 @@ def test_refuses_public_listen_without_credentials(env: Env, tmp_path: Path) -> 
         f'[api]\nlisten = "0.0.0.0:{free_port()}"\n\n[[tunnel]]\nname = "vpn"\n'
         'device = "tco0"\naddress = "10.78.0.1/24"\nport = 55561\n'
     )
-    res = env.a.run(str(VENV_BIN / "tunconnector"), "run", "-c", str(cfg), check=False,
-                    timeout=30)
+    res = env.a.run(*tunconnector_cmd("run", "-c", str(cfg)), check=False, timeout=30)
     assert res.returncode != 0
     assert "without credentials" in res.stderr, res.stderr
     assert "tco0" not in env.a.run("ip", "-br", "link").stdout

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,6 @@ from tunconnector.testing.vm import VmResult, run_in_vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.privileged, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 
 GUEST_SCRIPT = """\
@@ -72,7 +72,9 @@ def test_raw_udp_with_qemu_dgram_nic(vm_ready: None, tmp_path: Path) -> None:
                 "netns",
                 "exec",
                 ns,
-                str(ROOT / ".venv/bin/tunconnector"),
+                sys.executable,  # the environment running the tests, not a checkout venv
+                "-m",
+                "tunconnector",
                 "run",
                 "-c",
                 str(conf),

@@ -563,7 +563,8 @@ def _host_path(p: Path) -> str:
 def _keep_under_tmp(*paths: str) -> list[str]:
     """Host directories under /tmp the guest must still see once /tmp is a tmpfs."""
     keep = []
-    for p in {*paths, str(Path(sys.executable).parent.parent)}:
+    # sys.prefix, not the resolved interpreter: a venv's python is a symlink out of it
+    for p in {*paths, sys.prefix}:
         rp = Path(p).resolve()
         if rp.parts[:2] == ("/", "tmp") and len(rp.parts) > 2:
             keep.append(str(Path(*rp.parts[:3])))
