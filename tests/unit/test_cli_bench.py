@@ -12,3 +12,25 @@ def test_bench_subcommand_lists_peers_from_any_cwd(tmp_path: object) -> None:
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
     assert "ovpn-gcm" in names and "tc-tun-udp-aead" in names
+
+
+def test_bench_peers_start_this_interpreters_cli(monkeypatch: object) -> None:
+    """No checkout ``.venv`` assumed: the bench's tunnels are ``python -m tunconnector``
+    of the interpreter running it (a venv anywhere), unless BENCH_TUNCONNECTOR says."""
+    import importlib
+    import os
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    saved = os.environ.pop("BENCH_TUNCONNECTOR", None)
+    try:
+        peers = importlib.reload(importlib.import_module("bench.peers"))
+        assert peers.TUNCONNECTOR == [sys.executable, "-m", "tunconnector"]
+        os.environ["BENCH_TUNCONNECTOR"] = "/opt/other build/bin/tunconnector --x"
+        peers = importlib.reload(peers)
+        assert peers.TUNCONNECTOR == ["/opt/other", "build/bin/tunconnector", "--x"]
+    finally:
+        os.environ.pop("BENCH_TUNCONNECTOR", None)
+        if saved is not None:
+            os.environ["BENCH_TUNCONNECTOR"] = saved
+        importlib.reload(importlib.import_module("bench.peers"))
