@@ -74,8 +74,9 @@ class ControlServer:
 
 
 #: how long a daemon may take to answer before it is reported unresponsive; a live
-#: daemon answers from its event loop in milliseconds
-DEFAULT_TIMEOUT = 1.5
+#: daemon answers from its event loop in milliseconds, but a loaded machine can stall it;
+#: a stopped one is recognised at once, whatever this is
+DEFAULT_TIMEOUT = 3.0
 
 
 def query_all(directory: str = DEFAULT_DIR, request: dict[str, Any] | None = None,
