@@ -7,7 +7,8 @@ project's venv (Python, pyroute2, the package itself) runs there unchanged. Resu
 back through a second, read-write 9p share and the serial console.
 
 Everything expensive is cached (``$TUNCONNECTOR_VM_CACHE``, else
-``$XDG_CACHE_HOME/tunconnector/vm``, else ``<repo>/.cache/vm``): the kernel package is
+``$XDG_CACHE_HOME/tunconnector/vm``, else ``<repo>/.cache/vm`` in a checkout,
+``~/.cache/tunconnector/vm`` for an installed package): the kernel package is
 fetched once with ``apt-get download``, unpacked with ``dpkg -x`` and indexed with
 busybox ``depmod``; the initramfs is rebuilt only when its inputs change.
 
@@ -143,7 +144,9 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
         return Path(xdg) / "tunconnector" / "vm"
-    return _REPO_ROOT / ".cache" / "vm"
+    if (_REPO_ROOT / "pyproject.toml").exists():  # a checkout (editable install)
+        return _REPO_ROOT / ".cache" / "vm"
+    return Path.home() / ".cache" / "tunconnector" / "vm"  # installed: not site-packages
 
 
 def find_qemu() -> str:
