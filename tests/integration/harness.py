@@ -69,7 +69,9 @@ class Daemon:
     def status(self) -> list[dict[str, Any]]:
         res = subprocess.run(
             tunconnector_cmd("status", "--json", "--control-dir", str(self.ctl)),
-            capture_output=True, text=True, timeout=10,
+            # bounded, but generous: on a shared 2-core machine under load 15 the start-up
+            # of the CLI alone was seen to take over 10 s
+            capture_output=True, text=True, timeout=30,
         )
         try:
             replies = json.loads(res.stdout or "[]")
