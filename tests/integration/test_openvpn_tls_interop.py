@@ -194,6 +194,19 @@ class Lab:
         return d
 
 
+    def client_toml(self, host: Host, ovpn: Path, name: str, health_file: Path) -> Daemon:
+        """The same client as a ``[[tunnel]] openvpn_config`` of ``tunconnector run``, with
+        the built-in health check pinging the server's tunnel address."""
+        toml = self.dir / f"{name}.toml"
+        toml.write_text(
+            f'[[tunnel]]\nname = "{name}"\nopenvpn_config = "{ovpn}"\n'
+            f'[tunnel.health]\ntarget = "10.8.0.1"\ninterval = 0.5\nprobes = 4\n'
+            f'threshold = 0.5\ntimeout = 0.4\nstatus_file = "{health_file}"\n')
+        d = Daemon(host, tunconnector_cmd("run", "-c", str(toml)), self.dir, name).start()
+        self.daemons.append(d)
+        return d
+
+
 @contextlib.contextmanager
 def _lab(pki: Pki, tmp: Path) -> Iterator[Lab]:
     tag = secrets.token_hex(3)
@@ -408,18 +421,31 @@ def test_renegotiation_every_10s_under_load(lab: Lab) -> None:
 
 @pytest.mark.slow
 def test_server_killed_and_restarted(lab: Lab) -> None:
+    """Run from a TOML ``openvpn_config`` tunnel with [tunnel.health]: the health check
+    follows the server going away and coming back."""
     lab.start_server(extra="keepalive 1 4\n")
-    d = lab.client(lab.c1, lab.ovpn("c1"), "ovpn1")
+    health = lab.dir / "health"
+    d = lab.client_toml(lab.c1, lab.ovpn("c1"), "ovpn1", health)
+
+    def health_is(want: str) -> bool:
+        try:
+            return health.read_text().strip() == want
+        except OSError:
+            return False
+
     wait_up(d)
     assert lab.c1.wait_ping("10.8.0.1", 10)
+    assert wait_for(lambda: health_is("OK"), 20), d.log()
     lab.kill_server()
     assert wait_for(lambda: "ping-restart" in d.log(), 20), d.log()
+    assert wait_for(lambda: health_is("NOT_OK"), 20), d.log()
     lab.restart_server()
     t0 = time.monotonic()
     assert lab.c1.wait_ping("10.8.0.1", 15)
     back = time.monotonic() - t0
     assert back < 10, f"back after {back:.1f} s"
     assert status(d)["state"] == "up"
+    assert wait_for(lambda: health_is("OK"), 20), d.log()
 
 
 @pytest.mark.slow
