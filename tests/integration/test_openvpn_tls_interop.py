@@ -325,6 +325,9 @@ def test_two_clients_pool_addresses_ping_and_transfer(lab: Lab) -> None:
     assert t1["device"] in route, route
     d1.stop()
     assert lab.c1.run("ip", "route", "show", "10.77.0.0/16").stdout.strip() == ""
+    # explicit-exit-notify: the server drops client1 at once instead of timing it out
+    assert wait_for(lambda: "client1" in lab.server_text()
+                    and "OCC exit message received" in lab.server_text(), 10)
 
 
 @pytest.mark.slow
