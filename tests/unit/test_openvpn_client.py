@@ -321,3 +321,17 @@ def test_garbage_is_counted_never_raised() -> None:
     client.send_frames([IP], now)
     run(client, server, now + 1.0, now)
     assert client.frames_to_deliver() == [IP]
+
+
+def test_auth_failed_stops_retrying() -> None:
+    client = OpenVPNClient(options(username="u", password="wrong"))
+    server = FakeServer(push="AUTH_FAILED,bad password")
+    server.ekm = False
+    server.push = "AUTH_FAILED,bad password"
+    client.start(0.0)
+    _, events = run(client, server, 3.0)
+    down = [e for e in events if isinstance(e, Disconnected)]
+    assert down and not down[0].restart and "AUTH_FAILED" in down[0].reason
+    assert client.halted and client.get_timer() is None
+    client.connection_made(4.0)  # a new TCP stream does not start over either
+    assert client.state == "failed"

@@ -166,6 +166,8 @@ class OpenVPNClient:
         self._wrapper = self._make_wrapper()
         self._restart_at: float | None = None
         self.last_error: str | None = None
+        #: the server refused us for good (AUTH_FAILED, HALT, no common cipher)
+        self.halted = False
         self._reset_session(0.0)
 
     # -- session lifecycle -------------------------------------------------------------
@@ -227,8 +229,8 @@ class OpenVPNClient:
         self.state = "closed"
 
     def connection_made(self, now: float) -> None:
-        """A new TCP stream: a new OpenVPN session on it."""
-        if self.options.proto == "tcp" and self.state != "closed":
+        """A new TCP stream: a new OpenVPN session on it (not after AUTH_FAILED / HALT)."""
+        if self.options.proto == "tcp" and self.state != "closed" and not self.halted:
             self.start(now)
 
     def _max_rto(self) -> float:
@@ -253,6 +255,7 @@ class OpenVPNClient:
         self.state = "failed"
         self.last_error = reason
         self._primary = None
+        self.halted = not restart
         if restart and self.options.proto == "udp":
             self._restart_at = now + self._backoff.next_delay()
         self._events.append(Disconnected(now, reason, restart))
