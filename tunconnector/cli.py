@@ -52,7 +52,9 @@ def _add_tunnel_options(p: argparse.ArgumentParser) -> None:
                    help="bind the underlay socket to this interface (SO_BINDTODEVICE)")
     p.add_argument("--netns", default=None, help="put the device(s) in this network namespace")
     p.add_argument("--key", default=None, metavar="FILE", help="pre-shared key file (genkey)")
-    p.add_argument("--cipher", choices=["chacha20-poly1305", "aes-256-gcm"], default=None)
+    p.add_argument("--cipher", choices=["auto", "chacha20-poly1305", "aes-256-gcm"],
+                   default=None, help="default auto: negotiated, AES-256-GCM preferred "
+                   "where the CPU has AES instructions")
     p.add_argument("--private-key", default=None, metavar="FILE",
                    help="X25519 private key file (genkey --keypair): public-key mode")
     p.add_argument("--peer-public-key", default=None, metavar="KEY",

@@ -194,7 +194,8 @@ class TunnelConfig:
     key_file: str | None = None
     private_key_file: str | None = None
     peer_public_key: str | None = None
-    cipher: Literal["chacha20-poly1305", "aes-256-gcm"] = "chacha20-poly1305"
+    # auto: negotiated in the handshake, AES-256-GCM preferred on CPUs with AES (keys.py)
+    cipher: Literal["auto", "chacha20-poly1305", "aes-256-gcm"] = "auto"
     rekey_after_time: float = 120.0
     rekey_after_bytes: int = 1 << 36
     # userspace multi-path

@@ -48,7 +48,7 @@ from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
 from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
-from .keys import decode_key, encode_key, load_key_file
+from .keys import decode_key, encode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
@@ -613,10 +613,11 @@ class Hub:
         if p.secure is None:
             cfg = self.config
             assert self._static is not None
+            cipher, auto = resolve_cipher(cfg.cipher)
             p.secure = SecureChannel(
                 initiator=False, psk=p.psk,
                 private_key=self._static.private_bytes_raw(), peer_public_key=p.public,
-                cipher=cfg.cipher, rekey_after_time=cfg.rekey_after_time,
+                cipher=cipher, cipher_auto=auto, rekey_after_time=cfg.rekey_after_time,
                 rekey_after_bytes=cfg.rekey_after_bytes, stale_after=cfg.keepalive + 5.0,
                 clock_offset=self._clock_offset, guard=HandshakeGuard(),
                 queue_limit=PEER_QUEUE,

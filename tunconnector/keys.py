@@ -169,6 +169,31 @@ def load_tunnel_keys(tunnel: Any) -> TunnelKeys | None:
     return TunnelKeys(psk, priv, peer)
 
 
+def cpu_has_aes(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AES instructions (x86 ``aes`` flag, arm64 ``aes`` feature)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return "aes" in line.split(":", 1)[-1].split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve_cipher(name: str) -> tuple[str, bool]:
+    """``(cipher, negotiable)`` for a configured ``cipher``.
+
+    ``auto`` (the default) prefers AES-256-GCM where the CPU has AES instructions (about
+    25% cheaper than ChaCha20-Poly1305 there) and ChaCha20-Poly1305 elsewhere, and takes
+    the peer's pick in the handshake, so two hosts with different CPUs, or an explicit
+    cipher on one end, still agree. An explicit cipher is used as is.
+    """
+    if name != "auto":
+        return name, False
+    return ("aes-256-gcm" if cpu_has_aes() else "chacha20-poly1305"), True
+
+
 def channel_from_config(
     tunnel: Any, *, keys: TunnelKeys | None = None, clock_offset: float = 0.0,
     guard: HandshakeGuard | None = None,
@@ -183,12 +208,14 @@ def channel_from_config(
         keys = load_tunnel_keys(tunnel)
         if keys is None:
             return None
+    cipher, auto = resolve_cipher(getattr(tunnel, "cipher", "auto"))
     channel = SecureChannel(
         initiator=getattr(tunnel, "mode", "client") == "client",
         psk=keys.psk,
         private_key=keys.private_key,
         peer_public_key=keys.peer_public_key,
-        cipher=getattr(tunnel, "cipher", "chacha20-poly1305"),
+        cipher=cipher,
+        cipher_auto=auto,
         rekey_after_time=getattr(tunnel, "rekey_after_time", 120.0),
         rekey_after_bytes=getattr(tunnel, "rekey_after_bytes", 1 << 36),
         stale_after=getattr(tunnel, "keepalive", 10.0) + 5.0,

@@ -684,3 +684,45 @@ def test_seal_many_is_seal_frame_by_frame(cipher: str) -> None:
     assert all(parse_header(bytes(m)).flags == FLAG_GSO | 1 for m in many)
     got = [bytes(s1.open_data(bytes(m), 1.0)) for m in many]  # the receiver opens each
     assert got == frames
+
+
+# (initiator cipher, initiator auto, responder cipher, responder auto) -> agreed cipher
+NEGOTIATION = [
+    ("aes-256-gcm", True, "chacha20-poly1305", False, "chacha20-poly1305"),  # explicit wins
+    ("chacha20-poly1305", False, "aes-256-gcm", True, "chacha20-poly1305"),
+    ("aes-256-gcm", True, "chacha20-poly1305", True, "aes-256-gcm"),  # both auto: initiator's
+    ("chacha20-poly1305", True, "aes-256-gcm", True, "chacha20-poly1305"),
+    ("aes-256-gcm", False, "aes-256-gcm", False, "aes-256-gcm"),
+    ("aes-256-gcm", False, "chacha20-poly1305", False, None),  # two explicit: mismatch
+]
+
+
+@pytest.mark.parametrize("ic,ia,rc,ra,agreed", NEGOTIATION)
+def test_cipher_negotiation(ic: str, ia: bool, rc: str, ra: bool, agreed: str | None) -> None:
+    c = SecureChannel(initiator=True, psk=PSK, cipher=ic, cipher_auto=ia)
+    s = SecureChannel(initiator=False, psk=PSK, cipher=rc, cipher_auto=ra)
+    c.start(0.0)
+    pump(c, s, 0.0)
+    if agreed is None:
+        assert not c.established and not s.established
+        assert s.drops["cipher_mismatch"] >= 1
+        return
+    assert c.established and s.established
+    assert c.cipher == s.cipher == agreed
+    assert c.current is not None and c.current.cipher == agreed
+    assert send(c, s, b"hello", 0.1) == b"hello" and send(s, c, b"back", 0.1) == b"back"
+
+
+def test_auto_cipher_prefers_aes_where_the_cpu_has_it(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tunconnector.keys import cpu_has_aes, resolve_cipher
+
+    d = Path(str(tmp_path))
+    (d / "aes").write_text("processor : 0\nflags : fpu sse2 aes avx2\n")
+    (d / "noaes").write_text("processor : 0\nflags : fpu sse2 avx2\n")
+    assert cpu_has_aes(str(d / "aes")) and not cpu_has_aes(str(d / "noaes"))
+    assert not cpu_has_aes(str(d / "missing"))
+    assert resolve_cipher("chacha20-poly1305") == ("chacha20-poly1305", False)
+    cipher, auto = resolve_cipher("auto")
+    assert auto and cipher == ("aes-256-gcm" if cpu_has_aes() else "chacha20-poly1305")

@@ -20,8 +20,16 @@ Handshake (Noise ``NNpsk0`` with a PSK, ``IKpsk2`` with static keys), on the wir
 receiver's static public key (WireGuard's mac1), so junk is dropped before any DH; valid
 initiations are then rate-limited per source (token bucket). The initiation payload
 carries a strictly increasing timestamp (replayed initiations are refused), the cipher
-name (a mismatch is reported, not guessed) and whether the sender is the preferred
-initiator (the client), which breaks ties between crossed initiations deterministically.
+and whether the sender is the preferred initiator (the client), which breaks ties
+between crossed initiations deterministically.
+
+Cipher negotiation: a side configured with ``cipher = "auto"`` (``cipher_auto``) sends
+its preference with the ``CIPHER_AUTO`` flag and accepts the other side's choice; an
+explicit cipher is never overridden. The responder picks: an explicit responder its
+own cipher (when the initiator is flexible), a flexible responder the initiator's; the
+response carries the pick. Two explicit, different ciphers are a mismatch (reported,
+not guessed). Both ciphers are 256-bit AEADs, so neither choice is a downgrade; the
+cipher id travels inside the Noise payload (encrypted and authenticated).
 
 Keypairs rotate as in WireGuard: ``previous`` (still accepted), ``current`` (used to
 send), ``next`` (a responder's fresh keypair, used once the initiator sent on it), so a
@@ -54,6 +62,7 @@ MAC_LEN = 16
 _INIT_PAYLOAD = struct.Struct("!QBB")  # timestamp ns, cipher id, flags
 _RESP_PAYLOAD = struct.Struct("!IB")  # responder's index, cipher id
 _FLAG_PREFERRED = 0x01
+_FLAG_CIPHER_AUTO = 0x02  # the sender takes whichever cipher the peer picks
 
 #: overhead of an encrypted native message over its plaintext
 OVERHEAD = HEADER_LEN + TAG_LEN
@@ -194,6 +203,7 @@ class SecureChannel:
         private_key: bytes | None = None,
         peer_public_key: bytes | None = None,
         cipher: str = "chacha20-poly1305",
+        cipher_auto: bool = False,
         rekey_after_time: float = 120.0,
         rekey_after_bytes: int = 1 << 36,
         queue_limit: int = 256,
@@ -230,8 +240,10 @@ class SecureChannel:
         else:
             raise CryptoError("encryption needs a pre-shared key or a private key")
         self.initiator = initiator
+        #: the cipher of the newest session (before any: the configured or preferred one)
         self.cipher = cipher
         self._cipher_id = CIPHERS[cipher]
+        self.cipher_auto = cipher_auto
         self.rekey_after_time = rekey_after_time
         self.reject_after_time = rekey_after_time * self.reject_factor
         self.rekey_after_bytes = rekey_after_bytes
@@ -592,6 +604,8 @@ class SecureChannel:
         index = self._new_index()
         hs = self._handshake_state(True)
         flags = _FLAG_PREFERRED if self.initiator else 0
+        if self.cipher_auto:
+            flags |= _FLAG_CIPHER_AUTO
         payload = _INIT_PAYLOAD.pack(self._timestamp(now), self._cipher_id, flags)
         body = hs.write_message(payload)
         msg = self._initiation_with_macs(
@@ -705,7 +719,13 @@ class SecureChannel:
             self.drops["handshake_failed"] += 1
             return
         ts, cipher_id, flags = _INIT_PAYLOAD.unpack(payload)
-        if cipher_id != self._cipher_id:
+        if cipher_id in CIPHER_NAMES and cipher_id != self._cipher_id and self.cipher_auto:
+            chosen = cipher_id  # flexible here: the initiator's cipher
+        elif cipher_id != self._cipher_id and flags & _FLAG_CIPHER_AUTO:
+            chosen = self._cipher_id  # flexible there: ours
+        else:
+            chosen = cipher_id
+        if chosen != self._cipher_id and not self.cipher_auto or chosen not in CIPHER_NAMES:
             self.drops["cipher_mismatch"] += 1
             peer = CIPHER_NAMES.get(cipher_id, f"#{cipher_id}")
             self._auth_failure(
@@ -728,8 +748,9 @@ class SecureChannel:
             # if the peer never confirms the keypair we answer with, try again ourselves
             self._wakeup_at = now + self.max_retransmit
         index = self._new_index()
-        body = hs.write_message(_RESP_PAYLOAD.pack(index, self._cipher_id) + self.response_extra)
+        body = hs.write_message(_RESP_PAYLOAD.pack(index, chosen) + self.response_extra)
         k_init_to_resp, k_resp_to_init = hs.split()
+        self.cipher = CIPHER_NAMES[chosen]
         kp = Keypair(
             local_index=index, remote_index=sender_index, send_key=k_resp_to_init,
             recv_key=k_init_to_resp, initiator=False, created=now, cipher=self.cipher,
@@ -799,10 +820,12 @@ class SecureChannel:
             return
         remote_index, cipher_id = _RESP_PAYLOAD.unpack_from(payload)
         extra = payload[_RESP_PAYLOAD.size:]
-        if cipher_id != self._cipher_id or remote_index == 0:
+        if remote_index == 0 or cipher_id not in CIPHER_NAMES or (
+                cipher_id != self._cipher_id and not self.cipher_auto):
             self.drops["cipher_mismatch"] += 1
             return
         k_init_to_resp, k_resp_to_init = pending.hs.split()
+        self.cipher = CIPHER_NAMES[cipher_id]
         kp = Keypair(
             local_index=pending.index, remote_index=remote_index, send_key=k_init_to_resp,
             recv_key=k_resp_to_init, initiator=True, created=now, cipher=self.cipher,
