@@ -307,3 +307,17 @@ def test_both_mode_with_key_flag(env: Env) -> None:
     for d in (a, b):
         for t in d.status():
             assert t["crypto"]["cipher"] == "aes-256-gcm" and t["crypto"]["established"]
+
+
+@pytest.mark.parametrize("explicit", ["chacha20-poly1305", "aes-256-gcm"])
+def test_explicit_cipher_on_one_end_default_on_the_other(env: Env, explicit: str) -> None:
+    """The default (auto) is negotiated: whatever this CPU prefers, a server with an
+    explicit cipher and a client left at the default agree on the server's cipher."""
+    k = key_file(env, "tunnel.key")
+    server, client = pair(env, {"key_file": k, "cipher": explicit}, {"key_file": k})
+    client.wait_state("up")
+    server.wait_state("up")
+    assert env.b.ping(SERVER_IP, count=3, interval=0.05) == (3, 3)
+    for d in (server, client):
+        st = d.tunnel()
+        assert st is not None and st["crypto"]["cipher"] == explicit, st["crypto"]
