@@ -83,3 +83,29 @@ def test_status_lists_peers(tmp_path: Path) -> None:
     names = {p["name"]: p for p in st["peers"]}
     assert names["a"]["address"] == "10.220.0.50" and names["a"]["state"] == "never"
     assert names["b"]["key"] == KEYS[1][:8]
+
+
+def test_peer_hooks_environment(tmp_path: Path) -> None:
+    from tunconnector.hub import PeerHooks
+
+    fired: list[tuple[str, dict[str, str]]] = []
+
+    class Fake:
+        def fire(self, event: str, env: dict[str, str]) -> bool:
+            fired.append((event, env))
+            return True
+
+    hub = make_hub(tmp_path)
+    hooks = PeerHooks(Fake(), lambda: {"TUNCONNECTOR_TUNNEL": "hub"})
+    hub.set_hooks(hooks)
+    p = hub.peers["b"]
+    p.addr = ("172.30.2.2", 4000)
+    hub.state = hub.state.DOWN
+    hub._peer_state(p, True, "alive")
+    hub._peer_state(p, False, "gone")
+    assert [e for e, _ in fired] == ["peer_up", "peer_down"]
+    env = fired[0][1]
+    assert env["TUNCONNECTOR_TUNNEL"] == "hub" and env["TUNCONNECTOR_PEER_NAME"] == "b"
+    assert env["TUNCONNECTOR_PEER"] == "172.30.2.2:4000"
+    assert env["TUNCONNECTOR_REMOTE_ADDRESS"] == "10.220.0.2"
+    assert env["TUNCONNECTOR_PEER_PUBLIC_KEY"] == KEYS[1]
