@@ -36,6 +36,7 @@ from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
 from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .proto.admission import UNPROVEN_RECEIVED, Admission
 from .proto.backoff import Backoff
 from .proto.connection import (
     AddressChanged,
@@ -121,11 +122,12 @@ def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
 class _Stream:
     """One TCP stream and the connection reading it."""
 
-    __slots__ = ("proto", "conn")
+    __slots__ = ("proto", "conn", "unproven_rx")
 
     def __init__(self, proto: tcpio.StreamProtocol, conn: Connection) -> None:
         self.proto = proto
         self.conn = conn
+        self.unproven_rx = 0  # bytes received before it proved itself (server)
 
 
 class ConnectionTunnel(SupervisedDevice):
@@ -155,7 +157,10 @@ class ConnectionTunnel(SupervisedDevice):
         self._udp: UdpEndpoint | None = None
         self._conn: Connection | None = None  # the connection traffic goes to
         self._stream: _Stream | None = None  # TCP: the stream of self._conn
-        self._candidates: set[_Stream] = set()  # TCP server: streams not yet authentic
+        # TCP server: streams not yet authentic; bounded, oldest dropped first, with a
+        # deadline; every lookup O(1) (a flood of them must not slow the live one down)
+        self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
+        self._candidate_of: dict[int, _Stream] = {}  # id(connection) -> its stream
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._conn_lost: asyncio.Event | None = None
@@ -205,6 +210,8 @@ class ConnectionTunnel(SupervisedDevice):
         drops = collections.Counter(self.stats.drops)
         for conn in self._connections():
             drops.update(conn.drops)
+        for stream in self._candidates.values():  # what strangers sent is counted too
+            drops.update(stream.conn.drops)
         for conn in self._retired:
             drops.update(conn.drops)
         return {k: v for k, v in sorted(drops.items()) if v}
@@ -493,29 +500,42 @@ class ConnectionTunnel(SupervisedDevice):
             conn = self._make()
             conn.start(now)
             stream = _Stream(proto, conn)
-            self._candidates.add(stream)  # traffic moves to it once it authenticates
+            for old in self._candidates.add(proto, stream, now):  # moves on authentication
+                self._candidate_of.pop(id(old.conn), None)
+                self.stats.drops["unproven_evicted"] += 1
+                old.proto.abort()
+            self._candidate_of[id(conn)] = stream
         stream.conn.connection_made(now)
         self._flush(stream.conn, now)
 
     def _find_stream(self, proto: tcpio.StreamProtocol) -> _Stream | None:
         if self._stream is not None and self._stream.proto is proto:
             return self._stream
-        for s in self._candidates:
-            if s.proto is proto:
-                return s
-        return None
+        return self._candidates.get(proto)
 
     def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
         stream = self._find_stream(proto)
         if stream is None or self._loop is None:
             return
         now = self._loop.time()
+        if stream is not self._stream:
+            stream.unproven_rx += len(data)
+            if stream.unproven_rx > UNPROVEN_RECEIVED:  # much talk and no proof: a stranger
+                self._drop_candidate(stream, "unproven_overflow")
+                return
         stream.conn.receive_stream(data, now)
         self._flush(stream.conn, now)
 
+    def _drop_candidate(self, stream: _Stream, reason: str) -> None:
+        self._candidates.pop(stream.proto)
+        self._candidate_of.pop(id(stream.conn), None)
+        self.stats.drops[reason] += 1
+        stream.proto.abort()
+
     def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
         stream = self._find_stream(proto)
-        self._candidates = {s for s in self._candidates if s.proto is not proto}
+        if self._candidates.pop(proto) is not None and stream is not None:
+            self._candidate_of.pop(id(stream.conn), None)
         if stream is not None and self._loop is not None and not self._stopping:
             now = self._loop.time()
             stream.conn.receive_stream(b"", now)  # EOF: the connection goes down
@@ -537,15 +557,13 @@ class ConnectionTunnel(SupervisedDevice):
     def _stream_of(self, conn: Connection) -> _Stream | None:
         if self._stream is not None and self._stream.conn is conn:
             return self._stream
-        for s in self._candidates:
-            if s.conn is conn:
-                return s
-        return None
+        return self._candidate_of.get(id(conn))
 
     def _promote(self, stream: _Stream) -> None:
         """A server's TCP stream authenticated: traffic moves to it."""
         old = self._stream
-        self._candidates.discard(stream)
+        self._candidates.pop(stream.proto)
+        self._candidate_of.pop(id(stream.conn), None)
         self._stream = stream
         if self._conn is not None and self._conn is not stream.conn:
             self._retired.append(self._conn)
@@ -664,14 +682,16 @@ class ConnectionTunnel(SupervisedDevice):
 
     # ------------------------------------------------------------------ timer
     def _connections(self) -> list[Connection]:
-        out = [] if self._conn is None else [self._conn]
-        out += [s.conn for s in self._candidates if s.conn is not self._conn]
-        return out
+        """The connections whose timers run: the live one (unproven ones only expire)."""
+        return [] if self._conn is None else [self._conn]
 
     def _arm_timer(self) -> None:
         if self._loop is None or self._stopping:
             return
         times = [t for t in (c.get_timer() for c in self._connections()) if t is not None]
+        deadline = self._candidates.get_timer()  # the oldest unproven stream's
+        if deadline is not None:
+            times.append(deadline)
         if not times:
             return
         when = max(min(times), self._loop.time())
@@ -688,6 +708,10 @@ class ConnectionTunnel(SupervisedDevice):
         if self._loop is None or self._stopping:
             return
         now = self._loop.time()
+        for stream in self._candidates.expired(now):
+            self._candidate_of.pop(id(stream.conn), None)
+            self.stats.drops["unproven_timeout"] += 1
+            stream.proto.abort()
         for conn in self._connections():
             conn.handle_timer(now)
             self._flush(conn, now)
@@ -733,9 +757,9 @@ class ConnectionTunnel(SupervisedDevice):
         self._tasks.clear()
         if self._conn_lost is not None:
             self._conn_lost.set()
-        for s in [*self._candidates, *([self._stream] if self._stream else [])]:
+        for s in [*self._candidates.clear(), *([self._stream] if self._stream else [])]:
             s.proto.abort()
-        self._candidates.clear()
+        self._candidate_of.clear()
         self._stream = None
         if self._server is not None:
             self._server.close()

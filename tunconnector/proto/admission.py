@@ -25,6 +25,9 @@ MAX_UNPROVEN = 64
 PROVE_WITHIN = 10.0
 #: bytes an unproven connection may have buffered (a hello or handshake is far smaller)
 UNPROVEN_BUFFER = 4096
+#: bytes an unproven connection may send in all, for adapters that cannot see what a
+#: connection buffers (a peer proves itself with its first message)
+UNPROVEN_RECEIVED = 65_536
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -97,4 +100,4 @@ class Admission(Generic[K, V]):
         return out
 
 
-__all__ = ["Admission", "MAX_UNPROVEN", "PROVE_WITHIN", "UNPROVEN_BUFFER"]
+__all__ = ["Admission", "MAX_UNPROVEN", "PROVE_WITHIN", "UNPROVEN_BUFFER", "UNPROVEN_RECEIVED"]
