@@ -9,8 +9,9 @@ asks the fd itself). Then:
 
 - the owner is told (state ``down``, the reason in its ``error``) and stops using the fd;
 - a device the daemon created is created again at once (same name; the owner applies
-  its addresses and MTU as at start; the supervisor adds back the addresses and routes
-  the link carried, recorded by the watch), retried with backoff if the kernel refuses;
+  its addresses and MTU as at start; the supervisor adds back the MAC, addresses, routes
+  and bridge or bond the link had, recorded by the watch), retried with backoff if the
+  kernel refuses;
 - a persistent device it only attached to (``tunconnector mktun``) is not recreated
   (someone else owns it): it is waited for, with backoff and woken early by netlink
   when a link of that name appears, and attached again;
@@ -70,7 +71,7 @@ class DeviceSupervisor:
         self.losses = 0
         self.last_outage: float | None = None
         self._since = 0.0
-        self._saved: tuple[list[nl.RouteKey], list[tuple[str, int]], str | None] | None = None
+        self._saved: nl.LinkState | None = None
         self._netlink = netlink
         self._gone = gone
         self._detach = detach
@@ -204,13 +205,20 @@ class DeviceSupervisor:
                        "recreated" if self.created else "re-attached", self.last_outage)
 
     async def _restore(self) -> None:
-        """MAC, addresses and routes the old link carried beyond what the owner configures
-    (a TAP's new random MAC would leave the peer's ARP cache pointing nowhere)."""
+        """MAC, addresses, routes and bridge/bond membership the old link had beyond what
+        the owner configures (a TAP's new random MAC would leave the peer's ARP cache
+        pointing nowhere)."""
         if self._saved is None:
             return
-        routes, addrs, lladdr = self._saved
+        routes, addrs, lladdr = self._saved.routes, self._saved.addresses, self._saved.lladdr
         if lladdr is not None:
             await self._netlink.call(nl.set_lladdr, self.name, lladdr, self.netns)
+        if self._saved.master is not None:
+            try:
+                await self._netlink.call(nl.set_master, self.name, self._saved.master,
+                                         self.netns)
+            except DeviceError as exc:  # its bridge may be gone too: the tunnel still runs
+                self._log.warning("%s", exc)
         if addrs:
             ifaces = [ipaddress.ip_interface(f"{a}/{n}") for a, n in addrs]
             await self._netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,

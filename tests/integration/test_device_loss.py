@@ -140,3 +140,25 @@ def test_openvpn_framing_recreates_its_device(env: Env, openvpns: Any) -> None: 
     assert "device tap1 recreated" in tc.log()
     # the same MAC: the peer's ARP cache still points at it
     assert env.a.run("cat", "/sys/class/net/tap1/address").stdout == mac
+
+
+def test_bridged_tap_rejoins_its_bridge(env: Env) -> None:
+    """A TAP that was a bridge port (the address on the bridge) is a port again."""
+    common = {"dev_type": "tap", "proto": "udp", "framing": "native", "keepalive": 1,
+              "dead_after": 4, "port": 55559}
+    server = env.config_daemon(env.a, [{"name": "srv", "mode": "server", "device": "tc0",
+                                        **common}], "server")
+    env.config_daemon(env.b, [{"name": "cli", "mode": "client", "device": "tc0",
+                               "remote": env.lab.a_addrs[0], "remote_port": 55559,
+                               "address": ["10.77.0.2/24"], **common}], "client")
+    server.wait_state("up")  # type: ignore[attr-defined]
+    env.a.run("ip", "link", "add", "br0", "type", "bridge")
+    env.a.run("ip", "addr", "add", "10.77.0.1/24", "dev", "br0")
+    env.a.run("ip", "link", "set", "br0", "up")
+    env.a.run("ip", "link", "set", "tc0", "master", "br0")
+    assert env.b.wait_ping("10.77.0.1", timeout=10.0)
+    env.a.run("ip", "link", "del", "tc0")
+    t0 = time.monotonic()
+    assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
+    print(f"bridged tap: traffic back {time.monotonic() - t0:.2f}s after ip link del")
+    assert "master br0" in env.a.run("ip", "link", "show", "tc0").stdout

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetNS
@@ -179,6 +180,16 @@ def _addr_key(msg: Any) -> tuple[str, int] | None:
     return (str(addr), int(msg["prefixlen"]))
 
 
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """What a link carried: put back on a recreated device of the same name."""
+
+    routes: list[RouteKey]
+    addresses: list[tuple[str, int]]
+    lladdr: str | None  # MAC (TAP)
+    master: int | None  # index of its bridge or bond
+
+
 class LinkWatch:
     """Follows one link, by name, in one namespace: its removal, its return, and the
     routes and addresses it carries while it is up.
@@ -205,6 +216,7 @@ class LinkWatch:
         self.up = False
         self.mtu: int | None = None
         self.lladdr: str | None = None  # a TAP's MAC: peers' ARP caches point at it
+        self.master: int | None = None  # the bridge or bond it is a port of
         self.routes: dict[RouteKey, None] = {}  # insertion-ordered set
         self.addresses: dict[tuple[str, int], None] = {}
         self._lock = threading.Lock()
@@ -247,13 +259,15 @@ class LinkWatch:
             self.up = bool(link["flags"] & IFF_UP)
             self.mtu = link.get_attr("IFLA_MTU")
             self.lladdr = _lladdr(link)
+            self.master = link.get_attr("IFLA_MASTER")
             self.routes.update(dict.fromkeys(routes))
             self.addresses.update(dict.fromkeys(addrs))
 
-    def snapshot(self) -> tuple[list[RouteKey], list[tuple[str, int]], str | None]:
-        """(routes, addresses, MAC address) the link carried while it was last up."""
+    def snapshot(self) -> LinkState:
+        """What the link carried while it was last up."""
         with self._lock:
-            return list(self.routes), list(self.addresses), self.lladdr
+            return LinkState(list(self.routes), list(self.addresses), self.lladdr,
+                             self.master)
 
     def _run(self) -> None:
         sock = self._sock
@@ -317,6 +331,7 @@ class LinkWatch:
                 if self.up:
                     self.mtu = msg.get_attr("IFLA_MTU") or self.mtu
                     self.lladdr = _lladdr(msg) or self.lladdr
+                    self.master = msg.get_attr("IFLA_MASTER")
             if new:
                 self._on_change(True, f"device {self.name} appeared")
             return
@@ -361,6 +376,24 @@ class LinkWatch:
             try:
                 os.close(fd)
             except OSError:
+                pass
+
+
+def set_master(name: str, master: int, netns: str | None = None) -> None:
+    """Make ``name`` a port of the bridge or bond with index ``master`` again (down while
+    it is enslaved: a bond refuses an up device)."""
+    with ipr(netns) as sock:
+        idx = _index(sock, name)
+        try:
+            sock.link("set", index=idx, state="down")
+            sock.link("set", index=idx, master=master)
+        except NetlinkError as exc:
+            raise DeviceError(f"{name}: cannot rejoin its master (index {master}): "
+                              f"{exc}") from exc
+        finally:
+            try:
+                sock.link("set", index=idx, state="up")
+            except NetlinkError:
                 pass
 
 
