@@ -26,6 +26,9 @@ from test_openvpn_static_interop import (  # noqa: F401  (openvpns: a fixture)
     tc_tunnel,
 )
 
+#: a daemon's start-up (interpreter, imports) on a shared, loaded 2-core machine
+START = 30.0
+
 
 def _ping_flood(env: Env) -> subprocess.Popen[bytes]:
     """Traffic through the tunnel while the device goes (stopped by the test)."""
@@ -47,8 +50,8 @@ def _replace_with_veth(env: Env) -> None:
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) -> None:
     server, client = pair(env, "tun", proto, "native")
-    client.wait_state("up")  # type: ignore[attr-defined]
-    server.wait_state("up")  # type: ignore[attr-defined]
+    client.wait_state("up", timeout=START)  # type: ignore[attr-defined]
+    server.wait_state("up", timeout=START)  # type: ignore[attr-defined]
     env.a.run("ip", "route", "add", "10.88.0.0/16", "via", "10.77.0.2", "dev", "tc0")
     flood = _ping_flood(env)
     try:
@@ -94,7 +97,7 @@ def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) 
 def test_persistent_device_is_waited_for_and_reattached(env: Env) -> None:
     env.a.run(*tunconnector_cmd("mktun", "--dev", "tc0", "--dev-type", "tun"))
     server, client = pair(env, "tun", "udp", "native")
-    client.wait_state("up")  # type: ignore[attr-defined]
+    client.wait_state("up", timeout=START)  # type: ignore[attr-defined]
     assert env.b.ping("10.77.0.1", count=3, interval=0.1) == (3, 3)
     assert "attached to existing device tc0" in server.log()  # type: ignore[attr-defined]
     env.a.run("ip", "link", "del", "tc0")
@@ -125,10 +128,10 @@ def test_openvpn_framing_recreates_its_device(env: Env, openvpns: Any) -> None: 
     tc = env.config_daemon(env.a, [tc_tunnel(
         mode="server", dev_type="tap", device="tap1", port=1191, openvpn_secret=str(key),
         openvpn_cipher="none", address=f"{TC_ADDR}/24", keepalive=1, dead_after=10)], "tc")
-    tc.wait_state("down")
+    tc.wait_state("down", timeout=START)
     openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
              "tap1", OV_ADDR)
-    tc.wait_state("up")
+    tc.wait_state("up", timeout=START)
     assert env.b.wait_ping(TC_ADDR, timeout=10.0)
     mac = env.a.run("cat", "/sys/class/net/tap1/address").stdout
     env.a.run("ip", "link", "del", "tap1")
@@ -151,7 +154,7 @@ def test_bridged_tap_rejoins_its_bridge(env: Env) -> None:
     env.config_daemon(env.b, [{"name": "cli", "mode": "client", "device": "tc0",
                                "remote": env.lab.a_addrs[0], "remote_port": 55559,
                                "address": ["10.77.0.2/24"], **common}], "client")
-    server.wait_state("up")  # type: ignore[attr-defined]
+    server.wait_state("up", timeout=START)  # type: ignore[attr-defined]
     env.a.run("ip", "link", "add", "br0", "type", "bridge")
     env.a.run("ip", "addr", "add", "10.77.0.1/24", "dev", "br0")
     env.a.run("ip", "link", "set", "br0", "up")

@@ -25,7 +25,7 @@ def test_partial_reassemblies_expire_on_an_idle_server(env: Env) -> None:
     server = env.config_daemon(env.a, [{
         "name": "srv", "mode": "server", "device": "tc0", "port": 55557,
         "address": ["10.77.0.1/24"], "proto": "udp", "framing": "native"}], "server")
-    server.wait_state("down")
+    server.wait_state("down", timeout=30.0)  # start-up: slow on a loaded machine
     env.b.run(PY, "-c", SEND_FIRST_FRAGMENTS, env.lab.a_addrs[0], "55557", str(ROOT))
 
     def expired() -> bool:

@@ -20,7 +20,7 @@ def test_status_names_a_stopped_daemon_and_fails_fast(env: Env) -> None:
     server = env.config_daemon(env.a, [{
         "name": "srv", "mode": "server", "device": "tc0", "port": 55558,
         "address": ["10.77.0.1/24"], "proto": "udp", "framing": "native"}], "server")
-    server.wait_state("down")
+    server.wait_state("down", timeout=30.0)  # start-up: slow on a loaded machine
     assert server.proc is not None
     # `ip netns exec` execs the daemon: the process we started is the daemon itself
     pid = server.proc.pid
