@@ -213,6 +213,8 @@ def test_tap_hub_three_clients_ping_each_other() -> None:
         for i, host in enumerate(lab.clients):
             for j in range(3):
                 if i != j:
+                    # the first echo waits for ARP through the switch (flooded, learned)
+                    assert host.wait_ping(addrs[j], timeout=20), (i, j)
                     assert host.ping(addrs[j], count=3, interval=0.2) == (3, 3), (i, j)
             assert host.ping("10.220.0.1", count=2, interval=0.2) == (2, 2)
         assert lab.hub.ping(addrs[2], count=2, interval=0.2) == (2, 2)
