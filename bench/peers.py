@@ -237,6 +237,69 @@ class OpenVPNServerPeer(Peer):
         self.wait_ready(topo, timeout=40)
 
 
+#: OpenVPN static-key settings the static rows use: (row suffix, cipher, auth)
+STATIC_KEY_MODES = (("none-sha1", "none", "SHA1"), ("aes256-sha256", "AES-256-CBC", "SHA256"))
+
+
+def write_openvpn_key(path: Path) -> Path:
+    """An OpenVPN static key file (what ``tunconnector genkey --openvpn`` writes)."""
+    if not path.exists():
+        sh([TUNCONNECTOR, "genkey", "--openvpn", str(path)], timeout=30)
+    return path
+
+
+class OpenVPNStaticPeer(Peer):
+    """Point-to-point OpenVPN static key (``--secret``) over UDP, TUN, key directions 0/1:
+    openvpn at both ends, or tunconnector (``--framing openvpn``) at both ends."""
+
+    cipher: str = "none"
+    auth: str = "SHA1"
+    impl: str = "openvpn"  # | "tunconnector"
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        self.workdir = workdir
+        a, b = subnet(index)
+        key = write_openvpn_key(workdir / "static.key")
+        if self.impl == "tunconnector":
+            port = str(56500 + index)
+            extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
+                     self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
+            self.spawn(topo, topo.ns_b, [TUNCONNECTOR, "-m", "server", "-p", topo.name("ts"),
+                                         "-s", f"{b}/24", "-i", port, "--key-direction", "0",
+                                         *extra], "server")
+            self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "-m", "client", "-n", topo.name("tc"),
+                                         "-c", f"{a}/24", "-r", UNDERLAY_B, "-o", port,
+                                         "--key-direction", "1", *extra], "client")
+        else:
+            dev = topo.name("os")
+            common = ["openvpn", "--dev", dev, "--dev-type", "tun", "--proto", "udp",
+                      "--lport", "1195", "--rport", "1195", "--verb", "3", "--ping", "10",
+                      "--cipher", self.cipher, "--auth", self.auth,
+                      *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING)]
+            self.spawn(topo, topo.ns_b, [*common, "--secret", str(key), "0", "--remote",
+                                         UNDERLAY_A, "--ifconfig", b, a], "b")
+            self.spawn(topo, topo.ns_a, [*common, "--secret", str(key), "1", "--remote",
+                                         UNDERLAY_B, "--ifconfig", a, b], "a")
+        self.target = b
+        self.wait_ready(topo, timeout=30)
+
+
+def static_key_peers() -> list[Peer]:
+    out: list[Peer] = []
+    for suffix, cipher, auth in STATIC_KEY_MODES:
+        label = f"static key, cipher {cipher}, auth {auth}"
+        for impl in ("openvpn", "tunconnector"):
+            name = f"{'ovpn' if impl == 'openvpn' else 'tc'}-static-{suffix}"
+            who = "OpenVPN 2.6" if impl == "openvpn" else "tunconnector framing openvpn"
+            p = OpenVPNStaticPeer(
+                name, impl, encrypted=cipher != "none",
+                baseline=None if impl == "openvpn" else f"ovpn-static-{suffix}",
+                description=f"{who} UDP tun, {label}")
+            p.cipher, p.auth, p.impl = cipher, auth, impl
+            out.append(p)
+    return out
+
+
 class SocatPeer(Peer):
     """socat's TUN address over UDP: one frame per datagram, one read per frame."""
 
@@ -333,4 +396,5 @@ def all_peers() -> list[Peer]:
     peers.append(tunconnector_peer("udp", False, "off", "tap"))
     peers.append(tunconnector_peer("udp", True, "auto", "tap"))
     peers.append(tunconnector_peer("tcp", False, "auto", "tap"))
+    peers.extend(static_key_peers())
     return peers
