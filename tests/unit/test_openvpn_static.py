@@ -78,6 +78,7 @@ def test_handshake_and_frames_both_ways(cipher: str, auth: str, dirs: tuple[int,
     ev = events(s)
     assert [type(e) for e in ev] == [Connected] and ev[0].addr == CLIENT_ADDR  # type: ignore[attr-defined]
     assert s.peer_options == c.options and c.peer_options == s.options
+    assert c.peer_options == c.expected_options and s.peer_options == s.expected_options
     frames = [os.urandom(n) for n in (1, 15, 16, 17, 100, 1400)]
     c.send_frames(frames, 0.1)
     deliver(c, s, 0.1)

@@ -225,6 +225,11 @@ class StaticKeyConnection:
         self.options = options_string(dev_type=dev_type, tun_mtu=tun_mtu,
                                       proto="tcp" if stream else "udp", mode=mode,
                                       cipher=cipher, auth=auth, direction=direction)
+        #: what the peer should answer: the opposite key direction and TCP role
+        self.expected_options = options_string(
+            dev_type=dev_type, tun_mtu=tun_mtu, proto="tcp" if stream else "udp",
+            mode="server" if mode == "client" else "client", cipher=cipher, auth=auth,
+            direction=None if direction is None else 1 - direction)
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         #: where packets go (client: its remote; server: the peer it follows)
@@ -365,9 +370,9 @@ class StaticKeyConnection:
             self._occ_next = None
             if text != self.peer_options:
                 self.peer_options = text
-                if text != self.options:
-                    log.warning("openvpn peer options differ: theirs %r, ours %r",
-                                text, self.options)
+                if text != self.expected_options:
+                    log.warning("openvpn peer options differ: theirs %r, expected %r",
+                                text, self.expected_options)
         elif opcode == OCC_EXIT:
             self._go_down(now, "peer exit (OCC EXIT)", restart=True)
         else:
