@@ -22,6 +22,7 @@ import asyncio
 import collections
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .errors import ConfigError, DeviceError, TransportError, TunconnectorError
 from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
+from .io.offload import enable_socket_offload
 from .io.udp import UdpEndpoint, family_for, normalize, open_udp
 from .proto.admission import UNPROVEN_RECEIVED, Admission
 from .proto.backoff import Backoff
@@ -402,6 +404,11 @@ class ConnectionTunnel(SupervisedDevice):
         sock = open_udp(bind=cfg.bind, port=port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
+        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
+        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
+        off = enable_socket_offload(
+            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
+        self._udp.gso, self._udp.gro = off.gso, off.gro
         self._udp.start(self._on_udp_batch)
         conn = self._conn = self._make()
         if cfg.mode == "client":
@@ -428,6 +435,11 @@ class ConnectionTunnel(SupervisedDevice):
             return
         self._udp.close()
         self._udp = UdpEndpoint(sock, self.stats.drops)
+        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
+        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
+        off = enable_socket_offload(
+            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
+        self._udp.gso, self._udp.gro = off.gso, off.gro
         self._udp.start(self._on_udp_batch)
 
     def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:

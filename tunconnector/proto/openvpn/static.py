@@ -67,6 +67,8 @@ OCC_TRIES = 12
 #: copies of OCC EXIT sent on close (UDP may lose one)
 EXIT_COPIES = 2
 PACKET_ID_MAX = 0xFFFFFFFF
+#: PKCS#7 padding by length
+_PADS = [bytes((n,)) * n for n in range(17)]
 #: replay window over packet ids within one time value (openvpn's default is 64)
 REPLAY_BLOCKS = 64
 
@@ -99,6 +101,28 @@ class StaticKeyCrypto:
         self._rx_hmac = recv.hmac[:self.hlen]
         #: smallest valid packet
         self.min_len = self.hlen + (2 * self.block if self.block else PID_LEN)
+        # One CBC context per direction for the tunnel's life (making one per packet costs
+        # more than the AES itself). Sending: each packet's plaintext is preceded by a
+        # random block; its ciphertext, E(previous block XOR random), is the packet's IV:
+        # unpredictable, as TLS 1.1's explicit-IV construction. Receiving: the packet's
+        # IV is fed first and its output block dropped; CBC then decrypts the rest
+        # against that IV, whatever came before.
+        self._encryptor: Any = None
+        self._decryptor: Any = None
+        self._random = b""
+        self._rpos = 0
+        if self.block:
+            self._encryptor = Cipher(algorithms.AES(self._enc_key),
+                                     modes.CBC(os.urandom(self.block))).encryptor()
+            self._decryptor = Cipher(algorithms.AES(self._dec_key),
+                                     modes.CBC(bytes(self.block))).decryptor()
+
+    def _randomizer(self) -> bytes:
+        pos = self._rpos
+        if pos + self.block > len(self._random):
+            self._random, pos = os.urandom(4096), 0
+        self._rpos = pos + self.block
+        return self._random[pos:pos + self.block]
 
     def overhead(self) -> int:
         """Worst-case bytes added to a payload (HMAC, IV, packet id, padding)."""
@@ -106,12 +130,9 @@ class StaticKeyCrypto:
 
     def seal(self, pid_time: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         if self.block:
-            plain = pid_time + bytes(payload)
-            pad = self.block - len(plain) % self.block
-            plain += bytes((pad,)) * pad
-            iv = os.urandom(self.block)
-            enc = Cipher(algorithms.AES(self._enc_key), modes.CBC(iv)).encryptor()
-            body = iv + enc.update(plain) + enc.finalize()
+            pad = self.block - (len(pid_time) + len(payload)) % self.block
+            body = self._encryptor.update(b"".join((self._randomizer(), pid_time, payload,
+                                                    _PADS[pad])))
         else:
             body = pid_time + bytes(payload)
         if self.digest is not None:
@@ -133,8 +154,7 @@ class StaticKeyCrypto:
             ct = mv[hlen + b:]
             if len(ct) % b:
                 return "bad_padding"
-            dec = Cipher(algorithms.AES(self._dec_key), modes.CBC(mv[hlen:hlen + b])).decryptor()
-            plain = dec.update(ct) + dec.finalize()
+            plain = self._decryptor.update(mv[hlen:])[b:]  # IV block fed first, dropped
             pad = plain[-1]
             if not 1 <= pad <= b or len(plain) - pad < PID_LEN \
                     or plain[-pad:] != bytes((pad,)) * pad:
