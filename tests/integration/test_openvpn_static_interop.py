@@ -350,7 +350,7 @@ def test_enabler_api_openvpn_wire(env: Env, openvpns: Any) -> None:
     extra = (f'[api]\nlisten = "{env.lab.a_addrs[0]}:{port}"\nusername = "{user}"\n'
              f'password = "{pw}"\nenabler_wire = "openvpn"\nauth_max_failures = 1000\n')
     srv = env.config_daemon(env.a, [], "srv", extra)
-    assert wait_for(lambda: _http(env.b, "GET", f"{api}/version")[0] == 200, 20), srv.log()
+    assert wait_for(lambda: _http(env.b, "GET", f"{api}/version")[0] == 200, 60), srv.log()
     code, _ = _http(env.b, "POST", f"{api}/v1/server/start",
                     {"bridge_interface": "br0", "bridge_ip": "10.8.0.254", "links": "2"},
                     auth=(user, pw))
