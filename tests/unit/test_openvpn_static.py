@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -348,3 +349,76 @@ def test_without_credentials_and_fetch_errors() -> None:
 
     assert without_credentials("http://u:p%40ss@10.0.0.1:3333/x") == "http://10.0.0.1:3333/x"
     assert without_credentials("http://10.0.0.1:3333") == "http://10.0.0.1:3333"
+
+
+def test_genkey_openvpn_and_mode_check(tmp_path: Path) -> None:
+    from tunconnector.cli import main
+    from tunconnector.keys import load_openvpn_key_file
+
+    path = tmp_path / "ta.key"
+    assert main(["genkey", "--openvpn", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    key = load_openvpn_key_file(path)
+    assert len(key.material) == 256
+    assert main(["genkey", "--openvpn", str(path)]) == 1  # never overwritten
+    path.chmod(0o644)
+    with pytest.raises(CryptoError, match="too open"):
+        load_openvpn_key_file(path)
+
+
+def _tunnel(**kw: object) -> dict[str, object]:
+    t: dict[str, object] = {"name": "ov", "mode": "client", "remote": "192.0.2.1",
+                            "framing": "openvpn", "openvpn_secret": "ta.key"}
+    t.update(kw)
+    return {"tunnel": [t]}
+
+
+@pytest.mark.parametrize("kw,where,text", [
+    ({"openvpn_cipher": "BF-CBC"}, "tunnel[0].openvpn_cipher", "BF-CBC is not supported"),
+    ({"openvpn_cipher": "AES-256-GCM"}, "tunnel[0].openvpn_cipher", "is not one of"),
+    ({"openvpn_auth": "MD5"}, "tunnel[0].openvpn_auth", "is not one of"),
+    ({"key_direction": 2}, "tunnel[0].key_direction", "must be 0 or 1"),
+    ({"openvpn_secret": None}, "tunnel[0].openvpn_secret", "static key file"),
+    ({"framing": "native"}, "tunnel[0].openvpn_secret", "only used with framing"),
+])
+def test_config_errors_name_the_key(kw: dict[str, object], where: str, text: str) -> None:
+    from tunconnector.config import Config
+
+    data = _tunnel(**kw)
+    if kw.get("openvpn_secret", "") is None:
+        del data["tunnel"][0]["openvpn_secret"]  # type: ignore[index,attr-defined]
+    with pytest.raises(ConfigError) as err:
+        Config.from_mapping(data)
+    assert str(err.value).startswith(where) and text in str(err.value)
+
+
+def test_config_and_cli_flags() -> None:
+    from tunconnector.cli import config_from_legacy, legacy_parser
+    from tunconnector.config import Config
+
+    t = Config.from_mapping(_tunnel(key_direction=1, openvpn_cipher="none")).tunnel[0]
+    assert (t.openvpn_cipher, t.openvpn_auth, t.key_direction) == ("none", "SHA1", 1)
+    args = legacy_parser().parse_args([
+        "-m", "client", "-c", "10.8.0.2", "-r", "192.0.2.1", "--framing", "openvpn",
+        "--openvpn-secret", "ta.key", "--key-direction", "0", "--openvpn-cipher",
+        "AES-128-CBC", "--openvpn-auth", "SHA256"])
+    t = config_from_legacy(args).tunnel[0]
+    assert (t.framing, t.openvpn_secret, t.key_direction) == ("openvpn", "ta.key", 0)
+    assert (t.openvpn_cipher, t.openvpn_auth) == ("AES-128-CBC", "SHA256")
+
+
+def test_bond_wire_openvpn_tunnels() -> None:
+    from tunconnector.bond import tunnel_configs
+    from tunconnector.config import BondConfig, build
+
+    cfg = build(BondConfig, {"role": "server", "name": "br0", "bridge_ip": "10.8.0.254",
+                             "links": 2, "wire": "openvpn", "openvpn_secret": "ta.key"}, "b")
+    ts = tunnel_configs(cfg)
+    assert [(t.device, t.port, t.framing) for t in ts] == [
+        ("tap1", 1191, "openvpn"), ("tap2", 1192, "openvpn")]
+    assert {(t.openvpn_cipher, t.openvpn_auth, t.key_direction) for t in ts} == {
+        ("none", "SHA1", None)}
+    assert (ts[0].keepalive, ts[0].dead_after) == (15.0, 60.0)
+    with pytest.raises(ConfigError, match="openvpn_secret"):
+        build(BondConfig, {"role": "server", "name": "br0", "bridge_ip": "10.8.0.254",
+                           "wire": "openvpn"}, "b")
