@@ -10,6 +10,7 @@ traffic must go on over the other.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,7 +64,12 @@ class Lab:
         return sh("ip", "netns", "exec", self.sns, *args, check=check)
 
     def active(self) -> str:
-        return self.client("cat", "/sys/class/net/bond0/bonding/active_slave").stdout.strip()
+        """bond0's active slave, from netlink (this guest's sysfs is not per namespace)."""
+        res = sh("ip", "-n", self.cns, "-j", "-d", "link", "show", "bond0", check=False)
+        if res.returncode != 0:
+            return ""
+        info = json.loads(res.stdout)[0].get("linkinfo", {}).get("info_data", {})
+        return str(info.get("active_slave", ""))
 
     def ping_ok(self, count: int = 1) -> bool:
         res = self.client("ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1",
