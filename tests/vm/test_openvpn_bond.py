@@ -12,7 +12,7 @@ import pytest
 
 from tunconnector.testing.vm import PytestRun, check_case, inner_test_names
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.openvpn, pytest.mark.timeout(600),
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.openvpn, pytest.mark.timeout(700),
               pytest.mark.skipif(shutil.which("openvpn") is None, reason="needs openvpn")]
 
 INNER = Path(__file__).parent / "inner" / "openvpn_bond.py"
@@ -20,7 +20,7 @@ INNER = Path(__file__).parent / "inner" / "openvpn_bond.py"
 
 @pytest.fixture(scope="module")
 def run(vm_pytest: Callable[..., PytestRun]) -> PytestRun:
-    return vm_pytest(INNER, timeout=400)
+    return vm_pytest(INNER, timeout=540)
 
 
 @pytest.mark.parametrize("name", inner_test_names(INNER))

@@ -31,6 +31,9 @@ pytestmark = [
 SHARE = Path(os.environ.get("TCVM_SHARE", "/tmp"))
 BRIDGE_IP = "10.8.0.254"
 BOND_IP = "10.8.0.253"
+#: the enabler's bonding options, with an ARP interval the per-packet path keeps up with
+#: under TCG emulation
+ARP_INTERVAL_MS = 500
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -138,7 +141,8 @@ def lab() -> Iterator[Lab]:
             'slaves = [{hw_int = "eth0", ip_server = "10.1.0.2"},\n'
             '          {hw_int = "wlan0", ip_server = "10.2.0.2"}]\n'
             '[bond.bonding]\nbonding_mode = "1"\nprimary = "tap1"\n'
-            f'arp_ip_target = "{BRIDGE_IP}"\narp_interval = "100"\nfail_over_mac = "1"\n'
+            f'arp_ip_target = "{BRIDGE_IP}"\narp_interval = "{ARP_INTERVAL_MS}"\n'
+            'fail_over_mac = "1"\n'
             'arp_validate = "5"\n')
         the_lab.spawn(cns, [sys.executable, "-m", "tunconnector", "run", "-c", str(conf)],
                       "client.log")
@@ -161,8 +165,14 @@ def test_bond_up_over_openvpn_links(lab: Lab) -> None:
         wait_for(lambda: lab.active() == "tap1" and lab.ping_ok(), 240,
                  "ping through bond0 on tap1")
     except AssertionError as exc:
+        diag = "\n".join(
+            lab.client(*cmd, check=False).stdout
+            for cmd in (("cat", "/proc/net/bonding/bond0"), ("ip", "-d", "link"),
+                        ("ip", "neigh"), ("ip", "-s", "link")))
+        diag += lab.server("ip", "-s", "link", check=False).stdout
+        (lab.tmp / "diag.txt").write_text(diag)
         raise AssertionError(f"{exc}\n--- client\n{lab.log('client.log')}\n--- openvpn1\n"
-                             f"{lab.log('openvpn1.log')}") from None
+                             f"{lab.log('openvpn1.log')}\n--- diag\n{diag[-3000:]}") from None
     assert lab.ping_ok(count=20), lab.log("client.log")
     for i in (1, 2):
         assert "Peer Connection Initiated" in lab.log(f"openvpn{i}.log")
