@@ -122,20 +122,21 @@ def lab() -> Iterator[Lab]:
            "bridge")
         sh("ip", "-n", sns, "addr", "add", f"{BRIDGE_IP}/24", "dev", "br0")
         sh("ip", "-n", sns, "link", "set", "br0", "up")
+        for i in (1, 2):  # persistent taps, bridged once: openvpn reattaches after restarts
+            sh("ip", "netns", "exec", sns, "openvpn", "--mktun", "--dev", f"tap{i}",
+               "--dev-type", "tap")
+            sh("ip", "-n", sns, "link", "set", f"tap{i}", "master", "br0")
+            sh("ip", "-n", sns, "link", "set", f"tap{i}", "up")
         for i in (1, 2):
             conf = tmp / f"server{i}.conf"
             conf.write_text(f"dev tap{i}\nproto udp4\nport {1190 + i}\nsecret {key}\n"
                             "cipher none\nkeepalive 15 60\nverb 3\n")
             the_lab.spawn(sns, ["openvpn", "--config", str(conf)], f"openvpn{i}.log")
-        for i in (1, 2):
-            wait_for(lambda i=i: the_lab.server("ip", "link", "show", f"tap{i}",  # type: ignore[misc]
-                                                check=False).returncode == 0, 30, f"tap{i}")
-            sh("ip", "-n", sns, "link", "set", f"tap{i}", "master", "br0")
-            sh("ip", "-n", sns, "link", "set", f"tap{i}", "up")
         # the client: a tunconnector bond whose links speak openvpn static key
         conf = tmp / "client.toml"
         conf.write_text(
-            f'log_level = "info"\ncontrol_dir = "{tmp}/ctl"\n\n[[bond]]\nrole = "client"\n'
+            f'log_level = "debug"\ncontrol_dir = "/tmp/ctl-{tag}"\n\n[[bond]]\n'
+            'role = "client"\n'
             f'name = "bond0"\nip_address = "{BOND_IP}"\nwire = "openvpn"\n'
             f'openvpn_secret = "{key}"\n'
             'slaves = [{hw_int = "eth0", ip_server = "10.1.0.2"},\n'
@@ -170,6 +171,8 @@ def test_bond_up_over_openvpn_links(lab: Lab) -> None:
             for cmd in (("cat", "/proc/net/bonding/bond0"), ("ip", "-d", "link"),
                         ("ip", "neigh"), ("ip", "-s", "link")))
         diag += lab.server("ip", "-s", "link", check=False).stdout
+        diag += sh(sys.executable, "-m", "tunconnector", "status", "--json", "--control-dir",
+                   f"/tmp/ctl-{lab.cns[4:]}", check=False, timeout=120).stdout
         (lab.tmp / "diag.txt").write_text(diag)
         raise AssertionError(f"{exc}\n--- client\n{lab.log('client.log')}\n--- openvpn1\n"
                              f"{lab.log('openvpn1.log')}\n--- diag\n{diag[-3000:]}") from None
