@@ -192,9 +192,11 @@ def test_failover_when_a_link_is_cut(lab: Lab, record_property: Callable[[str, o
     lab.server("ip", "link", "set", "seth0", "up")
     wait_for(lambda: lab.active() == "tap1" and lab.ping_ok(), 30, "failback to tap1")
     # 2: the path silently drops everything (only the ARP monitor can tell)
-    rules = ('table inet cut { chain i { type filter hook input priority 0; '
-             'iifname "seth0" drop; } }')
-    sh("ip", "netns", "exec", lab.sns, "nft", rules)
+    for cmd in (("add", "table", "inet", "cut"),
+                ("add", "chain", "inet", "cut", "i",
+                 "{ type filter hook input priority 0; }"),
+                ("add", "rule", "inet", "cut", "i", "iifname", "seth0", "drop")):
+        sh("ip", "netns", "exec", lab.sns, "nft", *cmd)
     took = wait_for(lambda: lab.active() == "tap2" and lab.ping_ok(), 30,
                     "failover to tap2 on a silent drop")
     record_property("openvpn_failover_silent_drop_s", round(took, 2))
