@@ -244,7 +244,7 @@ STATIC_KEY_MODES = (("none-sha1", "none", "SHA1"), ("aes256-sha256", "AES-256-CB
 def write_openvpn_key(path: Path) -> Path:
     """An OpenVPN static key file (what ``tunconnector genkey --openvpn`` writes)."""
     if not path.exists():
-        sh([TUNCONNECTOR, "genkey", "--openvpn", str(path)], timeout=30)
+        sh([*TUNCONNECTOR, "genkey", "--openvpn", str(path)], timeout=30)
     return path
 
 
@@ -264,10 +264,10 @@ class OpenVPNStaticPeer(Peer):
             port = str(56500 + index)
             extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
                      self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
-            self.spawn(topo, topo.ns_b, [TUNCONNECTOR, "-m", "server", "-p", topo.name("ts"),
+            self.spawn(topo, topo.ns_b, [*TUNCONNECTOR, "-m", "server", "-p", topo.name("ts"),
                                          "-s", f"{b}/24", "-i", port, "--key-direction", "0",
                                          *extra], "server")
-            self.spawn(topo, topo.ns_a, [TUNCONNECTOR, "-m", "client", "-n", topo.name("tc"),
+            self.spawn(topo, topo.ns_a, [*TUNCONNECTOR, "-m", "client", "-n", topo.name("tc"),
                                          "-c", f"{a}/24", "-r", UNDERLAY_B, "-o", port,
                                          "--key-direction", "1", *extra], "client")
         else:
