@@ -274,7 +274,8 @@ def test_replayed_datagrams_dropped(env: Env, openvpns: Any) -> None:
               "ps=[bytes.fromhex(h) for h in sys.argv[2:]];"
               "[s.sendto(ps[i%len(ps)],(sys.argv[1],1191)) for i in range(1000)]")
     env.b.run(sys.executable, "-c", script, env.lab.a_addrs[0], *[p.hex() for p in payloads])
-    assert wait_for(lambda: (tc.tunnel() or {}).get("drops", {}).get("replay", 0) >= 1000, 10)
+    assert wait_for(lambda: (tc.tunnel() or {}).get("drops", {}).get("replay", 0) >= 1000,
+                    20), tc.tunnel()
     after = tc.tunnel()
     assert after is not None
     assert after["peer"] == before["peer"]
