@@ -394,8 +394,8 @@ def test_peering_style_tap_server_bridge(lab: Lab) -> None:
 
 @pytest.mark.slow
 def test_renegotiation_every_10s_under_load(lab: Lab) -> None:
-    """reneg-sec 10 on the server under a 22 s iperf3 (two renegotiations; shorter than
-    the 40 s of the issue text to keep CI time modest), then a sha256-checked transfer."""
+    """reneg-sec 10 on the server under a 40 s iperf3 (at least three renegotiations, no
+    reconnect), then a sha256-checked transfer."""
     if shutil.which("iperf3") is None:
         pytest.skip("needs iperf3")
     lab.start_server(extra="reneg-sec 10\n")
@@ -408,8 +408,8 @@ def test_renegotiation_every_10s_under_load(lab: Lab) -> None:
         time.sleep(0.5)  # iperf3 has no readiness signal; a retry loop follows
         res = None
         for _ in range(10):
-            res = lab.c1.run("iperf3", "-c", "10.8.0.1", "-t", "22", "-b", "100M",
-                             check=False, timeout=60)
+            res = lab.c1.run("iperf3", "-c", "10.8.0.1", "-t", "40", "-b", "100M",
+                             check=False, timeout=90)
             if "unable to connect" not in (res.stderr + res.stdout):
                 break
             time.sleep(0.3)
@@ -420,7 +420,7 @@ def test_renegotiation_every_10s_under_load(lab: Lab) -> None:
     transfer(lab.c1, lab.s, "10.8.0.1", 32 << 20)
     t = status(d)
     assert t["state"] == "up"
-    assert t["crypto"]["renegotiations"] >= 2 and t["crypto"]["reconnects"] == 0
+    assert t["crypto"]["renegotiations"] >= 3 and t["crypto"]["reconnects"] == 0
 
 
 @pytest.mark.slow
