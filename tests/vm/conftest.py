@@ -36,7 +36,9 @@ def vm_suite(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Pytest
     expensive part under TCG); host tests pick their cases by module and name."""
     share = tmp_path_factory.mktemp("vm-suite")
     modules = sorted(INNER.glob("vm_*.py"))
-    res = run_pytest_in_vm(modules, share, timeout=420)
+    # generous: the daemon starts more slowly under TCG than on the host (seconds each);
+    # a stuck guest is still cut off well inside the CI budget
+    res = run_pytest_in_vm(modules, share, timeout=1200)
     _TIMINGS.append(("+".join(m.stem for m in modules), res.vm.boot_seconds, res.vm.elapsed))
     _RUNS[INNER] = res
     return res
