@@ -262,6 +262,9 @@ class SupervisedDevice:
     _reading_device: bool
     _created_device: bool
     _devsup: DeviceSupervisor | None = None
+    #: False when another component owns the device's life (a bond's TAPs: the bond
+    #: creates, enslaves and deletes them and drives their carrier)
+    supervise: bool = True
 
     async def _open_device(self) -> None:
         raise NotImplementedError
@@ -274,6 +277,8 @@ class SupervisedDevice:
 
     async def _supervise_device(self) -> None:
         assert self.device_name is not None
+        if not self.supervise:
+            return
         sup = DeviceSupervisor(
             self.device_name, netlink=self._netlink, created=self._created_device,
             gone=lambda: self.device is None or self.device.detached(),

@@ -529,7 +529,8 @@ def test_outage_is_not_counted_as_loss_after_recovery() -> None:
     sim.links[0].up_ab = sim.links[0].up_ba = False
     sim.run_until(1.5)
     sim.links[0].up_ab = sim.links[0].up_ba = True
-    sim.run_until(2.5)
+    # back: up_after answers, then the clean run that proves it, then failback_delay
+    sim.run_until(1.5 + 0.02 * (a.clean_run + 10) + 0.3)
     st = a.path_stats()[0]
     assert st.loss == 0.0 and not st.degraded and a.active == 0
 
@@ -552,3 +553,65 @@ def test_peer_restart_is_reported_once() -> None:
     probe = encode_probe(1, 1, path=0, epoch=fresh.epoch)
     b.receive_probe(0, parse_header(probe), probe[HEADER_LEN:], 0.6)
     assert b.counters()["peer_restarts"] == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_steady_loss_above_threshold_never_fails_back(seed: int) -> None:
+    """5 % loss each way against a 2 % threshold: the path leaves once and stays left.
+
+    A loss window that happens to hold few losses must not count as healed: healing
+    needs a whole window of answers measured after the path was judged lossy.
+    """
+    a, b = make(loss_threshold=0.02, failback_delay=0.5)
+    sim = Sim(a, b, [Link(), Link()], seed=seed)
+    sim.run_until(1.0)
+    sim.links[0].loss = 0.05
+    sim.run_until(60.0)
+    for side in (a, b):
+        assert side.active == 1
+        assert side.failbacks == 0, [c for c in changes(sim.sides["a"])]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lossy_path_back_from_an_outage_is_not_failed_back_to(seed: int) -> None:
+    """The loss starts with a short outage (3 probes lost in a row on a loaded host):
+    the path goes down before the loss is measured, comes back, and must still not get
+    the traffic back while it loses more than the threshold."""
+    a, b = make(loss_threshold=0.02, failback_delay=0.5)
+    sim = Sim(a, b, [Link(), Link()], seed=seed)
+    sim.run_until(1.0)
+    sim.links[0].up_ab = sim.links[0].up_ba = False
+    sim.run_until(1.2)
+    assert a.state(0) is PathState.DOWN and a.active == 1
+    sim.links[0].up_ab = sim.links[0].up_ba = True
+    sim.links[0].loss = 0.05
+    sim.run_until(30.0)
+    for side in (a, b):
+        assert side.active == 1
+        assert side.failbacks == 0, changes(sim.sides["a"])
+
+
+def test_a_clean_path_back_from_an_outage_is_failed_back_to() -> None:
+    """Proof costs a run of clean answers (3 / threshold probes), then failback_delay."""
+    a, b = make(loss_threshold=0.02, failback_delay=0.5)
+    sim = Sim(a, b, [Link(), Link()], seed=3)
+    sim.run_until(1.0)
+    sim.links[0].up_ab = sim.links[0].up_ba = False
+    sim.run_until(1.2)
+    assert a.active == 1
+    sim.links[0].up_ab = sim.links[0].up_ba = True
+    proven = 1.2 + 0.02 * (a.clean_run + 5)
+    sim.run_until(proven - 0.5)
+    assert a.active == 1  # not before the proof
+    sim.run_until(proven + 0.5 + 0.1)
+    assert a.active == 0 and b.active == 0
+    assert a.clean_run == 149
+
+
+def test_clean_run_scales_with_the_threshold() -> None:
+    from tunconnector.proto.failover import clean_run
+
+    assert clean_run(None, 3) == 3
+    assert clean_run(0.2, 3) == 14
+    assert clean_run(0.02, 3) == 149
+    assert clean_run(1.0, 3) == 3

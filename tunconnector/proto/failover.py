@@ -22,6 +22,11 @@ Policies decide which path(s) carry the next data packet:
 - ``active-backup``: the highest-priority ``up`` path whose loss is under
   ``loss_threshold``; on failure the next one at once; back to a higher-priority path
   only after it has been healthy for ``failback_delay`` (no ping-pong on a flapping link).
+  Healthy means proven, not merely "no longer judged lossy": a path leaving an outage or
+  a lossy spell must first answer a run of :func:`clean_run` probes in a row, a run a
+  path still losing ``loss_threshold`` of its probes makes only 5 % of the time. A
+  sliding loss window alone would not do: on a path losing a little more than the
+  threshold, some window holds few losses by chance, and the traffic would go back.
 - ``duplicate``: every ``up`` path; the receiver drops copies by the header counter
   (see :mod:`tunconnector.proto.dedup`).
 - ``balance``: smooth weighted round robin over the ``up`` paths by ``weight``.
@@ -48,6 +53,7 @@ Driving it (aioquic style, time always passed in)::
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,6 +69,9 @@ POLICIES: tuple[str, ...] = ("active-backup", "duplicate", "balance")
 INITIAL_TIMEOUT = 1.0
 #: upper bound of the probe timeout however noisy the RTT gets
 MAX_TIMEOUT = 3.0
+#: a path losing ``p`` of its probes answers n in a row with probability (1-p)^n; for
+#: (1-p)^n <= 5 %, n >= ln(20) / -ln(1-p) ~ 3 / p
+PROOF_CONFIDENCE = 0.05
 #: after a miss on a live path, probe (and time out) this many times faster until the
 #: path answers or is declared down: the first miss waits a whole interval (rare false
 #: alarms), the confirmation is quick
@@ -197,6 +206,8 @@ class _Path:
     last_data_rx: float | None = None
     last_rx: float | None = None
     transitions: int = 0
+    ever_up: bool = False
+    proving: bool = False  # back from an outage: not a failback target until proven
     swrr: float = 0.0  # smooth weighted round robin credit
 
     def timeout(self, interval: float) -> float:
@@ -219,6 +230,15 @@ class _Path:
 
     def settled(self) -> int:
         return sum(1 for p in self.history if p.acked or p.missed)
+
+
+def clean_run(loss_threshold: float | None, up_after: int = 1) -> int:
+    """Answers in a row that prove a path's loss is under ``loss_threshold``: a path
+    losing exactly the threshold makes such a run with probability PROOF_CONFIDENCE."""
+    if loss_threshold is None or loss_threshold >= 1.0:
+        return up_after
+    n = math.log(PROOF_CONFIDENCE) / math.log1p(-loss_threshold)
+    return max(up_after, math.ceil(n))
 
 
 class MultiPath:
@@ -257,6 +277,7 @@ class MultiPath:
         self.loss_threshold = loss_threshold
         self.loss_window = loss_window
         self.loss_min_samples = min(loss_min_samples, loss_window)
+        self.clean_run = clean_run(loss_threshold, up_after)
         self._paths = [
             _Path(i, spec, spec.remote_known, next_probe_at=now, stable_since=now,
                   history=deque(maxlen=loss_window))
@@ -403,6 +424,8 @@ class MultiPath:
             self._set_up(p, now)
         elif p.state is PathState.UP:
             self._check_loss(p, now)
+        if p.proving and p.good >= self.clean_run:
+            p.proving = False
         self._reselect(now)
 
     def note_data_received(self, index: int, now: float, nbytes: int = 0) -> None:
@@ -532,7 +555,7 @@ class MultiPath:
         if not p.degraded and loss > thr:
             p.degraded = True
             p.stable_since = now
-        elif p.degraded and loss <= thr / 2:
+        elif p.degraded and loss <= thr / 2 and p.good >= self.clean_run:
             p.degraded = False
             p.stable_since = now
 
@@ -540,6 +563,10 @@ class MultiPath:
         p.state = PathState.UP
         p.transitions += 1
         p.stable_since = now
+        # an outage says nothing about the loss after it: prove it before failing back
+        # (failback_delay 0 asks for no failback hysteresis at all)
+        p.proving = p.ever_up and self.loss_threshold is not None and self.failback_delay > 0
+        p.ever_up = True
         # judge the loss of the path without the outage it just left, but keep what came
         # before: a lossy path that blinked stays judged lossy (no loss/failback ping-pong)
         keep = [pr for pr in p.history if not (pr.missed and pr.seq >= p.outage_seq)]
@@ -580,7 +607,7 @@ class MultiPath:
             self._switch(best, now, "failover")
         elif cur.degraded and not best.degraded:
             self._switch(best, now, "loss")
-        elif best is not cur and self._rank(best) > self._rank(cur):
+        elif best is not cur and self._rank(best) > self._rank(cur) and not best.proving:
             due = best.stable_since + self.failback_delay
             if now >= due:
                 self._switch(best, now, "failback")
