@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -ra "$@"
+# the slowest cases with their times: the container and VM parts show their cost
+exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"

@@ -221,3 +221,30 @@ def test_image_is_small_and_clean(image: str) -> None:
     print(f"image {image}: {size / 1e6:.0f} MB", got)
     assert got == {"tools": [], "caches": [], "apt_lists": 0, "user": 10001}
     assert size < 250e6, f"image grew to {size / 1e6:.0f} MB"
+
+
+def readme_container_commands() -> str:
+    """The ``sh`` block of the README's "Container" section."""
+    section = (ROOT / "README.md").read_text().split("\n## Container\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_container_section_runs_as_written(image: str) -> None:
+    """The README's container commands run here as written. Only the first one, the
+    image build (``scripts/container.sh``), is the fixture's own run of that script, and
+    only the image's tag differs (a test must not replace an operator's image)."""
+    lines = readme_container_commands().splitlines()
+    assert lines[0].startswith("bash scripts/container.sh"), lines[0]
+    script = "\n".join(lines[1:])
+    assert script.count("localhost/tunconnector\n") == 1
+    script = script.replace("localhost/tunconnector\n", f"{image}\n")
+    try:
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        podman("rm", "--force", "tcdemo", check=False)
+        subprocess.run(["ip", "netns", "del", "tcdemo"], capture_output=True)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "healthy" in res.stdout and "10.99.0.1/24" in res.stdout, out
+    assert '"name": "demo"' in res.stdout or "demo" in res.stdout, out

@@ -516,7 +516,12 @@ def test_active_backup_leaves_lossy_path(env2: Env, nft: Nft) -> None:
     observed: dict[str, float] = {}
     for d in (server, client):
         mp = multipath(d)
-        assert mp["active_path"] == "p1" and mp["failbacks"] == failbacks[d.name], mp["events"]
+        assert mp["active_path"] == "p1" and mp["failbacks"] == failbacks[d.name], (
+            d.name, [(round(e["time"] - t, 3), e["event"], e.get("path") or e.get("new"),
+                      e.get("reason")) for e in mp["events"]],
+            [{k: q[k] for k in ("name", "state", "degraded", "loss", "probes_sent",
+                                "probes_missed", "probes_late", "rtt", "rttvar")}
+             for q in mp["paths"]])
         ev = [e for e in mp["events"] if e.get("event") == "active_path"]
         assert ev[-1]["reason"] in ("loss", "failover"), ev
         p0 = mp["paths"][0]

@@ -615,3 +615,17 @@ def test_clean_run_scales_with_the_threshold() -> None:
     assert clean_run(0.2, 3) == 14
     assert clean_run(0.02, 3) == 149
     assert clean_run(1.0, 3) == 3
+
+
+
+def test_probes_of_the_silence_before_up_are_not_loss() -> None:
+    """The first probes wait a whole second (no RTT yet): those sent while the peer was
+    not answering expire after the path came up, and must not make it look lossy."""
+    a, b = make(loss_threshold=0.02)
+    sim = Sim(a, b, [Link(), Link(up_ab=False, up_ba=False)])
+    sim.run_until(0.3)
+    sim.links[1].up_ab = sim.links[1].up_ba = True
+    sim.run_until(3.0)
+    for side in (a, b):
+        st = side.path_stats()[1]
+        assert st.state == "up" and not st.degraded and st.loss == 0.0, st

@@ -421,7 +421,7 @@ class MultiPath:
         p.missed = 0
         p.good += 1
         if p.state is not PathState.UP and p.good >= self.up_after:
-            self._set_up(p, now)
+            self._set_up(p, now, seq)
         elif p.state is PathState.UP:
             self._check_loss(p, now)
         if p.proving and p.good >= self.clean_run:
@@ -559,7 +559,11 @@ class MultiPath:
             p.degraded = False
             p.stable_since = now
 
-    def _set_up(self, p: _Path, now: float) -> None:
+    def _set_up(self, p: _Path, now: float, acked_seq: int) -> None:
+        # probes sent before the answers that brought it up, still unanswered, belong to
+        # the silence it leaves (start-up, outage): expiring later they are not its loss
+        for old in [q for q in p.pending if q < acked_seq]:
+            del p.pending[old]
         p.state = PathState.UP
         p.transitions += 1
         p.stable_since = now
@@ -569,7 +573,9 @@ class MultiPath:
         p.ever_up = True
         # judge the loss of the path without the outage it just left, but keep what came
         # before: a lossy path that blinked stays judged lossy (no loss/failback ping-pong)
-        keep = [pr for pr in p.history if not (pr.missed and pr.seq >= p.outage_seq)]
+        keep = [pr for pr in p.history
+                if not ((pr.missed and pr.seq >= p.outage_seq)
+                        or (not pr.acked and not pr.missed and pr.seq < acked_seq))]
         p.history.clear()
         p.history.extend(keep)
         self.path_ups += 1
