@@ -26,7 +26,7 @@ import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .adapter import make_tunnel
 from .config import BondConfig, TunnelConfig, build
@@ -39,6 +39,7 @@ from .proto.silencewatch import SilenceWatch
 from .tunnel import State, Tunnel
 
 log = logging.getLogger("tunconnector.bond")
+T = TypeVar("T")
 SYSFS_NET = Path("/sys/class/net")
 
 Role = Literal["client", "server"]
@@ -255,8 +256,32 @@ class BondLink:
                 "up" if up else "dead",
             )
 
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the assist's socket; on anything but our own errors (pyroute2's
+        socket broken or out of step after a burst of link changes) reopen the socket and
+        run it once more. Such a failure used to vanish in the task, and every later move
+        failed the same way while the kernel's ARP monitor did the failover, seconds
+        late."""
+        try:
+            return fn()
+        except TunconnectorError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported, then retried on a new socket
+            log.warning("%s: netlink request failed (%r); reopening its socket", self.name, exc)
+            self._close_ipr()
+            try:
+                return fn()
+            except TunconnectorError:
+                raise
+            except Exception as again:  # noqa: BLE001
+                self._close_ipr()
+                raise BondError(f"{self.name}: netlink request failed: {again!r}") from again
+
     def _assist_sync(self, tap: str, up: bool, live: list[str]) -> str | None:
         """Runs on the netlink thread: one RTM_GETLINK, at most one RTM_NEWLINK."""
+        return self._retrying(lambda: self._assist_once(tap, up, live))
+
+    def _assist_once(self, tap: str, up: bool, live: list[str]) -> str | None:
         self._warm()
         idx = self._index
         if self.name not in idx or tap not in idx:
@@ -284,8 +309,11 @@ class BondLink:
         ):
             target = tap
         if target is None:
+            if not up:  # why a dead tunnel moved nothing: the figures need the reason
+                log.info("%s: %s dead, active slave %s, live %s: nothing to move", self.name,
+                         tap, active or "-", ",".join(live) or "-")
             return None
-        self._set_active_sync(target)
+        self._set_active_once(target)
         return target
 
     # -- silence watch: leave a path that alone went quiet (active-backup clients) --------
@@ -356,6 +384,9 @@ class BondLink:
 
     def _set_active_sync(self, target: str) -> None:
         """Runs on the netlink thread: one RTM_NEWLINK."""
+        self._retrying(lambda: self._set_active_once(target))
+
+    def _set_active_once(self, target: str) -> None:
         self._warm()
         idx = self._index
         if self.name in idx and target in idx:
