@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -114,6 +115,7 @@ class BondLink:
         self._watch_timer: asyncio.TimerHandle | None = None
         self._moving: asyncio.Task[None] | None = None
         self._active: str | None = None  # last read of the kernel's active slave
+        self._move_warned = float("-inf")
         self._active_read = float("-inf")
         for t in self.tunnels:
             t.add_listener(self._on_state)
@@ -293,7 +295,7 @@ class BondLink:
         active = by_index.get(st.active, "")
         primary = by_index.get(st.primary, "")
         target: str | None = None
-        if not up and active == tap:
+        if not up and active in (tap, ""):  # "": the ARP monitor left the bond without one
             others = [s for s in live if s != tap and s in idx]
             if primary in others:
                 others.remove(primary)
@@ -366,7 +368,8 @@ class BondLink:
         target = w.decide(now, active, silence, self.live_taps(), primary_kernel_up=primary_up)
         if target is not None and target != active and self._moving is None:
             quiet_ms = silence.get(active or "", 0.0) * 1000
-            why = (f"{active} silent {quiet_ms:.0f} ms" if quiet_ms >= w.switch_after * 1000
+            why = ("the bond had no active slave" if active is None
+                   else f"{active} silent {quiet_ms:.0f} ms" if quiet_ms >= w.switch_after * 1000
                    else f"{target} fresh again")
             self._moving = loop.create_task(self._move(target, why))
         self._watch_timer = loop.call_later(w.switch_after / 6, self._watch_tick)
@@ -378,7 +381,11 @@ class BondLink:
             self._active = target
             log.info("%s: active slave -> %s (%s)", self.name, target, why)
         except TunconnectorError as exc:
-            log.warning("%s: moving the active slave to %s failed: %s", self.name, target, exc)
+            now = time.monotonic()
+            if now - self._move_warned >= 5.0:  # a refused move is retried: say it once
+                self._move_warned = now
+                log.warning("%s: moving the active slave to %s failed: %s", self.name,
+                            target, exc)
         finally:
             self._moving = None
 

@@ -68,3 +68,15 @@ def test_no_failback_without_reselect_always() -> None:
 def test_bad_threshold_refused() -> None:
     with pytest.raises(ValueError):
         SilenceWatch(switch_after=0)
+
+
+def test_a_bond_left_without_active_slave_gets_a_fresh_one_at_a_bounded_rate() -> None:
+    """The ARP monitor dropped the active slave (this process was stalled meanwhile) and
+    chose none: the watch names a fresh usable slave, the primary first, at most once per
+    switch_after (the kernel refuses a slave its monitor does not count up yet)."""
+    w = SilenceWatch(switch_after=0.15, primary="tap1")
+    fresh = {"tap1": 0.02, "tap2": 0.01}
+    assert w.decide(10.0, None, fresh, ["tap1", "tap2"]) == "tap1"
+    assert w.decide(10.05, None, fresh, ["tap1", "tap2"]) is None  # too soon to retry
+    assert w.decide(10.2, None, {"tap1": 0.5, "tap2": 0.01}, ["tap2"]) == "tap2"
+    assert w.decide(10.4, None, {"tap1": 0.5, "tap2": 0.5}, ["tap1", "tap2"]) is None

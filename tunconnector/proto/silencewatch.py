@@ -33,6 +33,7 @@ class SilenceWatch:
         self.primary = primary
         self.failback = failback
         self._fresh_since: dict[str, float] = {}
+        self._orphan_try = float("-inf")
         self.moves = 0
 
     def _fresh(self, silence: Mapping[str, float], tap: str) -> bool:
@@ -54,7 +55,19 @@ class SilenceWatch:
                 self._fresh_since.setdefault(tap, now)
             else:
                 self._fresh_since.pop(tap, None)
-        if active is None or active not in silence:
+        if active is None:
+            # the bond has no active slave: its ARP monitor dropped the last one (say
+            # while this process was stalled) and has not picked another yet; give it a
+            # fresh one, at most once per switch_after (the kernel refuses a slave its
+            # monitor does not count up yet)
+            fresh = [u for u in usable if self._fresh(silence, u)]
+            if not fresh or now - self._orphan_try < self.switch_after:
+                return None
+            self._orphan_try = now
+            if self.primary in fresh:
+                return self._move(self.primary)
+            return self._move(min(fresh, key=lambda u: silence[u]))
+        if active not in silence:
             return None
         if silence[active] >= self.switch_after:
             fresh = [u for u in usable if u != active and self._fresh(silence, u)]
