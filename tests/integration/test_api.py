@@ -161,6 +161,13 @@ def test_stop_and_start_change_real_traffic(env: Env, tmp_path: Path) -> None:
     assert env.b.wait_ping("10.77.0.1", timeout=10)
 
 
+def _changed_at(server: Daemon) -> float:
+    """When the daemon's verdict last moved, on its event loop's (monotonic) clock."""
+    t = server.tunnel("vpn")
+    assert t is not None and t["health"]["last_change_at"] is not None, t
+    return float(t["health"]["last_change_at"])
+
+
 def test_health_follows_far_end_and_status_file_flips(env: Env, tmp_path: Path) -> None:
     status = tmp_path / "upv_vpn_status"
     server, _client, api = start_pair(env, status_file=status)
@@ -169,15 +176,25 @@ def test_health_follows_far_end_and_status_file_flips(env: Env, tmp_path: Path) 
     assert api.json("GET", "/vpn/status") == {
         "status": "OK", "tunnel": "vpn", "state": "up", "health": "OK"}
 
+    # Detection is timed on the daemon's own clock: ``last_change_at`` is its event loop's
+    # time (CLOCK_MONOTONIC, the clock of ``time.monotonic`` here), from the moment the cut
+    # command returned. The test's polling and the CLI's start-up (slow on a loaded host)
+    # are not part of the claim.
+    cut_began = time.monotonic()
     env.lab.link_down()  # the far end goes away
-    took_down = wait_file(status, "NOT_OK", 5 * INTERVAL)
+    cut = time.monotonic()
+    wait_file(status, "NOT_OK", 5 * INTERVAL)
+    took_down = _changed_at(server) - cut
+    assert _changed_at(server) > cut_began, "verdict moved before the cut"
     assert took_down <= INTERVAL + 0.3, f"NOT_OK after {took_down:.2f}s"
     assert api.json("GET", "/vpn/status")["status"] == "NOT_OK"  # no auth needed
     h = api.json("GET", "/v1/tunnels/vpn")["health"]
     assert h["state"] == "NOT_OK" and h["target"] == "10.77.0.2"
 
     env.lab.link_up()  # and comes back
-    took_up = wait_file(status, "OK", 5 * INTERVAL)
+    restored = time.monotonic()
+    wait_file(status, "OK", 5 * INTERVAL)
+    took_up = _changed_at(server) - restored
     assert took_up <= INTERVAL + 0.3, f"OK after {took_up:.2f}s"
     assert api.json("GET", "/vpn/status")["status"] == "OK"
     # the CLI's view agrees with the file's: bracket the CLI call by two reads of the file

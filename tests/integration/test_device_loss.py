@@ -8,7 +8,9 @@ and attached again when ``tunconnector mktun`` brings it back.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from typing import Any
@@ -36,15 +38,18 @@ def _ping_flood(env: Env) -> subprocess.Popen[bytes]:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _replace_with_veth(env: Env) -> None:
-    """Delete tc0 and take its name with a veth link at once (one ``ip -batch``); if the
-    daemon recreated tc0 in between (it is fast), try again."""
-    for _ in range(20):
-        env.a.run("ip", "-force", "-batch", "-", check=False,
-                  input="link del tc0\nlink add tc0 type veth peer name tc0peer\n")
-        if "veth" in env.a.run("ip", "-d", "link", "show", "tc0", check=False).stdout:
-            return
-    raise AssertionError("could not take the name tc0 from the daemon")
+def _replace_with_veth(env: Env, daemon: Any) -> None:
+    """Delete tc0 and take its name with a veth link while the daemon is held stopped
+    (SIGSTOP, as an operator's debugger or ``kill -STOP`` would): it cannot recreate tc0
+    in between, whatever the machine's speed. Resumed, it finds the name taken."""
+    pid = daemon.proc.pid  # ``ip netns exec`` execs the daemon: the same process
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        env.a.run("ip", "link", "del", "tc0")
+        env.a.run("ip", "link", "add", "tc0", "type", "veth", "peer", "name", "tc0peer")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert "veth" in env.a.run("ip", "-d", "link", "show", "tc0").stdout
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -56,7 +61,12 @@ def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) 
     flood = _ping_flood(env)
     try:
         # 1. deleted during traffic: back within 5 s, with its addresses and routes
-        time.sleep(0.3)  # let the flood run: the deletion must hit a busy device
+        # the deletion must hit a busy device: wait until the flood is crossing it
+        def rx() -> int:
+            out = env.a.run("cat", "/sys/class/net/tc0/statistics/rx_packets").stdout
+            return int(out)
+        rx0 = rx()
+        assert wait_for(lambda: rx() >= rx0 + 20, timeout=10.0), "no flood through tc0"
         env.a.run("ip", "link", "del", "tc0")
         t0 = time.monotonic()
         assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
@@ -76,7 +86,7 @@ def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) 
         assert env.a.ping("fd77::2", count=3, interval=0.1) == (3, 3)
 
         # 2. while it cannot come back (another link took the name): down, with why
-        _replace_with_veth(env)
+        _replace_with_veth(env, server)
         def down() -> bool:
             t = server.tunnel()  # type: ignore[attr-defined]
             return bool(t and t["state"] == "down" and "tc0" in (t["error"] or ""))
@@ -104,7 +114,8 @@ def test_persistent_device_is_waited_for_and_reattached(env: Env) -> None:
     # not recreated by the daemon (it is not its device): down, saying it waits
     st = server.wait_state("down", timeout=5.0)  # type: ignore[attr-defined]
     assert "waiting for it to come back" in (st["error"] or ""), st
-    time.sleep(1.0)  # still waiting a second later, not recreating it on its own
+    # an absence over time: still waiting a second later, not recreating it on its own
+    time.sleep(1.0)
     assert env.a.run("ip", "link", "show", "tc0", check=False).returncode != 0
     assert server.tunnel()["state"] == "down"  # type: ignore[attr-defined]
     env.a.run(*tunconnector_cmd("mktun", "--dev", "tc0", "--dev-type", "tun"))
