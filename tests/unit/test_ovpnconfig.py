@@ -81,7 +81,8 @@ def test_files_relative_to_the_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("client\nremote a\n<ca>\nx\n</ca>\nup /bin/evil\n", r":6: unsupported directive 'up'"),
+        ("client\nremote a\n<ca>\nx\n</ca>\nfragment 1300\n",
+         r":6: unsupported directive 'fragment'"),
         ("client\nremote a\n<ca>\nx\n</ca>\ncomp-lzo\n", r":6: unsupported directive 'comp-lzo'"),
         ("remote a\n<ca>\nx\n</ca>\n", "not a client config"),
         ("client\n<ca>\nx\n</ca>\n", "no 'remote'"),
@@ -156,7 +157,7 @@ def test_cli_openvpn_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
     from tunconnector.cli import main
 
     ovpn = tmp_path / "bad.ovpn"
-    ovpn.write_text("client\nremote a\nup /bin/true\n")
+    ovpn.write_text("client\nremote a\nhttp-proxy p 8080\n")
     assert main(["openvpn", "-c", str(ovpn)]) == 2
     err = capsys.readouterr().err
-    assert "bad.ovpn:3: unsupported directive 'up'" in err
+    assert "bad.ovpn:3: unsupported directive 'http-proxy'" in err
