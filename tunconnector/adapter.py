@@ -175,6 +175,8 @@ class ConnectionTunnel(SupervisedDevice):
         self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
         self._assign_tasks: set[asyncio.Task[None]] = set()
         self._retired: list[Connection] = []  # replaced connections: their drops count
+        #: called with each ConfigAssigned once it is on the device (openvpn's up scripts)
+        self.assign_listeners: list[Callable[[ConfigAssigned], None]] = []
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -677,6 +679,11 @@ class ConnectionTunnel(SupervisedDevice):
         self.log.info("tunnel %s: assigned %s%s", self.name,
                       ", ".join(ev.addresses) or "no address",
                       f", routes {', '.join(r[0] for r in ev.routes)}" if ev.routes else "")
+        for cb in list(self.assign_listeners):
+            try:
+                cb(ev)
+            except Exception:  # a listener bug must not break the tunnel
+                self.log.exception("assignment listener failed")
 
     async def _unassign(self) -> None:
         for task in list(self._assign_tasks):

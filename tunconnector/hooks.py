@@ -184,36 +184,44 @@ class Hooks:
                 self._idle.set()
 
     async def _run(self, event: str, argv: list[str], extra: Mapping[str, str]) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-        env.update(extra)
         self.counts[event]["runs"] += 1
         started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: the timeout kills it all
-            )
-        except OSError as exc:
-            self._fail(event, f"cannot start {argv[0]!r}: {exc.strerror or exc}", "failed")
-            return
-        try:
-            rc = await asyncio.wait_for(proc.wait(), self.cfg.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 5.0)
-            self._fail(event, f"{argv[0]!r} still running after {self.cfg.timeout:g}s, killed",
-                       "timeout")
-            return
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        if rc != 0:
-            what = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
-            self._fail(event, f"{argv[0]!r} failed: {what}", "failed")
+        result, why = await run_program(argv, extra, self.cfg.timeout)
+        if result != "ok":
+            self._fail(event, why, result)
             return
         self.counts[event]["ok"] += 1
         self._log.info("hook %s of tunnel %s ran in %.2fs", event, self.tunnel,
                        time.monotonic() - started)
+
+
+async def run_program(argv: list[str], extra: Mapping[str, str], timeout: float,
+                      *, cwd: str | None = None) -> tuple[str, str]:
+    """Run ``argv`` (no shell) with the daemon's environment minus secrets plus ``extra``;
+    its own process group, killed whole after ``timeout``. Returns ``("ok", "")`` or
+    ``("failed" | "timeout", why)``. Also runs openvpn's up/down scripts (ovpn_scripts)."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env.update(extra)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, cwd=cwd,
+            start_new_session=True,  # its own process group: the timeout kills it all
+        )
+    except OSError as exc:
+        return "failed", f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        rc = await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5.0)
+        return "timeout", f"{argv[0]!r} still running after {timeout:g}s, killed"
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if rc != 0:
+        what = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+        return "failed", f"{argv[0]!r} failed: {what}"
+    return "ok", ""

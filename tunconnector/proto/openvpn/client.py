@@ -479,6 +479,7 @@ class OpenVPNClient:
         extra.update(cipher=cipher, peer_id=reply.peer_id, topology=reply.topology,
                      route_gateway=reply.route_gateway, key_derivation=reply.key_derivation,
                      routes_ipv6=list(reply.routes_ipv6))
+        extra.update(ifconfig=reply.ifconfig, ifconfig_ipv6=reply.ifconfig_ipv6)
         if reply.redirect_gateway is not None:
             if self.options.allow_redirect_gateway:
                 extra["redirect_gateway"] = reply.redirect_gateway
