@@ -240,29 +240,12 @@ def cmd_check(argv: Sequence[str]) -> int:
 
 
 def cmd_openvpn(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="tunconnector openvpn",
-        description="join an OpenVPN server with a standard client config (.ovpn)")
-    p.add_argument("-c", "--config", required=True, metavar="FILE.ovpn")
-    p.add_argument("--name", default="openvpn", help="tunnel name (status, API, metrics)")
-    p.add_argument("--device", default=None, metavar="IF",
-                   help="device name (default: the .ovpn's dev, else the kernel's choice)")
-    p.add_argument("--netns", default=None, help="put the device in this network namespace")
-    p.add_argument("--allow-redirect-gateway", action="store_true",
-                   help="accept a pushed redirect-gateway (route everything via the server)")
-    _add_common(p)
-    args = p.parse_args(argv)
-    tunnel: dict[str, Any] = {"name": args.name, "openvpn_config": args.config,
-                              "allow_redirect_gateway": args.allow_redirect_gateway}
-    if args.device:
-        tunnel["device"] = args.device
-    if args.netns:
-        tunnel["netns"] = args.netns
-    config = Config.from_mapping({
-        "tunnel": [tunnel], "control_dir": args.control_dir,
-        "log_level": args.log_level, "json_logs": args.json_logs,
-    })
-    return _serve(config)
+    """openvpn's own command line (``--cd DIR --config FILE --directive ARGS``, ``-c FILE``)
+    plus ``--name``, ``--device``, ``--netns``, ``--allow-redirect-gateway``: see
+    :mod:`tunconnector.ovpn_process` (also the ``tunconnector-openvpn`` console script)."""
+    from .ovpn_process import cmd_openvpn as run
+
+    return run(argv)
 
 
 def cmd_status(argv: Sequence[str]) -> int:
