@@ -32,8 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from netns import wait_for  # noqa: E402
-from test_openvpn_tls_interop import SERVER_IP, Lab, Pki, _lab  # noqa: E402
-from test_openvpn_tls_interop import pki  # noqa: E402,F401 - the module's PKI fixture
+from test_openvpn_tls_interop import (  # noqa: E402
+    SERVER_IP,
+    Lab,
+    Pki,
+    _lab,
+    pki,  # noqa: E402,F401 - the module's PKI fixture
+)
 
 pytestmark = [
     pytest.mark.openvpn,
