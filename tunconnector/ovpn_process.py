@@ -42,6 +42,7 @@ from .config import Config
 from .errors import ConfigError, TunconnectorError
 from .ovpn_mgmt import TITLE, Backend, Management
 from .ovpn_scripts import ScriptFacts, command, script_env
+from .ovpnclient import COMMAND_LINE_KEY
 from .ovpnconfig import OvpnConfig, parse_argv, register
 from .proto.connection import ConfigAssigned
 from .tunnel import State
@@ -128,7 +129,7 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     if name is None:
         dn = ovpn.daemon_name or ""
         name = dn if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", dn) else "openvpn"
-    key = f"openvpn-command-line:{name}"
+    key = f"{COMMAND_LINE_KEY}{name}"
     register(key, ovpn)
     tunnel: dict[str, Any] = {"name": name, "openvpn_config": key,
                               "allow_redirect_gateway": own.allow_redirect_gateway}
@@ -145,7 +146,7 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
         return _daemonize(config, ovpn)
     if ovpn.log:
         _redirect_output(ovpn.log, ovpn.log_append)
-    return _run(config, ovpn, None)
+    return _run(config, ovpn, Ready(None))
 
 
 # ------------------------------------------------------------------ process plumbing
@@ -179,21 +180,23 @@ def _daemonize(config: Config, ovpn: OvpnConfig) -> int:
         return _parent_wait(r, pid)
     os.close(r)
     rc = 1
+    ready = Ready(w)
     try:
         os.setsid()
         nul = os.open(os.devnull, os.O_RDONLY)
         os.dup2(nul, 0)
         os.close(nul)
         _redirect_output(ovpn.log, ovpn.log_append)
-        rc = _run(config, ovpn, w)
+        rc = _run(config, ovpn, ready)
+        ready.report(f"error: the daemon stopped before it was ready (status {rc})")
     except ConfigError as exc:
-        _report(w, f"config error: {exc}")
+        ready.report(f"config error: {exc}")
         rc = 2
     except TunconnectorError as exc:
-        _report(w, f"error: {exc}")
+        ready.report(f"error: {exc}")
         rc = 1
     except BaseException as exc:  # noqa: BLE001 - the child must never return to the CLI
-        _report(w, f"error: {exc!r}")
+        ready.report(f"error: {exc!r}")
         rc = 1
     finally:
         logging.shutdown()
@@ -227,22 +230,30 @@ def _parent_wait(r: int, pid: int) -> int:
     return rc if rc > 0 else 1
 
 
-def _report(fd: int | None, msg: str) -> None:
-    if fd is None:
-        return
-    with contextlib.suppress(OSError):
-        os.write(fd, msg.encode())
-        os.close(fd)
+class Ready:
+    """The daemon child's word to its parent, said once: ``OK`` or why not."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def report(self, msg: str) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(fd, msg.encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
-def _run(config: Config, ovpn: OvpnConfig, ready_fd: int | None) -> int:
+def _run(config: Config, ovpn: OvpnConfig, ready: Ready) -> int:
     from . import memory
     from .cli import run_loop
     from .log import setup
 
     setup(config.log_level, config.json_logs)
     memory.tune()
-    return int(run_loop(OpenVPNProcess(config, ovpn).run(ready_fd)))
+    return int(run_loop(OpenVPNProcess(config, ovpn).run(ready)))
 
 
 # ------------------------------------------------------------------ the process
@@ -331,14 +342,15 @@ class OpenVPNProcess:
         task.add_done_callback(self._tasks.discard)
 
     # -- scripts ------------------------------------------------------------------
-    async def script(self, kind: str, *, sig: str | None = None) -> bool:
+    async def script(self, kind: str, *, sig: str | None = None,
+                     facts: ScriptFacts | None = None) -> bool:
         """Run script ``kind`` if configured and allowed; False if it failed."""
         from .hooks import run_program
 
         argv = self.ovpn.scripts.get(kind)
         if not argv or self.ovpn.script_security < 2:
             return True
-        facts = self.facts()
+        facts = facts or self.facts()
         env = script_env(facts, kind, context=self.context, signal=sig)
         full = command(argv, facts, kind, context=self.context)
         result, why = await run_program(full, env, SCRIPT_TIMEOUT)
@@ -430,7 +442,7 @@ class OpenVPNProcess:
             await asyncio.sleep(self.ovpn.status_interval)  # openvpn's status period
 
     # -- run ----------------------------------------------------------------------
-    async def run(self, ready_fd: int | None) -> int:
+    async def run(self, ready: Ready) -> int:
         from .node import Node
 
         loop = asyncio.get_running_loop()
@@ -454,8 +466,7 @@ class OpenVPNProcess:
             if listeners is not None:
                 listeners.append(self._on_assigned)
             if self.mgmt is not None and self.mgmt.hold:
-                _report(ready_fd, "OK")
-                ready_fd = None
+                ready.report("OK")
                 await self.mgmt.wait_hold_release()
             if self.mgmt is not None:
                 self.mgmt.set_state("CONNECTING")
@@ -463,7 +474,7 @@ class OpenVPNProcess:
         except BaseException:
             await self._cleanup(started=False)
             raise
-        _report(ready_fd, "OK")
+        ready.report("OK")
         if self.mgmt is not None:
             self.mgmt.set_state("WAIT")
         if self.ovpn.status:
@@ -486,11 +497,12 @@ class OpenVPNProcess:
         if self.mgmt is not None:
             self.mgmt.set_state("RECONNECTING", self.exit_signal.lower())
         async with self._scripts:
+            facts = self.facts()  # what the device was, for the down script
             if self.up_ran:
-                await self.script("route-pre-down")
+                await self.script("route-pre-down", facts=facts)
             await self.tunnel.stop()
             if self.up_ran:
-                await self.script("down", sig=self.exit_signal)
+                await self.script("down", sig=self.exit_signal, facts=facts)
             self.up_ran = self.configured = False
             self.context = "restart"
             self.assigned = None
@@ -501,13 +513,14 @@ class OpenVPNProcess:
             self.mgmt.set_state("EXITING", self.exit_signal)
         for t in list(self._tasks):
             t.cancel()
+        facts = self.facts()  # what the device was, for the down script
         if started and self.up_ran:
             async with self._scripts:
-                await self.script("route-pre-down", sig=self.exit_signal)
+                await self.script("route-pre-down", sig=self.exit_signal, facts=facts)
         if self.node is not None:
             await self.node.stop()
         if started and self.up_ran:
-            await self.script("down", sig=self.exit_signal)
+            await self.script("down", sig=self.exit_signal, facts=facts)
         self._write_status()
         if self.mgmt is not None:
             await self.mgmt.close()

@@ -8,6 +8,7 @@ the factory makes one :class:`OpenVPNClient` per transport connection.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
@@ -16,12 +17,25 @@ from typing import Any
 
 from .config import TunnelConfig
 from .errors import ConfigError
-from .ovpnconfig import load
+from .ovpnconfig import OvpnConfig, load
 from .proto.openvpn.client import OpenVPNClient
+
+log = logging.getLogger("tunconnector.openvpn")
+
+#: how `tunconnector openvpn` registers the config it built from openvpn's command line
+COMMAND_LINE_KEY = "openvpn-command-line:"
 
 #: set to 1 to not announce TLS-EKM, so the server derives data keys with the PRF
 #: (interop testing of the older key derivation against a 2.6 server)
 ENV_NO_EKM = "TUNCONNECTOR_OPENVPN_NO_EKM"
+
+
+def process_directives(ovpn: OvpnConfig) -> list[str]:
+    """The process directives of ``ovpn`` (daemon, scripts, management, files)."""
+    names = [d for d, on in (("daemon", ovpn.daemon), ("log", ovpn.log),
+                             ("writepid", ovpn.writepid), ("status", ovpn.status),
+                             ("management", ovpn.management)) if on]
+    return names + list(ovpn.scripts)
 
 
 def _resolve(host: str, port: int) -> list[Any]:
@@ -40,6 +54,11 @@ def tls_connection_factory(cfg: TunnelConfig, remote: Any) -> Callable[[], OpenV
     if not cfg.openvpn_config:
         raise ConfigError(f"tunnel {cfg.name}: no openvpn_config")
     ovpn = load(cfg.openvpn_config)
+    process_only = process_directives(ovpn)
+    if process_only and not cfg.openvpn_config.startswith(COMMAND_LINE_KEY):
+        log.warning("tunnel %s: %s: %s take effect under `tunconnector openvpn` only (a "
+                    "[[tunnel]] uses [tunnel.hooks], the control socket and the API)",
+                    cfg.name, cfg.openvpn_config, ", ".join(process_only))
     opts = ovpn.options
     opts.allow_redirect_gateway = cfg.allow_redirect_gateway
     if os.environ.get(ENV_NO_EKM, "") not in ("", "0"):
