@@ -571,6 +571,25 @@ class Parser:
             if n > REPLAY_WINDOW:
                 cfg.warnings.append(f"{where}: replay-window {n}: tunconnector's window "
                                     f"is {REPLAY_WINDOW} packets")
+        elif d in ("comp-lzo", "compress"):
+            need(0, 1)
+            from .proto.openvpn.compress import from_option
+
+            try:
+                o.compress = from_option(words)
+            except ValueError as exc:
+                raise self.err(where, str(exc)) from None
+            if d == "comp-lzo" and (args[:1] or ["adaptive"])[0] != "no":
+                cfg.warnings.append(f"{where}: comp-lzo {(args or ['adaptive'])[0]}: "
+                                    "framed as 'comp-lzo no' (tunconnector never "
+                                    "compresses; compressed packets are dropped)")
+        elif d == "allow-compression":
+            need(1, 1)
+            if args[0] == "yes":
+                raise self.err(where, "allow-compression yes: real compression is not "
+                                      "supported (no, asym: accepted, nothing compressed)")
+            if args[0] not in ("no", "asym"):
+                raise self.err(where, "allow-compression must be yes, no or asym")
         elif d == "management":
             need(2, 3)
             if args[1] == "unix":

@@ -83,7 +83,9 @@ def test_files_relative_to_the_config(tmp_path: Path) -> None:
     [
         ("client\nremote a\n<ca>\nx\n</ca>\nfragment 1300\n",
          r":6: unsupported directive 'fragment'"),
-        ("client\nremote a\n<ca>\nx\n</ca>\ncomp-lzo\n", r":6: unsupported directive 'comp-lzo'"),
+        ("client\nremote a\n<ca>\nx\n</ca>\ncompress lz4\n", r":6: compress lz4: real"),
+        ("client\nremote a\n<ca>\nx\n</ca>\nallow-compression yes\n",
+         r":6: allow-compression yes"),
         ("remote a\n<ca>\nx\n</ca>\n", "not a client config"),
         ("client\n<ca>\nx\n</ca>\n", "no 'remote'"),
         ("client\nremote a\n", "no 'ca'"),
@@ -374,3 +376,13 @@ def test_command_line(tmp_path: Path) -> None:
         parse_argv(["c.conf", "--dev", "tap"])
     with pytest.raises(ConfigError, match=r"cd /nonexistent/dir: no such directory"):
         parse_argv(["--cd", "/nonexistent/dir"])
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    ("comp-lzo no", "lzo"), ("comp-lzo", "lzo"), ("compress", "stub"),
+    ("compress stub", "stub"), ("compress stub-v2", "stub-v2"),
+])
+def test_compression_framing_directives(line: str, kind: str) -> None:
+    cfg = parse(f"client\nremote a\n{line}\nallow-compression asym\n" + CREDS, "t")
+    assert cfg.options.compress == kind
+    assert bool(cfg.warnings) == (line == "comp-lzo")

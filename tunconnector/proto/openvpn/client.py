@@ -35,6 +35,8 @@ from ..connection import (
 )
 from . import push as pushmod
 from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .compress import Framing
+from .compress import from_option as compress_option
 from .datav2 import CIPHERS, DataKey, canonical_cipher
 from .keymethod import (
     EKM_LABEL,
@@ -104,6 +106,8 @@ class ClientOptions:
     offer_ekm: bool = True
     #: accept a pushed redirect-gateway (route everything through the server)
     allow_redirect_gateway: bool = False
+    #: compression framing (comp-lzo / compress), see compress.py; None: no header
+    compress: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -196,6 +200,7 @@ class OpenVPNClient:
         self._peer_id: int | None = None
         self._ping = self.options.ping
         self._ping_restart = self.options.ping_restart
+        self._comp = Framing(self.options.compress) if self.options.compress else None
         self._last_sent = now
         self._last_received = now
         self._started = now
@@ -307,6 +312,8 @@ class OpenVPNClient:
         if dk is None:
             raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
         payload = dk.decrypt(data)
+        if self._comp is not None:
+            payload = self._comp.unwrap(payload)
         self._last_received = now
         if is_ping(payload):
             return
@@ -447,6 +454,14 @@ class OpenVPNClient:
             return
         self._push_partial = None
         self._push = reply = partial
+        for opt in reply.options:  # a pushed comp-lzo / compress sets the framing
+            if opt[0] in ("comp-lzo", "compress"):
+                try:
+                    kind = compress_option(opt)
+                except ValueError as exc:
+                    self._fail(f"server pushed {' '.join(opt)}: {exc}", now, restart=False)
+                    return
+                self._comp = Framing(kind) if kind else None
         self._push_next = None
         cipher = canonical_cipher(reply.cipher) if reply.cipher else None
         if cipher is None and reply.cipher is None and self.options.cipher_fallback:
@@ -614,6 +629,8 @@ class OpenVPNClient:
         dk = self._primary
         if dk is None:
             return
+        if self._comp is not None:
+            payload = self._comp.wrap(payload)
         self._out.append(dk.encrypt(payload))
         self._last_sent = now
 
@@ -669,6 +686,8 @@ class OpenVPNClient:
         proto = IV_PROTO if self.options.offer_ekm else IV_PROTO & ~(1 << 3)
         lines = ["IV_VER=2.6.14", "IV_PLAT=linux", f"IV_PROTO={proto}", "IV_NCP=2",
                  f"IV_CIPHERS={ciphers}", "IV_TCPNL=1", "IV_GUI_VER=tunconnector"]
+        if self.options.compress:  # framing without compression, as openvpn announces it
+            lines += ["IV_LZO_STUB=1", "IV_COMP_STUB=1", "IV_COMP_STUBv2=1"]
         return "\n".join(lines) + "\n"
 
     @property
