@@ -645,9 +645,9 @@ class Parser:
         o.tap = cfg.dev_type == "tap"
         o.proto = cfg.remote_list()[0].proto
         if self.auth_user_pass_prompt is not None and o.username is None:
-            if cfg.management is None or not cfg.management.query_passwords:
-                raise ConfigError(f"{self.auth_user_pass_prompt}: auth-user-pass needs a "
-                                  "file (tunconnector does not prompt)")
+            raise ConfigError(f"{self.auth_user_pass_prompt}: auth-user-pass needs a file "
+                              "or an <auth-user-pass> block (tunconnector does not prompt, "
+                              "on the terminal or the management interface)")
         materials = self.materials
         ca = materials.get("ca")
         if ca is None:
@@ -658,7 +658,7 @@ class Parser:
             raise ConfigError(f"{name}: 'cert' and 'key' go together")
         if cert is not None and key is not None:
             o.cert_pem, o.key_pem = cert[0].encode(), key[0].encode()
-        elif o.username is None and self.auth_user_pass_prompt is None:
+        elif o.username is None:
             raise ConfigError(f"{name}: no client certificate ('cert'/'key') and no "
                               "'auth-user-pass'")
         for tag in ("tls-auth", "tls-crypt"):
