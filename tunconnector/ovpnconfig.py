@@ -641,6 +641,12 @@ class Parser:
             raise ConfigError(f"{name}: none of the data ciphers {':'.join(ciphers)} is "
                               f"supported ({', '.join(CIPHERS)})")
         o.data_ciphers = tuple(usable)
+        from .proto.openvpn.datav2 import CBC_CIPHERS
+        from .proto.openvpn.static import DIGESTS
+
+        if (set(usable) | {fallback}) & CBC_CIPHERS and o.auth not in DIGESTS:
+            raise ConfigError(f"{name}: auth {o.auth} with a CBC data cipher: one of "
+                              f"{', '.join(d for d in DIGESTS if d != 'none')}")
         o.cipher_fallback = fallback if fallback in CIPHERS else None
         o.tap = cfg.dev_type == "tap"
         o.proto = cfg.remote_list()[0].proto

@@ -530,7 +530,7 @@ class OpenVPNClient:
             material = prf_key_material(ks.local, ks.server.source, self.session_id,
                                         self.remote_session_id)
         c2s, s2c = split_key_material(material)
-        dk = DataKey(ks.key_id, self._cipher, c2s, s2c, self._peer_id, now)
+        dk = DataKey(ks.key_id, self._cipher, c2s, s2c, self._peer_id, now, self.options.auth)
         ks.data = dk
         ks.phase = _ACTIVE
         previous = self._primary

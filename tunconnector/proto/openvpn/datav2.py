@@ -18,9 +18,13 @@ from ...errors import RemoteProtocolError
 from ..replay import ReplayWindow
 from .keymethod import DirectionKeys
 from .packet import P_DATA_V1, P_DATA_V2, op_byte
+from .static import StaticKeyCrypto
 
 #: data-channel ciphers we implement, with their key lengths
-CIPHERS = {"AES-256-GCM": 32, "AES-128-GCM": 16, "CHACHA20-POLY1305": 32}
+CIPHERS = {"AES-256-GCM": 32, "AES-128-GCM": 16, "CHACHA20-POLY1305": 32,
+           "AES-256-CBC": 32, "AES-128-CBC": 16}
+#: the non-AEAD ones: HMAC (``auth``) | IV | CBC(packet id | payload), static.py's sealing
+CBC_CIPHERS = frozenset({"AES-256-CBC", "AES-128-CBC"})
 TAG_LEN = 16
 V2_HEADER = 8
 #: the packet id must never wrap: refuse to send past this and renegotiate long before
@@ -43,12 +47,17 @@ class DataKey:
     """Encrypt and decrypt for one key_id; replay window and counters of its own."""
 
     def __init__(self, key_id: int, cipher: str, send: DirectionKeys, recv: DirectionKeys,
-                 peer_id: int | None, created: float) -> None:
+                 peer_id: int | None, created: float, auth: str = "SHA1") -> None:
         self.key_id = key_id
         self.cipher = cipher
         self.created = created
-        self._send = _aead(cipher, send.cipher)
-        self._recv = _aead(cipher, recv.cipher)
+        self._cbc: StaticKeyCrypto | None = None
+        if cipher in CBC_CIPHERS:
+            self._cbc = StaticKeyCrypto(None, None, cipher, auth.upper(),
+                                        slices=(send, recv), pid_len=4)
+        else:
+            self._send = _aead(cipher, send.cipher)
+            self._recv = _aead(cipher, recv.cipher)
         self._send_iv = send.hmac[:8]
         self._recv_iv = recv.hmac[:8]
         self._peer_id = peer_id
@@ -68,6 +77,10 @@ class DataKey:
         if self._packet_id >= PACKET_ID_LIMIT:
             raise OverflowError("data packet id exhausted")
         pid = struct.pack("!I", self._packet_id)
+        if self._cbc is not None:
+            self.sent_packets += 1
+            head = self._op + self._peer_bytes if self._peer_id is not None else self._op
+            return head + self._cbc.seal(pid, payload)
         if self._peer_id is not None:
             ad = self._op + self._peer_bytes + pid
         else:
@@ -93,6 +106,8 @@ class DataKey:
             ad = pid_bytes
         else:
             raise RemoteProtocolError("bad_opcode", "not a data packet")
+        if self._cbc is not None:
+            return self._open_cbc(self._cbc, packet, 4 if opcode == P_DATA_V2 else 1)
         if len(packet) < head + TAG_LEN:
             raise RemoteProtocolError("truncated", "data packet too short")
         (pid,) = struct.unpack("!I", pid_bytes)
@@ -107,3 +122,15 @@ class DataKey:
         self.replay.update(pid)
         self.received_packets += 1
         return payload
+
+    def _open_cbc(self, cbc: StaticKeyCrypto, packet: bytes, head: int) -> bytes:
+        got = cbc.open(packet[head:])
+        if isinstance(got, str):
+            reason = {"short": "truncated"}.get(got, got)
+            raise RemoteProtocolError(reason, f"data packet refused: {got}")
+        pid, _, payload = got
+        if not self.replay.check(pid):
+            raise RemoteProtocolError("replay", "data packet replayed or too old")
+        self.replay.update(pid)
+        self.received_packets += 1
+        return bytes(payload)

@@ -87,12 +87,21 @@ def check_cipher(cipher: str, auth: str) -> None:
 class StaticKeyCrypto:
     """Seal and open packets of one static-key tunnel (both directions)."""
 
-    def __init__(self, key: StaticKey, direction: int | None, cipher: str = "AES-256-CBC",
-                 auth: str = "SHA1") -> None:
+    def __init__(self, key: StaticKey | None, direction: int | None,
+                 cipher: str = "AES-256-CBC", auth: str = "SHA1", *,
+                 slices: tuple[Any, Any] | None = None, pid_len: int = PID_LEN) -> None:
+        """``slices``: (send, receive) keys with ``.cipher``/``.hmac`` instead of a key
+        file's (the TLS mode's data channel, whose packet id is 4 bytes: ``pid_len``)."""
         check_cipher(cipher, auth)
         self.cipher = cipher
         self.auth = auth
-        send, recv = key.directional(direction)
+        self.pid_len = pid_len
+        if slices is not None:
+            send, recv = slices
+        elif key is not None:
+            send, recv = key.directional(direction)
+        else:
+            raise ValueError("StaticKeyCrypto needs a key or key slices")
         klen, self.block = CIPHERS[cipher]
         self.digest, self.hlen = DIGESTS[auth]
         self._enc_key = send.cipher[:klen]
@@ -100,7 +109,7 @@ class StaticKeyCrypto:
         self._tx_hmac = send.hmac[:self.hlen]
         self._rx_hmac = recv.hmac[:self.hlen]
         #: smallest valid packet
-        self.min_len = self.hlen + (2 * self.block if self.block else PID_LEN)
+        self.min_len = self.hlen + (2 * self.block if self.block else pid_len)
         # One CBC context per direction for the tunnel's life (making one per packet costs
         # more than the AES itself). Sending: each packet's plaintext is preceded by a
         # random block; its ciphertext, E(previous block XOR random), is the packet's IV:
@@ -156,11 +165,18 @@ class StaticKeyCrypto:
                 return "bad_padding"
             plain = self._decryptor.update(mv[hlen:])[b:]  # IV block fed first, dropped
             pad = plain[-1]
-            if not 1 <= pad <= b or len(plain) - pad < PID_LEN \
+            plen = self.pid_len
+            if not 1 <= pad <= b or len(plain) - pad < plen \
                     or plain[-pad:] != bytes((pad,)) * pad:
                 return "bad_padding"
+            if plen != PID_LEN:  # TLS mode: a 4-byte packet id, no time
+                return int.from_bytes(plain[:plen], "big"), 0, plain[plen:-pad]
             pid, ptime = _PID.unpack_from(plain, 0)
             return pid, ptime, plain[PID_LEN:-pad]
+        if self.pid_len != PID_LEN:
+            plen = self.pid_len
+            return (int.from_bytes(mv[hlen:hlen + plen], "big"), 0,
+                    bytes(mv[hlen + plen:]))
         pid, ptime = _PID.unpack_from(mv, hlen)
         return pid, ptime, bytes(mv[hlen + PID_LEN:])
 
