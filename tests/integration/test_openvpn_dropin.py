@@ -248,11 +248,12 @@ def _peering(lab: Lab, root: Path, *args: str) -> subprocess.CompletedProcess[st
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaps, as under a container's init, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
@@ -283,9 +284,8 @@ def test_peering_client_tooling_drives_tunconnector(ovlab: Lab) -> None:
     res = _peering(lab, root, "openvpn", "status")
     assert res.stdout.strip() == f"{MUX} tap5 up {local4} {local6}", res.stdout + res.stderr
     assert lab.c1.wait_ping("10.8.0.1", 15)
-    ping6 = lab.c1.run("ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", "fd00:8::1",
-                       check=False)
-    assert ping6.returncode == 0, ping6.stdout + ping6.stderr
+    # IPv6 through the tap (bounded: the address is tentative until DAD ends)
+    assert lab.c1.wait_ping("fd00:8::1", 15), lab.c1.run("ip", "-6", "addr").stdout
     # the management interface as PEERING and GUIs speak it, through socat
     state = lab.c1.run("socat", "-", f"UNIX:{var / (MUX + '.sock')}", input="state\nquit\n")
     lines = state.stdout.splitlines()
