@@ -311,3 +311,82 @@ def _text(path: Path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------- a provider-style config
+CHECK_SH = """\
+#!/bin/sh
+# auth-user-pass-verify via-file: line 1 user, line 2 password
+[ "$(sed -n 1p "$1")" = alice ] && [ "$(sed -n 2p "$1")" = "s3cret word" ]
+"""
+
+
+def _mgmt(lab: Lab, port: int, text: str) -> list[str]:
+    """A management session through socat (password first), lines without CR."""
+    res = lab.c1.run("socat", "-t", "2", "-", f"TCP:127.0.0.1:{port}",
+                     input="m-pass\n" + text, timeout=30)
+    return [line.rstrip("\r") for line in res.stdout.splitlines()]
+
+
+@pytest.mark.slow
+def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
+    """Several remotes with remote-random, resolv-retry, comp-lzo no, auth-user-pass file
+    (no client certificate), AES-256-CBC + SHA512, inline tls-auth with key-direction 1,
+    setenv, fast-io; the server checks the password with auth-user-pass-verify. Driven
+    without daemon, through a password-protected TCP management interface."""
+    from harness import Daemon
+    from netns import tunconnector_cmd
+    from test_openvpn_tls_interop import status, transfer
+
+    lab = ovlab
+    p = lab.pki.files
+    check = lab.dir / "check.sh"
+    check.write_text(CHECK_SH)
+    check.chmod(0o755)
+    lab.start_server(extra=(
+        f"data-ciphers AES-256-CBC\nauth SHA512\ncomp-lzo no\ntls-auth {p['ta.key']} 0\n"
+        f"verify-client-cert none\nusername-as-common-name\nscript-security 2\n"
+        f"auth-user-pass-verify {check} via-file\n"))
+    work = lab.dir / "provider"
+    work.mkdir()
+    (work / "creds.txt").write_text("alice\ns3cret word\n")
+    (work / "mgmt.pw").write_text("m-pass\n")
+    (work / "vpn.ovpn").write_text(
+        "client\ndev tun\nproto udp\n"
+        f"remote {SERVER_IP} 1194\nremote {SERVER_IP} 1194 udp ; the same mux twice\n"
+        "remote-random\nresolv-retry infinite\nnobind\npersist-key\npersist-tun\n"
+        "comp-lzo no\nauth-user-pass creds.txt\ncipher AES-256-CBC\nauth SHA512\n"
+        "remote-cert-tls server\nkey-direction 1\nsetenv CLIENT_CERT 0\nfast-io\nverb 3\n"
+        f"<ca>\n{p['ca.crt'].read_text()}</ca>\n<tls-auth>\n{p['ta.key'].read_text()}"
+        "</tls-auth>\n")
+    argv = tunconnector_cmd("openvpn", "--cd", str(work), "--config", "vpn.ovpn",
+                            "--management", "127.0.0.1", "7505", "mgmt.pw",
+                            "--status", "status.txt", "1", "--writepid", "vpn.pid",
+                            "--name", "provider")
+    d = Daemon(lab.c1, argv, lab.dir, "provider").start()
+    lab.daemons.append(d)
+    assert wait_for(lambda: "Initialization Sequence Completed" in d.log()
+                    or (d.proc is not None and d.proc.poll() is not None), 60), d.log()
+    assert d.proc is not None and d.proc.poll() is None, d.log()
+    state = _mgmt(lab, 7505, "state\nquit\n")
+    assert state[:2] == ["SUCCESS: password is correct",
+                         ">INFO:OpenVPN Management Interface Version 5 -- type 'help' for "
+                         "more info"], state
+    assert ",CONNECTED,SUCCESS,10.8.0." in state[2], state
+    assert lab.c1.wait_ping("10.8.0.1", 15)
+    transfer(lab.c1, lab.s, "10.8.0.1", 8 << 20)
+    t = status(d)
+    assert t["crypto"]["cipher"] == "AES-256-CBC" and not t["drops"].get("compressed"), t
+    dev = t["device"]
+    assert "alice" in lab.server_text()  # username-as-common-name: the password passed
+    stats = _mgmt(lab, 7505, "status\nquit\n")
+    assert stats[2] == "OpenVPN STATISTICS" and stats[-1] == "END", stats
+    read = dict(line.split(",", 1) for line in stats[3:-1])
+    assert int(read["TUN/TAP read bytes"]) > 8 << 20, stats
+    assert wait_for(lambda: "TUN/TAP write bytes" in _text(work / "status.txt"), 5)
+    pid = int((work / "vpn.pid").read_text())
+    assert pid == d.proc.pid
+    assert _mgmt(lab, 7505, "signal SIGTERM\n")[2] == "SUCCESS: signal SIGTERM thrown"
+    assert d.proc.wait(20) == 0, d.log()
+    assert not (work / "vpn.pid").exists()
+    assert lab.c1.run("ip", "link", "show", dev, check=False).returncode != 0
