@@ -93,6 +93,10 @@ class StateEntry:
         return out + (f",{self.local_ip6}" if self.local_ip6 else "")
 
 
+def _query_line(kind: str) -> str:
+    return f">PASSWORD:Need '{kind}' username/password"
+
+
 class _LogTap(logging.Handler):
     def __init__(self, mgmt: Management) -> None:
         super().__init__(logging.DEBUG)
@@ -134,6 +138,8 @@ class Management:
         self._server: asyncio.Server | None = None
         self._tap = _LogTap(self)
         self._holding: asyncio.Event | None = None
+        #: a >PASSWORD: query waiting for its answer: (type, username, password, done)
+        self._query: tuple[str, list[str], asyncio.Event] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -191,6 +197,17 @@ class Management:
         await self._holding.wait()
         self._holding = None
 
+    async def query_user_pass(self, kind: str = "Auth") -> tuple[str, str]:
+        """``management-query-passwords``: ask the clients for a username and password
+        (``>PASSWORD:Need 'Auth' username/password``), as openvpn does."""
+        got: list[str] = ["", ""]
+        done = asyncio.Event()
+        self._query = (kind, got, done)
+        self._broadcast(_query_line(kind))
+        await done.wait()
+        self._query = None
+        return got[0], got[1]
+
     # -- notifications ----------------------------------------------------------------
     def set_state(self, name: str, desc: str = "", *, local_ip: str = "", remote: str = "",
                   remote_port: str = "", local_ip6: str = "") -> None:
@@ -224,6 +241,8 @@ class Management:
                 c.send(GREETING)
                 if self._holding is not None:
                     c.send(">HOLD:Waiting for hold release:0")
+                if self._query is not None:
+                    c.send(_query_line(self._query[0]))
             else:
                 c.send("ENTER PASSWORD:")
             while not reader.at_eof():
@@ -321,6 +340,9 @@ class Management:
                 else:
                     c.send(f"SUCCESS: signal {name} thrown")
                     self.backend.signal(name)
+        elif cmd in ("username", "password"):
+            if need(2):
+                self._answer(c, cmd, args[0], args[1])
         elif cmd == "hold":
             self._hold(c, args[0] if args else None)
         elif cmd == "verb":
@@ -358,6 +380,20 @@ class Management:
                        "or 'all'")
                 return
         c.send(*(lines[-n:] if n else lines), "END")
+
+    def _answer(self, c: _Client, what: str, kind: str, value: str) -> None:
+        q = self._query
+        if q is None:
+            c.send(f"ERROR: no {what} is currently needed at this time")
+            return
+        if kind != q[0]:
+            c.send(f"ERROR: {what} of type '{kind}' entered, but we need one of type "
+                   f"'{q[0]}'")
+            return
+        q[1][0 if what == "username" else 1] = value
+        c.send(f"SUCCESS: '{kind}' {what} entered, but not yet verified")
+        if q[1][0] and q[1][1]:
+            q[2].set()
 
     def _hold(self, c: _Client, parm: str | None) -> None:
         if parm is None:

@@ -468,6 +468,11 @@ class OpenVPNProcess:
             if self.mgmt is not None and self.mgmt.hold:
                 ready.report("OK")
                 await self.mgmt.wait_hold_release()
+            if self.mgmt is not None and self.ovpn.query_auth:
+                ready.report("OK")
+                user, password = await self.mgmt.query_user_pass("Auth")
+                # the registered config the tunnel's connections are made from
+                self.ovpn.options.username, self.ovpn.options.password = user, password
             if self.mgmt is not None:
                 self.mgmt.set_state("CONNECTING")
             await self.node.start()

@@ -112,6 +112,9 @@ class OvpnConfig:
     sndbuf: int = 0
     rcvbuf: int = 0
     replay_window: int = 64
+    #: auth-user-pass without credentials, asked over the management interface
+    #: (management-query-passwords): ``>PASSWORD:Need 'Auth' username/password``
+    query_auth: bool = False
     #: non-fatal remarks (directives ignored through setenv opt / ignore-unknown-option)
     warnings: list[str] = field(default_factory=list)
 
@@ -651,9 +654,12 @@ class Parser:
         o.tap = cfg.dev_type == "tap"
         o.proto = cfg.remote_list()[0].proto
         if self.auth_user_pass_prompt is not None and o.username is None:
-            raise ConfigError(f"{self.auth_user_pass_prompt}: auth-user-pass needs a file "
-                              "or an <auth-user-pass> block (tunconnector does not prompt, "
-                              "on the terminal or the management interface)")
+            if cfg.management is None or not cfg.management.query_passwords:
+                raise ConfigError(f"{self.auth_user_pass_prompt}: auth-user-pass needs a "
+                                  "file, an <auth-user-pass> block or "
+                                  "management-query-passwords (tunconnector does not prompt "
+                                  "on the terminal)")
+            cfg.query_auth = True
         materials = self.materials
         ca = materials.get("ca")
         if ca is None:
@@ -664,7 +670,7 @@ class Parser:
             raise ConfigError(f"{name}: 'cert' and 'key' go together")
         if cert is not None and key is not None:
             o.cert_pem, o.key_pem = cert[0].encode(), key[0].encode()
-        elif o.username is None:
+        elif o.username is None and not cfg.query_auth:
             raise ConfigError(f"{name}: no client certificate ('cert'/'key') and no "
                               "'auth-user-pass'")
         for tag in ("tls-auth", "tls-crypt"):

@@ -219,3 +219,38 @@ async def test_management_hold_waits_for_release(tmp_path: Path) -> None:
         writer.close()
     finally:
         await mg.close()
+
+
+async def test_management_password_query(tmp_path: Path) -> None:
+    """management-query-passwords: >PASSWORD: and the username/password commands."""
+    mg, _, c = await _with_mgmt(tmp_path)
+    try:
+        assert await c.line() == GREETING
+        assert await c.cmd('password "Auth" x') == [
+            "ERROR: no password is currently needed at this time"]
+        asking = asyncio.get_running_loop().create_task(mg.query_user_pass("Auth"))
+        assert await c.line() == ">PASSWORD:Need 'Auth' username/password"
+        assert await c.cmd('username "Private Key" alice') == [
+            "ERROR: username of type 'Private Key' entered, but we need one of type 'Auth'"]
+        assert await c.cmd('username "Auth" alice') == [
+            "SUCCESS: 'Auth' username entered, but not yet verified"]
+        assert not asking.done()
+        assert await c.cmd('password "Auth" "s3cret word"') == [
+            "SUCCESS: 'Auth' password entered, but not yet verified"]
+        assert await asyncio.wait_for(asking, 5) == ("alice", "s3cret word")
+    finally:
+        c.w.close()
+        await mg.close()
+
+
+def test_query_passwords_config() -> None:
+    from test_ovpnconfig import _pki
+
+    from tunconnector.ovpnconfig import parse
+
+    ca = _pki().split("<cert>")[0]
+    cfg = parse("client\nremote a\nauth-user-pass\nmanagement /tmp/x.sock unix\n"
+                "management-query-passwords\n" + ca, "t")
+    assert cfg.query_auth and cfg.options.username is None
+    with pytest.raises(ConfigError, match="t:3: auth-user-pass needs a file"):
+        parse("client\nremote a\nauth-user-pass\n" + ca, "t")
