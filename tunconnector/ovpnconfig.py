@@ -586,6 +586,19 @@ class Parser:
                 cfg.warnings.append(f"{where}: comp-lzo {(args or ['adaptive'])[0]}: "
                                     "framed as 'comp-lzo no' (tunconnector never "
                                     "compresses; compressed packets are dropped)")
+        elif d == "mssfix":
+            need(0, 2)
+            o.mssfix, o.mssfix_encap, o.mssfix_fixed = 1492, True, False
+            if args:
+                o.mssfix = number(args[0], "mssfix")
+                if not 0 <= o.mssfix <= 65535:
+                    raise self.err(where, "mssfix must be 0..65535")
+                o.mssfix_encap = False  # a value: encapsulation not counted unless 'mtu'
+            if len(args) > 1:
+                if args[1] not in ("mtu", "fixed"):
+                    raise self.err(where, f"mssfix {args[1]!r}: 'mtu' or 'fixed'")
+                o.mssfix_encap = args[1] == "mtu"
+                o.mssfix_fixed = args[1] == "fixed"
         elif d == "allow-compression":
             need(1, 1)
             if args[0] == "yes":

@@ -48,6 +48,8 @@ from .keymethod import (
     prf_key_material,
     split_key_material,
 )
+from .mss import clamp as clamp_mss
+from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
@@ -108,6 +110,10 @@ class ClientOptions:
     allow_redirect_gateway: bool = False
     #: compression framing (comp-lzo / compress), see compress.py; None: no header
     compress: str | None = None
+    #: mssfix N [mtu|fixed] (see mss.py); openvpn 2.6's default is 1492 mtu, 0 is off
+    mssfix: int = 1492
+    mssfix_encap: bool = True
+    mssfix_fixed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,6 +207,7 @@ class OpenVPNClient:
         self._ping = self.options.ping
         self._ping_restart = self.options.ping_restart
         self._comp = Framing(self.options.compress) if self.options.compress else None
+        self._mss = 0  # the MSS clamp once the data channel's overhead is known
         self._last_sent = now
         self._last_received = now
         self._started = now
@@ -290,10 +297,11 @@ class OpenVPNClient:
         if self._primary is None or self.state != "connected":
             self.drops["no_key"] += len(frames)
             return
+        mss, tap = self._mss, self.options.tap
         for frame in frames:
             self.bytes_out += len(frame)
             self.packets_out += 1
-            self._send_data(frame, now)
+            self._send_data(clamp_mss(frame, mss, tap=tap) if mss else frame, now)
 
     def _receive_packet(self, data: bytes, now: float) -> None:
         if self.state in ("closed", "failed", "idle") or not data:
@@ -327,6 +335,8 @@ class OpenVPNClient:
             return
         self.bytes_in += len(payload)
         self.packets_in += 1
+        if self._mss:
+            payload = clamp_mss(payload, self._mss, tap=self.options.tap)
         self._frames.append(payload)
 
     def _receive_control(self, data: bytes, now: float) -> None:
@@ -486,6 +496,7 @@ class OpenVPNClient:
         self._activate(ks, now)
         if self.state == "failed":
             return
+        self._mss = self._mss_clamp()
         routes = list(reply.routes)
         gw = reply.default_gateway()
         routes = [(net, g or (gw if self.options.tap else None)) for net, g in routes]
@@ -665,6 +676,16 @@ class OpenVPNClient:
 
     def next_event(self) -> ConnectionEvent | None:
         return self._events.popleft() if self._events else None
+
+    def _mss_clamp(self) -> int:
+        o = self.options
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
+        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
+                         tap=o.tap, tcp=o.proto == "tcp",
+                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
+                         cipher=self._cipher or "", auth=o.auth,
+                         peer_id=self._peer_id is not None,
+                         compress=self._comp.kind if self._comp else None)
 
     # -- strings -------------------------------------------------------------------------
 
