@@ -330,7 +330,8 @@ def _mgmt(lab: Lab, port: int, text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
-    """Several remotes with remote-random, resolv-retry, comp-lzo no, auth-user-pass file
+    """Several remotes with remote-random, resolv-retry, comp-lzo no, mssfix 1300 (TCP
+    SYNs carry the MSS openvpn's own client gives them), auth-user-pass file
     (no client certificate), AES-256-CBC + SHA512, inline tls-auth with key-direction 1,
     setenv, fast-io; the server checks the password with auth-user-pass-verify. Driven
     without daemon, through a password-protected TCP management interface."""
@@ -355,7 +356,8 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
         "client\ndev tun\nproto udp\n"
         f"remote {SERVER_IP} 1194\nremote {SERVER_IP} 1194 udp ; the same mux twice\n"
         "remote-random\nresolv-retry infinite\nnobind\npersist-key\npersist-tun\n"
-        "comp-lzo no\nauth-user-pass creds.txt\ncipher AES-256-CBC\nauth SHA512\n"
+        "comp-lzo no\nmssfix 1300\nauth-user-pass creds.txt\ncipher AES-256-CBC\n"
+        "auth SHA512\n"
         "remote-cert-tls server\nkey-direction 1\nsetenv CLIENT_CERT 0\nfast-io\nverb 3\n"
         f"<ca>\n{p['ca.crt'].read_text()}</ca>\n<tls-auth>\n{p['ta.key'].read_text()}"
         "</tls-auth>\n")
@@ -379,6 +381,7 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
     assert t["crypto"]["cipher"] == "AES-256-CBC" and not t["drops"].get("compressed"), t
     dev = t["device"]
     assert "alice" in lab.server_text()  # username-as-common-name: the password passed
+    _same_mss_as_openvpn(lab, work)
     stats = _mgmt(lab, 7505, "status\nquit\n")
     assert stats[2] == "OpenVPN STATISTICS" and stats[-1] == "END", stats
     read = dict(line.split(",", 1) for line in stats[3:-1])
@@ -390,3 +393,42 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
     assert d.proc.wait(20) == 0, d.log()
     assert not (work / "vpn.pid").exists()
     assert lab.c1.run("ip", "link", "show", dev, check=False).returncode != 0
+
+
+def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
+    """The same config in openvpn's own client (on C2): SYNs from both clients reach the
+    server's tun with the same clamped MSS."""
+    log = lab.dir / "openvpn-client.log"
+    with open(log, "wb") as out:
+        real = lab.c2.popen("openvpn", "--cd", str(work), "--config", "vpn.ovpn",
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: "Initialization Sequence Completed" in _text(log), 40), \
+            _text(log)
+        dump = lab.s.popen("tcpdump", "-i", "tun0", "-nn", "-l", "-c", "2",
+                           "tcp[tcpflags] & tcp-syn != 0 and tcp dst port 5999",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert dump.stderr is not None
+            assert b"listening on" in dump.stderr.readline()
+            probe = ("import socket; s = socket.socket(); s.settimeout(3); "
+                     "s.connect_ex(('10.8.0.1', 5999))")
+            for host in (lab.c1, lab.c2):
+                host.run(sys.executable, "-c", probe, check=False, timeout=20)
+            out, _ = dump.communicate(timeout=20)
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait(5)
+        lines = out.decode().splitlines()
+        mss = {line.split()[2].rsplit(".", 1)[0]: line.split("mss ")[1].split(",")[0]
+               for line in lines if "mss " in line}
+        assert len(mss) == 2 and len(set(mss.values())) == 1, lines
+        from tunconnector.proto.openvpn.mss import mss_value
+
+        want = mss_value(mssfix=1300, encap=False, cipher="AES-256-CBC", auth="SHA512",
+                         compress="lzo")
+        assert set(mss.values()) == {str(want)}, (lines, want)
+    finally:
+        real.terminate()
+        real.wait(10)
