@@ -400,7 +400,7 @@ def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
     server's tun with the same clamped MSS."""
     log = lab.dir / "openvpn-client.log"
     with open(log, "wb") as out:
-        real = lab.c2.popen("openvpn", "--cd", str(work), "--config", "vpn.ovpn",
+        real = lab.c2.popen("openvpn", "--cd", str(work), "--config", "vpn.ovpn", "--float",
                             stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: "Initialization Sequence Completed" in _text(log), 40), \
