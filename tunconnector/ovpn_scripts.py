@@ -120,6 +120,37 @@ def _routes(facts: ScriptFacts) -> dict[str, str]:
     return env
 
 
+def _x509(facts: ScriptFacts) -> dict[str, str]:
+    """``common_name``, ``X509_{depth}_{attr}``, ``tls_id_N``, ``tls_serial_N``,
+    ``tls_serial_hex_N``, ``tls_digest_N``, ``tls_digest_sha256_N`` of the server's chain."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from .proto.openvpn.tls import _SHORT, common_name, subject_string
+
+    env: dict[str, str] = {}
+    ev = facts.assigned
+    chain = (ev.extra or {}).get("peer_chain") if ev is not None else None
+    for depth, cert in sorted((chain or {}).items()):
+        for attr in cert.subject:
+            name = _SHORT.get(attr.oid, attr.oid.dotted_string)
+            env[f"X509_{depth}_{name}"] = str(attr.value)
+        env[f"tls_id_{depth}"] = subject_string(cert)
+        serial = cert.serial_number
+        env[f"tls_serial_{depth}"] = str(serial)
+        hexs = f"{serial:x}"
+        hexs = ("0" if len(hexs) % 2 else "") + hexs
+        env[f"tls_serial_hex_{depth}"] = ":".join(hexs[i:i + 2] for i in range(0, len(hexs), 2))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        for key, algo in ((f"tls_digest_{depth}", hashes.SHA1()),
+                          (f"tls_digest_sha256_{depth}", hashes.SHA256())):
+            h = hashes.Hash(algo)
+            h.update(der)
+            env[key] = ":".join(f"{b:02x}" for b in h.finalize())
+        if depth == 0:
+            env["common_name"] = common_name(cert)
+    return env
+
+
 def script_env(facts: ScriptFacts, script_type: str, *, context: str = "init",
                signal: str | None = None, now: float | None = None) -> dict[str, str]:
     """The environment openvpn gives ``script_type`` (up, down, route-up ...)."""
@@ -151,6 +182,7 @@ def script_env(facts: ScriptFacts, script_type: str, *, context: str = "init",
         env["local_port_1"] = str(facts.local_port)
     env.update(_ifconfig(facts))
     env.update(_routes(facts))
+    env.update(_x509(facts))
     if signal is not None:
         env["signal"] = signal
     return env

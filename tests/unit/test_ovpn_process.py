@@ -254,3 +254,26 @@ def test_query_passwords_config() -> None:
     assert cfg.query_auth and cfg.options.username is None
     with pytest.raises(ConfigError, match="t:3: auth-user-pass needs a file"):
         parse("client\nremote a\nauth-user-pass\n" + ca, "t")
+
+
+def test_server_certificate_in_the_environment() -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PEERING"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "mux.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(0x1A2B).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    ev = ConfigAssigned(0.0, ("10.8.0.2/24",), (), None, {"peer_chain": {0: cert, 1: cert}})
+    env = script_env(ScriptFacts(dev="tun0", assigned=ev), "up")
+    assert env["common_name"] == "mux.example" and env["X509_0_CN"] == "mux.example"
+    assert env["X509_1_O"] == "PEERING" and env["tls_id_0"] == "O=PEERING, CN=mux.example"
+    assert (env["tls_serial_0"], env["tls_serial_hex_0"]) == ("6699", "1a:2b")
+    assert len(env["tls_digest_sha256_0"].split(":")) == 32

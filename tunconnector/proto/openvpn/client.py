@@ -506,6 +506,7 @@ class OpenVPNClient:
                      route_gateway=reply.route_gateway, key_derivation=reply.key_derivation,
                      routes_ipv6=list(reply.routes_ipv6))
         extra.update(ifconfig=reply.ifconfig, ifconfig_ipv6=reply.ifconfig_ipv6)
+        extra["peer_chain"] = dict(getattr(ks.tls, "chain", {}))
         if reply.redirect_gateway is not None:
             if self.options.allow_redirect_gateway:
                 extra["redirect_gateway"] = reply.redirect_gateway

@@ -158,10 +158,13 @@ class TlsSession:
         self._conn.set_connect_state()
         self.handshake_done = False
         self.closed = False
+        #: the server's chain as verified, by depth (scripts' X509_* / tls_* variables)
+        self.chain: dict[int, x509.Certificate] = {}
 
     def _verify(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
                 ok: int) -> bool:
         c = cert.to_cryptography()
+        self.chain[depth] = c
         if not ok:
             word = _VERIFY_ERRORS.get(errnum, f"OpenSSL verify error {errnum}")
             if errnum in (2, 19, 20, 21):
