@@ -599,6 +599,38 @@ class Parser:
                     raise self.err(where, f"mssfix {args[1]!r}: 'mtu' or 'fixed'")
                 o.mssfix_encap = args[1] == "mtu"
                 o.mssfix_fixed = args[1] == "fixed"
+        elif d == "pull-filter":
+            need(2, 2)
+            if args[0] not in ("accept", "ignore", "reject"):
+                raise self.err(where, "pull-filter action must be accept, ignore or reject")
+            o.pull_filters.append((args[0], args[1]))
+        elif d == "route-nopull":
+            o.route_nopull = True
+        elif d == "route":
+            need(1, 4)
+            try:
+                import ipaddress
+
+                ipaddress.IPv4Network(f"{args[0]}/{args[1] if len(args) > 1 else '32'}",
+                                      strict=False)
+                for gw in args[2:3]:
+                    if gw not in ("vpn_gateway", "net_gateway", "default"):
+                        ipaddress.IPv4Address(gw)
+            except ValueError as exc:
+                raise self.err(where, f"route: {exc}") from None
+            if args[2:3] == ["net_gateway"]:
+                raise self.err(where, "route ... net_gateway: not implemented (routes go "
+                                      "through the tunnel)")
+            o.routes.append(["route", *args[:3]])
+        elif d == "route-ipv6":
+            need(1, 3)
+            try:
+                import ipaddress
+
+                ipaddress.IPv6Network(args[0], strict=False)
+            except ValueError as exc:
+                raise self.err(where, f"route-ipv6: {exc}") from None
+            o.routes.append(["route-ipv6", *args[:2]])
         elif d == "allow-compression":
             need(1, 1)
             if args[0] == "yes":

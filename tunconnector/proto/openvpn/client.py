@@ -62,6 +62,7 @@ from .packet import (
     parse_header,
     split_opcode,
 )
+from .pullfilter import filter_pushed
 from .reliable import ReliableReceiver, ReliableSender
 from .tls import TlsContext, TlsSession, TlsSettings
 from .tlsauth import TlsAuth, TlsCrypt, Wrapper
@@ -114,6 +115,11 @@ class ClientOptions:
     mssfix: int = 1492
     mssfix_encap: bool = True
     mssfix_fixed: bool = False
+    #: pull-filter (action, text) in order, route-nopull, and the config's own routes
+    #: (``route``/``route-ipv6`` option words), see pullfilter.py
+    pull_filters: list[tuple[str, str]] = field(default_factory=list)
+    route_nopull: bool = False
+    routes: list[list[str]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -452,7 +458,13 @@ class OpenVPNClient:
     def _push_reply(self, body: str, now: float) -> None:
         if self._push is not None:
             return  # a duplicate answer to a retried PUSH_REQUEST
-        opts = pushmod.parse_options(body)
+        opts, rejected = filter_pushed(pushmod.parse_options(body), self.options.pull_filters,
+                                       self.options.route_nopull)
+        if rejected is not None:
+            self._fail(f"pushed option rejected by pull-filter: {rejected[:200]!r}", now)
+            return
+        if self._push_partial is None:  # the config's own routes join the first message
+            opts += [list(r) for r in self.options.routes]
         partial = self._push_partial or pushmod.PushReply()
         try:
             pushmod.apply(partial, opts)
