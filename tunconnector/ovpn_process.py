@@ -387,6 +387,8 @@ class OpenVPNProcess:
                 self._connected()
 
     def _on_state(self, tunnel: Any, old: State, new: State) -> None:
+        if new == State.UP and "ipchange" in self.ovpn.scripts:
+            self._spawn(self.script("ipchange"))
         if new == State.UP and self.configured:
             self._connected()
         elif new == State.DOWN and old == State.UP:
@@ -505,8 +507,10 @@ class OpenVPNProcess:
             facts = self.facts()  # what the device was, for the down script
             if self.up_ran:
                 await self.script("route-pre-down", facts=facts)
+                if self.ovpn.down_pre:
+                    await self.script("down", sig=self.exit_signal, facts=facts)
             await self.tunnel.stop()
-            if self.up_ran:
+            if self.up_ran and not self.ovpn.down_pre:
                 await self.script("down", sig=self.exit_signal, facts=facts)
             self.up_ran = self.configured = False
             self.context = "restart"
@@ -522,9 +526,11 @@ class OpenVPNProcess:
         if started and self.up_ran:
             async with self._scripts:
                 await self.script("route-pre-down", sig=self.exit_signal, facts=facts)
+                if self.ovpn.down_pre:
+                    await self.script("down", sig=self.exit_signal, facts=facts)
         if self.node is not None:
             await self.node.stop()
-        if started and self.up_ran:
+        if started and self.up_ran and not self.ovpn.down_pre:
             await self.script("down", sig=self.exit_signal, facts=facts)
         self._write_status()
         if self.mgmt is not None:

@@ -190,6 +190,8 @@ def script_env(facts: ScriptFacts, script_type: str, *, context: str = "init",
 
 def script_args(facts: ScriptFacts, script_type: str, *, context: str = "init") -> list[str]:
     """openvpn's positional arguments after the command (none for route scripts)."""
+    if script_type == "ipchange":  # cmd ip port
+        return [facts.remote[0], str(facts.remote[1])] if facts.remote else ["", ""]
     if script_type not in ("up", "down"):
         return []
     env = _ifconfig(facts)

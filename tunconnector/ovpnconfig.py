@@ -47,7 +47,7 @@ IGNORED = frozenset({
 #: directives whose file may come inline, as ``<tag>`` blocks
 INLINE = ("ca", "cert", "key", "tls-auth", "tls-crypt", "auth-user-pass")
 #: scripts openvpn runs (``script-security 2`` needed for anything but built-ins)
-SCRIPTS = ("up", "down", "route-up", "route-pre-down")
+SCRIPTS = ("up", "down", "route-up", "route-pre-down", "ipchange")
 _PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp-client": "tcp", "tcp": "tcp",
            "tcp4-client": "tcp", "tcp6-client": "tcp", "tcp4": "tcp", "tcp6": "tcp"}
 #: the data channel's replay window (packets): tunconnector's ReplayWindow() default
@@ -112,6 +112,7 @@ class OvpnConfig:
     sndbuf: int = 0
     rcvbuf: int = 0
     replay_window: int = 64
+    down_pre: bool = False  # run down before the device closes
     #: auth-user-pass without credentials, asked over the management interface
     #: (management-query-passwords): ``>PASSWORD:Need 'Auth' username/password``
     query_auth: bool = False
@@ -586,6 +587,8 @@ class Parser:
                 cfg.warnings.append(f"{where}: comp-lzo {(args or ['adaptive'])[0]}: "
                                     "framed as 'comp-lzo no' (tunconnector never "
                                     "compresses; compressed packets are dropped)")
+        elif d == "down-pre":
+            cfg.down_pre = True
         elif d == "mssfix":
             need(0, 2)
             o.mssfix, o.mssfix_encap, o.mssfix_fixed = 1492, True, False

@@ -277,3 +277,9 @@ def test_server_certificate_in_the_environment() -> None:
     assert env["X509_1_O"] == "PEERING" and env["tls_id_0"] == "O=PEERING, CN=mux.example"
     assert (env["tls_serial_0"], env["tls_serial_hex_0"]) == ("6699", "1a:2b")
     assert len(env["tls_digest_sha256_0"].split(":")) == 32
+
+
+def test_ipchange_arguments() -> None:
+    facts = ScriptFacts(dev="tun0", remote=("192.0.2.1", 1194))
+    assert command(["./ipchange.sh"], facts, "ipchange") == ["./ipchange.sh", "192.0.2.1",
+                                                             "1194"]
