@@ -515,7 +515,13 @@ class OpenVPNProcess:
             self.up_ran = self.configured = False
             self.context = "restart"
             self.assigned = None
-        await self.tunnel.start()
+        try:
+            await self.tunnel.start()
+        except TunconnectorError as exc:
+            log.error("restart failed: %s", exc)
+            self.rc = 1
+            if self._stop is not None:
+                self._stop.set()
 
     async def _cleanup(self, *, started: bool) -> None:
         if self.mgmt is not None:
