@@ -469,12 +469,17 @@ class OpenVPNProcess:
                 listeners.append(self._on_assigned)
             if self.mgmt is not None and self.mgmt.hold:
                 ready.report("OK")
-                await self.mgmt.wait_hold_release()
+                if await self._or_stop(self.mgmt.wait_hold_release()) is None:
+                    await self._cleanup(started=False)
+                    return self.rc
             if self.mgmt is not None and self.ovpn.query_auth:
                 ready.report("OK")
-                user, password = await self.mgmt.query_user_pass("Auth")
+                creds = await self._or_stop(self.mgmt.query_user_pass("Auth"))
+                if creds is None:
+                    await self._cleanup(started=False)
+                    return self.rc
                 # the registered config the tunnel's connections are made from
-                self.ovpn.options.username, self.ovpn.options.password = user, password
+                self.ovpn.options.username, self.ovpn.options.password = creds
             if self.mgmt is not None:
                 self.mgmt.set_state("CONNECTING")
             await self.node.start()
@@ -498,6 +503,18 @@ class OpenVPNProcess:
             await self._restart_tunnel()
         await self._cleanup(started=True)
         return self.rc
+
+    async def _or_stop(self, aw: Any) -> Any:
+        """``aw``'s result, or None if a stop signal came first (``aw`` is cancelled)."""
+        assert self._stop is not None
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task in done:
+            return task.result() if task.result() is not None else True
+        task.cancel()
+        return None
 
     async def _restart_tunnel(self) -> None:
         log.info("SIGUSR1[soft,%s] received, process restarting", self.exit_signal)
@@ -544,5 +561,4 @@ class OpenVPNProcess:
         if self.ovpn.writepid:
             with contextlib.suppress(OSError):
                 os.unlink(self.ovpn.writepid)
-        log.info("%s,%s received, process exiting", self.exit_signal,
-                 "hard" if self.exit_signal != "up-script-failed" else "fatal")
+        log.info("%s[hard,] received, process exiting", self.exit_signal)
