@@ -587,6 +587,13 @@ class Parser:
                 cfg.warnings.append(f"{where}: comp-lzo {(args or ['adaptive'])[0]}: "
                                     "framed as 'comp-lzo no' (tunconnector never "
                                     "compresses; compressed packets are dropped)")
+        elif d == "auth-retry":
+            need(1, 1)
+            if args[0] not in ("none", "nointeract", "interact"):
+                raise self.err(where, "auth-retry must be none, nointeract or interact")
+            if args[0] != "none":
+                cfg.warnings.append(f"{where}: auth-retry {args[0]}: AUTH_FAILED stops the "
+                                    "client (tunconnector behaves as auth-retry none)")
         elif d == "down-pre":
             cfg.down_pre = True
         elif d == "mssfix":
