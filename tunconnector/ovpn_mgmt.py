@@ -126,6 +126,11 @@ class _Client:
             return
         self.writer.write("".join(f"{line}\r\n" for line in lines).encode())
 
+    def prompt(self) -> None:
+        """openvpn's password prompt: no line end (the next reply follows it)."""
+        if not self.writer.is_closing():
+            self.writer.write(b"ENTER PASSWORD:")
+
 
 class Management:
     def __init__(self, spec: Spec, backend: Backend) -> None:
@@ -244,7 +249,7 @@ class Management:
                 if self._query is not None:
                     c.send(_query_line(self._query[0]))
             else:
-                c.send("ENTER PASSWORD:")
+                c.prompt()
             while not reader.at_eof():
                 raw = await reader.readline()
                 if not raw:
@@ -280,7 +285,7 @@ class Management:
             log.warning("MAN: client connection rejected after %d failed password attempts",
                         PASSWORD_TRIES)
             return False
-        c.send("ENTER PASSWORD:")
+        c.prompt()
         return True
 
     def _command(self, c: _Client, line: str) -> bool:  # noqa: C901

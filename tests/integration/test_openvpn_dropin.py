@@ -371,7 +371,7 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
                     or (d.proc is not None and d.proc.poll() is not None), 60), d.log()
     assert d.proc is not None and d.proc.poll() is None, d.log()
     state = _mgmt(lab, 7505, "state\nquit\n")
-    assert state[:2] == ["SUCCESS: password is correct",
+    assert state[:2] == ["ENTER PASSWORD:SUCCESS: password is correct",
                          ">INFO:OpenVPN Management Interface Version 5 -- type 'help' for "
                          "more info"], state
     assert ",CONNECTED,SUCCESS,10.8.0." in state[2], state

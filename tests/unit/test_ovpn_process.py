@@ -189,11 +189,10 @@ async def test_management_commands(tmp_path: Path) -> None:
 async def test_management_password(tmp_path: Path) -> None:
     mg, _, c = await _with_mgmt(tmp_path, password="s3cret")
     try:
-        assert await c.line() == "ENTER PASSWORD:"
-        assert await c.cmd("wrong", until="ENTER PASSWORD:") == ["ERROR: bad password",
-                                                                "ENTER PASSWORD:"]
-        assert await c.cmd("s3cret", until=GREETING) == ["SUCCESS: password is correct",
-                                                        GREETING]
+        c.w.write(b"wrong\n")
+        assert await c.line() == "ENTER PASSWORD:ERROR: bad password"
+        assert await c.cmd("s3cret", until=GREETING) == [
+            "ENTER PASSWORD:SUCCESS: password is correct", GREETING]
         assert await c.cmd("hold on") == ["SUCCESS: hold flag set to ON"]
     finally:
         c.w.close()
