@@ -42,7 +42,7 @@ IGNORED = frozenset({
     "resolv-retry", "auth-nocache", "mute-replay-warnings", "connect-retry",
     "connect-retry-max", "server-poll-timeout", "float", "user", "group", "tls-client",
     "remote-cert-ku", "ncp-ciphers-dummy", "fast-io", "suppress-timestamps",
-    "machine-readable-output", "ping-timer-rem", "push-peer-info", "block-outside-dns",
+    "machine-readable-output", "ping-timer-rem", "push-peer-info",
 })
 #: directives whose file may come inline, as ``<tag>`` blocks
 INLINE = ("ca", "cert", "key", "tls-auth", "tls-crypt", "auth-user-pass")
@@ -587,6 +587,8 @@ class Parser:
                 cfg.warnings.append(f"{where}: comp-lzo {(args or ['adaptive'])[0]}: "
                                     "framed as 'comp-lzo no' (tunconnector never "
                                     "compresses; compressed packets are dropped)")
+        elif d == "block-outside-dns":
+            cfg.warnings.append(f"{where}: block-outside-dns: Windows only, no effect here")
         elif d == "auth-retry":
             need(1, 1)
             if args[0] not in ("none", "nointeract", "interact"):
