@@ -316,8 +316,10 @@ def test_inline_blocks_and_setenv() -> None:
     assert (cfg.options.username, cfg.options.password) == ("alice", "secret")
     assert cfg.setenv == {"PEER_NAME": "site one", "OPENVPN_X": "y"}
     assert cfg.dev_type == "tap"
-    assert [w.split(": ", 1)[0] for w in cfg.warnings] == ["t.ovpn:32", "t.ovpn:34"]
-    assert "tls-exit-on-a-whim" in cfg.warnings[0] and "'foo'" in cfg.warnings[1]
+    assert [w.split(": ", 1)[0] for w in cfg.warnings] == ["t.ovpn:31", "t.ovpn:32",
+                                                            "t.ovpn:34"]
+    assert "Windows only" in cfg.warnings[0]
+    assert "tls-exit-on-a-whim" in cfg.warnings[1] and "'foo'" in cfg.warnings[2]
 
 
 def test_forward_compatible_downgrades_unknown_directives() -> None:
