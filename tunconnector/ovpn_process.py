@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__
 from .config import Config
@@ -43,7 +43,7 @@ from .errors import ConfigError, TunconnectorError
 from .ovpn_mgmt import TITLE, Backend, Management
 from .ovpn_scripts import ScriptFacts, command, script_env
 from .ovpnclient import COMMAND_LINE_KEY
-from .ovpnconfig import OvpnConfig, parse_argv, register
+from .ovpnconfig import CMDLINE, OvpnConfig, parse_argv, register
 from .proto.connection import ConfigAssigned
 from .tunnel import State
 
@@ -119,6 +119,9 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
         print(TITLE)
         return 0
     own, rest = split_argv(argv)
+    standalone = _standalone(rest)
+    if standalone is not None:
+        return standalone
     ovpn = parse_argv(rest)
     ovpn.check_tls()
     for w in ovpn.warnings:
@@ -147,6 +150,45 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     if ovpn.log:
         _redirect_output(ovpn.log, ovpn.log_append)
     return _run(config, ovpn, Ready(None))
+
+
+def _standalone(args: list[str]) -> int | None:
+    """openvpn's standalone modes: ``--genkey secret FILE``, ``--mktun``/``--rmtun
+    --dev NAME [--dev-type tun|tap] [--user U]``; None for a tunnel."""
+    if "--genkey" in args:
+        from .keys import write_openvpn_key_file
+
+        words = [a for a in args[args.index("--genkey") + 1:] if a != "--secret"]
+        if words[:1] in (["secret"], ["tls-auth"], ["tls-crypt"]):
+            words = words[1:]
+        if len(words) != 1:
+            raise ConfigError(f"{CMDLINE}: --genkey [secret] FILE")
+        write_openvpn_key_file(words[0])
+        return 0
+    mk = "--mktun" in args
+    if not mk and "--rmtun" not in args:
+        return None
+    from .io.device import make_persistent, remove_persistent
+
+    opts: dict[str, str] = {}
+    for flag in ("--dev", "--dev-type", "--user"):
+        if flag in args and args.index(flag) + 1 < len(args):
+            opts[flag] = args[args.index(flag) + 1]
+    dev = opts.get("--dev")
+    if not dev:
+        raise ConfigError(f"{CMDLINE}: --{'mktun' if mk else 'rmtun'} needs --dev NAME")
+    kind = opts.get("--dev-type") or ("tap" if dev.startswith("tap") else "tun")
+    if kind not in ("tun", "tap"):
+        raise ConfigError(f"{CMDLINE}: --dev-type must be tun or tap")
+    dev_type: Literal["tun", "tap"] = "tap" if kind == "tap" else "tun"
+    if mk:
+        print(f"TUN/TAP device {make_persistent(dev, dev_type, opts.get('--user'))} opened")
+        print("Persist state set to: ON")
+    else:
+        remove_persistent(dev, dev_type)
+        print(f"TUN/TAP device {dev} opened")
+        print("Persist state set to: OFF")
+    return 0
 
 
 # ------------------------------------------------------------------ process plumbing

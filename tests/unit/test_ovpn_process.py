@@ -282,3 +282,14 @@ def test_ipchange_arguments() -> None:
     facts = ScriptFacts(dev="tun0", remote=("192.0.2.1", 1194))
     assert command(["./ipchange.sh"], facts, "ipchange") == ["./ipchange.sh", "192.0.2.1",
                                                              "1194"]
+
+
+def test_genkey_as_openvpn(tmp_path: Path) -> None:
+    from tunconnector.ovpn_process import main as console_main
+    from tunconnector.proto.openvpn.keyfile import parse_static_key
+
+    assert console_main(["--genkey", "secret", str(tmp_path / "ta.key")]) == 0
+    assert len(parse_static_key((tmp_path / "ta.key").read_text()).material) == 256
+    assert (tmp_path / "ta.key").stat().st_mode & 0o077 == 0
+    assert console_main(["--genkey", "--secret", str(tmp_path / "b.key")]) == 0
+    assert console_main(["--mktun"]) == 2
