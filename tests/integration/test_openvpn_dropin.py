@@ -346,7 +346,7 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
     check.chmod(0o755)
     lab.start_server(extra=(
         f"data-ciphers AES-256-CBC\nauth SHA512\ncomp-lzo no\ntls-auth {p['ta.key']} 0\n"
-        f"verify-client-cert none\nusername-as-common-name\nscript-security 2\n"
+        f"verify-client-cert none\nusername-as-common-name\nduplicate-cn\nscript-security 2\n"
         f"auth-user-pass-verify {check} via-file\n"))
     work = lab.dir / "provider"
     work.mkdir()
@@ -400,7 +400,9 @@ def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
     server's tun with the same clamped MSS."""
     log = lab.dir / "openvpn-client.log"
     with open(log, "wb") as out:
+        # openvpn 2.6 leaves --cipher out of the negotiation: name the CBC cipher for it
         real = lab.c2.popen("openvpn", "--cd", str(work), "--config", "vpn.ovpn", "--float",
+                            "--data-ciphers", "AES-256-GCM:AES-256-CBC",
                             stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: "Initialization Sequence Completed" in _text(log), 40), \
@@ -410,12 +412,23 @@ def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert dump.stderr is not None
-            assert b"listening on" in dump.stderr.readline()
+            head = b""
+            for _ in range(5):  # "verbose output suppressed ...", then "listening on"
+                head += dump.stderr.readline()
+                if b"listening on" in head:
+                    break
+            assert b"listening on" in head, head
             probe = ("import socket; s = socket.socket(); s.settimeout(3); "
                      "s.connect_ex(('10.8.0.1', 5999))")
-            for host in (lab.c1, lab.c2):
-                host.run(sys.executable, "-c", probe, check=False, timeout=20)
-            out, _ = dump.communicate(timeout=20)
+            probes = [host.run(sys.executable, "-c", probe, check=False, timeout=20)
+                      for host in (lab.c1, lab.c2)]
+            try:
+                out, _ = dump.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                dump.kill()
+                out, _ = dump.communicate(timeout=5)
+                raise AssertionError((out, [(p.returncode, p.stderr) for p in probes],
+                                      lab.c2.run("ip", "addr").stdout)) from None
         finally:
             if dump.poll() is None:
                 dump.kill()
