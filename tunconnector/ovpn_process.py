@@ -321,6 +321,7 @@ class OpenVPNProcess:
         self._scripts = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.verb = [3]
+        self._last_crypto: dict[str, Any] = {}
 
     # -- facts --------------------------------------------------------------------
     def facts(self) -> ScriptFacts:
@@ -345,9 +346,17 @@ class OpenVPNProcess:
             verb=self.verb[0],
         )
 
-    def status_lines(self) -> list[str]:
+    def _counts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tunnel's status and its connection's counters (the last ones seen, once
+        the connection is gone: the status written on exit keeps them)."""
         st = self.tunnel.status() if self.tunnel is not None else {}
         crypto = st.get("crypto") or {}
+        if crypto:
+            self._last_crypto = crypto
+        return st, crypto or self._last_crypto
+
+    def status_lines(self) -> list[str]:
+        st, crypto = self._counts()
         return [
             "OpenVPN STATISTICS",
             f"Updated,{time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -360,7 +369,7 @@ class OpenVPNProcess:
         ]
 
     def bytecount(self) -> tuple[int, int]:
-        crypto = (self.tunnel.status().get("crypto") or {}) if self.tunnel else {}
+        _, crypto = self._counts()
         return int(crypto.get("bytes_in", 0)), int(crypto.get("bytes_out", 0))
 
     # -- signals ------------------------------------------------------------------

@@ -392,6 +392,8 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
     assert _mgmt(lab, 7505, "signal SIGTERM\n")[2] == "SUCCESS: signal SIGTERM thrown"
     assert d.proc.wait(20) == 0, d.log()
     assert not (work / "vpn.pid").exists()
+    final = dict(line.split(",", 1) for line in _text(work / "status.txt").splitlines()[2:-1])
+    assert int(final["TCP/UDP read bytes"]) > 0 and int(final["TUN/TAP read bytes"]) > 8 << 20
     assert lab.c1.run("ip", "link", "show", dev, check=False).returncode != 0
 
 
