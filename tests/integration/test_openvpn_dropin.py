@@ -447,3 +447,77 @@ def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
     finally:
         real.terminate()
         real.wait(10)
+
+
+# ---------------------------------------------------------------- daemon, restart, cleanup
+SCRIPT = """\
+#!/bin/sh
+set -eu
+echo "$script_type $* $script_context" >> events.log
+"""
+
+
+@pytest.mark.slow
+def test_daemon_restart_and_nothing_left_behind(ovlab: Lab) -> None:
+    """daemon + writepid + log + management unix socket: SIGUSR1 over the management
+    interface restarts (down/up with 'restart'), SIGTERM leaves no process, pid file,
+    socket or device; each management command answers as openvpn's."""
+    lab = ovlab
+    p = lab.pki.files
+    lab.start_server()
+    work = lab.dir / "d"
+    work.mkdir()
+    (work / "ev.sh").write_text(SCRIPT)
+    (work / "ev.sh").chmod(0o755)
+    (work / "c.conf").write_text(
+        f"client\ndev tun7\nproto udp\nremote {SERVER_IP} 1194\nnobind\n"
+        f"ca {p['ca.crt']}\ncert {p['client1.crt']}\nkey {p['client1.key']}\n"
+        "remote-cert-tls server\ndaemon\nwritepid c.pid\nlog c.log\n"
+        "management c.sock unix\nscript-security 2\nup ./ev.sh\ndown ./ev.sh\n"
+        "route-up ./ev.sh\nroute-pre-down ./ev.sh\n")
+    env = [f"TUNCONNECTOR_CONTROL_DIR={lab.dir / 'ctl-d'}"]
+    from netns import tunconnector_cmd
+
+    res = lab.c1.run("env", *env, *tunconnector_cmd("openvpn", "--cd", str(work), "--config",
+                                                    "c.conf"), check=False, timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pid = int((work / "c.pid").read_text())
+    assert wait_for(lambda: "Initialization Sequence Completed" in _text(work / "c.log"),
+                    30), _text(work / "c.log")
+    assert lab.c1.wait_ping("10.8.0.1", 15)
+    sock = f"UNIX:{work / 'c.sock'}"
+
+    def mgmt(text: str) -> list[str]:
+        out = lab.c1.run("socat", "-t", "2", "-", sock, input=text, timeout=30).stdout
+        return [line.rstrip("\r") for line in out.splitlines()]
+
+    lines = mgmt("help\nversion\npid\nstate all\nhold\nverb\nlog 1\nbytecount 1\nquit\n")
+    assert lines[0].startswith(">INFO:OpenVPN Management Interface Version 5")
+    end = lines.index("END")
+    assert lines[1].startswith("Management Interface for OpenVPN") and end > 10
+    rest = lines[end + 1:]
+    assert rest[0].startswith("OpenVPN Version: OpenVPN 2.6") and rest[2] == "END"
+    assert rest[3] == f"SUCCESS: pid={pid}"
+    states = rest[4:rest.index("END", 4)]
+    assert [s.split(",")[1] for s in states] == ["CONNECTING", "WAIT", "ASSIGN_IP",
+                                                 "ADD_ROUTES", "CONNECTED"], states
+    after = rest[rest.index("END", 4) + 1:]
+    assert after[:2] == ["SUCCESS: hold=0", "SUCCESS: verb=3"], after
+    assert after[3] == "END" and after[4] == "SUCCESS: bytecount interval changed", after
+    # SIGUSR1: a restart, scripts again with 'restart'
+    assert mgmt("signal SIGUSR1\nquit\n")[1] == "SUCCESS: signal SIGUSR1 thrown"
+    assert wait_for(lambda: _text(work / "events.log").count("up tun7") == 2, 30), \
+        _text(work / "events.log") + _text(work / "c.log")
+    assert lab.c1.wait_ping("10.8.0.1", 15)
+    assert mgmt("signal SIGTERM\n")[1] == "SUCCESS: signal SIGTERM thrown"
+    assert wait_for(lambda: not _alive(pid), 20), _text(work / "c.log")
+    assert not (work / "c.pid").exists() and not (work / "c.sock").exists()
+    assert lab.c1.run("ip", "link", "show", "tun7", check=False).returncode != 0
+    events = _text(work / "events.log").splitlines()
+    kinds = [(e.split()[0], e.split()[-1]) for e in events]
+    assert kinds == [("up", "init"), ("route-up", "init"), ("route-pre-down", "init"),
+                     ("down", "init"), ("up", "restart"), ("route-up", "restart"),
+                     ("route-pre-down", "restart"), ("down", "restart")], events
+    assert events[0].startswith("up tun7 1500 1549 10.8.0.") and " 255.255.255.0 init" in \
+        events[0]
+    assert "SIGTERM[hard,] received, process exiting" in _text(work / "c.log")
