@@ -484,6 +484,8 @@ class OpenVPNClient:
                     self._fail(f"server pushed {' '.join(opt)}: {exc}", now, restart=False)
                     return
                 self._comp = Framing(kind) if kind else None
+        reply.ignored = [i for i in reply.ignored
+                         if not i.startswith(("comp-lzo", "compress"))]  # used above
         self._push_next = None
         cipher = canonical_cipher(reply.cipher) if reply.cipher else None
         if cipher is None and reply.cipher is None and self.options.cipher_fallback:
