@@ -521,3 +521,30 @@ def test_daemon_restart_and_nothing_left_behind(ovlab: Lab) -> None:
     assert events[0].startswith("up tun7 1500 1549 10.8.0.") and " 255.255.255.0 init" in \
         events[0]
     assert "SIGTERM[hard,] received, process exiting" in _text(work / "c.log")
+
+
+@pytest.mark.slow
+def test_pushed_compress_pull_filter_and_own_routes(ovlab: Lab) -> None:
+    """The server pushes compress (stub: every payload's first byte swapped behind a 0xFB
+    header, so a client that missed it passes nothing) and two routes; the client ignores one with
+    pull-filter and adds its own route; traffic and idle pings pass the framing."""
+    from harness import Daemon
+    from netns import tunconnector_cmd
+    from test_openvpn_tls_interop import status, transfer
+
+    lab = ovlab
+    lab.start_server(extra='compress\npush "compress"\n'
+                     'push "route 10.77.0.0 255.255.0.0"\npush "route 10.78.0.0 255.255.0.0"\n')
+    ovpn = lab.ovpn("c1", extra='pull-filter ignore "route 10.78."\n'
+                    "route 10.66.0.0 255.255.0.0\n")
+    d = Daemon(lab.c1, tunconnector_cmd("openvpn", "--config", str(ovpn), "--name", "f"),
+               lab.dir, "f").start()
+    lab.daemons.append(d)
+    assert wait_for(lambda: "Initialization Sequence Completed" in d.log(), 40), d.log()
+    assert lab.c1.wait_ping("10.8.0.1", 15)
+    transfer(lab.c1, lab.s, "10.8.0.1", 4 << 20)
+    routes = lab.c1.run("ip", "route").stdout
+    assert "10.77.0.0/16" in routes and "10.66.0.0/16" in routes, routes
+    assert "10.78.0.0/16" not in routes, routes
+    t = status(d)
+    assert not t["drops"].get("compressed"), t
