@@ -145,8 +145,8 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     if own.check:
         print(f"{ovpn.path}: valid (openvpn client, {len(ovpn.remotes)} remote(s))")
         return 0
-    if ovpn.daemon:
-        return _daemonize(config, ovpn)
+    if ovpn.daemon and not os.environ.get("NOTIFY_SOCKET"):
+        return _daemonize(config, ovpn)  # (under systemd's Type=notify openvpn stays)
     if ovpn.log:
         _redirect_output(ovpn.log, ovpn.log_append)
     return _run(config, ovpn, Ready(None))
@@ -294,8 +294,47 @@ def _run(config: Config, ovpn: OvpnConfig, ready: Ready) -> int:
     from .log import setup
 
     setup(config.log_level, config.json_logs)
+    name = ovpn.syslog or (ovpn.daemon_name or "openvpn" if ovpn.daemon and not ovpn.log
+                           else None)
+    if name is not None:
+        _syslog(name, only=ovpn.daemon or ovpn.syslog is not None)
     memory.tune()
     return int(run_loop(OpenVPNProcess(config, ovpn).run(ready)))
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (``Type=notify``, ``$NOTIFY_SOCKET``) about us, as openvpn does:
+    ``READY=1`` at "Initialization Sequence Completed", ``STOPPING=1`` on exit."""
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as exc:
+        log.debug("sd_notify: %s", exc)
+
+
+def _syslog(name: str, *, only: bool) -> None:
+    """openvpn's ``syslog [NAME]`` (and a ``daemon`` without ``log``): log lines go to
+    syslog as NAME[pid]; ``only``: instead of stderr."""
+    import logging.handlers
+
+    try:
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    except OSError as exc:
+        log.warning("syslog: %s (logging to stderr)", exc.strerror or exc)
+        return
+    handler.setFormatter(logging.Formatter(f"{name}[{os.getpid()}]: %(message)s"))
+    root = logging.getLogger("tunconnector")
+    if only:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+    root.addHandler(handler)
 
 
 # ------------------------------------------------------------------ the process
@@ -449,6 +488,7 @@ class OpenVPNProcess:
     def _connected(self) -> None:
         env = script_env(self.facts(), "up")
         log.info("Initialization Sequence Completed")
+        sd_notify("READY=1\nSTATUS=Initialization Sequence Completed")
         if self.mgmt is not None:
             remote = self.facts().remote
             self.mgmt.set_state(
@@ -592,6 +632,7 @@ class OpenVPNProcess:
                 self._stop.set()
 
     async def _cleanup(self, *, started: bool) -> None:
+        sd_notify("STOPPING=1")
         if self.mgmt is not None:
             self.mgmt.set_state("EXITING", self.exit_signal)
         for t in list(self._tasks):

@@ -113,6 +113,7 @@ class OvpnConfig:
     rcvbuf: int = 0
     replay_window: int = 64
     down_pre: bool = False  # run down before the device closes
+    syslog: str | None = None  # syslog [NAME]: the log goes to syslog under NAME
     #: auth-user-pass without credentials, asked over the management interface
     #: (management-query-passwords): ``>PASSWORD:Need 'Auth' username/password``
     query_auth: bool = False
@@ -596,6 +597,9 @@ class Parser:
             if args[0] != "none":
                 cfg.warnings.append(f"{where}: auth-retry {args[0]}: AUTH_FAILED stops the "
                                     "client (tunconnector behaves as auth-retry none)")
+        elif d == "syslog":
+            need(0, 1)
+            cfg.syslog = args[0] if args else "openvpn"
         elif d == "down-pre":
             cfg.down_pre = True
         elif d == "mssfix":

@@ -293,3 +293,18 @@ def test_genkey_as_openvpn(tmp_path: Path) -> None:
     assert (tmp_path / "ta.key").stat().st_mode & 0o077 == 0
     assert console_main(["--genkey", "--secret", str(tmp_path / "b.key")]) == 0
     assert console_main(["--mktun"]) == 2
+
+
+def test_sd_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from tunconnector.ovpn_process import sd_notify
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        sd_notify("READY=1")
+        assert s.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    sd_notify("READY=1")  # no systemd: nothing, no error
