@@ -600,6 +600,11 @@ class Parser:
         elif d == "syslog":
             need(0, 1)
             cfg.syslog = args[0] if args else "openvpn"
+        elif d == "tun-mtu-extra":
+            need(1, 1)
+            o.tun_mtu_extra = number(args[0], "tun-mtu-extra")
+            if not 0 <= o.tun_mtu_extra <= 1024:
+                raise self.err(where, "tun-mtu-extra must be 0..1024")
         elif d == "down-pre":
             cfg.down_pre = True
         elif d == "mssfix":

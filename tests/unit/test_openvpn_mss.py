@@ -72,3 +72,13 @@ def test_tap_frames_and_other_traffic() -> None:
 ])
 def test_values(kw: dict[str, object], want: int) -> None:
     assert mss_value(**kw) == want  # type: ignore[arg-type]
+
+
+def test_tun_mtu_extra() -> None:
+    from tunconnector.ovpnconfig import parse
+
+    o = parse("client\nremote a\ndev tap\ntun-mtu-extra 18\n<ca>\nx\n</ca>\n<cert>\nc\n</cert>\n"
+              "<key>\nk\n</key>\n", "t").options
+    assert o.tun_mtu_extra == 18
+    assert mss_value(mssfix=1492, tap=True, tap_extra=18) == \
+        mss_value(mssfix=1492, tap=True) + 14

@@ -115,6 +115,7 @@ class ClientOptions:
     mssfix: int = 1492
     mssfix_encap: bool = True
     mssfix_fixed: bool = False
+    tun_mtu_extra: int = 32  # openvpn's room for a TAP frame's Ethernet header (mssfix)
     #: pull-filter (action, text) in order, route-nopull, and the config's own routes
     #: (``route``/``route-ipv6`` option words), see pullfilter.py
     pull_filters: list[tuple[str, str]] = field(default_factory=list)
@@ -700,7 +701,8 @@ class OpenVPNClient:
                          ipv6_underlay=":" in host and not host.startswith("::ffff:"),
                          cipher=self._cipher or "", auth=o.auth,
                          peer_id=self._peer_id is not None,
-                         compress=self._comp.kind if self._comp else None)
+                         compress=self._comp.kind if self._comp else None,
+                         tap_extra=o.tun_mtu_extra)
 
     # -- strings -------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ _CBC = ("AES-128-CBC", "AES-256-CBC")
 
 def mss_value(*, mssfix: int, encap: bool = True, fixed: bool = False, tap: bool = False,
               tcp: bool = False, ipv6_underlay: bool = False, cipher: str = "AES-256-GCM",
-              auth: str = "SHA1", peer_id: bool = True, compress: str | None = None) -> int:
+              auth: str = "SHA1", peer_id: bool = True, compress: str | None = None,
+              tap_extra: int = TAP_EXTRA) -> int:
     """The MSS clamp for IPv4 payloads (0: no clamping)."""
     if mssfix <= 0:
         return 0
@@ -33,7 +34,7 @@ def mss_value(*, mssfix: int, encap: bool = True, fixed: bool = False, tap: bool
     overhead += 16 + _HMAC.get(auth.upper(), 20) if cbc else 4 + 16  # IV+HMAC | id+tag
     if encap:
         overhead += (40 if ipv6_underlay else 20) + (20 if tcp else 8)
-    payload = (TAP_EXTRA if tap else 0) + (1 if compress in ("lzo", "stub") else 0)
+    payload = (tap_extra if tap else 0) + (1 if compress in ("lzo", "stub") else 0)
     payload += (4 if cbc else 0) + 20 + 20
     target = mssfix - overhead
     if cbc:  # at least one padding byte, whole blocks
