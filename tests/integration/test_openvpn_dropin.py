@@ -286,6 +286,19 @@ def test_peering_client_tooling_drives_tunconnector(ovlab: Lab) -> None:
     assert lab.c1.wait_ping("10.8.0.1", 15)
     # IPv6 through the tap (bounded: the address is tentative until DAD ends)
     assert lab.c1.wait_ping("fd00:8::1", 15), lab.c1.run("ip", "-6", "addr").stdout
+    # the default mssfix on a TAP tunnel: the MSS openvpn's own client gives SYNs
+    from tunconnector.proto.openvpn.mss import mss_value
+
+    shutil.copy(lab.pki.files["client2.crt"], root / "certs/client2.crt")
+    shutil.copy(lab.pki.files["client2.key"], root / "certs/client2.key")
+    (root / "real.conf").write_text(  # openvpn itself, in the foreground, as client2
+        CONF.replace("certs/client.", "certs/client2.")
+        .replace(f"daemon {MUX}\n", "").replace(f"management var/{MUX}.sock unix\n", "")
+        .replace(f"log var/{MUX}.log\n", "").replace(f"writepid var/{MUX}.pid\n", "")
+        .replace("up scripts/openvpn/up.sh\n", "").replace("down scripts/openvpn/down.sh\n",
+                                                           ""))
+    _same_mss_as_openvpn(lab, root, "real.conf", "tap0", args=(),
+                         want=mss_value(mssfix=1492, tap=True, cipher="AES-128-GCM"))
     # the management interface as PEERING and GUIs speak it, through socat
     state = lab.c1.run("socat", "-", f"UNIX:{var / (MUX + '.sock')}", input="state\nquit\n")
     lines = state.stdout.splitlines()
@@ -397,19 +410,20 @@ def test_provider_style_config_cbc_lzo_framing_management(ovlab: Lab) -> None:
     assert lab.c1.run("ip", "link", "show", dev, check=False).returncode != 0
 
 
-def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
+def _same_mss_as_openvpn(lab: Lab, work: Path, conf: str = "vpn.ovpn", dev: str = "tun0",
+                         want: int | None = None, args: tuple[str, ...] = (
+                             # openvpn 2.6 leaves --cipher out of the negotiation
+                             "--data-ciphers", "AES-256-GCM:AES-256-CBC")) -> None:
     """The same config in openvpn's own client (on C2): SYNs from both clients reach the
-    server's tun with the same clamped MSS."""
+    server's device with the same clamped MSS."""
     log = lab.dir / "openvpn-client.log"
     with open(log, "wb") as out:
-        # openvpn 2.6 leaves --cipher out of the negotiation: name the CBC cipher for it
-        real = lab.c2.popen("openvpn", "--cd", str(work), "--config", "vpn.ovpn", "--float",
-                            "--data-ciphers", "AES-256-GCM:AES-256-CBC",
-                            stdout=out, stderr=subprocess.STDOUT)
+        real = lab.c2.popen("openvpn", "--cd", str(work), "--config", conf, "--float",
+                            *args, stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: "Initialization Sequence Completed" in _text(log), 40), \
             _text(log)
-        dump = lab.s.popen("tcpdump", "-i", "tun0", "-nn", "-l", "-c", "2",
+        dump = lab.s.popen("tcpdump", "-i", dev, "-nn", "-l", "-c", "2",
                            "tcp[tcpflags] & tcp-syn != 0 and tcp dst port 5999",
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -436,13 +450,17 @@ def _same_mss_as_openvpn(lab: Lab, work: Path) -> None:
                 dump.kill()
                 dump.wait(5)
         lines = out.decode().splitlines()
-        mss = {line.split()[2].rsplit(".", 1)[0]: line.split("mss ")[1].split(",")[0]
-               for line in lines if "mss " in line}
+        words = [line.split() for line in lines if "mss " in line]
+        ip = 2 if dev.startswith("tun") else 1 + next(  # tap: after the Ethernet part
+            (i for i, w in enumerate(words[0]) if w.startswith("IP")), 1)
+        mss = {w[ip].rsplit(".", 1)[0]: " ".join(w).split("mss ")[1].split(",")[0]
+               for w in words}
         assert len(mss) == 2 and len(set(mss.values())) == 1, lines
         from tunconnector.proto.openvpn.mss import mss_value
 
-        want = mss_value(mssfix=1300, encap=False, cipher="AES-256-CBC", auth="SHA512",
-                         compress="lzo")
+        if want is None:
+            want = mss_value(mssfix=1300, encap=False, cipher="AES-256-CBC", auth="SHA512",
+                             compress="lzo")
         assert set(mss.values()) == {str(want)}, (lines, want)
     finally:
         real.terminate()
