@@ -403,6 +403,12 @@ class TunnelConfig:
             ovpn.check_tls()
         except ConfigError as exc:
             raise ConfigError(f"{key}: {exc}") from None
+        from .ovpnconfig import COMMAND_LINE_KEY
+
+        if "tls-verify" in ovpn.scripts and \
+                not (self.openvpn_config or "").startswith(COMMAND_LINE_KEY):
+            raise ConfigError(f"{key}: tls-verify runs under `tunconnector openvpn` only (a "
+                              "[[tunnel]] would skip the check it asks for)")
         first = ovpn.remote_list()[0]
         for other in ("key_file", "private_key_file", "peer_public_key"):
             if getattr(self, other):

@@ -42,8 +42,7 @@ from .config import Config
 from .errors import ConfigError, TunconnectorError
 from .ovpn_mgmt import TITLE, Backend, Management
 from .ovpn_scripts import ScriptFacts, command, script_env
-from .ovpnclient import COMMAND_LINE_KEY
-from .ovpnconfig import CMDLINE, OvpnConfig, parse_argv, register
+from .ovpnconfig import CMDLINE, COMMAND_LINE_KEY, OvpnConfig, parse_argv, register
 from .proto.connection import ConfigAssigned
 from .tunnel import State
 
@@ -56,6 +55,8 @@ OWN_FLAGS = ("--allow-redirect-gateway", "--json-logs", "--check")
 DAEMON_READY_TIMEOUT = 60.0
 #: longest an up/down script may run (openvpn has none; a hung script must not hang us)
 SCRIPT_TIMEOUT = 120.0
+#: tls-verify runs inside the handshake (blocking, as openvpn's): kept short
+TLS_VERIFY_TIMEOUT = 20.0
 
 USAGE = """\
 usage: tunconnector openvpn [openvpn options...] [tunconnector options]
@@ -450,6 +451,38 @@ class OpenVPNProcess:
         log.info("%s", " ".join(full))
         return True
 
+    def _tls_verify_hook(self) -> Any:
+        """``tls-verify CMD``: ``CMD depth subject`` per certificate of the server's chain,
+        synchronously during the handshake (as openvpn); non-zero refuses the server, as
+        does ``script-security`` below 2 (the check cannot run: fail closed). A plain
+        function: client options are deep-copied per connection."""
+        import subprocess
+
+        from .hooks import SECRET_ENV
+        from .ovpn_scripts import tls_verify_env
+        from .proto.openvpn.tls import subject_string
+
+        def hook(depth: int, cert: Any) -> str | None:
+            if self.ovpn.script_security < 2:
+                return ("tls-verify cannot run: external programs need 'script-security 2' "
+                        "(server refused, as openvpn)")
+            subject = subject_string(cert)
+            argv = [*self.ovpn.scripts["tls-verify"], str(depth), subject]
+            env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+            env.update(tls_verify_env(self.facts(), depth, cert))
+            try:
+                rc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                    timeout=TLS_VERIFY_TIMEOUT,
+                                    start_new_session=True).returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return f"tls-verify {argv[0]}: {exc}"
+            if rc != 0:
+                return (f"tls-verify refused the certificate at depth {depth} ({subject!r}): "
+                        f"exit status {rc}")
+            return None
+
+        return hook
+
     def _on_assigned(self, ev: ConfigAssigned) -> None:
         self.assigned = ev
         self._spawn(self._configure())
@@ -571,6 +604,8 @@ class OpenVPNProcess:
                     return self.rc
                 # the registered config the tunnel's connections are made from
                 self.ovpn.options.username, self.ovpn.options.password = creds
+            if "tls-verify" in self.ovpn.scripts:  # the connections are made from it
+                self.ovpn.options.tls_verify = self._tls_verify_hook()
             if self.mgmt is not None:
                 self.mgmt.set_state("CONNECTING")
             await self.node.start()

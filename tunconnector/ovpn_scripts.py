@@ -120,7 +120,7 @@ def _routes(facts: ScriptFacts) -> dict[str, str]:
     return env
 
 
-def _x509(facts: ScriptFacts) -> dict[str, str]:
+def _x509(facts: ScriptFacts, chain: Mapping[int, Any] | None = None) -> dict[str, str]:
     """``common_name``, ``X509_{depth}_{attr}``, ``tls_id_N``, ``tls_serial_N``,
     ``tls_serial_hex_N``, ``tls_digest_N``, ``tls_digest_sha256_N`` of the server's chain."""
     from cryptography.hazmat.primitives import hashes, serialization
@@ -129,7 +129,8 @@ def _x509(facts: ScriptFacts) -> dict[str, str]:
 
     env: dict[str, str] = {}
     ev = facts.assigned
-    chain = (ev.extra or {}).get("peer_chain") if ev is not None else None
+    if chain is None:
+        chain = (ev.extra or {}).get("peer_chain") if ev is not None else None
     for depth, cert in sorted((chain or {}).items()):
         for attr in cert.subject:
             name = _SHORT.get(attr.oid, attr.oid.dotted_string)
@@ -185,6 +186,17 @@ def script_env(facts: ScriptFacts, script_type: str, *, context: str = "init",
     env.update(_x509(facts))
     if signal is not None:
         env["signal"] = signal
+    return env
+
+
+def tls_verify_env(facts: ScriptFacts, depth: int, cert: Any) -> dict[str, str]:
+    """The environment of ``tls-verify`` for the certificate at ``depth``: the server is
+    not trusted yet (``untrusted_ip``/``untrusted_port``), its certificate's names."""
+    env = {k: v for k, v in script_env(facts, "tls-verify").items()
+           if not k.startswith(("trusted_", "ifconfig_", "route_"))}
+    if facts.remote is not None:
+        env["untrusted_ip"], env["untrusted_port"] = facts.remote[0], str(facts.remote[1])
+    env.update(_x509(facts, {depth: cert}))
     return env
 
 

@@ -17,13 +17,11 @@ from typing import Any
 
 from .config import TunnelConfig
 from .errors import ConfigError
-from .ovpnconfig import OvpnConfig, load
+from .ovpnconfig import COMMAND_LINE_KEY, OvpnConfig, load
 from .proto.openvpn.client import OpenVPNClient
 
 log = logging.getLogger("tunconnector.openvpn")
 
-#: how `tunconnector openvpn` registers the config it built from openvpn's command line
-COMMAND_LINE_KEY = "openvpn-command-line:"
 
 #: set to 1 to not announce TLS-EKM, so the server derives data keys with the PRF
 #: (interop testing of the older key derivation against a 2.6 server)

@@ -35,6 +35,8 @@ from .proto.openvpn.tlsauth import digest_name, parse_static_key
 
 DEFAULT_PORT = 1194
 CMDLINE = "[CMD-LINE]"
+#: how `tunconnector openvpn` registers the config it built from openvpn's command line
+COMMAND_LINE_KEY = "openvpn-command-line:"
 
 #: directives accepted without effect (client-side process or logging settings)
 IGNORED = frozenset({
@@ -47,7 +49,7 @@ IGNORED = frozenset({
 #: directives whose file may come inline, as ``<tag>`` blocks
 INLINE = ("ca", "cert", "key", "tls-auth", "tls-crypt", "auth-user-pass")
 #: scripts openvpn runs (``script-security 2`` needed for anything but built-ins)
-SCRIPTS = ("up", "down", "route-up", "route-pre-down", "ipchange")
+SCRIPTS = ("up", "down", "route-up", "route-pre-down", "ipchange", "tls-verify")
 _PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp-client": "tcp", "tcp": "tcp",
            "tcp4-client": "tcp", "tcp6-client": "tcp", "tcp4": "tcp", "tcp6": "tcp"}
 #: the data channel's replay window (packets): tunconnector's ReplayWindow() default

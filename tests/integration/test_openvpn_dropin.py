@@ -566,3 +566,45 @@ def test_pushed_compress_pull_filter_and_own_routes(ovlab: Lab) -> None:
     assert "10.78.0.0/16" not in routes, routes
     t = status(d)
     assert not t["drops"].get("compressed"), t
+
+
+VERIFY_SH = """\
+#!/bin/sh
+echo "$script_type $1 $2 untrusted=$untrusted_ip:$untrusted_port" >> verify.log
+[ "$1" != 0 ] || [ "$X509_0_CN" = "$WANT" ]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("want", ["server", "someone-else"])
+def test_tls_verify_script(ovlab: Lab, want: str) -> None:
+    """tls-verify runs per certificate of the server's chain with depth and subject; its
+    verdict decides whether the server is accepted."""
+    from harness import Daemon
+    from netns import tunconnector_cmd
+
+    lab = ovlab
+    p = lab.pki.files
+    lab.start_server()
+    work = lab.dir / "v"
+    work.mkdir()
+    (work / "v.sh").write_text(VERIFY_SH)
+    (work / "v.sh").chmod(0o755)
+    (work / "c.conf").write_text(
+        f"client\ndev tun\nproto udp\nremote {SERVER_IP} 1194\nnobind\n"
+        f"ca {p['ca.crt']}\ncert {p['client1.crt']}\nkey {p['client1.key']}\n"
+        f"script-security 2\nsetenv WANT {want}\ntls-verify ./v.sh\n")
+    d = Daemon(lab.c1, tunconnector_cmd("openvpn", "--cd", str(work), "--config", "c.conf"),
+               lab.dir, "v").start()
+    lab.daemons.append(d)
+    if want == "server":
+        assert wait_for(lambda: "Initialization Sequence Completed" in d.log(), 40), d.log()
+        assert lab.c1.wait_ping("10.8.0.1", 15)
+        lines = _text(work / "verify.log").splitlines()
+        assert lines[:2] == [f"tls-verify 1 CN=Test CA untrusted={SERVER_IP}:1194",
+                             f"tls-verify 0 CN=server untrusted={SERVER_IP}:1194"], lines
+    else:
+        assert wait_for(lambda: "tls-verify refused the certificate at depth 0" in d.log(),
+                        40), d.log()
+        assert "Initialization Sequence Completed" not in d.log()
+        assert lab.c1.ping("10.8.0.1", count=2, interval=0.2) == (2, 0)

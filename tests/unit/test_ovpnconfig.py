@@ -334,8 +334,8 @@ def test_forward_compatible_downgrades_unknown_directives() -> None:
          r"t\.ovpn:3: unsupported inline block <connection>"),
         ("client\nremote a\n  fragment 1300 # what\n", r"t\.ovpn:3: unsupported directive "
                                                        r"'fragment'"),
-        ("client\nremote a\ntls-verify ./check.sh\n", r"t\.ovpn:3: unsupported directive "
-                                                      r"'tls-verify'"),
+        ("client\nremote a\nlearn-address ./a.sh\n", r"t\.ovpn:3: unsupported directive "
+                                                       r"'learn-address'"),
         ('client\nremote a\nup "./up.sh\n', r"t\.ovpn:3: no closing quotation"),
         ("client\nremote a\nignore-unknown-option foo\nbar\n", r"t\.ovpn:4: .*'bar'"),
         ("client\nremote a\nscript-security 4\n", r"t\.ovpn:3: script-security must be"),
@@ -388,3 +388,13 @@ def test_compression_framing_directives(line: str, kind: str) -> None:
     cfg = parse(f"client\nremote a\n{line}\nallow-compression asym\n" + CREDS, "t")
     assert cfg.options.compress == kind
     assert bool(cfg.warnings) == (line == "comp-lzo")
+
+
+def test_tls_verify_only_under_the_openvpn_command(tmp_path: Path) -> None:
+    from tunconnector.config import Config
+
+    ovpn = tmp_path / "v.ovpn"
+    ovpn.write_text("client\nremote 192.0.2.9\nscript-security 2\ntls-verify ./v.sh\n"
+                    + _pki())
+    with pytest.raises(ConfigError, match=r"tls-verify runs under `tunconnector openvpn`"):
+        Config.from_mapping({"tunnel": [{"name": "v", "openvpn_config": str(ovpn)}]})

@@ -116,6 +116,8 @@ class ClientOptions:
     mssfix_encap: bool = True
     mssfix_fixed: bool = False
     tun_mtu_extra: int = 32  # openvpn's room for a TAP frame's Ethernet header (mssfix)
+    #: tls-verify: (depth, certificate) -> refusal reason or None (a plain function)
+    tls_verify: Any = None
     #: pull-filter (action, text) in order, route-nopull, and the config's own routes
     #: (``route``/``route-ipv6`` option words), see pullfilter.py
     pull_filters: list[tuple[str, str]] = field(default_factory=list)
@@ -165,7 +167,7 @@ class OpenVPNClient:
         self._peers = list(peers) if peers else [peer]
         self._tls_ctx = TlsContext(TlsSettings(
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
-            options.verify_x509_name, options.tls_version_min))
+            options.verify_x509_name, options.tls_version_min, options.tls_verify))
         self._epoch = int(time.time() if wall_clock is None else wall_clock)
         self.drops: collections.Counter[str] = collections.Counter()
         self._events: collections.deque[ConnectionEvent] = collections.deque()

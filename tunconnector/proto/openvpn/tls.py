@@ -13,6 +13,7 @@ Server Authentication, and a key usage fit for a server when present), and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -103,6 +104,9 @@ class TlsSettings:
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     tls_version_min: str = "1.2"
+    #: ``tls-verify``: called per certificate of the server's chain (depth, cert) after
+    #: the built-in checks passed; a returned reason refuses the server
+    verify_hook: Callable[[int, x509.Certificate], str | None] | None = None
 
 
 class TlsContext:
@@ -178,6 +182,12 @@ class TlsSession:
                 why = check_server_eku(c)
             if why is None and self._settings.verify_x509_name is not None:
                 why = check_x509_name(c, *self._settings.verify_x509_name)
+            if why is not None:
+                self.refusal = why
+                return False
+        hook = self._settings.verify_hook
+        if hook is not None:
+            why = hook(depth, c)
             if why is not None:
                 self.refusal = why
                 return False
