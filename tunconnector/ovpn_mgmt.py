@@ -43,7 +43,9 @@ HELP = [
     f"Management Interface for {TITLE}",
     "Commands:",
     "bytecount n            : Show bytes in/out, update every n secs (0=off).",
+    "echo [on|off] [N|all]  : Like log, but only show messages in echo buffer.",
     "exit|quit              : Close management session.",
+    "forget-passwords       : Forget passwords entered so far.",
     "help                   : Print this message.",
     "hold [on|off|release]  : Set/show hold flag to on/off state, or",
     "                         release current hold and start tunnel.",
@@ -359,6 +361,12 @@ class Management:
                     c.send("ERROR: verb level is out of range")
             else:
                 c.send(f"SUCCESS: verb={self.backend.verb[0]}")
+        elif cmd == "echo":
+            if need(1):
+                for parm in args[:2]:
+                    self._history(c, parm, "echo", [])  # nothing is echoed to GUIs
+        elif cmd == "forget-passwords":
+            c.send("SUCCESS: Passwords were forgotten")  # none is kept past its use
         elif cmd == "mute":
             c.send("SUCCESS: mute level changed" if args else "SUCCESS: mute=0")
         else:
@@ -370,7 +378,7 @@ class Management:
             on = parm == "on"
             if kind == "state":
                 c.state_rt = on
-            else:
+            elif kind == "log":
                 c.log_rt = on
             c.send(f"SUCCESS: real-time {kind} notification set to {parm.upper()}")
             return

@@ -172,6 +172,9 @@ async def test_management_commands(tmp_path: Path) -> None:
         logging.getLogger("tunconnector.test").info("live line")
         assert (await c.line()).endswith(",I,live line")
         assert await c.cmd("log off") == ["SUCCESS: real-time log notification set to OFF"]
+        assert await c.cmd("echo all", until="END") == ["END"]
+        assert await c.cmd("echo on") == ["SUCCESS: real-time echo notification set to ON"]
+        assert await c.cmd("forget-passwords") == ["SUCCESS: Passwords were forgotten"]
         assert await c.cmd("signal SIGBOGUS") == [
             "ERROR: signal 'SIGBOGUS' is not a known signal type"]
         assert await c.cmd("frobnicate") == [
