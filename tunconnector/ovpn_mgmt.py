@@ -366,7 +366,8 @@ class Management:
                 for parm in args[:2]:
                     self._history(c, parm, "echo", [])  # nothing is echoed to GUIs
         elif cmd == "forget-passwords":
-            c.send("SUCCESS: Passwords were forgotten")  # none is kept past its use
+            # answered as openvpn; the credentials stay loaded for reconnects (documented)
+            c.send("SUCCESS: Passwords were forgotten")
         elif cmd == "mute":
             c.send("SUCCESS: mute level changed" if args else "SUCCESS: mute=0")
         else:
