@@ -94,7 +94,7 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
                 auth=cfg.openvpn_auth, mode=cfg.mode, remote=remote,
                 stream=cfg.proto == "tcp", keepalive=cfg.keepalive,
                 dead_after=cfg.dead_after, max_frame=max_frame, dev_type=cfg.dev_type,
-                tun_mtu=mtu, clock_offset=clock_offset,
+                tun_mtu=mtu, clock_offset=clock_offset, allow_float=cfg.openvpn_float,
             )
 
         return make

@@ -212,6 +212,9 @@ class TunnelConfig:
     key_direction: int | None = None
     openvpn_cipher: str = "AES-256-CBC"
     openvpn_auth: str = "SHA1"
+    # a server follows its live peer to a new address (openvpn's --float); without it the
+    # peer changes only once the old one is dead (dead_after, or its OCC EXIT)
+    openvpn_float: bool = False
     hooks: HooksConfig | None = None
     # hub mode: a server with [[tunnel.peer]] tables serves many peers on one port
     peer: list[PeerConfig] = field(default_factory=list)
@@ -364,8 +367,10 @@ class TunnelConfig:
                                   "(TLS mode)")
             return
         if self.framing != "openvpn":
-            if self.openvpn_secret is not None or self.key_direction is not None:
-                key = "openvpn_secret" if self.openvpn_secret is not None else "key_direction"
+            if self.openvpn_secret is not None or self.key_direction is not None \
+                    or self.openvpn_float:
+                key = "openvpn_secret" if self.openvpn_secret is not None else \
+                    "key_direction" if self.key_direction is not None else "openvpn_float"
                 raise ConfigError(f"{where}.{key}: only used with framing = 'openvpn'")
             return
         from .proto.openvpn.static import CIPHERS, DIGESTS

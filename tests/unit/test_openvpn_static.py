@@ -218,8 +218,8 @@ def test_after_exit_only_a_restarted_peer_comes_back() -> None:
     assert [type(e) for e in events(s)] == [Connected]
 
 
-def test_server_follows_new_address() -> None:
-    c, s = pair()
+def test_server_follows_new_address_with_float() -> None:
+    c, s = pair(allow_float=True)
     c.start(0)
     s.start(0)
     roundtrip(c, s, 0)
@@ -229,6 +229,98 @@ def test_server_follows_new_address() -> None:
         s.receive_datagram(data, ("10.0.0.3", 5555), 1)
     ev = events(s)
     assert ev == [AddressChanged(1, ("10.0.0.3", 5555))] and s.peer == ("10.0.0.3", 5555)
+
+
+def test_server_without_float_keeps_its_live_peer() -> None:
+    c, s = pair(dead_after=6.0, keepalive=2.0)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    c.send_frames([b"z" * 50], 1)
+    for data, _ in c.datagrams_to_send(1):
+        s.receive_datagram(data, ("10.0.0.3", 5555), 1)
+    assert events(s) == [] and s.peer == CLIENT_ADDR and s.drops["float_refused"] == 1
+    assert s.frames_to_deliver() == []
+    # the same packet was not taken into the replay state: the real source still may
+    for data, _ in c.datagrams_to_send(1):
+        pass
+    c.send_frames([b"y" * 50], 1.5)
+    deliver(c, s, 1.5)
+    assert s.frames_to_deliver() == [b"y" * 50]
+    # once the peer is dead, the next peer that authenticates is taken (first-peer rule)
+    s.handle_timer(1.5 + 6.0)
+    assert [type(e) for e in events(s)] == [Disconnected]
+    c.send_frames([b"x" * 50], 8)
+    for data, _ in c.datagrams_to_send(8):
+        s.receive_datagram(data, ("10.0.0.3", 5555), 8)
+    assert s.peer == ("10.0.0.3", 5555) and s.alive
+
+
+def reflect_server_packets(c: StaticKeyConnection, s: StaticKeyConnection, now: float,
+                           attacker: tuple[str, int] = ("10.0.0.66", 4444)) -> None:
+    """What the server sent (captured on the way) comes back to it from a third host."""
+    captured = [d for d, _ in s.datagrams_to_send(now)]
+    assert captured
+    for d in captured[:3]:
+        s.receive_datagram(d, attacker, now)
+
+
+@pytest.mark.parametrize("allow_float", [False, True])
+def test_reflected_datagrams_never_move_the_peer(allow_float: bool) -> None:
+    c, s = pair(dead_after=6.0, keepalive=2.0, allow_float=allow_float)
+    c.start(0)  # the client first, then the server: its time value is the later one
+    s.clock_offset = 5
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    s.send_frames([b"s" * 60, b"t" * 60, b"u" * 60], 1)
+    reflect_server_packets(c, s, 1)
+    assert s.peer == CLIENT_ADDR and s.drops["reflected"] == 3
+    assert events(s) == [] and s.frames_to_deliver() == []
+    c.send_frames([b"c" * 60], 2)  # the real client is still served
+    deliver(c, s, 2)
+    assert s.frames_to_deliver() == [b"c" * 60] and s.drops["replay"] == 0
+
+
+def test_same_time_value_on_both_ends_is_told_apart() -> None:
+    c, s = pair()  # both start in the same second: one time value
+    c.start(0)
+    s.start(0)
+    assert c._time == s._time
+    roundtrip(c, s, 0)
+    assert c.alive and s.alive and c._time != s._time
+    c.send_frames([b"a" * 30], 1)
+    s.send_frames([b"b" * 30], 1)
+    roundtrip(c, s, 1)
+    assert s.frames_to_deliver() == [b"a" * 30] and c.frames_to_deliver() == [b"b" * 30]
+    assert not c.drops and not s.drops
+
+
+def test_client_unanswered_restarts_its_session_within_dead_after() -> None:
+    # a server whose replay state is ahead of the client's time value (a packet of an
+    # older process of the client, say): the client's packets are refused as replays
+    # while the server's pings still reach it
+    c, s = pair(dead_after=6.0, keepalive=2.0, clock_offset=1000)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    assert c.alive and s.alive
+    ahead = StaticKeyConnection(KEY, cipher="none", remote=SERVER_ADDR, clock_offset=1003)
+    ahead.start(0)
+    ahead.send_frames([b"p" * 20], 0.5)
+    deliver(ahead, s, 0.5)
+    s.frames_to_deliver()
+    now, served = 0.5, False
+    while now < 30 and not served:
+        now += 0.25
+        c.handle_timer(now)
+        s.handle_timer(now)
+        c.send_frames([b"up"], now)
+        roundtrip(c, s, now)
+        served = b"up" in s.frames_to_deliver()
+    assert served and c.counters["restarts"] == 1
+    assert now <= 6.0 + 1.0  # no OCC reply for dead_after: a new session, served at once
 
 
 def test_client_refuses_other_sources() -> None:
