@@ -140,6 +140,8 @@ class PeerConfig:
     address: str | None = None
     allowed_ips: list[str] = field(default_factory=list)
     key_file: str | None = None  # an extra per-peer PSK on top of the public keys
+    # TAP hub: this peer's station MAC, pinned to it (no other peer can take it)
+    mac: str | None = None
 
     def validate(self, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
@@ -154,6 +156,13 @@ class PeerConfig:
             raise ConfigError(f"{where}.public_key: {exc}") from None
         if self.address is not None:
             _check_ip(self.address.split("/")[0], f"{where}.address")
+        if self.mac is not None:
+            from .proto.mactable import parse_mac
+
+            try:
+                parse_mac(self.mac)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.mac: {exc}") from None
         for i, net in enumerate(self.allowed_ips):
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -225,6 +234,10 @@ class TunnelConfig:
     state_file: str | None = None  # pool leases (default /var/lib/tunconnector/NAME.json)
     mac_aging: float = 300.0
     max_macs_per_peer: int = 1024
+    # TAP hub: the hub's own device MAC is never learned from a peer
+    mac_pin: bool = True
+    # TAP hub: a MAC learned on one peer moves to another only after this long silent
+    mac_move_after: float = 5.0
     # OpenVPN TLS client (docs/openvpn.md): a standard client .ovpn decides the remote,
     # protocol and device type; the server pushes addresses and routes
     openvpn_config: str | None = None
@@ -253,6 +266,18 @@ class TunnelConfig:
                               f"{self.max_peers}")
         _within(self.mac_aging, f"{where}.mac_aging", 1.0, WEEK)
         _within(self.max_macs_per_peer, f"{where}.max_macs_per_peer", 1, 1_000_000)
+        _within(self.mac_move_after, f"{where}.mac_move_after", 0.0, WEEK)
+        macs: dict[str, str] = {}
+        for i, pc in enumerate(self.peer):
+            if pc.mac is None:
+                continue
+            if self.dev_type != "tap":
+                raise ConfigError(f"{where}.peer[{i}].mac: only a TAP hub switches by MAC")
+            norm = pc.mac.lower().replace("-", ":")
+            if norm in macs:
+                raise ConfigError(f"{where}.peer[{i}].mac: {pc.mac} is already peer "
+                                  f"{macs[norm]}'s")
+            macs[norm] = pc.name
         pool = None
         if self.pool is not None:
             try:
