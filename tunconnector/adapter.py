@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -48,6 +49,7 @@ from .proto.connection import (
     Disconnected,
     Rekeyed,
 )
+from .proto.openvpn import push
 from .tunnel import State, TunnelStats
 
 log = logging.getLogger("tunconnector.tunnel")
@@ -173,6 +175,7 @@ class ConnectionTunnel(SupervisedDevice):
         self._stopping = False
         self._remote: Any = None
         self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
+        self._applied: list[Applied] = []  # what applying each of them did
         self._assign_tasks: set[asyncio.Task[None]] = set()
         self._retired: list[Connection] = []  # replaced connections: their drops count
 
@@ -664,31 +667,49 @@ class ConnectionTunnel(SupervisedDevice):
         # a new assignment replaces the previous one
         await self._unassign()
         name, netns = self.device_name or "", self.config.netns
+        server = ev.extra.get("server") or ev.extra.get("bypass_host")
         try:
-            await self._netlink.call(apply_assigned, name, ev, netns)
+            done = await self._netlink.call(apply_assigned, name, ev, netns, server)
         except (DeviceError, NetlinkError, OSError, ValueError) as exc:
             self.stats.drops["config_assign_failed"] += 1
             self.log.warning("tunnel %s: cannot apply the assigned configuration: %s",
                              self.name, exc)
             return
         self._assigned.append(ev)
+        self._applied.append(done)
         if ev.mtu is not None:
             self.mtu = ev.mtu
+        if done.bypass is not None:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s: kept a host "
+                             "route to it on the underlay (%s)", self.name,
+                             ", ".join(done.covering), server, done.bypass_text)
+        elif done.covering:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s and no "
+                             "underlay route to it was found: refused", self.name,
+                             ", ".join(done.covering), server)
+        for pushed, local in done.overlaps:
+            self.log.warning("tunnel %s: pushed address %s overlaps the underlay's %s: "
+                             "part of the local network now goes into the tunnel",
+                             self.name, pushed, local)
+        if done.existing:
+            self.log.warning("tunnel %s: pushed route(s) %s already exist (not installed)",
+                             self.name, ", ".join(done.existing))
         self.log.info("tunnel %s: assigned %s%s", self.name,
                       ", ".join(ev.addresses) or "no address",
-                      f", routes {', '.join(r[0] for r in ev.routes)}" if ev.routes else "")
+                      f", routes {', '.join(done.installed)}" if done.installed else "")
 
     async def _unassign(self) -> None:
         for task in list(self._assign_tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         done, self._assigned = self._assigned, []
+        applied, self._applied = self._applied, []
         if not done or self.device_name is None or self.device is None:
             return
-        for ev in done:
+        for ev, app in zip(done, applied, strict=False):
             try:
                 await self._netlink.call(remove_assigned, self.device_name, ev,
-                                         self.config.netns)
+                                         self.config.netns, app)
             except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
                 self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
 
@@ -787,35 +808,108 @@ class ConnectionTunnel(SupervisedDevice):
 
 
 # ---------------------------------------------------------------------- netlink helpers
-def apply_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
+@dataclass(slots=True)
+class Applied:
+    """What :func:`apply_assigned` did: routes installed, routes that were already there
+    (not ours to remove), pushed routes covering the server and the host route kept to it
+    on the underlay (``bypass``: the kwargs it was added with), address overlaps."""
+
+    installed: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    covering: list[str] = field(default_factory=list)
+    bypass: dict[str, Any] | None = None
+    bypass_text: str = ""
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _underlay_route(sock: Any, server: str, tun_idx: int) -> dict[str, Any] | None:
+    """The route the kernel uses to reach ``server`` now, as kwargs for a host route
+    (None: none, or only through the tunnel itself)."""
+    addr = ipaddress.ip_address(server)
+    try:
+        msgs = sock.route("get", dst=server)
+    except NetlinkError:
+        return None
+    for m in msgs:
+        oif = m.get_attr("RTA_OIF")
+        if oif is None or oif == tun_idx:
+            continue
+        kw: dict[str, Any] = {"dst": f"{server}/{addr.max_prefixlen}", "oif": oif}
+        gw = m.get_attr("RTA_GATEWAY")
+        if gw:
+            kw["gateway"] = gw
+        return kw
+    return None
+
+
+def apply_assigned(name: str, ev: ConfigAssigned, netns: str | None = None,
+                   server: str | None = None) -> Applied:
     """Addresses, MTU and routes of a :class:`ConfigAssigned` on device ``name``
-    (runs on the netlink thread)."""
+    (runs on the netlink thread). Pushed routes that cover ``server`` (the tunnel's own
+    underlay peer) get a host route to it via its current underlay path first; without
+    one they are refused."""
+    done = Applied()
     ifaces = [ipaddress.ip_interface(a) for a in ev.addresses]
-    nl.configure(name, addresses=ifaces, mtu=ev.mtu, netns=netns)
     with nl.ipr(netns) as sock:
         idx = sock.link_lookup(ifname=name)[0]
-        for dst, gateway in ev.routes:
-            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
-                                  "oif": idx}
+        underlay = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in sock.get_addr()
+                    if a["index"] != idx and a.get_attr("IFA_ADDRESS")]
+        done.overlaps = push.underlay_overlaps(list(ev.addresses), underlay)
+        routes = list(ev.routes)
+        if server:
+            done.covering = push.routes_covering(routes, server)
+            if done.covering:
+                kw = _underlay_route(sock, server, idx)
+                if kw is None:
+                    routes = [r for r in routes
+                              if str(ipaddress.ip_network(r[0], strict=False))
+                              not in done.covering]
+                else:
+                    try:
+                        sock.route("add", **kw)
+                        done.bypass = kw
+                    except NetlinkError as exc:
+                        if exc.code != 17:  # EEXIST: a host route is there already
+                            raise
+                    done.bypass_text = f"{kw['dst']}" + (
+                        f" via {kw['gateway']}" if kw.get("gateway") else "") + \
+                        f" ifindex {kw['oif']}"
+    nl.configure(name, addresses=ifaces, mtu=ev.mtu, netns=netns)
+    with nl.ipr(netns) as sock:
+        for dst, gateway in routes:
+            net = str(ipaddress.ip_network(dst, strict=False))
+            kw = {"dst": net, "oif": idx}
             if gateway:
                 kw["gateway"] = gateway
             try:
                 sock.route("add", **kw)
+                done.installed.append(net)
             except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: already there
+                if exc.code != 17:  # EEXIST: already there, and not ours
                     raise
+                done.existing.append(net)
+    return done
 
 
-def remove_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
-    """Undo :func:`apply_assigned` (what is already gone is fine)."""
+def remove_assigned(name: str, ev: ConfigAssigned, netns: str | None = None,
+                    done: Applied | None = None) -> None:
+    """Undo :func:`apply_assigned` (what is already gone is fine; routes that existed
+    before are left alone)."""
     with nl.ipr(netns) as sock:
+        if done is not None and done.bypass is not None:
+            try:
+                sock.route("del", **done.bypass)
+            except NetlinkError:
+                pass
         found = sock.link_lookup(ifname=name)
         if not found:
             return
         idx = found[0]
         for dst, gateway in ev.routes:
-            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
-                                  "oif": idx}
+            net = str(ipaddress.ip_network(dst, strict=False))
+            if done is not None and net not in done.installed:
+                continue
+            kw: dict[str, Any] = {"dst": net, "oif": idx}
             if gateway:
                 kw["gateway"] = gateway
             try:

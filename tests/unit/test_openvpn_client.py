@@ -335,3 +335,25 @@ def test_auth_failed_stops_retrying() -> None:
     assert client.halted and client.get_timer() is None
     client.connection_made(4.0)  # a new TCP stream does not start over either
     assert client.state == "failed"
+
+
+@pytest.mark.parametrize("ifconfig", ["ifconfig 192.0.2.1 255.255.255.0",
+                                      "ifconfig 192.0.2.7 255.255.255.0"])
+def test_pushed_ifconfig_over_the_server_is_refused(ifconfig: str) -> None:
+    server_addr = ("192.0.2.1", 1194)
+    client = OpenVPNClient(options(), peer=server_addr)
+    server = FakeServer(push="PUSH_REPLY,topology subnet,ping 1,ping-restart 5,"
+                             f"{ifconfig},peer-id 7,cipher AES-128-GCM")
+    client.start(0.0)
+    _, events = run(client, server, 3.0)
+    assert not any(isinstance(e, ConfigAssigned | Connected) for e in events), events
+    assert any(isinstance(e, Disconnected) and "192.0.2.1" in e.reason for e in events)
+    assert "refused" in (client.last_error or "")
+
+
+def test_pushed_ifconfig_elsewhere_names_the_server() -> None:
+    client = OpenVPNClient(options(), peer=("192.0.2.1", 1194))
+    client.start(0.0)
+    _, events = run(client, FakeServer(), 3.0)
+    assigned = next(e for e in events if isinstance(e, ConfigAssigned))
+    assert assigned.extra["server"] == "192.0.2.1"

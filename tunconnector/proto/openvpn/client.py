@@ -489,8 +489,16 @@ class OpenVPNClient:
                 log.warning("openvpn: server pushed redirect-gateway %s: refused (set "
                             "allow_redirect_gateway = true to route everything through it)",
                             " ".join(reply.redirect_gateway))
-        self._events.append(ConfigAssigned(now, reply.addresses(self.options.tap),
-                                           tuple(routes), reply.tun_mtu, extra))
+        addresses = reply.addresses(self.options.tap)
+        if isinstance(self.peer, tuple):  # the server's underlay address: never ours
+            server = str(self.peer[0])
+            conflict = pushmod.ifconfig_conflict(addresses, server)
+            if conflict is not None:
+                self._fail(conflict, now)
+                return
+            extra["server"] = server
+        self._events.append(ConfigAssigned(now, addresses, tuple(routes), reply.tun_mtu,
+                                           extra))
         self.state = "connected"
         self.last_error = None
         self._backoff.reset()
