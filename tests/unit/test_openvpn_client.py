@@ -357,3 +357,26 @@ def test_pushed_ifconfig_elsewhere_names_the_server() -> None:
     _, events = run(client, FakeServer(), 3.0)
     assigned = next(e for e in events if isinstance(e, ConfigAssigned))
     assert assigned.extra["server"] == "192.0.2.1"
+
+
+def test_packets_from_another_address_never_reach_the_session() -> None:
+    server_addr = ("192.0.2.1", 1194)
+    client = OpenVPNClient(options(), peer=server_addr)
+    server = FakeServer()
+    client.start(0.0)
+    now, events = run(client, server, 3.0)
+    assert any(isinstance(e, Connected) for e in events)
+    assert client.remote_session_id is not None
+    # 60 control packets with the server's session id and a junk TLS record, from a
+    # stranger: none reaches the TLS session, the tunnel stays up
+    junk = pk.P_CONTROL_V1 << 3
+    for i in range(60):
+        pkt = bytes([junk]) + client.remote_session_id + b"\x00" + struct.pack("!I", 50 + i) \
+            + b"\x17\x03\x03\x00\x20" + secrets.token_bytes(32)
+        client.receive_datagram(pkt, ("192.0.2.66", 1194), now)
+        client.receive_datagram(pkt, ("192.0.2.1", 4444), now)
+    assert client.drops["unknown_peer"] == 120 and client.state == "connected"
+    assert client.next_event() is None
+    client.send_frames([IP], now)
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP]

@@ -263,6 +263,12 @@ class OpenVPNClient:
     # -- inputs --------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        peer = self.peer
+        if addr is not None and isinstance(peer, tuple) and (addr[0], addr[1]) != peer[:2]:
+            # only the server's address and port speak for it: a stranger that knows the
+            # session id must not feed our TLS session (openvpn drops these too)
+            self.drops["unknown_peer"] += 1
+            return
         self._receive_packet(data, now)
         self._flush(now)
 
