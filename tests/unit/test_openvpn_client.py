@@ -380,3 +380,24 @@ def test_packets_from_another_address_never_reach_the_session() -> None:
     client.send_frames([IP], now)
     run(client, server, now + 1.0, now)
     assert client.frames_to_deliver() == [IP]
+
+
+def test_status_says_session_up_when_connected(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tunconnector import cli, status
+
+    client = OpenVPNClient(options())
+    assert client.status(0.0)["established"] is False
+    client.start(0.0)
+    now, _ = run(client, FakeServer(), 3.0)
+    crypto = client.status(now)
+    assert crypto["established"] is True and crypto["session_age"] is not None
+    tunnel = {"name": "ovpn1", "state": "up", "mode": "client", "transport": "udp/openvpn",
+              "device": "tun0", "addresses": ["10.8.0.2/24"], "peer": "192.0.2.1:1194",
+              "drops": {}, "crypto": crypto, "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0,
+              "tx_packets": 0, "last_rx_age": 0.1}
+    monkeypatch.setattr(status, "query_all", lambda *a, **k: [
+        {"pid": 1, "version": "x", "tunnels": [tunnel]}])
+    assert cli.cmd_status([]) == 0
+    out = capsys.readouterr().out
+    assert "session up" in out and "session down" not in out, out

@@ -696,6 +696,10 @@ class OpenVPNClient:
         return {
             "peer": None if self.peer is None else str(self.peer),
             "state": self.state,
+            # what `tunconnector status` and the metrics read for every tunnel
+            "established": self.state == "connected" and dk is not None,
+            "session_age": round(now - dk.created, 1) if dk else None,
+            "rekeys": self._reneg_count,
             "error": self.last_error,
             "cipher": self._cipher,
             "key_id": dk.key_id if dk else None,
