@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -58,6 +59,8 @@ log = logging.getLogger("tunconnector.tunnel")
 ConnectionFactory = Callable[[], Connection]
 Listener = Callable[[Any, State, State], None]
 
+#: how often the replay state is saved with openvpn_replay_persist (seconds)
+PERSIST_INTERVAL = 1.0
 #: OpenVPN's default tun-mtu: both ends of an OpenVPN tunnel use it unless configured
 OPENVPN_TUN_MTU = 1500
 
@@ -89,6 +92,7 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
         from .proto.openvpn.static import StaticKeyConnection
 
         key = load_openvpn_key_file(cfg.openvpn_secret)
+        persist = cfg.openvpn_replay_persist
 
         def make() -> Connection:
             return StaticKeyConnection(
@@ -97,11 +101,37 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
                 stream=cfg.proto == "tcp", keepalive=cfg.keepalive,
                 dead_after=cfg.dead_after, max_frame=max_frame, dev_type=cfg.dev_type,
                 tun_mtu=mtu, clock_offset=clock_offset, allow_float=cfg.openvpn_float,
+                persisted=None if persist is None else load_persisted(persist, cfg.name),
             )
 
         return make
     raise ConfigError(f"tunnel {cfg.name}: framing {cfg.framing!r} has no connection "
                       "implementation for these settings")
+
+
+def load_persisted(path: str, tunnel: str) -> dict[str, Any]:
+    """The replay state a previous process saved (``openvpn_replay_persist``); a missing
+    file is a first start, an unreadable one is said and ignored."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("tunnel %s: replay state %s unreadable, starting afresh: %s", tunnel,
+                    path, exc, extra={"tunnel": tunnel})
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_persisted(path: str, state: dict[str, Any]) -> None:
+    """Write the replay state atomically (a crash leaves the old file or the new one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def uses_connection(cfg: TunnelConfig) -> bool:
@@ -178,6 +208,8 @@ class ConnectionTunnel(SupervisedDevice):
         self._applied: list[Applied] = []  # what applying each of them did
         self._assign_tasks: set[asyncio.Task[None]] = set()
         self._retired: list[Connection] = []  # replaced connections: their drops count
+        self._persist_handle: asyncio.TimerHandle | None = None
+        self._persisted: dict[str, Any] | None = None  # last saved replay state
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -296,6 +328,8 @@ class ConnectionTunnel(SupervisedDevice):
             await self._close_all()
             self._set_state(State.FAILED)
             raise
+        if self.config.openvpn_replay_persist:
+            self._persist_tick()
         self.log.info("tunnel %s started: %s %s/%s device %s mtu %d", self.name,
                       self.config.mode, self.config.proto, self.config.framing,
                       self.device_name, self.mtu)
@@ -311,6 +345,7 @@ class ConnectionTunnel(SupervisedDevice):
             if self._stream is not None:
                 self._stream.proto.close()  # a graceful close still sends what was queued
         self._stopping = True
+        self._save_replay_state()
         await self._unassign()
         await self._close_all()
         self._set_state(State.STOPPED)
@@ -320,6 +355,34 @@ class ConnectionTunnel(SupervisedDevice):
         await self.stop()
         if self._own_netlink:
             self._netlink.close()
+
+    # ------------------------------------------------------------------ replay-persist
+    def _save_replay_state(self) -> None:
+        """Write the connection's replay state if it changed (openvpn_replay_persist)."""
+        path = self.config.openvpn_replay_persist
+        conn = self._conn
+        get = getattr(conn, "persist_state", None)
+        if not path or get is None:
+            return
+        state = get()
+        if state == self._persisted:
+            return
+        try:
+            save_persisted(path, state)
+        except OSError as exc:
+            self.stats.drops["replay_persist_error"] += 1
+            self.log.warning("tunnel %s: cannot save the replay state to %s: %s",
+                             self.name, path, exc)
+            return
+        self._persisted = state
+
+    def _persist_tick(self) -> None:
+        """Once a second: a crash replays at most the last second's packets."""
+        self._persist_handle = None
+        if self._loop is None or self._stopping:
+            return
+        self._save_replay_state()
+        self._persist_handle = self._loop.call_later(PERSIST_INTERVAL, self._persist_tick)
 
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
@@ -775,6 +838,9 @@ class ConnectionTunnel(SupervisedDevice):
 
     async def _close_all(self) -> None:
         self._stopping = True
+        if self._persist_handle is not None:
+            self._persist_handle.cancel()
+            self._persist_handle = None
         self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()

@@ -224,6 +224,8 @@ class TunnelConfig:
     # a server follows its live peer to a new address (openvpn's --float); without it the
     # peer changes only once the old one is dead (dead_after, or its OCC EXIT)
     openvpn_float: bool = False
+    # openvpn's replay-persist: the replay state survives a restart (a JSON file)
+    openvpn_replay_persist: str | None = None
     hooks: HooksConfig | None = None
     # hub mode: a server with [[tunnel.peer]] tables serves many peers on one port
     peer: list[PeerConfig] = field(default_factory=list)
@@ -393,9 +395,10 @@ class TunnelConfig:
             return
         if self.framing != "openvpn":
             if self.openvpn_secret is not None or self.key_direction is not None \
-                    or self.openvpn_float:
+                    or self.openvpn_float or self.openvpn_replay_persist is not None:
                 key = "openvpn_secret" if self.openvpn_secret is not None else \
-                    "key_direction" if self.key_direction is not None else "openvpn_float"
+                    "key_direction" if self.key_direction is not None else \
+                    "openvpn_float" if self.openvpn_float else "openvpn_replay_persist"
                 raise ConfigError(f"{where}.{key}: only used with framing = 'openvpn'")
             return
         from .proto.openvpn.static import CIPHERS, DIGESTS

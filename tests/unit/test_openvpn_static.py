@@ -471,6 +471,10 @@ def _tunnel(**kw: object) -> dict[str, object]:
     ({"key_direction": 2}, "tunnel[0].key_direction", "must be 0 or 1"),
     ({"openvpn_secret": None}, "tunnel[0].openvpn_secret", "static key file"),
     ({"framing": "native"}, "tunnel[0].openvpn_secret", "only used with framing"),
+    ({"framing": "native", "openvpn_secret": None, "openvpn_float": True},
+     "tunnel[0].openvpn_float", "only used with framing"),
+    ({"framing": "native", "openvpn_secret": None, "openvpn_replay_persist": "r.json"},
+     "tunnel[0].openvpn_replay_persist", "only used with framing"),
 ])
 def test_config_errors_name_the_key(kw: dict[str, object], where: str, text: str) -> None:
     from tunconnector.config import Config
@@ -513,3 +517,58 @@ def test_bond_wire_openvpn_tunnels() -> None:
     with pytest.raises(ConfigError, match="openvpn_secret"):
         build(BondConfig, {"role": "server", "name": "br0", "bridge_ip": "10.8.0.254",
                            "wire": "openvpn"}, "b")
+
+
+def test_replay_persist_refuses_what_the_crashed_process_accepted(tmp_path: Path) -> None:
+    from tunconnector.adapter import load_persisted, save_persisted
+
+    c, s = pair(clock_offset=1000)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    captured = []
+    for i in range(200):  # what an attacker recorded on the wire
+        c.send_frames([b"%03d" % i + b"d" * 40], 1 + i * 0.01)
+        for data, _ in c.datagrams_to_send(1):
+            captured.append(data)
+            s.receive_datagram(data, CLIENT_ADDR, 1)
+    assert len(s.frames_to_deliver()) == 200
+    path = tmp_path / "replay.json"
+    save_persisted(str(path), s.persist_state())  # the last save before the crash
+    # a new server process: without the file 200 of 200 replays are delivered
+    fresh = StaticKeyConnection(KEY, cipher="none", mode="server", clock_offset=1010)
+    fresh.start(10)
+    for data in captured:
+        fresh.receive_datagram(data, ("10.0.0.66", 4444), 10)
+    assert len(fresh.frames_to_deliver()) == 200 and fresh.peer == ("10.0.0.66", 4444)
+    # with it, none is, and the peer does not move
+    again = StaticKeyConnection(KEY, cipher="none", mode="server", clock_offset=1010,
+                                persisted=load_persisted(str(path), "t"))
+    again.start(10)
+    assert again._time > max(s.persist_state()["own_times"])
+    for data in captured:
+        again.receive_datagram(data, ("10.0.0.66", 4444), 10)
+    assert again.frames_to_deliver() == [] and again.peer is None
+    assert again.drops["replay"] == 200
+    # the real client's next packet is taken
+    c.send_frames([b"next"], 11)
+    deliver(c, again, 11)
+    assert again.frames_to_deliver() == [b"next"] and again.peer == CLIENT_ADDR
+    # our own packets of the earlier process, sent back, are recognised too
+    s.send_frames([b"own"], 12)
+    for data, _ in s.datagrams_to_send(12):
+        again.receive_datagram(data, ("10.0.0.66", 4444), 12)
+    assert again.drops["reflected"] == 1 and again.peer == CLIENT_ADDR
+
+
+def test_replay_persist_file_missing_or_broken(tmp_path: Path) -> None:
+    from tunconnector.adapter import load_persisted
+
+    assert load_persisted(str(tmp_path / "none.json"), "t") == {}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert load_persisted(str(bad), "t") == {}
+    s = StaticKeyConnection(KEY, cipher="none", mode="server",
+                            persisted={"peer_time": "x", "own_times": ["y", 5]})
+    assert s.persistent and s.persist_state() == {"peer_time": None, "peer_pid": None,
+                                                  "own_times": [5]}

@@ -264,7 +264,7 @@ class OpenVPNClient:
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         peer = self.peer
-        if addr is not None and isinstance(peer, tuple) and (addr[0], addr[1]) != peer[:2]:
+        if isinstance(addr, tuple) and isinstance(peer, tuple) and addr[:2] != peer[:2]:
             # only the server's address and port speak for it: a stranger that knows the
             # session id must not feed our TLS session (openvpn drops these too)
             self.drops["unknown_peer"] += 1

@@ -200,6 +200,15 @@ class PacketIdReplay:
             return False
         return self.window.check(pid)
 
+    def snapshot(self) -> tuple[int, int] | None:
+        """(time, highest packet id) accepted so far, for ``replay-persist``."""
+        return None if self.time is None else (self.time, self.window.highest)
+
+    def restore(self, ptime: int, pid: int) -> None:
+        """Continue from a snapshot: nothing at or below it is accepted again."""
+        self.time = ptime
+        self.window.restore(pid)
+
     def update(self, pid: int, ptime: int) -> bool:
         if not self.check(pid, ptime):
             return False
@@ -250,6 +259,7 @@ class StaticKeyConnection:
         tun_mtu: int = 1500,
         clock_offset: float = 0.0,
         allow_float: bool = False,
+        persisted: dict[str, Any] | None = None,
     ) -> None:
         self.crypto = StaticKeyCrypto(key, direction, cipher, auth)
         self.direction = direction
@@ -283,6 +293,10 @@ class StaticKeyConnection:
         self._own_times: collections.deque[int] = collections.deque(maxlen=OWN_TIMES)
         self._replay = PacketIdReplay()
         self._restart_at: float | None = None  # client: a new session if still unanswered
+        #: replay-persist is on (the adapter saves :meth:`persist_state`)
+        self.persistent = persisted is not None
+        if persisted:  # replay-persist: what an earlier process accepted and sent
+            self.restore(persisted)
         self._replied_at: float | None = None  # client: the peer's last OCC REPLY
         self._probe_next: float | None = None  # client: next OCC REQUEST while up
         self._last_tx = 0.0
@@ -298,10 +312,31 @@ class StaticKeyConnection:
         self._stream_open = False
         self._exit_time: int | None = None  # time value of the peer that sent OCC EXIT
 
+    # -- replay-persist -------------------------------------------------------------
+    def persist_state(self) -> dict[str, Any]:
+        """What survives a restart (openvpn's ``replay-persist``): the peer's (time,
+        highest packet id), so its old packets are refused by a new process, and our own
+        time values, so our old packets sent back to us are recognised."""
+        snap = self._replay.snapshot()
+        return {"peer_time": snap[0] if snap else None, "peer_pid": snap[1] if snap else None,
+                "own_times": list(self._own_times)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load :meth:`persist_state`'s output (values of the wrong type are ignored)."""
+        t, pid = state.get("peer_time"), state.get("peer_pid")
+        if isinstance(t, int) and isinstance(pid, int) and 0 <= t <= PACKET_ID_MAX \
+                and 0 <= pid <= PACKET_ID_MAX:
+            self._replay.restore(t, pid)
+        own = state.get("own_times")
+        if isinstance(own, list):
+            self._own_times.extend(x for x in own[-OWN_TIMES:] if isinstance(x, int))
+
     # -- lifecycle ------------------------------------------------------------------
     def start(self, now: float) -> None:
         self._started = True
         self._time = int(now + self.clock_offset) & PACKET_ID_MAX
+        if self._own_times:  # persisted: never below what an earlier process used
+            self._time = max(self._time, max(self._own_times) + 1) & PACKET_ID_MAX
         self._own_times.append(self._time)
         self._last_tx = now
         if self.mode == "client":
@@ -459,7 +494,8 @@ class StaticKeyConnection:
         """openvpn's ping-restart on a client: a new time value, which the server's replay
         state takes whatever it holds, and a fresh receive window."""
         self._new_time(now)
-        self._replay = PacketIdReplay()
+        if not self.persistent:  # with replay-persist the receive state is kept
+            self._replay = PacketIdReplay()
         self._exit_time = None
         self._restart_at = now + self.dead_after
         self.counters["restarts"] += 1
