@@ -51,7 +51,7 @@ from .proto.connection import (
     Rekeyed,
 )
 from .proto.openvpn import push
-from .tunnel import State, TunnelStats
+from .tunnel import State, TunnelStats, no_peer
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -429,7 +429,7 @@ class ConnectionTunnel(SupervisedDevice):
         stats.tx_bytes += sum(map(len, frames))
         conn = self._conn
         if conn is None:
-            stats.drops["no_peer"] += len(frames)
+            stats.drops[no_peer(stats)] += len(frames)
             return
         now = self._loop.time()
         conn.send_frames(frames, now)
@@ -827,6 +827,8 @@ class ConnectionTunnel(SupervisedDevice):
             return
         self.state = new
         self.since = time.time()
+        if new == State.UP:
+            self.stats.ever_up = True
         if new in (State.UP, State.DOWN):
             self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
         self._event().set()

@@ -572,3 +572,12 @@ def test_replay_persist_file_missing_or_broken(tmp_path: Path) -> None:
                             persisted={"peer_time": "x", "own_times": ["y", 5]})
     assert s.persistent and s.persist_state() == {"peer_time": None, "peer_pid": None,
                                                   "own_times": [5]}
+
+
+def test_frames_before_the_tunnel_was_ever_up_are_counted_apart() -> None:
+    from tunconnector.tunnel import TunnelStats, no_peer
+
+    stats = TunnelStats()
+    assert no_peer(stats) == "no_peer_yet"
+    stats.ever_up = True
+    assert no_peer(stats) == "no_peer"
