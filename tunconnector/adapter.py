@@ -742,7 +742,7 @@ class ConnectionTunnel(SupervisedDevice):
         self._applied.append(done)
         if ev.mtu is not None:
             self.mtu = ev.mtu
-        if done.bypass is not None:
+        if done.bypass_text:
             self.log.warning("tunnel %s: pushed route(s) %s cover the server %s: kept a host "
                              "route to it on the underlay (%s)", self.name,
                              ", ".join(done.covering), server, done.bypass_text)
