@@ -581,3 +581,7 @@ def test_frames_before_the_tunnel_was_ever_up_are_counted_apart() -> None:
     assert no_peer(stats) == "no_peer_yet"
     stats.ever_up = True
     assert no_peer(stats) == "no_peer"
+    s = StaticKeyConnection(KEY, cipher="none", mode="server")
+    s.start(0)
+    s.send_frames([b"x" * 40], 0.1)  # the kernel's router solicitation at device start
+    assert dict(s.drops) == {"no_peer_yet": 1}

@@ -506,7 +506,8 @@ class StaticKeyConnection:
 
     def send_frames(self, frames: list[bytes], now: float) -> None:
         if not self._can_send() or self._closed:
-            self.drops["no_peer"] += len(frames)
+            self.drops["no_peer" if self.last_heard is not None else "no_peer_yet"] \
+                += len(frames)
             return
         seal = self.crypto.seal
         pack = _PID.pack
