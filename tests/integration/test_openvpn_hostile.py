@@ -130,6 +130,8 @@ def test_replay_persist_after_a_server_crash(env: Env) -> None:
             srv2.tunnel()
         st = srv2.tunnel()
         assert st is not None
+        print(f"replayed {len(echoes)}: delivered {st['rx_packets']}, drops {st['drops']}, "
+              f"peer {st['peer']}")
         assert st["rx_packets"] == 0 and st["drops"]["replay"] == len(echoes), st
         assert st["state"] == "down" and not st["peer"], st
     finally:
