@@ -195,7 +195,7 @@ def options(**kw: Any) -> ClientOptions:
 
 
 def run(client: OpenVPNClient, server: FakeServer, until: float, now: float = 0.0,
-        loss: float = 0.0, seed: int = 1) -> tuple[float, list[Any]]:
+        loss: float = 0.0, seed: int = 1, addr: Any = None) -> tuple[float, list[Any]]:
     """Exchange packets (dropping ``loss`` of them) and fire timers until ``until``."""
     rng = random.Random(seed)
     events: list[Any] = []
@@ -210,7 +210,7 @@ def run(client: OpenVPNClient, server: FakeServer, until: float, now: float = 0.
                     server.receive(d, now)
             for d in s2c:
                 if rng.random() >= loss:
-                    client.receive_datagram(d, None, now)
+                    client.receive_datagram(d, addr, now)
             while (ev := client.next_event()) is not None:
                 events.append(ev)
         t = client.get_timer()
@@ -364,7 +364,7 @@ def test_packets_from_another_address_never_reach_the_session() -> None:
     client = OpenVPNClient(options(), peer=server_addr)
     server = FakeServer()
     client.start(0.0)
-    now, events = run(client, server, 3.0)
+    now, events = run(client, server, 3.0, addr=server_addr)
     assert any(isinstance(e, Connected) for e in events)
     assert client.remote_session_id is not None
     # 60 control packets with the server's session id and a junk TLS record, from a
@@ -378,8 +378,21 @@ def test_packets_from_another_address_never_reach_the_session() -> None:
     assert client.drops["unknown_peer"] == 120 and client.state == "connected"
     assert client.next_event() is None
     client.send_frames([IP], now)
-    run(client, server, now + 1.0, now)
+    run(client, server, now + 1.0, now, addr=server_addr)
     assert client.frames_to_deliver() == [IP]
+    # the server answering from another address: data that authenticates moves it
+    client.send_frames([IP], now + 1.0)
+    run(client, server, now + 2.0, now + 1.0, addr=("192.0.2.2", 1194))
+    assert client.frames_to_deliver() == [IP] and client.state == "connected"
+
+
+def test_server_answering_from_another_address_is_learned() -> None:
+    # a multi-homed server answers from the address its route picks, not the remote's
+    client = OpenVPNClient(options(), peer=("192.0.2.1", 1194))
+    client.start(0.0)
+    now, events = run(client, FakeServer(), 3.0, addr=("198.51.100.1", 1194))
+    assert any(isinstance(e, Connected) for e in events)
+    assert not client.drops["unknown_peer"]
 
 
 def test_status_says_session_up_when_connected(monkeypatch: pytest.MonkeyPatch,

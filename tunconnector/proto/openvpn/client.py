@@ -181,6 +181,10 @@ class OpenVPNClient:
         return Wrapper(self._epoch)
 
     def _reset_session(self, now: float) -> None:
+        #: the address the server's session answers from (learned from its reset)
+        self._server_src: Addr = None
+        #: authenticated packets received (data, or control under tls-auth/tls-crypt)
+        self._authentic = 0
         self.session_id = secrets.token_bytes(8)
         self.remote_session_id: bytes | None = None
         self._keys: dict[int, _KeyState] = {}
@@ -263,13 +267,27 @@ class OpenVPNClient:
     # -- inputs --------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
-        peer = self.peer
-        if isinstance(addr, tuple) and isinstance(peer, tuple) and addr[:2] != peer[:2]:
-            # only the server's address and port speak for it: a stranger that knows the
-            # session id must not feed our TLS session (openvpn drops these too)
-            self.drops["unknown_peer"] += 1
+        src = addr[:2] if isinstance(addr, tuple) else None
+        known = self._server_src
+        if src is not None and known is not None and src != known:
+            # once the server's session answered from ``known``, a packet from anywhere
+            # else counts only if it authenticates (data, or control under tls-auth or
+            # tls-crypt): an authenticated float. A stranger that knows the session id
+            # must not feed our TLS session.
+            if not data or (split_opcode(data[0])[0] not in DATA_OPCODES
+                            and type(self._wrapper) is Wrapper):
+                self.drops["unknown_peer"] += 1
+                return
+            before = self._authentic
+            self._receive_packet(data, now)
+            if self._authentic != before:
+                log.info("openvpn: the server now answers from %s (was %s)", src, known)
+                self._server_src = src
+            self._flush(now)
             return
         self._receive_packet(data, now)
+        if known is None and src is not None and self.remote_session_id is not None:
+            self._server_src = src  # where the server's session answers from
         self._flush(now)
 
     def receive_stream(self, data: bytes, now: float) -> None:
@@ -313,6 +331,7 @@ class OpenVPNClient:
         if dk is None:
             raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
         payload = dk.decrypt(data)
+        self._authentic += 1
         self._last_received = now
         if is_ping(payload):
             return
@@ -336,6 +355,8 @@ class OpenVPNClient:
         if self.remote_session_id is not None and sid != self.remote_session_id:
             raise RemoteProtocolError("bad_session", "control packet from another session")
         body = self._wrapper.unwrap(data)
+        if type(self._wrapper) is not Wrapper:  # tls-auth / tls-crypt: authenticated
+            self._authentic += 1
         pkt = parse_body(opcode, key_id, sid, body)
         if pkt.acks and pkt.remote_session_id != self.session_id:
             raise RemoteProtocolError("bad_session", "acks for another session")
