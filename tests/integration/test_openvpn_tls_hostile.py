@@ -6,6 +6,7 @@ ifconfig inside the client's underlay subnet, a pushed route the kernel already 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -78,3 +79,59 @@ def test_pushed_ifconfig_equal_to_the_server_is_refused(lab: Lab) -> None:  # no
     wait_up(d2)
     assert wait_for(lambda: "overlaps the underlay's 192.168.111.2/24" in d2.log(), 10), \
         d2.log()
+
+
+def _server_packets(pcap: Path) -> list[tuple[int, bytes]]:
+    """(UDP destination port, payload) of what the server sent (source port 1194)."""
+    import struct
+
+    data, out, off = pcap.read_bytes(), [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 42 or pkt[12:14] != b"\x08\x00" or pkt[23] != 17:
+            continue
+        udp = 14 + (pkt[14] & 0x0F) * 4
+        sport, dport = struct.unpack_from("!HH", pkt, udp)
+        if sport == 1194:
+            out.append((dport, pkt[udp + 8:]))
+    return out
+
+
+def test_junk_control_packets_from_a_stranger_do_not_tear_down(lab: Lab) -> None:  # noqa: F811
+    import signal
+    import subprocess
+
+    lab.start_server()  # no tls-auth: nothing but the source tells the junk apart
+    veth = next(i["ifname"] for i in json.loads(lab.c1.run("ip", "-j", "addr").stdout)
+                if any(a.get("local") == "192.168.110.2" for a in i.get("addr_info", [])))
+    pcap = lab.dir / "c1.pcap"
+    cap = lab.c1.popen("tcpdump", "-i", veth, "-U", "-w", str(pcap), "udp and src port 1194",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        d1 = lab.client(lab.c1, lab.ovpn("c1"), "ovpn1")
+        wait_up(d1)
+        assert lab.c1.wait_ping("10.8.0.1", 10), d1.log()
+        assert wait_for(lambda: any(p[0] >> 3 == 8 for _, p in _server_packets(pcap)), 10)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+    port, reset = next((d, p) for d, p in _server_packets(pcap) if p[0] >> 3 == 8)
+    sid = reset[1:9]  # the server's session id, from its HARD_RESET_SERVER_V2
+    # 60 P_CONTROL_V1 with that session id and a junk TLS record, from another address
+    lab.s.run("ip", "addr", "add", "192.168.110.77/32", "dev", "lo")
+    script = ("import os,socket,struct,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+              "s.bind(('192.168.110.77',0));sid=bytes.fromhex(sys.argv[2]);"
+              "[s.sendto(bytes([4<<3])+sid+b'\\x00'+struct.pack('!I',i)"
+              "+b'\\x17\\x03\\x03\\x00\\x20'+os.urandom(32),(sys.argv[1],int(sys.argv[3])))"
+              " for i in range(1,61)]")
+    lab.s.run(sys.executable, "-c", script, "192.168.110.2", sid.hex(), str(port))
+    assert wait_for(lambda: status(d1)["drops"].get("unknown_peer", 0) >= 60
+                    or "up -> down" in d1.log(), 10), status(d1)
+    pings = lab.c1.ping("10.8.0.1", count=20, interval=0.05)
+    t1 = status(d1)
+    print("junk control:", t1["drops"], "reconnects", t1["crypto"]["reconnects"], "pings", pings)
+    assert "up -> down" not in d1.log() and t1["crypto"]["reconnects"] == 0, d1.log()
+    assert pings == (20, 20)
