@@ -76,14 +76,17 @@ def test_tap_hub_mac_stealing_and_random_mac_flood() -> None:
         wait_client_address(victim, "hc1", "10.220.0.")
         assert victim.wait_ping("10.220.0.1", timeout=20)
         hub_mac, victim_mac = mac_of(lab.hub, "hub0"), mac_of(victim, "hc1")
+        idle = victim.run("ping", "-q", "-c", "20", "-i", "0.05", "10.220.0.1").stdout
         # 1. stealing: 20 frames/s with the hub's MAC and the victim's as source, for 4 s,
-        # while the victim pings the hub (80 echoes, 50 ms apart)
-        ping = victim.popen("ping", "-c", "80", "-i", "0.05", "-W", "1", "10.220.0.1",
+        # while the victim pings the hub (100 echoes, 50 ms apart)
+        ping = victim.popen("ping", "-q", "-c", "100", "-i", "0.05", "-W", "1", "10.220.0.1",
                             stdout=subprocess.PIPE, text=True)
         attacker.run(sys.executable, "-c", SEND, "hc0", "ff" * 6, "20", "4",
                      hexmac(hub_mac), hexmac(victim_mac), timeout=30)
         out, _ = ping.communicate(timeout=30)
-        loss = out.split("received, ")[-1].split(" packet loss")[0]
+        loss = float(out.split("received, ")[-1].split("% packet loss")[0])
+        rtt = out.strip().splitlines()[-1].split(" = ")[-1]
+        idle_rtt = idle.strip().splitlines()[-1].split(" = ")[-1]
         # after the attack: the hub still reaches the victim, the victim the hub
         after = victim.ping("10.220.0.1", count=20, interval=0.05)
         steal_drops = dict(peer(hub, "site-a")["drops"])
@@ -96,9 +99,10 @@ def test_tap_hub_mac_stealing_and_random_mac_flood() -> None:
                                 "random", timeout=30).stdout)
         got = int(counter.communicate(timeout=30)[0].split()[-1])
         drops = peer(hub, "site-a")["drops"]
-        print(f"stealing: victim loss {loss} during, {after} after, attacker drops "
+        print(f"stealing: victim loss {loss}% during (rtt min/avg/max/mdev {rtt}, idle "
+              f"{idle_rtt}), {after} after, attacker drops "
               f"{steal_drops}; flood: sent {sent}, the victim got {got}, drops {drops}")
-        assert loss == "0%", out
+        assert loss <= 1.0, out
         assert after == (20, 20)
         assert steal_drops.get("mac_pinned", 0) >= 70, steal_drops
         assert steal_drops.get("mac_move_refused", 0) >= 70, steal_drops
