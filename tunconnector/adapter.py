@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -48,7 +50,8 @@ from .proto.connection import (
     Disconnected,
     Rekeyed,
 )
-from .tunnel import State, TunnelStats
+from .proto.openvpn import push
+from .tunnel import State, TunnelStats, no_peer
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -56,6 +59,8 @@ log = logging.getLogger("tunconnector.tunnel")
 ConnectionFactory = Callable[[], Connection]
 Listener = Callable[[Any, State, State], None]
 
+#: how often the replay state is saved with openvpn_replay_persist (seconds)
+PERSIST_INTERVAL = 1.0
 #: OpenVPN's default tun-mtu: both ends of an OpenVPN tunnel use it unless configured
 OPENVPN_TUN_MTU = 1500
 
@@ -87,6 +92,7 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
         from .proto.openvpn.static import StaticKeyConnection
 
         key = load_openvpn_key_file(cfg.openvpn_secret)
+        persist = cfg.openvpn_replay_persist
 
         def make() -> Connection:
             return StaticKeyConnection(
@@ -94,12 +100,38 @@ def connection_factory(cfg: TunnelConfig, *, clock_offset: float, max_frame: int
                 auth=cfg.openvpn_auth, mode=cfg.mode, remote=remote,
                 stream=cfg.proto == "tcp", keepalive=cfg.keepalive,
                 dead_after=cfg.dead_after, max_frame=max_frame, dev_type=cfg.dev_type,
-                tun_mtu=mtu, clock_offset=clock_offset,
+                tun_mtu=mtu, clock_offset=clock_offset, allow_float=cfg.openvpn_float,
+                persisted=None if persist is None else load_persisted(persist, cfg.name),
             )
 
         return make
     raise ConfigError(f"tunnel {cfg.name}: framing {cfg.framing!r} has no connection "
                       "implementation for these settings")
+
+
+def load_persisted(path: str, tunnel: str) -> dict[str, Any]:
+    """The replay state a previous process saved (``openvpn_replay_persist``); a missing
+    file is a first start, an unreadable one is said and ignored."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("tunnel %s: replay state %s unreadable, starting afresh: %s", tunnel,
+                    path, exc, extra={"tunnel": tunnel})
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_persisted(path: str, state: dict[str, Any]) -> None:
+    """Write the replay state atomically (a crash leaves the old file or the new one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def uses_connection(cfg: TunnelConfig) -> bool:
@@ -173,10 +205,13 @@ class ConnectionTunnel(SupervisedDevice):
         self._stopping = False
         self._remote: Any = None
         self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
+        self._applied: list[Applied] = []  # what applying each of them did
         self._assign_tasks: set[asyncio.Task[None]] = set()
         self._retired: list[Connection] = []  # replaced connections: their drops count
         #: called with each ConfigAssigned once it is on the device (openvpn's up scripts)
         self.assign_listeners: list[Callable[[ConfigAssigned], None]] = []
+        self._persist_handle: asyncio.TimerHandle | None = None
+        self._persisted: dict[str, Any] | None = None  # last saved replay state
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, callback: Listener) -> None:
@@ -295,6 +330,8 @@ class ConnectionTunnel(SupervisedDevice):
             await self._close_all()
             self._set_state(State.FAILED)
             raise
+        if self.config.openvpn_replay_persist:
+            self._persist_tick()
         self.log.info("tunnel %s started: %s %s/%s device %s mtu %d", self.name,
                       self.config.mode, self.config.proto, self.config.framing,
                       self.device_name, self.mtu)
@@ -310,6 +347,7 @@ class ConnectionTunnel(SupervisedDevice):
             if self._stream is not None:
                 self._stream.proto.close()  # a graceful close still sends what was queued
         self._stopping = True
+        self._save_replay_state()
         await self._unassign()
         await self._close_all()
         self._set_state(State.STOPPED)
@@ -319,6 +357,34 @@ class ConnectionTunnel(SupervisedDevice):
         await self.stop()
         if self._own_netlink:
             self._netlink.close()
+
+    # ------------------------------------------------------------------ replay-persist
+    def _save_replay_state(self) -> None:
+        """Write the connection's replay state if it changed (openvpn_replay_persist)."""
+        path = self.config.openvpn_replay_persist
+        conn = self._conn
+        get = getattr(conn, "persist_state", None)
+        if not path or get is None:
+            return
+        state = get()
+        if state == self._persisted:
+            return
+        try:
+            save_persisted(path, state)
+        except OSError as exc:
+            self.stats.drops["replay_persist_error"] += 1
+            self.log.warning("tunnel %s: cannot save the replay state to %s: %s",
+                             self.name, path, exc)
+            return
+        self._persisted = state
+
+    def _persist_tick(self) -> None:
+        """Once a second: a crash replays at most the last second's packets."""
+        self._persist_handle = None
+        if self._loop is None or self._stopping:
+            return
+        self._save_replay_state()
+        self._persist_handle = self._loop.call_later(PERSIST_INTERVAL, self._persist_tick)
 
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
@@ -365,7 +431,7 @@ class ConnectionTunnel(SupervisedDevice):
         stats.tx_bytes += sum(map(len, frames))
         conn = self._conn
         if conn is None:
-            stats.drops["no_peer"] += len(frames)
+            stats.drops[no_peer(stats)] += len(frames)
             return
         now = self._loop.time()
         conn.send_frames(frames, now)
@@ -666,19 +732,36 @@ class ConnectionTunnel(SupervisedDevice):
         # a new assignment replaces the previous one
         await self._unassign()
         name, netns = self.device_name or "", self.config.netns
+        server = ev.extra.get("server") or ev.extra.get("bypass_host")
         try:
-            await self._netlink.call(apply_assigned, name, ev, netns)
+            done = await self._netlink.call(apply_assigned, name, ev, netns, server)
         except (DeviceError, NetlinkError, OSError, ValueError) as exc:
             self.stats.drops["config_assign_failed"] += 1
             self.log.warning("tunnel %s: cannot apply the assigned configuration: %s",
                              self.name, exc)
             return
         self._assigned.append(ev)
+        self._applied.append(done)
         if ev.mtu is not None:
             self.mtu = ev.mtu
+        if done.bypass_text:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s: kept a host "
+                             "route to it on the underlay (%s)", self.name,
+                             ", ".join(done.covering), server, done.bypass_text)
+        elif done.covering:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s and no "
+                             "underlay route to it was found: refused", self.name,
+                             ", ".join(done.covering), server)
+        for pushed, local in done.overlaps:
+            self.log.warning("tunnel %s: pushed address %s overlaps the underlay's %s: "
+                             "part of the local network now goes into the tunnel",
+                             self.name, pushed, local)
+        if done.existing:
+            self.log.warning("tunnel %s: pushed route(s) %s already exist (not installed)",
+                             self.name, ", ".join(done.existing))
         self.log.info("tunnel %s: assigned %s%s", self.name,
                       ", ".join(ev.addresses) or "no address",
-                      f", routes {', '.join(r[0] for r in ev.routes)}" if ev.routes else "")
+                      f", routes {', '.join(done.installed)}" if done.installed else "")
         for cb in list(self.assign_listeners):
             try:
                 cb(ev)
@@ -690,12 +773,13 @@ class ConnectionTunnel(SupervisedDevice):
             if task is not asyncio.current_task():
                 task.cancel()
         done, self._assigned = self._assigned, []
+        applied, self._applied = self._applied, []
         if not done or self.device_name is None or self.device is None:
             return
-        for ev in done:
+        for ev, app in zip(done, applied, strict=False):
             try:
                 await self._netlink.call(remove_assigned, self.device_name, ev,
-                                         self.config.netns)
+                                         self.config.netns, app)
             except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
                 self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
 
@@ -750,6 +834,8 @@ class ConnectionTunnel(SupervisedDevice):
             return
         self.state = new
         self.since = time.time()
+        if new == State.UP:
+            self.stats.ever_up = True
         if new in (State.UP, State.DOWN):
             self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
         self._event().set()
@@ -761,6 +847,9 @@ class ConnectionTunnel(SupervisedDevice):
 
     async def _close_all(self) -> None:
         self._stopping = True
+        if self._persist_handle is not None:
+            self._persist_handle.cancel()
+            self._persist_handle = None
         self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
@@ -794,35 +883,108 @@ class ConnectionTunnel(SupervisedDevice):
 
 
 # ---------------------------------------------------------------------- netlink helpers
-def apply_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
+@dataclass(slots=True)
+class Applied:
+    """What :func:`apply_assigned` did: routes installed, routes that were already there
+    (not ours to remove), pushed routes covering the server and the host route kept to it
+    on the underlay (``bypass``: the kwargs it was added with), address overlaps."""
+
+    installed: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    covering: list[str] = field(default_factory=list)
+    bypass: dict[str, Any] | None = None
+    bypass_text: str = ""
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _underlay_route(sock: Any, server: str, tun_idx: int) -> dict[str, Any] | None:
+    """The route the kernel uses to reach ``server`` now, as kwargs for a host route
+    (None: none, or only through the tunnel itself)."""
+    addr = ipaddress.ip_address(server)
+    try:
+        msgs = sock.route("get", dst=server)
+    except NetlinkError:
+        return None
+    for m in msgs:
+        oif = m.get_attr("RTA_OIF")
+        if oif is None or oif == tun_idx:
+            continue
+        kw: dict[str, Any] = {"dst": f"{server}/{addr.max_prefixlen}", "oif": oif}
+        gw = m.get_attr("RTA_GATEWAY")
+        if gw:
+            kw["gateway"] = gw
+        return kw
+    return None
+
+
+def apply_assigned(name: str, ev: ConfigAssigned, netns: str | None = None,
+                   server: str | None = None) -> Applied:
     """Addresses, MTU and routes of a :class:`ConfigAssigned` on device ``name``
-    (runs on the netlink thread)."""
+    (runs on the netlink thread). Pushed routes that cover ``server`` (the tunnel's own
+    underlay peer) get a host route to it via its current underlay path first; without
+    one they are refused."""
+    done = Applied()
     ifaces = [ipaddress.ip_interface(a) for a in ev.addresses]
-    nl.configure(name, addresses=ifaces, mtu=ev.mtu, netns=netns)
     with nl.ipr(netns) as sock:
         idx = sock.link_lookup(ifname=name)[0]
-        for dst, gateway in ev.routes:
-            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
-                                  "oif": idx}
+        underlay = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in sock.get_addr()
+                    if a["index"] != idx and a.get_attr("IFA_ADDRESS")]
+        done.overlaps = push.underlay_overlaps(list(ev.addresses), underlay)
+        routes = list(ev.routes)
+        if server:
+            done.covering = push.routes_covering(routes, server)
+            if done.covering:
+                kw = _underlay_route(sock, server, idx)
+                if kw is None:
+                    routes = [r for r in routes
+                              if str(ipaddress.ip_network(r[0], strict=False))
+                              not in done.covering]
+                else:
+                    try:
+                        sock.route("add", **kw)
+                        done.bypass = kw
+                    except NetlinkError as exc:
+                        if exc.code != 17:  # EEXIST: a host route is there already
+                            raise
+                    done.bypass_text = f"{kw['dst']}" + (
+                        f" via {kw['gateway']}" if kw.get("gateway") else "") + \
+                        f" ifindex {kw['oif']}"
+    nl.configure(name, addresses=ifaces, mtu=ev.mtu, netns=netns)
+    with nl.ipr(netns) as sock:
+        for dst, gateway in routes:
+            net = str(ipaddress.ip_network(dst, strict=False))
+            kw = {"dst": net, "oif": idx}
             if gateway:
                 kw["gateway"] = gateway
             try:
                 sock.route("add", **kw)
+                done.installed.append(net)
             except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: already there
+                if exc.code != 17:  # EEXIST: already there, and not ours
                     raise
+                done.existing.append(net)
+    return done
 
 
-def remove_assigned(name: str, ev: ConfigAssigned, netns: str | None = None) -> None:
-    """Undo :func:`apply_assigned` (what is already gone is fine)."""
+def remove_assigned(name: str, ev: ConfigAssigned, netns: str | None = None,
+                    done: Applied | None = None) -> None:
+    """Undo :func:`apply_assigned` (what is already gone is fine; routes that existed
+    before are left alone)."""
     with nl.ipr(netns) as sock:
+        if done is not None and done.bypass is not None:
+            try:
+                sock.route("del", **done.bypass)
+            except NetlinkError:
+                pass
         found = sock.link_lookup(ifname=name)
         if not found:
             return
         idx = found[0]
         for dst, gateway in ev.routes:
-            kw: dict[str, Any] = {"dst": str(ipaddress.ip_network(dst, strict=False)),
-                                  "oif": idx}
+            net = str(ipaddress.ip_network(dst, strict=False))
+            if done is not None and net not in done.installed:
+                continue
+            kw: dict[str, Any] = {"dst": net, "oif": idx}
             if gateway:
                 kw["gateway"] = gateway
             try:

@@ -232,10 +232,13 @@ def cmd_reload(argv: Sequence[str]) -> int:
 def cmd_check(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="tunconnector check",
-        description="validate a TOML file without starting anything: exit 0 when valid, "
-        "2 when not (the message starts with the key's path)")
+        description="validate a TOML file (or an OpenVPN client .ovpn) without starting "
+        "anything: exit 0 when valid, 2 when not (the message starts with the key's path)")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     args = p.parse_args(argv)
+    if args.config.endswith(".ovpn"):  # what `tunconnector openvpn -c` runs
+        return report_valid(Config.from_mapping(
+            {"tunnel": [{"name": "openvpn", "openvpn_config": args.config}]}), args.config)
     return report_valid(Config.from_toml(args.config), args.config)
 
 

@@ -140,6 +140,8 @@ class PeerConfig:
     address: str | None = None
     allowed_ips: list[str] = field(default_factory=list)
     key_file: str | None = None  # an extra per-peer PSK on top of the public keys
+    # TAP hub: this peer's station MAC, pinned to it (no other peer can take it)
+    mac: str | None = None
 
     def validate(self, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
@@ -154,6 +156,13 @@ class PeerConfig:
             raise ConfigError(f"{where}.public_key: {exc}") from None
         if self.address is not None:
             _check_ip(self.address.split("/")[0], f"{where}.address")
+        if self.mac is not None:
+            from .proto.mactable import parse_mac
+
+            try:
+                parse_mac(self.mac)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.mac: {exc}") from None
         for i, net in enumerate(self.allowed_ips):
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -212,6 +221,11 @@ class TunnelConfig:
     key_direction: int | None = None
     openvpn_cipher: str = "AES-256-CBC"
     openvpn_auth: str = "SHA1"
+    # a server follows its live peer to a new address (openvpn's --float); without it the
+    # peer changes only once the old one is dead (dead_after, or its OCC EXIT)
+    openvpn_float: bool = False
+    # openvpn's replay-persist: the replay state survives a restart (a JSON file)
+    openvpn_replay_persist: str | None = None
     hooks: HooksConfig | None = None
     # hub mode: a server with [[tunnel.peer]] tables serves many peers on one port
     peer: list[PeerConfig] = field(default_factory=list)
@@ -222,6 +236,10 @@ class TunnelConfig:
     state_file: str | None = None  # pool leases (default /var/lib/tunconnector/NAME.json)
     mac_aging: float = 300.0
     max_macs_per_peer: int = 1024
+    # TAP hub: the hub's own device MAC is never learned from a peer
+    mac_pin: bool = True
+    # TAP hub: a MAC learned on one peer moves to another only after this long silent
+    mac_move_after: float = 5.0
     # OpenVPN TLS client (docs/openvpn.md): a standard client .ovpn decides the remote,
     # protocol and device type; the server pushes addresses and routes
     openvpn_config: str | None = None
@@ -250,6 +268,18 @@ class TunnelConfig:
                               f"{self.max_peers}")
         _within(self.mac_aging, f"{where}.mac_aging", 1.0, WEEK)
         _within(self.max_macs_per_peer, f"{where}.max_macs_per_peer", 1, 1_000_000)
+        _within(self.mac_move_after, f"{where}.mac_move_after", 0.0, WEEK)
+        macs: dict[str, str] = {}
+        for i, pc in enumerate(self.peer):
+            if pc.mac is None:
+                continue
+            if self.dev_type != "tap":
+                raise ConfigError(f"{where}.peer[{i}].mac: only a TAP hub switches by MAC")
+            norm = pc.mac.lower().replace("-", ":")
+            if norm in macs:
+                raise ConfigError(f"{where}.peer[{i}].mac: {pc.mac} is already peer "
+                                  f"{macs[norm]}'s")
+            macs[norm] = pc.name
         pool = None
         if self.pool is not None:
             try:
@@ -364,8 +394,11 @@ class TunnelConfig:
                                   "(TLS mode)")
             return
         if self.framing != "openvpn":
-            if self.openvpn_secret is not None or self.key_direction is not None:
-                key = "openvpn_secret" if self.openvpn_secret is not None else "key_direction"
+            if self.openvpn_secret is not None or self.key_direction is not None \
+                    or self.openvpn_float or self.openvpn_replay_persist is not None:
+                key = "openvpn_secret" if self.openvpn_secret is not None else \
+                    "key_direction" if self.key_direction is not None else \
+                    "openvpn_float" if self.openvpn_float else "openvpn_replay_persist"
                 raise ConfigError(f"{where}.{key}: only used with framing = 'openvpn'")
             return
         from .proto.openvpn.static import CIPHERS, DIGESTS

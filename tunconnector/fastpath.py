@@ -211,13 +211,13 @@ class FastPath:
         if udp_mode:
             native, udp, peer = t.native, t.udp, t.peer
             if native is None or udp is None or peer is None:
-                stats.drops["no_peer"] += len(frames)
+                stats.drops["no_peer" if stats.ever_up else "no_peer_yet"] += len(frames)
                 return []
             limit = self.max_datagram(peer)
         else:
             conn = t.stream
             if conn is None or conn.native is None:
-                stats.drops["no_peer"] += len(frames)
+                stats.drops["no_peer" if stats.ever_up else "no_peer_yet"] += len(frames)
                 return []
             native, udp, peer = conn.native, None, None
             limit = 1 << 30

@@ -54,7 +54,7 @@ from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
 from .proto.framing import HEADER_LEN, MsgType
 from .proto.liveness import PeerDown, PeerUp
-from .proto.mactable import FLOOD, LOCAL, MacTable
+from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
 from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
 from .proto.offload import GsoFrame
@@ -168,7 +168,8 @@ class Hub:
         self._by_raw: dict[Any, HubPeer] = {}
         self._by_index: dict[int, HubPeer] = {}
         self.router = Router(client_to_client=config.client_to_client)
-        self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer)
+        self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
+                             move_after=config.mac_move_after)
         self.pool: AddressPool | None = None
         self.cookies = CookieChecker()
         self._limiter = TokenBucketLimiter()
@@ -414,6 +415,10 @@ class Hub:
             await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
                                  mtu=self.mtu, netns=cfg.netns)
+        if self.tap and cfg.mac_pin:  # the hub's own MAC: no peer may take it
+            own = await self._netlink.call(nl.get_lladdr, dev.name, cfg.netns)
+            if own:
+                self.macs.pin(parse_mac(own), LOCAL)
         assert self._loop is not None
         self._loop.add_reader(dev.fd, self._on_device_readable)
 
@@ -486,6 +491,8 @@ class Hub:
     def _add_peer(self, p: HubPeer) -> None:
         self.peers[p.name] = p
         self._by_key[p.public] = p
+        if self.tap and p.cfg.mac is not None:
+            self.macs.pin(parse_mac(p.cfg.mac), p)
         if p.cfg.address is not None and self.pool is not None:
             self.pool.reserve(p.cfg.address.split("/")[0])
 
@@ -503,6 +510,7 @@ class Hub:
                 del self._by_index[i]
         self.router.remove_peer(p)
         self.macs.forget_port(p)
+        self.macs.unpin_port(p)
         if p.cfg.address is not None and self.pool is not None:
             self.pool.unreserve(p.cfg.address.split("/")[0])
         p.native = None
@@ -801,10 +809,10 @@ class Hub:
 
     def _switch_from_peer(self, p: HubPeer, f: Any, now: float, to_dev: list[Any],
                           fwd: dict[int, tuple[HubPeer, list[Any]]]) -> None:
-        egress, learned = self.macs.decide(f, p, now)
-        if not learned:
-            p.stats.drops["mac_limit"] += 1
-        if egress is None:
+        egress, refused = self.macs.decide(f, p, now)
+        if refused is not None:  # a pinned or busy MAC, or beyond the peer's cap
+            p.stats.drops[refused] += 1
+        elif egress is None:
             p.stats.drops["hairpin"] += 1
         elif egress is LOCAL:
             to_dev.append(f)
@@ -854,8 +862,10 @@ class Hub:
             macs = self.macs
             up = [q for q in self.peers.values() if q.up]
             for f in frames:
-                egress, _ = macs.decide(f, LOCAL, now)
-                if egress == FLOOD:
+                egress, refused = macs.decide(f, LOCAL, now)
+                if refused is not None:
+                    st.drops[refused] += 1
+                elif egress == FLOOD:
                     for q in up:
                         groups.setdefault(id(q), (q, []))[1].append(f)
                 elif egress is not None and egress is not LOCAL:

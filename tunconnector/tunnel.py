@@ -77,6 +77,15 @@ class TunnelStats:
     connects: int = 0
     last_rx: float | None = None
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the tunnel has been up once (device frames dropped before that are no fault)
+    ever_up: bool = False
+
+
+def no_peer(stats: TunnelStats) -> str:
+    """The drop reason for device frames with nowhere to go: ``no_peer_yet`` before the
+    tunnel was ever up (what the kernel sends as the device comes up: IPv6 router
+    solicitations, MLD reports), ``no_peer`` once it had a peer and lost it."""
+    return "no_peer" if stats.ever_up else "no_peer_yet"
 
 
 #: a timer firing this much (seconds) after its time means the process stalled
@@ -555,7 +564,7 @@ class Tunnel(SupervisedDevice):
             udp = self._udp
             peer = self.peer
             if udp is None or peer is None:
-                stats.drops["no_peer"] += len(frames)
+                stats.drops[no_peer(stats)] += len(frames)
                 return
             if self._native is None:
                 if self._packet_info:
@@ -571,7 +580,7 @@ class Tunnel(SupervisedDevice):
             return
         conn = self._conn
         if conn is None:
-            stats.drops["no_peer"] += len(frames)
+            stats.drops[no_peer(stats)] += len(frames)
             return
         if conn.native is None:
             conn.proto.write(simpletun_stream(frames))
@@ -939,6 +948,8 @@ class Tunnel(SupervisedDevice):
             return
         self.state = new
         self.since = time.time()
+        if new == State.UP:
+            self.stats.ever_up = True
         if new in (State.UP, State.DOWN):
             self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
         self._event().set()

@@ -116,7 +116,18 @@ def _call(target: Target, arg: object, data: bytes, how: str, report: Report,
 
 def run(inputs: int, *, seed: int = 1, only: str | None = None,
         crashes: Path | None = None, max_failures: int = 100) -> Report:
-    logging.disable(logging.WARNING)  # parsers log what they refuse; thousands of lines here
+    # parsers log what they refuse, thousands of lines here; the level is given back
+    # afterwards (a test run goes on in the same process)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return _run(inputs, seed=seed, only=only, crashes=crashes, max_failures=max_failures)
+    finally:
+        logging.disable(previous)
+
+
+def _run(inputs: int, *, seed: int, only: str | None, crashes: Path | None,
+         max_failures: int) -> Report:
     targets = [t for n, t in sorted(discover().items()) if only is None or only in n]
     if not targets:
         raise SystemExit(f"no fuzz target matches {only!r}")

@@ -122,6 +122,35 @@ def test_check_subcommand_and_run_check(tmp_path: Path,
     assert "tunnel[0].keepalive:" in capsys.readouterr().err
 
 
+def test_check_understands_an_ovpn_file(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    kpem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+    ovpn = tmp_path / "site.ovpn"
+    ovpn.write_text("client\ndev tun\nproto udp\nremote 192.0.2.9 1194\n"
+                    f"<ca>\n{pem}</ca>\n<cert>\n{pem}</cert>\n<key>\n{kpem}</key>\n")
+    assert main(["check", "-c", str(ovpn)]) == 0
+    assert "site.ovpn: valid (1 tunnel(s))" in capsys.readouterr().out
+    ovpn.write_text("client\nremote a\nfragment 1300\n")
+    assert main(["check", "-c", str(ovpn)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid TOML" not in err and "openvpn_config" in err, err
+
+
 # -- 3,000 mutated examples ---------------------------------------------------------------
 class Raw:
     """TOML text inserted as is (deep nesting, dates): values a dict cannot carry."""

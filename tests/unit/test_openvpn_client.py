@@ -195,7 +195,7 @@ def options(**kw: Any) -> ClientOptions:
 
 
 def run(client: OpenVPNClient, server: FakeServer, until: float, now: float = 0.0,
-        loss: float = 0.0, seed: int = 1) -> tuple[float, list[Any]]:
+        loss: float = 0.0, seed: int = 1, addr: Any = None) -> tuple[float, list[Any]]:
     """Exchange packets (dropping ``loss`` of them) and fire timers until ``until``."""
     rng = random.Random(seed)
     events: list[Any] = []
@@ -210,7 +210,7 @@ def run(client: OpenVPNClient, server: FakeServer, until: float, now: float = 0.
                     server.receive(d, now)
             for d in s2c:
                 if rng.random() >= loss:
-                    client.receive_datagram(d, None, now)
+                    client.receive_datagram(d, addr, now)
             while (ev := client.next_event()) is not None:
                 events.append(ev)
         t = client.get_timer()
@@ -335,3 +335,82 @@ def test_auth_failed_stops_retrying() -> None:
     assert client.halted and client.get_timer() is None
     client.connection_made(4.0)  # a new TCP stream does not start over either
     assert client.state == "failed"
+
+
+@pytest.mark.parametrize("ifconfig", ["ifconfig 192.0.2.1 255.255.255.0",
+                                      "ifconfig 192.0.2.7 255.255.255.0"])
+def test_pushed_ifconfig_over_the_server_is_refused(ifconfig: str) -> None:
+    server_addr = ("192.0.2.1", 1194)
+    client = OpenVPNClient(options(), peer=server_addr)
+    server = FakeServer(push="PUSH_REPLY,topology subnet,ping 1,ping-restart 5,"
+                             f"{ifconfig},peer-id 7,cipher AES-128-GCM")
+    client.start(0.0)
+    _, events = run(client, server, 3.0)
+    assert not any(isinstance(e, ConfigAssigned | Connected) for e in events), events
+    assert any(isinstance(e, Disconnected) and "192.0.2.1" in e.reason for e in events)
+    assert "refused" in (client.last_error or "")
+
+
+def test_pushed_ifconfig_elsewhere_names_the_server() -> None:
+    client = OpenVPNClient(options(), peer=("192.0.2.1", 1194))
+    client.start(0.0)
+    _, events = run(client, FakeServer(), 3.0)
+    assigned = next(e for e in events if isinstance(e, ConfigAssigned))
+    assert assigned.extra["server"] == "192.0.2.1"
+
+
+def test_packets_from_another_address_never_reach_the_session() -> None:
+    server_addr = ("192.0.2.1", 1194)
+    client = OpenVPNClient(options(), peer=server_addr)
+    server = FakeServer()
+    client.start(0.0)
+    now, events = run(client, server, 3.0, addr=server_addr)
+    assert any(isinstance(e, Connected) for e in events)
+    assert client.remote_session_id is not None
+    # 60 control packets with the server's session id and a junk TLS record, from a
+    # stranger: none reaches the TLS session, the tunnel stays up
+    junk = pk.P_CONTROL_V1 << 3
+    for i in range(60):
+        pkt = bytes([junk]) + client.remote_session_id + b"\x00" + struct.pack("!I", 50 + i) \
+            + b"\x17\x03\x03\x00\x20" + secrets.token_bytes(32)
+        client.receive_datagram(pkt, ("192.0.2.66", 1194), now)
+        client.receive_datagram(pkt, ("192.0.2.1", 4444), now)
+    assert client.drops["unknown_peer"] == 120 and client.state == "connected"
+    assert client.next_event() is None
+    client.send_frames([IP], now)
+    run(client, server, now + 1.0, now, addr=server_addr)
+    assert client.frames_to_deliver() == [IP]
+    # the server answering from another address: data that authenticates moves it
+    client.send_frames([IP], now + 1.0)
+    run(client, server, now + 2.0, now + 1.0, addr=("192.0.2.2", 1194))
+    assert client.frames_to_deliver() == [IP] and client.state == "connected"
+
+
+def test_server_answering_from_another_address_is_learned() -> None:
+    # a multi-homed server answers from the address its route picks, not the remote's
+    client = OpenVPNClient(options(), peer=("192.0.2.1", 1194))
+    client.start(0.0)
+    now, events = run(client, FakeServer(), 3.0, addr=("198.51.100.1", 1194))
+    assert any(isinstance(e, Connected) for e in events)
+    assert not client.drops["unknown_peer"]
+
+
+def test_status_says_session_up_when_connected(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tunconnector import cli, status
+
+    client = OpenVPNClient(options())
+    assert client.status(0.0)["established"] is False
+    client.start(0.0)
+    now, _ = run(client, FakeServer(), 3.0)
+    crypto = client.status(now)
+    assert crypto["established"] is True and crypto["session_age"] is not None
+    tunnel = {"name": "ovpn1", "state": "up", "mode": "client", "transport": "udp/openvpn",
+              "device": "tun0", "addresses": ["10.8.0.2/24"], "peer": "192.0.2.1:1194",
+              "drops": {}, "crypto": crypto, "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0,
+              "tx_packets": 0, "last_rx_age": 0.1}
+    monkeypatch.setattr(status, "query_all", lambda *a, **k: [
+        {"pid": 1, "version": "x", "tunnels": [tunnel]}])
+    assert cli.cmd_status([]) == 0
+    out = capsys.readouterr().out
+    assert "session up" in out and "session down" not in out, out

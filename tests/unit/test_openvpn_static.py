@@ -218,8 +218,8 @@ def test_after_exit_only_a_restarted_peer_comes_back() -> None:
     assert [type(e) for e in events(s)] == [Connected]
 
 
-def test_server_follows_new_address() -> None:
-    c, s = pair()
+def test_server_follows_new_address_with_float() -> None:
+    c, s = pair(allow_float=True)
     c.start(0)
     s.start(0)
     roundtrip(c, s, 0)
@@ -229,6 +229,97 @@ def test_server_follows_new_address() -> None:
         s.receive_datagram(data, ("10.0.0.3", 5555), 1)
     ev = events(s)
     assert ev == [AddressChanged(1, ("10.0.0.3", 5555))] and s.peer == ("10.0.0.3", 5555)
+
+
+def test_server_without_float_keeps_its_live_peer() -> None:
+    c, s = pair(dead_after=6.0, keepalive=2.0)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    c.send_frames([b"z" * 50], 1)
+    sent = [d for d, _ in c.datagrams_to_send(1)]
+    for data in sent:
+        s.receive_datagram(data, ("10.0.0.3", 5555), 1)
+    assert events(s) == [] and s.peer == CLIENT_ADDR and s.drops["float_refused"] == 1
+    assert s.frames_to_deliver() == []
+    # the refused packet was not taken into the replay state: from the peer it counts
+    for data in sent:
+        s.receive_datagram(data, CLIENT_ADDR, 1.5)
+    assert s.frames_to_deliver() == [b"z" * 50]
+    # once the peer is dead, the next peer that authenticates is taken (first-peer rule)
+    s.handle_timer(1.5 + 6.0)
+    assert [type(e) for e in events(s)] == [Disconnected]
+    c.send_frames([b"x" * 50], 8)
+    for data, _ in c.datagrams_to_send(8):
+        s.receive_datagram(data, ("10.0.0.3", 5555), 8)
+    assert s.peer == ("10.0.0.3", 5555) and s.alive
+
+
+def reflect_server_packets(c: StaticKeyConnection, s: StaticKeyConnection, now: float,
+                           attacker: tuple[str, int] = ("10.0.0.66", 4444)) -> None:
+    """What the server sent (captured on the way) comes back to it from a third host."""
+    captured = [d for d, _ in s.datagrams_to_send(now)]
+    assert captured
+    for d in captured[:3]:
+        s.receive_datagram(d, attacker, now)
+
+
+@pytest.mark.parametrize("allow_float", [False, True])
+def test_reflected_datagrams_never_move_the_peer(allow_float: bool) -> None:
+    c, s = pair(dead_after=6.0, keepalive=2.0, allow_float=allow_float)
+    c.start(0)  # the client first, then the server: its time value is the later one
+    s.clock_offset = 5
+    s.start(0)
+    roundtrip(c, s, 0)
+    events(s)
+    s.send_frames([b"s" * 60, b"t" * 60, b"u" * 60], 1)
+    reflect_server_packets(c, s, 1)
+    assert s.peer == CLIENT_ADDR and s.drops["reflected"] == 3
+    assert events(s) == [] and s.frames_to_deliver() == []
+    c.send_frames([b"c" * 60], 2)  # the real client is still served
+    deliver(c, s, 2)
+    assert s.frames_to_deliver() == [b"c" * 60] and s.drops["replay"] == 0
+
+
+def test_same_time_value_on_both_ends_is_told_apart() -> None:
+    c, s = pair()  # both start in the same second: one time value
+    c.start(0)
+    s.start(0)
+    assert c._time == s._time
+    roundtrip(c, s, 0)
+    assert c.alive and s.alive and c._time != s._time
+    c.send_frames([b"a" * 30], 1)
+    s.send_frames([b"b" * 30], 1)
+    roundtrip(c, s, 1)
+    assert s.frames_to_deliver() == [b"a" * 30] and c.frames_to_deliver() == [b"b" * 30]
+    assert not c.drops and not s.drops
+
+
+def test_client_unanswered_restarts_its_session_within_dead_after() -> None:
+    # a server whose replay state is ahead of the client's time value (a packet of an
+    # older process of the client, say): the client's packets are refused as replays
+    # while the server's pings still reach it
+    c, s = pair(dead_after=6.0, keepalive=2.0, clock_offset=1000)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    assert c.alive and s.alive
+    ahead = StaticKeyConnection(KEY, cipher="none", remote=SERVER_ADDR, clock_offset=1003)
+    ahead.start(0)
+    ahead.send_frames([b"p" * 20], 0.5)
+    deliver(ahead, s, 0.5)
+    s.frames_to_deliver()
+    now, served = 0.5, False
+    while now < 30 and not served:
+        now += 0.25
+        c.handle_timer(now)
+        s.handle_timer(now)
+        c.send_frames([b"up"], now)
+        roundtrip(c, s, now)
+        served = b"up" in s.frames_to_deliver()
+    assert served and c.counters["restarts"] == 1
+    assert now <= 6.0 + 1.0  # no OCC reply for dead_after: a new session, served at once
 
 
 def test_client_refuses_other_sources() -> None:
@@ -380,6 +471,10 @@ def _tunnel(**kw: object) -> dict[str, object]:
     ({"key_direction": 2}, "tunnel[0].key_direction", "must be 0 or 1"),
     ({"openvpn_secret": None}, "tunnel[0].openvpn_secret", "static key file"),
     ({"framing": "native"}, "tunnel[0].openvpn_secret", "only used with framing"),
+    ({"framing": "native", "openvpn_secret": None, "openvpn_float": True},
+     "tunnel[0].openvpn_float", "only used with framing"),
+    ({"framing": "native", "openvpn_secret": None, "openvpn_replay_persist": "r.json"},
+     "tunnel[0].openvpn_replay_persist", "only used with framing"),
 ])
 def test_config_errors_name_the_key(kw: dict[str, object], where: str, text: str) -> None:
     from tunconnector.config import Config
@@ -422,3 +517,71 @@ def test_bond_wire_openvpn_tunnels() -> None:
     with pytest.raises(ConfigError, match="openvpn_secret"):
         build(BondConfig, {"role": "server", "name": "br0", "bridge_ip": "10.8.0.254",
                            "wire": "openvpn"}, "b")
+
+
+def test_replay_persist_refuses_what_the_crashed_process_accepted(tmp_path: Path) -> None:
+    from tunconnector.adapter import load_persisted, save_persisted
+
+    c, s = pair(clock_offset=1000)
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    captured = []
+    for i in range(200):  # what an attacker recorded on the wire
+        c.send_frames([b"%03d" % i + b"d" * 40], 1 + i * 0.01)
+        for data, _ in c.datagrams_to_send(1):
+            captured.append(data)
+            s.receive_datagram(data, CLIENT_ADDR, 1)
+    assert len(s.frames_to_deliver()) == 200
+    path = tmp_path / "replay.json"
+    save_persisted(str(path), s.persist_state())  # the last save before the crash
+    # a new server process: without the file 200 of 200 replays are delivered
+    fresh = StaticKeyConnection(KEY, cipher="none", mode="server", clock_offset=1010)
+    fresh.start(10)
+    for data in captured:
+        fresh.receive_datagram(data, ("10.0.0.66", 4444), 10)
+    assert len(fresh.frames_to_deliver()) == 200 and fresh.peer == ("10.0.0.66", 4444)
+    # with it, none is, and the peer does not move
+    again = StaticKeyConnection(KEY, cipher="none", mode="server", clock_offset=1010,
+                                persisted=load_persisted(str(path), "t"))
+    again.start(10)
+    assert again._time > max(s.persist_state()["own_times"])
+    for data in captured:
+        again.receive_datagram(data, ("10.0.0.66", 4444), 10)
+    assert again.frames_to_deliver() == [] and again.peer is None
+    assert again.drops["replay"] == 200
+    # the real client's next packet is taken
+    c.send_frames([b"next"], 11)
+    deliver(c, again, 11)
+    assert again.frames_to_deliver() == [b"next"] and again.peer == CLIENT_ADDR
+    # our own packets of the earlier process, sent back, are recognised too
+    s.send_frames([b"own"], 12)
+    for data, _ in s.datagrams_to_send(12):
+        again.receive_datagram(data, ("10.0.0.66", 4444), 12)
+    assert again.drops["reflected"] == 1 and again.peer == CLIENT_ADDR
+
+
+def test_replay_persist_file_missing_or_broken(tmp_path: Path) -> None:
+    from tunconnector.adapter import load_persisted
+
+    assert load_persisted(str(tmp_path / "none.json"), "t") == {}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert load_persisted(str(bad), "t") == {}
+    s = StaticKeyConnection(KEY, cipher="none", mode="server",
+                            persisted={"peer_time": "x", "own_times": ["y", 5]})
+    assert s.persistent and s.persist_state() == {"peer_time": None, "peer_pid": None,
+                                                  "own_times": [5]}
+
+
+def test_frames_before_the_tunnel_was_ever_up_are_counted_apart() -> None:
+    from tunconnector.tunnel import TunnelStats, no_peer
+
+    stats = TunnelStats()
+    assert no_peer(stats) == "no_peer_yet"
+    stats.ever_up = True
+    assert no_peer(stats) == "no_peer"
+    s = StaticKeyConnection(KEY, cipher="none", mode="server")
+    s.start(0)
+    s.send_frames([b"x" * 40], 0.1)  # the kernel's router solicitation at device start
+    assert dict(s.drops) == {"no_peer_yet": 1}

@@ -165,11 +165,15 @@ async def test_management_commands(tmp_path: Path) -> None:
         assert await c.cmd("log") == ["ERROR: The 'log' command needs 1 parameter(s)"]
         import logging
 
-        logging.getLogger("tunconnector.test").setLevel(logging.INFO)
-        logging.getLogger("tunconnector.test").warning("something odd")
+        # a logger of this test's own, made usable whatever earlier tests did to logging
+        # (a dictConfig disables the loggers that exist when it runs)
+        tlog = logging.getLogger("tunconnector.test_mgmt")
+        tlog.disabled, tlog.propagate = False, True
+        tlog.setLevel(logging.INFO)
+        tlog.warning("something odd")
         assert (await c.cmd("log all", until="END"))[-2].endswith(",W,something odd")
         assert await c.cmd("log on") == ["SUCCESS: real-time log notification set to ON"]
-        logging.getLogger("tunconnector.test").info("live line")
+        tlog.info("live line")
         assert (await c.line()).endswith(",I,live line")
         assert await c.cmd("log off") == ["SUCCESS: real-time log notification set to OFF"]
         assert await c.cmd("echo all", until="END") == ["END"]

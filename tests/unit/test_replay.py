@@ -94,3 +94,15 @@ def test_check_predicts_update(seq: list[int]) -> None:
     w = ReplayWindow()
     for c in seq:
         assert w.check(c) == w.update(c)
+
+
+def test_restore_refuses_everything_up_to_the_saved_highest() -> None:
+    from tunconnector.proto.replay import ReplayWindow
+
+    for highest in (5, 31, 32, 1000, 70000):
+        w = ReplayWindow(blocks=64)
+        w.restore(highest)
+        assert w.highest == highest
+        assert not any(w.check(c) for c in range(max(0, highest - 3000), highest + 1))
+        assert w.update(highest + 1) and w.update(highest + 40) and w.update(highest + 2)
+        assert not w.update(highest + 1)

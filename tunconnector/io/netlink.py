@@ -397,6 +397,16 @@ def set_master(name: str, master: int, netns: str | None = None) -> None:
                 pass
 
 
+def get_lladdr(name: str, netns: str | None = None) -> str | None:
+    """The MAC address of ``name`` (None for a device without one, a TUN)."""
+    with ipr(netns) as sock:
+        try:
+            msgs = sock.get_links(_index(sock, name))
+        except NetlinkError as exc:
+            raise DeviceError(f"{name}: cannot read its MAC address: {exc}") from exc
+    return _lladdr(msgs[0]) if msgs else None
+
+
 def set_lladdr(name: str, lladdr: str, netns: str | None = None) -> None:
     """Give ``name`` a MAC address (a recreated TAP keeps the one its peers know)."""
     with ipr(netns) as sock:

@@ -101,6 +101,7 @@ class NativeConnection:
         self._frames: list[bytes] = []
         self._events: collections.deque[ConnectionEvent] = collections.deque()
         self._started = False
+        self._ever_alive = False  # drops before that are no_peer_yet
         self._alive = False  # the endpoint saw its peer alive ...
         self._announced = False  # ... and Connected was emitted (once proven)
 
@@ -194,7 +195,7 @@ class NativeConnection:
     def send_frames(self, frames: list[bytes], now: float) -> None:
         """Device frames (no virtio_net_hdr) for the peer."""
         if not self._can_send():
-            self.drops["no_peer"] += len(frames)
+            self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += len(frames)
             return
         self._emit(self.endpoint.encode_batch(frames, now))
         self._pump(now)
@@ -206,7 +207,7 @@ class NativeConnection:
         cap first; on UDP a message larger than a datagram leaves as FRAGMENTs.
         """
         if not self._can_send():
-            self.drops["no_peer"] += 1
+            self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += 1
             return
         if len(packet) <= VNET_HDR_LEN:
             self.drops["short_vnet_frame"] += 1
@@ -311,6 +312,7 @@ class NativeConnection:
         while (ev := endpoint.next_event()) is not None:
             if isinstance(ev, PeerUp):
                 self._alive = True
+                self._ever_alive = True
             elif isinstance(ev, PeerDown):
                 if self._announced:
                     self._events.append(Disconnected(now, "dead_peer",

@@ -43,6 +43,16 @@ class ReplayWindow:
     def highest(self) -> int:
         return self._last
 
+    def restore(self, highest: int) -> None:
+        """Start from a saved :attr:`highest` whose window is unknown: every counter up
+        to it counts as seen (refused), the ones above it are new."""
+        ring = self._ring
+        full = (1 << _BITS) - 1
+        for i in range(len(ring)):
+            ring[i] = full
+        ring[(highest >> _LOG_BITS) & self._mask] = (2 << (highest & (_BITS - 1))) - 1
+        self._last = highest
+
     def check(self, counter: int) -> bool:
         """True when ``counter`` would be accepted now (no state change; cheap pre-check)."""
         if counter >= self._limit or counter < 0:

@@ -200,6 +200,10 @@ class OpenVPNClient:
         return Wrapper(self._epoch)
 
     def _reset_session(self, now: float) -> None:
+        #: the address the server's session answers from (learned from its reset)
+        self._server_src: Addr = None
+        #: authenticated packets received (data, or control under tls-auth/tls-crypt)
+        self._authentic = 0
         self.session_id = secrets.token_bytes(8)
         self.remote_session_id: bytes | None = None
         self._keys: dict[int, _KeyState] = {}
@@ -284,7 +288,27 @@ class OpenVPNClient:
     # -- inputs --------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        src = addr[:2] if isinstance(addr, tuple) else None
+        known = self._server_src
+        if src is not None and known is not None and src != known:
+            # once the server's session answered from ``known``, a packet from anywhere
+            # else counts only if it authenticates (data, or control under tls-auth or
+            # tls-crypt): an authenticated float. A stranger that knows the session id
+            # must not feed our TLS session.
+            if not data or (split_opcode(data[0])[0] not in DATA_OPCODES
+                            and type(self._wrapper) is Wrapper):
+                self.drops["unknown_peer"] += 1
+                return
+            before = self._authentic
+            self._receive_packet(data, now)
+            if self._authentic != before:
+                log.info("openvpn: the server now answers from %s (was %s)", src, known)
+                self._server_src = src
+            self._flush(now)
+            return
         self._receive_packet(data, now)
+        if known is None and src is not None and self.remote_session_id is not None:
+            self._server_src = src  # where the server's session answers from
         self._flush(now)
 
     def receive_stream(self, data: bytes, now: float) -> None:
@@ -329,6 +353,7 @@ class OpenVPNClient:
         if dk is None:
             raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
         payload = dk.decrypt(data)
+        self._authentic += 1
         if self._comp is not None:
             payload = self._comp.unwrap(payload)
         self._last_received = now
@@ -356,6 +381,8 @@ class OpenVPNClient:
         if self.remote_session_id is not None and sid != self.remote_session_id:
             raise RemoteProtocolError("bad_session", "control packet from another session")
         body = self._wrapper.unwrap(data)
+        if type(self._wrapper) is not Wrapper:  # tls-auth / tls-crypt: authenticated
+            self._authentic += 1
         pkt = parse_body(opcode, key_id, sid, body)
         if pkt.acks and pkt.remote_session_id != self.session_id:
             raise RemoteProtocolError("bad_session", "acks for another session")
@@ -534,8 +561,16 @@ class OpenVPNClient:
                 log.warning("openvpn: server pushed redirect-gateway %s: refused (set "
                             "allow_redirect_gateway = true to route everything through it)",
                             " ".join(reply.redirect_gateway))
-        self._events.append(ConfigAssigned(now, reply.addresses(self.options.tap),
-                                           tuple(routes), reply.tun_mtu, extra))
+        addresses = reply.addresses(self.options.tap)
+        if isinstance(self.peer, tuple):  # the server's underlay address: never ours
+            server = str(self.peer[0])
+            conflict = pushmod.ifconfig_conflict(addresses, server)
+            if conflict is not None:
+                self._fail(conflict, now)
+                return
+            extra["server"] = server
+        self._events.append(ConfigAssigned(now, addresses, tuple(routes), reply.tun_mtu,
+                                           extra))
         self.state = "connected"
         self.last_error = None
         self._backoff.reset()
@@ -742,6 +777,10 @@ class OpenVPNClient:
         return {
             "peer": None if self.peer is None else str(self.peer),
             "state": self.state,
+            # what `tunconnector status` and the metrics read for every tunnel
+            "established": self.state == "connected" and dk is not None,
+            "session_age": round(now - dk.created, 1) if dk else None,
+            "rekeys": self._reneg_count,
             "error": self.last_error,
             "cipher": self._cipher,
             "key_id": dk.key_id if dk else None,

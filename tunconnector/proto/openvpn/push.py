@@ -154,3 +154,73 @@ def continuation(options: list[list[str]]) -> bool:
         if opt[0] == "push-continuation" and len(opt) > 1 and opt[1] == "2":
             return True
     return False
+
+
+# -- what a pushed configuration must not do to the client's own path to the server -----
+
+def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def routes_covering(routes: list[tuple[str, str | None]] | tuple[tuple[str, str | None], ...],
+                    server: str) -> list[str]:
+    """The pushed destinations that contain ``server``: installed as they are, they send
+    the tunnel's own encrypted packets into the tunnel (a loop)."""
+    try:
+        addr = ipaddress.ip_address(server)
+    except ValueError:
+        return []
+    out = []
+    for dst, _ in routes:
+        try:
+            net = _net(dst)
+        except ValueError:
+            continue
+        if net.version == addr.version and addr in net:
+            out.append(str(net))
+    return out
+
+
+def ifconfig_conflict(addresses: tuple[str, ...] | list[str], server: str) -> str | None:
+    """Why a pushed interface address cannot be used, or None: it is the server's own
+    underlay address, or its subnet contains it (every packet to the server, reconnects
+    included, would then go to ourselves or into the tunnel)."""
+    try:
+        addr = ipaddress.ip_address(server)
+    except ValueError:
+        return None
+    for a in addresses:
+        try:
+            iface = ipaddress.ip_interface(a)
+        except ValueError:
+            continue
+        if iface.version != addr.version:
+            continue
+        if iface.ip == addr:
+            return (f"server pushed ifconfig {a}: that is the server's own address {server}: "
+                    "refused")
+        if addr in iface.network and iface.network.prefixlen < iface.max_prefixlen:
+            return (f"server pushed ifconfig {a}: its subnet {iface.network} contains the "
+                    f"server's address {server}: refused")
+    return None
+
+
+def underlay_overlaps(addresses: tuple[str, ...] | list[str],
+                      underlay: list[str]) -> list[tuple[str, str]]:
+    """(pushed address, underlay interface address) pairs whose subnets overlap: the
+    pushed subnet shadows part of the local network (worth a warning, not fatal)."""
+    out = []
+    for a in addresses:
+        try:
+            pushed = ipaddress.ip_interface(a).network
+        except ValueError:
+            continue
+        for u in underlay:
+            try:
+                local = ipaddress.ip_interface(u).network
+            except ValueError:
+                continue
+            if local.version == pushed.version and local.overlaps(pushed) \
+                    and not local.is_loopback:
+                out.append((a, u))
+    return out

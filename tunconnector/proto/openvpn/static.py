@@ -16,9 +16,23 @@ Control messages travel as payloads: ping (sent when nothing else was sent for
 string; EXIT sent on a clean shutdown and taken as the peer leaving). ``dead_after``
 seconds without any authentic packet is openvpn's ping-restart.
 
-A server without a fixed remote takes the first peer that authenticates and follows it
-to any new address that sends an authentic, non-replayed packet; a client only accepts
-packets from its remote.
+A server without a fixed remote takes the first peer that authenticates. While that peer
+is alive, packets from any other address are refused unless ``allow_float`` (openvpn's
+``--float``), which follows the peer to a new address that sends an authentic,
+non-replayed packet; once it is dead (``dead_after``, or its OCC EXIT), the next peer that
+authenticates is taken. A client only accepts packets from its remote.
+
+Reflection: without a key direction both directions use the same keys, so our own
+datagrams, sent back to us, authenticate. A packet under one of our own time values is
+refused (``reflected``): it never moves the peer nor the replay state. Two ends that
+picked the same time value (started in the same second) tell it apart by the packet id:
+a packet id we have not sent yet under that time cannot be ours, and our time moves on.
+
+A client that goes down (``dead_after`` of silence) or is not answered for ``dead_after``
+restarts its session as openvpn's ping-restart does: a new time value (which any server's
+replay state accepts) and a fresh receive window. "Answered": once the peer has answered
+an OCC REQUEST, the client sends one every ``keepalive`` seconds; no REPLY for
+``dead_after`` means the peer does not take our packets (its pings alone prove nothing).
 """
 
 from __future__ import annotations
@@ -71,6 +85,8 @@ PACKET_ID_MAX = 0xFFFFFFFF
 _PADS = [bytes((n,)) * n for n in range(17)]
 #: replay window over packet ids within one time value (openvpn's default is 64)
 REPLAY_BLOCKS = 64
+#: our own time values remembered to recognise our datagrams sent back to us
+OWN_TIMES = 16
 
 
 def check_cipher(cipher: str, auth: str) -> None:
@@ -200,6 +216,15 @@ class PacketIdReplay:
             return False
         return self.window.check(pid)
 
+    def snapshot(self) -> tuple[int, int] | None:
+        """(time, highest packet id) accepted so far, for ``replay-persist``."""
+        return None if self.time is None else (self.time, self.window.highest)
+
+    def restore(self, ptime: int, pid: int) -> None:
+        """Continue from a snapshot: nothing at or below it is accepted again."""
+        self.time = ptime
+        self.window.restore(pid)
+
     def update(self, pid: int, ptime: int) -> bool:
         if not self.check(pid, ptime):
             return False
@@ -249,9 +274,14 @@ class StaticKeyConnection:
         dev_type: str = "tun",
         tun_mtu: int = 1500,
         clock_offset: float = 0.0,
+        allow_float: bool = False,
+        persisted: dict[str, Any] | None = None,
     ) -> None:
         self.crypto = StaticKeyCrypto(key, direction, cipher, auth)
         self.direction = direction
+        #: both directions share the keys: our own datagrams would authenticate here
+        self.symmetric = direction is None
+        self.allow_float = allow_float
         self.mode = mode
         self.stream = stream
         self.keepalive = keepalive
@@ -276,7 +306,15 @@ class StaticKeyConnection:
         self.peer_options: str | None = None
         self._pid = 0
         self._time = 0
+        self._own_times: collections.deque[int] = collections.deque(maxlen=OWN_TIMES)
         self._replay = PacketIdReplay()
+        self._restart_at: float | None = None  # client: a new session if still unanswered
+        #: replay-persist is on (the adapter saves :meth:`persist_state`)
+        self.persistent = persisted is not None
+        if persisted:  # replay-persist: what an earlier process accepted and sent
+            self.restore(persisted)
+        self._replied_at: float | None = None  # client: the peer's last OCC REPLY
+        self._probe_next: float | None = None  # client: next OCC REQUEST while up
         self._last_tx = 0.0
         self._next_hello: float | None = None
         self._occ_tries = 0
@@ -290,11 +328,35 @@ class StaticKeyConnection:
         self._stream_open = False
         self._exit_time: int | None = None  # time value of the peer that sent OCC EXIT
 
+    # -- replay-persist -------------------------------------------------------------
+    def persist_state(self) -> dict[str, Any]:
+        """What survives a restart (openvpn's ``replay-persist``): the peer's (time,
+        highest packet id), so its old packets are refused by a new process, and our own
+        time values, so our old packets sent back to us are recognised."""
+        snap = self._replay.snapshot()
+        return {"peer_time": snap[0] if snap else None, "peer_pid": snap[1] if snap else None,
+                "own_times": list(self._own_times)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load :meth:`persist_state`'s output (values of the wrong type are ignored)."""
+        t, pid = state.get("peer_time"), state.get("peer_pid")
+        if isinstance(t, int) and isinstance(pid, int) and 0 <= t <= PACKET_ID_MAX \
+                and 0 <= pid <= PACKET_ID_MAX:
+            self._replay.restore(t, pid)
+        own = state.get("own_times")
+        if isinstance(own, list):
+            self._own_times.extend(x for x in own[-OWN_TIMES:] if isinstance(x, int))
+
     # -- lifecycle ------------------------------------------------------------------
     def start(self, now: float) -> None:
         self._started = True
         self._time = int(now + self.clock_offset) & PACKET_ID_MAX
+        if self._own_times:  # persisted: never below what an earlier process used
+            self._time = max(self._time, max(self._own_times) + 1) & PACKET_ID_MAX
+        self._own_times.append(self._time)
         self._last_tx = now
+        if self.mode == "client":
+            self._restart_at = now + self.dead_after
         if self.crypto.cipher == "none":
             log.warning("openvpn static key with cipher none: packets are authenticated, "
                         "not encrypted")
@@ -351,9 +413,21 @@ class StaticKeyConnection:
             self.drops[opened] += 1
             return
         pid, ptime, payload = opened
-        if not self._replay.update(pid, ptime):
+        if self.symmetric and ptime in self._own_times:
+            if ptime == self._time and pid > self._pid:
+                # not one we sent: the peer's clock gave it our time value; ours moves on
+                self._own_times.remove(ptime)
+                self._new_time(now)
+            else:
+                self.drops["reflected"] += 1
+                return
+        if not self._replay.check(pid, ptime):
             self.drops["replay"] += 1
             return
+        if not self.stream and addr != self.peer and self.alive and not self.allow_float:
+            self.drops["float_refused"] += 1  # the peer is alive where it was: no move
+            return
+        self._replay.update(pid, ptime)
         if len(payload) == 17 and payload[16] == OCC_EXIT and payload[:16] == OCC_MAGIC:
             self.counters["occ_rx"] += 1  # the peer leaves: not a sign of life
             self._exit_time = ptime
@@ -375,6 +449,10 @@ class StaticKeyConnection:
         if not self.alive:
             self.alive = True
             self._next_hello = None
+            self._restart_at = None
+            if self._replied_at is not None:  # a new session: answers are counted afresh
+                self._replied_at = now
+                self._probe_next = now + self.keepalive
             self._events.append(Connected(now, addr))
             if self.peer_options is None:  # ask for the peer's options (and retry)
                 self._occ_next = now + (OCC_RETRY if self._occ_tries else 0.0)
@@ -404,6 +482,10 @@ class StaticKeyConnection:
         elif opcode == OCC_REPLY:
             text = body.split(b"\0", 1)[0].decode("ascii", "replace")
             self._occ_next = None
+            if self.mode == "client":
+                self._replied_at = now
+                if self._probe_next is None:
+                    self._probe_next = now + self.keepalive
             if text != self.peer_options:
                 self.peer_options = text
                 if text != self.expected_options:
@@ -418,9 +500,21 @@ class StaticKeyConnection:
         if self.alive:
             self.alive = False
             self._events.append(Disconnected(now, reason, restart))
+            if self.mode == "client" and restart and not self._closed:
+                self._restart_session(now)
         if self.mode == "client" and self._can_send() and not self._closed:
             self._next_hello = now + HELLO_INTERVAL
         self._occ_tries = 0
+
+    def _restart_session(self, now: float) -> None:
+        """openvpn's ping-restart on a client: a new time value, which the server's replay
+        state takes whatever it holds, and a fresh receive window."""
+        self._new_time(now)
+        if not self.persistent:  # with replay-persist the receive state is kept
+            self._replay = PacketIdReplay()
+        self._exit_time = None
+        self._restart_at = now + self.dead_after
+        self.counters["restarts"] += 1
 
     # -- output ---------------------------------------------------------------------
     def _can_send(self) -> bool:
@@ -428,7 +522,8 @@ class StaticKeyConnection:
 
     def send_frames(self, frames: list[bytes], now: float) -> None:
         if not self._can_send() or self._closed:
-            self.drops["no_peer"] += len(frames)
+            self.drops["no_peer" if self.last_heard is not None else "no_peer_yet"] \
+                += len(frames)
             return
         seal = self.crypto.seal
         pack = _PID.pack
@@ -444,9 +539,18 @@ class StaticKeyConnection:
 
     def _wrap(self, now: float) -> tuple[int, int]:
         """The packet id ran out: a new time value restarts it (long form)."""
-        self._time = max(self._time + 1, int(now + self.clock_offset)) & PACKET_ID_MAX
-        self._pid = 0
+        self._new_time(now)
         return 0, self._time
+
+    def _new_time(self, now: float) -> None:
+        """A later time value for what we send (packet ids from 1 again), never the
+        peer's current one."""
+        t = max(self._time + 1, int(now + self.clock_offset)) & PACKET_ID_MAX
+        if t == self._replay.time:
+            t = (t + 1) & PACKET_ID_MAX
+        self._time = t
+        self._pid = 0
+        self._own_times.append(t)
 
     def _send_payload(self, payload: bytes, now: float) -> None:
         if not self._can_send() or self._closed:
@@ -503,6 +607,10 @@ class StaticKeyConnection:
             times.append(self._occ_next)
         if self.alive and self.last_heard is not None:
             times.append(self.last_heard + self.dead_after)
+        if self._restart_at is not None and not self.alive:
+            times.append(self._restart_at)
+        if self.alive and self._replied_at is not None and self._probe_next is not None:
+            times.append(min(self._probe_next, self._replied_at + self.dead_after))
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -512,6 +620,8 @@ class StaticKeyConnection:
                 and now >= self.last_heard + self.dead_after:
             self._go_down(now, f"ping-restart: nothing received for "
                                f"{now - self.last_heard:.1f}s", restart=True)
+        if self._restart_at is not None and now >= self._restart_at and not self.alive:
+            self._restart_session(now)  # not answered for dead_after: a new session
         if self._next_hello is not None and now >= self._next_hello and not self.alive:
             self._hello(now)
         if self._occ_next is not None and now >= self._occ_next and self.alive:
@@ -519,6 +629,13 @@ class StaticKeyConnection:
         if self._can_send() and now >= self._last_tx + self.keepalive:
             self.counters["ping_tx"] += 1
             self._send_payload(PING_MAGIC, now)
+        if self.alive and self._replied_at is not None and self._probe_next is not None:
+            if now >= self._replied_at + self.dead_after:
+                self._go_down(now, f"not answered: no OCC reply for "
+                                   f"{now - self._replied_at:.1f}s", restart=True)
+            elif now >= self._probe_next:
+                self._probe_next = now + self.keepalive
+                self._send_payload(occ_message(OCC_REQUEST), now)
 
     def next_event(self) -> ConnectionEvent | None:
         return self._events.popleft() if self._events else None
@@ -534,4 +651,6 @@ class StaticKeyConnection:
             "peer_options": self.peer_options,
             "pings_rx": self.counters["ping_rx"],
             "pings_tx": self.counters["ping_tx"],
+            "float": self.allow_float,
+            "restarts": self.counters["restarts"],
         }

@@ -1,0 +1,141 @@
+"""Hostile peers against OpenVPN static-key tunnels (tunconnector on both ends).
+
+Reflection: without a key direction both directions share the keys, so what the server
+sent authenticates at the server. Captured and sent back from a third address, it must
+neither move the server's peer nor its replay state.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from harness import Env
+from netns import wait_for
+from test_openvpn_static_interop import _pcap_udp_payloads, genkey, tc_tunnel
+
+SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
+ATTACKER = "192.168.100.66"
+
+
+def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
+    key = genkey(env)
+    a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
+    common = dict(dev_type="tun", device="tun1", openvpn_secret=str(key),
+                  openvpn_cipher="none", keepalive=2, dead_after=6)
+    cl = env.config_daemon(env.b, [tc_tunnel(
+        mode="client", remote=a_addr, remote_port=1191, port=1191, bind=b_addr,
+        address=f"{CL_ADDR}/24", **common)], "cl")
+    cl.wait_state("down")
+    # the client first, then the server: the server's time value is the later one
+    started = int(time.time())
+    assert wait_for(lambda: int(time.time()) > started, 3)
+    pcap = env.workdir / "srv.pcap"
+    cap = env.a.popen("tcpdump", "-i", env.lab.links[0][0], "-U", "-w", str(pcap),
+                      f"udp and src host {a_addr} and src port 1191",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        srv = env.config_daemon(env.a, [tc_tunnel(
+            mode="server", port=1191, address=f"{SRV_ADDR}/24", **common)], "srv")
+        srv.wait_state("up", timeout=20)
+
+        def captured() -> bool:  # tcpdump -U writes each packet at once
+            assert env.b.ping(SRV_ADDR, count=3, interval=0.05) == (3, 3)
+            return len(_pcap_udp_payloads(pcap, 1191)) >= 3
+
+        assert wait_for(captured, 15, interval=0.2), "no datagram of the server captured"
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+    payloads = [p for p in _pcap_udp_payloads(pcap, 1191) if len(p) < 1400]
+    assert len(payloads) >= 3, [len(p) for p in _pcap_udp_payloads(pcap, 1191)]
+    before = srv.tunnel()
+    assert before is not None and before["state"] == "up"
+    # three of the server's own datagrams, sent back to it from a third address
+    env.b.run("ip", "addr", "add", f"{ATTACKER}/24", "dev", env.lab.links[0][1])
+    script = ("import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+              "s.bind((sys.argv[1],0));"
+              "[s.sendto(bytes.fromhex(h),(sys.argv[2],1191)) for h in sys.argv[3:]]")
+    env.b.run(sys.executable, "-c", script, ATTACKER, a_addr,
+              *[p.hex() for p in payloads[-3:]])
+
+    def settled() -> bool:
+        st = srv.tunnel() or {}
+        return st.get("peer") != before["peer"] or st.get("drops", {}).get("reflected", 0) >= 3
+
+    assert wait_for(settled, 10), srv.tunnel()
+    # the real client is still served, without loss
+    pings = env.b.ping(SRV_ADDR, count=20, interval=0.05)
+    after = srv.tunnel()
+    assert after is not None
+    print("reflection:", before["peer"], "->", after["peer"], "pings", pings,
+          "drops", after["drops"])
+    assert after["peer"] == before["peer"], (before["peer"], after["peer"], pings)
+    assert after["drops"].get("reflected") == 3 and not after["drops"].get("replay")
+    assert pings == (20, 20)
+    assert (cl.tunnel() or {}).get("state") == "up"
+
+
+def test_replay_persist_after_a_server_crash(env: Env) -> None:
+    key = genkey(env)
+    a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
+    state = env.workdir / "srv.replay"
+    common = dict(dev_type="tun", device="tun1", openvpn_secret=str(key),
+                  openvpn_cipher="none", keepalive=2, dead_after=6)
+    server = tc_tunnel(mode="server", port=1191, address=f"{SRV_ADDR}/24",
+                       openvpn_replay_persist=str(state), **common)
+    srv = env.config_daemon(env.a, [server], "srv")
+    cl = env.config_daemon(env.b, [tc_tunnel(
+        mode="client", remote=a_addr, remote_port=1191, port=1191, bind=b_addr,
+        address=f"{CL_ADDR}/24", **common)], "cl")
+    srv.wait_state("up", timeout=20)
+    pcap = env.workdir / "cl.pcap"
+    cap = env.b.popen("tcpdump", "-i", env.lab.links[0][1], "-U", "-w", str(pcap),
+                      f"udp and src host {b_addr} and src port 1191",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        assert env.b.ping(SRV_ADDR, count=200, interval=0.01) == (200, 200)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+    # one echo request a datagram: 84 bytes + packet id and time + HMAC-SHA1
+    echoes = [p for p in _pcap_udp_payloads(pcap, 1191) if len(p) == 84 + 8 + 20]
+    assert len(echoes) >= 150, len(echoes)  # tcpdump may miss the first few
+
+    def saved_pid() -> int:
+        try:
+            return int(json.loads(state.read_text()).get("peer_pid") or 0)
+        except (OSError, ValueError):
+            return 0
+
+    assert wait_for(lambda: saved_pid() >= 200, 5), state.read_text()
+    srv.kill9()
+    assert cl.proc is not None
+    cl.proc.send_signal(signal.SIGSTOP)  # the new server hears nobody but the attacker
+    try:
+        srv2 = env.config_daemon(env.a, [server], "srv2")
+        srv2.wait_state("down", timeout=20)
+        env.b.run("ip", "addr", "add", f"{ATTACKER}/24", "dev", env.lab.links[0][1])
+        script = ("import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                  "s.bind((sys.argv[1],0));"
+                  "[s.sendto(bytes.fromhex(h),(sys.argv[2],1191)) for h in sys.argv[3:]]")
+        env.b.run(sys.executable, "-c", script, ATTACKER, a_addr, *[p.hex() for p in echoes])
+        assert wait_for(lambda: (srv2.tunnel() or {}).get("drops", {}).get("replay", 0)
+                        + (srv2.tunnel() or {}).get("rx_packets", 0) >= len(echoes), 10), \
+            srv2.tunnel()
+        st = srv2.tunnel()
+        assert st is not None
+        print(f"replayed {len(echoes)}: delivered {st['rx_packets']}, drops {st['drops']}, "
+              f"peer {st['peer']}")
+        assert st["rx_packets"] == 0 and st["drops"]["replay"] == len(echoes), st
+        assert st["state"] == "down" and not st["peer"], st
+    finally:
+        cl.proc.send_signal(signal.SIGCONT)
+    srv2.wait_state("up", timeout=20)
+    assert env.b.wait_ping(SRV_ADDR, timeout=10)
+    assert env.b.ping(SRV_ADDR, count=10, interval=0.05) == (10, 10)
