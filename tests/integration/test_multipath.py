@@ -389,7 +389,8 @@ def run_trials(env: Env, server: Daemon, client: Daemon, cut: Callable[[], None]
                 failback_after_up.append(fbs[-1]["time"] - ups[-1]["time"])
         up.finish()
         down.finish()
-    ends = [m[0] for m in marks[1:]] + [time.time()]
+    # the last failback window runs to the stream's end (its last packet, however late)
+    ends = [m[0] for m in marks[1:]] + [time.time() + 3600]
     for (t_cut, t_restore, _), t_end in zip(marks, ends, strict=True):
         for s in (up, down):
             cut_loss[s.name].append(s.outage_ms(t_cut - 0.05, t_restore))
