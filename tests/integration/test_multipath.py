@@ -476,11 +476,11 @@ def test_cut_active_path(env2: Env, nft: Nft, policy: str) -> None:
             assert r["delivered"][direction] < 1 or sum(cut) == 0, (how, direction, r)
         # probes every 20 ms, down_after 3: a dead path is declared 30-50 ms after it died
         # (docs/multipath.md); the median over the trials, from the cut command's end, gets
-        # twice that for the load; every trial saw its path go down on both ends
+        # half as much again for the load; every trial saw its path go down on both ends
         for side in ("client", "server"):
             det = [x for x in r["detect_after_cut_command_ms"][side] if x is not None]
             assert len(det) == TRIALS, (how, side, r["detect_ms"])
-            assert statistics.median(det) <= 2 * DETECT_GOAL_MS, (how, side, det)
+            assert statistics.median(det) <= 1.5 * DETECT_GOAL_MS, (how, side, det)
         # failback waits failback_delay (0.5 s) after the path is back, then follows at once
         # (a stall of the daemon in between may delay one or two trials)
         fb = r["failback_after_path_up_s"]
