@@ -22,7 +22,7 @@ from hublab import (  # noqa: E402
 )
 from netns import LivePing, free_port  # noqa: E402
 
-from tunconnector.proto.secure import TokenBucketLimiter  # noqa: E402
+from tunconnector.proto.cookie import CookieChecker  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -275,11 +275,8 @@ def test_initiation_flood_known_peer_keeps_pinging() -> None:
         # under load the hub answered with cookies instead of doing DH for each
         assert st["cookies"]["cookie_replies"] > 0 and result["cookie_replies"] > 0, st
         assert drops.get("cookie_sent", 0) > 0
-        # DH work was bounded: past the load threshold every initiation got a cookie
-        # reply, and before it the per-source limiter (one source address here) let
-        # through its burst and rate over the time the hub was busy, at most
-        lim = TokenBucketLimiter()
-        dh_bound = lim.burst + lim.rate * (busy[1] - busy[0] + 1.0)
-        assert drops.get("unknown_peer", 0) <= dh_bound, (dh_bound, drops)
+        # DH work was bounded: past the load threshold (initiations a second,
+        # CookieChecker's default) every initiation got a cookie reply, not a DH
+        assert drops.get("unknown_peer", 0) <= CookieChecker().threshold, drops
         assert peer(hub, "site-a")["state"] == "up"
         assert a.ping("10.220.0.1", count=3, interval=0.2) == (3, 3)
