@@ -39,7 +39,7 @@ def test_garbage_datagrams_do_not_interrupt_ping(env: Env) -> None:
     server, client = pair(env, "tun", "udp", "native")
     client.wait_state("up")  # type: ignore[attr-defined]
     # pings all through the garbage: answered before it starts and after it ended
-    ping = LivePing(env.b, "10.77.0.1", interval=0.05)
+    ping = LivePing(env.b, "10.77.0.1", interval=0.01)
     # 10,000 garbage datagrams of random sizes, including well-formed-looking headers,
     # from a third socket on host B at the server's port; prints when it sent the first
     # and the last
