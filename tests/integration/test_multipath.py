@@ -488,7 +488,7 @@ def test_cut_active_path(env2: Env, nft: Nft, policy: str) -> None:
         assert min(fb) >= 0.45 and statistics.median(fb) <= 0.6 and max(fb) <= 1.0, (how, fb)
         # this cut's own failovers: a stall may add a flap, or turn one failover into
         # all-down + recovered
-        assert r["failovers"]["client"] >= TRIALS - 2, (how, r["failovers"])
+        assert min(r["failovers"].values()) >= TRIALS - 2, (how, r["failovers"])
 
 
 def tun_rx_bytes(env: Env) -> int:
