@@ -246,7 +246,7 @@ def test_initiation_flood_known_peer_keeps_pinging() -> None:
         assert flood.stdout is not None and flood.stdin is not None
         assert "ready" in flood.stdout.readline()  # the initiations are built
         # the known peer pings all through the flood: answered before it starts, ...
-        pinger = LivePing(a, "10.220.0.1", interval=0.05)
+        pinger = LivePing(a, "10.220.0.1", interval=0.01)
         try:
             assert pinger.wait_reply_after(0, timeout=30), pinger.output
             flood.stdin.write("go\n")
