@@ -11,8 +11,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +64,7 @@ class Host:
             if "packets transmitted" in line:
                 parts = line.split(",")
                 return int(parts[0].split()[0]), int(parts[1].split()[0])
-        return count, 0
+        return 0, 0  # ping sent nothing (no route, bad arguments): never "count sent"
 
     def wait_ping(self, target: str, timeout: float = 10.0) -> bool:
         """Poll until one echo gets through (bounded); used after faults."""
@@ -72,6 +74,51 @@ class Host:
             if res.returncode == 0:
                 return True
         return False
+
+
+class LivePing:
+    """``ping -D`` at ``interval`` until stopped, its replies read as they come (time on
+    this machine's clock, icmp_seq): for "the echoes went on while X happened" checks."""
+
+    def __init__(self, host: Host, target: str, interval: float = 0.05) -> None:
+        self.proc = host.popen("stdbuf", "-oL", "ping", "-D", "-n", "-i", str(interval),
+                               "-W", "2", target, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        self.replies: list[tuple[float, int]] = []
+        self.output: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # type: ignore[attr-defined]
+            self.output.append(line)
+            if line.startswith("[") and "icmp_seq=" in line and "bytes from" in line:
+                ts = float(line[1:line.index("]")])
+                seq = int(line.split("icmp_seq=")[1].split()[0])
+                self.replies.append((ts, seq))
+
+    def wait_reply_after(self, t: float, timeout: float = 10.0) -> bool:
+        """Until an echo sent after ``t`` (time.time()) was answered."""
+        return wait_for(lambda: bool(self.replies) and self.replies[-1][0] > t, timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(10)
+
+    def missing(self) -> list[int]:
+        """Echo numbers unanswered between the first and the last answered one."""
+        got = {seq for _, seq in self.replies}
+        return [s for s in range(min(got), max(got) + 1) if s not in got] if got else []
+
+    def answered_between(self, t0: float, t1: float) -> int:
+        return sum(1 for ts, _ in self.replies if t0 <= ts <= t1)
 
 
 @dataclass

@@ -137,6 +137,21 @@ def wait_peers_up(d: Daemon, names: list[str], timeout: float = 60.0) -> dict[st
     raise AssertionError(f"peers {names} not all up: {st}\n{d.log()}")
 
 
+def wait_peer_handshake(d: Daemon, name: str, after: int, timeout: float = 60.0) -> None:
+    """Until peer ``name`` completed a handshake beyond the ``after`` it had and is up."""
+    deadline = time.monotonic() + timeout
+    p: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if d.proc is not None and d.proc.poll() is not None:
+            raise AssertionError(f"hub exited:\n{d.log()}")
+        st = query(d) or {}
+        p = next((q for q in st.get("peers", []) if q["name"] == name), {})
+        if p.get("handshakes", 0) > after and p.get("state") == "up":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"peer {name}: no new handshake: {p}\n{d.log()}")
+
+
 def wait_client_address(host: Host, dev: str, prefix: str, timeout: float = 30.0) -> str:
     """The address the hub assigned, once the client configured it on ``dev``."""
     deadline = time.monotonic() + timeout

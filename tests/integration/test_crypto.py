@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 from pathlib import Path
@@ -174,13 +175,17 @@ def test_marker_never_on_the_underlay(env: Env, proto: str) -> None:
 def test_wrong_key_no_traffic_clear_auth_failure(env: Env) -> None:
     server, client = pair(env, {"key_file": key_file(env, "a.key")},
                           {"key_file": key_file(env, "b.key")})
-    sent, got = env.b.ping(SERVER_IP, count=4, interval=0.5, timeout=20)
-    assert got == 0
+    # nothing gets through (the tunnel never comes up: whether ping could even send
+    # depends on the client's routes then)
+    assert env.b.ping(SERVER_IP, count=4, interval=0.5, timeout=20)[1] == 0
     assert wait_for(lambda: "authentication failure" in server.log()
                     and "authentication failure" in client.log(), timeout=10), (
         server.log(), client.log())
     assert "different key" in server.log()
-    assert "key" in client.log()
+    # the client hears nothing back (an unauthenticated handshake gets no reply) and says
+    # what that can mean
+    assert "authentication failure (no_response)" in client.log(), client.log()
+    assert "its key or cipher differs" in client.log(), client.log()
     s, c = server.tunnel(), client.tunnel()
     assert s is not None and c is not None
     assert s["state"] != "up" and c["state"] != "up"
@@ -256,7 +261,13 @@ def test_rekey_every_2s_under_iperf3(env: Env) -> None:
         assert "error" not in report
         sent = report["end"]["sum_sent"]["bytes"]
         received = report["end"]["sum_received"]["bytes"]
-        assert sent > 0 and received > 0
+        assert received >= 0.9 * sent > 0, (sent, received)
+        # no rekey stalls the flow: every second of the run carried at least a fifth of
+        # the run's median rate (five rekeys fall inside those ten seconds)
+        rates = [iv["sum"]["bits_per_second"] for iv in report["intervals"]
+                 if iv["sum"]["seconds"] >= 0.5]  # not a last sliver of an interval
+        median = statistics.median(rates)
+        assert len(rates) >= 10 and min(rates) >= median / 5 > 0, rates
     finally:
         srv.kill()
         srv.wait(5)

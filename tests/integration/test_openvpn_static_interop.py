@@ -256,15 +256,18 @@ def test_replayed_datagrams_dropped(env: Env, openvpns: Any) -> None:
     # GRO-coalesced runs), only what openvpn sent
     cap = env.b.popen("tcpdump", "-i", env.lab.links[0][1], "-U", "-w", str(pcap),
                       f"udp and src host {env.lab.b_addrs[0]} and src port 1191",
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: pcap.exists(), 10)
-        time.sleep(0.5)  # tcpdump attaches its filter after creating the file
+        assert cap.stderr is not None
+        line = cap.stderr.readline().decode()  # "listening on ..." once the filter is on
+        assert "listening" in line, line
         openvpns(env.b, "ovc", enabler_client(key, env.lab.a_addrs[0], env.lab.b_addrs[0]),
                  "tap1", OV_ADDR)
         tc.wait_state("up")
         assert env.b.ping(TC_ADDR, count=5, interval=0.05) == (5, 5)
-        time.sleep(0.5)
+        # openvpn's 5 echo replies (and what came before) are in the file (-U: written
+        # packet by packet)
+        assert wait_for(lambda: len(_pcap_udp_payloads(pcap, 1191)) >= 5, 10)
     finally:
         cap.send_signal(signal.SIGINT)
         cap.wait(10)

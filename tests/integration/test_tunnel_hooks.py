@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,7 @@ def test_hooks_run_and_never_hurt_the_tunnel(env: Env) -> None:
     assert "killed" in st["hooks"]["last_error"]
     assert env.a.run("pgrep", "-f", f"hang-{port}", check=False).returncode == 1  # nothing left
     # traffic flows regardless
-    sent, got = env.b.ping("10.77.0.1", count=3, interval=0.2)
-    assert got == sent, client.log()
+    assert env.b.ping("10.77.0.1", count=3, interval=0.2) == (3, 3), client.log()
 
     # `status` shows the hook counters
     res = env.a.run(*tunconnector_cmd("status", "--control-dir", str(server.ctl)))
@@ -99,4 +99,4 @@ def test_hooks_run_and_never_hurt_the_tunnel(env: Env) -> None:
     assert client_st["hooks"]["up"] == {"runs": 1, "ok": 1}
     assert client_st["hooks"]["down"] == {"runs": 1, "ok": 1}
     # the server's down hook (a missing program) failed on stop, and it still exited 0
-    assert "down: cannot start" in server.log() or "hook down" in server.log(), server.log()
+    assert re.search(r"hook down of tunnel \S+: cannot start", server.log()), server.log()

@@ -3,10 +3,12 @@
     python initflood.py HOST PORT RESPONDER_PUBLIC_KEY TOTAL [DISTINCT] [SOURCES]
 
 Builds DISTINCT initiations (IKpsk2 first messages from random static keys, each with a
-valid mac1: only the responder's public key is needed for that), then sends TOTAL
-datagrams cycling through them from SOURCES sockets (source ports) as fast as it can.
-Every one of them costs a responder without cookies a Diffie-Hellman: the key is only
-known after the DH. Prints one JSON line: sent, seconds, cookie replies received.
+valid mac1: only the responder's public key is needed for that), prints a "ready" line,
+waits for a line on stdin (go), then sends TOTAL datagrams cycling through them from
+SOURCES sockets (source ports) as fast as it can. Every one of them costs a responder
+without cookies a Diffie-Hellman: the key is only known after the DH. Prints one JSON
+line: sent, seconds, cookie replies received, and when the flood started and ended
+(``time.time()``, for overlap checks).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def main() -> int:
         s.connect((host, port))
         socks.append(s)
     print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
     cookies = 0
+    started_at = time.time()
+    last_reply_at = None
     start = time.monotonic()
     sent = 0
     while sent < total:
@@ -63,18 +68,28 @@ def main() -> int:
                 try:
                     while r.recv(2048):
                         cookies += 1
+                        last_reply_at = time.time()
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
     seconds = time.monotonic() - start
-    time.sleep(0.5)
-    for r in socks:
-        try:
-            while r.recv(2048):
-                cookies += 1
-        except (BlockingIOError, ConnectionRefusedError):
-            pass
-    print(json.dumps({"sent": sent, "seconds": round(seconds, 3), "cookie_replies": cookies}),
-          flush=True)
+    ended_at = time.time()
+    # the replies still on their way: until one came and 0.2 s passed without another
+    # (bounded: 5 s)
+    deadline = start + seconds + 5.0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select(socks, [], [], 0.2)
+        if not ready and cookies:
+            break
+        for r in ready:
+            try:
+                while r.recv(2048):
+                    cookies += 1
+                    last_reply_at = time.time()
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    print(json.dumps({"sent": sent, "seconds": round(seconds, 3), "cookie_replies": cookies,
+                      "started_at": started_at, "ended_at": ended_at,
+                      "last_reply_at": last_reply_at}), flush=True)
     return 0
 
 

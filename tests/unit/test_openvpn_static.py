@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.padding import PKCS7
 
 from tunconnector.errors import ConfigError, CryptoError
 from tunconnector.proto.connection import AddressChanged, Connected, Disconnected
@@ -386,14 +388,62 @@ def test_stream_garbage_never_raises() -> None:
         s.receive_stream(b"", 0)
 
 
-def test_padding_tamper_counted() -> None:
+def _openssl_decrypt(key: bytes, packet: bytes) -> bytes | None:
+    """What openvpn does with a packet of a tunnel without ``auth``: CBC-decrypt against
+    the packet's IV and let OpenSSL's final step check the PKCS#7 padding (a failure is
+    "cipher final failed": the packet is dropped). With a valid padding the (possibly
+    garbled) plaintext goes on: nothing else authenticates it."""
+    dec = Cipher(algorithms.AES(key), modes.CBC(packet[:16])).decryptor()
+    plain = dec.update(packet[16:]) + dec.finalize()
+    unpad = PKCS7(128).unpadder()
+    try:
+        return unpad.update(plain) + unpad.finalize()
+    except ValueError:
+        return None
+
+
+def test_padding_tamper_as_openvpn() -> None:
+    """Without ``auth`` only the padding check stands between a tampered last block and
+    the tunnel: every one of the 255 tamperings of the last byte is dropped as
+    ``bad_padding`` exactly when openvpn drops it, and otherwise opens to the garbled
+    plaintext openvpn would deliver (never the original)."""
     crypto = StaticKeyCrypto(KEY, None, "AES-256-CBC", "none")
-    sealed = crypto.seal(struct.pack("!II", 1, 1), b"hello" * 10)
-    bad = bytearray(sealed)
-    bad[-1] ^= 0x55
-    assert crypto.open(bytes(bad)) in ("bad_padding",) or isinstance(crypto.open(bytes(bad)), tuple)
+    key = KEY.directional(None)[1].cipher[:32]
+    payload = b"hello" * 10
+    sealed = crypto.seal(struct.pack("!II", 1, 1), payload)
+    assert _openssl_decrypt(key, sealed) == struct.pack("!II", 1, 1) + payload
+    outcomes = {"bad_padding": 0, "opened": 0}
+    for mask in range(1, 256):
+        bad = bytearray(sealed)
+        bad[-1] ^= mask
+        want = _openssl_decrypt(key, bytes(bad))
+        got = crypto.open(bytes(bad))
+        if want is None:
+            assert got == "bad_padding", mask
+            outcomes["bad_padding"] += 1
+        else:
+            assert got == (1, 1, want[8:]) and want[8:] != payload, (mask, got)
+            outcomes["opened"] += 1
+    assert outcomes["bad_padding"] >= 240, outcomes  # ~1/256 valid paddings per byte value
+    assert crypto.open(sealed) == (1, 1, payload)  # the context survives the tampering
     assert crypto.open(sealed[:-1]) == "bad_padding"
     assert crypto.open(b"x" * 10) == "short"
+
+
+def test_padding_tamper_counted_by_the_connection() -> None:
+    c, s = pair("AES-256-CBC", "none")
+    c.start(0)
+    s.start(0)
+    roundtrip(c, s, 0)
+    c.send_frames([b"hello" * 10], 0.1)
+    [(data, _)] = c.datagrams_to_send(0.1)
+    key = KEY.directional(None)[1].cipher[:32]
+    masks = [m for m in range(1, 256)
+             if _openssl_decrypt(key, data[:-1] + bytes([data[-1] ^ m])) is None]
+    s.receive_datagram(data[:-1] + bytes([data[-1] ^ masks[0]]), CLIENT_ADDR, 0.1)
+    assert s.drops["bad_padding"] == 1 and s.frames_to_deliver() == []
+    s.receive_datagram(data, CLIENT_ADDR, 0.1)
+    assert s.frames_to_deliver() == [b"hello" * 10]
 
 
 def test_cipher_checks() -> None:

@@ -39,6 +39,13 @@ USER, PASSWORD = "admin", "s3cret-for-tests"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 API_PORT = 3333
 ARP_INTERVAL_MS = 100
+#: the failover goal: 2 x arp_interval on the median of the cuts (docs/bond.md)
+GOAL_MS = 2 * ARP_INTERVAL_MS
+#: the guest's speed where the goal was measured and held (docs/bond.md: ``ip netns exec
+#: ... ip link`` took 50-300 ms there); a slower guest, gauged once by the same command,
+#: scales the bound by how much slower it is (under TCG the guest's speed follows the
+#: host's CPU and changes between sessions)
+GAUGE_REF_MS = 300
 BRIDGE_IP = "10.8.0.254"
 BOND_IP = "10.8.0.253"
 CLIENT_BODY = {
@@ -259,6 +266,7 @@ class UdpStream:
         self.dest = (BRIDGE_IP, port)
         self.sent: list[float] = []
         self.got: set[int] = set()
+        self.top = -1  # highest sequence number received
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._send, daemon=True),
@@ -304,7 +312,14 @@ class UdpStream:
                 continue
             except OSError:
                 return
-            self.got.add(struct.unpack("!I", data[:4])[0])
+            seq = struct.unpack("!I", data[:4])[0]
+            self.got.add(seq)
+            self.top = max(self.top, seq)
+
+    def wait_delivered_after(self, t: float, timeout: float = 30) -> None:
+        """Until a packet sent after ``t`` (monotonic) was received: the stream flows."""
+        wait_for(lambda: self.top >= 0 and self.sent[self.top] > t, timeout,
+                 f"a packet sent after {t:.2f} delivered")
 
     def worst_gap_ms(self, after: float, before: float) -> float:
         """Longest outage (ms, by send times) among packets sent in [after, before]."""
@@ -343,6 +358,7 @@ class TcpTransfer:
         self.recv_hash = hashlib.sha256()
         self.sent_bytes = 0
         self.recv_bytes = 0
+        self.seconds = 0.0  # how long the sender ran
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._rx = threading.Thread(target=self._receive, daemon=True)
@@ -362,6 +378,7 @@ class TcpTransfer:
         start = time.monotonic()
         try:
             while not self._stop.is_set():
+                self.seconds = time.monotonic() - start
                 chunk = hashlib.sha512(block.to_bytes(8, "big")).digest() * 16  # 1 KiB
                 self.conn.sendall(chunk)
                 self.sent_hash.update(chunk)
@@ -460,6 +477,60 @@ def test_ping_through_the_bond(lab: Lab) -> None:
     assert status == 200 and "0% packet loss" in body["ping_log"]
 
 
+class Cutter:
+    """The cuts, made from this process: netlink for the link, libnftables for the drop
+    (the API call for ``tap_down`` is an HTTP request from here already). No fork and exec
+    at the moment of the cut: under TCG that alone took 0.05-1.4 s and slowed the whole
+    guest just when the outage was being measured."""
+
+    def __init__(self, ns: str) -> None:
+        from pyroute2 import IPRoute
+
+        self.ns = ns
+        with in_netns(ns):
+            self.ipr = IPRoute()  # its socket stays in ``ns``
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        self._nft = lib
+
+    def link(self, name: str, up: bool) -> None:
+        index = self.ipr.link_lookup(ifname=name)[0]
+        self.ipr.link("set", index=index, state="up" if up else "down")
+
+    def nft(self, text: str) -> None:
+        with in_netns(self.ns):
+            ctx = self._nft.nft_ctx_new(0)
+            try:
+                rc = self._nft.nft_run_cmd_from_buffer(ctx, text.encode())
+            finally:
+                self._nft.nft_ctx_free(ctx)
+        assert rc == 0, f"nft: {text!r} failed"
+
+    def close(self) -> None:
+        self.ipr.close()
+
+
+def _gauge(lab: Lab) -> float:
+    """The guest's speed, gauged once per lab (under the test's traffic): the median of
+    five ``ip netns exec <client> ip link show eth0``, the command the cuts used to be."""
+    if "guest_gauge_ms" not in lab.figures:
+        runs = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            lab.client.run("ip", "link", "show", "eth0")
+            runs.append(round((time.monotonic() - t0) * 1000))
+        lab.figures["guest_gauge_ms_runs"] = runs
+        lab.figures["guest_gauge_ms"] = sorted(runs)[len(runs) // 2]
+        factor = max(1.0, lab.figures["guest_gauge_ms"] / GAUGE_REF_MS)
+        lab.figures["guest_slowness"] = round(factor, 2)
+        lab.figures["failover_bound_ms"] = round(GOAL_MS * factor)
+    return float(lab.figures["guest_gauge_ms"])
+
+
 def _event(
     lab: Lab,
     name: str,
@@ -467,21 +538,23 @@ def _event(
     restore: Callable[[], object],
     stream: UdpStream,
 ) -> None:
-    """Cut, wait for failover, restore, wait for failback; times from the cut's start
-    (the cut command itself, ``ip netns exec ...`` under TCG, takes 50-300 ms)."""
+    """Cut, wait for failover, restore, wait for failback; times from the cut (made in
+    this process, see :class:`Cutter`)."""
     wait_for(lambda: active(lab) == "tap1", 30, "tap1 active before the cut")
-    time.sleep(0.5)  # a clean baseline of delivered packets for the gap measurement
+    # a clean baseline of delivered packets: the gap window opens 0.2 s before the cut
+    stream.wait_delivered_after(time.monotonic() + 0.3)
     t_cut = time.monotonic()
     cut()
     lab.figures[f"{name}_cut_command_ms"] = round((time.monotonic() - t_cut) * 1000)
     wait_for(lambda: active(lab) == "tap2", 10, f"{name}: failover to tap2")
     took = time.monotonic() - t_cut
-    time.sleep(1.0)
+    time.sleep(1.0)  # the cut lasts 1 s: experiment timeline, not synchronisation
     t_restore = time.monotonic()
     restore()
     wait_for(lambda: active(lab) == "tap1", 30, f"{name}: failback to tap1")
     back = time.monotonic() - t_restore
-    time.sleep(1.0)
+    # the failback's window: until the stream delivered what it sent 0.5 s after it
+    stream.wait_delivered_after(time.monotonic() + 0.5)
     t_end = time.monotonic()
     gap = stream.worst_gap_ms(t_cut - 0.2, t_restore)
     gap_back = stream.worst_gap_ms(t_restore, t_end)
@@ -507,6 +580,7 @@ def _events(
     stream: UdpStream,
 ) -> None:
     """:func:`_event` REPS times; figures: every run, their median and their maximum."""
+    _gauge(lab)
     runs, cuts = [], []
     for _ in range(REPS):
         _event(lab, name, cut, restore, stream)
@@ -516,28 +590,16 @@ def _events(
     lab.figures[f"{name}_cut_command_ms_runs"] = cuts
     lab.figures[f"{name}_failover_loss_ms"] = sorted(runs)[len(runs) // 2]
     lab.figures[f"{name}_failover_loss_ms_max"] = max(runs)
-    # the loss beyond what the guest's own slowness explains (see _check_loss)
-    excess = [max(0, r - c) for r, c in zip(runs, cuts, strict=True)]
-    lab.figures[f"{name}_failover_excess_ms_runs"] = excess
-    lab.figures[f"{name}_failover_excess_ms"] = sorted(excess)[len(excess) // 2]
-    lab.figures[f"{name}_failover_excess_ms_max"] = max(excess)
 
 
 def _check_loss(lab: Lab, name: str) -> None:
-    """Every cut fails over (asserted where it is waited for) with an outage, beyond the
-    cut command's own duration, of at most 1 s on the median of REPS cuts and 6 s on any.
-
-    The goal, 2 x arp_interval (200 ms), is a figure here, not an assertion: under TCG
-    the guest's speed follows the host CPU and changes between sessions. The same build
-    (9a26429) lost 43-97 ms per link cut in one session (cut commands of 50-300 ms) and
-    141-492 ms in another (cut commands of ~1 s); in that slower guest the ARP monitor
-    sometimes drops the active slave before the daemon runs, with the backup not yet
-    validated, and the bond has no active slave for seconds. The cut command (``ip netns
-    exec ... ip link``, ``nft -f``, the API call) is a gauge of the guest's slowness at
-    that moment, measured in the same run. docs/bond.md has the figures.
-    """
-    assert lab.figures[f"{name}_failover_excess_ms"] <= 10 * ARP_INTERVAL_MS, lab.figures
-    assert lab.figures[f"{name}_failover_excess_ms_max"] <= 60 * ARP_INTERVAL_MS, lab.figures
+    """The goal, 2 x arp_interval (200 ms) of outage on the median of REPS cuts, scaled
+    by the guest's slowness gauged once (:func:`_gauge`: 1 for a guest at least as fast
+    as the one the goal was measured in); any single cut within 5 x that (a stall of the
+    emulated vCPUs on a shared host, docs/bond.md)."""
+    bound = GOAL_MS * max(1.0, _gauge(lab) / GAUGE_REF_MS)
+    assert lab.figures[f"{name}_failover_loss_ms"] <= bound, (bound, lab.figures)
+    assert lab.figures[f"{name}_failover_loss_ms_max"] <= 5 * bound, (bound, lab.figures)
 
 
 def test_failover_link_down_and_nftables_with_tcp(
@@ -549,7 +611,13 @@ def test_failover_link_down_and_nftables_with_tcp(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.3)
+    # iperf3 prints nothing when ready: its listening socket is the signal
+    wait_for(
+        lambda: f"{BRIDGE_IP}:5201 " in lab.server.run("ss", "-ltnH").stdout,
+        60,
+        "iperf3 server listening",
+    )
+    iperf_seconds = 8 + 2 * REPS * 5
     iperf_cli = subprocess.Popen(
         [
             "ip",
@@ -562,7 +630,7 @@ def test_failover_link_down_and_nftables_with_tcp(
             "-p",
             "5201",
             "-t",
-            str(8 + 2 * REPS * 5),
+            str(iperf_seconds),
             "-b",
             "1M",
             "-J",
@@ -572,6 +640,7 @@ def test_failover_link_down_and_nftables_with_tcp(
     )
     tcp = TcpTransfer(lab)
     tcp.start()
+    cutter = Cutter(lab.client.ns)
     nft_rules = (
         "table inet tcx {\n chain o { type filter hook output priority 0; "
         'oifname "eth0" drop; }\n chain i { type filter hook input priority 0; '
@@ -582,20 +651,19 @@ def test_failover_link_down_and_nftables_with_tcp(
             _events(
                 lab,
                 "linkdown",
-                lambda: lab.client.run("ip", "link", "set", "eth0", "down"),
-                lambda: lab.client.run("ip", "link", "set", "eth0", "up"),
+                lambda: cutter.link("eth0", False),
+                lambda: cutter.link("eth0", True),
                 stream,
             )
-            rules = lab.tmp / "drop.nft"
-            rules.write_text(nft_rules)
             _events(
                 lab,
                 "nftdrop",
-                lambda: lab.client.run("nft", "-f", str(rules)),
-                lambda: lab.client.run("nft", "delete", "table", "inet", "tcx"),
+                lambda: cutter.nft(nft_rules),
+                lambda: cutter.nft("delete table inet tcx"),
                 stream,
             )
     finally:
+        cutter.close()
         # the sender's TCP state (retransmissions, RTO, backoff) explains a stall
         ss = lab.client.run("ss", "-tinH", "dst", f"{BRIDGE_IP}:{tcp.addr[1]}", check=False)
         lab.figures["tcp_sender_ss"] = " ".join(ss.stdout.split())[:600]
@@ -605,14 +673,19 @@ def test_failover_link_down_and_nftables_with_tcp(
     for k, v in lab.figures.items():
         record_property(k, v)
     assert tcp.error is None, repr(tcp.error)
-    assert tcp.recv_bytes == tcp.sent_bytes > 0
+    assert tcp.recv_bytes == tcp.sent_bytes
     assert tcp.recv_hash.digest() == tcp.sent_hash.digest()
     report = json.loads(out)
     assert "error" not in report, report.get("error")
     received = report["end"]["sum_received"]["bytes"]
-    assert received > 0
     lab.figures["iperf3_received_bytes"] = received
     lab.figures["tcp_verified_bytes"] = tcp.recv_bytes
+    lab.figures["tcp_verified_seconds"] = round(tcp.seconds, 1)
+    # both flows kept going across the six cuts: each delivered at least half of its
+    # rate over its run (iperf3 -b 1M; the verified stream 400 kbit/s), the cuts' outages
+    # and TCP's backoff after them included
+    assert received * 8 >= 0.5 * 1_000_000 * iperf_seconds, lab.figures
+    assert tcp.recv_bytes * 8 >= 0.5 * tcp.rate * tcp.seconds, lab.figures
     # 2 x arp_interval (200 ms) on the median of three cuts each. What makes it: the
     # underlay link watch (link down) and bond tunnels' liveness derived from
     # arp_interval (dead after 150 ms: silent loss), both moving the active slave.
