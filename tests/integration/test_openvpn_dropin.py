@@ -607,4 +607,5 @@ def test_tls_verify_script(ovlab: Lab, want: str) -> None:
         assert wait_for(lambda: "tls-verify refused the certificate at depth 0" in d.log(),
                         40), d.log()
         assert "Initialization Sequence Completed" not in d.log()
-        assert lab.c1.ping("10.8.0.1", count=2, interval=0.2) == (2, 0)
+        # refused: no device and no route, so ping may send nothing at all
+        assert lab.c1.ping("10.8.0.1", count=2, interval=0.2)[1] == 0
