@@ -564,9 +564,11 @@ def test_tcp_across_cut_and_restore(env2: Env, policy: str) -> None:
         srv.wait(5)
     wait_active([server, client], "p0", timeout=10)
     # bulk transfer with a digest at both ends across another cut (once 1 MB went
-    # through) and restore; the transfer must still be moving after the restore (96 MB
-    # took 1.2-1.4 s here, the cut and hold about 0.55 s)
-    nbytes = 96 << 20
+    # through) and restore; the transfer must still be moving after the restore. The
+    # cut and hold take about 0.55 s; 96 MB took 0.84-1.4 s on a slow 2-core host and
+    # half that on a fast one, where it could end before the restore: 384 MB keeps the
+    # restore inside the transfer on a machine four times as fast (4-6 s here)
+    nbytes = 384 << 20
     fault = CutDuringTraffic(env2, start_after=1 << 20, hold=0.5, after=1 << 20)
     fault.start()
     want, have, took = env2.transfer(env2.b, env2.a, TUN_A, nbytes=nbytes, port=5298)
