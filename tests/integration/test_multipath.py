@@ -566,9 +566,10 @@ def test_tcp_across_cut_and_restore(env2: Env, policy: str) -> None:
     # bulk transfer with a digest at both ends across another cut (once 1 MB went
     # through) and restore; the transfer must still be moving after the restore. The
     # cut and hold take about 0.55 s; 96 MB took 0.84-1.4 s on a slow 2-core host and
-    # half that on a fast one, where it could end before the restore: 384 MB keeps the
-    # restore inside the transfer on a machine four times as fast (4-6 s here)
-    nbytes = 384 << 20
+    # half that on a fast one, where it could end before the restore: 255 MB (the most
+    # xfer's one-call payload makes) keeps the restore inside the transfer on a machine
+    # three times as fast (2-4 s here)
+    nbytes = 255 << 20
     fault = CutDuringTraffic(env2, start_after=1 << 20, hold=0.5, after=1 << 20)
     fault.start()
     want, have, took = env2.transfer(env2.b, env2.a, TUN_A, nbytes=nbytes, port=5298)
