@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
+import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from harness import Env
 from netns import wait_for
@@ -80,6 +82,20 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     assert (cl.tunnel() or {}).get("state") == "up"
 
 
+def _echoes(pcap: Path) -> list[bytes]:
+    """The client's echo-request datagrams in a capture: 84 bytes + packet id and time +
+    HMAC-SHA1 each. The client sends with UDP GSO: a batch read from the device on a busy
+    host leaves as one super-packet of equal segments, which tcpdump sees before the
+    segmentation; such a capture is cut back into the datagrams the server received."""
+    seg = 84 + 8 + 20
+    try:
+        payloads = _pcap_udp_payloads(pcap, 1191)
+    except (OSError, struct.error):  # still being written
+        return []
+    return [p[i:i + seg] for p in payloads if len(p) % seg == 0
+            for i in range(0, len(p), seg)]
+
+
 def test_replay_persist_after_a_server_crash(env: Env) -> None:
     key = genkey(env)
     a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
@@ -94,17 +110,20 @@ def test_replay_persist_after_a_server_crash(env: Env) -> None:
         address=f"{CL_ADDR}/24", **common)], "cl")
     srv.wait_state("up", timeout=20)
     pcap = env.workdir / "cl.pcap"
-    cap = env.b.popen("tcpdump", "-i", env.lab.links[0][1], "-U", "-w", str(pcap),
+    cap = env.b.popen("tcpdump", "--immediate-mode", "-i", env.lab.links[0][1], "-U", "-w",
+                      str(pcap),
                       f"udp and src host {b_addr} and src port 1191",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
         assert env.b.ping(SRV_ADDR, count=200, interval=0.01) == (200, 200)
+        # stopped only once the capture holds them: tcpdump drops what its ring has not
+        # handed over yet when it is interrupted
+        wait_for(lambda: len(_echoes(pcap)) >= 200, 5)
     finally:
         cap.send_signal(signal.SIGINT)
         cap.wait(10)
-    # one echo request a datagram: 84 bytes + packet id and time + HMAC-SHA1
-    echoes = [p for p in _pcap_udp_payloads(pcap, 1191) if len(p) == 84 + 8 + 20]
+    echoes = _echoes(pcap)
     assert len(echoes) >= 150, len(echoes)  # tcpdump may miss the first few
 
     def saved_pid() -> int:
@@ -113,7 +132,10 @@ def test_replay_persist_after_a_server_crash(env: Env) -> None:
         except (OSError, ValueError):
             return 0
 
-    assert wait_for(lambda: saved_pid() >= 200, 5), state.read_text()
+    # the state is saved once a second: crash the server only once it covers every
+    # captured datagram (HMAC-SHA1, then the 4-byte packet id)
+    last = max(struct.unpack_from("!I", p, 20)[0] for p in echoes)
+    assert wait_for(lambda: saved_pid() >= last, 5), (last, state.read_text())
     srv.kill9()
     assert cl.proc is not None
     cl.proc.send_signal(signal.SIGSTOP)  # the new server hears nobody but the attacker
