@@ -23,6 +23,20 @@ SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
 ATTACKER = "192.168.100.66"
 
 
+def _echoes(pcap: Path) -> list[bytes]:
+    """The echo datagrams (request or reply) in a capture: 84 bytes + packet id and time +
+    HMAC-SHA1 each. The daemons send with UDP GSO: a batch read from the device on a busy
+    host leaves as one super-packet of equal segments, which tcpdump sees before the
+    segmentation; such a capture is cut back into the datagrams the server received."""
+    seg = 84 + 8 + 20
+    try:
+        payloads = _pcap_udp_payloads(pcap, 1191)
+    except (OSError, struct.error):  # still being written
+        return []
+    return [p[i:i + seg] for p in payloads if len(p) % seg == 0
+            for i in range(0, len(p), seg)]
+
+
 def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     key = genkey(env)
     a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
@@ -36,7 +50,8 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     started = int(time.time())
     assert wait_for(lambda: int(time.time()) > started, 3)
     pcap = env.workdir / "srv.pcap"
-    cap = env.a.popen("tcpdump", "-i", env.lab.links[0][0], "-U", "-w", str(pcap),
+    cap = env.a.popen("tcpdump", "--immediate-mode", "-i", env.lab.links[0][0], "-U", "-w",
+                      str(pcap),
                       f"udp and src host {a_addr} and src port 1191",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -47,13 +62,14 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
 
         def captured() -> bool:  # tcpdump -U writes each packet at once
             assert env.b.ping(SRV_ADDR, count=3, interval=0.05) == (3, 3)
-            return len(_pcap_udp_payloads(pcap, 1191)) >= 3
+            return len(_echoes(pcap)) >= 3
 
         assert wait_for(captured, 15, interval=0.2), "no datagram of the server captured"
     finally:
         cap.send_signal(signal.SIGINT)
         cap.wait(10)
-    payloads = [p for p in _pcap_udp_payloads(pcap, 1191) if len(p) < 1400]
+    # the server's echo replies, one datagram each (a GSO capture cut back into them)
+    payloads = _echoes(pcap)
     assert len(payloads) >= 3, [len(p) for p in _pcap_udp_payloads(pcap, 1191)]
     before = srv.tunnel()
     assert before is not None and before["state"] == "up"
@@ -80,20 +96,6 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     assert after["drops"].get("reflected") == 3 and not after["drops"].get("replay")
     assert pings == (20, 20)
     assert (cl.tunnel() or {}).get("state") == "up"
-
-
-def _echoes(pcap: Path) -> list[bytes]:
-    """The client's echo-request datagrams in a capture: 84 bytes + packet id and time +
-    HMAC-SHA1 each. The client sends with UDP GSO: a batch read from the device on a busy
-    host leaves as one super-packet of equal segments, which tcpdump sees before the
-    segmentation; such a capture is cut back into the datagrams the server received."""
-    seg = 84 + 8 + 20
-    try:
-        payloads = _pcap_udp_payloads(pcap, 1191)
-    except (OSError, struct.error):  # still being written
-        return []
-    return [p[i:i + seg] for p in payloads if len(p) % seg == 0
-            for i in range(0, len(p), seg)]
 
 
 def test_replay_persist_after_a_server_crash(env: Env) -> None:
