@@ -50,14 +50,21 @@ class ScriptFacts:
         return self.tun_mtu + LINK_MTU_OVERHEAD
 
 
+def _assigned(facts: ScriptFacts) -> tuple[ConfigAssigned, Mapping[str, Any]] | None:
+    """The assignment and what the server pushed beyond addresses and routes (ifconfig,
+    gateway, options), or None before any."""
+    ev = facts.assigned
+    return None if ev is None else (ev, ev.extra or {})
+
+
 def _ifconfig(facts: ScriptFacts) -> dict[str, str]:
     """The ifconfig_* names: from the pushed ifconfig (kept in the assignment's extra),
     else from the assigned addresses."""
+    got = _assigned(facts)
+    if got is None:
+        return {}
+    ev, extra = got
     env: dict[str, str] = {}
-    ev = facts.assigned
-    if ev is None:
-        return env
-    extra: Mapping[str, Any] = ev.extra or {}
     v4 = extra.get("ifconfig")
     v6 = extra.get("ifconfig_ipv6")
     for a in ev.addresses:
@@ -88,15 +95,16 @@ def _ifconfig(facts: ScriptFacts) -> dict[str, str]:
 
 
 def _routes(facts: ScriptFacts) -> dict[str, str]:
-    env: dict[str, str] = {}
-    ev = facts.assigned
-    if ev is None:
-        return env
-    extra: Mapping[str, Any] = ev.extra or {}
+    """The route_* names (and dhcp-option as foreign_option_N, as openvpn sets them)."""
+    got = _assigned(facts)
+    if got is None:
+        return {}
+    ev, extra = got
     gw = extra.get("route_gateway")
     v4 = extra.get("ifconfig")
     if not gw and v4 and not str(v4[1]).startswith("255."):
         gw = v4[1]
+    env: dict[str, str] = {}
     if gw:
         env["route_vpn_gateway"] = str(gw)
     n4 = n6 = 0

@@ -7,16 +7,18 @@ neither move the server's peer nor its replay state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness import Env
-from netns import wait_for
+from netns import Host, wait_for
 from test_openvpn_static_interop import _pcap_udp_payloads, genkey, tc_tunnel
 
 SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
@@ -37,6 +39,22 @@ def _echoes(pcap: Path) -> list[bytes]:
             for i in range(0, len(p), seg)]
 
 
+@contextlib.contextmanager
+def capture(host: Host, dev: str, pcap: Path, src: str) -> Iterator[None]:
+    """tcpdump of SRC's datagrams from port 1191 on DEV, written packet by packet
+    (``-U``) and handed over at once (``--immediate-mode``: interrupted, tcpdump drops what
+    its ring has not handed over yet); running once the file exists, stopped on exit."""
+    cap = host.popen("tcpdump", "--immediate-mode", "-i", dev, "-U", "-w", str(pcap),
+                     f"udp and src host {src} and src port 1191",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        yield
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+
+
 def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     key = genkey(env)
     a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
@@ -50,12 +68,7 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
     started = int(time.time())
     assert wait_for(lambda: int(time.time()) > started, 3)
     pcap = env.workdir / "srv.pcap"
-    cap = env.a.popen("tcpdump", "--immediate-mode", "-i", env.lab.links[0][0], "-U", "-w",
-                      str(pcap),
-                      f"udp and src host {a_addr} and src port 1191",
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+    with capture(env.a, env.lab.links[0][0], pcap, a_addr):
         srv = env.config_daemon(env.a, [tc_tunnel(
             mode="server", port=1191, address=f"{SRV_ADDR}/24", **common)], "srv")
         srv.wait_state("up", timeout=20)
@@ -65,9 +78,6 @@ def test_reflected_server_datagrams_do_not_move_the_peer(env: Env) -> None:
             return len(_echoes(pcap)) >= 3
 
         assert wait_for(captured, 15, interval=0.2), "no datagram of the server captured"
-    finally:
-        cap.send_signal(signal.SIGINT)
-        cap.wait(10)
     # the server's echo replies, one datagram each (a GSO capture cut back into them)
     payloads = _echoes(pcap)
     assert len(payloads) >= 3, [len(p) for p in _pcap_udp_payloads(pcap, 1191)]
@@ -112,19 +122,10 @@ def test_replay_persist_after_a_server_crash(env: Env) -> None:
         address=f"{CL_ADDR}/24", **common)], "cl")
     srv.wait_state("up", timeout=20)
     pcap = env.workdir / "cl.pcap"
-    cap = env.b.popen("tcpdump", "--immediate-mode", "-i", env.lab.links[0][1], "-U", "-w",
-                      str(pcap),
-                      f"udp and src host {b_addr} and src port 1191",
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+    with capture(env.b, env.lab.links[0][1], pcap, b_addr):
         assert env.b.ping(SRV_ADDR, count=200, interval=0.01) == (200, 200)
-        # stopped only once the capture holds them: tcpdump drops what its ring has not
-        # handed over yet when it is interrupted
+        # stopped only once the capture holds them
         wait_for(lambda: len(_echoes(pcap)) >= 200, 5)
-    finally:
-        cap.send_signal(signal.SIGINT)
-        cap.wait(10)
     echoes = _echoes(pcap)
     assert len(echoes) >= 150, len(echoes)  # tcpdump may miss the first few
 
