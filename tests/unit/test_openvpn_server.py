@@ -57,8 +57,12 @@ def _cert(cn: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
          .not_valid_before(now - datetime.timedelta(hours=1))
          .not_valid_after(now + datetime.timedelta(days=1))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if usage is not None:
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), False)
+    if usage is not None:  # what openvpn's remote-cert-tls wants: EKU and key usage
+        b = b.add_extension(x509.ExtendedKeyUsage([usage]), False).add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=True,
+                          key_cert_sign=False, crl_sign=False, encipher_only=False,
+                          decipher_only=False), True)
     return b.sign(issuer_key, hashes.SHA256())
 
 

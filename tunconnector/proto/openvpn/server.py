@@ -117,7 +117,7 @@ class ServerOptions:
     tls_version_min: str = "1.2"
     max_clients: int = 1024
     #: handshakes in progress from one source address (IP) at most
-    max_handshakes_per_source: int = 4
+    max_handshakes_per_source: int = 8
 
 
 @dataclass(frozen=True, slots=True)
