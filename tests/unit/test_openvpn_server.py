@@ -543,3 +543,90 @@ def test_key_method_client_message_parses_and_server_message_reads_back() -> Non
     parsed = parse_server_message(reply + b"PUSH_REPLY,x\0")
     assert parsed is not None and parsed.length == len(reply)
     assert parsed.options == "V4,tls-server"
+
+
+# -- more of a server's life ---------------------------------------------------------------
+
+def test_tcp_session_without_cookie() -> None:
+    server = OpenVPNServer(server_options(proto="tcp"))
+    client = OpenVPNClient(client_options(proto="tcp"), peer=SERVER_ADDR)
+    session = server.accept_stream(CLIENT_ADDR, 0.0)
+    assert session is not None
+    client.connection_made(0.0)
+    now = 0.0
+    for _ in range(200):
+        for chunk in client.stream_to_send(now):
+            for i in range(0, len(chunk), 7):  # a stream cut anywhere
+                session.receive_stream(chunk[i : i + 7], now)
+        back = b"".join(session.stream_to_send(now))
+        if back:
+            client.receive_stream(back, now)
+        now += 0.05
+        client.handle_timer(now)
+        session.handle_timer(now)
+        if session.state == "connected" and client.state == "connected":
+            break
+    assert session.state == "connected" and client.state == "connected"
+    client.send_frames([IP], now)
+    session.receive_stream(b"".join(client.stream_to_send(now)), now)
+    assert session.frames_to_deliver() == [IP]
+    session.receive_stream(b"", now)  # EOF
+    assert session.closed
+
+
+def test_long_push_lists_are_split_with_push_continuation() -> None:
+    routes = [f"route 10.{i}.0.0 255.255.0.0" for i in range(100, 180)]
+    link = connect(server_options(push=routes))
+    assert link.connected()
+    messages = link.session().push_reply_messages()
+    assert len(messages) > 1 and all(len(m) <= 1100 for m in messages)
+    assert all(m.endswith("push-continuation 2") for m in messages[:-1])
+    from tunconnector.proto.connection import ConfigAssigned
+
+    assigned = next(e for e in link.client_events if isinstance(e, ConfigAssigned))
+    assert len(assigned.routes) == 80
+
+
+def test_explicit_exit_both_ways() -> None:
+    link = connect(copts=client_options(explicit_exit_notify=1))
+    session = link.session()
+    link.client.close(link.now)
+    link.pump(link.now + 0.5)
+    assert session.closed and "explicit-exit-notify" in (session.last_error or "")
+    # the server ending a client tells it to come back (it restarts, not halts)
+    link = connect()
+    link.server.close_session(link.session(), link.now)
+    assert not link.server.sessions
+    link.pump(link.now + 0.5)
+    down = [e for e in link.client_events if isinstance(e, Disconnected)]
+    assert down and down[0].restart and "exit" in down[0].reason
+
+
+def test_second_client_with_the_same_identity_replaces_the_first() -> None:
+    server = OpenVPNServer(server_options())
+    a = Link(server, OpenVPNClient(client_options(), peer=SERVER_ADDR), CLIENT_ADDR)
+    a.client.start(0.0)
+    a.pump(3.0)
+    first = a.session()
+    b = Link(server, OpenVPNClient(client_options(), peer=SERVER_ADDR), ("198.51.100.9", 1))
+    b.now = a.now
+    b.client.start(b.now)
+    b.pump(b.now + 3.0)
+    assert b.connected() and first.closed and b.session().address == first.address
+    assert list(server.sessions) == [("198.51.100.9", 1)]
+
+
+def test_duplicate_cn_gives_each_its_own_address_and_frees_it() -> None:
+    server = OpenVPNServer(server_options(duplicate_cn=True))
+    links = []
+    for i in range(2):
+        link = Link(server, OpenVPNClient(client_options(), peer=SERVER_ADDR),
+                    ("198.51.100.9", 100 + i))
+        link.client.start(0.0)
+        link.pump(3.0)
+        assert link.connected()
+        links.append(link)
+    assert links[0].session().address != links[1].session().address
+    links[0].session().close(3.0)
+    server.handle_timer(3.0)
+    assert len(server.pool.leases()) == 1 and len(server.sessions) == 1

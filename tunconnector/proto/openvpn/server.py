@@ -73,6 +73,8 @@ IV_PROTO_DATA_V2 = 1 << 1
 IV_PROTO_TLS_KEY_EXPORT = 1 << 3
 #: peer-ids fit in 24 bits; openvpn's MAX_PEER_ID (0xFFFFFF) means "none"
 MAX_PEER_ID = 0xFFFFFE
+#: PUSH_REPLY bytes per message before a push-continuation (openvpn's PUSH_BUNDLE_SIZE)
+PUSH_BUNDLE_SIZE = 1024
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
 
@@ -580,7 +582,7 @@ class OpenVPNServerSession:
             self._close_at = now + AUTH_FAILED_LINGER
             self.state = "auth-failed"
 
-    def _push_reply_text(self) -> str:
+    def _push_options(self) -> list[str]:
         o = self.options
         parts = [f"route-gateway {self._shared.server_address}", "topology subnet"]
         if o.keepalive:
@@ -592,20 +594,45 @@ class OpenVPNServerSession:
         parts.append(f"cipher {self.cipher}")
         if self.ekm:
             parts.append("key-derivation tls-ekm")
-        return "PUSH_REPLY," + ",".join(parts)
+        return parts
+
+    def push_reply_messages(self) -> list[str]:
+        """PUSH_REPLY text(s): a long option list goes in several messages, all but the
+        last marked ``push-continuation 2`` (openvpn's ``send_push_reply`` splits at
+        about 1 KiB so a client's control buffer takes each)."""
+        out: list[str] = []
+        current: list[str] = []
+        size = len("PUSH_REPLY") + len(",push-continuation 2")
+        for opt in self._push_options():
+            if current and size + 1 + len(opt) > PUSH_BUNDLE_SIZE:
+                out.append(",".join(["PUSH_REPLY", *current, "push-continuation 2"]))
+                current, size = [], len("PUSH_REPLY") + len(",push-continuation 2")
+            current.append(opt)
+            size += 1 + len(opt)
+        if out:
+            current.append("push-continuation 1")
+        out.append(",".join(["PUSH_REPLY", *current]))
+        return out
+
+    def _pool_key(self) -> str:
+        ident = self.common_name or self.username
+        if ident is None or self.options.duplicate_cn:
+            # no identity to keep an address for: a lease for this session only
+            return f"session:{self.session_id.hex()}"
+        return ident
 
     def _send_push_reply(self, ks: _KeyState, now: float) -> None:
         if self.address is None:
-            key = self.common_name or self.username or f"anonymous:{self.peer!s}"
             try:
-                self.address = str(self._shared.pool.assign(key))
+                self.address = str(self._shared.pool.assign(self._pool_key()))
             except PoolExhausted as exc:
                 self._auth, self._auth_reason = "failed", "no free address"
                 log.warning("openvpn server: %s", exc)
                 self._auth_failed(ks, now)
                 return
         try:
-            ks.tls.write(self._push_reply_text().encode() + b"\0")
+            for text in self.push_reply_messages():
+                ks.tls.write(text.encode() + b"\0")
         except SSL.Error as exc:
             self._tls_failed(ks, exc, now)
             return
@@ -654,6 +681,8 @@ class OpenVPNServerSession:
         self.state = "closed"
         self.last_error = reason
         self._primary = None
+        if self.address is not None and self._pool_key().startswith("session:"):
+            self._shared.pool.release(self._pool_key())
         self._events.append(Disconnected(now, reason, False))
 
     def close(self, now: float) -> None:
@@ -982,12 +1011,17 @@ class OpenVPNServer:
         session.auth_result(ok, now, reason)
         self._collect(session)
 
+    def close_session(self, session: OpenVPNServerSession, now: float) -> None:
+        """End a client from our side (kill, shutdown): it is told to reconnect."""
+        session.close(now)
+        self._collect(session)
+
     def handle_timer(self, now: float) -> None:
         for session in list(self.sessions.values()):
             t = session.get_timer()
             if t is not None and t <= now:
                 session.handle_timer(now)
-                self._collect(session)
+            self._collect(session)  # also sweeps sessions closed directly
 
     def get_timer(self) -> float | None:
         times = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
