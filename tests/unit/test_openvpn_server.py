@@ -349,6 +349,14 @@ def test_cipher_negotiation_follows_server_order() -> None:
                             None) == "AES-256-CBC"
     assert negotiate_cipher(("AES-256-GCM",), {}, "V4", "AES-128-CBC") == "AES-128-CBC"
     assert negotiate_cipher(("AES-256-GCM",), {}, "V4", None) is None
+    # a client listing IV_CIPHERS is held to that list, its own --cipher is not assumed
+    assert negotiate_cipher(("AES-256-CBC",), {"IV_CIPHERS": "AES-256-GCM"},
+                            "V4,cipher AES-256-CBC", None) is None
+
+
+def test_push_options_with_a_comma_are_refused() -> None:
+    with pytest.raises(ConfigError, match="comma"):
+        OpenVPNServer(server_options(push=["dhcp-option DNS 10.0.0.1,10.0.0.2"]))
 
 
 # -- renegotiation ---------------------------------------------------------------------------
@@ -579,7 +587,7 @@ def test_long_push_lists_are_split_with_push_continuation() -> None:
     link = connect(server_options(push=routes))
     assert link.connected()
     messages = link.session().push_reply_messages()
-    assert len(messages) > 1 and all(len(m) <= 1100 for m in messages)
+    assert len(messages) > 1 and all(len(m) <= 1024 for m in messages)
     assert all(m.endswith("push-continuation 2") for m in messages[:-1])
     from tunconnector.proto.connection import ConfigAssigned
 

@@ -73,8 +73,9 @@ IV_PROTO_DATA_V2 = 1 << 1
 IV_PROTO_TLS_KEY_EXPORT = 1 << 3
 #: peer-ids fit in 24 bits; openvpn's MAX_PEER_ID (0xFFFFFF) means "none"
 MAX_PEER_ID = 0xFFFFFE
-#: PUSH_REPLY bytes per message before a push-continuation (openvpn's PUSH_BUNDLE_SIZE)
-PUSH_BUNDLE_SIZE = 1024
+#: PUSH_REPLY bytes per message before a push-continuation: openvpn's PUSH_BUNDLE_SIZE
+#: (1024) less the 84 it keeps free for a trailing option and the continuation marker
+PUSH_BUNDLE_SIZE = 1024 - 84
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
 
@@ -141,8 +142,8 @@ def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_
                      fallback: str | None) -> str | None:
     """The data cipher for a client (openvpn's ``ncp_get_best_cipher``): the first of the
     server's ``data-ciphers`` the client lists in IV_CIPHERS (IV_NCP=2 alone means the two
-    GCM ciphers), else the client's own ``cipher`` when the server allows it, else
-    ``data-ciphers-fallback``."""
+    GCM ciphers), else, for a client without IV_CIPHERS, its own ``cipher`` when the
+    server allows it, else ``data-ciphers-fallback``."""
     ours = [c for c in (canonical_cipher(s) for s in server) if c is not None]
     if "IV_CIPHERS" in peer_info:
         theirs = {c.strip().upper() for c in peer_info["IV_CIPHERS"].split(":")}
@@ -153,6 +154,9 @@ def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_
     for c in ours:
         if c in theirs:
             return c
+    if "IV_CIPHERS" in peer_info:
+        # a client that lists its ciphers is not assumed to accept its own --cipher
+        return canonical_cipher(fallback) if fallback else None
     for opt in client_options.split(","):
         words = opt.split()
         if len(words) == 2 and words[0] == "cipher":
@@ -209,6 +213,11 @@ class _Shared:
         self.pool = AddressPool(net, reserved=[self.server_address])
         if options.tls_auth is not None and options.tls_crypt is not None:
             raise ConfigError("tls-auth and tls-crypt are exclusive")
+        for line in options.push:
+            if "," in line:
+                raise ConfigError(f"push {line!r}: a pushed option cannot contain a comma")
+            if len(line) + 40 > PUSH_BUNDLE_SIZE:
+                raise ConfigError(f"push {line[:40]!r}...: option too long")
         for c in options.data_ciphers:
             if canonical_cipher(c) is None:
                 raise ConfigError(f"data-ciphers: {c!r} is not supported "
