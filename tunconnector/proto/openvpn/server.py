@@ -462,6 +462,10 @@ class OpenVPNServerSession:
         except SSL.Error as exc:
             self._tls_failed(ks, exc, now)
             return
+        except RemoteProtocolError as exc:
+            # inside TLS, so from the client itself: its stream is unusable from here on
+            self._end(f"bad key-method message from the client: {exc}", now)
+            return
         for i in range(0, len(out), CONTROL_CHUNK):
             ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
 
