@@ -654,7 +654,7 @@ def test_mangled_handshake_packets_never_raise() -> None:
             bad[i] ^= 1 << rng.randrange(8)
             server.receive_datagram(bytes(bad), CLIENT_ADDR, now)
             server.receive_datagram(d, CLIENT_ADDR, now)
-        for d, a in server.datagrams_to_send(now):
+        for d, _ in server.datagrams_to_send(now):
             client.receive_datagram(d, SERVER_ADDR, now)
         now += 0.1
         client.handle_timer(now)
