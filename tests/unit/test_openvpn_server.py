@@ -661,3 +661,20 @@ def test_mangled_handshake_packets_never_raise() -> None:
         server.handle_timer(now)
     # the flipped copies may end a handshake (TLS is unforgiving), but nothing escapes
     assert client.state in ("connected", "connecting", "failed")
+
+
+@pytest.mark.parametrize(("skw", "ckw", "cipher", "derivation"), [
+    ({"data_ciphers": ("AES-256-CBC",), "auth": "SHA256"},
+     {"data_ciphers": ("AES-256-CBC",), "auth": "SHA256"}, "AES-256-CBC", "tls-ekm"),
+    ({"data_ciphers": ("CHACHA20-POLY1305", "AES-256-GCM")}, {}, "CHACHA20-POLY1305",
+     "tls-ekm"),
+    ({"allow_ekm": False}, {}, "AES-256-GCM", "prf"),
+])
+def test_other_ciphers_and_the_prf_when_the_server_says_so(skw: dict[str, Any],
+                                                            ckw: dict[str, Any], cipher: str,
+                                                            derivation: str) -> None:
+    link = connect(server_options(**skw), client_options(**ckw))
+    assert link.connected()
+    st = link.session().status(link.now)
+    assert (st["cipher"], st["key_derivation"]) == (cipher, derivation)
+    roundtrip_data(link)

@@ -112,6 +112,9 @@ class ServerOptions:
     #: verify-client-cert none + username: the user name is the client's identity
     username_as_common_name: bool = False
     force_tls_key_material_export: bool = False
+    #: derive data keys by TLS-EKM when the client offers it (off: always the PRF, as a
+    #: pre-2.6 server would; for interop checks of that path)
+    allow_ekm: bool = True
     #: duplicate-cn: several clients may share one identity (each gets its own address)
     duplicate_cn: bool = False
     tap: bool = False
@@ -493,7 +496,8 @@ class OpenVPNServerSession:
             self.common_name = cn
             self.cipher = negotiate_cipher(self.options.data_ciphers, self.peer_info,
                                            msg.options, self.options.data_ciphers_fallback)
-            self.ekm = bool(_iv_proto(self.peer_info) & IV_PROTO_TLS_KEY_EXPORT)
+            self.ekm = self.options.allow_ekm and \
+                bool(_iv_proto(self.peer_info) & IV_PROTO_TLS_KEY_EXPORT)
             if self.options.auth_user_pass_verify:
                 self._auth = "pending"
                 self.state = "auth-pending"
