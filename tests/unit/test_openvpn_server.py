@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tunconnector.errors import ConfigError
-from tunconnector.proto.connection import Connected, Disconnected, Rekeyed
+from tunconnector.proto.connection import AuthRequest, Connected, Disconnected, Rekeyed
 from tunconnector.proto.openvpn import packet as pk
 from tunconnector.proto.openvpn.client import ClientOptions, OpenVPNClient
 from tunconnector.proto.openvpn.gate import GateAccept, GateDrop, GateReply, HandshakeGate
@@ -33,7 +33,6 @@ from tunconnector.proto.openvpn.keymethod import (
     server_message,
 )
 from tunconnector.proto.openvpn.server import (
-    AuthRequest,
     OpenVPNServer,
     ServerOptions,
     negotiate_cipher,

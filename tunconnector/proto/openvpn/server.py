@@ -32,7 +32,16 @@ from typing import Any
 from OpenSSL import SSL
 
 from ...errors import ConfigError, RemoteProtocolError
-from ..connection import Addr, AddressChanged, Connected, ConnectionEvent, Disconnected, Rekeyed
+from ..connection import (
+    Addr,
+    AddressChanged,
+    AuthRequest,
+    Connected,
+    Connection,
+    ConnectionEvent,
+    Disconnected,
+    Rekeyed,
+)
 from ..pool import AddressPool, PoolExhausted
 from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
 from .datav2 import CIPHERS, DataKey, canonical_cipher
@@ -126,19 +135,8 @@ class ServerOptions:
     max_handshakes_per_source: int = 8
 
 
-@dataclass(frozen=True, slots=True)
-class AuthRequest:
-    """A client's credentials await a decision: answer with
-    :meth:`OpenVPNServerSession.auth_result`."""
-
-    at: float
-    username: str | None
-    password: str | None
-    common_name: str | None
-    peer_info: dict[str, str]
-
-
-ServerEvent = ConnectionEvent | AuthRequest
+#: what a session emits; AuthRequest is answered with OpenVPNServerSession.auth_result
+ServerEvent = ConnectionEvent
 
 
 def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_options: str,
@@ -714,6 +712,17 @@ class OpenVPNServerSession:
     def closed(self) -> bool:
         return self.state == "closed"
 
+    def start(self, now: float) -> None:
+        """Nothing to do: a server session begins with the client's packets."""
+
+    def connection_made(self, now: float) -> None:
+        """A TCP session lives and dies with its one stream (see accept_stream)."""
+
+    @property
+    def last_heard(self) -> float | None:
+        """Loop time of the last authentic packet from the client (pings included)."""
+        return self._last_received if self.state == "connected" else None
+
     def handle_timer(self, now: float) -> None:
         if self.state == "closed":
             return
@@ -862,6 +871,10 @@ class OpenVPNServerSession:
             "packets_out": self.packets_out,
             "drops": dict(self.drops),
         }
+
+
+#: the adapter drives sessions through the Connection protocol (checked by mypy)
+_CONFORMS: type[Connection] = OpenVPNServerSession
 
 
 def _source_ip(addr: Addr) -> Any:
