@@ -677,3 +677,24 @@ def test_other_ciphers_and_the_prf_when_the_server_says_so(skw: dict[str, Any],
     st = link.session().status(link.now)
     assert (st["cipher"], st["key_derivation"]) == (cipher, derivation)
     roundtrip_data(link)
+
+
+@pytest.mark.parametrize(("server", "client", "pushed"), [
+    ("lzo", "lzo", "comp-lzo no"), ("stub-v2", None, "compress stub-v2"),
+    ("stub", None, "compress stub")])
+def test_compression_framing_is_pushed_and_used(server: str, client: str | None,
+                                                 pushed: str) -> None:
+    link = connect(server_options(compress=server), client_options(compress=client))
+    assert link.connected()
+    assert pushed in link.session().push_reply_messages()[-1].split(",")
+    roundtrip_data(link)
+    link.pump(link.now + 30.0)  # pings and OCC in the framing too: nobody times out
+    assert link.client.state == "connected" and link.session().state == "connected"
+
+
+def test_compress_migrate_frames_only_comp_lzo_clients() -> None:
+    link = connect(server_options(compress="migrate"))
+    assert link.connected()
+    assert not any("comp" in m for m in link.session().push_reply_messages())
+    with pytest.raises(ConfigError, match="compress"):
+        OpenVPNServer(server_options(compress="lz4"))

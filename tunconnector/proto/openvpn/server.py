@@ -44,6 +44,8 @@ from ..connection import (
 )
 from ..pool import AddressPool, PoolExhausted
 from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .compress import KINDS as COMPRESS_KINDS
+from .compress import Framing
 from .datav2 import CIPHERS, DataKey, canonical_cipher
 from .gate import GateAccept, GateReply, HandshakeGate
 from .keymethod import (
@@ -121,6 +123,11 @@ class ServerOptions:
     #: verify-client-cert none + username: the user name is the client's identity
     username_as_common_name: bool = False
     force_tls_key_material_export: bool = False
+    #: compression framing, never compression (compress.py): None, "lzo" (pushes
+    #: ``comp-lzo no``), "stub", "stub-v2", or "migrate" (openvpn's ``compress migrate``:
+    #: only clients whose options say comp-lzo get framing, stub-v2 when they announce
+    #: IV_COMP_STUBv2, else ``comp-lzo no``)
+    compress: str | None = None
     #: derive data keys by TLS-EKM when the client offers it (off: always the PRF, as a
     #: pre-2.6 server would; for interop checks of that path)
     allow_ekm: bool = True
@@ -214,6 +221,9 @@ class _Shared:
         self.pool = AddressPool(net, reserved=[self.server_address])
         if options.tls_auth is not None and options.tls_crypt is not None:
             raise ConfigError("tls-auth and tls-crypt are exclusive")
+        if options.compress not in (None, "migrate", *COMPRESS_KINDS):
+            raise ConfigError(f"compress: {options.compress!r} is not one of lzo, stub, "
+                              "stub-v2, migrate (tunconnector frames, never compresses)")
         for line in options.push:
             if "," in line:
                 raise ConfigError(f"push {line!r}: a pushed option cannot contain a comma")
@@ -265,6 +275,8 @@ class OpenVPNServerSession:
         self.cipher: str | None = None
         self.ekm: bool | None = None
         self.address: str | None = None
+        self._comp: Framing | None = None
+        self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
         self._push_requested = False
@@ -360,6 +372,8 @@ class OpenVPNServerSession:
         payload = dk.decrypt(data)
         self._authentic += 1
         self._last_received = now
+        if self._comp is not None:
+            payload = self._comp.unwrap(payload)
         if is_ping(payload):
             return
         occ = occ_opcode(payload)
@@ -494,6 +508,7 @@ class OpenVPNServerSession:
             self.common_name = cn
             self.cipher = negotiate_cipher(self.options.data_ciphers, self.peer_info,
                                            msg.options, self.options.data_ciphers_fallback)
+            self._choose_framing(msg)
             self.ekm = self.options.allow_ekm and \
                 bool(_iv_proto(self.peer_info) & IV_PROTO_TLS_KEY_EXPORT)
             if self.options.auth_user_pass_verify:
@@ -531,6 +546,20 @@ class OpenVPNServerSession:
             return False
         self._derive(ks, now)
         return True
+
+    def _choose_framing(self, msg: ClientKeyMessage) -> None:
+        """Compression framing for this client (openvpn's
+        ``multi_client_connect_compress_migrate`` for "migrate")."""
+        kind = self.options.compress
+        if kind == "migrate":
+            if ",comp-lzo," not in msg.options + ",":
+                return
+            kind = "stub-v2" if self.peer_info.get("IV_COMP_STUBv2") == "1" else "lzo"
+        if kind is None:
+            return
+        self._comp = Framing(kind)
+        self._comp_push = {"lzo": "comp-lzo no", "stub": "compress stub",
+                           "stub-v2": "compress stub-v2"}[kind]
 
     def _derive(self, ks: _KeyState, now: float) -> None:
         if ks.client is None or self.cipher is None or self.remote_session_id is None:
@@ -604,6 +633,8 @@ class OpenVPNServerSession:
             parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
         parts.append(f"ifconfig {self.address} {self._shared.network.netmask}")
         parts += [p.strip() for p in o.push if p.strip()]
+        if self._comp_push is not None:
+            parts.append(self._comp_push)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
             parts.append(f"peer-id {self.peer_id}")
         parts.append(f"cipher {self.cipher}")
@@ -794,6 +825,8 @@ class OpenVPNServerSession:
         dk = self._primary
         if dk is None:
             return
+        if self._comp is not None:
+            payload = self._comp.wrap(payload)
         try:
             self._out.append(dk.encrypt(payload))
         except OverflowError:
