@@ -148,10 +148,11 @@ ServerEvent = ConnectionEvent
 
 def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_options: str,
                      fallback: str | None) -> str | None:
-    """The data cipher for a client (openvpn's ``ncp_get_best_cipher``): the first of the
-    server's ``data-ciphers`` the client lists in IV_CIPHERS (IV_NCP=2 alone means the two
-    GCM ciphers), else, for a client without IV_CIPHERS, its own ``cipher`` when the
-    server allows it, else ``data-ciphers-fallback``."""
+    """The data cipher for a client, as openvpn's ``ncp_get_best_cipher`` and
+    ``multi_client_set_protocol_options``: the first of the server's ``data-ciphers``
+    that the client lists in IV_CIPHERS (IV_NCP=2 alone: the two GCM ciphers) or, for a
+    client without IV_CIPHERS, that is its own ``cipher``. ``data-ciphers-fallback`` only
+    for a client that says nothing about ciphers at all; else None (no shared cipher)."""
     ours = [c for c in (canonical_cipher(s) for s in server) if c is not None]
     if "IV_CIPHERS" in peer_info:
         theirs = {c.strip().upper() for c in peer_info["IV_CIPHERS"].split(":")}
@@ -159,18 +160,18 @@ def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_
         theirs = {"AES-256-GCM", "AES-128-GCM"}
     else:
         theirs = set()
-    for c in ours:
-        if c in theirs:
-            return c
-    if "IV_CIPHERS" in peer_info:
-        # a client that lists its ciphers is not assumed to accept its own --cipher
-        return canonical_cipher(fallback) if fallback else None
+    remote: str | None = None
     for opt in client_options.split(","):
         words = opt.split()
         if len(words) == 2 and words[0] == "cipher":
-            theirs_one = canonical_cipher(words[1])
-            if theirs_one is not None and theirs_one in ours:
-                return theirs_one
+            remote = words[1].upper()
+    # a client that lists its ciphers is not assumed to accept its own --cipher
+    match_remote = None if "IV_CIPHERS" in peer_info else remote
+    for c in ours:
+        if c in theirs or c == match_remote:
+            return c
+    if theirs or remote:
+        return None
     return canonical_cipher(fallback) if fallback else None
 
 
@@ -537,7 +538,8 @@ class OpenVPNServerSession:
             self._auth_failed(ks, now)
             return False
         if self.cipher is None:
-            self._auth, self._auth_reason = "failed", "no shared data cipher"
+            self._auth, self._auth_reason = \
+                "failed", "Data channel cipher negotiation failed (no shared cipher)"
             self._auth_failed(ks, now)
             return False
         if self.options.force_tls_key_material_export and not self.ekm:
