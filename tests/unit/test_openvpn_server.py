@@ -332,11 +332,13 @@ def test_auth_answer_may_come_later() -> None:
     roundtrip_data(link)
 
 
-def test_no_shared_cipher_is_auth_failed() -> None:
-    link = connect(server_options(data_ciphers=("CHACHA20-POLY1305",)),
-                   client_options(data_ciphers=("AES-128-GCM",)))
+def test_no_shared_cipher_is_auth_failed_without_asking_the_adapter() -> None:
+    link = connect(server_options(data_ciphers=("CHACHA20-POLY1305",),
+                                  auth_user_pass_verify=True),
+                   client_options(data_ciphers=("AES-128-GCM",), username="a", password="b"))
     cdown = [e for e in link.client_events if isinstance(e, Disconnected)]
-    assert cdown and "cipher" in cdown[0].reason and not link.connected()
+    assert cdown and "no shared cipher" in cdown[0].reason and not link.connected()
+    assert not any(isinstance(e, AuthRequest) for e in link.server_events)
 
 
 def test_cipher_negotiation_follows_server_order() -> None:

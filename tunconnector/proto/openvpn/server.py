@@ -87,6 +87,8 @@ MAX_PEER_ID = 0xFFFFFE
 #: PUSH_REPLY bytes per message before a push-continuation: openvpn's PUSH_BUNDLE_SIZE
 #: (1024) less the 84 it keeps free for a trailing option and the continuation marker
 PUSH_BUNDLE_SIZE = 1024 - 84
+#: a client's control-channel message (PUSH_REQUEST, EXIT ...) is far shorter than this
+MAX_CONTROL_MESSAGE = 64 * 1024
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
 
@@ -480,7 +482,7 @@ class OpenVPNServerSession:
             return
         except RemoteProtocolError as exc:
             # inside TLS, so from the client itself: its stream is unusable from here on
-            self._end(f"bad key-method message from the client: {exc}", now)
+            self._end(f"bad control-channel message from the client: {exc}", now)
             return
         for i in range(0, len(out), CONTROL_CHUNK):
             ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
@@ -497,6 +499,8 @@ class OpenVPNServerSession:
         while b"\0" in ks.app_in:
             raw, _, ks.app_in = ks.app_in.partition(b"\0")
             self._control_message(ks, raw.decode(errors="replace").strip(), now)
+        if len(ks.app_in) > MAX_CONTROL_MESSAGE:
+            raise RemoteProtocolError("oversize", "control message without an end")
 
     def _client_key(self, ks: _KeyState, msg: ClientKeyMessage, now: float) -> bool:
         """The client's key message arrived: identity, cipher, our answer, data keys."""
@@ -512,7 +516,13 @@ class OpenVPNServerSession:
             self._choose_framing(msg)
             self.ekm = self.options.allow_ekm and \
                 bool(_iv_proto(self.peer_info) & IV_PROTO_TLS_KEY_EXPORT)
-            if self.options.auth_user_pass_verify:
+            # refusals that need no one's opinion come before asking the adapter
+            if self.cipher is None:
+                self._auth = "failed"
+                self._auth_reason = "Data channel cipher negotiation failed (no shared cipher)"
+            elif self.options.force_tls_key_material_export and not self.ekm:
+                self._auth, self._auth_reason = "failed", "TLS key-material export required"
+            elif self.options.auth_user_pass_verify:
                 self._auth = "pending"
                 self.state = "auth-pending"
                 self._events.append(AuthRequest(now, msg.username, msg.password, cn,
@@ -522,7 +532,7 @@ class OpenVPNServerSession:
                 self._auth_reason = "no client certificate and no auth-user-pass-verify"
             else:
                 self._auth = "ok"
-        elif ks.key_id != 0 or self._auth is not None:
+        else:
             # a renegotiation keeps the identity the first key proved
             if not self.options.username_as_common_name and cn != self.common_name \
                     and self.options.verify_client_cert != "none":
@@ -535,15 +545,6 @@ class OpenVPNServerSession:
         ks.tls.write(server_message(ks.local, self._options_string()))
         ks.phase = _KEYS_SENT
         if self._auth == "failed":
-            self._auth_failed(ks, now)
-            return False
-        if self.cipher is None:
-            self._auth, self._auth_reason = \
-                "failed", "Data channel cipher negotiation failed (no shared cipher)"
-            self._auth_failed(ks, now)
-            return False
-        if self.options.force_tls_key_material_export and not self.ekm:
-            self._auth, self._auth_reason = "failed", "TLS key-material export required"
             self._auth_failed(ks, now)
             return False
         self._derive(ks, now)
