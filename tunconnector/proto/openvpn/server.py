@@ -611,6 +611,13 @@ class OpenVPNServerSession:
             self.state = "handshake"
             if self._push_requested:
                 self._send_push_reply(ks, now)
+                try:  # the reply leaves now, not with the client's next PUSH_REQUEST
+                    out = ks.tls.outgoing()
+                except SSL.Error as exc:
+                    self._tls_failed(ks, exc, now)
+                    return
+                for i in range(0, len(out), CONTROL_CHUNK):
+                    ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
         self._flush(now)
 
     def _auth_failed(self, ks: _KeyState, now: float) -> None:
