@@ -441,9 +441,12 @@ def test_gate_cookie_is_bound_to_source_and_time() -> None:
         assert isinstance(gate.check(_second(s, cookie), addr, 130.0), GateDrop)
     # too late: beyond the current slot and the two before it
     assert isinstance(gate.check(_second(sid, cookie), CLIENT_ADDR, 100.0 + 95.0), GateDrop)
-    # a second packet without the ack (so without our session id)
+    # a second packet without the ack (so without our session id): our reset again,
+    # no session
     p = pk.ControlPacket(pk.P_CONTROL_V1, 0, sid, (), None, 1, b"x")
-    assert gate.check(p.header() + p.body(), CLIENT_ADDR, 130.0) == GateDrop("no_cookie")
+    again = gate.check(p.header() + p.body(), CLIENT_ADDR, 130.0)
+    assert isinstance(again, GateReply)
+    assert again.packet[1:9] == gate.cookie(sid, CLIENT_ADDR, 130.0)
 
 
 def test_gate_replies_are_rate_limited() -> None:
@@ -703,3 +706,29 @@ def test_compress_migrate_frames_only_comp_lzo_clients() -> None:
     assert not any("comp" in m for m in link.session().push_reply_messages())
     with pytest.raises(ConfigError, match="compress"):
         OpenVPNServer(server_options(compress="lz4"))
+
+
+def test_lost_ack_of_the_cookie_reset_is_recovered_without_state() -> None:
+    # the client's packet that acks our reset is lost; its retransmission carries no ack
+    server = OpenVPNServer(server_options(tls_crypt=STATIC_KEY))
+    client = OpenVPNClient(client_options(tls_crypt=STATIC_KEY), peer=SERVER_ADDR)
+    link = Link(server, client)
+    client.start(0.0)
+    for d, _ in client.datagrams_to_send(0.0):
+        server.receive_datagram(d, CLIENT_ADDR, 0.0)
+    for d, _ in server.datagrams_to_send(0.0):
+        client.receive_datagram(d, SERVER_ADDR, 0.0)
+    assert client.datagrams_to_send(0.0)  # the ClientHello with the ack: lost
+    assert not server.sessions
+    link.pump(10.0)
+    assert link.connected() and server.gate.drops["no_cookie"] >= 1
+    roundtrip_data(link)
+
+
+def test_lost_ack_answers_are_rate_limited_and_need_a_low_message_id() -> None:
+    gate = HandshakeGate(Wrapper, reply_rate=1.0, reply_burst=1.0)
+    p = pk.ControlPacket(pk.P_CONTROL_V1, 0, b"c" * 8, (), None, 1, b"x")
+    assert isinstance(gate.check(p.header() + p.body(), CLIENT_ADDR, 0.0), GateReply)
+    assert gate.check(p.header() + p.body(), CLIENT_ADDR, 0.0) == GateDrop("reply_rate")
+    p = pk.ControlPacket(pk.P_CONTROL_V1, 0, b"c" * 8, (), None, 5, b"x")
+    assert gate.check(p.header() + p.body(), CLIENT_ADDR, 9.0) == GateDrop("no_cookie")

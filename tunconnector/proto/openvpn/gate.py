@@ -12,8 +12,11 @@ session id, message ids no higher than 1) proves the client receives at its addr
 then a session is created, already past both resets.
 
 The reply is exactly what openvpn's ``tls_reset_standalone`` writes: it acks the client's
-message 0, carries message id 0, and is wrapped (tls-auth / tls-crypt) with packet id 1,
-so the session continues the numbering at 2. With tls-auth or tls-crypt every packet is
+message 0, carries message id 0, and is wrapped (tls-auth / tls-crypt) with packet id 1.
+One addition: a client whose ack of our reset was lost and that does not repeat acks
+(our own client; openvpn 2.6 clients repeat them) retransmits its CONTROL_V1 without
+one; the gate answers that with the same reset under packet id 2, so the client acks it
+again. Sessions continue the numbering at 3. With tls-auth or tls-crypt every packet is
 authenticated before anything else; replies are rate limited (openvpn's
 ``reflect_filter_rate_limit_check``) so the gate is never an amplifier.
 """
@@ -67,6 +70,10 @@ class GateDrop:
 
 GateVerdict = GateReply | GateAccept | GateDrop
 
+#: the control-channel packet ids (tls-auth / tls-crypt) the gate's resets use are 1 and
+#: 2; a session created behind the gate continues after them
+FIRST_SESSION_PACKET_ID = 3
+
 
 def address_bytes(addr: Addr) -> bytes:
     """The part of a source the cookie is bound to: address and port (as openvpn hashes
@@ -113,6 +120,19 @@ class HandshakeGate:
         self._tokens -= 1.0
         return True
 
+    def _reply(self, client_sid: bytes, addr: Addr, now: float, resend: int) -> GateVerdict:
+        if not self._take_token(now):
+            return self._drop("reply_rate")
+        server_sid = self.cookie(client_sid, addr, now)
+        reply = ControlPacket(P_CONTROL_HARD_RESET_SERVER_V2, 0, server_sid, (0,),
+                              client_sid, 0, b"")
+        # packet id 1, as openvpn's standalone reset; a repeat uses 2 (the client's replay
+        # window already holds 1); sessions number on from FIRST_SESSION_PACKET_ID
+        wrapper = self._wrapper_factory()
+        wrapper.skip_packet_ids(resend)
+        self.replies += 1
+        return GateReply(wrapper.wrap(reply.header(), reply.body()))
+
     def check(self, data: bytes, addr: Addr, now: float) -> GateVerdict:
         """What to do with a datagram from a source that has no session."""
         try:
@@ -138,16 +158,14 @@ class HandshakeGate:
         body = self._checker.unwrap(data, check_replay=False)  # authenticity first
         pkt = parse_body(opcode, key_id, client_sid, body)
         if opcode == P_CONTROL_HARD_RESET_CLIENT_V2:
-            if not self._take_token(now):
-                return self._drop("reply_rate")
-            server_sid = self.cookie(client_sid, addr, now)
-            reply = ControlPacket(P_CONTROL_HARD_RESET_SERVER_V2, 0, server_sid, (0,),
-                                  client_sid, 0, b"")
-            wrapper = self._wrapper_factory()  # packet id 1, as openvpn's standalone reset
-            self.replies += 1
-            return GateReply(wrapper.wrap(reply.header(), reply.body()))
+            return self._reply(client_sid, addr, now, 0)
         # the client's second packet: it must ack our reset and name our cookie
         if not pkt.acks or pkt.remote_session_id is None:
+            if opcode == P_CONTROL_V1 and pkt.message_id is not None and pkt.message_id <= 1:
+                # its ack was lost and it does not repeat acks (openvpn 2.6 clients do):
+                # our reset once more makes it ack again, still without state here
+                self.drops["no_cookie"] += 1
+                return self._reply(client_sid, addr, now, 1)
             return self._drop("no_cookie")
         if any(a > 1 for a in pkt.acks) or (pkt.message_id is not None and pkt.message_id > 1):
             return self._drop("bad_cookie")

@@ -47,7 +47,7 @@ from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_m
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
 from .datav2 import CIPHERS, DataKey, canonical_cipher
-from .gate import GateAccept, GateReply, HandshakeGate
+from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
 from .keymethod import (
     EKM_LABEL,
     KEY_MATERIAL_LEN,
@@ -301,7 +301,7 @@ class OpenVPNServerSession:
             ks.sender.skip(1)
             ks.peer_reset = True
             ks.phase = _TLS
-            self._wrapper.skip_packet_ids(1)
+            self._wrapper.skip_packet_ids(FIRST_SESSION_PACKET_ID - 1)
         else:
             self.session_id = secrets.token_bytes(8)
             self.remote_session_id = None
