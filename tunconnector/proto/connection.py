@@ -72,7 +72,20 @@ class ConfigAssigned:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-ConnectionEvent = Connected | Disconnected | AddressChanged | Rekeyed | ConfigAssigned
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """A peer's credentials await a decision made outside proto/ (a script, a plugin, the
+    management interface); the adapter answers the connection that emitted it."""
+
+    at: float
+    username: str | None
+    password: str | None
+    common_name: str | None
+    peer_info: dict[str, str] = field(default_factory=dict)
+
+
+ConnectionEvent = (Connected | Disconnected | AddressChanged | Rekeyed | ConfigAssigned
+                   | AuthRequest)
 
 
 class Connection(Protocol):

@@ -134,3 +134,72 @@ def split_key_material(material: bytes) -> tuple[DirectionKeys, DirectionKeys]:
         raise ValueError("key material must be 256 bytes")
     return (DirectionKeys(material[0:64], material[64:128]),
             DirectionKeys(material[128:192], material[192:256]))
+
+
+# -- the server's side: read the client's message, write ours -----------------------------
+
+#: openvpn refuses longer user names and passwords (USER_PASS_LEN) and options strings
+MAX_USER_PASS = 128
+MAX_OPTIONS = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyMessage:
+    source: KeySource
+    options: str
+    username: str | None
+    password: str | None
+    peer_info: str
+    length: int
+
+    def peer_info_map(self) -> dict[str, str]:
+        """Peer-info lines ``KEY=value`` as a mapping (IV_PROTO, IV_CIPHERS, ...)."""
+        out: dict[str, str] = {}
+        for line in self.peer_info.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key:
+                out[key.strip()] = value.strip()
+        return out
+
+
+def _read_optional(buf: bytes, pos: int) -> tuple[str | None, int]:
+    """A string that may be absent (a bare u16 0): None then."""
+    if len(buf) >= pos + 2 and buf[pos : pos + 2] == b"\x00\x00":
+        return None, pos + 2
+    return read_string(buf, pos)
+
+
+def parse_client_message(buf: bytes) -> ClientKeyMessage | None:
+    """The client's key-method-2 message at the start of ``buf``; None when incomplete.
+
+    The message has no overall length, so it is complete once its four strings are;
+    a server never waits for more than the client could send (options and credentials
+    are bounded), beyond that the message is refused.
+    """
+    head = 5 + 48 + 64
+    if len(buf) < head:
+        return None
+    zero, method = struct.unpack_from("!IB", buf, 0)
+    if zero != 0 or (method & 0x0F) != KEY_METHOD_2:
+        raise RemoteProtocolError("bad_key_method", f"client key method {method}")
+    src = KeySource(bytes(buf[53:85]), bytes(buf[85:117]), bytes(buf[5:53]))
+    try:
+        options, pos = read_string(buf, head)
+        username, pos = _read_optional(buf, pos)
+        password, pos = _read_optional(buf, pos)
+        peer_info, pos = _read_optional(buf, pos)
+    except RemoteProtocolError:
+        if len(buf) > MAX_OPTIONS + 4 * MAX_USER_PASS + 65536:
+            raise RemoteProtocolError("bad_key_method", "client key message too long") from None
+        return None
+    return ClientKeyMessage(src, options, username, password, peer_info or "", pos)
+
+
+def server_message(src: KeySource, options: str) -> bytes:
+    """The server's key-method-2 message: no pre-master, no credentials, no peer-info
+    (as an openvpn ``--server`` writes it)."""
+    if len(src.random1) != 32 or len(src.random2) != 32:
+        raise ValueError("bad key source lengths")
+    return b"".join([struct.pack("!IB", 0, KEY_METHOD_2), src.random1, src.random2,
+                     write_string(options), write_string(None), write_string(None),
+                     write_string(None)])

@@ -37,6 +37,11 @@ class ReliableSender:
     def queue(self, opcode: int, payload: bytes) -> None:
         self._queue.append((opcode, payload))
 
+    def skip(self, count: int) -> None:
+        """Number the next message ``count``: the first ones were sent (and acknowledged)
+        by someone else, e.g. the reset a stateless handshake gate answered with."""
+        self._next_id = max(self._next_id, count)
+
     def ack(self, message_ids: tuple[int, ...] | list[int]) -> None:
         for mid in message_ids:
             self._outstanding.pop(mid, None)
@@ -89,6 +94,12 @@ class ReliableReceiver:
         if message_id >= self._expected and message_id not in self._buffer:
             self._buffer[message_id] = payload
         return True
+
+    def skip(self, count: int) -> None:
+        """Treat messages below ``count`` as received and delivered (see ReliableSender.skip)."""
+        if count > self._expected:
+            self._buffer = {k: v for k, v in self._buffer.items() if k >= count}
+            self._expected = count
 
     def take_acks(self, limit: int) -> tuple[int, ...]:
         acks = tuple(self.pending_acks[:limit])

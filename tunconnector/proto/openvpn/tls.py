@@ -9,6 +9,10 @@ Checks, in the verify callback so a refused server never completes the handshake
 chain up to the configured CA, ``remote-cert-tls server`` (extended key usage TLS Web
 Server Authentication, and a key usage fit for a server when present), and
 ``verify-x509-name`` (full subject, CN, or CN prefix).
+
+The server side (:class:`TlsServerContext`) runs the same callback the other way round:
+``verify-client-cert none|optional|require``, the chain to the CA, ``crl-verify`` (the
+client's serial in a CRL signed by the CA), ``remote-cert-tls client`` and ``tls-verify``.
 """
 
 from __future__ import annotations
@@ -75,6 +79,18 @@ def check_server_eku(cert: x509.Certificate) -> str | None:
     return None
 
 
+def check_client_eku(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` fails ``remote-cert-tls client``, or None when it passes."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "client certificate has no extended key usage (remote-cert-tls client)"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return ("client certificate lacks the TLS Web Client Authentication extended key "
+                "usage (remote-cert-tls client)")
+    return None
+
+
 def check_x509_name(cert: x509.Certificate, name: str, kind: str) -> str | None:
     if kind == "name":
         ok = common_name(cert) == name
@@ -94,6 +110,36 @@ def _load_certs(pem: bytes, what: str) -> list[x509.Certificate]:
     except ValueError as exc:
         raise ConfigError(f"{what}: not a PEM certificate ({exc})") from None
     return certs
+
+
+def _use_cert_key(ctx: SSL.Context, cert_pem: bytes, key_pem: bytes) -> None:
+    chain = _load_certs(cert_pem, "cert")
+    if not chain:
+        raise ConfigError("cert: no certificate found")
+    ctx.use_certificate(chain[0])
+    for extra in chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"key: cannot load private key ({exc})") from None
+    ctx.use_privatekey(key)  # type: ignore[arg-type]
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise ConfigError("key does not match cert") from None
+
+
+def _add_cas(ctx: SSL.Context, ca_pem: bytes) -> list[x509.Certificate]:
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - OpenSSL always gives one
+        raise ConfigError("ca: no certificate store")
+    cas = _load_certs(ca_pem, "ca")
+    if not cas:
+        raise ConfigError("ca: no certificate found")
+    for ca in cas:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    return cas
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,68 +164,118 @@ class TlsContext:
         ctx.set_min_proto_version(
             SSL.TLS1_3_VERSION if settings.tls_version_min == "1.3" else SSL.TLS1_2_VERSION
         )
-        store = ctx.get_cert_store()
-        if store is None:  # pragma: no cover - OpenSSL always gives one
-            raise ConfigError("ca: no certificate store")
-        cas = _load_certs(settings.ca_pem, "ca")
-        if not cas:
-            raise ConfigError("ca: no certificate found")
-        for ca in cas:
-            store.add_cert(crypto.X509.from_cryptography(ca))
+        _add_cas(ctx, settings.ca_pem)
         if settings.cert_pem is not None:
-            chain = _load_certs(settings.cert_pem, "cert")
-            if not chain:
-                raise ConfigError("cert: no certificate found")
-            ctx.use_certificate(chain[0])
-            for extra in chain[1:]:
-                ctx.add_extra_chain_cert(extra)
             if settings.key_pem is None:
                 raise ConfigError("cert given without key")
-            try:
-                key = serialization.load_pem_private_key(settings.key_pem, password=None)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"key: cannot load private key ({exc})") from None
-            ctx.use_privatekey(key)  # type: ignore[arg-type]
-            try:
-                ctx.check_privatekey()
-            except SSL.Error:
-                raise ConfigError("key does not match cert") from None
+            _use_cert_key(ctx, settings.cert_pem, settings.key_pem)
         self.ctx = ctx
 
     def session(self) -> TlsSession:
         return TlsSession(self)
 
 
-class TlsSession:
-    """One TLS client handshake and its application stream, all in memory."""
+#: verify-client-cert: whether a client must, may or need not present a certificate
+VERIFY_CLIENT_CERT = {"none": SSL.VERIFY_NONE, "optional": SSL.VERIFY_PEER,
+                      "require": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT}
 
-    def __init__(self, context: TlsContext) -> None:
+
+@dataclass(frozen=True, slots=True)
+class TlsServerSettings:
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    verify_client_cert: str = "require"
+    #: crl-verify: a PEM CRL, which must be signed by one of the CAs
+    crl_pem: bytes | None = None
+    remote_cert_tls: str | None = None
+    verify_x509_name: tuple[str, str] | None = None
+    tls_version_min: str = "1.2"
+    #: tls-verify: (depth, certificate) -> refusal reason or None
+    verify_hook: Callable[[int, x509.Certificate], str | None] | None = None
+
+
+class TlsServerContext:
+    """One pyOpenSSL server context for the server's configuration, shared by every
+    client's key states."""
+
+    def __init__(self, settings: TlsServerSettings) -> None:
+        mode = VERIFY_CLIENT_CERT.get(settings.verify_client_cert)
+        if mode is None:
+            raise ConfigError(f"verify-client-cert: {settings.verify_client_cert!r} is not "
+                              "none, optional or require")
+        self.settings = settings
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(
+            SSL.TLS1_3_VERSION if settings.tls_version_min == "1.3" else SSL.TLS1_2_VERSION
+        )
+        cas = _add_cas(ctx, settings.ca_pem)
+        _use_cert_key(ctx, settings.cert_pem, settings.key_pem)
+        #: set per connection, with a callback that keeps that connection's refusal reason
+        self.verify_mode = mode
+        self.crl: x509.CertificateRevocationList | None = None
+        if settings.crl_pem is not None:
+            try:
+                crl = x509.load_pem_x509_crl(settings.crl_pem)
+            except ValueError as exc:
+                raise ConfigError(f"crl-verify: not a PEM CRL ({exc})") from None
+            if not any(crl.issuer == ca.subject
+                       and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                       for ca in cas):
+                raise ConfigError("crl-verify: the CRL is not signed by the configured CA")
+            self.crl = crl
+        self.ctx = ctx
+
+    def session(self) -> TlsSession:
+        return TlsSession(self, server=True)
+
+
+class TlsSession:
+    """One TLS handshake (client, or server when ``server``) and its application stream,
+    all in memory."""
+
+    def __init__(self, context: TlsContext | TlsServerContext, server: bool = False) -> None:
         self._settings = context.settings
+        self._role = "client" if server else "server"  # whose certificate we check
         #: why the peer was refused (set by the verify callback), for a clear log line
         self.refusal: str | None = None
         self._conn = SSL.Connection(context.ctx, None)
-        self._conn.set_verify(SSL.VERIFY_PEER, self._verify)
-        self._conn.set_connect_state()
+        if server:
+            self._crl = context.crl if isinstance(context, TlsServerContext) else None
+            mode = context.verify_mode if isinstance(context, TlsServerContext) else 0
+            self._conn.set_verify(mode, self._verify)
+            self._conn.set_accept_state()
+        else:
+            self._crl = None
+            self._conn.set_verify(SSL.VERIFY_PEER, self._verify)
+            self._conn.set_connect_state()
         self.handshake_done = False
         self.closed = False
-        #: the server's chain as verified, by depth (scripts' X509_* / tls_* variables)
+        #: the peer's chain as verified, by depth (scripts' X509_* / tls_* variables)
         self.chain: dict[int, x509.Certificate] = {}
 
     def _verify(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
                 ok: int) -> bool:
         c = cert.to_cryptography()
         self.chain[depth] = c
+        role = self._role
         if not ok:
             word = _VERIFY_ERRORS.get(errnum, f"OpenSSL verify error {errnum}")
             if errnum in (2, 19, 20, 21):
-                word += "; the server's chain does not lead to the configured CA"
-            self.refusal = (f"server certificate refused at depth {depth} "
+                word += f"; the {role}'s chain does not lead to the configured CA"
+            self.refusal = (f"{role} certificate refused at depth {depth} "
                             f"({subject_string(c)!r}): {word}")
             return False
         if depth == 0:
             why = None
-            if self._settings.remote_cert_tls == "server":
+            if self._crl is not None and \
+                    self._crl.get_revoked_certificate_by_serial_number(c.serial_number):
+                why = (f"{role} certificate {subject_string(c)!r} (serial "
+                       f"{c.serial_number:x}) is revoked (crl-verify)")
+            if why is None and self._settings.remote_cert_tls == "server":
                 why = check_server_eku(c)
+            elif why is None and self._settings.remote_cert_tls == "client":
+                why = check_client_eku(c)
             if why is None and self._settings.verify_x509_name is not None:
                 why = check_x509_name(c, *self._settings.verify_x509_name)
             if why is not None:
@@ -235,6 +331,11 @@ class TlsSession:
 
     def export(self, label: bytes, length: int) -> bytes:
         return self._conn.export_keying_material(label, length, None)
+
+    def peer_common_name(self) -> str | None:
+        """The CN of the verified peer certificate (None when the peer sent none)."""
+        leaf = self.chain.get(0)
+        return common_name(leaf) if leaf is not None else None
 
     @property
     def version(self) -> str:

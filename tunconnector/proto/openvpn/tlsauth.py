@@ -92,11 +92,19 @@ class Wrapper:
         if not self._replay.update(pid):
             raise RemoteProtocolError("replay", "control packet replayed")
 
+    def skip_packet_ids(self, last: int) -> None:
+        """Continue numbering after ``last`` (a server session follows the stateless
+        reset its handshake gate already sent under packet id 1)."""
+        self._packet_id = max(self._packet_id, last)
+
     def wrap(self, header: bytes, body: bytes) -> bytes:
         return header + body
 
-    def unwrap(self, packet: bytes) -> bytes:
-        """The body of an authentic packet, else RemoteProtocolError."""
+    def unwrap(self, packet: bytes, check_replay: bool = True) -> bytes:
+        """The body of an authentic packet, else RemoteProtocolError.
+
+        ``check_replay=False``: authenticity only, for a stateless check before any
+        session exists (the replay window belongs to the session)."""
         return bytes(packet[HEADER_LEN:])
 
 
@@ -117,7 +125,7 @@ class TlsAuth(Wrapper):
         mac = hmac.new(self._out, rid + header + body, self._digest).digest()
         return header + mac + rid + body
 
-    def unwrap(self, packet: bytes) -> bytes:
+    def unwrap(self, packet: bytes, check_replay: bool = True) -> bytes:
         end = HEADER_LEN + self._size + 8
         if len(packet) < end:
             raise RemoteProtocolError("truncated", "tls-auth packet too short")
@@ -128,7 +136,8 @@ class TlsAuth(Wrapper):
         want = hmac.new(self._in, rid + header + body, self._digest).digest()
         if not hmac.compare_digest(mac, want):
             raise RemoteProtocolError("bad_hmac", "tls-auth HMAC mismatch")
-        self._check_replay(rid)
+        if check_replay:
+            self._check_replay(rid)
         return body
 
 
@@ -151,7 +160,7 @@ class TlsCrypt(Wrapper):
         tag = hmac.new(self._out_mac, header + rid + body, "sha256").digest()
         return header + rid + tag + self._ctr(self._out_cipher, tag[:16], body)
 
-    def unwrap(self, packet: bytes) -> bytes:
+    def unwrap(self, packet: bytes, check_replay: bool = True) -> bytes:
         end = HEADER_LEN + 8 + 32
         if len(packet) < end:
             raise RemoteProtocolError("truncated", "tls-crypt packet too short")
@@ -162,5 +171,6 @@ class TlsCrypt(Wrapper):
         want = hmac.new(self._in_mac, header + rid + body, "sha256").digest()
         if not hmac.compare_digest(tag, want):
             raise RemoteProtocolError("bad_hmac", "tls-crypt tag mismatch")
-        self._check_replay(rid)
+        if check_replay:
+            self._check_replay(rid)
         return body

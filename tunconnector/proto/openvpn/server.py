@@ -1,0 +1,1118 @@
+"""The OpenVPN TLS server, sans I/O: one :class:`OpenVPNServerSession` per client and an
+:class:`OpenVPNServer` that decides which session a datagram belongs to.
+
+A session mirrors the client (client.py) from the other end: per key_id a key state with
+its reliability layer and a TLS server session; after the handshake it reads the
+client's key-method-2 message (credentials, peer-info), answers with its own, derives the
+data keys (TLS-EKM when the client offers it in IV_PROTO, else the PRF) with the cipher
+negotiated from the client's IV_CIPHERS against ``data-ciphers``, and answers
+PUSH_REQUEST with a PUSH_REPLY built from the server's options and a pool address.
+
+Authentication decisions are not made here: with ``auth_user_pass_verify`` the session
+emits an :class:`AuthRequest` and waits for :meth:`OpenVPNServerSession.auth_result`
+(the script, plugin or management answer runs outside proto/). A refusal sends
+AUTH_FAILED and ends the session once the client acknowledged it.
+
+A new key becomes the one we send with only once the client acknowledged our key
+message (openvpn's S_ACTIVE), and the first key only once PUSH_REPLY is out; the
+previous key keeps decrypting for ``tran_window`` so a renegotiation loses nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from OpenSSL import SSL
+
+from ...errors import ConfigError, RemoteProtocolError
+from ..connection import (
+    Addr,
+    AddressChanged,
+    AuthRequest,
+    Connected,
+    Connection,
+    ConnectionEvent,
+    Disconnected,
+    Rekeyed,
+)
+from ..pool import AddressPool, PoolExhausted
+from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .compress import KINDS as COMPRESS_KINDS
+from .compress import Framing
+from .datav2 import CIPHERS, DataKey, canonical_cipher
+from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
+from .keymethod import (
+    EKM_LABEL,
+    KEY_MATERIAL_LEN,
+    ClientKeyMessage,
+    KeySource,
+    parse_client_message,
+    prf_key_material,
+    server_message,
+    split_key_material,
+)
+from .packet import (
+    DATA_OPCODES,
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_SOFT_RESET_V1,
+    P_CONTROL_V1,
+    P_DATA_V2,
+    ControlPacket,
+    parse_body,
+    parse_header,
+    split_opcode,
+)
+from .reliable import ReliableReceiver, ReliableSender
+from .tls import TlsServerContext, TlsServerSettings, TlsSession
+from .tlsauth import TlsAuth, TlsCrypt, Wrapper
+
+log = logging.getLogger(__name__)
+
+CONTROL_CHUNK = 1100
+ACKS_PER_PACKET = 4
+#: IV_PROTO bits a client announces
+IV_PROTO_DATA_V2 = 1 << 1
+IV_PROTO_TLS_KEY_EXPORT = 1 << 3
+#: peer-ids fit in 24 bits; openvpn's MAX_PEER_ID (0xFFFFFF) means "none"
+MAX_PEER_ID = 0xFFFFFE
+#: PUSH_REPLY bytes per message before a push-continuation: openvpn's PUSH_BUNDLE_SIZE
+#: (1024) less the 84 it keeps free for a trailing option and the continuation marker
+PUSH_BUNDLE_SIZE = 1024 - 84
+#: a client's control-channel message (PUSH_REQUEST, EXIT ...) is far shorter than this
+MAX_CONTROL_MESSAGE = 64 * 1024
+#: after AUTH_FAILED the session lingers this long for the client's ack, then ends
+AUTH_FAILED_LINGER = 5.0
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    """What a ``--server`` config says (files and inline blocks already read)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    #: ``server NETWORK MASK`` as a prefix; the server takes the first host address
+    network: str = "10.8.0.0/24"
+    verify_client_cert: str = "require"
+    crl_pem: bytes | None = None
+    remote_cert_tls: str | None = None
+    tls_verify: Any = None
+    tls_auth: bytes | None = None
+    key_direction: int | None = 0
+    tls_crypt: bytes | None = None
+    auth: str = "SHA1"
+    data_ciphers: tuple[str, ...] = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+    data_ciphers_fallback: str | None = None
+    #: push "..." lines, without the quotes (route, dhcp-option, redirect-gateway ...)
+    push: list[str] = field(default_factory=list)
+    #: keepalive PING RESTART: pushed as ping / ping-restart, the server itself uses
+    #: ping PING and ping-restart 2 * RESTART (openvpn's helper does the same)
+    keepalive: tuple[int, int] | None = (10, 60)
+    reneg_sec: int = 3600
+    hand_window: float = 60.0
+    tran_window: float = 60.0
+    #: ask the adapter (AuthRequest) before any client is accepted
+    auth_user_pass_verify: bool = False
+    #: verify-client-cert none + username: the user name is the client's identity
+    username_as_common_name: bool = False
+    force_tls_key_material_export: bool = False
+    #: compression framing, never compression (compress.py): None, "lzo" (pushes
+    #: ``comp-lzo no``), "stub", "stub-v2", or "migrate" (openvpn's ``compress migrate``:
+    #: only clients whose options say comp-lzo get framing, stub-v2 when they announce
+    #: IV_COMP_STUBv2, else ``comp-lzo no``)
+    compress: str | None = None
+    #: derive data keys by TLS-EKM when the client offers it (off: always the PRF, as a
+    #: pre-2.6 server would; for interop checks of that path)
+    allow_ekm: bool = True
+    #: duplicate-cn: several clients may share one identity (each gets its own address)
+    duplicate_cn: bool = False
+    tap: bool = False
+    tun_mtu: int = 1500
+    proto: str = "udp"
+    tls_version_min: str = "1.2"
+    max_clients: int = 1024
+    #: handshakes in progress from one source address (IP) at most
+    max_handshakes_per_source: int = 8
+
+
+#: what a session emits; AuthRequest is answered with OpenVPNServerSession.auth_result
+ServerEvent = ConnectionEvent
+
+
+def negotiate_cipher(server: tuple[str, ...], peer_info: dict[str, str], client_options: str,
+                     fallback: str | None) -> str | None:
+    """The data cipher for a client, as openvpn's ``ncp_get_best_cipher`` and
+    ``multi_client_set_protocol_options``: the first of the server's ``data-ciphers``
+    that the client lists in IV_CIPHERS (IV_NCP=2 alone: the two GCM ciphers) or, for a
+    client without IV_CIPHERS, that is its own ``cipher``. ``data-ciphers-fallback`` only
+    for a client that says nothing about ciphers at all; else None (no shared cipher)."""
+    ours = [c for c in (canonical_cipher(s) for s in server) if c is not None]
+    if "IV_CIPHERS" in peer_info:
+        theirs = {c.strip().upper() for c in peer_info["IV_CIPHERS"].split(":")}
+    elif peer_info.get("IV_NCP", "0").isdigit() and int(peer_info.get("IV_NCP", "0")) >= 2:
+        theirs = {"AES-256-GCM", "AES-128-GCM"}
+    else:
+        theirs = set()
+    remote: str | None = None
+    for opt in client_options.split(","):
+        words = opt.split()
+        if len(words) == 2 and words[0] == "cipher":
+            remote = words[1].upper()
+    # a client that lists its ciphers is not assumed to accept its own --cipher
+    match_remote = None if "IV_CIPHERS" in peer_info else remote
+    for c in ours:
+        if c in theirs or c == match_remote:
+            return c
+    if theirs or remote:
+        return None
+    return canonical_cipher(fallback) if fallback else None
+
+
+def _iv_proto(peer_info: dict[str, str]) -> int:
+    try:
+        return int(peer_info.get("IV_PROTO", "0"))
+    except ValueError:
+        return 0
+
+
+# key-state phases
+_RESET, _TLS, _KEYS_SENT, _ACTIVE = "reset", "tls", "key-exchange", "active"
+
+
+class _KeyState:
+    def __init__(self, key_id: int, tls: TlsSession, now: float) -> None:
+        self.key_id = key_id
+        self.tls = tls
+        self.sender = ReliableSender(initial_rto=1.0, max_rto=4.0)
+        self.receiver = ReliableReceiver()
+        self.phase = _RESET
+        self.created = now
+        self.peer_reset = False
+        self.app_in = b""
+        self.local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32))
+        self.client: ClientKeyMessage | None = None
+        self.data: DataKey | None = None
+
+
+class _Shared:
+    """What every session of one server shares: options, TLS context, pool, time base."""
+
+    def __init__(self, options: ServerOptions, epoch: int) -> None:
+        self.options = options
+        self.epoch = epoch
+        self.tls = TlsServerContext(TlsServerSettings(
+            options.ca_pem, options.cert_pem, options.key_pem, options.verify_client_cert,
+            options.crl_pem, options.remote_cert_tls, None, options.tls_version_min,
+            options.tls_verify))
+        try:
+            net = ipaddress.IPv4Network(options.network, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"server: bad network {options.network!r} ({exc})") from None
+        if net.prefixlen > 29:
+            raise ConfigError(f"server: network {net} is too small for a pool")
+        self.network = net
+        self.server_address = net.network_address + 1
+        self.pool = AddressPool(net, reserved=[self.server_address])
+        if options.tls_auth is not None and options.tls_crypt is not None:
+            raise ConfigError("tls-auth and tls-crypt are exclusive")
+        if options.compress not in (None, "migrate", *COMPRESS_KINDS):
+            raise ConfigError(f"compress: {options.compress!r} is not one of lzo, stub, "
+                              "stub-v2, migrate (tunconnector frames, never compresses)")
+        for line in options.push:
+            if "," in line:
+                raise ConfigError(f"push {line!r}: a pushed option cannot contain a comma")
+            if len(line) + 40 > PUSH_BUNDLE_SIZE:
+                raise ConfigError(f"push {line[:40]!r}...: option too long")
+        for c in options.data_ciphers:
+            if canonical_cipher(c) is None:
+                raise ConfigError(f"data-ciphers: {c!r} is not supported "
+                                  f"(supported: {', '.join(CIPHERS)})")
+
+    def wrapper(self) -> Wrapper:
+        o = self.options
+        if o.tls_crypt is not None:
+            return TlsCrypt(o.tls_crypt, client=False, epoch=self.epoch)
+        if o.tls_auth is not None:
+            return TlsAuth(o.tls_auth, o.key_direction, o.auth, epoch=self.epoch)
+        return Wrapper(self.epoch)
+
+
+class OpenVPNServerSession:
+    """One client of the server (see module docstring). Created by :class:`OpenVPNServer`."""
+
+    def __init__(self, shared: _Shared, peer: Addr, peer_id: int, now: float,
+                 cookie: GateAccept | None = None) -> None:
+        self._shared = shared
+        self.options = shared.options
+        self.peer = peer
+        self.peer_id = peer_id
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._events: collections.deque[ServerEvent] = collections.deque()
+        self._frames: list[bytes] = []
+        self._out: list[bytes] = []
+        self._stream = bytearray()
+        #: data packets that decrypted (a float needs one)
+        self._authentic = 0
+        self._wrapper = shared.wrapper()
+        self._keys: dict[int, _KeyState] = {}
+        self._data_keys: dict[int, DataKey] = {}
+        self._expiry: dict[int, float] = {}
+        self._primary: DataKey | None = None
+        self._current_key_id = 0
+        self.state = "handshake"
+        self.last_error: str | None = None
+        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.renegotiations = 0
+        self.common_name: str | None = None
+        self.username: str | None = None
+        self.peer_info: dict[str, str] = {}
+        self.cipher: str | None = None
+        self.ekm: bool | None = None
+        self.address: str | None = None
+        self._comp: Framing | None = None
+        self._comp_push: str | None = None
+        self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
+        self._auth_reason = ""
+        self._push_requested = False
+        self._pushed = False
+        self._close_at: float | None = None
+        ping, restart = self.options.keepalive or (0, 0)
+        self._ping = ping
+        self._ping_restart = 2 * restart
+        self._last_sent = now
+        self._last_received = now
+        self._hand_deadline: float | None = now + self.options.hand_window
+        self._reneg_at: float | None = None
+        ks = self._new_key_state(0, now)
+        if cookie is not None:
+            # the gate already exchanged both resets: message 0 each way is done
+            self.session_id = cookie.server_session_id
+            self.remote_session_id: bytes | None = cookie.client_session_id
+            ks.receiver.skip(1)
+            ks.sender.skip(1)
+            ks.peer_reset = True
+            ks.phase = _TLS
+            self._wrapper.skip_packet_ids(FIRST_SESSION_PACKET_ID - 1)
+        else:
+            self.session_id = secrets.token_bytes(8)
+            self.remote_session_id = None
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        if self.state == "closed" or not data:
+            return
+        src = addr[:2] if isinstance(addr, tuple) else addr
+        here = self.peer[:2] if isinstance(self.peer, tuple) else self.peer
+        if src != here:
+            # only data that authenticates may move the client (openvpn floats on data
+            # with the peer-id, after decryption)
+            if split_opcode(data[0])[0] not in DATA_OPCODES:
+                self.drops["unknown_peer"] += 1
+                return
+            before = self._authentic
+            self._receive_packet(data, now)
+            if self._authentic != before and self.state != "closed":
+                log.info("openvpn server: client %s moved to %s", self.peer, addr)
+                self.peer = addr
+                self._events.append(AddressChanged(now, addr))
+        else:
+            self._receive_packet(data, now)
+        self._flush(now)
+
+    def receive_stream(self, data: bytes, now: float) -> None:
+        if not data:
+            self._end("client closed the TCP connection", now)
+            return
+        buf = self._stream
+        buf += data
+        while len(buf) >= 2:
+            (n,) = struct.unpack_from("!H", buf, 0)
+            if len(buf) < 2 + n:
+                break
+            packet = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
+            self._receive_packet(packet, now)
+        self._flush(now)
+
+    def send_frames(self, frames: list[bytes], now: float) -> None:
+        if self._primary is None or self.state != "connected":
+            self.drops["no_key"] += len(frames)
+            return
+        for frame in frames:
+            self.bytes_out += len(frame)
+            self.packets_out += 1
+            self._send_data(frame, now)
+
+    def _receive_packet(self, data: bytes, now: float) -> None:
+        if self.state == "closed" or not data:
+            return
+        opcode, key_id = split_opcode(data[0])
+        try:
+            if opcode in DATA_OPCODES:
+                self._receive_data(key_id, data, now)
+            else:
+                self._receive_control(data, now)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+
+    def _receive_data(self, key_id: int, data: bytes, now: float) -> None:
+        dk = self._data_keys.get(key_id)
+        if dk is None or self._auth != "ok":
+            raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
+        if data[0] >> 3 == P_DATA_V2 and len(data) >= 4 and \
+                int.from_bytes(data[1:4], "big") != self.peer_id:
+            raise RemoteProtocolError("bad_peer_id", "data with another client's peer-id")
+        payload = dk.decrypt(data)
+        self._authentic += 1
+        self._last_received = now
+        if self._comp is not None:
+            payload = self._comp.unwrap(payload)
+        if is_ping(payload):
+            return
+        occ = occ_opcode(payload)
+        if occ is not None:
+            if occ == OCC_REQUEST:
+                self._send_data(occ_message(OCC_REPLY, self._options_string().encode() + b"\0"),
+                                now)
+            elif occ == OCC_EXIT:
+                self._end("client sent explicit-exit-notify", now)
+            return
+        self.bytes_in += len(payload)
+        self.packets_in += 1
+        self._frames.append(payload)
+
+    def _receive_control(self, data: bytes, now: float) -> None:
+        opcode, key_id, sid = parse_header(data)
+        if opcode not in (P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_SOFT_RESET_V1,
+                          P_CONTROL_V1, P_ACK_V1):
+            raise RemoteProtocolError("bad_opcode", f"server got control opcode {opcode}")
+        if self.remote_session_id is not None and sid != self.remote_session_id:
+            raise RemoteProtocolError("bad_session", "control packet from another session")
+        body = self._wrapper.unwrap(data)
+        pkt = parse_body(opcode, key_id, sid, body)
+        if pkt.acks and pkt.remote_session_id != self.session_id:
+            raise RemoteProtocolError("bad_session", "acks for another session")
+        if opcode == P_CONTROL_HARD_RESET_CLIENT_V2:
+            if key_id != 0:
+                raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
+            if self.remote_session_id is None:
+                self.remote_session_id = sid
+                self._keys[0].sender.queue(P_CONTROL_HARD_RESET_SERVER_V2, b"")
+        elif self.remote_session_id is None:
+            raise RemoteProtocolError("no_session", "control packet before the client reset")
+        ks = self._keys.get(key_id)
+        if opcode == P_CONTROL_SOFT_RESET_V1 and (
+            ks is None or (ks.phase == _ACTIVE and key_id != self._current_key_id)
+        ):
+            if self._auth != "ok":
+                raise RemoteProtocolError("unexpected_reset", "renegotiation before auth")
+            log.info("openvpn server: %s renegotiates (key_id %d)", self.peer, key_id)
+            ks = self._new_key_state(key_id, now)
+            ks.sender.queue(P_CONTROL_SOFT_RESET_V1, b"")
+        if ks is None:
+            raise RemoteProtocolError("unknown_key", f"control for key_id {key_id}")
+        ks.sender.ack(pkt.acks)
+        if pkt.message_id is not None:
+            if not ks.receiver.receive(pkt.message_id, pkt.payload):
+                self.drops["control_window"] += 1
+            for payload in ks.receiver.pop_ready():
+                if not ks.peer_reset:
+                    ks.peer_reset = True  # message 0 is the reset itself
+                    continue
+                try:
+                    ks.tls.feed(payload)
+                except SSL.Error as exc:
+                    self._tls_failed(ks, exc, now)
+                    return
+        self._advance(ks, now)
+
+    # -- key state machine ---------------------------------------------------------------
+
+    def _new_key_state(self, key_id: int, now: float) -> _KeyState:
+        ks = _KeyState(key_id, self._shared.tls.session(), now)
+        if key_id in self._keys:
+            self._data_keys.pop(key_id, None)
+        self._keys[key_id] = ks
+        self._current_key_id = key_id
+        return ks
+
+    def _tls_failed(self, ks: _KeyState, exc: Exception, now: float) -> None:
+        reason = ks.tls.refusal
+        if reason is None and "peer did not return a certificate" in str(exc):
+            reason = "the client sent no certificate (verify-client-cert require)"
+        # the TLS alert goes out once, so the client learns why at once
+        try:
+            alert = ks.tls.outgoing()
+        except SSL.Error:
+            alert = b""
+        if alert and self.remote_session_id is not None:
+            for i in range(0, len(alert), CONTROL_CHUNK):
+                ks.sender.queue(P_CONTROL_V1, alert[i : i + CONTROL_CHUNK])
+            for mid, opcode, payload in ks.sender.due(now):
+                self._out.append(self._control(ks, opcode, mid, payload))
+        self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now)
+
+    def _advance(self, ks: _KeyState, now: float) -> None:
+        if self.state == "closed":
+            return
+        if ks.phase == _RESET:
+            if not (ks.peer_reset and ks.sender.empty):
+                return
+            ks.phase = _TLS
+        try:
+            app = ks.tls.step() if ks.phase != _RESET else b""
+            if ks.tls.handshake_done and ks.phase == _TLS and ks.key_id == 0 \
+                    and self.common_name is None:
+                self.common_name = ks.tls.peer_common_name()
+            ks.app_in += app
+            self._process_app(ks, now)
+            out = ks.tls.outgoing()
+        except SSL.Error as exc:
+            self._tls_failed(ks, exc, now)
+            return
+        except RemoteProtocolError as exc:
+            # inside TLS, so from the client itself: its stream is unusable from here on
+            self._end(f"bad control-channel message from the client: {exc}", now)
+            return
+        for i in range(0, len(out), CONTROL_CHUNK):
+            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+
+    def _process_app(self, ks: _KeyState, now: float) -> None:
+        if ks.client is None:
+            msg = parse_client_message(ks.app_in)
+            if msg is None:
+                return
+            ks.client = msg
+            ks.app_in = ks.app_in[msg.length :]
+            if not self._client_key(ks, msg, now):
+                return
+        while b"\0" in ks.app_in:
+            raw, _, ks.app_in = ks.app_in.partition(b"\0")
+            self._control_message(ks, raw.decode(errors="replace").strip(), now)
+        if len(ks.app_in) > MAX_CONTROL_MESSAGE:
+            raise RemoteProtocolError("oversize", "control message without an end")
+
+    def _client_key(self, ks: _KeyState, msg: ClientKeyMessage, now: float) -> bool:
+        """The client's key message arrived: identity, cipher, our answer, data keys."""
+        cn = ks.tls.peer_common_name()
+        if ks.key_id == 0 and self._auth is None:
+            self.peer_info = msg.peer_info_map()
+            self.username = msg.username
+            if self.options.username_as_common_name and msg.username:
+                cn = msg.username
+            self.common_name = cn
+            self.cipher = negotiate_cipher(self.options.data_ciphers, self.peer_info,
+                                           msg.options, self.options.data_ciphers_fallback)
+            self._choose_framing(msg)
+            self.ekm = self.options.allow_ekm and \
+                bool(_iv_proto(self.peer_info) & IV_PROTO_TLS_KEY_EXPORT)
+            # refusals that need no one's opinion come before asking the adapter
+            if self.cipher is None:
+                self._auth = "failed"
+                self._auth_reason = "Data channel cipher negotiation failed (no shared cipher)"
+            elif self.options.force_tls_key_material_export and not self.ekm:
+                self._auth, self._auth_reason = "failed", "TLS key-material export required"
+            elif self.options.auth_user_pass_verify:
+                self._auth = "pending"
+                self.state = "auth-pending"
+                self._events.append(AuthRequest(now, msg.username, msg.password, cn,
+                                                dict(self.peer_info)))
+            elif self.options.verify_client_cert != "require" and cn is None:
+                self._auth = "failed"
+                self._auth_reason = "no client certificate and no auth-user-pass-verify"
+            else:
+                self._auth = "ok"
+        else:
+            # a renegotiation keeps the identity the first key proved
+            if not self.options.username_as_common_name and cn != self.common_name \
+                    and self.options.verify_client_cert != "none":
+                self._end(f"client certificate changed from {self.common_name!r} to {cn!r} "
+                          "on renegotiation", now)
+                return False
+            if msg.username != self.username and self.options.auth_user_pass_verify:
+                self._end("user name changed on renegotiation", now)
+                return False
+        ks.tls.write(server_message(ks.local, self._options_string()))
+        ks.phase = _KEYS_SENT
+        if self._auth == "failed":
+            self._auth_failed(ks, now)
+            return False
+        self._derive(ks, now)
+        return True
+
+    def _choose_framing(self, msg: ClientKeyMessage) -> None:
+        """Compression framing for this client (openvpn's
+        ``multi_client_connect_compress_migrate`` for "migrate")."""
+        kind = self.options.compress
+        if kind == "migrate":
+            if ",comp-lzo," not in msg.options + ",":
+                return
+            kind = "stub-v2" if self.peer_info.get("IV_COMP_STUBv2") == "1" else "lzo"
+        if kind is None:
+            return
+        self._comp = Framing(kind)
+        self._comp_push = {"lzo": "comp-lzo no", "stub": "compress stub",
+                           "stub-v2": "compress stub-v2"}[kind]
+
+    def _derive(self, ks: _KeyState, now: float) -> None:
+        if ks.client is None or self.cipher is None or self.remote_session_id is None:
+            return
+        try:
+            if self.ekm:
+                material = ks.tls.export(EKM_LABEL, KEY_MATERIAL_LEN)
+            else:
+                material = prf_key_material(ks.client.source, ks.local,
+                                            self.remote_session_id, self.session_id)
+        except SSL.Error as exc:
+            self._end(f"TLS key-material export failed: {exc}", now)
+            return
+        c2s, s2c = split_key_material(material)
+        data_v2 = bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2)
+        ks.data = DataKey(ks.key_id, self.cipher, s2c, c2s, self.peer_id if data_v2 else None,
+                          now, self.options.auth)
+        self._data_keys[ks.key_id] = ks.data  # receive with it at once
+
+    def _control_message(self, ks: _KeyState, text: str, now: float) -> None:
+        if not text:
+            return
+        if text.startswith("PUSH_REQUEST"):
+            self._push_requested = True
+            if self._auth == "ok":
+                self._send_push_reply(ks, now)
+            elif self._auth == "failed":
+                self._auth_failed(ks, now)
+        elif text.startswith("EXIT"):
+            self._end("client sent EXIT", now)
+        else:
+            self.drops["unknown_control_message"] += 1
+
+    def auth_result(self, ok: bool, now: float, reason: str = "") -> None:
+        """The adapter's answer to :class:`AuthRequest` (client-reason text optional)."""
+        if self._auth != "pending" or self.state == "closed":
+            return
+        ks = self._keys.get(0)
+        if ks is None:
+            return
+        if not ok:
+            self._auth, self._auth_reason = "failed", reason
+            self._auth_failed(ks, now)
+        else:
+            self._auth = "ok"
+            self.state = "handshake"
+            if self._push_requested:
+                self._send_push_reply(ks, now)
+                try:  # the reply leaves now, not with the client's next PUSH_REQUEST
+                    out = ks.tls.outgoing()
+                except SSL.Error as exc:
+                    self._tls_failed(ks, exc, now)
+                    return
+                for i in range(0, len(out), CONTROL_CHUNK):
+                    ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+        self._flush(now)
+
+    def _auth_failed(self, ks: _KeyState, now: float) -> None:
+        text = "AUTH_FAILED" + (f",{self._auth_reason}" if self._auth_reason else "")
+        try:
+            ks.tls.write(text.encode() + b"\0")
+            out = ks.tls.outgoing()
+        except SSL.Error:
+            out = b""
+        for i in range(0, len(out), CONTROL_CHUNK):
+            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+        if self._close_at is None:
+            log.warning("openvpn server: %s refused: %s", self.peer,
+                        self._auth_reason or "authentication failed")
+            self.last_error = f"authentication failed: {self._auth_reason or 'refused'}"
+            self._close_at = now + AUTH_FAILED_LINGER
+            self.state = "auth-failed"
+
+    def _push_options(self) -> list[str]:
+        o = self.options
+        parts = [f"route-gateway {self._shared.server_address}", "topology subnet"]
+        if o.keepalive:
+            parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
+        parts.append(f"ifconfig {self.address} {self._shared.network.netmask}")
+        parts += [p.strip() for p in o.push if p.strip()]
+        if self._comp_push is not None:
+            parts.append(self._comp_push)
+        if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
+            parts.append(f"peer-id {self.peer_id}")
+        parts.append(f"cipher {self.cipher}")
+        if self.ekm:
+            parts.append("key-derivation tls-ekm")
+        return parts
+
+    def push_reply_messages(self) -> list[str]:
+        """PUSH_REPLY text(s): a long option list goes in several messages, all but the
+        last marked ``push-continuation 2`` (openvpn's ``send_push_reply`` splits at
+        about 1 KiB so a client's control buffer takes each)."""
+        out: list[str] = []
+        current: list[str] = []
+        size = len("PUSH_REPLY") + len(",push-continuation 2")
+        for opt in self._push_options():
+            if current and size + 1 + len(opt) > PUSH_BUNDLE_SIZE:
+                out.append(",".join(["PUSH_REPLY", *current, "push-continuation 2"]))
+                current, size = [], len("PUSH_REPLY") + len(",push-continuation 2")
+            current.append(opt)
+            size += 1 + len(opt)
+        if out:
+            current.append("push-continuation 1")
+        out.append(",".join(["PUSH_REPLY", *current]))
+        return out
+
+    def _pool_key(self) -> str:
+        ident = self.common_name or self.username
+        if ident is None or self.options.duplicate_cn:
+            # no identity to keep an address for: a lease for this session only
+            return f"session:{self.session_id.hex()}"
+        return ident
+
+    def _send_push_reply(self, ks: _KeyState, now: float) -> None:
+        if self.address is None:
+            try:
+                self.address = str(self._shared.pool.assign(self._pool_key()))
+            except PoolExhausted as exc:
+                self._auth, self._auth_reason = "failed", "no free address"
+                log.warning("openvpn server: %s", exc)
+                self._auth_failed(ks, now)
+                return
+        try:
+            for text in self.push_reply_messages():
+                ks.tls.write(text.encode() + b"\0")
+        except SSL.Error as exc:
+            self._tls_failed(ks, exc, now)
+            return
+        if self._pushed:
+            return  # an answer to a retried PUSH_REQUEST: the key is already in use
+        self._pushed = True
+        if ks.data is not None:
+            self._primary = ks.data
+            ks.phase = _ACTIVE
+        self.state = "connected"
+        self._hand_deadline = None
+        self._reneg_at = now + self.options.reneg_sec
+        log.info("openvpn server: %s (%s) connected as %s, %s, keys by %s", self.peer,
+                 self.common_name, self.address, self.cipher, "TLS-EKM" if self.ekm else "PRF")
+        self._events.append(Connected(now, self.peer))
+
+    def _activate_pending(self, now: float) -> None:
+        """A renegotiated key whose message the client acked becomes the sending key."""
+        for ks in list(self._keys.values()):
+            if ks.phase != _KEYS_SENT or ks.data is None or not ks.sender.empty:
+                continue
+            if ks.key_id == 0 and not self._pushed:
+                continue
+            ks.phase = _ACTIVE
+            previous = self._primary
+            self._primary = ks.data
+            if previous is not None and previous.key_id != ks.key_id:
+                self._expiry[previous.key_id] = now + self.options.tran_window
+                self._reneg_at = now + self.options.reneg_sec
+                self.renegotiations += 1
+                log.info("openvpn server: %s renegotiated, now key_id %d", self.peer, ks.key_id)
+                self._events.append(Rekeyed(now, ks.key_id))
+
+    def _renegotiate(self, now: float) -> None:
+        key_id = self._current_key_id % 7 + 1
+        ks = self._new_key_state(key_id, now)
+        ks.sender.queue(P_CONTROL_SOFT_RESET_V1, b"")
+        self._reneg_at = now + max(self.options.reneg_sec, 10)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _end(self, reason: str, now: float) -> None:
+        if self.state == "closed":
+            return
+        log.info("openvpn server: %s disconnected: %s", self.peer, reason)
+        self.state = "closed"
+        self.last_error = reason
+        self._primary = None
+        if self.address is not None and self._pool_key().startswith("session:"):
+            self._shared.pool.release(self._pool_key())
+        self._events.append(Disconnected(now, reason, False))
+
+    def close(self, now: float) -> None:
+        """Ending the client from our side (restart, kill): tell it to reconnect."""
+        if self.state == "closed":
+            return
+        if self._primary is not None and self.options.proto == "udp":
+            self._send_data(occ_message(OCC_EXIT), now)
+        self._end("closed by the server", now)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def start(self, now: float) -> None:
+        """Nothing to do: a server session begins with the client's packets."""
+
+    def connection_made(self, now: float) -> None:
+        """A TCP session lives and dies with its one stream (see accept_stream)."""
+
+    @property
+    def last_heard(self) -> float | None:
+        """Loop time of the last authentic packet from the client (pings included)."""
+        return self._last_received if self.state == "connected" else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == "closed":
+            return
+        if self._close_at is not None and (now >= self._close_at or all(
+                k.sender.empty for k in self._keys.values())):
+            self._end(self.last_error or "authentication failed", now)
+            return
+        if self._hand_deadline is not None and now >= self._hand_deadline:
+            self._end(f"no TLS session with the client within {self.options.hand_window:g} s",
+                      now)
+            return
+        if self._ping_restart and self.state == "connected" \
+                and now - self._last_received >= self._ping_restart:
+            self._end(f"ping-restart: nothing from the client for {self._ping_restart} s", now)
+            return
+        for kid, at in list(self._expiry.items()):
+            if now >= at:
+                del self._expiry[kid]
+                if self._primary is None or self._primary.key_id != kid:
+                    self._data_keys.pop(kid, None)
+                    if kid != self._current_key_id:
+                        self._keys.pop(kid, None)
+        for ks in list(self._keys.values()):
+            if ks.phase not in (_ACTIVE,) and ks.key_id != 0 \
+                    and now - ks.created >= self.options.hand_window:
+                self._end(f"renegotiation (key_id {ks.key_id}) did not finish within "
+                          f"{self.options.hand_window:g} s", now)
+                return
+        if self.state == "connected":
+            if self._reneg_at is not None and now >= self._reneg_at and (
+                    self._primary is None or self._current_key_id == self._primary.key_id):
+                self._renegotiate(now)
+            if self._ping and now - self._last_sent >= self._ping:
+                self._send_data(PING_MAGIC, now)
+        self._flush(now)
+
+    def get_timer(self) -> float | None:
+        if self.state == "closed":
+            return None
+        times: list[float] = []
+        for ks in self._keys.values():
+            if ks.receiver.pending_acks:
+                return 0.0
+            t = ks.sender.next_due()
+            if t is not None:
+                times.append(t)
+        if self._close_at is not None:
+            if all(k.sender.empty for k in self._keys.values()):
+                return 0.0  # AUTH_FAILED was acknowledged: end now
+            times.append(self._close_at)
+        if self._hand_deadline is not None:
+            times.append(self._hand_deadline)
+        times.extend(self._expiry.values())
+        for ks in self._keys.values():
+            if ks.phase != _ACTIVE and ks.key_id != 0:
+                times.append(ks.created + self.options.hand_window)
+        if self.state == "connected":
+            if self._ping_restart:
+                times.append(self._last_received + self._ping_restart)
+            if self._reneg_at is not None:
+                times.append(self._reneg_at)
+            if self._ping:
+                times.append(self._last_sent + self._ping)
+        return min(times) if times else None
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def _send_data(self, payload: bytes, now: float) -> None:
+        dk = self._primary
+        if dk is None:
+            return
+        if self._comp is not None:
+            payload = self._comp.wrap(payload)
+        try:
+            self._out.append(dk.encrypt(payload))
+        except OverflowError:
+            self.drops["key_exhausted"] += 1
+            return
+        self._last_sent = now
+
+    def _control(self, ks: _KeyState, opcode: int, message_id: int | None,
+                 payload: bytes) -> bytes:
+        acks = ks.receiver.take_acks(ACKS_PER_PACKET) if self.remote_session_id else ()
+        pkt = ControlPacket(opcode, ks.key_id, self.session_id, acks,
+                            self.remote_session_id if acks else None, message_id, payload)
+        return self._wrapper.wrap(pkt.header(), pkt.body())
+
+    def _flush(self, now: float) -> None:
+        if self.state == "closed":
+            return
+        self._activate_pending(now)
+        for ks in list(self._keys.values()):
+            if ks.phase == _RESET and ks.peer_reset and ks.sender.empty:
+                self._advance(ks, now)
+            for mid, opcode, payload in ks.sender.due(now):
+                self._out.append(self._control(ks, opcode, mid, payload))
+                self._last_sent = now
+            while ks.receiver.pending_acks and self.remote_session_id is not None:
+                self._out.append(self._control(ks, P_ACK_V1, None, b""))
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return [(p, self.peer) for p in out]
+
+    def stream_to_send(self, now: float) -> list[bytes]:
+        out, self._out = self._out, []
+        return [struct.pack("!H", len(p)) + p for p in out]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        out, self._frames = self._frames, []
+        return out
+
+    def next_event(self) -> ServerEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def _options_string(self) -> str:
+        o = self.options
+        proto = "UDPv4" if o.proto == "udp" else "TCPv4_SERVER"
+        parts = ["V4", f"dev-type {'tap' if o.tap else 'tun'}", f"link-mtu {o.tun_mtu + 49}",
+                 f"tun-mtu {o.tun_mtu}", f"proto {proto}"]
+        if self.cipher:
+            parts.append(f"cipher {self.cipher}")
+        parts += ["auth [null-digest]", "keysize 256"]
+        if o.tls_auth is not None:
+            parts.append("tls-auth")
+        parts += ["key-method 2", "tls-server"]
+        return ",".join(parts)
+
+    def status(self, now: float) -> dict[str, Any]:
+        dk = self._primary
+        return {
+            "peer": None if self.peer is None else str(self.peer),
+            "state": self.state,
+            "established": self.state == "connected" and dk is not None,
+            "common_name": self.common_name,
+            "username": self.username,
+            "address": self.address,
+            "peer_id": self.peer_id,
+            "cipher": self.cipher,
+            "key_id": dk.key_id if dk else None,
+            "key_age": round(now - dk.created, 1) if dk else None,
+            "key_derivation": None if self.ekm is None else ("tls-ekm" if self.ekm else "prf"),
+            "renegotiations": self.renegotiations,
+            "error": self.last_error,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "drops": dict(self.drops),
+        }
+
+
+#: the adapter drives sessions through the Connection protocol (checked by mypy)
+_CONFORMS: type[Connection] = OpenVPNServerSession
+
+
+def _source_ip(addr: Addr) -> Any:
+    return addr[0] if isinstance(addr, tuple) and addr else addr
+
+
+class OpenVPNServer:
+    """The acceptor: which session a datagram belongs to, and when a new one may exist.
+
+    UDP: a datagram from a known address goes to its session; DATA_V2 from elsewhere goes
+    to the session its peer-id names (a float, if it decrypts); anything else passes the
+    :class:`~.gate.HandshakeGate` first, so no state exists for a source that did not
+    prove it receives. TCP: the adapter calls :meth:`accept_stream` per connection.
+    Events come out of :meth:`next_event` as (session, event).
+    """
+
+    def __init__(self, options: ServerOptions, wall_clock: float | None = None,
+                 cookie_key: bytes | None = None) -> None:
+        self.options = options
+        self._shared = _Shared(options, int(time.time() if wall_clock is None else wall_clock))
+        self.gate = HandshakeGate(self._shared.wrapper, hand_window=options.hand_window,
+                                  key=cookie_key)
+        self.sessions: dict[Any, OpenVPNServerSession] = {}
+        self.by_peer_id: dict[int, OpenVPNServerSession] = {}
+        self._next_peer_id = 0
+        self._gate_out: list[tuple[bytes, Addr]] = []
+        self._events: collections.deque[tuple[OpenVPNServerSession, ServerEvent]] = \
+            collections.deque()
+        self.drops: collections.Counter[str] = collections.Counter()
+
+    @property
+    def pool(self) -> AddressPool:
+        return self._shared.pool
+
+    @property
+    def server_address(self) -> str:
+        return str(self._shared.server_address)
+
+    def _key(self, addr: Addr) -> Any:
+        return addr[:2] if isinstance(addr, tuple) else addr
+
+    def _allocate_peer_id(self) -> int | None:
+        for _ in range(MAX_PEER_ID + 1):
+            pid = self._next_peer_id
+            self._next_peer_id = (pid + 1) % (MAX_PEER_ID + 1)
+            if pid not in self.by_peer_id:
+                return pid
+        return None
+
+    def _may_start(self, addr: Addr) -> str | None:
+        if len(self.sessions) >= self.options.max_clients:
+            return "max_clients"
+        ip = _source_ip(addr)
+        busy = sum(1 for k, s in self.sessions.items()
+                   if _source_ip(k) == ip and s.state != "connected")
+        if busy >= self.options.max_handshakes_per_source:
+            return "handshakes_per_source"
+        return None
+
+    def _new_session(self, addr: Addr, now: float,
+                     cookie: GateAccept | None) -> OpenVPNServerSession | None:
+        why = self._may_start(addr)
+        pid = self._allocate_peer_id() if why is None else None
+        if why is None and pid is None:
+            why = "no_peer_id"
+        if why is not None or pid is None:
+            self.drops[why or "no_peer_id"] += 1
+            return None
+        session = OpenVPNServerSession(self._shared, addr, pid, now, cookie)
+        self.sessions[self._key(addr)] = session
+        self.by_peer_id[pid] = session
+        return session
+
+    def receive_datagram(self, data: bytes, addr: Addr,
+                         now: float) -> OpenVPNServerSession | None:
+        """Hand a datagram to its session (returned) or to the gate (None)."""
+        if not data:
+            self.drops["empty"] += 1
+            return None
+        key = self._key(addr)
+        session = self.sessions.get(key)
+        opcode = split_opcode(data[0])[0]
+        if session is not None and not session.closed:
+            if opcode == P_CONTROL_HARD_RESET_CLIENT_V2 and len(data) >= 9 and \
+                    session.remote_session_id not in (None, bytes(data[1:9])):
+                pass  # a restarted client at the same address: the gate decides
+            elif opcode in (P_CONTROL_V1, P_ACK_V1) and len(data) >= 9 and \
+                    session.remote_session_id not in (None, bytes(data[1:9])):
+                pass  # its second packet with a cookie for the new session id
+            else:
+                session.receive_datagram(data, addr, now)
+                self._collect(session)
+                return session
+        if opcode == P_DATA_V2 and len(data) >= 4:
+            owner = self.by_peer_id.get(int.from_bytes(data[1:4], "big"))
+            if owner is None or owner.closed:
+                self.drops["unknown_peer_id"] += 1
+                return None
+            old = self._key(owner.peer)
+            owner.receive_datagram(data, addr, now)
+            if self._key(owner.peer) != old:
+                self.sessions.pop(old, None)
+                displaced = self.sessions.get(key)
+                if displaced is not None and displaced is not owner:
+                    displaced.close(now)
+                    self._collect(displaced)
+                self.sessions[key] = owner
+            self._collect(owner)
+            return owner
+        if opcode in DATA_OPCODES:
+            self.drops["no_session"] += 1
+            return None
+        verdict = self.gate.check(data, addr, now)
+        if isinstance(verdict, GateReply):
+            self._gate_out.append((verdict.packet, addr))
+            return None
+        if not isinstance(verdict, GateAccept):
+            return None
+        if session is not None and not session.closed:
+            session._end("client restarted (new session from its address)", now)
+            self._collect(session)
+            self._forget(session)
+        created = self._new_session(addr, now, verdict)
+        if created is None:
+            return None
+        created.receive_datagram(data, addr, now)
+        self._collect(created)
+        return created
+
+    def accept_stream(self, addr: Addr, now: float) -> OpenVPNServerSession | None:
+        """A new TCP connection: a session that expects the client's hard reset (TCP
+        proves the address by its own handshake, so there is no cookie)."""
+        return self._new_session(addr, now, None)
+
+    def _forget(self, session: OpenVPNServerSession) -> None:
+        key = self._key(session.peer)
+        if self.sessions.get(key) is session:
+            del self.sessions[key]
+        if self.by_peer_id.get(session.peer_id) is session:
+            del self.by_peer_id[session.peer_id]
+
+    def _collect(self, session: OpenVPNServerSession) -> None:
+        while (ev := session.next_event()) is not None:
+            if isinstance(ev, Connected) and not self.options.duplicate_cn:
+                self._kick_duplicates(session, ev.at)
+            self._events.append((session, ev))
+        if session.closed:
+            self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
+            self._forget(session)
+
+    def _kick_duplicates(self, session: OpenVPNServerSession, now: float) -> None:
+        """Without duplicate-cn a new client with an identity in use replaces the old."""
+        ident = session.common_name or session.username
+        if ident is None:
+            return
+        for other in list(self.sessions.values()):
+            if other is not session and not other.closed and \
+                    (other.common_name or other.username) == ident:
+                other.close(now)
+                self._collect(other)
+
+    def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
+                    reason: str = "") -> None:
+        session.auth_result(ok, now, reason)
+        self._collect(session)
+
+    def close_session(self, session: OpenVPNServerSession, now: float) -> None:
+        """End a client from our side (kill, shutdown): it is told to reconnect."""
+        session.close(now)
+        self._collect(session)
+
+    def handle_timer(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            t = session.get_timer()
+            if t is not None and t <= now:
+                session.handle_timer(now)
+            self._collect(session)  # also sweeps sessions closed directly
+
+    def get_timer(self) -> float | None:
+        times = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        return min(times) if times else None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out, self._gate_out = self._gate_out, []
+        for session in list(self.sessions.values()):
+            out += session.datagrams_to_send(now)
+        return out
+
+    def next_event(self) -> tuple[OpenVPNServerSession, ServerEvent] | None:
+        return self._events.popleft() if self._events else None
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "clients": [s.status(now) for s in self.sessions.values()],
+            "drops": dict(self.drops),
+            "gate": {"replies": self.gate.replies, "accepted": self.gate.accepted,
+                     "drops": dict(self.gate.drops)},
+        }
