@@ -1,22 +1,20 @@
 """The OpenVPN TLS client as a :class:`~tunconnector.proto.connection.Connection`.
 
-One session (our session id, the server's) holds up to a few key states, one per key_id:
-each has its own reliability layer and TLS session. Key state 0 starts with a hard reset,
-later ones with a soft reset sent by either side (``reneg-sec``). When a key state's key
-method exchange finishes, its data key becomes the one we send with; the previous key
-keeps decrypting for the transition window so nothing in flight is lost.
+Key states, the control channel and the data channel are session.py's; this module keeps
+the client's decisions. Key state 0 starts with a hard reset, later ones with a soft
+reset sent by either side (``reneg-sec``); a key state's data key becomes the one we send
+with as soon as the server's key-method message arrived.
 
 The first key additionally asks for the server's configuration (PUSH_REQUEST); the reply
 decides the cipher, the peer id and whether data keys come from TLS-EKM or the PRF, and
-becomes a :class:`ConfigAssigned` event, then :class:`Connected`.
+becomes a :class:`ConfigAssigned` event, then :class:`Connected`. A failed session
+restarts itself (UDP) after a backoff, from the next ``remote``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import secrets
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,54 +23,27 @@ from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
 from ..backoff import Backoff
-from ..connection import (
-    Addr,
-    ConfigAssigned,
-    Connected,
-    ConnectionEvent,
-    Disconnected,
-    Rekeyed,
-)
+from ..connection import Addr, ConfigAssigned, Connected, Disconnected
 from . import push as pushmod
-from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .common import OCC_EXIT, OCC_REQUEST, occ_message
 from .compress import Framing
 from .compress import from_option as compress_option
-from .datav2 import CIPHERS, DataKey, canonical_cipher
-from .keymethod import (
-    EKM_LABEL,
-    KEY_MATERIAL_LEN,
-    KeySource,
-    ServerKeyMessage,
-    client_message,
-    parse_server_message,
-    prf_key_material,
-    split_key_material,
-)
-from .mss import clamp as clamp_mss
+from .datav2 import CIPHERS, canonical_cipher
+from .keymethod import ServerKeyMessage, client_message, parse_server_message
 from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
-    P_ACK_V1,
     P_CONTROL_HARD_RESET_CLIENT_V2,
     P_CONTROL_HARD_RESET_SERVER_V2,
-    P_CONTROL_SOFT_RESET_V1,
-    P_CONTROL_V1,
-    ControlPacket,
-    parse_body,
-    parse_header,
     split_opcode,
 )
 from .pullfilter import filter_pushed
-from .reliable import ReliableReceiver, ReliableSender
+from .session import KEYS_SENT, KeyState, OpenVPNSession
 from .tls import TlsContext, TlsSession, TlsSettings
 from .tlsauth import TlsAuth, TlsCrypt, Wrapper
 
 log = logging.getLogger(__name__)
 
-#: TLS bytes per control packet: the whole packet stays under OpenVPN's 1250-byte tls-mtu
-CONTROL_CHUNK = 1100
-#: acks piggybacked or sent in one ACK_V1 (the receiver accepts up to 8)
-ACKS_PER_PACKET = 4
 #: IV_PROTO bits: DATA_V2 (1), request-push (2), TLS key-material export (3)
 IV_PROTO = (1 << 1) | (1 << 2) | (1 << 3)
 PUSH_RETRY = 2.0
@@ -126,34 +97,16 @@ class ClientOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# key-state phases
-_RESET, _TLS, _KEYS_SENT, _ACTIVE = "reset", "tls", "key-exchange", "active"
-
-
-class _KeyState:
-    def __init__(self, key_id: int, tls: TlsSession, reset_opcode: int, now: float,
-                 max_rto: float) -> None:
-        self.key_id = key_id
-        self.tls = tls
-        self.sender = ReliableSender(initial_rto=1.0, max_rto=max_rto)
-        self.receiver = ReliableReceiver()
-        self.sender.queue(reset_opcode, b"")
-        self.phase = _RESET
-        self.created = now
-        self.peer_reset = False
-        self.app_in = b""
-        self.local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32),
-                               secrets.token_bytes(48))
-        self.server: ServerKeyMessage | None = None
-        self.data: DataKey | None = None
-
-
-def _next_key_id(key_id: int) -> int:
-    return key_id % 7 + 1
-
-
-class OpenVPNClient:
+class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     """Sans-I/O OpenVPN TLS client for one server (see module docstring)."""
+
+    SIDE, PEER = "client", "server"
+    PEER_HARD_RESET = P_CONTROL_HARD_RESET_SERVER_V2
+    NO_INPUT = ("closed", "failed", "idle")
+    NO_OUTPUT = ("closed", "idle")
+    CONTROL_IS_LIFE = True
+
+    options: ClientOptions
 
     #: tells the UDP adapter to reconnect from a fresh source port (as openvpn's client
     #: does): a server may ignore a new session from an address it still tracks
@@ -169,22 +122,15 @@ class OpenVPNClient:
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             options.verify_x509_name, options.tls_version_min, options.tls_verify))
         self._epoch = int(time.time() if wall_clock is None else wall_clock)
-        self.drops: collections.Counter[str] = collections.Counter()
-        self._events: collections.deque[ConnectionEvent] = collections.deque()
-        self._frames: list[bytes] = []
-        self._out: list[bytes] = []
-        self._stream = bytearray()
+        # one wrapper for the connection's life: its packet ids keep rising across
+        # sessions, so a server that still remembers our address sees no replay
+        super().__init__(self._make_wrapper())
         self.state = "idle"
-        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
         self.reconnects = 0
         #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
         #: reconnects the stream and :meth:`connection_made` starts a new session)
         self._backoff = Backoff(base=1.0, cap=30.0)
-        # one wrapper for the connection's life: its packet ids keep rising across
-        # sessions, so a server that still remembers our address sees no replay
-        self._wrapper = self._make_wrapper()
         self._restart_at: float | None = None
-        self.last_error: str | None = None
         #: the server refused us for good (AUTH_FAILED, HALT, no common cipher)
         self.halted = False
         self._reset_session(0.0)
@@ -200,34 +146,20 @@ class OpenVPNClient:
         return Wrapper(self._epoch)
 
     def _reset_session(self, now: float) -> None:
+        self._new_session(now)
         #: the address the server's session answers from (learned from its reset)
         self._server_src: Addr = None
-        #: authenticated packets received (data, or control under tls-auth/tls-crypt)
-        self._authentic = 0
         self.session_id = secrets.token_bytes(8)
         self.remote_session_id: bytes | None = None
-        self._keys: dict[int, _KeyState] = {}
-        self._data_keys: dict[int, DataKey] = {}
-        self._expiry: dict[int, float] = {}
-        self._primary: DataKey | None = None
-        self._current_key_id = 0
         self._push: pushmod.PushReply | None = None
         self._push_partial: pushmod.PushReply | None = None
         self._push_next: float | None = None
-        self._ekm: bool | None = None
-        self._cipher: str | None = None
         self._peer_id: int | None = None
         self._ping = self.options.ping
         self._ping_restart = self.options.ping_restart
         self._comp = Framing(self.options.compress) if self.options.compress else None
-        self._mss = 0  # the MSS clamp once the data channel's overhead is known
-        self._last_sent = now
-        self._last_received = now
         self._started = now
-        self._reneg_at: float | None = None
         self._handshake_deadline: float | None = None
-        self._stream.clear()
-        self._reneg_count = 0
 
     def start(self, now: float) -> None:
         """(Re)connect: a fresh session (new session id) with a hard reset, key_id 0."""
@@ -240,7 +172,7 @@ class OpenVPNClient:
         if self.options.proto == "udp" and len(self._peers) > 1:
             self.peer = self._peers[self.reconnects % len(self._peers)]
         self._handshake_deadline = now + self.options.hand_window
-        self._new_key_state(0, P_CONTROL_HARD_RESET_CLIENT_V2, now)
+        self._new_key_state(0, now, P_CONTROL_HARD_RESET_CLIENT_V2)
         log.info("openvpn: connecting to %s (session %s)", self.peer, self.session_id.hex())
         self._flush(now)
 
@@ -264,15 +196,6 @@ class OpenVPNClient:
     def _tls_session(self) -> TlsSession:
         return self._tls_ctx.session()
 
-    def _new_key_state(self, key_id: int, opcode: int, now: float) -> _KeyState:
-        ks = _KeyState(key_id, self._tls_session(), opcode, now, self._max_rto())
-        old = self._keys.get(key_id)
-        if old is not None and old.data is not None:
-            self._data_keys.pop(key_id, None)
-        self._keys[key_id] = ks
-        self._current_key_id = key_id
-        return ks
-
     def _fail(self, reason: str, now: float, restart: bool = True) -> None:
         if self.state in ("closed", "failed"):
             return
@@ -284,6 +207,9 @@ class OpenVPNClient:
         if restart and self.options.proto == "udp":
             self._restart_at = now + self._backoff.next_delay()
         self._events.append(Disconnected(now, reason, restart))
+
+    def _broken(self, reason: str, now: float) -> None:
+        self._fail(reason, now)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -311,167 +237,42 @@ class OpenVPNClient:
             self._server_src = src  # where the server's session answers from
         self._flush(now)
 
-    def receive_stream(self, data: bytes, now: float) -> None:
-        if not data:
-            self._fail("server closed the TCP connection", now)
-            return
-        buf = self._stream
-        buf += data
-        while len(buf) >= 2:
-            (n,) = struct.unpack_from("!H", buf, 0)
-            if len(buf) < 2 + n:
-                break
-            packet = bytes(buf[2 : 2 + n])
-            del buf[: 2 + n]
-            self._receive_packet(packet, now)
-        self._flush(now)
-
-    def send_frames(self, frames: list[bytes], now: float) -> None:
-        if self._primary is None or self.state != "connected":
-            self.drops["no_key"] += len(frames)
-            return
-        mss, tap = self._mss, self.options.tap
-        for frame in frames:
-            self.bytes_out += len(frame)
-            self.packets_out += 1
-            self._send_data(clamp_mss(frame, mss, tap=tap) if mss else frame, now)
-
-    def _receive_packet(self, data: bytes, now: float) -> None:
-        if self.state in ("closed", "failed", "idle") or not data:
-            return
-        opcode, key_id = split_opcode(data[0])
-        try:
-            if opcode in DATA_OPCODES:
-                self._receive_data(key_id, data, now)
-            else:
-                self._receive_control(data, now)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-
-    def _receive_data(self, key_id: int, data: bytes, now: float) -> None:
-        dk = self._data_keys.get(key_id)
-        if dk is None:
-            raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
-        payload = dk.decrypt(data)
-        self._authentic += 1
-        if self._comp is not None:
-            payload = self._comp.unwrap(payload)
-        self._last_received = now
-        if is_ping(payload):
-            return
-        occ = occ_opcode(payload)
-        if occ is not None:
-            if occ == OCC_REQUEST:
-                self._send_data(occ_message(OCC_REPLY, self._options_string().encode() + b"\0"),
-                                now)
-            elif occ == OCC_EXIT:
-                self._fail("server sent explicit-exit-notify", now)
-            return
-        self.bytes_in += len(payload)
-        self.packets_in += 1
-        if self._mss:
-            payload = clamp_mss(payload, self._mss, tap=self.options.tap)
-        self._frames.append(payload)
-
-    def _receive_control(self, data: bytes, now: float) -> None:
-        opcode, key_id, sid = parse_header(data)
-        if opcode not in (P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_SOFT_RESET_V1,
-                          P_CONTROL_V1, P_ACK_V1):
-            raise RemoteProtocolError("bad_opcode", f"client got control opcode {opcode}")
-        if self.remote_session_id is not None and sid != self.remote_session_id:
-            raise RemoteProtocolError("bad_session", "control packet from another session")
-        body = self._wrapper.unwrap(data)
-        if type(self._wrapper) is not Wrapper:  # tls-auth / tls-crypt: authenticated
-            self._authentic += 1
-        pkt = parse_body(opcode, key_id, sid, body)
-        if pkt.acks and pkt.remote_session_id != self.session_id:
-            raise RemoteProtocolError("bad_session", "acks for another session")
-        if opcode == P_CONTROL_HARD_RESET_SERVER_V2:
-            if key_id != 0 or 0 not in self._keys:
-                raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
-            if self.remote_session_id is None:
-                self.remote_session_id = sid
-        elif self.remote_session_id is None:
-            raise RemoteProtocolError("no_session", "control packet before the server reset")
-        self._last_received = now
-        ks = self._keys.get(key_id)
-        if opcode == P_CONTROL_SOFT_RESET_V1 and (
-            ks is None or (ks.phase == _ACTIVE and key_id != self._current_key_id)
-        ):
-            # the server renegotiates: a new key state under its key_id
-            log.info("openvpn: server started renegotiation (key_id %d)", key_id)
-            ks = self._new_key_state(key_id, P_CONTROL_SOFT_RESET_V1, now)
-        if ks is None:
-            raise RemoteProtocolError("unknown_key", f"control for key_id {key_id}")
-        ks.sender.ack(pkt.acks)
-        if pkt.message_id is not None:
-            if not ks.receiver.receive(pkt.message_id, pkt.payload):
-                self.drops["control_window"] += 1
-            for payload in ks.receiver.pop_ready():
-                if not ks.peer_reset:
-                    ks.peer_reset = True  # message 0 is the reset itself
-                    continue
-                try:
-                    ks.tls.feed(payload)
-                except SSL.Error as exc:
-                    self._tls_failed(ks, exc, now)
-                    return
-        self._advance(ks, now)
+    def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
+        if key_id != 0 or 0 not in self._keys:
+            raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
+        if self.remote_session_id is None:
+            self.remote_session_id = sid
 
     # -- key state machine ---------------------------------------------------------------
 
-    def _tls_failed(self, ks: _KeyState, exc: Exception, now: float) -> None:
+    def _tls_failed(self, ks: KeyState[ServerKeyMessage], exc: Exception, now: float) -> None:
         reason = ks.tls.refusal or f"TLS failed: {exc}"
         self._fail(f"refused server: {reason}" if ks.tls.refusal else reason, now)
 
-    def _advance(self, ks: _KeyState, now: float) -> None:
-        if self.state in ("failed", "closed"):
-            return
-        if ks.phase == _RESET:
-            if not (ks.peer_reset and ks.sender.empty):
-                return
-            ks.phase = _TLS
-        try:
-            app = ks.tls.step()
-            if ks.tls.handshake_done and ks.phase == _TLS:
-                ks.tls.write(client_message(ks.local, self._options_string(),
-                                            self.options.username, self.options.password,
-                                            self._peer_info()))
-                ks.phase = _KEYS_SENT
-                if ks.key_id == 0:
-                    log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
-            ks.app_in += app
-            self._process_app(ks, now)
-            out = ks.tls.outgoing()
-        except SSL.Error as exc:
-            self._tls_failed(ks, exc, now)
-            return
-        for i in range(0, len(out), CONTROL_CHUNK):
-            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+    def _tls_established(self, ks: KeyState[ServerKeyMessage]) -> None:
+        ks.tls.write(client_message(ks.local, self._options_string(), self.options.username,
+                                    self.options.password, self._peer_info()))
+        ks.phase = KEYS_SENT
+        if ks.key_id == 0:
+            log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
 
-    def _process_app(self, ks: _KeyState, now: float) -> None:
-        if ks.server is None:
-            msg = parse_server_message(ks.app_in)
-            if msg is None:
-                return
-            ks.server = msg
-            ks.app_in = ks.app_in[msg.length :]
-            if ks.key_id == 0 and self._push is None:
-                self._send_push_request(ks, now)
-            else:
-                self._activate(ks, now)
-        while b"\0" in ks.app_in:
-            raw, _, ks.app_in = ks.app_in.partition(b"\0")
-            self._control_message(raw.decode(errors="replace"), now)
+    def _peer_key_message(self, ks: KeyState[ServerKeyMessage], now: float) -> bool:
+        msg = parse_server_message(ks.app_in)
+        if msg is None:
+            return False
+        ks.peer_key = msg
+        ks.app_in = ks.app_in[msg.length :]
+        if ks.key_id == 0 and self._push is None:
+            self._send_push_request(ks, now)
+        else:
+            self._activate(ks, now)
+        return True
 
-    def _send_push_request(self, ks: _KeyState, now: float) -> None:
+    def _send_push_request(self, ks: KeyState[ServerKeyMessage], now: float) -> None:
         ks.tls.write(b"PUSH_REQUEST\0")
         self._push_next = now + PUSH_RETRY
 
-    def _control_message(self, text: str, now: float) -> None:
-        text = text.strip()
-        if not text:
-            return
+    def _control_message(self, ks: KeyState[ServerKeyMessage], text: str, now: float) -> None:
         if text.startswith("PUSH_REPLY"):
             self._push_reply(text[len("PUSH_REPLY") :].lstrip(","), now)
         elif text.startswith("AUTH_FAILED"):
@@ -524,15 +325,15 @@ class OpenVPNClient:
             self._fail(f"server pushed an unsupported data cipher {reply.cipher!r} "
                        f"(supported: {', '.join(CIPHERS)})", now, restart=False)
             return
-        self._cipher = cipher
+        self.cipher = cipher
         self._peer_id = reply.peer_id
-        self._ekm = reply.key_derivation == "tls-ekm"
+        self.ekm = reply.key_derivation == "tls-ekm"
         if reply.ping is not None:
             self._ping = reply.ping
         if reply.ping_restart is not None:
             self._ping_restart = reply.ping_restart
         ks = self._keys.get(0)
-        if ks is None or ks.server is None:
+        if ks is None or ks.peer_key is None:
             self._fail("PUSH_REPLY before the key exchange", now)
             return
         if reply.ignored:
@@ -577,44 +378,19 @@ class OpenVPNClient:
         self._handshake_deadline = None
         self._reneg_at = now + self.options.reneg_sec
         log.info("openvpn: connected, %s, peer-id %s, keys by %s", cipher, reply.peer_id,
-                 "TLS-EKM" if self._ekm else "PRF")
+                 "TLS-EKM" if self.ekm else "PRF")
         self._events.append(Connected(now, self.peer))
         self._send_data(occ_message(OCC_REQUEST), now)
 
-    def _activate(self, ks: _KeyState, now: float) -> None:
-        if ks.server is None or self._cipher is None or self.remote_session_id is None:
+    def _activate(self, ks: KeyState[ServerKeyMessage], now: float) -> None:
+        dk = self._data_key(ks, self._peer_id, now)
+        if dk is None:
             return
-        if self._ekm:
-            try:
-                material = ks.tls.export(EKM_LABEL, KEY_MATERIAL_LEN)
-            except SSL.Error as exc:
-                self._fail(f"TLS key-material export failed: {exc}", now)
-                return
-        else:
-            material = prf_key_material(ks.local, ks.server.source, self.session_id,
-                                        self.remote_session_id)
-        c2s, s2c = split_key_material(material)
-        dk = DataKey(ks.key_id, self._cipher, c2s, s2c, self._peer_id, now, self.options.auth)
         ks.data = dk
-        ks.phase = _ACTIVE
-        previous = self._primary
         self._data_keys[ks.key_id] = dk
-        self._primary = dk
-        if previous is not None and previous.key_id != ks.key_id:
-            self._expiry[previous.key_id] = now + self.options.tran_window
-            self._reneg_at = now + self.options.reneg_sec
-            self._reneg_count += 1
-            log.info("openvpn: renegotiated, now key_id %d", ks.key_id)
-            self._events.append(Rekeyed(now, ks.key_id))
+        self._make_primary(ks, now)
         for kid in [k for k in self._keys if k != ks.key_id and k not in self._data_keys]:
             del self._keys[kid]
-
-    def _renegotiate(self, now: float) -> None:
-        key_id = _next_key_id(self._current_key_id)
-        log.info("openvpn: starting renegotiation (key_id %d)", key_id)
-        ks = self._new_key_state(key_id, P_CONTROL_SOFT_RESET_V1, now)
-        ks.peer_reset = False
-        self._reneg_at = now + max(self.options.reneg_sec, 10)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -631,34 +407,18 @@ class OpenVPNClient:
         if self._ping_restart and now - self._last_received >= self._ping_restart:
             self._fail(f"ping-restart: nothing from the server for {self._ping_restart} s", now)
             return
-        for kid, at in list(self._expiry.items()):
-            if now >= at:
-                del self._expiry[kid]
-                if self._primary is None or self._primary.key_id != kid:
-                    self._data_keys.pop(kid, None)
-                    ks = self._keys.get(kid)
-                    if ks is not None and ks.data is not None:
-                        del self._keys[kid]
+        self._expire_keys(now)
         if self._push_next is not None and now >= self._push_next and self._push is None:
             ks = self._keys.get(0)
-            if ks is not None and ks.server is not None:
+            if ks is not None and ks.peer_key is not None:
                 try:
                     self._send_push_request(ks, now)
                     out = ks.tls.outgoing()
                 except SSL.Error as exc:
                     self._tls_failed(ks, exc, now)
                     return
-                for i in range(0, len(out), CONTROL_CHUNK):
-                    ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
-        if self.state == "connected":
-            primary = self._primary
-            if (self._reneg_at is not None and now >= self._reneg_at) or (
-                primary is not None and primary.exhausted
-            ):
-                if self._current_key_id == (primary.key_id if primary else 0):
-                    self._renegotiate(now)
-            if self._ping and now - self._last_sent >= self._ping:
-                self._send_data(PING_MAGIC, now)
+                self._queue_tls(ks, out)
+        self._connected_timers(now)
         self._flush(now)
 
     def get_timer(self) -> float | None:
@@ -666,69 +426,20 @@ class OpenVPNClient:
             return self._restart_at
         if self.state in ("closed", "idle"):
             return None
-        times: list[float] = []
-        for ks in self._keys.values():
-            if ks.receiver.pending_acks:
-                return 0.0
-            t = ks.sender.next_due()
-            if t is not None:
-                times.append(t)
+        times = self._due_times()
+        if times is None:
+            return 0.0
         if self._handshake_deadline is not None:
             times.append(self._handshake_deadline)
         if self._ping_restart:
             times.append(self._last_received + self._ping_restart)
-        times.extend(self._expiry.values())
         if self._push_next is not None and self._push is None:
             times.append(self._push_next)
-        if self.state == "connected":
-            if self._reneg_at is not None:
-                times.append(self._reneg_at)
-            if self._ping:
-                times.append(self._last_sent + self._ping)
         return min(times) if times else None
 
-    # -- outputs -------------------------------------------------------------------------
-
-    def _send_data(self, payload: bytes, now: float) -> None:
-        dk = self._primary
-        if dk is None:
-            return
-        if self._comp is not None:
-            payload = self._comp.wrap(payload)
-        self._out.append(dk.encrypt(payload))
-        self._last_sent = now
-
-    def _control(self, ks: _KeyState, opcode: int, message_id: int | None,
-                  payload: bytes) -> bytes:
-        acks = ks.receiver.take_acks(ACKS_PER_PACKET) if self.remote_session_id else ()
-        pkt = ControlPacket(opcode, ks.key_id, self.session_id, acks,
-                            self.remote_session_id if acks else None, message_id, payload)
-        return self._wrapper.wrap(pkt.header(), pkt.body())
-
-    def _flush(self, now: float) -> None:
-        if self.state in ("closed", "idle"):
-            return
-        for ks in list(self._keys.values()):
-            for mid, opcode, payload in ks.sender.due(now):
-                self._out.append(self._control(ks, opcode, mid, payload))
-                self._last_sent = now
-            while ks.receiver.pending_acks and self.remote_session_id is not None:
-                self._out.append(self._control(ks, P_ACK_V1, None, b""))
-
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
-        out, self._out = self._out, []
-        return [(p, self.peer) for p in out]
-
-    def stream_to_send(self, now: float) -> list[bytes]:
-        out, self._out = self._out, []
-        return [struct.pack("!H", len(p)) + p for p in out]
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ConnectionEvent | None:
-        return self._events.popleft() if self._events else None
+    def _reneg_due(self, now: float) -> bool:
+        primary = self._primary
+        return super()._reneg_due(now) or (primary is not None and primary.exhausted)
 
     def _mss_clamp(self) -> int:
         o = self.options
@@ -736,25 +447,12 @@ class OpenVPNClient:
         return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
                          tap=o.tap, tcp=o.proto == "tcp",
                          ipv6_underlay=":" in host and not host.startswith("::ffff:"),
-                         cipher=self._cipher or "", auth=o.auth,
+                         cipher=self.cipher or "", auth=o.auth,
                          peer_id=self._peer_id is not None,
                          compress=self._comp.kind if self._comp else None,
                          tap_extra=o.tun_mtu_extra)
 
     # -- strings -------------------------------------------------------------------------
-
-    def _options_string(self) -> str:
-        o = self.options
-        proto = "UDPv4" if o.proto == "udp" else "TCPv4_CLIENT"
-        parts = ["V4", f"dev-type {'tap' if o.tap else 'tun'}", f"link-mtu {o.tun_mtu + 49}",
-                 f"tun-mtu {o.tun_mtu}", f"proto {proto}"]
-        if self._cipher:
-            parts.append(f"cipher {self._cipher}")
-        parts += ["auth [null-digest]", "keysize 256"]
-        if o.tls_auth is not None:
-            parts.append("tls-auth")
-        parts += ["key-method 2", "tls-client"]
-        return ",".join(parts)
 
     def _peer_info(self) -> str:
         ciphers = ":".join(c for c in self.options.data_ciphers if c in CIPHERS)
@@ -764,11 +462,6 @@ class OpenVPNClient:
         if self.options.compress:  # framing without compression, as openvpn announces it
             lines += ["IV_LZO_STUB=1", "IV_COMP_STUB=1", "IV_COMP_STUBv2=1"]
         return "\n".join(lines) + "\n"
-
-    @property
-    def last_heard(self) -> float | None:
-        """Loop time of the last authentic packet from the server (pings included)."""
-        return self._last_received if self.state == "connected" else None
 
     # -- status --------------------------------------------------------------------------
 
@@ -780,14 +473,14 @@ class OpenVPNClient:
             # what `tunconnector status` and the metrics read for every tunnel
             "established": self.state == "connected" and dk is not None,
             "session_age": round(now - dk.created, 1) if dk else None,
-            "rekeys": self._reneg_count,
+            "rekeys": self.renegotiations,
             "error": self.last_error,
-            "cipher": self._cipher,
+            "cipher": self.cipher,
             "key_id": dk.key_id if dk else None,
             "key_age": round(now - dk.created, 1) if dk else None,
-            "key_derivation": None if self._ekm is None else ("tls-ekm" if self._ekm else "prf"),
+            "key_derivation": None if self.ekm is None else ("tls-ekm" if self.ekm else "prf"),
             "peer_id": self._peer_id,
-            "renegotiations": self._reneg_count,
+            "renegotiations": self.renegotiations,
             "reconnects": self.reconnects,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,

@@ -1,8 +1,8 @@
 """The OpenVPN TLS server, sans I/O: one :class:`OpenVPNServerSession` per client and an
 :class:`OpenVPNServer` that decides which session a datagram belongs to.
 
-A session mirrors the client (client.py) from the other end: per key_id a key state with
-its reliability layer and a TLS server session; after the handshake it reads the
+A session mirrors the client (client.py) from the other end, on the same key states,
+control and data channel (session.py): after the TLS handshake it reads the
 client's key-method-2 message (credentials, peer-info), answers with its own, derives the
 data keys (TLS-EKM when the client offers it in IV_PROTO, else the PRF) with the cipher
 negotiated from the client's IV_CIPHERS against ``data-ciphers``, and answers
@@ -24,7 +24,6 @@ import collections
 import ipaddress
 import logging
 import secrets
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,45 +39,29 @@ from ..connection import (
     Connection,
     ConnectionEvent,
     Disconnected,
-    Rekeyed,
 )
 from ..pool import AddressPool, PoolExhausted
-from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .common import OCC_EXIT, occ_message
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
-from .datav2 import CIPHERS, DataKey, canonical_cipher
+from .datav2 import CIPHERS, canonical_cipher
 from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
-from .keymethod import (
-    EKM_LABEL,
-    KEY_MATERIAL_LEN,
-    ClientKeyMessage,
-    KeySource,
-    parse_client_message,
-    prf_key_material,
-    server_message,
-    split_key_material,
-)
+from .keymethod import ClientKeyMessage, parse_client_message, server_message
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
     P_CONTROL_HARD_RESET_CLIENT_V2,
     P_CONTROL_HARD_RESET_SERVER_V2,
-    P_CONTROL_SOFT_RESET_V1,
     P_CONTROL_V1,
     P_DATA_V2,
-    ControlPacket,
-    parse_body,
-    parse_header,
     split_opcode,
 )
-from .reliable import ReliableReceiver, ReliableSender
+from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession
 from .tls import TlsServerContext, TlsServerSettings, TlsSession
 from .tlsauth import TlsAuth, TlsCrypt, Wrapper
 
 log = logging.getLogger(__name__)
 
-CONTROL_CHUNK = 1100
-ACKS_PER_PACKET = 4
 #: IV_PROTO bits a client announces
 IV_PROTO_DATA_V2 = 1 << 1
 IV_PROTO_TLS_KEY_EXPORT = 1 << 3
@@ -184,25 +167,6 @@ def _iv_proto(peer_info: dict[str, str]) -> int:
         return 0
 
 
-# key-state phases
-_RESET, _TLS, _KEYS_SENT, _ACTIVE = "reset", "tls", "key-exchange", "active"
-
-
-class _KeyState:
-    def __init__(self, key_id: int, tls: TlsSession, now: float) -> None:
-        self.key_id = key_id
-        self.tls = tls
-        self.sender = ReliableSender(initial_rto=1.0, max_rto=4.0)
-        self.receiver = ReliableReceiver()
-        self.phase = _RESET
-        self.created = now
-        self.peer_reset = False
-        self.app_in = b""
-        self.local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32))
-        self.client: ClientKeyMessage | None = None
-        self.data: DataKey | None = None
-
-
 class _Shared:
     """What every session of one server shares: options, TLS context, pool, time base."""
 
@@ -246,8 +210,14 @@ class _Shared:
         return Wrapper(self.epoch)
 
 
-class OpenVPNServerSession:
+class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     """One client of the server (see module docstring). Created by :class:`OpenVPNServer`."""
+
+    SIDE, PEER = "server", "client"
+    PEER_HARD_RESET = P_CONTROL_HARD_RESET_CLIENT_V2
+    MAX_APP_IN = MAX_CONTROL_MESSAGE
+
+    options: ServerOptions
 
     def __init__(self, shared: _Shared, peer: Addr, peer_id: int, now: float,
                  cookie: GateAccept | None = None) -> None:
@@ -255,30 +225,13 @@ class OpenVPNServerSession:
         self.options = shared.options
         self.peer = peer
         self.peer_id = peer_id
-        self.drops: collections.Counter[str] = collections.Counter()
-        self._events: collections.deque[ServerEvent] = collections.deque()
-        self._frames: list[bytes] = []
-        self._out: list[bytes] = []
-        self._stream = bytearray()
-        #: data packets that decrypted (a float needs one)
-        self._authentic = 0
-        self._wrapper = shared.wrapper()
-        self._keys: dict[int, _KeyState] = {}
-        self._data_keys: dict[int, DataKey] = {}
-        self._expiry: dict[int, float] = {}
-        self._primary: DataKey | None = None
-        self._current_key_id = 0
+        super().__init__(shared.wrapper())
+        self._new_session(now)
         self.state = "handshake"
-        self.last_error: str | None = None
-        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
-        self.renegotiations = 0
         self.common_name: str | None = None
         self.username: str | None = None
         self.peer_info: dict[str, str] = {}
-        self.cipher: str | None = None
-        self.ekm: bool | None = None
         self.address: str | None = None
-        self._comp: Framing | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
@@ -288,10 +241,7 @@ class OpenVPNServerSession:
         ping, restart = self.options.keepalive or (0, 0)
         self._ping = ping
         self._ping_restart = 2 * restart
-        self._last_sent = now
-        self._last_received = now
         self._hand_deadline: float | None = now + self.options.hand_window
-        self._reneg_at: float | None = None
         ks = self._new_key_state(0, now)
         if cookie is not None:
             # the gate already exchanged both resets: message 0 each way is done
@@ -300,7 +250,7 @@ class OpenVPNServerSession:
             ks.receiver.skip(1)
             ks.sender.skip(1)
             ks.peer_reset = True
-            ks.phase = _TLS
+            ks.phase = TLS
             self._wrapper.skip_packet_ids(FIRST_SESSION_PACKET_ID - 1)
         else:
             self.session_id = secrets.token_bytes(8)
@@ -329,124 +279,39 @@ class OpenVPNServerSession:
             self._receive_packet(data, now)
         self._flush(now)
 
-    def receive_stream(self, data: bytes, now: float) -> None:
-        if not data:
-            self._end("client closed the TCP connection", now)
-            return
-        buf = self._stream
-        buf += data
-        while len(buf) >= 2:
-            (n,) = struct.unpack_from("!H", buf, 0)
-            if len(buf) < 2 + n:
-                break
-            packet = bytes(buf[2 : 2 + n])
-            del buf[: 2 + n]
-            self._receive_packet(packet, now)
-        self._flush(now)
-
-    def send_frames(self, frames: list[bytes], now: float) -> None:
-        if self._primary is None or self.state != "connected":
-            self.drops["no_key"] += len(frames)
-            return
-        for frame in frames:
-            self.bytes_out += len(frame)
-            self.packets_out += 1
-            self._send_data(frame, now)
-
-    def _receive_packet(self, data: bytes, now: float) -> None:
-        if self.state == "closed" or not data:
-            return
-        opcode, key_id = split_opcode(data[0])
-        try:
-            if opcode in DATA_OPCODES:
-                self._receive_data(key_id, data, now)
-            else:
-                self._receive_control(data, now)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-
-    def _receive_data(self, key_id: int, data: bytes, now: float) -> None:
-        dk = self._data_keys.get(key_id)
-        if dk is None or self._auth != "ok":
-            raise RemoteProtocolError("unknown_key", f"data for key_id {key_id}")
+    def _accept_data(self, data: bytes) -> None:
+        if self._auth != "ok":
+            raise RemoteProtocolError("unknown_key", "data before authentication")
         if data[0] >> 3 == P_DATA_V2 and len(data) >= 4 and \
                 int.from_bytes(data[1:4], "big") != self.peer_id:
             raise RemoteProtocolError("bad_peer_id", "data with another client's peer-id")
-        payload = dk.decrypt(data)
-        self._authentic += 1
-        self._last_received = now
-        if self._comp is not None:
-            payload = self._comp.unwrap(payload)
-        if is_ping(payload):
-            return
-        occ = occ_opcode(payload)
-        if occ is not None:
-            if occ == OCC_REQUEST:
-                self._send_data(occ_message(OCC_REPLY, self._options_string().encode() + b"\0"),
-                                now)
-            elif occ == OCC_EXIT:
-                self._end("client sent explicit-exit-notify", now)
-            return
-        self.bytes_in += len(payload)
-        self.packets_in += 1
-        self._frames.append(payload)
 
-    def _receive_control(self, data: bytes, now: float) -> None:
-        opcode, key_id, sid = parse_header(data)
-        if opcode not in (P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_SOFT_RESET_V1,
-                          P_CONTROL_V1, P_ACK_V1):
-            raise RemoteProtocolError("bad_opcode", f"server got control opcode {opcode}")
-        if self.remote_session_id is not None and sid != self.remote_session_id:
-            raise RemoteProtocolError("bad_session", "control packet from another session")
-        body = self._wrapper.unwrap(data)
-        pkt = parse_body(opcode, key_id, sid, body)
-        if pkt.acks and pkt.remote_session_id != self.session_id:
-            raise RemoteProtocolError("bad_session", "acks for another session")
-        if opcode == P_CONTROL_HARD_RESET_CLIENT_V2:
-            if key_id != 0:
-                raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
-            if self.remote_session_id is None:
-                self.remote_session_id = sid
-                self._keys[0].sender.queue(P_CONTROL_HARD_RESET_SERVER_V2, b"")
-        elif self.remote_session_id is None:
-            raise RemoteProtocolError("no_session", "control packet before the client reset")
-        ks = self._keys.get(key_id)
-        if opcode == P_CONTROL_SOFT_RESET_V1 and (
-            ks is None or (ks.phase == _ACTIVE and key_id != self._current_key_id)
-        ):
-            if self._auth != "ok":
-                raise RemoteProtocolError("unexpected_reset", "renegotiation before auth")
-            log.info("openvpn server: %s renegotiates (key_id %d)", self.peer, key_id)
-            ks = self._new_key_state(key_id, now)
-            ks.sender.queue(P_CONTROL_SOFT_RESET_V1, b"")
-        if ks is None:
-            raise RemoteProtocolError("unknown_key", f"control for key_id {key_id}")
-        ks.sender.ack(pkt.acks)
-        if pkt.message_id is not None:
-            if not ks.receiver.receive(pkt.message_id, pkt.payload):
-                self.drops["control_window"] += 1
-            for payload in ks.receiver.pop_ready():
-                if not ks.peer_reset:
-                    ks.peer_reset = True  # message 0 is the reset itself
-                    continue
-                try:
-                    ks.tls.feed(payload)
-                except SSL.Error as exc:
-                    self._tls_failed(ks, exc, now)
-                    return
-        self._advance(ks, now)
+    def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
+        if key_id != 0:
+            raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
+        if self.remote_session_id is None:
+            self.remote_session_id = sid
+            self._keys[0].sender.queue(P_CONTROL_HARD_RESET_SERVER_V2, b"")
+
+    def _peer_renegotiates(self, key_id: int, now: float) -> KeyState[ClientKeyMessage]:
+        if self._auth != "ok":
+            raise RemoteProtocolError("unexpected_reset", "renegotiation before auth")
+        return super()._peer_renegotiates(key_id, now)
 
     # -- key state machine ---------------------------------------------------------------
 
-    def _new_key_state(self, key_id: int, now: float) -> _KeyState:
-        ks = _KeyState(key_id, self._shared.tls.session(), now)
-        if key_id in self._keys:
-            self._data_keys.pop(key_id, None)
-        self._keys[key_id] = ks
-        self._current_key_id = key_id
-        return ks
+    @property
+    def _who(self) -> str:
+        return f"openvpn server: {self.peer}"
 
-    def _tls_failed(self, ks: _KeyState, exc: Exception, now: float) -> None:
+    def _tls_session(self) -> TlsSession:
+        return self._shared.tls.session()
+
+    def _broken(self, reason: str, now: float) -> None:
+        self._end(reason, now)
+
+    def _tls_failed(self, ks: KeyState[ClientKeyMessage], exc: Exception,
+                    now: float) -> None:
         reason = ks.tls.refusal
         if reason is None and "peer did not return a certificate" in str(exc):
             reason = "the client sent no certificate (verify-client-cert require)"
@@ -456,53 +321,28 @@ class OpenVPNServerSession:
         except SSL.Error:
             alert = b""
         if alert and self.remote_session_id is not None:
-            for i in range(0, len(alert), CONTROL_CHUNK):
-                ks.sender.queue(P_CONTROL_V1, alert[i : i + CONTROL_CHUNK])
-            for mid, opcode, payload in ks.sender.due(now):
-                self._out.append(self._control(ks, opcode, mid, payload))
+            self._queue_tls(ks, alert)
+            self._send_due(ks, now)
         self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now)
 
-    def _advance(self, ks: _KeyState, now: float) -> None:
-        if self.state == "closed":
-            return
-        if ks.phase == _RESET:
-            if not (ks.peer_reset and ks.sender.empty):
-                return
-            ks.phase = _TLS
-        try:
-            app = ks.tls.step() if ks.phase != _RESET else b""
-            if ks.tls.handshake_done and ks.phase == _TLS and ks.key_id == 0 \
-                    and self.common_name is None:
-                self.common_name = ks.tls.peer_common_name()
-            ks.app_in += app
-            self._process_app(ks, now)
-            out = ks.tls.outgoing()
-        except SSL.Error as exc:
-            self._tls_failed(ks, exc, now)
-            return
-        except RemoteProtocolError as exc:
-            # inside TLS, so from the client itself: its stream is unusable from here on
-            self._end(f"bad control-channel message from the client: {exc}", now)
-            return
-        for i in range(0, len(out), CONTROL_CHUNK):
-            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+    def _tls_established(self, ks: KeyState[ClientKeyMessage]) -> None:
+        if ks.key_id == 0 and self.common_name is None:
+            self.common_name = ks.tls.peer_common_name()
 
-    def _process_app(self, ks: _KeyState, now: float) -> None:
-        if ks.client is None:
-            msg = parse_client_message(ks.app_in)
-            if msg is None:
-                return
-            ks.client = msg
-            ks.app_in = ks.app_in[msg.length :]
-            if not self._client_key(ks, msg, now):
-                return
-        while b"\0" in ks.app_in:
-            raw, _, ks.app_in = ks.app_in.partition(b"\0")
-            self._control_message(ks, raw.decode(errors="replace").strip(), now)
-        if len(ks.app_in) > MAX_CONTROL_MESSAGE:
-            raise RemoteProtocolError("oversize", "control message without an end")
+    def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
+        # inside TLS, so from the client itself: its stream is unusable from here on
+        self._end(f"bad control-channel message from the client: {exc}", now)
 
-    def _client_key(self, ks: _KeyState, msg: ClientKeyMessage, now: float) -> bool:
+    def _peer_key_message(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        msg = parse_client_message(ks.app_in)
+        if msg is None:
+            return False
+        ks.peer_key = msg
+        ks.app_in = ks.app_in[msg.length :]
+        return self._client_key(ks, msg, now)
+
+    def _client_key(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
+                    now: float) -> bool:
         """The client's key message arrived: identity, cipher, our answer, data keys."""
         cn = ks.tls.peer_common_name()
         if ks.key_id == 0 and self._auth is None:
@@ -543,7 +383,7 @@ class OpenVPNServerSession:
                 self._end("user name changed on renegotiation", now)
                 return False
         ks.tls.write(server_message(ks.local, self._options_string()))
-        ks.phase = _KEYS_SENT
+        ks.phase = KEYS_SENT
         if self._auth == "failed":
             self._auth_failed(ks, now)
             return False
@@ -564,27 +404,14 @@ class OpenVPNServerSession:
         self._comp_push = {"lzo": "comp-lzo no", "stub": "compress stub",
                            "stub-v2": "compress stub-v2"}[kind]
 
-    def _derive(self, ks: _KeyState, now: float) -> None:
-        if ks.client is None or self.cipher is None or self.remote_session_id is None:
-            return
-        try:
-            if self.ekm:
-                material = ks.tls.export(EKM_LABEL, KEY_MATERIAL_LEN)
-            else:
-                material = prf_key_material(ks.client.source, ks.local,
-                                            self.remote_session_id, self.session_id)
-        except SSL.Error as exc:
-            self._end(f"TLS key-material export failed: {exc}", now)
-            return
-        c2s, s2c = split_key_material(material)
+    def _derive(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
         data_v2 = bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2)
-        ks.data = DataKey(ks.key_id, self.cipher, s2c, c2s, self.peer_id if data_v2 else None,
-                          now, self.options.auth)
-        self._data_keys[ks.key_id] = ks.data  # receive with it at once
+        dk = self._data_key(ks, self.peer_id if data_v2 else None, now)
+        if dk is not None:
+            ks.data = dk
+            self._data_keys[ks.key_id] = dk  # receive with it at once
 
-    def _control_message(self, ks: _KeyState, text: str, now: float) -> None:
-        if not text:
-            return
+    def _control_message(self, ks: KeyState[ClientKeyMessage], text: str, now: float) -> None:
         if text.startswith("PUSH_REQUEST"):
             self._push_requested = True
             if self._auth == "ok":
@@ -616,19 +443,17 @@ class OpenVPNServerSession:
                 except SSL.Error as exc:
                     self._tls_failed(ks, exc, now)
                     return
-                for i in range(0, len(out), CONTROL_CHUNK):
-                    ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+                self._queue_tls(ks, out)
         self._flush(now)
 
-    def _auth_failed(self, ks: _KeyState, now: float) -> None:
+    def _auth_failed(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
         text = "AUTH_FAILED" + (f",{self._auth_reason}" if self._auth_reason else "")
         try:
             ks.tls.write(text.encode() + b"\0")
             out = ks.tls.outgoing()
         except SSL.Error:
             out = b""
-        for i in range(0, len(out), CONTROL_CHUNK):
-            ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
+        self._queue_tls(ks, out)
         if self._close_at is None:
             log.warning("openvpn server: %s refused: %s", self.peer,
                         self._auth_reason or "authentication failed")
@@ -677,7 +502,7 @@ class OpenVPNServerSession:
             return f"session:{self.session_id.hex()}"
         return ident
 
-    def _send_push_reply(self, ks: _KeyState, now: float) -> None:
+    def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
         if self.address is None:
             try:
                 self.address = str(self._shared.pool.assign(self._pool_key()))
@@ -696,8 +521,7 @@ class OpenVPNServerSession:
             return  # an answer to a retried PUSH_REQUEST: the key is already in use
         self._pushed = True
         if ks.data is not None:
-            self._primary = ks.data
-            ks.phase = _ACTIVE
+            self._make_primary(ks, now)
         self.state = "connected"
         self._hand_deadline = None
         self._reneg_at = now + self.options.reneg_sec
@@ -705,28 +529,15 @@ class OpenVPNServerSession:
                  self.common_name, self.address, self.cipher, "TLS-EKM" if self.ekm else "PRF")
         self._events.append(Connected(now, self.peer))
 
-    def _activate_pending(self, now: float) -> None:
+    def _before_flush(self, now: float) -> None:
         """A renegotiated key whose message the client acked becomes the sending key."""
         for ks in list(self._keys.values()):
-            if ks.phase != _KEYS_SENT or ks.data is None or not ks.sender.empty:
-                continue
-            if ks.key_id == 0 and not self._pushed:
-                continue
-            ks.phase = _ACTIVE
-            previous = self._primary
-            self._primary = ks.data
-            if previous is not None and previous.key_id != ks.key_id:
-                self._expiry[previous.key_id] = now + self.options.tran_window
-                self._reneg_at = now + self.options.reneg_sec
-                self.renegotiations += 1
-                log.info("openvpn server: %s renegotiated, now key_id %d", self.peer, ks.key_id)
-                self._events.append(Rekeyed(now, ks.key_id))
-
-    def _renegotiate(self, now: float) -> None:
-        key_id = self._current_key_id % 7 + 1
-        ks = self._new_key_state(key_id, now)
-        ks.sender.queue(P_CONTROL_SOFT_RESET_V1, b"")
-        self._reneg_at = now + max(self.options.reneg_sec, 10)
+            if ks.phase == KEYS_SENT and ks.data is not None and ks.sender.empty and (
+                    ks.key_id != 0 or self._pushed):
+                self._make_primary(ks, now)
+        for ks in list(self._keys.values()):
+            if ks.phase == RESET and ks.peer_reset and ks.sender.empty:
+                self._advance(ks, now)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -759,11 +570,6 @@ class OpenVPNServerSession:
     def connection_made(self, now: float) -> None:
         """A TCP session lives and dies with its one stream (see accept_stream)."""
 
-    @property
-    def last_heard(self) -> float | None:
-        """Loop time of the last authentic packet from the client (pings included)."""
-        return self._last_received if self.state == "connected" else None
-
     def handle_timer(self, now: float) -> None:
         if self.state == "closed":
             return
@@ -779,118 +585,34 @@ class OpenVPNServerSession:
                 and now - self._last_received >= self._ping_restart:
             self._end(f"ping-restart: nothing from the client for {self._ping_restart} s", now)
             return
-        for kid, at in list(self._expiry.items()):
-            if now >= at:
-                del self._expiry[kid]
-                if self._primary is None or self._primary.key_id != kid:
-                    self._data_keys.pop(kid, None)
-                    if kid != self._current_key_id:
-                        self._keys.pop(kid, None)
+        self._expire_keys(now)
         for ks in list(self._keys.values()):
-            if ks.phase not in (_ACTIVE,) and ks.key_id != 0 \
+            if ks.phase != ACTIVE and ks.key_id != 0 \
                     and now - ks.created >= self.options.hand_window:
                 self._end(f"renegotiation (key_id {ks.key_id}) did not finish within "
                           f"{self.options.hand_window:g} s", now)
                 return
-        if self.state == "connected":
-            if self._reneg_at is not None and now >= self._reneg_at and (
-                    self._primary is None or self._current_key_id == self._primary.key_id):
-                self._renegotiate(now)
-            if self._ping and now - self._last_sent >= self._ping:
-                self._send_data(PING_MAGIC, now)
+        self._connected_timers(now)
         self._flush(now)
 
     def get_timer(self) -> float | None:
         if self.state == "closed":
             return None
-        times: list[float] = []
-        for ks in self._keys.values():
-            if ks.receiver.pending_acks:
-                return 0.0
-            t = ks.sender.next_due()
-            if t is not None:
-                times.append(t)
+        times = self._due_times()
+        if times is None:
+            return 0.0
         if self._close_at is not None:
             if all(k.sender.empty for k in self._keys.values()):
                 return 0.0  # AUTH_FAILED was acknowledged: end now
             times.append(self._close_at)
         if self._hand_deadline is not None:
             times.append(self._hand_deadline)
-        times.extend(self._expiry.values())
         for ks in self._keys.values():
-            if ks.phase != _ACTIVE and ks.key_id != 0:
+            if ks.phase != ACTIVE and ks.key_id != 0:
                 times.append(ks.created + self.options.hand_window)
-        if self.state == "connected":
-            if self._ping_restart:
-                times.append(self._last_received + self._ping_restart)
-            if self._reneg_at is not None:
-                times.append(self._reneg_at)
-            if self._ping:
-                times.append(self._last_sent + self._ping)
+        if self.state == "connected" and self._ping_restart:
+            times.append(self._last_received + self._ping_restart)
         return min(times) if times else None
-
-    # -- outputs -------------------------------------------------------------------------
-
-    def _send_data(self, payload: bytes, now: float) -> None:
-        dk = self._primary
-        if dk is None:
-            return
-        if self._comp is not None:
-            payload = self._comp.wrap(payload)
-        try:
-            self._out.append(dk.encrypt(payload))
-        except OverflowError:
-            self.drops["key_exhausted"] += 1
-            return
-        self._last_sent = now
-
-    def _control(self, ks: _KeyState, opcode: int, message_id: int | None,
-                 payload: bytes) -> bytes:
-        acks = ks.receiver.take_acks(ACKS_PER_PACKET) if self.remote_session_id else ()
-        pkt = ControlPacket(opcode, ks.key_id, self.session_id, acks,
-                            self.remote_session_id if acks else None, message_id, payload)
-        return self._wrapper.wrap(pkt.header(), pkt.body())
-
-    def _flush(self, now: float) -> None:
-        if self.state == "closed":
-            return
-        self._activate_pending(now)
-        for ks in list(self._keys.values()):
-            if ks.phase == _RESET and ks.peer_reset and ks.sender.empty:
-                self._advance(ks, now)
-            for mid, opcode, payload in ks.sender.due(now):
-                self._out.append(self._control(ks, opcode, mid, payload))
-                self._last_sent = now
-            while ks.receiver.pending_acks and self.remote_session_id is not None:
-                self._out.append(self._control(ks, P_ACK_V1, None, b""))
-
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
-        out, self._out = self._out, []
-        return [(p, self.peer) for p in out]
-
-    def stream_to_send(self, now: float) -> list[bytes]:
-        out, self._out = self._out, []
-        return [struct.pack("!H", len(p)) + p for p in out]
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ServerEvent | None:
-        return self._events.popleft() if self._events else None
-
-    def _options_string(self) -> str:
-        o = self.options
-        proto = "UDPv4" if o.proto == "udp" else "TCPv4_SERVER"
-        parts = ["V4", f"dev-type {'tap' if o.tap else 'tun'}", f"link-mtu {o.tun_mtu + 49}",
-                 f"tun-mtu {o.tun_mtu}", f"proto {proto}"]
-        if self.cipher:
-            parts.append(f"cipher {self.cipher}")
-        parts += ["auth [null-digest]", "keysize 256"]
-        if o.tls_auth is not None:
-            parts.append("tls-auth")
-        parts += ["key-method 2", "tls-server"]
-        return ",".join(parts)
 
     def status(self, now: float) -> dict[str, Any]:
         dk = self._primary
