@@ -221,13 +221,9 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             # else counts only if it authenticates (data, or control under tls-auth or
             # tls-crypt): an authenticated float. A stranger that knows the session id
             # must not feed our TLS session.
-            if not data or (split_opcode(data[0])[0] not in DATA_OPCODES
-                            and type(self._wrapper) is Wrapper):
-                self.drops["unknown_peer"] += 1
-                return
-            before = self._authentic
-            self._receive_packet(data, now)
-            if self._authentic != before:
+            allowed = bool(data) and (split_opcode(data[0])[0] in DATA_OPCODES
+                                      or type(self._wrapper) is not Wrapper)
+            if self._receive_elsewhere(data, now, allowed):
                 log.info("openvpn: the server now answers from %s (was %s)", src, known)
                 self._server_src = src
             self._flush(now)
@@ -256,12 +252,11 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         if ks.key_id == 0:
             log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
 
-    def _peer_key_message(self, ks: KeyState[ServerKeyMessage], now: float) -> bool:
-        msg = parse_server_message(ks.app_in)
-        if msg is None:
-            return False
-        ks.peer_key = msg
-        ks.app_in = ks.app_in[msg.length :]
+    def _parse_peer_key(self, data: bytes) -> ServerKeyMessage | None:
+        return parse_server_message(data)
+
+    def _peer_key_arrived(self, ks: KeyState[ServerKeyMessage], msg: ServerKeyMessage,
+                          now: float) -> bool:
         if ks.key_id == 0 and self._push is None:
             self._send_push_request(ks, now)
         else:
@@ -413,29 +408,28 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             if ks is not None and ks.peer_key is not None:
                 try:
                     self._send_push_request(ks, now)
-                    out = ks.tls.outgoing()
                 except SSL.Error as exc:
                     self._tls_failed(ks, exc, now)
                     return
-                self._queue_tls(ks, out)
+                if not self._send_tls(ks, now):
+                    return
         self._connected_timers(now)
         self._flush(now)
 
     def get_timer(self) -> float | None:
         if self.state == "failed":
             return self._restart_at
-        if self.state in ("closed", "idle"):
-            return None
-        times = self._due_times()
-        if times is None:
-            return 0.0
+        return super().get_timer()
+
+    def _side_times(self) -> list[float] | None:
+        times: list[float] = []
         if self._handshake_deadline is not None:
             times.append(self._handshake_deadline)
         if self._ping_restart:
             times.append(self._last_received + self._ping_restart)
         if self._push_next is not None and self._push is None:
             times.append(self._push_next)
-        return min(times) if times else None
+        return times
 
     def _reneg_due(self, now: float) -> bool:
         primary = self._primary
@@ -475,17 +469,10 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             "session_age": round(now - dk.created, 1) if dk else None,
             "rekeys": self.renegotiations,
             "error": self.last_error,
-            "cipher": self.cipher,
-            "key_id": dk.key_id if dk else None,
-            "key_age": round(now - dk.created, 1) if dk else None,
-            "key_derivation": None if self.ekm is None else ("tls-ekm" if self.ekm else "prf"),
+            **self._key_status(now),
             "peer_id": self._peer_id,
             "renegotiations": self.renegotiations,
             "reconnects": self.reconnects,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "packets_in": self.packets_in,
-            "packets_out": self.packets_out,
-            "drops": dict(self.drops),
+            **self._counters(),
             "addresses": list(self._push.addresses(self.options.tap)) if self._push else [],
         }

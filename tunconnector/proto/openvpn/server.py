@@ -266,12 +266,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if src != here:
             # only data that authenticates may move the client (openvpn floats on data
             # with the peer-id, after decryption)
-            if split_opcode(data[0])[0] not in DATA_OPCODES:
-                self.drops["unknown_peer"] += 1
-                return
-            before = self._authentic
-            self._receive_packet(data, now)
-            if self._authentic != before and self.state != "closed":
+            allowed = split_opcode(data[0])[0] in DATA_OPCODES
+            if self._receive_elsewhere(data, now, allowed) and self.state != "closed":
                 log.info("openvpn server: client %s moved to %s", self.peer, addr)
                 self.peer = addr
                 self._events.append(AddressChanged(now, addr))
@@ -333,16 +329,11 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         # inside TLS, so from the client itself: its stream is unusable from here on
         self._end(f"bad control-channel message from the client: {exc}", now)
 
-    def _peer_key_message(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
-        msg = parse_client_message(ks.app_in)
-        if msg is None:
-            return False
-        ks.peer_key = msg
-        ks.app_in = ks.app_in[msg.length :]
-        return self._client_key(ks, msg, now)
+    def _parse_peer_key(self, data: bytes) -> ClientKeyMessage | None:
+        return parse_client_message(data)
 
-    def _client_key(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
-                    now: float) -> bool:
+    def _peer_key_arrived(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
+                          now: float) -> bool:
         """The client's key message arrived: identity, cipher, our answer, data keys."""
         cn = ks.tls.peer_common_name()
         if ks.key_id == 0 and self._auth is None:
@@ -438,12 +429,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self.state = "handshake"
             if self._push_requested:
                 self._send_push_reply(ks, now)
-                try:  # the reply leaves now, not with the client's next PUSH_REQUEST
-                    out = ks.tls.outgoing()
-                except SSL.Error as exc:
-                    self._tls_failed(ks, exc, now)
+                # the reply leaves now, not with the client's next PUSH_REQUEST
+                if not self._send_tls(ks, now):
                     return
-                self._queue_tls(ks, out)
         self._flush(now)
 
     def _auth_failed(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
@@ -595,15 +583,11 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._connected_timers(now)
         self._flush(now)
 
-    def get_timer(self) -> float | None:
-        if self.state == "closed":
-            return None
-        times = self._due_times()
-        if times is None:
-            return 0.0
+    def _side_times(self) -> list[float] | None:
+        times: list[float] = []
         if self._close_at is not None:
             if all(k.sender.empty for k in self._keys.values()):
-                return 0.0  # AUTH_FAILED was acknowledged: end now
+                return None  # AUTH_FAILED was acknowledged: end now
             times.append(self._close_at)
         if self._hand_deadline is not None:
             times.append(self._hand_deadline)
@@ -612,7 +596,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 times.append(ks.created + self.options.hand_window)
         if self.state == "connected" and self._ping_restart:
             times.append(self._last_received + self._ping_restart)
-        return min(times) if times else None
+        return times
 
     def status(self, now: float) -> dict[str, Any]:
         dk = self._primary
@@ -624,17 +608,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             "username": self.username,
             "address": self.address,
             "peer_id": self.peer_id,
-            "cipher": self.cipher,
-            "key_id": dk.key_id if dk else None,
-            "key_age": round(now - dk.created, 1) if dk else None,
-            "key_derivation": None if self.ekm is None else ("tls-ekm" if self.ekm else "prf"),
+            **self._key_status(now),
             "renegotiations": self.renegotiations,
             "error": self.last_error,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "packets_in": self.packets_in,
-            "packets_out": self.packets_out,
-            "drops": dict(self.drops),
+            **self._counters(),
         }
 
 

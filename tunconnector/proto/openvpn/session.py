@@ -19,7 +19,7 @@ import collections
 import logging
 import secrets
 import struct
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from OpenSSL import SSL
 
@@ -186,8 +186,12 @@ class OpenVPNSession(Generic[M]):
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         raise exc
 
-    def _peer_key_message(self, ks: KeyState[M], now: float) -> bool:
-        """Parse the peer's key-method message from ``ks.app_in``; False: not (yet) on."""
+    def _parse_peer_key(self, data: bytes) -> M | None:
+        """The peer's key-method message at the start of ``data``, None if incomplete."""
+        raise NotImplementedError
+
+    def _peer_key_arrived(self, ks: KeyState[M], msg: M, now: float) -> bool:
+        """Act on the peer's key-method message; False: read no control message yet."""
         raise NotImplementedError
 
     def _control_message(self, ks: KeyState[M], text: str, now: float) -> None:
@@ -359,8 +363,14 @@ class OpenVPNSession(Generic[M]):
         self._queue_tls(ks, out)
 
     def _process_app(self, ks: KeyState[M], now: float) -> None:
-        if ks.peer_key is None and not self._peer_key_message(ks, now):
-            return
+        if ks.peer_key is None:
+            msg = self._parse_peer_key(ks.app_in)
+            if msg is None:
+                return
+            ks.peer_key = msg
+            ks.app_in = ks.app_in[msg.length :]
+            if not self._peer_key_arrived(ks, msg, now):
+                return
         while b"\0" in ks.app_in:
             raw, _, ks.app_in = ks.app_in.partition(b"\0")
             text = raw.decode(errors="replace").strip()
@@ -373,10 +383,10 @@ class OpenVPNSession(Generic[M]):
         for i in range(0, len(out), CONTROL_CHUNK):
             ks.sender.queue(P_CONTROL_V1, out[i : i + CONTROL_CHUNK])
 
-    def _write_control(self, ks: KeyState[M], text: str, now: float) -> bool:
-        """Send one control-channel message now; False if TLS failed (session ended)."""
+    def _send_tls(self, ks: KeyState[M], now: float) -> bool:
+        """Queue what TLS has to send now (outside a packet's processing); False if TLS
+        failed."""
         try:
-            ks.tls.write(text.encode() + b"\0")
             out = ks.tls.outgoing()
         except SSL.Error as exc:
             self._tls_failed(ks, exc, now)
@@ -437,24 +447,43 @@ class OpenVPNSession(Generic[M]):
         if self._ping and now - self._last_sent >= self._ping:
             self._send_data(PING_MAGIC, now)
 
-    def _due_times(self) -> list[float] | None:
-        """When the key states and the data channel need a timer; None: at once (acks)."""
+    def _side_times(self) -> list[float] | None:
+        """The side's own deadlines; None: at once."""
+        return []
+
+    def get_timer(self) -> float | None:
+        if self.state in self.NO_OUTPUT:
+            return None
         times: list[float] = []
         for ks in self._keys.values():
             if ks.receiver.pending_acks:
-                return None
+                return 0.0
             t = ks.sender.next_due()
             if t is not None:
                 times.append(t)
+        side = self._side_times()
+        if side is None:
+            return 0.0
+        times += side
         times.extend(self._expiry.values())
         if self.state == "connected":
             if self._reneg_at is not None:
                 times.append(self._reneg_at)
             if self._ping:
                 times.append(self._last_sent + self._ping)
-        return times
+        return min(times) if times else None
 
     # -- outputs -------------------------------------------------------------------------
+
+    def _receive_elsewhere(self, data: bytes, now: float, allowed: bool) -> bool:
+        """A packet from an address the peer is not known at; True if it authenticated
+        (the peer moved). Only ``allowed`` ones are even looked at."""
+        if not allowed:
+            self.drops["unknown_peer"] += 1
+            return False
+        before = self._authentic
+        self._receive_packet(data, now)
+        return self._authentic != before
 
     def _send_data(self, payload: bytes, now: float) -> None:
         dk = self._primary
@@ -509,6 +538,20 @@ class OpenVPNSession(Generic[M]):
     def last_heard(self) -> float | None:
         """Loop time of the last authentic packet from the peer (pings included)."""
         return self._last_received if self.state == "connected" else None
+
+    def _key_status(self, now: float) -> dict[str, Any]:
+        dk = self._primary
+        return {
+            "cipher": self.cipher,
+            "key_id": dk.key_id if dk else None,
+            "key_age": round(now - dk.created, 1) if dk else None,
+            "key_derivation": None if self.ekm is None else ("tls-ekm" if self.ekm else "prf"),
+        }
+
+    def _counters(self) -> dict[str, Any]:
+        return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "packets_in": self.packets_in, "packets_out": self.packets_out,
+                "drops": dict(self.drops)}
 
     def _options_string(self) -> str:
         """The OCC / key-method options string openvpn compares (it warns on mismatch)."""
