@@ -7,17 +7,17 @@ integration test against a real openvpn; this checks the state machine without r
 
 from __future__ import annotations
 
-import datetime
 import random
 import secrets
 import struct
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
 
 from tunconnector.proto.connection import ConfigAssigned, Connected, Disconnected, Rekeyed
@@ -36,27 +36,17 @@ from tunconnector.proto.openvpn.keymethod import (
 from tunconnector.proto.openvpn.reliable import ReliableReceiver, ReliableSender
 from tunconnector.proto.openvpn.tlsauth import TlsCrypt, Wrapper
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tests.openvpn_pki import cert as make_cert  # noqa: E402
+from tests.openvpn_pki import pem as _pem  # noqa: E402
+
 
 def _cert(cn: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
           ca: bool = False, eku: bool = True) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    b = (x509.CertificateBuilder().subject_name(name)
-         .issuer_name(issuer.subject if issuer else name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(hours=1))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if eku and not ca:
-        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj: Any) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if eku and not ca else None
+    return make_cert(cn, key, issuer, issuer_key, ca=ca, eku=usage)
 
 
 CA_KEY = ec.generate_private_key(ec.SECP256R1())

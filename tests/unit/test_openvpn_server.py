@@ -11,14 +11,16 @@ import datetime
 import random
 import secrets
 import struct
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tunconnector.errors import ConfigError
 from tunconnector.proto.connection import AuthRequest, Connected, Disconnected, Rekeyed
@@ -39,39 +41,20 @@ from tunconnector.proto.openvpn.server import (
 )
 from tunconnector.proto.openvpn.tlsauth import TlsAuth, Wrapper
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tests.openvpn_pki import cert as make_cert  # noqa: E402
+from tests.openvpn_pki import pem as _pem  # noqa: E402
+
 SERVER_ADDR = ("192.0.2.1", 1194)
 CLIENT_ADDR = ("198.51.100.7", 40000)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def _cert(cn: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
           ca: bool = False, usage: Any = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder().subject_name(_name(cn))
-         .issuer_name(issuer.subject if issuer else _name(cn)).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(hours=1))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if usage is not None:  # what openvpn's remote-cert-tls wants: EKU and key usage
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), False).add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=True,
-                          key_cert_sign=False, crl_sign=False, encipher_only=False,
-                          decipher_only=False), True)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj: Any) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    if isinstance(obj, x509.CertificateRevocationList):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    # what openvpn's remote-cert-tls wants: EKU and key usage
+    return make_cert(cn, key, issuer, issuer_key, ca=ca, eku=usage, key_usage=usage is not None)
 
 
 def _crl(revoked: list[x509.Certificate], ca: x509.Certificate,

@@ -142,6 +142,16 @@ def _add_cas(ctx: SSL.Context, ca_pem: bytes) -> list[x509.Certificate]:
     return cas
 
 
+def _new_context(method: int, tls_version_min: str,
+                 ca_pem: bytes) -> tuple[SSL.Context, list[x509.Certificate]]:
+    """A context of either end: minimum TLS version and the CAs the peer must chain to."""
+    ctx = SSL.Context(method)
+    ctx.set_min_proto_version(
+        SSL.TLS1_3_VERSION if tls_version_min == "1.3" else SSL.TLS1_2_VERSION
+    )
+    return ctx, _add_cas(ctx, ca_pem)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     ca_pem: bytes
@@ -160,11 +170,7 @@ class TlsContext:
 
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(
-            SSL.TLS1_3_VERSION if settings.tls_version_min == "1.3" else SSL.TLS1_2_VERSION
-        )
-        _add_cas(ctx, settings.ca_pem)
+        ctx, _ = _new_context(SSL.TLS_CLIENT_METHOD, settings.tls_version_min, settings.ca_pem)
         if settings.cert_pem is not None:
             if settings.key_pem is None:
                 raise ConfigError("cert given without key")
@@ -205,11 +211,8 @@ class TlsServerContext:
             raise ConfigError(f"verify-client-cert: {settings.verify_client_cert!r} is not "
                               "none, optional or require")
         self.settings = settings
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(
-            SSL.TLS1_3_VERSION if settings.tls_version_min == "1.3" else SSL.TLS1_2_VERSION
-        )
-        cas = _add_cas(ctx, settings.ca_pem)
+        ctx, cas = _new_context(SSL.TLS_SERVER_METHOD, settings.tls_version_min,
+                                settings.ca_pem)
         _use_cert_key(ctx, settings.cert_pem, settings.key_pem)
         #: set per connection, with a callback that keeps that connection's refusal reason
         self.verify_mode = mode
