@@ -23,9 +23,9 @@ from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
 from ..backoff import Backoff
-from ..connection import Addr, ConfigAssigned, Connected, Disconnected
+from ..connection import Addr, ConfigAssigned, Connected
 from . import push as pushmod
-from .common import OCC_EXIT, OCC_REQUEST, occ_message
+from .common import OCC_REQUEST, occ_message
 from .compress import Framing
 from .compress import from_option as compress_option
 from .datav2 import CIPHERS, canonical_cipher
@@ -38,9 +38,9 @@ from .packet import (
     split_opcode,
 )
 from .pullfilter import filter_pushed
-from .session import KEYS_SENT, KeyState, OpenVPNSession
-from .tls import TlsContext, TlsSession, TlsSettings
-from .tlsauth import TlsAuth, TlsCrypt, Wrapper
+from .session import KEYS_SENT, KeyState, OpenVPNSession, make_wrapper
+from .tls import TlsContext, TlsSettings
+from .tlsauth import Wrapper
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._epoch = int(time.time() if wall_clock is None else wall_clock)
         # one wrapper for the connection's life: its packet ids keep rising across
         # sessions, so a server that still remembers our address sees no replay
-        super().__init__(self._make_wrapper())
+        super().__init__(make_wrapper(options, True, self._epoch), self._tls_ctx)
         self.state = "idle"
         self.reconnects = 0
         #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
@@ -136,14 +136,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._reset_session(0.0)
 
     # -- session lifecycle -------------------------------------------------------------
-
-    def _make_wrapper(self) -> Wrapper:
-        o = self.options
-        if o.tls_crypt is not None:
-            return TlsCrypt(o.tls_crypt, client=True, epoch=self._epoch)
-        if o.tls_auth is not None:
-            return TlsAuth(o.tls_auth, o.key_direction, o.auth, epoch=self._epoch)
-        return Wrapper(self._epoch)
 
     def _reset_session(self, now: float) -> None:
         self._new_session(now)
@@ -159,7 +151,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._ping_restart = self.options.ping_restart
         self._comp = Framing(self.options.compress) if self.options.compress else None
         self._started = now
-        self._handshake_deadline: float | None = None
 
     def start(self, now: float) -> None:
         """(Re)connect: a fresh session (new session id) with a hard reset, key_id 0."""
@@ -171,7 +162,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self.state = "connecting"
         if self.options.proto == "udp" and len(self._peers) > 1:
             self.peer = self._peers[self.reconnects % len(self._peers)]
-        self._handshake_deadline = now + self.options.hand_window
+        self._hand_deadline = now + self.options.hand_window
         self._new_key_state(0, now, P_CONTROL_HARD_RESET_CLIENT_V2)
         log.info("openvpn: connecting to %s (session %s)", self.peer, self.session_id.hex())
         self._flush(now)
@@ -179,10 +170,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     def close(self, now: float) -> None:
         if self.state == "closed":
             return
-        if self._primary is not None and self.options.proto == "udp":
-            n = max(1, min(self.options.explicit_exit_notify, 3))
-            for _ in range(n):
-                self._send_data(occ_message(OCC_EXIT), now)
+        self._send_exit(max(1, min(self.options.explicit_exit_notify, 3)), now)
         self.state = "closed"
 
     def connection_made(self, now: float) -> None:
@@ -193,20 +181,14 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     def _max_rto(self) -> float:
         return 4.0 if self.options.proto == "udp" else 8.0
 
-    def _tls_session(self) -> TlsSession:
-        return self._tls_ctx.session()
-
     def _fail(self, reason: str, now: float, restart: bool = True) -> None:
         if self.state in ("closed", "failed"):
             return
         log.warning("openvpn: %s", reason)
-        self.state = "failed"
-        self.last_error = reason
-        self._primary = None
         self.halted = not restart
         if restart and self.options.proto == "udp":
             self._restart_at = now + self._backoff.next_delay()
-        self._events.append(Disconnected(now, reason, restart))
+        self._stop("failed", reason, now, restart)
 
     def _broken(self, reason: str, now: float) -> None:
         self._fail(reason, now)
@@ -370,7 +352,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self.state = "connected"
         self.last_error = None
         self._backoff.reset()
-        self._handshake_deadline = None
+        self._hand_deadline = None
         self._reneg_at = now + self.options.reneg_sec
         log.info("openvpn: connected, %s, peer-id %s, keys by %s", cipher, reply.peer_id,
                  "TLS-EKM" if self.ekm else "PRF")
@@ -395,9 +377,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             return
         if self.state in ("closed", "failed", "idle"):
             return
-        if self._handshake_deadline is not None and now >= self._handshake_deadline:
-            self._fail(f"no TLS session with the server within {self.options.hand_window:g} s",
-                       now)
+        if self._out_of_time(now):
             return
         if self._ping_restart and now - self._last_received >= self._ping_restart:
             self._fail(f"ping-restart: nothing from the server for {self._ping_restart} s", now)
@@ -423,8 +403,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
 
     def _side_times(self) -> list[float] | None:
         times: list[float] = []
-        if self._handshake_deadline is not None:
-            times.append(self._handshake_deadline)
         if self._ping_restart:
             times.append(self._last_received + self._ping_restart)
         if self._push_next is not None and self._push is None:
@@ -462,10 +440,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     def status(self, now: float) -> dict[str, Any]:
         dk = self._primary
         return {
-            "peer": None if self.peer is None else str(self.peer),
-            "state": self.state,
-            # what `tunconnector status` and the metrics read for every tunnel
-            "established": self.state == "connected" and dk is not None,
+            **self._link_status(),
             "session_age": round(now - dk.created, 1) if dk else None,
             "rekeys": self.renegotiations,
             "error": self.last_error,

@@ -38,10 +38,8 @@ from ..connection import (
     Connected,
     Connection,
     ConnectionEvent,
-    Disconnected,
 )
 from ..pool import AddressPool, PoolExhausted
-from .common import OCC_EXIT, occ_message
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
 from .datav2 import CIPHERS, canonical_cipher
@@ -56,9 +54,9 @@ from .packet import (
     P_DATA_V2,
     split_opcode,
 )
-from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession
-from .tls import TlsServerContext, TlsServerSettings, TlsSession
-from .tlsauth import TlsAuth, TlsCrypt, Wrapper
+from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession, make_wrapper
+from .tls import TlsServerContext, TlsServerSettings
+from .tlsauth import Wrapper
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +200,7 @@ class _Shared:
                                   f"(supported: {', '.join(CIPHERS)})")
 
     def wrapper(self) -> Wrapper:
-        o = self.options
-        if o.tls_crypt is not None:
-            return TlsCrypt(o.tls_crypt, client=False, epoch=self.epoch)
-        if o.tls_auth is not None:
-            return TlsAuth(o.tls_auth, o.key_direction, o.auth, epoch=self.epoch)
-        return Wrapper(self.epoch)
+        return make_wrapper(self.options, False, self.epoch)
 
 
 class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
@@ -225,7 +218,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.options = shared.options
         self.peer = peer
         self.peer_id = peer_id
-        super().__init__(shared.wrapper())
+        super().__init__(shared.wrapper(), shared.tls)
         self._new_session(now)
         self.state = "handshake"
         self.common_name: str | None = None
@@ -241,7 +234,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         ping, restart = self.options.keepalive or (0, 0)
         self._ping = ping
         self._ping_restart = 2 * restart
-        self._hand_deadline: float | None = now + self.options.hand_window
+        self._hand_deadline = now + self.options.hand_window
         ks = self._new_key_state(0, now)
         if cookie is not None:
             # the gate already exchanged both resets: message 0 each way is done
@@ -299,9 +292,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     @property
     def _who(self) -> str:
         return f"openvpn server: {self.peer}"
-
-    def _tls_session(self) -> TlsSession:
-        return self._shared.tls.session()
 
     def _broken(self, reason: str, now: float) -> None:
         self._end(reason, now)
@@ -533,19 +523,15 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         log.info("openvpn server: %s disconnected: %s", self.peer, reason)
-        self.state = "closed"
-        self.last_error = reason
-        self._primary = None
         if self.address is not None and self._pool_key().startswith("session:"):
             self._shared.pool.release(self._pool_key())
-        self._events.append(Disconnected(now, reason, False))
+        self._stop("closed", reason, now, False)
 
     def close(self, now: float) -> None:
         """Ending the client from our side (restart, kill): tell it to reconnect."""
         if self.state == "closed":
             return
-        if self._primary is not None and self.options.proto == "udp":
-            self._send_data(occ_message(OCC_EXIT), now)
+        self._send_exit(1, now)
         self._end("closed by the server", now)
 
     @property
@@ -565,9 +551,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 k.sender.empty for k in self._keys.values())):
             self._end(self.last_error or "authentication failed", now)
             return
-        if self._hand_deadline is not None and now >= self._hand_deadline:
-            self._end(f"no TLS session with the client within {self.options.hand_window:g} s",
-                      now)
+        if self._out_of_time(now):
             return
         if self._ping_restart and self.state == "connected" \
                 and now - self._last_received >= self._ping_restart:
@@ -589,8 +573,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if all(k.sender.empty for k in self._keys.values()):
                 return None  # AUTH_FAILED was acknowledged: end now
             times.append(self._close_at)
-        if self._hand_deadline is not None:
-            times.append(self._hand_deadline)
         for ks in self._keys.values():
             if ks.phase != ACTIVE and ks.key_id != 0:
                 times.append(ks.created + self.options.hand_window)
@@ -599,11 +581,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         return times
 
     def status(self, now: float) -> dict[str, Any]:
-        dk = self._primary
         return {
-            "peer": None if self.peer is None else str(self.peer),
-            "state": self.state,
-            "established": self.state == "connected" and dk is not None,
+            **self._link_status(),
             "common_name": self.common_name,
             "username": self.username,
             "address": self.address,

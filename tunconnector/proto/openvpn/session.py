@@ -15,6 +15,7 @@ they write and what they make of the peer's.
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import secrets
@@ -24,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
-from ..connection import Addr, ConnectionEvent, Rekeyed
+from ..connection import Addr, ConnectionEvent, Disconnected, Rekeyed
 from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
 from .compress import Framing
 from .datav2 import DataKey
@@ -41,8 +42,8 @@ from .packet import (
     split_opcode,
 )
 from .reliable import ReliableReceiver, ReliableSender
-from .tls import TlsSession
-from .tlsauth import Wrapper
+from .tls import TlsContext, TlsServerContext, TlsSession
+from .tlsauth import TlsAuth, TlsCrypt, Wrapper
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,23 @@ class SessionOptions(Protocol):
     proto: str
     tun_mtu: int
     tls_auth: bytes | None
+    tls_crypt: bytes | None
+    key_direction: int | None
     reneg_sec: int
     hand_window: float
     tran_window: float
 
 
 M = TypeVar("M", bound=PeerKeyMessage)
+
+
+def make_wrapper(options: SessionOptions, client: bool, epoch: int) -> Wrapper:
+    """The control channel's wrapping: tls-crypt, tls-auth or none."""
+    if options.tls_crypt is not None:
+        return TlsCrypt(options.tls_crypt, client=client, epoch=epoch)
+    if options.tls_auth is not None:
+        return TlsAuth(options.tls_auth, options.key_direction, options.auth, epoch=epoch)
+    return Wrapper(epoch)
 
 
 class KeyState(Generic[M]):
@@ -101,7 +113,7 @@ class KeyState(Generic[M]):
         self.data: DataKey | None = None
 
 
-class OpenVPNSession(Generic[M]):
+class OpenVPNSession(Generic[M], abc.ABC):
     """The shared half of :class:`~.client.OpenVPNClient` and
     :class:`~.server.OpenVPNServerSession` (see module docstring)."""
 
@@ -127,7 +139,8 @@ class OpenVPNSession(Generic[M]):
     _ping: int | None
     _ping_restart: int | None
 
-    def __init__(self, wrapper: Wrapper) -> None:
+    def __init__(self, wrapper: Wrapper, tls: TlsContext | TlsServerContext) -> None:
+        self._tls = tls
         self.drops: collections.Counter[str] = collections.Counter()
         self._events: collections.deque[ConnectionEvent] = collections.deque()
         self._frames: list[bytes] = []
@@ -154,6 +167,7 @@ class OpenVPNSession(Generic[M]):
         self._last_sent = now
         self._last_received = now
         self._reneg_at: float | None = None
+        self._hand_deadline: float | None = None
         self._stream.clear()
 
     # -- what each side decides ----------------------------------------------------------
@@ -163,19 +177,16 @@ class OpenVPNSession(Generic[M]):
         """Log prefix."""
         return "openvpn:"
 
+    @abc.abstractmethod
     def _broken(self, reason: str, now: float) -> None:
         """The session cannot go on (the client restarts, the server forgets it)."""
-        raise NotImplementedError
-
-    def _tls_session(self) -> TlsSession:
-        raise NotImplementedError
 
     def _max_rto(self) -> float:
         return 4.0
 
+    @abc.abstractmethod
     def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
         """The peer's hard reset arrived (maybe again): learn its session id."""
-        raise NotImplementedError
 
     def _accept_data(self, data: bytes) -> None:
         """Raise RemoteProtocolError for data the side refuses before decrypting."""
@@ -186,19 +197,21 @@ class OpenVPNSession(Generic[M]):
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         raise exc
 
+    @abc.abstractmethod
     def _parse_peer_key(self, data: bytes) -> M | None:
         """The peer's key-method message at the start of ``data``, None if incomplete."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _peer_key_arrived(self, ks: KeyState[M], msg: M, now: float) -> bool:
         """Act on the peer's key-method message; False: read no control message yet."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _control_message(self, ks: KeyState[M], text: str, now: float) -> None:
-        raise NotImplementedError
+        """A NUL-terminated message on the control channel (PUSH_REQUEST, ...)."""
 
+    @abc.abstractmethod
     def _tls_failed(self, ks: KeyState[M], exc: Exception, now: float) -> None:
-        raise NotImplementedError
+        """The key state's TLS session failed (a refused certificate, say)."""
 
     def _before_flush(self, now: float) -> None:
         """Key-state moves that wait for the peer's acks."""
@@ -322,7 +335,7 @@ class OpenVPNSession(Generic[M]):
                               secrets.token_bytes(48))
         else:
             local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32))
-        ks: KeyState[M] = KeyState(key_id, self._tls_session(), local, now, self._max_rto(),
+        ks: KeyState[M] = KeyState(key_id, self._tls.session(), local, now, self._max_rto(),
                                    reset_opcode)
         if key_id in self._keys:
             self._data_keys.pop(key_id, None)
@@ -428,6 +441,14 @@ class OpenVPNSession(Generic[M]):
 
     # -- timers --------------------------------------------------------------------------
 
+    def _out_of_time(self, now: float) -> bool:
+        """The handshake deadline passed: the session is broken."""
+        if self._hand_deadline is not None and now >= self._hand_deadline:
+            self._broken(f"no TLS session with the {self.PEER} within "
+                         f"{self.options.hand_window:g} s", now)
+            return True
+        return False
+
     def _expire_keys(self, now: float) -> None:
         for kid, at in list(self._expiry.items()):
             if now >= at:
@@ -465,6 +486,8 @@ class OpenVPNSession(Generic[M]):
         if side is None:
             return 0.0
         times += side
+        if self._hand_deadline is not None:
+            times.append(self._hand_deadline)
         times.extend(self._expiry.values())
         if self.state == "connected":
             if self._reneg_at is not None:
@@ -484,6 +507,18 @@ class OpenVPNSession(Generic[M]):
         before = self._authentic
         self._receive_packet(data, now)
         return self._authentic != before
+
+    def _stop(self, state: str, reason: str, now: float, restart: bool) -> None:
+        self.state = state
+        self.last_error = reason
+        self._primary = None
+        self._events.append(Disconnected(now, reason, restart))
+
+    def _send_exit(self, count: int, now: float) -> None:
+        """explicit-exit-notify: the peer learns at once that we are gone (UDP only)."""
+        if self._primary is not None and self.options.proto == "udp":
+            for _ in range(count):
+                self._send_data(occ_message(OCC_EXIT), now)
 
     def _send_data(self, payload: bytes, now: float) -> None:
         dk = self._primary
@@ -538,6 +573,11 @@ class OpenVPNSession(Generic[M]):
     def last_heard(self) -> float | None:
         """Loop time of the last authentic packet from the peer (pings included)."""
         return self._last_received if self.state == "connected" else None
+
+    def _link_status(self) -> dict[str, Any]:
+        return {"peer": None if self.peer is None else str(self.peer), "state": self.state,
+                # what `tunconnector status` and the metrics read for every tunnel
+                "established": self.state == "connected" and self._primary is not None}
 
     def _key_status(self, now: float) -> dict[str, Any]:
         dk = self._primary
