@@ -124,7 +124,8 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._epoch = int(time.time() if wall_clock is None else wall_clock)
         # one wrapper for the connection's life: its packet ids keep rising across
         # sessions, so a server that still remembers our address sees no replay
-        super().__init__(make_wrapper(options, True, self._epoch), self._tls_ctx)
+        super().__init__(make_wrapper(options, True, self._epoch), self._tls_ctx,
+                         parse_server_message, 4.0 if options.proto == "udp" else 8.0)
         self.state = "idle"
         self.reconnects = 0
         #: UDP: the connection restarts itself after ping-restart (TCP: the adapter
@@ -178,9 +179,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         if self.options.proto == "tcp" and self.state != "closed" and not self.halted:
             self.start(now)
 
-    def _max_rto(self) -> float:
-        return 4.0 if self.options.proto == "udp" else 8.0
-
     def _fail(self, reason: str, now: float, restart: bool = True) -> None:
         if self.state in ("closed", "failed"):
             return
@@ -215,12 +213,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             self._server_src = src  # where the server's session answers from
         self._flush(now)
 
-    def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
-        if key_id != 0 or 0 not in self._keys:
-            raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
-        if self.remote_session_id is None:
-            self.remote_session_id = sid
-
     # -- key state machine ---------------------------------------------------------------
 
     def _tls_failed(self, ks: KeyState[ServerKeyMessage], exc: Exception, now: float) -> None:
@@ -233,9 +225,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         ks.phase = KEYS_SENT
         if ks.key_id == 0:
             log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
-
-    def _parse_peer_key(self, data: bytes) -> ServerKeyMessage | None:
-        return parse_server_message(data)
 
     def _peer_key_arrived(self, ks: KeyState[ServerKeyMessage], msg: ServerKeyMessage,
                           now: float) -> bool:
@@ -375,14 +364,9 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         if self.state == "failed" and self._restart_at is not None and now >= self._restart_at:
             self.start(now)
             return
-        if self.state in ("closed", "failed", "idle"):
-            return
-        if self._out_of_time(now):
-            return
-        if self._ping_restart and now - self._last_received >= self._ping_restart:
-            self._fail(f"ping-restart: nothing from the server for {self._ping_restart} s", now)
-            return
-        self._expire_keys(now)
+        super().handle_timer(now)
+
+    def _own_timers(self, now: float) -> bool:
         if self._push_next is not None and now >= self._push_next and self._push is None:
             ks = self._keys.get(0)
             if ks is not None and ks.peer_key is not None:
@@ -390,24 +374,19 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
                     self._send_push_request(ks, now)
                 except SSL.Error as exc:
                     self._tls_failed(ks, exc, now)
-                    return
-                if not self._send_tls(ks, now):
-                    return
-        self._connected_timers(now)
-        self._flush(now)
+                    return False
+                return self._send_tls(ks, now)
+        return True
 
     def get_timer(self) -> float | None:
         if self.state == "failed":
             return self._restart_at
         return super().get_timer()
 
-    def _side_times(self) -> list[float] | None:
-        times: list[float] = []
-        if self._ping_restart:
-            times.append(self._last_received + self._ping_restart)
+    def _own_times(self) -> list[float] | None:
         if self._push_next is not None and self._push is None:
-            times.append(self._push_next)
-        return times
+            return [self._push_next]
+        return []
 
     def _reneg_due(self, now: float) -> bool:
         primary = self._primary

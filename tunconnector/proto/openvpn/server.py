@@ -208,6 +208,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     SIDE, PEER = "server", "client"
     PEER_HARD_RESET = P_CONTROL_HARD_RESET_CLIENT_V2
+    ANSWER_HARD_RESET = P_CONTROL_HARD_RESET_SERVER_V2
     MAX_APP_IN = MAX_CONTROL_MESSAGE
 
     options: ServerOptions
@@ -218,7 +219,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.options = shared.options
         self.peer = peer
         self.peer_id = peer_id
-        super().__init__(shared.wrapper(), shared.tls)
+        super().__init__(shared.wrapper(), shared.tls, parse_client_message)
         self._new_session(now)
         self.state = "handshake"
         self.common_name: str | None = None
@@ -275,13 +276,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 int.from_bytes(data[1:4], "big") != self.peer_id:
             raise RemoteProtocolError("bad_peer_id", "data with another client's peer-id")
 
-    def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
-        if key_id != 0:
-            raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
-        if self.remote_session_id is None:
-            self.remote_session_id = sid
-            self._keys[0].sender.queue(P_CONTROL_HARD_RESET_SERVER_V2, b"")
-
     def _peer_renegotiates(self, key_id: int, now: float) -> KeyState[ClientKeyMessage]:
         if self._auth != "ok":
             raise RemoteProtocolError("unexpected_reset", "renegotiation before auth")
@@ -318,9 +312,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         # inside TLS, so from the client itself: its stream is unusable from here on
         self._end(f"bad control-channel message from the client: {exc}", now)
-
-    def _parse_peer_key(self, data: bytes) -> ClientKeyMessage | None:
-        return parse_client_message(data)
 
     def _peer_key_arrived(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
                           now: float) -> bool:
@@ -544,30 +535,26 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def connection_made(self, now: float) -> None:
         """A TCP session lives and dies with its one stream (see accept_stream)."""
 
-    def handle_timer(self, now: float) -> None:
-        if self.state == "closed":
-            return
+    def _out_of_time(self, now: float) -> bool:
         if self._close_at is not None and (now >= self._close_at or all(
                 k.sender.empty for k in self._keys.values())):
             self._end(self.last_error or "authentication failed", now)
-            return
-        if self._out_of_time(now):
-            return
-        if self._ping_restart and self.state == "connected" \
-                and now - self._last_received >= self._ping_restart:
-            self._end(f"ping-restart: nothing from the client for {self._ping_restart} s", now)
-            return
-        self._expire_keys(now)
+            return True
+        return super()._out_of_time(now)
+
+    def _silence_limit(self) -> int | None:
+        return self._ping_restart if self.state == "connected" else None
+
+    def _own_timers(self, now: float) -> bool:
         for ks in list(self._keys.values()):
             if ks.phase != ACTIVE and ks.key_id != 0 \
                     and now - ks.created >= self.options.hand_window:
                 self._end(f"renegotiation (key_id {ks.key_id}) did not finish within "
                           f"{self.options.hand_window:g} s", now)
-                return
-        self._connected_timers(now)
-        self._flush(now)
+                return False
+        return True
 
-    def _side_times(self) -> list[float] | None:
+    def _own_times(self) -> list[float] | None:
         times: list[float] = []
         if self._close_at is not None:
             if all(k.sender.empty for k in self._keys.values()):
@@ -576,8 +563,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         for ks in self._keys.values():
             if ks.phase != ACTIVE and ks.key_id != 0:
                 times.append(ks.created + self.options.hand_window)
-        if self.state == "connected" and self._ping_restart:
-            times.append(self._last_received + self._ping_restart)
         return times
 
     def status(self, now: float) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import collections
 import logging
 import secrets
 import struct
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from OpenSSL import SSL
@@ -29,7 +30,15 @@ from ..connection import Addr, ConnectionEvent, Disconnected, Rekeyed
 from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
 from .compress import Framing
 from .datav2 import DataKey
-from .keymethod import EKM_LABEL, KEY_MATERIAL_LEN, KeySource, prf_key_material, split_key_material
+from .keymethod import (
+    EKM_LABEL,
+    KEY_MATERIAL_LEN,
+    ClientKeyMessage,
+    KeySource,
+    ServerKeyMessage,
+    prf_key_material,
+    split_key_material,
+)
 from .mss import clamp as clamp_mss
 from .packet import (
     DATA_OPCODES,
@@ -56,15 +65,6 @@ ACKS_PER_PACKET = 4
 RESET, TLS, KEYS_SENT, ACTIVE = "reset", "tls", "key-exchange", "active"
 
 
-class PeerKeyMessage(Protocol):
-    """The peer's key-method-2 message (keymethod.py), as far as a key state needs it."""
-
-    @property
-    def source(self) -> KeySource: ...
-    @property
-    def length(self) -> int: ...
-
-
 class SessionOptions(Protocol):
     """The options both ClientOptions and ServerOptions have."""
 
@@ -80,7 +80,8 @@ class SessionOptions(Protocol):
     tran_window: float
 
 
-M = TypeVar("M", bound=PeerKeyMessage)
+#: the peer's key-method-2 message: the server's (in the client) or the client's
+M = TypeVar("M", ServerKeyMessage, ClientKeyMessage)
 
 
 def make_wrapper(options: SessionOptions, client: bool, epoch: int) -> Wrapper:
@@ -120,8 +121,9 @@ class OpenVPNSession(Generic[M], abc.ABC):
     #: our end and the peer's, as the options string and messages name them
     SIDE = "client"
     PEER = "server"
-    #: the hard reset that opens the peer's session
+    #: the hard reset that opens the peer's session, and ours that answers it (if any)
     PEER_HARD_RESET = 0
+    ANSWER_HARD_RESET: int | None = None
     #: states that take no input / send nothing
     NO_INPUT: tuple[str, ...] = ("closed",)
     NO_OUTPUT: tuple[str, ...] = ("closed",)
@@ -139,8 +141,12 @@ class OpenVPNSession(Generic[M], abc.ABC):
     _ping: int | None
     _ping_restart: int | None
 
-    def __init__(self, wrapper: Wrapper, tls: TlsContext | TlsServerContext) -> None:
+    def __init__(self, wrapper: Wrapper, tls: TlsContext | TlsServerContext,
+                 parse_peer_key: Callable[[bytes], M | None], max_rto: float = 4.0) -> None:
         self._tls = tls
+        #: the peer's key-method message at the start of the bytes, None if incomplete
+        self._parse_peer_key: Callable[[bytes], M | None] = parse_peer_key
+        self._max_rto = max_rto  # the control channel's retransmission cap
         self.drops: collections.Counter[str] = collections.Counter()
         self._events: collections.deque[ConnectionEvent] = collections.deque()
         self._frames: list[bytes] = []
@@ -181,13 +187,6 @@ class OpenVPNSession(Generic[M], abc.ABC):
     def _broken(self, reason: str, now: float) -> None:
         """The session cannot go on (the client restarts, the server forgets it)."""
 
-    def _max_rto(self) -> float:
-        return 4.0
-
-    @abc.abstractmethod
-    def _peer_hard_reset(self, key_id: int, sid: bytes) -> None:
-        """The peer's hard reset arrived (maybe again): learn its session id."""
-
     def _accept_data(self, data: bytes) -> None:
         """Raise RemoteProtocolError for data the side refuses before decrypting."""
 
@@ -196,10 +195,6 @@ class OpenVPNSession(Generic[M], abc.ABC):
 
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         raise exc
-
-    @abc.abstractmethod
-    def _parse_peer_key(self, data: bytes) -> M | None:
-        """The peer's key-method message at the start of ``data``, None if incomplete."""
 
     @abc.abstractmethod
     def _peer_key_arrived(self, ks: KeyState[M], msg: M, now: float) -> bool:
@@ -212,6 +207,18 @@ class OpenVPNSession(Generic[M], abc.ABC):
     @abc.abstractmethod
     def _tls_failed(self, ks: KeyState[M], exc: Exception, now: float) -> None:
         """The key state's TLS session failed (a refused certificate, say)."""
+
+    def _silence_limit(self) -> int | None:
+        """ping-restart: how long the peer may be silent, if that is watched now."""
+        return self._ping_restart
+
+    def _own_timers(self, now: float) -> bool:
+        """The side's own timed work; False: the session ended."""
+        return True
+
+    def _own_times(self) -> list[float] | None:
+        """The side's own deadlines; None: at once."""
+        return []
 
     def _before_flush(self, now: float) -> None:
         """Key-state moves that wait for the peer's acks."""
@@ -298,7 +305,12 @@ class OpenVPNSession(Generic[M], abc.ABC):
         if pkt.acks and pkt.remote_session_id != self.session_id:
             raise RemoteProtocolError("bad_session", "acks for another session")
         if opcode == self.PEER_HARD_RESET:
-            self._peer_hard_reset(key_id, sid)
+            if key_id != 0 or 0 not in self._keys:
+                raise RemoteProtocolError("unexpected_reset", "hard reset with a key_id")
+            if self.remote_session_id is None:
+                self.remote_session_id = sid
+                if self.ANSWER_HARD_RESET is not None:
+                    self._keys[0].sender.queue(self.ANSWER_HARD_RESET, b"")
         elif self.remote_session_id is None:
             raise RemoteProtocolError("no_session",
                                       f"control packet before the {self.PEER} reset")
@@ -335,7 +347,7 @@ class OpenVPNSession(Generic[M], abc.ABC):
                               secrets.token_bytes(48))
         else:
             local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32))
-        ks: KeyState[M] = KeyState(key_id, self._tls.session(), local, now, self._max_rto(),
+        ks: KeyState[M] = KeyState(key_id, self._tls.session(), local, now, self._max_rto,
                                    reset_opcode)
         if key_id in self._keys:
             self._data_keys.pop(key_id, None)
@@ -442,7 +454,7 @@ class OpenVPNSession(Generic[M], abc.ABC):
     # -- timers --------------------------------------------------------------------------
 
     def _out_of_time(self, now: float) -> bool:
-        """The handshake deadline passed: the session is broken."""
+        """A deadline passed (the handshake's): the session ended."""
         if self._hand_deadline is not None and now >= self._hand_deadline:
             self._broken(f"no TLS session with the {self.PEER} within "
                          f"{self.options.hand_window:g} s", now)
@@ -458,19 +470,24 @@ class OpenVPNSession(Generic[M], abc.ABC):
                     if kid != self._current_key_id:
                         self._keys.pop(kid, None)
 
-    def _connected_timers(self, now: float) -> None:
-        if self.state != "connected":
+    def handle_timer(self, now: float) -> None:
+        if self.state in self.NO_INPUT or self._out_of_time(now):
             return
-        primary = self._primary
-        if self._reneg_due(now) and (primary is None
-                                     or self._current_key_id == primary.key_id):
-            self._renegotiate(now)
-        if self._ping and now - self._last_sent >= self._ping:
-            self._send_data(PING_MAGIC, now)
-
-    def _side_times(self) -> list[float] | None:
-        """The side's own deadlines; None: at once."""
-        return []
+        silence = self._silence_limit()
+        if silence and now - self._last_received >= silence:
+            self._broken(f"ping-restart: nothing from the {self.PEER} for {silence} s", now)
+            return
+        self._expire_keys(now)
+        if not self._own_timers(now):
+            return
+        if self.state == "connected":
+            primary = self._primary
+            if self._reneg_due(now) and (primary is None
+                                         or self._current_key_id == primary.key_id):
+                self._renegotiate(now)
+            if self._ping and now - self._last_sent >= self._ping:
+                self._send_data(PING_MAGIC, now)
+        self._flush(now)
 
     def get_timer(self) -> float | None:
         if self.state in self.NO_OUTPUT:
@@ -482,12 +499,15 @@ class OpenVPNSession(Generic[M], abc.ABC):
             t = ks.sender.next_due()
             if t is not None:
                 times.append(t)
-        side = self._side_times()
-        if side is None:
+        own = self._own_times()
+        if own is None:
             return 0.0
-        times += side
+        times += own
         if self._hand_deadline is not None:
             times.append(self._hand_deadline)
+        silence = self._silence_limit()
+        if silence:
+            times.append(self._last_received + silence)
         times.extend(self._expiry.values())
         if self.state == "connected":
             if self._reneg_at is not None:
