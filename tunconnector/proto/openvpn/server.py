@@ -172,9 +172,9 @@ class _Shared:
         self.options = options
         self.epoch = epoch
         self.tls = TlsServerContext(TlsServerSettings(
-            options.ca_pem, options.cert_pem, options.key_pem, options.verify_client_cert,
-            options.crl_pem, options.remote_cert_tls, None, options.tls_version_min,
-            options.tls_verify))
+            options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
+            tls_version_min=options.tls_version_min, verify_hook=options.tls_verify,
+            verify_client_cert=options.verify_client_cert, crl_pem=options.crl_pem))
         try:
             net = ipaddress.IPv4Network(options.network, strict=False)
         except ValueError as exc:

@@ -160,8 +160,8 @@ class TlsSettings:
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     tls_version_min: str = "1.2"
-    #: ``tls-verify``: called per certificate of the server's chain (depth, cert) after
-    #: the built-in checks passed; a returned reason refuses the server
+    #: ``tls-verify``: called per certificate of the peer's chain (depth, cert) after
+    #: the built-in checks passed; a returned reason refuses the peer
     verify_hook: Callable[[int, x509.Certificate], str | None] | None = None
 
 
@@ -187,18 +187,12 @@ VERIFY_CLIENT_CERT = {"none": SSL.VERIFY_NONE, "optional": SSL.VERIFY_PEER,
 
 
 @dataclass(frozen=True, slots=True)
-class TlsServerSettings:
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
+class TlsServerSettings(TlsSettings):
+    """A server's: its certificate and key are required, and it checks the client's."""
+
     verify_client_cert: str = "require"
     #: crl-verify: a PEM CRL, which must be signed by one of the CAs
     crl_pem: bytes | None = None
-    remote_cert_tls: str | None = None
-    verify_x509_name: tuple[str, str] | None = None
-    tls_version_min: str = "1.2"
-    #: tls-verify: (depth, certificate) -> refusal reason or None
-    verify_hook: Callable[[int, x509.Certificate], str | None] | None = None
 
 
 class TlsServerContext:
@@ -213,6 +207,8 @@ class TlsServerContext:
         self.settings = settings
         ctx, cas = _new_context(SSL.TLS_SERVER_METHOD, settings.tls_version_min,
                                 settings.ca_pem)
+        if settings.cert_pem is None or settings.key_pem is None:
+            raise ConfigError("a server needs cert and key")
         _use_cert_key(ctx, settings.cert_pem, settings.key_pem)
         #: set per connection, with a callback that keeps that connection's refusal reason
         self.verify_mode = mode
