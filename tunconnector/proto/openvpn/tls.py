@@ -61,33 +61,29 @@ def common_name(cert: x509.Certificate) -> str:
     return str(cns[0].value) if cns else ""
 
 
-def check_server_eku(cert: x509.Certificate) -> str | None:
-    """Why ``cert`` fails ``remote-cert-tls server``, or None when it passes."""
+#: remote-cert-tls ROLE: the extended key usage the peer's certificate must have
+_EKU = {"server": (ExtendedKeyUsageOID.SERVER_AUTH, "TLS Web Server Authentication"),
+        "client": (ExtendedKeyUsageOID.CLIENT_AUTH, "TLS Web Client Authentication")}
+
+
+def check_eku(cert: x509.Certificate, role: str) -> str | None:
+    """Why ``cert`` fails ``remote-cert-tls ROLE``, or None when it passes."""
+    oid, label = _EKU[role]
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return "server certificate has no extended key usage (remote-cert-tls server)"
-    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
-        return ("server certificate lacks the TLS Web Server Authentication extended key "
-                "usage (remote-cert-tls server)")
+        return f"{role} certificate has no extended key usage (remote-cert-tls {role})"
+    if oid not in eku:
+        return (f"{role} certificate lacks the {label} extended key "
+                f"usage (remote-cert-tls {role})")
+    if role != "server":
+        return None
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return None
     if not (ku.digital_signature or ku.key_encipherment or ku.key_agreement):
         return "server certificate key usage unfit for a TLS server (remote-cert-tls server)"
-    return None
-
-
-def check_client_eku(cert: x509.Certificate) -> str | None:
-    """Why ``cert`` fails ``remote-cert-tls client``, or None when it passes."""
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return "client certificate has no extended key usage (remote-cert-tls client)"
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        return ("client certificate lacks the TLS Web Client Authentication extended key "
-                "usage (remote-cert-tls client)")
     return None
 
 
@@ -271,10 +267,8 @@ class TlsSession:
                     self._crl.get_revoked_certificate_by_serial_number(c.serial_number):
                 why = (f"{role} certificate {subject_string(c)!r} (serial "
                        f"{c.serial_number:x}) is revoked (crl-verify)")
-            if why is None and self._settings.remote_cert_tls == "server":
-                why = check_server_eku(c)
-            elif why is None and self._settings.remote_cert_tls == "client":
-                why = check_client_eku(c)
+            if why is None and self._settings.remote_cert_tls in _EKU:
+                why = check_eku(c, self._settings.remote_cert_tls)
             if why is None and self._settings.verify_x509_name is not None:
                 why = check_x509_name(c, *self._settings.verify_x509_name)
             if why is not None:
