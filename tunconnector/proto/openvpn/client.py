@@ -349,11 +349,8 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._send_data(occ_message(OCC_REQUEST), now)
 
     def _activate(self, ks: KeyState[ServerKeyMessage], now: float) -> None:
-        dk = self._data_key(ks, self._peer_id, now)
-        if dk is None:
+        if not self._derive(ks, self._peer_id, now):
             return
-        ks.data = dk
-        self._data_keys[ks.key_id] = dk
         self._make_primary(ks, now)
         for kid in [k for k in self._keys if k != ks.key_id and k not in self._data_keys]:
             del self._keys[kid]

@@ -359,7 +359,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self._auth == "failed":
             self._auth_failed(ks, now)
             return False
-        self._derive(ks, now)
+        data_v2 = bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2)
+        self._derive(ks, self.peer_id if data_v2 else None, now)
         return True
 
     def _choose_framing(self, msg: ClientKeyMessage) -> None:
@@ -375,13 +376,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._comp = Framing(kind)
         self._comp_push = {"lzo": "comp-lzo no", "stub": "compress stub",
                            "stub-v2": "compress stub-v2"}[kind]
-
-    def _derive(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
-        data_v2 = bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2)
-        dk = self._data_key(ks, self.peer_id if data_v2 else None, now)
-        if dk is not None:
-            ks.data = dk
-            self._data_keys[ks.key_id] = dk  # receive with it at once
 
     def _control_message(self, ks: KeyState[ClientKeyMessage], text: str, now: float) -> None:
         if text.startswith("PUSH_REQUEST"):

@@ -119,10 +119,10 @@ class OpenVPNSession(Generic[M], abc.ABC):
     :class:`~.server.OpenVPNServerSession` (see module docstring)."""
 
     #: our end and the peer's, as the options string and messages name them
-    SIDE = "client"
-    PEER = "server"
+    SIDE: str
+    PEER: str
     #: the hard reset that opens the peer's session, and ours that answers it (if any)
-    PEER_HARD_RESET = 0
+    PEER_HARD_RESET: int
     ANSWER_HARD_RESET: int | None = None
     #: states that take no input / send nothing
     NO_INPUT: tuple[str, ...] = ("closed",)
@@ -342,11 +342,9 @@ class OpenVPNSession(Generic[M], abc.ABC):
 
     def _new_key_state(self, key_id: int, now: float,
                        reset_opcode: int | None = None) -> KeyState[M]:
-        if self.SIDE == "client":
-            local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32),
-                              secrets.token_bytes(48))
-        else:
-            local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32))
+        # only the client's key source has a pre-master secret
+        local = KeySource(secrets.token_bytes(32), secrets.token_bytes(32),
+                          secrets.token_bytes(48) if self.SIDE == "client" else b"")
         ks: KeyState[M] = KeyState(key_id, self._tls.session(), local, now, self._max_rto,
                                    reset_opcode)
         if key_id in self._keys:
@@ -419,10 +417,11 @@ class OpenVPNSession(Generic[M], abc.ABC):
         self._queue_tls(ks, out)
         return True
 
-    def _data_key(self, ks: KeyState[M], peer_id: int | None, now: float) -> DataKey | None:
-        """The key state's data key (TLS-EKM or the PRF), or None if not derivable yet."""
+    def _derive(self, ks: KeyState[M], peer_id: int | None, now: float) -> bool:
+        """Derive the key state's data key (TLS-EKM or the PRF) and receive with it at
+        once; False if that is not possible (yet)."""
         if ks.peer_key is None or self.cipher is None or self.remote_session_id is None:
-            return None
+            return False
         try:
             if self.ekm:
                 material = ks.tls.export(EKM_LABEL, KEY_MATERIAL_LEN)
@@ -434,10 +433,12 @@ class OpenVPNSession(Generic[M], abc.ABC):
                                             self.remote_session_id, self.session_id)
         except SSL.Error as exc:
             self._broken(f"TLS key-material export failed: {exc}", now)
-            return None
+            return False
         c2s, s2c = split_key_material(material)
         send, recv = (c2s, s2c) if self.SIDE == "client" else (s2c, c2s)
-        return DataKey(ks.key_id, self.cipher, send, recv, peer_id, now, self.options.auth)
+        ks.data = DataKey(ks.key_id, self.cipher, send, recv, peer_id, now, self.options.auth)
+        self._data_keys[ks.key_id] = ks.data
+        return True
 
     def _make_primary(self, ks: KeyState[M], now: float) -> None:
         """Send with this key state's data key from now on; the previous one expires."""
