@@ -265,6 +265,16 @@ class OpenVPNSession(Generic[M], abc.ABC):
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
 
+    def _receive_elsewhere(self, data: bytes, now: float, allowed: bool) -> bool:
+        """A packet from an address the peer is not known at; True if it authenticated
+        (the peer moved). Only ``allowed`` ones are even looked at."""
+        if not allowed:
+            self.drops["unknown_peer"] += 1
+            return False
+        before = self._authentic
+        self._receive_packet(data, now)
+        return self._authentic != before
+
     def _receive_data(self, key_id: int, data: bytes, now: float) -> None:
         dk = self._data_keys.get(key_id)
         if dk is None:
@@ -519,17 +529,8 @@ class OpenVPNSession(Generic[M], abc.ABC):
 
     # -- outputs -------------------------------------------------------------------------
 
-    def _receive_elsewhere(self, data: bytes, now: float, allowed: bool) -> bool:
-        """A packet from an address the peer is not known at; True if it authenticated
-        (the peer moved). Only ``allowed`` ones are even looked at."""
-        if not allowed:
-            self.drops["unknown_peer"] += 1
-            return False
-        before = self._authentic
-        self._receive_packet(data, now)
-        return self._authentic != before
-
     def _stop(self, state: str, reason: str, now: float, restart: bool) -> None:
+        """The session is over (``restart``: the client starts a new one)."""
         self.state = state
         self.last_error = reason
         self._primary = None
