@@ -125,6 +125,13 @@ class Row:
         return None
 
     @property
+    def read_rate(self) -> int:
+        """Datagrams a second the daemon's namespace delivered to its sockets (the flood's
+        and the live session's): what the daemon read, the rest the kernel dropped."""
+        secs = float(self.flood.get("seconds") or 0.0)
+        return round(self.kernel.get("InDatagrams", 0) / secs) if secs else 0
+
+    @property
     def rule_ok(self) -> bool:
         return self.loaded.loss <= 1.0 and self.ratio is not None and self.ratio <= 2.0
 
@@ -466,9 +473,9 @@ def _rtt(p: Ping) -> str:
 
 def table(rows: list[Row]) -> str:
     head = ("| item | live path | idle loss, RTT avg/max ms | loaded loss, RTT avg/max ms | "
-            "RTT ratio | flood sent, rate reached /s | daemon drops counted | kernel UDP "
-            "(namespace) | rule | load before -> after |")
-    out = [head, "|" + "---|" * 10]
+            "RTT ratio | flood sent, rate reached /s | read by the daemon /s | daemon drops "
+            "counted | kernel UDP (namespace) | rule | load before -> after |")
+    out = [head, "|" + "---|" * 11]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         drops = ", ".join(f"{k} {v}" for k, v in r.drops.items()) or "none"
@@ -477,10 +484,11 @@ def table(rows: list[Row]) -> str:
         out.append(
             f"| {r.item} {r.title} | {r.path} | {r.idle.loss:.1f}% ({r.idle.sent}), "
             f"{_rtt(r.idle)} | {r.loaded.loss:.1f}% ({r.loaded.sent}), {_rtt(r.loaded)} | "
-            f"{ratio} | {r.flood.get('sent', 0):,}, {r.flood.get('rate', 0):,} | {drops} | "
+            f"{ratio} | {r.flood.get('sent', 0):,}, {r.flood.get('rate', 0):,} | "
+            f"{r.read_rate:,} | {drops} | "
             f"{kern} | {'ok' if r.rule_ok else 'FAIL'}{'' if r.alive_after else ', DEAD'} | "
             f"{r.load_before} -> {r.load_after} |")
-    out.append("| 2 hub per-peer budgets | pending (built elsewhere) | | | | | | | | |")
+    out.append("| 2 hub per-peer budgets | pending (built elsewhere) |" + " |" * 9)
     return "\n".join(out)
 
 
@@ -505,14 +513,16 @@ def main(argv: list[str] | None = None) -> int:
               f"(load {loadavg()})", flush=True)
         row = run_item(item, opts)
         rows.append(row)
-        print(json.dumps({**asdict(row), "ratio": row.ratio, "rule_ok": row.rule_ok}),
-              flush=True)
+        print(json.dumps({**asdict(row), "ratio": row.ratio, "rule_ok": row.rule_ok,
+                          "read_rate": row.read_rate}), flush=True)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(
             {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
              "options": asdict(opts),
-             "rows": [{**asdict(r), "ratio": r.ratio, "rule_ok": r.rule_ok} for r in rows]},
+             "load_end": loadavg(),
+             "rows": [{**asdict(r), "ratio": r.ratio, "rule_ok": r.rule_ok,
+                       "read_rate": r.read_rate} for r in rows]},
             indent=2) + "\n")
     return 0
 

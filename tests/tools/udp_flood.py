@@ -15,7 +15,8 @@ Python sends one datagram per syscall at best a few hundred thousand a second on
 core, and less with the interpreter's overhead: each of ``--procs`` processes sends
 batches of ``--batch`` with ``sendmmsg(2)`` (through ctypes), paced to its share of
 ``--rate`` (0: as fast as it can). A port answering ICMP port-unreachable (the client
-moved: the batch stops short or fails with ECONNREFUSED) is left alone for 0.2 s.
+moved: the batch stops short or fails with ECONNREFUSED) is left alone for a second
+(the kernel answers a closed port about once a second per source).
 Prints ``{"ready": true}`` once every process is set up, waits for a line on stdin (go),
 floods for ``--duration`` seconds, and prints one JSON line: sent, seconds, rate, counts
 by kind and by port, refused, and when the flood started and ended (``time.time()``).
@@ -39,6 +40,7 @@ from typing import Any
 KINDS = ("junk", "truncated", "flipped", "replayed")
 POOL = 4096
 MAX_DATAGRAM = 1472
+REST = 1.0  # seconds a port that answered unreachable is left alone
 
 
 class _IoVec(ctypes.Structure):
@@ -143,10 +145,10 @@ def _worker(wid: int, args: argparse.Namespace, seeds: list[bytes], ports: list[
             idx = (idx + n) % POOL
             if n < want:  # a blocking socket stops short on an error (ICMP unreachable)
                 refused += 1
-                resting[turn] = now + 0.2
+                resting[turn] = now + REST
         elif n in (-errno.ECONNREFUSED, -errno.EHOSTUNREACH, -errno.ENETUNREACH):
             refused += 1
-            resting[turn] = now + 0.2
+            resting[turn] = now + REST
         elif n in (-errno.EAGAIN, -errno.ENOBUFS, -errno.EINTR):
             time.sleep(0.0005)
         else:
