@@ -5,9 +5,12 @@ benchmark, not a test. Here each item runs for a few seconds at 3,000 datagrams/
 the test asserts what must hold at any rate: the flood reached the attacked daemon, each
 datagram of it is accounted for (dropped and counted by the daemon, or dropped by the
 kernel before the daemon read it), and the live path works during and after the load.
-The <= 1 % loss / 2x RTT rule is printed, not asserted: on this shared 2-core machine
-the idle RTT is a few tenths of a millisecond and any CPU contention (the lead's CI run,
-another helper) doubles it, load or not.
+The <= 1 % loss / 2x RTT rule is printed, not asserted: it is not stable here. On this
+shared 2-core machine (load 6-8 from other work) two runs at 3,000 datagrams/s lost no
+echo in any item, but the RTT ratio moved from 0.6x to 8.8x between runs of the same item
+(item 3: 8.8x then 0.8x; item 4: 1.9x then 4.5x): the idle RTT is about a millisecond and
+any CPU contention, load or not, multiplies it. At the full rate the rule fails outright
+(docs/bench.md), which is what the benchmark is there to show.
 """
 
 from __future__ import annotations
