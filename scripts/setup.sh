@@ -8,6 +8,7 @@ APT_PACKAGES=(
   openvpn                                               # benchmark peer, comparisons
   qemu-system-x86 busybox-static cpio kmod              # kernel-bond tests in a QEMU VM
   python3-venv
+  chromium                                              # the API's /docs page rendered offline (headless)
   podman runc debootstrap                               # container face: image built and run in tests
 )
 

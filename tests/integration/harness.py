@@ -6,9 +6,11 @@ module name (two ``conftest`` modules in one run would shadow each other).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netns import ROOT, Host, Lab, tunconnector_cmd  # noqa: E402
+from netns import ROOT, Host, Lab, tunconnector_cmd, wait_for  # noqa: E402
+
+from tunconnector.io.icmp import in_netns  # noqa: E402
 
 XFER = str(ROOT / "tests" / "tools" / "xfer.py")
 PY = sys.executable
@@ -177,3 +181,36 @@ class Env:
         assert got, err.decode()
         assert int(got[0]) == nbytes, (got, err)
         return want[1], got[1], float(want[2])
+
+
+class Api:
+    """HTTP client for an API listening on loopback inside a namespace."""
+
+    def __init__(self, ns: str, port: int) -> None:
+        self.ns, self.port = ns, port
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        sock = in_netns(self.ns, lambda: socket.create_connection(("127.0.0.1", self.port), 5))
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.sock = sock
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
+        status, _, body = self.request(method, path, headers)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            try:
+                return self.request("GET", "/livez")[0] == 200
+            except OSError:
+                return False
+
+        assert wait_for(up, timeout, 0.1), "API did not come up"

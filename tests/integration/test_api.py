@@ -12,18 +12,15 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, Env, to_toml
+from harness import Api, Daemon, Env, to_toml
 from netns import VENV_BIN, free_port, tunconnector_cmd, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-
-from tunconnector.io.icmp import in_netns
 
 USER, PASSWORD, TOKEN = "admin", "pw-9f2c1e", "tok-4b7d0a"
 GOOD = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -43,39 +40,6 @@ MUTATING = [
     ("GET", "/vpn/stop"),
 ]
 INTERVAL = 1.0
-
-
-class Api:
-    """HTTP client for an API listening on loopback inside a namespace."""
-
-    def __init__(self, ns: str, port: int) -> None:
-        self.ns, self.port = ns, port
-
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, str], bytes]:
-        sock = in_netns(self.ns, lambda: socket.create_connection(("127.0.0.1", self.port), 5))
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        conn.sock = sock
-        try:
-            conn.request(method, path, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
-    def json(self, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
-        status, _, body = self.request(method, path, headers)
-        assert status == 200, (status, body)
-        return json.loads(body)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        def up() -> bool:
-            try:
-                return self.request("GET", "/livez")[0] == 200
-            except OSError:
-                return False
-
-        assert wait_for(up, timeout, 0.1), "API did not come up"
 
 
 def start_pair(

@@ -225,8 +225,9 @@ def test_wrong_key_no_traffic_both_alive(env: Env, openvpns: Any) -> None:
     assert st["rx_packets"] == 0
 
 
-def _pcap_udp_payloads(path: Path, sport: int) -> list[bytes]:
-    """UDP payloads with source port ``sport`` from a pcap of an Ethernet link."""
+def _pcap_udp_payloads(path: Path, sport: int, *, either: bool = False) -> list[bytes]:
+    """UDP payloads with source port ``sport`` (or, ``either``, source or destination
+    port) from a pcap of an Ethernet link."""
     import struct
 
     data = path.read_bytes()
@@ -240,7 +241,8 @@ def _pcap_udp_payloads(path: Path, sport: int) -> list[bytes]:
             continue
         ihl = (pkt[14] & 0x0F) * 4
         udp = 14 + ihl
-        if struct.unpack_from("!H", pkt, udp)[0] == sport:
+        ports = struct.unpack_from("!HH", pkt, udp)
+        if ports[0] == sport or (either and ports[1] == sport):
             out.append(pkt[udp + 8:])
     return out
 

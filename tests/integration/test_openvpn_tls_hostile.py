@@ -32,6 +32,15 @@ pytestmark = [
 ]
 
 
+#: pushed routes over the server's own address (a host route, a /16 holding it), and one
+#: the client already has (bench/hostile.py pushes the same under load)
+PUSH_OVER_SERVER = (f'push "route {SERVER_IP} 255.255.255.255"\n'
+                    'push "route 192.168.0.0 255.255.0.0"\n'
+                    'push "route 10.77.0.0 255.255.0.0"\n')
+#: a client-config-dir entry pushing the server's own address as the client's
+IFCONFIG_SERVER = f"ifconfig-push {SERVER_IP} 255.255.255.0\n"
+
+
 def _via(lab: Lab, dst: str) -> str:  # noqa: F811
     return lab.c1.run("ip", "route", "get", dst).stdout
 
@@ -39,9 +48,7 @@ def _via(lab: Lab, dst: str) -> str:  # noqa: F811
 def test_pushed_routes_over_the_server_keep_the_underlay_path(lab: Lab) -> None:  # noqa: F811
     # the server's own address as a host route, and a /16 it sits in; plus a route the
     # client already has (the kernel refuses it as a duplicate)
-    lab.start_server(extra=f'push "route {SERVER_IP} 255.255.255.255"\n'
-                     'push "route 192.168.0.0 255.255.0.0"\n'
-                     'push "route 10.77.0.0 255.255.0.0"\n')
+    lab.start_server(extra=PUSH_OVER_SERVER)
     lab.c1.run("ip", "route", "add", "blackhole", "10.77.0.0/16")
     d1 = lab.client(lab.c1, lab.ovpn("c1"), "ovpn1")
     t1 = wait_up(d1)
@@ -66,7 +73,7 @@ def test_pushed_routes_over_the_server_keep_the_underlay_path(lab: Lab) -> None:
 def test_pushed_ifconfig_equal_to_the_server_is_refused(lab: Lab) -> None:  # noqa: F811
     ccd = lab.dir / "ccd"
     ccd.mkdir()
-    (ccd / "client1").write_text(f"ifconfig-push {SERVER_IP} 255.255.255.0\n")
+    (ccd / "client1").write_text(IFCONFIG_SERVER)
     # client2 reaches the server through S from 192.168.111.0/24: an address in there
     (ccd / "client2").write_text("ifconfig-push 192.168.111.50 255.255.255.0\n")
     lab.start_server(extra=f"client-config-dir {ccd}\n")

@@ -83,7 +83,11 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d: Path) -> Pki:
+    """A CA, a server, two clients, a certificate without EKU, another CA, a ta.key."""
     p = Pki(d)
 
     def write(name: str, data: bytes) -> None:

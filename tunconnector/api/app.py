@@ -7,8 +7,11 @@ act on the default tunnel (the only one, or ``[api] default_tunnel``): ``/vpn/st
 ``/vpn/stop`` (authenticated; GET is accepted too because TunConnector's clients use it)
 and ``/vpn/status``
 (unauthenticated, ``{"status": "OK"|"NOT_OK"}`` like TunConnector's status file). Also
-``/metrics`` (Prometheus text), ``/livez`` and ``/readyz`` for probes, and the OpenAPI
-document at ``/openapi.json``. The Multi-link enabler router (``api/enabler.py``) is
+``/metrics`` (Prometheus text), ``/livez`` and ``/readyz`` for probes, the OpenAPI
+document at ``/openapi.json`` and its Swagger UI page at ``/docs``, whose script, style
+and icon come from this process (``/docs/assets``, the ``fastapi-offline`` package), not
+from a CDN: testbeds are often offline, and a page that loads its script from the internet
+is blank there. The Multi-link enabler router (``api/enabler.py``) is
 included when that module exists.
 """
 
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -33,6 +37,8 @@ from .auth import Authenticator, make_authenticator
 
 log = logging.getLogger(__name__)
 
+#: where the Swagger UI page's own assets are served (unauthenticated GETs, like /docs)
+DOCS_ASSETS = "/docs/assets"
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -143,7 +149,9 @@ def create_app(
 ) -> FastAPI:
     """Build the API for ``node``; credentials from ``api_config`` or the environment."""
     auth = authenticator or make_authenticator(api_config)
-    app = FastAPI(
+    # FastAPI's own /docs loads Swagger UI from a CDN; this one serves it from the package
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="tunconnector control API",
         version=__version__,
         description=(
@@ -153,6 +161,8 @@ def create_app(
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        # no online validator: it would send the document's URL to an outside host
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.node = node
     app.state.auth = auth
