@@ -88,7 +88,7 @@ PEER_QUEUE = 16
 READ_BATCH = 2048
 #: datagrams a round processes before the senders above their fair share lose their
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
-ROUND_CAPACITY = 256
+ROUND_CAPACITY = 128
 MIN_SHARE = 8
 
 Listener = Callable[[Any, State, State], None]

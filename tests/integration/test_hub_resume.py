@@ -24,9 +24,9 @@ from test_hub import hub_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-#: clients send a keepalive every 5 s: without help they notice a restarted hub only
-#: once their data stayed unanswered for keepalive + 5 = 10 s
-KEEPALIVE = 5.0
+#: the default keepalive: without help, clients notice a restarted hub only once their
+#: data stayed unanswered for keepalive + 5 = 15 s
+KEEPALIVE = 10.0
 
 
 def wait_log(d: Daemon, text: str, timeout: float) -> float:
