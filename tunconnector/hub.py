@@ -47,7 +47,15 @@ from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorE
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
-from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .io.udp import (
+    Addr,
+    UdpEndpoint,
+    family_for,
+    normalize,
+    open_connected_twin,
+    open_udp,
+    socket_drops,
+)
 from .keys import decode_key, encode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
@@ -90,6 +98,11 @@ READ_BATCH = 2048
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
 MIN_SHARE = 8
+#: a peer cut by its budget gets a receive queue of its own (a connected socket): the
+#: kernel then drops its excess for free, and it is read this much per loop turn
+MAX_ISOLATED = 64
+ISOLATED_BATCH = 64
+ISOLATED_RCVBUF = 1 << 20
 
 Listener = Callable[[Any, State, State], None]
 
@@ -108,7 +121,8 @@ class HubPeer:
 
     __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
                  "native", "secure", "addr", "raw", "up", "started", "last_handshake",
-                 "timer_at", "indices", "stats", "assignment", "routes_installed", "guard")
+                 "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
+                 "own", "own_drops")
 
     def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
         self.name = cfg.name
@@ -132,6 +146,10 @@ class HubPeer:
         self.routes_installed: list[str] = []
         #: replay and rate state of its initiations, kept when its channel is renewed
         self.guard = HandshakeGuard()
+        #: its own receive queue once it sent beyond its share, and the kernel's drop
+        #: count there already added to ``stats.drops["peer_budget"]``
+        self.own: UdpEndpoint | None = None
+        self.own_drops = 0
 
     def same_as(self, cfg: PeerConfig) -> bool:
         """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
@@ -241,10 +259,12 @@ class Hub:
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.stats.drops)
         for p in self.peers.values():
+            self._sync_own_drops(p)
             drops.update(p.stats.drops)
         return {k: v for k, v in sorted(drops.items()) if v}
 
     def peer_status(self, p: HubPeer, now: float | None = None) -> dict[str, Any]:
+        self._sync_own_drops(p)
         drops = collections.Counter(p.stats.drops)
         if p.native is not None:
             drops.update(p.native.drops)
@@ -526,6 +546,7 @@ class Hub:
         for i in p.indices:
             if self._by_index.get(i) is p:
                 del self._by_index[i]
+        self._unisolate(p)
         self.router.remove_peer(p)
         self.macs.forget_port(p)
         self.macs.unpin_port(p)
@@ -728,15 +749,58 @@ class Hub:
             return batch
         kept = []
         admit = budget.admit
+        cut: dict[int, HubPeer] = {}
         for item in batch:
             p = get(item[1])
             if admit(p):
                 kept.append(item)
             elif p is not None:
                 p.stats.drops["peer_budget"] += 1
+                cut[id(p)] = p
             else:
                 self.stats.drops["peer_budget"] += 1
+        for p in cut.values():
+            self._isolate(p)
         return kept
+
+    def _isolate(self, p: HubPeer) -> None:
+        """Give a peer that sent beyond its share a receive queue of its own (see
+        ``open_connected_twin``), read at most ISOLATED_BATCH datagrams per loop turn:
+        when it goes on, the kernel drops its excess before this process spends
+        anything on it, and the shared socket stays free for the others."""
+        udp = self._udp
+        if (p.own is not None or p.raw is None or udp is None
+                or sum(1 for q in self.peers.values() if q.own is not None) >= MAX_ISOLATED):
+            return
+        try:
+            sock = open_connected_twin(udp.sock, p.raw, rcvbuf=ISOLATED_RCVBUF,
+                                       bind_interface=self.config.bind_interface)
+        except TunconnectorError as exc:
+            self.stats.drops["isolate_failed"] += 1
+            self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
+            return
+        p.own = UdpEndpoint(sock, p.stats.drops)
+        p.own_drops = 0
+        p.own.start(self._on_udp_batch, max_batch=ISOLATED_BATCH)
+        self.log.info("hub %s: peer %s sends beyond its share: own receive queue",
+                      self.name, p.name)
+
+    def _unisolate(self, p: HubPeer) -> None:
+        if p.own is None:
+            return
+        self._sync_own_drops(p)
+        p.own.close()
+        p.own = None
+        p.own_drops = 0
+
+    def _sync_own_drops(self, p: HubPeer) -> None:
+        """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
+        if p.own is None:
+            return
+        n = socket_drops(p.own.sock)
+        if n > p.own_drops:
+            p.stats.drops["peer_budget"] += n - p.own_drops
+            p.own_drops = n
 
     def _send_reset(self, session: int, addr: Addr, now: float) -> None:
         """Data for a session we do not have (we restarted, or it ended): tell the
@@ -750,6 +814,7 @@ class Hub:
 
     def _end_session(self, p: HubPeer) -> None:
         """Forget a peer's session (it said it stops); its next handshake starts anew."""
+        self._unisolate(p)
         for i in p.indices:
             if self._by_index.get(i) is p:
                 del self._by_index[i]
@@ -764,6 +829,8 @@ class Hub:
 
     def _follow(self, p: HubPeer, addr: Addr, raw: Any) -> None:
         old = p.addr
+        if p.raw != raw:
+            self._unisolate(p)  # its queue is connected to the old address
         if p.raw is not None and self._by_raw.get(p.raw) is p:
             del self._by_raw[p.raw]
         p.addr = addr
@@ -1118,6 +1185,7 @@ class Hub:
             self.device = None
         self._kernel_routes.clear()  # they went with the device
         for p in self.peers.values():
+            self._unisolate(p)
             p.native = None
             p.secure = None
             p.started = False

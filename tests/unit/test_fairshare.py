@@ -53,12 +53,12 @@ def test_flooder_loses_its_excess_others_keep_everything() -> None:
     assert admitted == list(range(kept["flood"]))
 
 
-def test_no_cut_within_capacity_or_from_one_sender() -> None:
+def test_no_cut_within_capacity_and_one_sender_cut_at_capacity() -> None:
     b = RoundBudget(capacity=256)
     assert round_of(b, ["a"] * 200 + ["b"] * 56) == {"a": 200, "b": 56}
     assert not b.limited
-    assert round_of(b, ["a"] * 2000) == {"a": 2000}  # nobody to be unfair to
-    assert not b.limited
+    assert round_of(b, ["a"] * 2000) == {"a": 256}  # a round's work stays bounded
+    assert b.limited
 
 
 def test_many_senders_each_keep_the_minimum() -> None:

@@ -11,8 +11,8 @@ drained every round and the flood is cut in user space, by sender.
 The share is found by water-filling: the largest ``s`` with
 ``sum(min(count, s)) <= capacity``, but never below ``min_share`` (with many active
 peers the round may then exceed ``capacity``: every peer still gets something). A round
-from one sender only is not cut: there is nobody to be unfair to, and the kernel's
-queue keeps absorbing bursts as before.
+from one sender is cut at ``capacity`` too: a round's work stays bounded, so whatever
+else the process serves (other queues, the device, timers) waits one round at most.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class RoundBudget:
 
     Use: :meth:`plan` with the round's senders (one entry per datagram, in order), then
     :meth:`admit` per datagram in the same order. Everything is admitted while the
-    round is within ``capacity`` or has a single sender.
+    round is within ``capacity``.
     """
 
     __slots__ = ("capacity", "min_share", "_left", "limited")
@@ -66,8 +66,6 @@ class RoundBudget:
         counts: dict[Hashable, int] = {}
         for s in senders:
             counts[s] = counts.get(s, 0) + 1
-        if len(counts) < 2:
-            return False
         share = fair_share(counts, self.capacity, self.min_share)
         self._left = {s: share for s, n in counts.items() if n > share}
         self.limited = bool(self._left)
