@@ -95,7 +95,7 @@ def test_flooding_peer_does_not_starve_another(size: int) -> None:
         assert flood_ran
         # before per-peer budgets: 11-70% lost at 89-306 ms, TCP at 0.1-1 Mbit/s
         assert loss <= 1.0, out
-        assert avg <= max(25 * idle_avg, 100.0), out
+        assert avg <= max(25 * idle_avg, 150.0), out
         assert tcp >= 10.0, tcp
         # the flood's excess is counted on the flooder (site-b's own TCP may have lost
         # some to its budget too while it was alone)
