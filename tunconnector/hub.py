@@ -122,7 +122,7 @@ class HubPeer:
     __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
                  "native", "secure", "addr", "raw", "up", "started", "last_handshake",
                  "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
-                 "own", "own_drops")
+                 "own", "own_drops", "past_handshakes")
 
     def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
         self.name = cfg.name
@@ -150,6 +150,12 @@ class HubPeer:
         #: count there already added to ``stats.drops["peer_budget"]``
         self.own: UdpEndpoint | None = None
         self.own_drops = 0
+        #: handshakes of its sessions that ended (the count in the status goes on)
+        self.past_handshakes = 0
+
+    @property
+    def handshakes(self) -> int:
+        return self.past_handshakes + (self.secure.handshakes if self.secure else 0)
 
     def same_as(self, cfg: PeerConfig) -> bool:
         """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
@@ -285,7 +291,7 @@ class Hub:
             "tx_bytes": p.stats.tx_bytes,
             "rx_packets": p.stats.rx_packets,
             "tx_packets": p.stats.tx_packets,
-            "handshakes": p.secure.handshakes if p.secure is not None else 0,
+            "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
         }
 
@@ -303,7 +309,7 @@ class Hub:
             except OSError:
                 local = None
         up = sum(1 for p in self.peers.values() if p.up)
-        handshakes = sum(p.secure.handshakes for p in self.peers.values() if p.secure)
+        handshakes = sum(p.handshakes for p in self.peers.values())
         return {
             "name": self.name,
             "mode": cfg.mode,
@@ -822,6 +828,7 @@ class Hub:
         if p.raw is not None and self._by_raw.get(p.raw) is p:
             del self._by_raw[p.raw]
         p.raw = None
+        p.past_handshakes = p.handshakes
         p.native = None
         p.secure = None
         p.started = False

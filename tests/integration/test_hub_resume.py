@@ -90,7 +90,8 @@ def test_hub_restart_resumes_clients_and_a_stopped_client_is_down_at_once() -> N
         assert peer(hub, "site-a")["state"] == "up"
         assert lab.clients[0].ping("10.220.0.1", count=3, interval=0.2) == (3, 3)
         # ... and comes back with a new session when it starts again
+        handshakes = peer(hub, "site-b")["handshakes"]
         lab.client(1, port=port, keepalive=KEEPALIVE, name="client1b")
-        wait_peer_handshake(hub, "site-b", after=0)
+        wait_peer_handshake(hub, "site-b", after=handshakes)
         wait_client_address(lab.clients[1], "hc1", "10.220.0.")
         assert lab.clients[1].wait_ping("10.220.0.1", timeout=20)
