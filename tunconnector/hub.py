@@ -47,11 +47,20 @@ from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorE
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
-from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .io.udp import (
+    Addr,
+    UdpEndpoint,
+    family_for,
+    normalize,
+    open_connected_twin,
+    open_udp,
+    socket_drops,
+)
 from .keys import decode_key, encode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
+from .proto.fairshare import RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
@@ -59,6 +68,7 @@ from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
 from .proto.offload import GsoFrame
 from .proto.pool import AddressPool, PoolExhausted
+from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
 from .proto.secure import (
     _INIT_PAYLOAD,
@@ -67,6 +77,7 @@ from .proto.secure import (
     AuthFailure,
     HandshakeComplete,
     HandshakeGuard,
+    Rekeyed,
     SecureChannel,
     SessionExpired,
     TokenBucketLimiter,
@@ -81,6 +92,17 @@ INIT_LEN = HEADER_LEN + 32 + (32 + 16) + _INIT_PAYLOAD.size + 16 + MAC_LEN
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
 #: frames a peer's channel holds while its session renews (bounded memory per peer)
 PEER_QUEUE = 16
+#: datagrams read from the socket per round at most (reading is cheap: drain it all)
+READ_BATCH = 2048
+#: datagrams a round processes before the senders above their fair share lose their
+#: excess (counted ``peer_budget``), and the least every sender keeps of a round
+ROUND_CAPACITY = 128
+MIN_SHARE = 8
+#: a peer cut by its budget gets a receive queue of its own (a connected socket): the
+#: kernel then drops its excess for free, and it is read this much per loop turn
+MAX_ISOLATED = 64
+ISOLATED_BATCH = 64
+ISOLATED_RCVBUF = 1 << 20
 
 Listener = Callable[[Any, State, State], None]
 
@@ -99,7 +121,8 @@ class HubPeer:
 
     __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
                  "native", "secure", "addr", "raw", "up", "started", "last_handshake",
-                 "timer_at", "indices", "stats", "assignment", "routes_installed")
+                 "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
+                 "own", "own_drops", "past_handshakes")
 
     def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
         self.name = cfg.name
@@ -121,6 +144,18 @@ class HubPeer:
         self.stats = PeerStats()
         self.assignment: Assignment | None = None
         self.routes_installed: list[str] = []
+        #: replay and rate state of its initiations, kept when its channel is renewed
+        self.guard = HandshakeGuard()
+        #: its own receive queue once it sent beyond its share, and the kernel's drop
+        #: count there already added to ``stats.drops["peer_budget"]``
+        self.own: UdpEndpoint | None = None
+        self.own_drops = 0
+        #: handshakes of its sessions that ended (the count in the status goes on)
+        self.past_handshakes = 0
+
+    @property
+    def handshakes(self) -> int:
+        return self.past_handshakes + (self.secure.handshakes if self.secure else 0)
 
     def same_as(self, cfg: PeerConfig) -> bool:
         """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
@@ -173,6 +208,11 @@ class Hub:
         self.pool: AddressPool | None = None
         self.cookies = CookieChecker()
         self._limiter = TokenBucketLimiter()
+        self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
+        self._reset_key = b""
+        #: SESSION_RESET replies: per source address, and in total
+        self._reset_per_source = TokenBucketLimiter(rate=2.0, burst=2.0)
+        self._reset_total = TokenBucketLimiter(rate=500.0, burst=100.0)
         self._static: X25519PrivateKey | None = None
         self._mac_keys: list[bytes] = []
         self._cookie_key = b""
@@ -225,10 +265,12 @@ class Hub:
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.stats.drops)
         for p in self.peers.values():
+            self._sync_own_drops(p)
             drops.update(p.stats.drops)
         return {k: v for k, v in sorted(drops.items()) if v}
 
     def peer_status(self, p: HubPeer, now: float | None = None) -> dict[str, Any]:
+        self._sync_own_drops(p)
         drops = collections.Counter(p.stats.drops)
         if p.native is not None:
             drops.update(p.native.drops)
@@ -242,13 +284,14 @@ class Hub:
             "endpoint": _fmt_addr(p.addr) if p.addr is not None else None,
             "address": str(p.address) if p.address is not None else None,
             "allowed_ips": list(p.cfg.allowed_ips),
-            "state": "up" if p.up else ("down" if p.started else "never"),
+            "state": "up" if p.up else (
+                "down" if p.started or p.last_handshake is not None else "never"),
             "last_handshake_age": hs_age,
             "rx_bytes": p.stats.rx_bytes,
             "tx_bytes": p.stats.tx_bytes,
             "rx_packets": p.stats.rx_packets,
             "tx_packets": p.stats.tx_packets,
-            "handshakes": p.secure.handshakes if p.secure is not None else 0,
+            "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
         }
 
@@ -266,7 +309,7 @@ class Hub:
             except OSError:
                 local = None
         up = sum(1 for p in self.peers.values() if p.up)
-        handshakes = sum(p.secure.handshakes for p in self.peers.values() if p.secure)
+        handshakes = sum(p.handshakes for p in self.peers.values())
         return {
             "name": self.name,
             "mode": cfg.mode,
@@ -358,6 +401,7 @@ class Hub:
         self._static = X25519PrivateKey.from_private_bytes(priv)
         self._own_public = public_bytes(self._static)
         self._cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
+        self._reset_key = reset_key(priv)
 
     def _refresh_mac_keys(self) -> None:
         """mac1 keys of the peers' PSKs (a peer with a PSK keys mac1 with it too)."""
@@ -428,7 +472,7 @@ class Hub:
         sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        self._udp.start(self._on_udp_batch, max_batch=64)
+        self._udp.start(self._on_udp_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
     def _hub_networks(self) -> list[str]:
@@ -508,6 +552,7 @@ class Hub:
         for i in p.indices:
             if self._by_index.get(i) is p:
                 del self._by_index[i]
+        self._unisolate(p)
         self.router.remove_peer(p)
         self.macs.forget_port(p)
         self.macs.unpin_port(p)
@@ -627,11 +672,18 @@ class Hub:
                 private_key=self._static.private_bytes_raw(), peer_public_key=p.public,
                 cipher=cipher, cipher_auto=auto, rekey_after_time=cfg.rekey_after_time,
                 rekey_after_bytes=cfg.rekey_after_bytes, stale_after=cfg.keepalive + 5.0,
-                clock_offset=self._clock_offset, guard=HandshakeGuard(),
+                clock_offset=self._clock_offset, guard=p.guard,
                 queue_limit=PEER_QUEUE,
             )
             if p.assignment is not None:
                 p.secure.response_extra = p.assignment.encode()
+            key = self._reset_key
+
+            def extra_for(index: int, p: HubPeer = p) -> bytes:
+                """The assignment, with the new session's reset token."""
+                return (p.assignment or Assignment()).encode(reset_token(key, index))
+
+            p.secure.response_extra_for = extra_for
             p.native = NativeEndpoint(keepalive=cfg.keepalive, dead_after=cfg.dead_after,
                                       max_frame=self.max_frame, secure=p.secure)
         return p.secure
@@ -645,6 +697,8 @@ class Hub:
         by_raw = self._by_raw
         touched: dict[int, HubPeer] = {}
         inbound: list[tuple[HubPeer, Any]] = []
+        if len(batch) > ROUND_CAPACITY:
+            batch = self._within_budget(batch)
         for data, raw in batch:
             p = by_raw.get(raw)
             if p is not None and p.native is not None:
@@ -677,6 +731,8 @@ class Hub:
             p = self._by_index.get(session)
             if p is None or p.native is None:
                 stats.drops["unknown_session"] += 1
+                if wants_reset(data):
+                    self._send_reset(session, addr, now)
                 continue
             decoded = p.native.decode(data, now, raw)
             if decoded.authentic and p.raw != raw:
@@ -689,8 +745,99 @@ class Hub:
         for p in touched.values():
             self._flush(p, now)
 
+    def _within_budget(self, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+        """The round's datagrams each sender may have processed: a sender beyond its
+        fair share loses the rest before any decryption (see proto/fairshare.py).
+        Senders are peers by source address; unknown sources share one budget."""
+        get = self._by_raw.get
+        budget = self._budget
+        if not budget.plan([get(raw) for _, raw in batch]):
+            return batch
+        kept = []
+        admit = budget.admit
+        cut: dict[int, HubPeer] = {}
+        for item in batch:
+            p = get(item[1])
+            if admit(p):
+                kept.append(item)
+            elif p is not None:
+                p.stats.drops["peer_budget"] += 1
+                cut[id(p)] = p
+            else:
+                self.stats.drops["peer_budget"] += 1
+        for p in cut.values():
+            self._isolate(p)
+        return kept
+
+    def _isolate(self, p: HubPeer) -> None:
+        """Give a peer that sent beyond its share a receive queue of its own (see
+        ``open_connected_twin``), read at most ISOLATED_BATCH datagrams per loop turn:
+        when it goes on, the kernel drops its excess before this process spends
+        anything on it, and the shared socket stays free for the others."""
+        udp = self._udp
+        if (p.own is not None or p.raw is None or udp is None
+                or sum(1 for q in self.peers.values() if q.own is not None) >= MAX_ISOLATED):
+            return
+        try:
+            sock = open_connected_twin(udp.sock, p.raw, rcvbuf=ISOLATED_RCVBUF,
+                                       bind_interface=self.config.bind_interface)
+        except TunconnectorError as exc:
+            self.stats.drops["isolate_failed"] += 1
+            self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
+            return
+        p.own = UdpEndpoint(sock, p.stats.drops)
+        p.own_drops = 0
+        p.own.start(self._on_udp_batch, max_batch=ISOLATED_BATCH)
+        self.log.info("hub %s: peer %s sends beyond its share: own receive queue",
+                      self.name, p.name)
+
+    def _unisolate(self, p: HubPeer) -> None:
+        if p.own is None:
+            return
+        self._sync_own_drops(p)
+        p.own.close()
+        p.own = None
+        p.own_drops = 0
+
+    def _sync_own_drops(self, p: HubPeer) -> None:
+        """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
+        if p.own is None:
+            return
+        n = socket_drops(p.own.sock)
+        if n > p.own_drops:
+            p.stats.drops["peer_budget"] += n - p.own_drops
+            p.own_drops = n
+
+    def _send_reset(self, session: int, addr: Addr, now: float) -> None:
+        """Data for a session we do not have (we restarted, or it ended): tell the
+        sender with an authenticated SESSION_RESET, so it handshakes again at once."""
+        if self._udp is None or not self._reset_key:
+            return
+        if not (self._reset_per_source.allow(addr, now) and self._reset_total.allow(None, now)):
+            return
+        self.stats.drops["reset_sent"] += 1
+        self._udp.sendto(encode_reset(self._reset_key, session), addr)
+
+    def _end_session(self, p: HubPeer) -> None:
+        """Forget a peer's session (it said it stops); its next handshake starts anew."""
+        self._unisolate(p)
+        for i in p.indices:
+            if self._by_index.get(i) is p:
+                del self._by_index[i]
+        p.indices = set()
+        if p.raw is not None and self._by_raw.get(p.raw) is p:
+            del self._by_raw[p.raw]
+        p.raw = None
+        p.past_handshakes = p.handshakes
+        p.native = None
+        p.secure = None
+        p.started = False
+        p.timer_at = None
+
     def _follow(self, p: HubPeer, addr: Addr, raw: Any) -> None:
         old = p.addr
+        if p.raw != raw:
+            self._unisolate(p)  # its queue is connected to the old address
         if p.raw is not None and self._by_raw.get(p.raw) is p:
             del self._by_raw[p.raw]
         p.addr = addr
@@ -903,9 +1050,13 @@ class Hub:
         if msgs and self._udp is not None and p.addr is not None:
             for m in msgs:
                 self._udp.sendto(m, p.addr)
+        exited = False
         while (ev := native.next_event()) is not None:
             if isinstance(ev, PeerUp):
                 self._peer_state(p, True, "alive")
+            elif isinstance(ev, PeerDown) and ev.reason == "exit":
+                exited = True
+                self._peer_state(p, False, "it said it stops")
             elif isinstance(ev, PeerDown):
                 self._peer_state(p, False, f"nothing received for {ev.silent_for:.1f}s")
         secure = p.secure
@@ -918,9 +1069,11 @@ class Hub:
                     self.log.warning("hub %s: peer %s: %s", self.name, p.name, sev.message)
                 elif isinstance(sev, SessionExpired):
                     self.log.info("hub %s: peer %s: session expired", self.name, p.name)
-                else:  # Rekeyed
+                elif isinstance(sev, Rekeyed):
                     p.last_handshake = time.time()
             self._index_peer(p)
+        if exited:
+            self._end_session(p)
         self._schedule(p)
 
     def _peer_state(self, p: HubPeer, up: bool, why: str) -> None:
@@ -1039,6 +1192,7 @@ class Hub:
             self.device = None
         self._kernel_routes.clear()  # they went with the device
         for p in self.peers.values():
+            self._unisolate(p)
             p.native = None
             p.secure = None
             p.started = False

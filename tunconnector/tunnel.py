@@ -49,7 +49,14 @@ from .proto.framing import (
 )
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
-from .proto.secure import AuthFailure, HandshakeComplete, HandshakeGuard, Rekeyed, SessionExpired
+from .proto.secure import (
+    AuthFailure,
+    HandshakeComplete,
+    HandshakeGuard,
+    Rekeyed,
+    SessionExpired,
+    SessionReset,
+)
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -339,9 +346,20 @@ class Tunnel(SupervisedDevice):
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
             return  # nothing open; a failed tunnel keeps saying why
         self._stopping = True
+        self._notify_exit()
         await self._close_all()
         self._set_state(State.STOPPED)
         self.log.info("tunnel %s stopped", self.name)
+
+    def _notify_exit(self) -> None:
+        """A client stopping cleanly tells its server (a hub marks it down at once)."""
+        native, udp, peer = self._native, self._udp, self.peer
+        if (self.config.mode != "client" or self._mp is not None or native is None
+                or udp is None or peer is None or self._loop is None):
+            return
+        msg = native.exit_message(self._loop.time())
+        if msg is not None:
+            udp.sendto(msg, peer)
 
     async def close(self) -> None:
         await self.stop()
@@ -714,7 +732,10 @@ class Tunnel(SupervisedDevice):
                 if conn is not None or self.config.proto == "udp":
                     self._set_state(State.UP)
             elif isinstance(ev, PeerDown):
-                self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
+                if ev.reason == "exit":
+                    self.log.warning("peer down: it said it stops")
+                else:
+                    self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
                 self._set_state(State.DOWN)
                 if conn is not None:
                     conn.proto.abort()
@@ -736,6 +757,9 @@ class Tunnel(SupervisedDevice):
                                    "(%s): %s", self.name, ev.reason, ev.message)
             elif isinstance(ev, SessionExpired):
                 self.log.warning("tunnel %s: session keys expired without a rekey", self.name)
+            elif isinstance(ev, SessionReset):
+                self.log.info("tunnel %s: the peer lost our session (restarted): "
+                              "handshaking again", self.name)
 
     def _conn_for(self, native: NativeEndpoint) -> _StreamConn | None:
         """The stream connection of ``native``: the live one (candidates are passed in)."""

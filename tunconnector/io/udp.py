@@ -6,6 +6,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,54 @@ def open_udp(
                             bind_interface=bind_interface)
         raise TransportError(f"cannot bind UDP {bind}:{port}: {exc.strerror}") from exc
     return sock
+
+
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_SK_MEMINFO_DROPS = 8
+
+
+def open_connected_twin(sock: socket.socket, remote: Addr, *, rcvbuf: int = 1 << 20,
+                        bind_interface: str | None = None) -> socket.socket:
+    """A second socket on ``sock``'s address and port, connected to ``remote``.
+
+    The kernel hands a connected socket the datagrams of its remote address and port in
+    preference to an unconnected one on the same port (both with SO_REUSEADDR), so that
+    sender gets a receive queue of its own: when it sends more than is read, the kernel
+    drops its excess there, and nobody else's datagrams. Datagrams of others that land
+    on it in the moment between bind and connect are still ordinary datagrams.
+    """
+    try:
+        twin = socket.socket(sock.family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise TransportError(f"cannot open UDP socket: {exc.strerror}") from exc
+    try:
+        twin.setblocking(False)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if sock.family == socket.AF_INET6:
+            twin.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                            sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+        if bind_interface:
+            twin.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind_interface.encode())
+        twin.bind(sock.getsockname())
+        twin.connect(remote)
+    except OSError as exc:
+        twin.close()
+        raise TransportError(f"cannot open a connected UDP socket: {exc.strerror}") from exc
+    return twin
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped at this socket (its receive queue was full); 0 when
+    the kernel does not say (SO_MEMINFO)."""
+    try:
+        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+    except OSError:
+        return 0
+    if len(info) < 9 * 4:
+        return 0
+    return int.from_bytes(info[_SK_MEMINFO_DROPS * 4:_SK_MEMINFO_DROPS * 4 + 4],
+                          sys.byteorder)
 
 
 def normalize(addr: Addr) -> Addr:

@@ -27,8 +27,12 @@ class Assignment:
     mtu: int | None = None
     gateway: str | None = None
 
-    def encode(self) -> bytes:
+    def encode(self, reset_token: bytes | None = None) -> bytes:
+        """``reset_token``: the session's SESSION_RESET token (key ``t``, hex; clients
+        that do not know the key ignore it)."""
         doc: dict[str, object] = {}
+        if reset_token is not None:
+            doc["t"] = reset_token.hex()
         if self.address is not None:
             doc["a"] = self.address
         if self.routes:
@@ -84,3 +88,17 @@ class Assignment:
 
 
 __all__ = ["MAX_ASSIGNMENT", "Assignment"]
+
+
+def reset_token_of(data: bytes) -> bytes | None:
+    """The reset token (``t``) of an encoded assignment; None when absent or malformed
+    (the assignment itself is checked by :meth:`Assignment.decode`)."""
+    if len(data) > MAX_ASSIGNMENT:
+        return None
+    try:
+        doc = json.loads(data)
+        token = bytes.fromhex(doc["t"]) if isinstance(doc, dict) and isinstance(
+            doc.get("t"), str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return token if token is not None and len(token) == 16 else None

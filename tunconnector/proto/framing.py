@@ -55,6 +55,8 @@ class MsgType(enum.IntEnum):
     HANDSHAKE_INIT = 0x10
     HANDSHAKE_RESP = 0x11
     COOKIE_REPLY = 0x12
+    SESSION_RESET = 0x13  # a hub lost the session: handshake again (proto/reset.py)
+    EXIT = 0x14  # sealed: the sender stops (explicit exit notification)
     FRAGMENT = 0x20
 
 

@@ -21,6 +21,8 @@ class PeerUp:
 class PeerDown:
     at: float
     silent_for: float
+    #: ``silent`` (nothing for dead_after) or ``exit`` (the peer said it stops)
+    reason: str = "silent"
 
 
 LivenessEvent = PeerUp | PeerDown
@@ -50,6 +52,14 @@ class Liveness:
         if not self.alive:
             self.alive = True
             self._events.append(PeerUp(now))
+
+    def on_exit(self, now: float) -> None:
+        """The peer told us it stops (an authenticated EXIT): down now, not after
+        dead_after of silence."""
+        if self.alive:
+            self.alive = False
+            silent = 0.0 if self.last_rx is None else now - self.last_rx
+            self._events.append(PeerDown(now, silent, "exit"))
 
     def on_send(self, now: float) -> None:
         self.last_tx = now

@@ -230,6 +230,11 @@ class NativeEndpoint:
         return bool(self._out) or self.liveness.has_events() or (
             secure is not None and secure.has_output())
 
+    def exit_message(self, now: float) -> bytes | None:
+        """An EXIT for the peer (encrypted sessions only; None without a session)."""
+        seal_exit = getattr(self.secure, "seal_exit", None)
+        return None if seal_exit is None else seal_exit(now)
+
     def hello_for_unknown(self, now: float) -> bytes | None:
         """A keepalive with echo 0 for a source we do not know (at most one per second).
 
@@ -288,6 +293,9 @@ class NativeEndpoint:
             if sum(self.secure.drops.values()) != before:
                 return result  # counted by the secure channel
             result.authentic = True
+            if mtype == MsgType.EXIT:
+                self.liveness.on_exit(now)
+                return result
             self.liveness.on_receive(now)
             if frame is not None and mtype == MsgType.DATA:
                 if len(frame) == 0:

@@ -51,10 +51,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import CryptoError, RemoteProtocolError
+from .assign import reset_token_of
 from .cookie import REPLY_LEN, CookieChecker, CookieJar, cookie_key, reply_session
 from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION, Header, MsgType
 from .noise import DHLEN, TAGLEN, HandshakeState, blake2s, public_bytes
 from .replay import REJECT_AFTER_MESSAGES
+from .reset import reset_matches
 from .session import CIPHER_NAMES, CIPHERS, REKEY_AFTER_MESSAGES, TAG_LEN, Keypair
 
 PROLOGUE = b"tunconnector native v1"
@@ -101,13 +103,19 @@ class SessionExpired:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionReset:
+    """The responder says it lost our session (authenticated by its reset token): the
+    keypair is gone and a new handshake has started."""
+
+
+@dataclass(frozen=True, slots=True)
 class Assigned:
     """The responder (a hub) sent configuration with its handshake response."""
 
     payload: bytes
 
 
-Event = HandshakeComplete | Rekeyed | AuthFailure | SessionExpired | Assigned
+Event = HandshakeComplete | Rekeyed | AuthFailure | SessionExpired | Assigned | SessionReset
 
 #: longest extra payload a handshake response may carry (a hub's assignment)
 MAX_RESPONSE_EXTRA = 8192
@@ -295,6 +303,9 @@ class SecureChannel:
         self.cookie_out: list[tuple[bytes, Hashable]] = []
         #: appended to our handshake responses (a hub's assignment, proto/assign.py)
         self.response_extra = b""
+        #: when set, builds that extra per response from our new session index (a hub
+        #: adds the session's reset token, proto/reset.py); else ``response_extra``
+        self.response_extra_for: Callable[[int], bytes] | None = None
         #: called with what a hub appended to its response (besides the Assigned event,
         #: for adapters that do not drain events of that type)
         self.on_assigned: Callable[[bytes], None] | None = None
@@ -656,6 +667,8 @@ class SecureChannel:
             self._on_response(msg, header, now, source)
         elif t == MsgType.COOKIE_REPLY:
             self._on_cookie_reply(msg, now)
+        elif t == MsgType.SESSION_RESET:
+            self._on_reset(msg, header, now)
         else:
             self.drops["plaintext"] += 1
 
@@ -748,7 +761,9 @@ class SecureChannel:
             # if the peer never confirms the keypair we answer with, try again ourselves
             self._wakeup_at = now + self.max_retransmit
         index = self._new_index()
-        body = hs.write_message(_RESP_PAYLOAD.pack(index, chosen) + self.response_extra)
+        extra = (self.response_extra if self.response_extra_for is None
+                 else self.response_extra_for(index))
+        body = hs.write_message(_RESP_PAYLOAD.pack(index, chosen) + extra)
         k_init_to_resp, k_resp_to_init = hs.split()
         self.cipher = CIPHER_NAMES[chosen]
         kp = Keypair(
@@ -779,6 +794,34 @@ class SecureChannel:
             return
         if not self._last_had_mac2:  # one retry per cookie: no loop with a broken peer
             self._send_initiation(now)
+
+    def _on_reset(self, msg: memoryview, header: Header, now: float) -> None:
+        """The responder lost the session ``header.session`` names: drop that keypair
+        and handshake again now. Only its token (from the encrypted response) counts."""
+        for kp in (self.current, self.previous):
+            if kp is not None and kp.remote_index == header.session and reset_matches(
+                    msg, kp.reset_token):
+                break
+        else:
+            self.drops["bad_reset"] += 1
+            return
+        self._forget(kp)
+        if kp is self.current:
+            self.current = None
+        else:
+            self.previous = None
+        self._unanswered_since = None
+        self._events.append(SessionReset())
+        if self._pending is None and self._may_initiate():
+            self._begin_handshake(now)
+
+    def seal_exit(self, now: float) -> bytes | None:
+        """An EXIT message under the current session (None without one): the peer
+        learns at once that we stop. Never queued."""
+        kp = self._sendable(now)
+        if kp is None:
+            return None
+        return kp.seal(b"", mtype=MsgType.EXIT)
 
     def local_indices(self) -> list[int]:
         """Session indices that address this channel (a hub maps them to the peer)."""
@@ -830,6 +873,8 @@ class SecureChannel:
             local_index=pending.index, remote_index=remote_index, send_key=k_init_to_resp,
             recv_key=k_resp_to_init, initiator=True, created=now, cipher=self.cipher,
         )
+        if extra:
+            kp.reset_token = reset_token_of(bytes(extra))
         self._pending = self._previous_pending = None
         self._retransmit_at = None
         self._attempts = 0
@@ -926,5 +971,6 @@ __all__ = [
     "Rekeyed",
     "SecureChannel",
     "SessionExpired",
+    "SessionReset",
     "TokenBucketLimiter",
 ]

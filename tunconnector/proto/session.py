@@ -53,6 +53,7 @@ class Keypair:
     __slots__ = (
         "local_index", "remote_index", "initiator", "created", "cipher", "_send", "_recv",
         "send_counter", "sent_bytes", "received_bytes", "replay", "confirmed",
+        "reset_token",
     )
 
     def __init__(
@@ -78,6 +79,8 @@ class Keypair:
         self.sent_bytes = 0
         self.received_bytes = 0
         self.replay = ReplayWindow(replay_blocks)
+        #: the responder's SESSION_RESET token for this session (proto/reset.py), if given
+        self.reset_token: bytes | None = None
         #: responder keypairs become usable for sending once the initiator used them
         self.confirmed = initiator
 
