@@ -53,11 +53,10 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import Env  # noqa: E402
-from hublab import hub_lab, peer, wait_client_address, wait_peers_up  # noqa: E402
+from hublab import hub_lab, peer  # noqa: E402
 from hublab import status as hub_status  # noqa: E402
-from netns import Host, free_port, lab, wait_for  # noqa: E402
-from test_hub import hub_config  # noqa: E402
-from test_hub_hostile import SEND, hexmac, mac_of  # noqa: E402
+from netns import Host, lab, wait_for  # noqa: E402
+from test_hub_hostile import SEND, hexmac, mac_of, tap_hub_two_sites  # noqa: E402
 from test_openvpn_hostile import ATTACKER, CL_ADDR, SRV_ADDR  # noqa: E402
 from test_openvpn_static_interop import _pcap_udp_payloads, genkey, tc_tunnel  # noqa: E402
 from test_openvpn_tls_hostile import IFCONFIG_SERVER, PUSH_OVER_SERVER  # noqa: E402
@@ -341,15 +340,7 @@ def item1(work: Path) -> Iterator[Scenario]:
 def item3(work: Path) -> Iterator[Scenario]:
     """TAP hub, attacker site-a (client 0) and victim site-b (client 1)."""
     with hub_lab(2) as hl:
-        port = free_port()
-        hub = hl.daemon(hl.hub, hub_config(hl, port, c2c=True, dev_type="tap",
-                                           max_macs_per_peer=16), "hub")
-        hl.client(0, port=port, dev_type="tap")
-        hl.client(1, port=port, dev_type="tap")
-        wait_peers_up(hub, ["site-a", "site-b"])
-        attacker, victim = hl.clients
-        wait_client_address(attacker, "hc0", "10.220.0.")
-        wait_client_address(victim, "hc1", "10.220.0.")
+        hub, port, attacker, victim = tap_hub_two_sites(hl)
         if not victim.wait_ping("10.220.0.1", timeout=30):
             raise RuntimeError(f"the victim does not reach the hub:\n{hub.log()}")
         hub_mac, victim_mac = mac_of(hl.hub, "hub0"), mac_of(victim, "hc1")

@@ -11,7 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hublab import hub_lab, peer, wait_client_address, wait_peers_up  # noqa: E402
+from hublab import (  # noqa: E402
+    Daemon,
+    HubLab,
+    hub_lab,
+    peer,
+    wait_client_address,
+    wait_peers_up,
+)
 from netns import Host, free_port  # noqa: E402
 from test_hub import hub_config  # noqa: E402
 
@@ -63,17 +70,24 @@ def hexmac(mac: str) -> str:
     return mac.replace(":", "")
 
 
+def tap_hub_two_sites(lab: HubLab) -> tuple[Daemon, int, Host, Host]:
+    """A TAP hub (client-to-client on, 16 MACs per peer) with site-a, the attacker, and
+    site-b, the victim, both up with their pool addresses: (hub, port, attacker, victim)."""
+    port = free_port()
+    hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=True, dev_type="tap",
+                                          max_macs_per_peer=16), "hub")
+    lab.client(0, port=port, dev_type="tap")
+    lab.client(1, port=port, dev_type="tap")
+    wait_peers_up(hub, ["site-a", "site-b"])
+    attacker, victim = lab.clients
+    wait_client_address(attacker, "hc0", "10.220.0.")
+    wait_client_address(victim, "hc1", "10.220.0.")
+    return hub, port, attacker, victim
+
+
 def test_tap_hub_mac_stealing_and_random_mac_flood() -> None:
     with hub_lab(2) as lab:
-        port = free_port()
-        hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=True, dev_type="tap",
-                                              max_macs_per_peer=16), "hub")
-        lab.client(0, port=port, dev_type="tap")
-        lab.client(1, port=port, dev_type="tap")
-        wait_peers_up(hub, ["site-a", "site-b"])
-        attacker, victim = lab.clients
-        wait_client_address(attacker, "hc0", "10.220.0.")
-        wait_client_address(victim, "hc1", "10.220.0.")
+        hub, port, attacker, victim = tap_hub_two_sites(lab)
         assert victim.wait_ping("10.220.0.1", timeout=20)
         hub_mac, victim_mac = mac_of(lab.hub, "hub0"), mac_of(victim, "hc1")
         idle = victim.run("ping", "-q", "-c", "20", "-i", "0.05", "10.220.0.1").stdout
