@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunconnector.testing.vm import PytestRun, run_pytest_in_vm, vm_available
+from tunconnector.testing.vm import VM_SUITE_TIMEOUT, PytestRun, run_pytest_in_vm, vm_available
 
 INNER = Path(__file__).parent / "inner"
 _TIMINGS: list[tuple[str, float | None, float]] = []
@@ -36,9 +36,7 @@ def vm_suite(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Pytest
     expensive part under TCG); host tests pick their cases by module and name."""
     share = tmp_path_factory.mktemp("vm-suite")
     modules = sorted(INNER.glob("vm_*.py"))
-    # generous: the daemon starts more slowly under TCG than on the host (seconds each);
-    # a stuck guest is still cut off well inside the CI budget
-    res = run_pytest_in_vm(modules, share, timeout=1200)
+    res = run_pytest_in_vm(modules, share, timeout=VM_SUITE_TIMEOUT)
     _TIMINGS.append(("+".join(m.stem for m in modules), res.vm.boot_seconds, res.vm.elapsed))
     _RUNS[INNER] = res
     return res

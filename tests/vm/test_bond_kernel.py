@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tunconnector.testing.vm import PytestRun, check_case, inner_test_names
+from tunconnector.testing.vm import (
+    VM_HOST_TEST_TIMEOUT,
+    PytestRun,
+    check_case,
+    inner_test_names,
+)
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(VM_HOST_TEST_TIMEOUT)]
 
 INNER = Path(__file__).parent / "inner" / "vm_bond_kernel.py"
 

@@ -811,6 +811,15 @@ def parse_junit(text: str) -> tuple[dict[str, CaseResult], dict[str, str]]:
     return cases, props
 
 
+#: the one guest run of every inner module, boot included: generous, the daemon starts more
+#: slowly under TCG than on the host, and busy processes beside the host slow the guest
+#: several times over; a stuck guest is still cut off well inside the CI budget
+VM_SUITE_TIMEOUT = 1200
+#: pytest-timeout for a host test that may be the first to wait for that guest run: the
+#: fixture's set-up counts against the test, so it must outlast the guest's own bound
+VM_HOST_TEST_TIMEOUT = VM_SUITE_TIMEOUT + 120
+
+
 def run_pytest_in_vm(
     paths: Sequence[str | Path],
     share: Path,
