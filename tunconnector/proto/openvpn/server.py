@@ -21,10 +21,10 @@ previous key keeps decrypting for ``tran_window`` so a renegotiation loses nothi
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +39,11 @@ from ..connection import (
     Connection,
     ConnectionEvent,
 )
-from ..pool import AddressPool, PoolExhausted
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
 from .datav2 import CIPHERS, canonical_cipher
 from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
+from .ifpool import IfconfigPool, Lease, format_persist, parse_persist
 from .keymethod import ClientKeyMessage, parse_client_message, server_message
 from .packet import (
     DATA_OPCODES,
@@ -54,6 +54,7 @@ from .packet import (
     P_DATA_V2,
     split_opcode,
 )
+from .servernet import expand_server, ifconfig_push
 from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession, make_wrapper
 from .tls import TlsServerContext, TlsServerSettings
 from .tlsauth import Wrapper
@@ -82,7 +83,15 @@ class ServerOptions:
     cert_pem: bytes
     key_pem: bytes
     #: ``server NETWORK MASK`` as a prefix; the server takes the first host address
-    network: str = "10.8.0.0/24"
+    #: (None: no IPv4 pool, e.g. with only ``server-ipv6`` or with ``server-bridge``)
+    network: str | None = "10.8.0.0/24"
+    #: ``topology``: subnet (one address each), net30 (a /30 each), p2p
+    topology: str = "subnet"
+    #: ``server-ipv6 NET/BITS``: pushes ``tun-ipv6`` and each client ``ifconfig-ipv6``
+    network6: str | None = None
+    #: ``server-bridge IP MASK POOL-START POOL-END`` (TAP)
+    server_bridge: tuple[str, str, str, str] | None = None
+    client_to_client: bool = False
     verify_client_cert: str = "require"
     crl_pem: bytes | None = None
     remote_cert_tls: str | None = None
@@ -175,15 +184,18 @@ class _Shared:
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             tls_version_min=options.tls_version_min, verify_hook=options.tls_verify,
             verify_client_cert=options.verify_client_cert, crl_pem=options.crl_pem))
-        try:
-            net = ipaddress.IPv4Network(options.network, strict=False)
-        except ValueError as exc:
-            raise ConfigError(f"server: bad network {options.network!r} ({exc})") from None
-        if net.prefixlen > 29:
-            raise ConfigError(f"server: network {net} is too small for a pool")
-        self.network = net
-        self.server_address = net.network_address + 1
-        self.pool = AddressPool(net, reserved=[self.server_address])
+        self.net = expand_server(options.network, tap=options.tap,
+                                 topology=options.topology, network6=options.network6,
+                                 bridge=options.server_bridge,
+                                 client_to_client=options.client_to_client)
+        pool = self.net.make_pool(options.duplicate_cn)
+        if pool is None:
+            raise ConfigError("server: no address pool (server, server-ipv6 or "
+                              "server-bridge is needed)")
+        self.pool: IfconfigPool = pool
+        #: the acceptor's hook run before a client gets its address (openvpn's
+        #: ``multi_client_connect_early_setup``: an older client with the same name goes)
+        self.early_setup: Callable[[OpenVPNServerSession, float], None] | None = None
         if options.tls_auth is not None and options.tls_crypt is not None:
             raise ConfigError("tls-auth and tls-crypt are exclusive")
         if options.compress not in (None, "migrate", *COMPRESS_KINDS):
@@ -226,6 +238,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.username: str | None = None
         self.peer_info: dict[str, str] = {}
         self.address: str | None = None
+        self.address6: str | None = None
+        self.lease: Lease | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
@@ -425,12 +439,16 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self.state = "auth-failed"
 
     def _push_options(self) -> list[str]:
+        """openvpn's order: the config's push lines, then what ``server`` and
+        ``keepalive`` add (helper.c), then this client's addresses, peer-id, cipher
+        (``prepare_push_reply``)."""
         o = self.options
-        parts = [f"route-gateway {self._shared.server_address}", "topology subnet"]
+        parts = [p.strip() for p in o.push if p.strip()]
+        parts += self._shared.net.push
         if o.keepalive:
             parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
-        parts.append(f"ifconfig {self.address} {self._shared.network.netmask}")
-        parts += [p.strip() for p in o.push if p.strip()]
+        if self.lease is not None:
+            parts += ifconfig_push(self._shared.net, self.lease)
         if self._comp_push is not None:
             parts.append(self._comp_push)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
@@ -458,22 +476,20 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         out.append(",".join(["PUSH_REPLY", *current]))
         return out
 
-    def _pool_key(self) -> str:
-        ident = self.common_name or self.username
-        if ident is None or self.options.duplicate_cn:
-            # no identity to keep an address for: a lease for this session only
-            return f"session:{self.session_id.hex()}"
-        return ident
-
     def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
-        if self.address is None:
-            try:
-                self.address = str(self._shared.pool.assign(self._pool_key()))
-            except PoolExhausted as exc:
+        if self.lease is None:
+            if self._shared.early_setup is not None:
+                self._shared.early_setup(self, now)
+            # like openvpn, duplicate-cn clients are anonymous to the pool
+            lease = self._shared.pool.acquire(self.common_name or self.username)
+            if lease is None:
                 self._auth, self._auth_reason = "failed", "no free address"
-                log.warning("openvpn server: %s", exc)
+                log.warning("openvpn server: %s: no free ifconfig-pool address", self.peer)
                 self._auth_failed(ks, now)
                 return
+            self.lease = lease
+            self.address = None if lease.ipv4 is None else str(lease.ipv4)
+            self.address6 = None if lease.ipv6 is None else str(lease.ipv6)
         try:
             for text in self.push_reply_messages():
                 ks.tls.write(text.encode() + b"\0")
@@ -508,8 +524,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         log.info("openvpn server: %s disconnected: %s", self.peer, reason)
-        if self.address is not None and self._pool_key().startswith("session:"):
-            self._shared.pool.release(self._pool_key())
+        if self.lease is not None:
+            # soft: the name stays on the handle, so the client gets it back
+            self._shared.pool.release(self.lease.handle, now)
         self._stop("closed", reason, now, False)
 
     def close(self, now: float) -> None:
@@ -565,6 +582,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             "common_name": self.common_name,
             "username": self.username,
             "address": self.address,
+            "address6": self.address6,
             "peer_id": self.peer_id,
             **self._key_status(now),
             "renegotiations": self.renegotiations,
@@ -604,14 +622,27 @@ class OpenVPNServer:
         self._events: collections.deque[tuple[OpenVPNServerSession, ServerEvent]] = \
             collections.deque()
         self.drops: collections.Counter[str] = collections.Counter()
+        if not options.duplicate_cn:
+            self._shared.early_setup = self._kick_duplicates
 
     @property
-    def pool(self) -> AddressPool:
+    def pool(self) -> IfconfigPool:
         return self._shared.pool
 
     @property
-    def server_address(self) -> str:
-        return str(self._shared.server_address)
+    def server_address(self) -> str | None:
+        """The server's IPv4 on its device (None with server-bridge or IPv6 only)."""
+        local = self._shared.net.local4
+        return None if local is None else str(local)
+
+    def load_pool(self, text: str, now: float, fixed: bool = False) -> int:
+        """Apply an ``ifconfig-pool-persist`` file's text (``fixed``: its SECONDS was
+        0, openvpn's read-only mode); before any client connects."""
+        return self._shared.pool.load(parse_persist(text), fixed, now)
+
+    def pool_file(self) -> str:
+        """The text to write to the ``ifconfig-pool-persist`` file."""
+        return format_persist(self._shared.pool)
 
     def _key(self, addr: Addr) -> Any:
         return addr[:2] if isinstance(addr, tuple) else addr
@@ -718,8 +749,6 @@ class OpenVPNServer:
 
     def _collect(self, session: OpenVPNServerSession) -> None:
         while (ev := session.next_event()) is not None:
-            if isinstance(ev, Connected) and not self.options.duplicate_cn:
-                self._kick_duplicates(session, ev.at)
             self._events.append((session, ev))
         if session.closed:
             self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
