@@ -198,3 +198,14 @@ def test_server_restart_with_the_persist_file_gives_the_same_addresses() -> None
     assert second.load_pool(text, now=0.0) == 2
     _, bob = _connect(second, ("198.51.100.8", 1), cert=BOB)  # bob first this time
     assert bob.extra["ifconfig"] == ("10.8.0.3", "255.255.255.0")
+
+
+def test_a_client_that_left_gets_its_address_back_after_another_connected() -> None:
+    server = OpenVPNServer(server_options())
+    alice, assigned = _connect(server)
+    assert assigned.extra["ifconfig"][0] == "10.8.0.2"
+    server.close_session(alice.session(), alice.now)
+    _, bob = _connect(server, ("198.51.100.8", 1), cert=BOB)
+    assert bob.extra["ifconfig"][0] == "10.8.0.3"  # .2 still carries alice's name
+    _, again = _connect(server, ("198.51.100.9", 2))
+    assert again.extra["ifconfig"][0] == "10.8.0.2"
