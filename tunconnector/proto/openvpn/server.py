@@ -21,6 +21,7 @@ previous key keeps decrypting for ``tran_window`` so a renegotiation loses nothi
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import secrets
 import time
@@ -39,6 +40,8 @@ from ..connection import (
     Connection,
     ConnectionEvent,
 )
+from ..router import Network, Router
+from .ccd import ClientConfig, apply_push, exclusive_allows, lookup
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
 from .datav2 import CIPHERS, canonical_cipher
@@ -92,6 +95,11 @@ class ServerOptions:
     #: ``server-bridge IP MASK POOL-START POOL-END`` (TAP)
     server_bridge: tuple[str, str, str, str] | None = None
     client_to_client: bool = False
+    #: ``client-config-dir``, already read: common name (or ``DEFAULT``) -> its
+    #: parsed file (ccd.py); None: no client-config-dir
+    client_configs: dict[str, ClientConfig] | None = None
+    #: ``ccd-exclusive``: a client without its own file is refused
+    ccd_exclusive: bool = False
     verify_client_cert: str = "require"
     crl_pem: bytes | None = None
     remote_cert_tls: str | None = None
@@ -240,6 +248,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.address: str | None = None
         self.address6: str | None = None
         self.lease: Lease | None = None
+        #: this client's CCD file followed by its client-connect output, if any
+        self.client_config: ClientConfig | None = None
+        self._script_config: ClientConfig | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
@@ -346,6 +357,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if self.cipher is None:
                 self._auth = "failed"
                 self._auth_reason = "Data channel cipher negotiation failed (no shared cipher)"
+            elif self.options.ccd_exclusive and \
+                    not exclusive_allows(self.options.client_configs or {}, cn):
+                self._auth = "failed"
+                self._auth_reason = "client-config-dir authentication failed"
             elif self.options.force_tls_key_material_export and not self.ekm:
                 self._auth, self._auth_reason = "failed", "TLS key-material export required"
             elif self.options.auth_user_pass_verify:
@@ -403,10 +418,14 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             self.drops["unknown_control_message"] += 1
 
-    def auth_result(self, ok: bool, now: float, reason: str = "") -> None:
-        """The adapter's answer to :class:`AuthRequest` (client-reason text optional)."""
+    def auth_result(self, ok: bool, now: float, reason: str = "",
+                    client_config: ClientConfig | None = None) -> None:
+        """The adapter's answer to :class:`AuthRequest` (client-reason text optional);
+        ``client_config``: what a client-connect script wrote, applied after the CCD
+        file as openvpn does."""
         if self._auth != "pending" or self.state == "closed":
             return
+        self._script_config = client_config
         ks = self._keys.get(0)
         if ks is None:
             return
@@ -440,15 +459,20 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     def _push_options(self) -> list[str]:
         """openvpn's order: the config's push lines, then what ``server`` and
-        ``keepalive`` add (helper.c), then this client's addresses, peer-id, cipher
-        (``prepare_push_reply``)."""
+        ``keepalive`` add (helper.c), changed by the client's config (ccd.py), then
+        this client's addresses, peer-id, cipher (``prepare_push_reply``)."""
         o = self.options
         parts = [p.strip() for p in o.push if p.strip()]
         parts += self._shared.net.push
         if o.keepalive:
             parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
-        if self.lease is not None:
-            parts += ifconfig_push(self._shared.net, self.lease)
+        cfg = self.client_config
+        res = apply_push(parts, cfg.push_ops if cfg is not None else [])
+        parts = res.push
+        for line in self._ifconfig_options():
+            if not (res.block_ifconfig_ipv6 if line.startswith("ifconfig-ipv6 ")
+                    else res.block_ifconfig):
+                parts.append(line)
         if self._comp_push is not None:
             parts.append(self._comp_push)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
@@ -476,20 +500,73 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         out.append(",".join(["PUSH_REPLY", *current]))
         return out
 
-    def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
-        if self.lease is None:
-            if self._shared.early_setup is not None:
-                self._shared.early_setup(self, now)
+    def _ifconfig_options(self) -> list[str]:
+        """ifconfig-ipv6 then ifconfig: from the client config where it says so, else
+        from the pool (``multi_select_virtual_addr``)."""
+        cfg, net = self.client_config, self._shared.net
+        pool = ifconfig_push(net, self.lease) if self.lease is not None else []
+        v6 = [p for p in pool if p.startswith("ifconfig-ipv6 ")]
+        v4 = [p for p in pool if not p.startswith("ifconfig-ipv6 ")]
+        if cfg is not None and cfg.ifconfig_ipv6_push is not None:
+            addr, remote = cfg.ifconfig_ipv6_push
+            remote = remote or net.local6
+            v6 = [f"ifconfig-ipv6 {addr} {remote}"] if remote is not None else []
+        if cfg is not None and cfg.ifconfig_push is not None:
+            local, remote4, alias = cfg.ifconfig_push
+            v4 = [f"ifconfig {alias or local} {remote4}"]
+        return v6 + v4
+
+    def _client_connect(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        """What openvpn does between authentication and the first PUSH_REPLY: drop an
+        older client with this name, read its client config, pick its addresses."""
+        if self._shared.early_setup is not None:
+            self._shared.early_setup(self, now)
+        cfg = None
+        if self.options.client_configs is not None:
+            cfg = lookup(self.options.client_configs, self.common_name)
+        if self._script_config is not None:
+            cfg = self._script_config if cfg is None else cfg.extend(self._script_config)
+        self.client_config = cfg
+        if cfg is not None and cfg.disable:
+            self._auth, self._auth_reason = "failed", ""
+            log.warning("openvpn server: %s (%s) rejected by its 'disable' directive",
+                        self.peer, self.common_name)
+            self._auth_failed(ks, now)
+            return False
+        if cfg is None or cfg.ifconfig_push is None:
             # like openvpn, duplicate-cn clients are anonymous to the pool
             lease = self._shared.pool.acquire(self.common_name or self.username)
             if lease is None:
                 self._auth, self._auth_reason = "failed", "no free address"
                 log.warning("openvpn server: %s: no free ifconfig-pool address", self.peer)
                 self._auth_failed(ks, now)
-                return
+                return False
             self.lease = lease
             self.address = None if lease.ipv4 is None else str(lease.ipv4)
             self.address6 = None if lease.ipv6 is None else str(lease.ipv6)
+        else:
+            # openvpn: a static IPv4 gets no pool IPv6 (only an ifconfig-ipv6-push)
+            self.address = str(cfg.ifconfig_push[0])
+        if cfg is not None and cfg.ifconfig_ipv6_push is not None:
+            self.address6 = str(cfg.ifconfig_ipv6_push[0].ip)
+        return True
+
+    def prefixes(self) -> list[Network]:
+        """What the router sends to this client: its addresses and its iroutes."""
+        out: list[Network] = []
+        if self.address is not None:
+            out.append(ipaddress.ip_network(self.address))
+        if self.address6 is not None:
+            out.append(ipaddress.ip_network(self.address6))
+        if self.client_config is not None:
+            out += self.client_config.iroutes
+            out += self.client_config.iroutes_ipv6
+        return out
+
+    def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
+        if not self._pushed and self.address is None and self.address6 is None:
+            if not self._client_connect(ks, now):
+                return
         try:
             for text in self.push_reply_messages():
                 ks.tls.write(text.encode() + b"\0")
@@ -583,6 +660,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             "username": self.username,
             "address": self.address,
             "address6": self.address6,
+            "iroutes": [str(n) for n in self.prefixes()[bool(self.address) +
+                                                        bool(self.address6):]],
             "peer_id": self.peer_id,
             **self._key_status(now),
             "renegotiations": self.renegotiations,
@@ -624,6 +703,8 @@ class OpenVPNServer:
         self.drops: collections.Counter[str] = collections.Counter()
         if not options.duplicate_cn:
             self._shared.early_setup = self._kick_duplicates
+        #: clients' addresses and iroutes by peer-id, for the data path
+        self.router = Router(client_to_client=options.client_to_client)
 
     @property
     def pool(self) -> IfconfigPool:
@@ -746,9 +827,12 @@ class OpenVPNServer:
             del self.sessions[key]
         if self.by_peer_id.get(session.peer_id) is session:
             del self.by_peer_id[session.peer_id]
+            self.router.remove_peer(session.peer_id)
 
     def _collect(self, session: OpenVPNServerSession) -> None:
         while (ev := session.next_event()) is not None:
+            if isinstance(ev, Connected):
+                self.router.set_peer(session.peer_id, session.prefixes())
             self._events.append((session, ev))
         if session.closed:
             self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
@@ -766,8 +850,8 @@ class OpenVPNServer:
                 self._collect(other)
 
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
-                    reason: str = "") -> None:
-        session.auth_result(ok, now, reason)
+                    reason: str = "", client_config: ClientConfig | None = None) -> None:
+        session.auth_result(ok, now, reason, client_config)
         self._collect(session)
 
     def close_session(self, session: OpenVPNServerSession, now: float) -> None:
