@@ -41,6 +41,8 @@ from ..connection import (
     ConnectionEvent,
 )
 from ..router import Network, Router
+from .authtoken import AuthTokenKey, TokenCheck, is_auth_token
+from .authtoken import push_options as auth_token_push
 from .ccd import ClientConfig, apply_push, exclusive_allows, lookup
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
@@ -100,6 +102,13 @@ class ServerOptions:
     client_configs: dict[str, ClientConfig] | None = None
     #: ``ccd-exclusive``: a client without its own file is refused
     ccd_exclusive: bool = False
+    #: ``auth-gen-token [LIFETIME] [renewal SECONDS]``: push a session token the client
+    #: sends instead of its password (authtoken.py); renewal defaults to reneg-sec
+    auth_gen_token: bool = False
+    auth_token_lifetime: int = 0
+    auth_token_renewal: int | None = None
+    #: ``auth-gen-token-secret``'s HMAC key (None: random, tokens die with the server)
+    auth_token_secret: bytes | None = None
     verify_client_cert: str = "require"
     crl_pem: bytes | None = None
     remote_cert_tls: str | None = None
@@ -185,9 +194,14 @@ def _iv_proto(peer_info: dict[str, str]) -> int:
 class _Shared:
     """What every session of one server shares: options, TLS context, pool, time base."""
 
-    def __init__(self, options: ServerOptions, epoch: int) -> None:
+    def __init__(self, options: ServerOptions, epoch: int,
+                 wall: Callable[[], float] = time.time) -> None:
         self.options = options
         self.epoch = epoch
+        #: wall-clock seconds, for auth-token times (the sessions' ``now`` is monotonic)
+        self.wall = wall
+        self.tokens = AuthTokenKey(options.auth_token_secret) \
+            if options.auth_gen_token else None
         self.tls = TlsServerContext(TlsServerSettings(
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             tls_version_min=options.tls_version_min, verify_hook=options.tls_verify,
@@ -251,6 +265,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         #: this client's CCD file followed by its client-connect output, if any
         self.client_config: ClientConfig | None = None
         self._script_config: ClientConfig | None = None
+        #: auth-gen-token: the token we pushed last, and the session's first one
+        self.auth_token: str | None = None
+        self._token_initial: str | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
@@ -363,6 +380,15 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 self._auth_reason = "client-config-dir authentication failed"
             elif self.options.force_tls_key_material_export and not self.ekm:
                 self._auth, self._auth_reason = "failed", "TLS key-material export required"
+            elif self._shared.tokens is not None and is_auth_token(msg.password):
+                # ssl_verify.c: a token is checked here, no script is asked
+                check = self._check_token(msg.username or "", msg.password or "")
+                if check.valid:
+                    self._auth = "ok"
+                    self._token_initial = msg.password
+                else:
+                    self._auth = "failed"
+                    self._auth_reason = "SESSION: token expired" if check.hmac_ok else ""
             elif self.options.auth_user_pass_verify:
                 self._auth = "pending"
                 self.state = "auth-pending"
@@ -383,7 +409,18 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if msg.username != self.username and self.options.auth_user_pass_verify:
                 self._end("user name changed on renegotiation", now)
                 return False
+            if self._shared.tokens is not None and is_auth_token(msg.password):
+                check = self._check_token(msg.username or "", msg.password or "",
+                                          self._token_initial)
+                if not check.valid:
+                    self._end("auth-token refused on renegotiation" +
+                              (" (expired)" if check.expired else ""), now)
+                    return False
         ks.tls.write(server_message(ks.local, self._options_string()))
+        if ks.key_id != 0 and self.auth_token is not None:
+            # send_push_reply_auth_token: the renewed token, alone in a PUSH_REPLY
+            self._issue_token()
+            ks.tls.write(f"PUSH_REPLY,auth-token {self.auth_token}".encode() + b"\0")
         ks.phase = KEYS_SENT
         if self._auth == "failed":
             self._auth_failed(ks, now)
@@ -477,6 +514,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             parts.append(self._comp_push)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
             parts.append(f"peer-id {self.peer_id}")
+        if self.auth_token is not None:
+            parts += auth_token_push(self.auth_token, self.username or "")
         parts.append(f"cipher {self.cipher}")
         if self.ekm:
             parts.append("key-derivation tls-ekm")
@@ -516,9 +555,28 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             v4 = [f"ifconfig {alias or local} {remote4}"]
         return v6 + v4
 
+    def _check_token(self, username: str, token: str,
+                     initial: str | None = None) -> TokenCheck:
+        tokens = self._shared.tokens
+        assert tokens is not None
+        renewal = self.options.auth_token_renewal or self.options.reneg_sec
+        return tokens.verify(username, token, int(self._shared.wall()), renewal,
+                             self.options.auth_token_lifetime, initial)
+
+    def _issue_token(self) -> None:
+        """generate_auth_token: a new token, or a renewal keeping the session's id."""
+        tokens = self._shared.tokens
+        assert tokens is not None
+        self.auth_token = tokens.generate(self.username or "", int(self._shared.wall()),
+                                          self._token_initial)
+        if self._token_initial is None:
+            self._token_initial = self.auth_token
+
     def _client_connect(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
         """What openvpn does between authentication and the first PUSH_REPLY: drop an
         older client with this name, read its client config, pick its addresses."""
+        if self._shared.tokens is not None:
+            self._issue_token()
         if self._shared.early_setup is not None:
             self._shared.early_setup(self, now)
         cfg = None
@@ -689,9 +747,11 @@ class OpenVPNServer:
     """
 
     def __init__(self, options: ServerOptions, wall_clock: float | None = None,
-                 cookie_key: bytes | None = None) -> None:
+                 cookie_key: bytes | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.options = options
-        self._shared = _Shared(options, int(time.time() if wall_clock is None else wall_clock))
+        self._shared = _Shared(options, int(time.time() if wall_clock is None else wall_clock),
+                               wall)
         self.gate = HandshakeGate(self._shared.wrapper, hand_window=options.hand_window,
                                   key=cookie_key)
         self.sessions: dict[Any, OpenVPNServerSession] = {}
