@@ -50,6 +50,7 @@ from .datav2 import CIPHERS, canonical_cipher
 from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
 from .ifpool import IfconfigPool, Lease, format_persist, parse_persist
 from .keymethod import ClientKeyMessage, parse_client_message, server_message
+from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
@@ -144,6 +145,12 @@ class ServerOptions:
     duplicate_cn: bool = False
     tap: bool = False
     tun_mtu: int = 1500
+    #: ``mssfix N [mtu|fixed]`` (mss.py): clamped per client, since its cipher, peer-id,
+    #: compression and address family decide the overhead (openvpn 2.6: 1492 mtu)
+    mssfix: int = 1492
+    mssfix_encap: bool = True
+    mssfix_fixed: bool = False
+    tun_mtu_extra: int = 32
     proto: str = "udp"
     tls_version_min: str = "1.2"
     max_clients: int = 1024
@@ -609,6 +616,19 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self.address6 = str(cfg.ifconfig_ipv6_push[0].ip)
         return True
 
+    def mss_clamp(self) -> int:
+        """This client's MSS clamp (0: none), the same computation as the client's
+        (openvpn's ``frame_calculate_mssfix`` on the server's per-client frame)."""
+        o = self.options
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
+        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
+                         tap=o.tap, tcp=o.proto == "tcp",
+                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
+                         cipher=self.cipher or "", auth=o.auth,
+                         peer_id=bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2),
+                         compress=self._comp.kind if self._comp else None,
+                         tap_extra=o.tun_mtu_extra)
+
     def prefixes(self) -> list[Network]:
         """What the router sends to this client: its addresses and its iroutes."""
         out: list[Network] = []
@@ -634,6 +654,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self._pushed:
             return  # an answer to a retried PUSH_REQUEST: the key is already in use
         self._pushed = True
+        self._mss = self.mss_clamp()
         if ks.data is not None:
             self._make_primary(ks, now)
         self.state = "connected"
