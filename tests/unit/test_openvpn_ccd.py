@@ -202,3 +202,21 @@ def test_client_connect_output_is_applied_after_the_ccd_file() -> None:
     reply = link.session().push_reply_messages()[0]
     assert "route 172.16.0.0 255.255.0.0,dhcp-option DNS 10.8.0.1" in reply
     assert server.router.lookup("192.168.50.1") == link.session().peer_id
+
+
+def test_a_reloaded_ccd_reconnects_only_the_clients_it_changed() -> None:
+    configs = {"alice": parse_client_config(ALICE_CCD)}
+    server = OpenVPNServer(server_options(client_configs=configs))
+    alice = _connect(server)
+    bob = _connect(server, ("198.51.100.8", 1), cert=BOB)
+    a, b = alice.session(), bob.session()
+    assert server.set_client_configs(dict(configs), 6.0) == []  # same text: nothing
+    changed = {"alice": parse_client_config("ifconfig-push 10.8.0.70 255.255.255.0\n")}
+    assert server.set_client_configs(changed, 6.0) == [a]
+    assert a.closed and not b.closed
+    assert server.router.lookup("192.168.50.1") is None
+    again = _connect(server, ("198.51.100.9", 2))
+    assert _assigned(again).extra["ifconfig"] == ("10.8.0.70", "255.255.255.0")
+    # with ccd-exclusive, a reload ends the clients that have no file of their own
+    server.options.ccd_exclusive = True
+    assert server.set_client_configs(changed, 7.0) == [b]

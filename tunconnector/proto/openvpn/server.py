@@ -612,6 +612,16 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             # openvpn: a static IPv4 gets no pool IPv6 (only an ifconfig-ipv6-push)
             self.address = str(cfg.ifconfig_push[0])
+            net = self._shared.net
+            if net.pool_netmask4 is not None and net.local4 is not None and \
+                    ipaddress.IPv4Network(f"{net.local4}/{net.pool_netmask4}",
+                                          strict=False).network_address != \
+                    ipaddress.IPv4Network(f"{self.address}/{net.pool_netmask4}",
+                                          strict=False).network_address:
+                # ifconfig_push_constraint_satisfied: openvpn logs it and goes on
+                log.error("openvpn server: primary virtual IP for %s (%s) violates "
+                          "tunnel network/netmask constraint", self.common_name,
+                          self.address)
         if cfg is not None and cfg.ifconfig_ipv6_push is not None:
             self.address6 = str(cfg.ifconfig_ipv6_push[0].ip)
         return True
@@ -796,6 +806,29 @@ class OpenVPNServer:
         """The server's IPv4 on its device (None with server-bridge or IPv6 only)."""
         local = self._shared.net.local4
         return None if local is None else str(local)
+
+    def set_client_configs(self, configs: dict[str, ClientConfig] | None,
+                           now: float) -> list[OpenVPNServerSession]:
+        """A reloaded client-config-dir (SIGHUP, ``tunconnector reload``): clients whose
+        file changed, or whom ``ccd-exclusive`` now refuses, are told to reconnect and
+        so get the new config; the others stay up. Returns the ended sessions."""
+        self.options.client_configs = configs
+        ended = []
+        for session in list(self.sessions.values()):
+            if session.closed or session.state != "connected":
+                continue
+            cn = session.common_name
+            file = lookup(configs, cn) if configs is not None else None
+            script = session._script_config
+            want = file.extend(script) if file is not None and script is not None \
+                else file or script
+            refused = self.options.ccd_exclusive and not exclusive_allows(configs or {}, cn)
+            if want != session.client_config or refused:
+                log.info("openvpn server: %s (%s): client config changed, reconnecting it",
+                         session.peer, cn)
+                self.close_session(session, now)
+                ended.append(session)
+        return ended
 
     def load_pool(self, text: str, now: float, fixed: bool = False) -> int:
         """Apply an ``ifconfig-pool-persist`` file's text (``fixed``: its SECONDS was
