@@ -209,3 +209,20 @@ def test_a_client_that_left_gets_its_address_back_after_another_connected() -> N
     assert bob.extra["ifconfig"][0] == "10.8.0.3"  # .2 still carries alice's name
     _, again = _connect(server, ("198.51.100.9", 2))
     assert again.extra["ifconfig"][0] == "10.8.0.2"
+
+
+def test_nopool_with_an_explicit_ifconfig_pool() -> None:
+    net = expand_server("10.8.0.0/24", nopool=True, pool=("10.8.0.100", "10.8.0.149", None))
+    pool = net.make_pool()
+    assert pool is not None and pool.size == 50
+    assert ifconfig_push(net, pool.lease(0)) == ["ifconfig 10.8.0.100 255.255.255.0"]
+    assert expand_server("10.8.0.0/24", nopool=True).make_pool() is None
+    net30 = expand_server("10.8.0.0/24", topology="net30", nopool=True,
+                          pool=("10.8.0.64", "10.8.0.127", None))
+    pool = net30.make_pool()
+    assert pool is not None and pool.size == 16
+    assert ifconfig_push(net30, pool.lease(1)) == ["ifconfig 10.8.0.70 10.8.0.69"]
+    with pytest.raises(ConfigError, match="nopool"):
+        expand_server("10.8.0.0/24", pool=("10.8.0.100", "10.8.0.149", None))
+    with pytest.raises(ConfigError):
+        expand_server("10.8.0.0/24", nopool=True, pool=("10.8.0.149", "10.8.0.100", None))

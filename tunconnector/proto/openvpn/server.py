@@ -98,6 +98,9 @@ class ServerOptions:
     #: ``server-bridge IP MASK POOL-START POOL-END`` (TAP)
     server_bridge: tuple[str, str, str, str] | None = None
     client_to_client: bool = False
+    #: ``server ... nopool`` and ``ifconfig-pool START END [NETMASK]``
+    nopool: bool = False
+    ifconfig_pool: tuple[str, str, str | None] | None = None
     #: ``client-config-dir``, already read: common name (or ``DEFAULT``) -> its
     #: parsed file (ccd.py); None: no client-config-dir
     client_configs: dict[str, ClientConfig] | None = None
@@ -216,7 +219,8 @@ class _Shared:
         self.net = expand_server(options.network, tap=options.tap,
                                  topology=options.topology, network6=options.network6,
                                  bridge=options.server_bridge,
-                                 client_to_client=options.client_to_client)
+                                 client_to_client=options.client_to_client,
+                                 nopool=options.nopool, pool=options.ifconfig_pool)
         pool = self.net.make_pool(options.duplicate_cn)
         if pool is None:
             raise ConfigError("server: no address pool (server, server-ipv6 or "

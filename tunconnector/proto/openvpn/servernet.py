@@ -51,7 +51,8 @@ class ServerNet:
 def expand_server(network: str | None = None, *, tap: bool = False,
                   topology: str = "subnet", network6: str | None = None,
                   bridge: tuple[str, str, str, str] | None = None,
-                  client_to_client: bool = False) -> ServerNet:
+                  client_to_client: bool = False, nopool: bool = False,
+                  pool: tuple[str, str, str | None] | None = None) -> ServerNet:
     """``server NETWORK MASK`` (as a prefix), ``server-ipv6 NET/BITS``, ``server-bridge
     IP MASK START END`` and ``topology`` as openvpn's ``helper_client_server``.
 
@@ -59,7 +60,12 @@ def expand_server(network: str | None = None, *, tap: bool = False,
     client-to-client, else (net30) ``route SERVER``, then ``topology net30``; for subnet
     ``route-gateway SERVER`` then ``topology subnet``; TAP and server-bridge only
     ``route-gateway``. (openvpn 2.6 defaults to net30 and warns; 2.7 to subnet.)
+    ``server ... nopool`` with ``ifconfig-pool START END [NETMASK]`` (``pool``) gives an
+    explicit IPv4 pool; without ``nopool`` that is an error, as in openvpn.
     """
+    if pool is not None and (bridge is not None or (network is not None and not nopool)):
+        raise ConfigError("--server already defines an ifconfig-pool, so you can't also "
+                          "specify --ifconfig-pool explicitly (use 'server ... nopool')")
     if topology not in TOPOLOGIES:
         raise ConfigError(f"topology {topology!r} is not one of {', '.join(TOPOLOGIES)}")
     push: list[str] = []
@@ -127,6 +133,18 @@ def expand_server(network: str | None = None, *, tap: bool = False,
         pool4 = (start, end)
         push.append(f"route-gateway {gw}")
         top = None
+    if nopool:
+        pool4 = None
+    if pool is not None:
+        first_s, last_s, pool_mask = pool
+        try:
+            if ipaddress.IPv4Address(first_s) > ipaddress.IPv4Address(last_s):
+                raise ValueError(f"{first_s} is after {last_s}")
+            if pool_mask is not None:
+                netmask = ipaddress.IPv4Address(pool_mask)
+        except ValueError as exc:
+            raise ConfigError(f"ifconfig-pool: {exc}") from None
+        pool4 = (first_s, last_s)
     return ServerNet(local4, remote4, top, pool4, netmask, local6, netbits6, pool6,
                      tuple(push), tuple(routes))
 
