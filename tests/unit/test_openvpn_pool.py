@@ -226,3 +226,16 @@ def test_nopool_with_an_explicit_ifconfig_pool() -> None:
         expand_server("10.8.0.0/24", pool=("10.8.0.100", "10.8.0.149", None))
     with pytest.raises(ConfigError):
         expand_server("10.8.0.0/24", nopool=True, pool=("10.8.0.149", "10.8.0.100", None))
+
+
+def test_script_environment_names_the_addresses_as_openvpn() -> None:
+    server = OpenVPNServer(server_options(topology="net30", network6="2001:db8::/64"))
+    link, _ = _connect(server)
+    assert link.session().address_env() == {
+        "ifconfig_pool_remote_ip": "10.8.0.6", "ifconfig_pool_local_ip": "10.8.0.5",
+        "ifconfig_pool_remote_ip6": "2001:db8::1000",
+        "ifconfig_pool_local_ip6": "2001:db8::1", "ifconfig_pool_ip6_netbits": "64"}
+    subnet = OpenVPNServer(server_options())
+    link, _ = _connect(subnet)
+    assert link.session().address_env() == {"ifconfig_pool_remote_ip": "10.8.0.2",
+                                            "ifconfig_pool_netmask": "255.255.255.0"}

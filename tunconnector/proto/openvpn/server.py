@@ -60,7 +60,7 @@ from .packet import (
     P_DATA_V2,
     split_opcode,
 )
-from .servernet import expand_server, ifconfig_push
+from .servernet import address_env, expand_server, ifconfig_push
 from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession, make_wrapper
 from .tls import TlsServerContext, TlsServerSettings
 from .tlsauth import Wrapper
@@ -565,6 +565,16 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             local, remote4, alias = cfg.ifconfig_push
             v4 = [f"ifconfig {alias or local} {remote4}"]
         return v6 + v4
+
+    def address_env(self) -> dict[str, str]:
+        """openvpn's ``ifconfig_pool_*`` variables for this client's scripts (the
+        address itself, never a ``ifconfig-push`` alias)."""
+        lines = self._ifconfig_options()
+        cfg = self.client_config
+        if cfg is not None and cfg.ifconfig_push is not None and cfg.ifconfig_push[2]:
+            lines = [f"ifconfig {cfg.ifconfig_push[0]} {cfg.ifconfig_push[1]}"
+                     if line.startswith("ifconfig ") else line for line in lines]
+        return address_env(self._shared.net, lines)
 
     def _check_token(self, username: str, token: str,
                      initial: str | None = None) -> TokenCheck:

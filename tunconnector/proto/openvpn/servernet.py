@@ -164,4 +164,26 @@ def ifconfig_push(net: ServerNet, lease: Lease) -> list[str]:
     return out
 
 
-__all__ = ["TOPOLOGIES", "ServerNet", "expand_server", "ifconfig_push"]
+def address_env(net: ServerNet, ifconfig: list[str]) -> dict[str, str]:
+    """The variables openvpn's ``multi_set_virtual_addr_env`` gives client-connect and
+    client-disconnect, from a client's ``ifconfig`` / ``ifconfig-ipv6`` options:
+    ``ifconfig_pool_remote_ip`` (the client) with ``ifconfig_pool_netmask`` (subnet,
+    TAP) or ``ifconfig_pool_local_ip`` (net30, p2p: the other end);
+    ``ifconfig_pool_remote_ip6``, ``ifconfig_pool_local_ip6``,
+    ``ifconfig_pool_ip6_netbits``."""
+    env: dict[str, str] = {}
+    for line in ifconfig:
+        words = line.split()
+        if words[0] == "ifconfig" and len(words) == 3:
+            env["ifconfig_pool_remote_ip"] = words[1]
+            key = "ifconfig_pool_netmask" if net.topology in (None, "subnet") \
+                else "ifconfig_pool_local_ip"
+            env[key] = words[2]
+        elif words[0] == "ifconfig-ipv6" and len(words) == 3:
+            addr, _, bits = words[1].partition("/")
+            env.update(ifconfig_pool_remote_ip6=addr, ifconfig_pool_local_ip6=words[2],
+                       ifconfig_pool_ip6_netbits=bits)
+    return env
+
+
+__all__ = ["TOPOLOGIES", "ServerNet", "address_env", "expand_server", "ifconfig_push"]
