@@ -239,3 +239,19 @@ def test_script_environment_names_the_addresses_as_openvpn() -> None:
     link, _ = _connect(subnet)
     assert link.session().address_env() == {"ifconfig_pool_remote_ip": "10.8.0.2",
                                             "ifconfig_pool_netmask": "255.255.255.0"}
+
+
+def test_explicit_ifconfig_ipv6_pool() -> None:
+    net = expand_server("10.8.0.0/24", pool6="2001:db8:1::100/64",
+                        ifconfig6="2001:db8:1::1/64")
+    assert "tun-ipv6" not in net.push  # only server-ipv6 pushes it
+    pool = net.make_pool()
+    assert pool is not None
+    lease = pool.acquire("a")
+    assert lease is not None and ifconfig_push(net, lease) == [
+        "ifconfig-ipv6 2001:db8:1::100/64 2001:db8:1::1", "ifconfig 10.8.0.2 255.255.255.0"]
+    with pytest.raises(ConfigError, match="already defines"):
+        expand_server(network6="2001:db8::/64", pool6="2001:db8:1::100/64",
+                      ifconfig6="2001:db8:1::1/64")
+    with pytest.raises(ConfigError):
+        expand_server(pool6="2001:db8:1::100/64")

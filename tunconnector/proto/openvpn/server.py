@@ -101,6 +101,9 @@ class ServerOptions:
     #: ``server ... nopool`` and ``ifconfig-pool START END [NETMASK]``
     nopool: bool = False
     ifconfig_pool: tuple[str, str, str | None] | None = None
+    #: ``ifconfig-ipv6-pool BASE/BITS`` with the server's ``ifconfig-ipv6 ADDR/BITS``
+    ifconfig_ipv6_pool: str | None = None
+    ifconfig_ipv6: str | None = None
     #: ``client-config-dir``, already read: common name (or ``DEFAULT``) -> its
     #: parsed file (ccd.py); None: no client-config-dir
     client_configs: dict[str, ClientConfig] | None = None
@@ -220,7 +223,9 @@ class _Shared:
                                  topology=options.topology, network6=options.network6,
                                  bridge=options.server_bridge,
                                  client_to_client=options.client_to_client,
-                                 nopool=options.nopool, pool=options.ifconfig_pool)
+                                 nopool=options.nopool, pool=options.ifconfig_pool,
+                                 pool6=options.ifconfig_ipv6_pool,
+                                 ifconfig6=options.ifconfig_ipv6)
         pool = self.net.make_pool(options.duplicate_cn)
         if pool is None:
             raise ConfigError("server: no address pool (server, server-ipv6 or "

@@ -52,7 +52,8 @@ def expand_server(network: str | None = None, *, tap: bool = False,
                   topology: str = "subnet", network6: str | None = None,
                   bridge: tuple[str, str, str, str] | None = None,
                   client_to_client: bool = False, nopool: bool = False,
-                  pool: tuple[str, str, str | None] | None = None) -> ServerNet:
+                  pool: tuple[str, str, str | None] | None = None,
+                  pool6: str | None = None, ifconfig6: str | None = None) -> ServerNet:
     """``server NETWORK MASK`` (as a prefix), ``server-ipv6 NET/BITS``, ``server-bridge
     IP MASK START END`` and ``topology`` as openvpn's ``helper_client_server``.
 
@@ -62,6 +63,8 @@ def expand_server(network: str | None = None, *, tap: bool = False,
     ``route-gateway``. (openvpn 2.6 defaults to net30 and warns; 2.7 to subnet.)
     ``server ... nopool`` with ``ifconfig-pool START END [NETMASK]`` (``pool``) gives an
     explicit IPv4 pool; without ``nopool`` that is an error, as in openvpn.
+    ``ifconfig-ipv6-pool BASE/BITS`` (``pool6``) needs the server's own ``ifconfig-ipv6
+    ADDR/BITS`` (``ifconfig6``) and excludes ``server-ipv6``.
     """
     if pool is not None and (bridge is not None or (network is not None and not nopool)):
         raise ConfigError("--server already defines an ifconfig-pool, so you can't also "
@@ -71,7 +74,7 @@ def expand_server(network: str | None = None, *, tap: bool = False,
     push: list[str] = []
     local6 = None
     netbits6 = 0
-    pool6 = None
+    pool6_at: tuple[str, int] | None = None
     if network6 is not None:
         try:
             net6 = ipaddress.IPv6Network(network6, strict=False)
@@ -81,9 +84,22 @@ def expand_server(network: str | None = None, *, tap: bool = False,
             raise ConfigError(f"server-ipv6: /{net6.prefixlen} must be between /64 and /124")
         local6 = net6.network_address + 1
         netbits6 = net6.prefixlen
-        pool6 = (str(net6.network_address + (0x1000 if net6.prefixlen < 112 else 2)),
-                 net6.prefixlen)
+        pool6_at = (str(net6.network_address + (0x1000 if net6.prefixlen < 112 else 2)),
+                    net6.prefixlen)
         push.append("tun-ipv6")
+    if pool6 is not None:
+        if network6 is not None:
+            raise ConfigError("--server-ipv6 already defines an ifconfig-ipv6-pool, so "
+                              "you can't also specify --ifconfig-ipv6-pool explicitly")
+        if ifconfig6 is None:
+            raise ConfigError("ifconfig-ipv6-pool needs the server's ifconfig-ipv6")
+        try:
+            base6 = ipaddress.IPv6Interface(pool6)
+            own = ipaddress.IPv6Interface(ifconfig6)
+        except ValueError as exc:
+            raise ConfigError(f"ifconfig-ipv6-pool: {exc}") from None
+        local6, netbits6 = own.ip, own.network.prefixlen
+        pool6_at = (str(base6.ip), base6.network.prefixlen)
     if network is not None and bridge is not None:
         raise ConfigError("--server and --server-bridge cannot be used together")
     local4 = remote4 = netmask = None
@@ -145,7 +161,7 @@ def expand_server(network: str | None = None, *, tap: bool = False,
         except ValueError as exc:
             raise ConfigError(f"ifconfig-pool: {exc}") from None
         pool4 = (first_s, last_s)
-    return ServerNet(local4, remote4, top, pool4, netmask, local6, netbits6, pool6,
+    return ServerNet(local4, remote4, top, pool4, netmask, local6, netbits6, pool6_at,
                      tuple(push), tuple(routes))
 
 
