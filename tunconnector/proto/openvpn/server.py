@@ -519,6 +519,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         parts += self._shared.net.push
         if o.keepalive:
             parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
+        if self._comp_push is not None:
+            # multi_client_connect_compress_migrate pushes before the CCD is read
+            parts.append(self._comp_push)
         cfg = self.client_config
         res = apply_push(parts, cfg.push_ops if cfg is not None else [])
         parts = res.push
@@ -526,8 +529,6 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if not (res.block_ifconfig_ipv6 if line.startswith("ifconfig-ipv6 ")
                     else res.block_ifconfig):
                 parts.append(line)
-        if self._comp_push is not None:
-            parts.append(self._comp_push)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
             parts.append(f"peer-id {self.peer_id}")
         if self.auth_token is not None:
