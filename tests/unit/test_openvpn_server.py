@@ -296,7 +296,7 @@ def test_password_decided_by_the_adapter() -> None:
     assert cdown and not cdown[0].restart and "AUTH_FAILED,bad password" in cdown[0].reason
     sdown = [e for e in link.server_events if isinstance(e, Disconnected)]
     assert sdown and "bad password" in sdown[0].reason
-    assert not link.server.sessions and not link.server.pool.leases()
+    assert not link.server.sessions and not link.server.pool.in_use()
 
 
 def test_auth_answer_may_come_later() -> None:
@@ -627,7 +627,7 @@ def test_duplicate_cn_gives_each_its_own_address_and_frees_it() -> None:
     assert links[0].session().address != links[1].session().address
     links[0].session().close(3.0)
     server.handle_timer(3.0)
-    assert len(server.pool.leases()) == 1 and len(server.sessions) == 1
+    assert len(server.pool.in_use()) == 1 and len(server.sessions) == 1
 
 
 def test_mangled_handshake_packets_never_raise() -> None:

@@ -122,6 +122,8 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             options.verify_x509_name, options.tls_version_min, options.tls_verify))
         self._epoch = int(time.time() if wall_clock is None else wall_clock)
+        #: a pushed auth-token: sent instead of the password from then on
+        self.auth_token: str | None = None
         # one wrapper for the connection's life: its packet ids keep rising across
         # sessions, so a server that still remembers our address sees no replay
         super().__init__(make_wrapper(options, True, self._epoch), self._tls_ctx,
@@ -221,7 +223,8 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
 
     def _tls_established(self, ks: KeyState[ServerKeyMessage]) -> None:
         ks.tls.write(client_message(ks.local, self._options_string(), self.options.username,
-                                    self.options.password, self._peer_info()))
+                                    self.auth_token or self.options.password,
+                                    self._peer_info()))
         ks.phase = KEYS_SENT
         if ks.key_id == 0:
             log.info("openvpn: TLS %s established (%s)", ks.tls.version, ks.tls.cipher)
@@ -240,6 +243,9 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
 
     def _control_message(self, ks: KeyState[ServerKeyMessage], text: str, now: float) -> None:
         if text.startswith("PUSH_REPLY"):
+            for opt in pushmod.parse_options(text[len("PUSH_REPLY"):].lstrip(",")):
+                if opt[0] == "auth-token" and len(opt) >= 2:
+                    self.auth_token = opt[1]  # also a renewal after the first reply
             self._push_reply(text[len("PUSH_REPLY") :].lstrip(","), now)
         elif text.startswith("AUTH_FAILED"):
             self._fail(f"server refused authentication: {text}", now, restart=False)

@@ -140,8 +140,8 @@ def apply(reply: PushReply, options: list[list[str]]) -> None:
                 reply.protocol_flags = opt[1:]
             elif name == "dhcp-option":
                 reply.extra.setdefault("dhcp_option", []).append(" ".join(opt[1:]))
-            elif name == "push-continuation":
-                pass
+            elif name in ("push-continuation", "auth-token", "auth-token-user"):
+                pass  # the client takes auth-token from the message itself
             else:
                 reply.ignored.append(" ".join(opt))
         except ValueError:

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +40,17 @@ from ..connection import (
     Connection,
     ConnectionEvent,
 )
-from ..pool import AddressPool, PoolExhausted
+from ..router import Network, Router
+from .authtoken import AuthTokenKey, TokenCheck, is_auth_token
+from .authtoken import push_options as auth_token_push
+from .ccd import ClientConfig, apply_push, exclusive_allows, lookup
 from .compress import KINDS as COMPRESS_KINDS
 from .compress import Framing
 from .datav2 import CIPHERS, canonical_cipher
 from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
+from .ifpool import IfconfigPool, Lease, format_persist, parse_persist
 from .keymethod import ClientKeyMessage, parse_client_message, server_message
+from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
@@ -54,6 +60,7 @@ from .packet import (
     P_DATA_V2,
     split_opcode,
 )
+from .servernet import address_env, expand_server, ifconfig_push
 from .session import ACTIVE, KEYS_SENT, RESET, TLS, KeyState, OpenVPNSession, make_wrapper
 from .tls import TlsServerContext, TlsServerSettings
 from .tlsauth import Wrapper
@@ -82,7 +89,33 @@ class ServerOptions:
     cert_pem: bytes
     key_pem: bytes
     #: ``server NETWORK MASK`` as a prefix; the server takes the first host address
-    network: str = "10.8.0.0/24"
+    #: (None: no IPv4 pool, e.g. with only ``server-ipv6`` or with ``server-bridge``)
+    network: str | None = "10.8.0.0/24"
+    #: ``topology``: subnet (one address each), net30 (a /30 each), p2p
+    topology: str = "subnet"
+    #: ``server-ipv6 NET/BITS``: pushes ``tun-ipv6`` and each client ``ifconfig-ipv6``
+    network6: str | None = None
+    #: ``server-bridge IP MASK POOL-START POOL-END`` (TAP)
+    server_bridge: tuple[str, str, str, str] | None = None
+    client_to_client: bool = False
+    #: ``server ... nopool`` and ``ifconfig-pool START END [NETMASK]``
+    nopool: bool = False
+    ifconfig_pool: tuple[str, str, str | None] | None = None
+    #: ``ifconfig-ipv6-pool BASE/BITS`` with the server's ``ifconfig-ipv6 ADDR/BITS``
+    ifconfig_ipv6_pool: str | None = None
+    ifconfig_ipv6: str | None = None
+    #: ``client-config-dir``, already read: common name (or ``DEFAULT``) -> its
+    #: parsed file (ccd.py); None: no client-config-dir
+    client_configs: dict[str, ClientConfig] | None = None
+    #: ``ccd-exclusive``: a client without its own file is refused
+    ccd_exclusive: bool = False
+    #: ``auth-gen-token [LIFETIME] [renewal SECONDS]``: push a session token the client
+    #: sends instead of its password (authtoken.py); renewal defaults to reneg-sec
+    auth_gen_token: bool = False
+    auth_token_lifetime: int = 0
+    auth_token_renewal: int | None = None
+    #: ``auth-gen-token-secret``'s HMAC key (None: random, tokens die with the server)
+    auth_token_secret: bytes | None = None
     verify_client_cert: str = "require"
     crl_pem: bytes | None = None
     remote_cert_tls: str | None = None
@@ -118,6 +151,12 @@ class ServerOptions:
     duplicate_cn: bool = False
     tap: bool = False
     tun_mtu: int = 1500
+    #: ``mssfix N [mtu|fixed]`` (mss.py): clamped per client, since its cipher, peer-id,
+    #: compression and address family decide the overhead (openvpn 2.6: 1492 mtu)
+    mssfix: int = 1492
+    mssfix_encap: bool = True
+    mssfix_fixed: bool = False
+    tun_mtu_extra: int = 32
     proto: str = "udp"
     tls_version_min: str = "1.2"
     max_clients: int = 1024
@@ -168,22 +207,33 @@ def _iv_proto(peer_info: dict[str, str]) -> int:
 class _Shared:
     """What every session of one server shares: options, TLS context, pool, time base."""
 
-    def __init__(self, options: ServerOptions, epoch: int) -> None:
+    def __init__(self, options: ServerOptions, epoch: int,
+                 wall: Callable[[], float] = time.time) -> None:
         self.options = options
         self.epoch = epoch
+        #: wall-clock seconds, for auth-token times (the sessions' ``now`` is monotonic)
+        self.wall = wall
+        self.tokens = AuthTokenKey(options.auth_token_secret) \
+            if options.auth_gen_token else None
         self.tls = TlsServerContext(TlsServerSettings(
             options.ca_pem, options.cert_pem, options.key_pem, options.remote_cert_tls,
             tls_version_min=options.tls_version_min, verify_hook=options.tls_verify,
             verify_client_cert=options.verify_client_cert, crl_pem=options.crl_pem))
-        try:
-            net = ipaddress.IPv4Network(options.network, strict=False)
-        except ValueError as exc:
-            raise ConfigError(f"server: bad network {options.network!r} ({exc})") from None
-        if net.prefixlen > 29:
-            raise ConfigError(f"server: network {net} is too small for a pool")
-        self.network = net
-        self.server_address = net.network_address + 1
-        self.pool = AddressPool(net, reserved=[self.server_address])
+        self.net = expand_server(options.network, tap=options.tap,
+                                 topology=options.topology, network6=options.network6,
+                                 bridge=options.server_bridge,
+                                 client_to_client=options.client_to_client,
+                                 nopool=options.nopool, pool=options.ifconfig_pool,
+                                 pool6=options.ifconfig_ipv6_pool,
+                                 ifconfig6=options.ifconfig_ipv6)
+        pool = self.net.make_pool(options.duplicate_cn)
+        if pool is None:
+            raise ConfigError("server: no address pool (server, server-ipv6 or "
+                              "server-bridge is needed)")
+        self.pool: IfconfigPool = pool
+        #: the acceptor's hook run before a client gets its address (openvpn's
+        #: ``multi_client_connect_early_setup``: an older client with the same name goes)
+        self.early_setup: Callable[[OpenVPNServerSession, float], None] | None = None
         if options.tls_auth is not None and options.tls_crypt is not None:
             raise ConfigError("tls-auth and tls-crypt are exclusive")
         if options.compress not in (None, "migrate", *COMPRESS_KINDS):
@@ -226,6 +276,14 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.username: str | None = None
         self.peer_info: dict[str, str] = {}
         self.address: str | None = None
+        self.address6: str | None = None
+        self.lease: Lease | None = None
+        #: this client's CCD file followed by its client-connect output, if any
+        self.client_config: ClientConfig | None = None
+        self._script_config: ClientConfig | None = None
+        #: auth-gen-token: the token we pushed last, and the session's first one
+        self.auth_token: str | None = None
+        self._token_initial: str | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
         self._auth_reason = ""
@@ -332,8 +390,21 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if self.cipher is None:
                 self._auth = "failed"
                 self._auth_reason = "Data channel cipher negotiation failed (no shared cipher)"
+            elif self.options.ccd_exclusive and \
+                    not exclusive_allows(self.options.client_configs or {}, cn):
+                self._auth = "failed"
+                self._auth_reason = "client-config-dir authentication failed"
             elif self.options.force_tls_key_material_export and not self.ekm:
                 self._auth, self._auth_reason = "failed", "TLS key-material export required"
+            elif self._shared.tokens is not None and is_auth_token(msg.password):
+                # ssl_verify.c: a token is checked here, no script is asked
+                check = self._check_token(msg.username or "", msg.password or "")
+                if check.valid:
+                    self._auth = "ok"
+                    self._token_initial = msg.password
+                else:
+                    self._auth = "failed"
+                    self._auth_reason = "SESSION: token expired" if check.hmac_ok else ""
             elif self.options.auth_user_pass_verify:
                 self._auth = "pending"
                 self.state = "auth-pending"
@@ -354,7 +425,18 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             if msg.username != self.username and self.options.auth_user_pass_verify:
                 self._end("user name changed on renegotiation", now)
                 return False
+            if self._shared.tokens is not None and is_auth_token(msg.password):
+                check = self._check_token(msg.username or "", msg.password or "",
+                                          self._token_initial)
+                if not check.valid:
+                    self._end("auth-token refused on renegotiation" +
+                              (" (expired)" if check.expired else ""), now)
+                    return False
         ks.tls.write(server_message(ks.local, self._options_string()))
+        if ks.key_id != 0 and self.auth_token is not None:
+            # send_push_reply_auth_token: the renewed token, alone in a PUSH_REPLY
+            self._issue_token()
+            ks.tls.write(f"PUSH_REPLY,auth-token {self.auth_token}".encode() + b"\0")
         ks.phase = KEYS_SENT
         if self._auth == "failed":
             self._auth_failed(ks, now)
@@ -389,10 +471,14 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             self.drops["unknown_control_message"] += 1
 
-    def auth_result(self, ok: bool, now: float, reason: str = "") -> None:
-        """The adapter's answer to :class:`AuthRequest` (client-reason text optional)."""
+    def auth_result(self, ok: bool, now: float, reason: str = "",
+                    client_config: ClientConfig | None = None) -> None:
+        """The adapter's answer to :class:`AuthRequest` (client-reason text optional);
+        ``client_config``: what a client-connect script wrote, applied after the CCD
+        file as openvpn does."""
         if self._auth != "pending" or self.state == "closed":
             return
+        self._script_config = client_config
         ks = self._keys.get(0)
         if ks is None:
             return
@@ -425,16 +511,28 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self.state = "auth-failed"
 
     def _push_options(self) -> list[str]:
+        """openvpn's order: the config's push lines, then what ``server`` and
+        ``keepalive`` add (helper.c), changed by the client's config (ccd.py), then
+        this client's addresses, peer-id, cipher (``prepare_push_reply``)."""
         o = self.options
-        parts = [f"route-gateway {self._shared.server_address}", "topology subnet"]
+        parts = [p.strip() for p in o.push if p.strip()]
+        parts += self._shared.net.push
         if o.keepalive:
             parts += [f"ping {o.keepalive[0]}", f"ping-restart {o.keepalive[1]}"]
-        parts.append(f"ifconfig {self.address} {self._shared.network.netmask}")
-        parts += [p.strip() for p in o.push if p.strip()]
         if self._comp_push is not None:
+            # multi_client_connect_compress_migrate pushes before the CCD is read
             parts.append(self._comp_push)
+        cfg = self.client_config
+        res = apply_push(parts, cfg.push_ops if cfg is not None else [])
+        parts = res.push
+        for line in self._ifconfig_options():
+            if not (res.block_ifconfig_ipv6 if line.startswith("ifconfig-ipv6 ")
+                    else res.block_ifconfig):
+                parts.append(line)
         if _iv_proto(self.peer_info) & IV_PROTO_DATA_V2:
             parts.append(f"peer-id {self.peer_id}")
+        if self.auth_token is not None:
+            parts += auth_token_push(self.auth_token, self.username or "")
         parts.append(f"cipher {self.cipher}")
         if self.ekm:
             parts.append("key-derivation tls-ekm")
@@ -458,21 +556,124 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         out.append(",".join(["PUSH_REPLY", *current]))
         return out
 
-    def _pool_key(self) -> str:
-        ident = self.common_name or self.username
-        if ident is None or self.options.duplicate_cn:
-            # no identity to keep an address for: a lease for this session only
-            return f"session:{self.session_id.hex()}"
-        return ident
+    def _ifconfig_options(self) -> list[str]:
+        """ifconfig-ipv6 then ifconfig: from the client config where it says so, else
+        from the pool (``multi_select_virtual_addr``)."""
+        cfg, net = self.client_config, self._shared.net
+        pool = ifconfig_push(net, self.lease) if self.lease is not None else []
+        v6 = [p for p in pool if p.startswith("ifconfig-ipv6 ")]
+        v4 = [p for p in pool if not p.startswith("ifconfig-ipv6 ")]
+        if cfg is not None and cfg.ifconfig_ipv6_push is not None:
+            addr, remote = cfg.ifconfig_ipv6_push
+            remote = remote or net.local6
+            v6 = [f"ifconfig-ipv6 {addr} {remote}"] if remote is not None else []
+        if cfg is not None and cfg.ifconfig_push is not None:
+            local, remote4, alias = cfg.ifconfig_push
+            v4 = [f"ifconfig {alias or local} {remote4}"]
+        return v6 + v4
+
+    def address_env(self) -> dict[str, str]:
+        """openvpn's ``ifconfig_pool_*`` variables for this client's scripts (the
+        address itself, never a ``ifconfig-push`` alias)."""
+        lines = self._ifconfig_options()
+        cfg = self.client_config
+        if cfg is not None and cfg.ifconfig_push is not None and cfg.ifconfig_push[2]:
+            lines = [f"ifconfig {cfg.ifconfig_push[0]} {cfg.ifconfig_push[1]}"
+                     if line.startswith("ifconfig ") else line for line in lines]
+        return address_env(self._shared.net, lines)
+
+    def _check_token(self, username: str, token: str,
+                     initial: str | None = None) -> TokenCheck:
+        tokens = self._shared.tokens
+        assert tokens is not None
+        renewal = self.options.auth_token_renewal or self.options.reneg_sec
+        return tokens.verify(username, token, int(self._shared.wall()), renewal,
+                             self.options.auth_token_lifetime, initial)
+
+    def _issue_token(self) -> None:
+        """generate_auth_token: a new token, or a renewal keeping the session's id."""
+        tokens = self._shared.tokens
+        assert tokens is not None
+        self.auth_token = tokens.generate(self.username or "", int(self._shared.wall()),
+                                          self._token_initial)
+        if self._token_initial is None:
+            self._token_initial = self.auth_token
+
+    def _client_connect(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        """What openvpn does between authentication and the first PUSH_REPLY: drop an
+        older client with this name, read its client config, pick its addresses."""
+        if self._shared.tokens is not None:
+            self._issue_token()
+        if self._shared.early_setup is not None:
+            self._shared.early_setup(self, now)
+        cfg = None
+        if self.options.client_configs is not None:
+            cfg = lookup(self.options.client_configs, self.common_name)
+        if self._script_config is not None:
+            cfg = self._script_config if cfg is None else cfg.extend(self._script_config)
+        self.client_config = cfg
+        if cfg is not None and cfg.disable:
+            self._auth, self._auth_reason = "failed", ""
+            log.warning("openvpn server: %s (%s) rejected by its 'disable' directive",
+                        self.peer, self.common_name)
+            self._auth_failed(ks, now)
+            return False
+        if cfg is None or cfg.ifconfig_push is None:
+            # like openvpn, duplicate-cn clients are anonymous to the pool
+            lease = self._shared.pool.acquire(self.common_name or self.username)
+            if lease is None:
+                self._auth, self._auth_reason = "failed", "no free address"
+                log.warning("openvpn server: %s: no free ifconfig-pool address", self.peer)
+                self._auth_failed(ks, now)
+                return False
+            self.lease = lease
+            self.address = None if lease.ipv4 is None else str(lease.ipv4)
+            self.address6 = None if lease.ipv6 is None else str(lease.ipv6)
+        else:
+            # openvpn: a static IPv4 gets no pool IPv6 (only an ifconfig-ipv6-push)
+            self.address = str(cfg.ifconfig_push[0])
+            net = self._shared.net
+            if net.pool_netmask4 is not None and net.local4 is not None and \
+                    ipaddress.IPv4Network(f"{net.local4}/{net.pool_netmask4}",
+                                          strict=False).network_address != \
+                    ipaddress.IPv4Network(f"{self.address}/{net.pool_netmask4}",
+                                          strict=False).network_address:
+                # ifconfig_push_constraint_satisfied: openvpn logs it and goes on
+                log.error("openvpn server: primary virtual IP for %s (%s) violates "
+                          "tunnel network/netmask constraint", self.common_name,
+                          self.address)
+        if cfg is not None and cfg.ifconfig_ipv6_push is not None:
+            self.address6 = str(cfg.ifconfig_ipv6_push[0].ip)
+        return True
+
+    def mss_clamp(self) -> int:
+        """This client's MSS clamp (0: none), the same computation as the client's
+        (openvpn's ``frame_calculate_mssfix`` on the server's per-client frame)."""
+        o = self.options
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
+        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
+                         tap=o.tap, tcp=o.proto == "tcp",
+                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
+                         cipher=self.cipher or "", auth=o.auth,
+                         peer_id=bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2),
+                         compress=self._comp.kind if self._comp else None,
+                         tap_extra=o.tun_mtu_extra)
+
+    def prefixes(self) -> list[Network]:
+        """What the router sends to this client: its addresses and its iroutes."""
+        out: list[Network] = []
+        if self.address is not None:
+            out.append(ipaddress.ip_network(self.address))
+        if self.address6 is not None:
+            out.append(ipaddress.ip_network(self.address6))
+        if self.client_config is not None:
+            out += self.client_config.iroutes
+            out += self.client_config.iroutes_ipv6
+        return out
 
     def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
-        if self.address is None:
-            try:
-                self.address = str(self._shared.pool.assign(self._pool_key()))
-            except PoolExhausted as exc:
-                self._auth, self._auth_reason = "failed", "no free address"
-                log.warning("openvpn server: %s", exc)
-                self._auth_failed(ks, now)
+        if not self._pushed and self.address is None and self.address6 is None:
+            if not self._client_connect(ks, now):
                 return
         try:
             for text in self.push_reply_messages():
@@ -483,6 +684,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self._pushed:
             return  # an answer to a retried PUSH_REQUEST: the key is already in use
         self._pushed = True
+        self._mss = self.mss_clamp()
         if ks.data is not None:
             self._make_primary(ks, now)
         self.state = "connected"
@@ -508,8 +710,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         log.info("openvpn server: %s disconnected: %s", self.peer, reason)
-        if self.address is not None and self._pool_key().startswith("session:"):
-            self._shared.pool.release(self._pool_key())
+        if self.lease is not None:
+            # soft: the name stays on the handle, so the client gets it back
+            self._shared.pool.release(self.lease.handle, now)
         self._stop("closed", reason, now, False)
 
     def close(self, now: float) -> None:
@@ -565,6 +768,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             "common_name": self.common_name,
             "username": self.username,
             "address": self.address,
+            "address6": self.address6,
+            "iroutes": [str(n) for n in self.prefixes()[bool(self.address) +
+                                                        bool(self.address6):]],
             "peer_id": self.peer_id,
             **self._key_status(now),
             "renegotiations": self.renegotiations,
@@ -592,9 +798,11 @@ class OpenVPNServer:
     """
 
     def __init__(self, options: ServerOptions, wall_clock: float | None = None,
-                 cookie_key: bytes | None = None) -> None:
+                 cookie_key: bytes | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.options = options
-        self._shared = _Shared(options, int(time.time() if wall_clock is None else wall_clock))
+        self._shared = _Shared(options, int(time.time() if wall_clock is None else wall_clock),
+                               wall)
         self.gate = HandshakeGate(self._shared.wrapper, hand_window=options.hand_window,
                                   key=cookie_key)
         self.sessions: dict[Any, OpenVPNServerSession] = {}
@@ -604,14 +812,52 @@ class OpenVPNServer:
         self._events: collections.deque[tuple[OpenVPNServerSession, ServerEvent]] = \
             collections.deque()
         self.drops: collections.Counter[str] = collections.Counter()
+        if not options.duplicate_cn:
+            self._shared.early_setup = self._kick_duplicates
+        #: clients' addresses and iroutes by peer-id, for the data path
+        self.router = Router(client_to_client=options.client_to_client)
 
     @property
-    def pool(self) -> AddressPool:
+    def pool(self) -> IfconfigPool:
         return self._shared.pool
 
     @property
-    def server_address(self) -> str:
-        return str(self._shared.server_address)
+    def server_address(self) -> str | None:
+        """The server's IPv4 on its device (None with server-bridge or IPv6 only)."""
+        local = self._shared.net.local4
+        return None if local is None else str(local)
+
+    def set_client_configs(self, configs: dict[str, ClientConfig] | None,
+                           now: float) -> list[OpenVPNServerSession]:
+        """A reloaded client-config-dir (SIGHUP, ``tunconnector reload``): clients whose
+        file changed, or whom ``ccd-exclusive`` now refuses, are told to reconnect and
+        so get the new config; the others stay up. Returns the ended sessions."""
+        self.options.client_configs = configs
+        ended = []
+        for session in list(self.sessions.values()):
+            if session.closed or session.state != "connected":
+                continue
+            cn = session.common_name
+            file = lookup(configs, cn) if configs is not None else None
+            script = session._script_config
+            want = file.extend(script) if file is not None and script is not None \
+                else file or script
+            refused = self.options.ccd_exclusive and not exclusive_allows(configs or {}, cn)
+            if want != session.client_config or refused:
+                log.info("openvpn server: %s (%s): client config changed, reconnecting it",
+                         session.peer, cn)
+                self.close_session(session, now)
+                ended.append(session)
+        return ended
+
+    def load_pool(self, text: str, now: float, fixed: bool = False) -> int:
+        """Apply an ``ifconfig-pool-persist`` file's text (``fixed``: its SECONDS was
+        0, openvpn's read-only mode); before any client connects."""
+        return self._shared.pool.load(parse_persist(text), fixed, now)
+
+    def pool_file(self) -> str:
+        """The text to write to the ``ifconfig-pool-persist`` file."""
+        return format_persist(self._shared.pool)
 
     def _key(self, addr: Addr) -> Any:
         return addr[:2] if isinstance(addr, tuple) else addr
@@ -715,11 +961,12 @@ class OpenVPNServer:
             del self.sessions[key]
         if self.by_peer_id.get(session.peer_id) is session:
             del self.by_peer_id[session.peer_id]
+            self.router.remove_peer(session.peer_id)
 
     def _collect(self, session: OpenVPNServerSession) -> None:
         while (ev := session.next_event()) is not None:
-            if isinstance(ev, Connected) and not self.options.duplicate_cn:
-                self._kick_duplicates(session, ev.at)
+            if isinstance(ev, Connected):
+                self.router.set_peer(session.peer_id, session.prefixes())
             self._events.append((session, ev))
         if session.closed:
             self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
@@ -737,8 +984,8 @@ class OpenVPNServer:
                 self._collect(other)
 
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
-                    reason: str = "") -> None:
-        session.auth_result(ok, now, reason)
+                    reason: str = "", client_config: ClientConfig | None = None) -> None:
+        session.auth_result(ok, now, reason, client_config)
         self._collect(session)
 
     def close_session(self, session: OpenVPNServerSession, now: float) -> None:
