@@ -211,7 +211,7 @@ def test_schemathesis_finds_no_server_errors(env: Env, tmp_path: Path) -> None:
         st, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
         "--phases", "examples,coverage,fuzzing", "--max-examples", "10",
         "--auth", f"{USER}:{PASSWORD}", "--seed", "1",
-        "--request-timeout", "10", "--max-time", "45", "--warnings", "off",
+        "--request-timeout", "10", "--max-time", "20", "--warnings", "off",
         check=False, timeout=240,
     )
     out = res.stdout + res.stderr

@@ -33,7 +33,7 @@ NEEDS_OPENVPN = pytest.mark.skipif(shutil.which("openvpn") is None,
 @pytest.mark.parametrize("item", ["1", "3", pytest.param("4", marks=NEEDS_OPENVPN),
                                   pytest.param("5", marks=NEEDS_OPENVPN)])
 def test_hostile_driver_item(item: str, tmp_path: Path) -> None:
-    opts = Options(idle=2.0, duration=3.0, rate=3000.0, procs=1, interval=0.02)
+    opts = Options(idle=1.0, duration=2.0, rate=3000.0, procs=1, interval=0.02)
     row = run_item(item, opts, tmp_path)
     print(table([row]))
     sent = row.flood["sent"]

@@ -68,7 +68,7 @@ def test_matches_model_on_any_sequence(counters: list[int]) -> None:
         assert f.accept(c) == m.accept(c), c
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(min_value=1, max_value=500),
     copies=st.integers(min_value=1, max_value=4),
