@@ -464,6 +464,15 @@ class Tunnel(SupervisedDevice):
         self._fast.attach_udp(self._udp)
         if cfg.mode == "client":
             self.peer = self._remote
+            if self._remote is not None:
+                # a client hears only its server (a stranger's datagram is dropped as
+                # unknown_peer): connected, the kernel drops those before they queue
+                # where the server's must wait behind them (NoPorts, ICMP unreachable)
+                try:
+                    self._udp.connect(self._remote)
+                except TransportError:
+                    sock.close()
+                    raise
         if cfg.framing == "native":
             self._native = self._make_native()
         # packet info is added and removed on the batch path only

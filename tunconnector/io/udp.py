@@ -151,7 +151,16 @@ class UdpEndpoint:
         self.gro = False
         #: native framing: coalesced FRAGMENT reads are handed on whole (FragmentRun)
         self.runs = False
+        #: the address the socket is connected to, if it is
+        self.remote: Addr | None = None
         self._max_batch = 64
+        #: when set, a read that fills a whole batch rests the reader this long (seconds):
+        #: a shared socket that only strangers fill then costs a bounded share of a core
+        self.rest = 0.0
+        self._reader: Callable[[], None] | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        #: kernel drops at this socket already counted (see :meth:`count_kernel_drops`)
+        self._kernel_drops = 0
 
     @property
     def local_address(self) -> Addr:
@@ -173,8 +182,49 @@ class UdpEndpoint:
             batch = drain([])
             if batch:
                 on_batch(batch)
+                if self.rest and len(batch) >= self._max_batch:
+                    self._pause()
 
-        loop.add_reader(self.sock.fileno(), reader or readable)
+        self._reader = reader or readable
+        loop.add_reader(self.sock.fileno(), self._reader)
+
+    def budget(self, max_batch: int, rest: float) -> None:
+        """Read at most ``max_batch`` datagrams per loop turn, and after a full one rest
+        ``rest`` seconds (0: read again next turn)."""
+        self._max_batch, self.rest = max_batch, rest
+
+    def _pause(self) -> None:
+        loop = self._loop
+        if loop is None or self._resume is not None:
+            return
+        loop.remove_reader(self.sock.fileno())
+        self._resume = loop.call_later(self.rest, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        if self._loop is not None and self._reader is not None and self.sock.fileno() >= 0:
+            self._loop.add_reader(self.sock.fileno(), self._reader)
+
+    def connect(self, remote: Addr) -> None:
+        """Connect the socket to ``remote``: the kernel then queues only its datagrams
+        here, a stranger's end at the kernel (counted there as NoPorts, answered with
+        ICMP port unreachable) instead of filling this queue. Sending to ``remote`` with
+        an address stays valid on a connected UDP socket."""
+        try:
+            self.sock.connect(self.tx_addr(remote))
+            self.remote = remote
+        except OSError as exc:
+            raise TransportError(f"cannot connect UDP socket to {remote[0]} port "
+                                 f"{remote[1]}: {exc.strerror}") from exc
+
+    def count_kernel_drops(self, key: str) -> int:
+        """Add the datagrams the kernel dropped at this socket since the last call (its
+        receive queue was full) to ``drops[key]``; returns the total so far."""
+        n = socket_drops(self.sock)
+        if n > self._kernel_drops:
+            self.drops[key] += n - self._kernel_drops
+            self._kernel_drops = n
+        return n
 
     def recv_one(self) -> tuple[bytes, Any, Addr] | None:
         """One datagram as ``(data, ancillary, addr)`` (ancillary: GRO cmsgs or None);
@@ -298,6 +348,9 @@ class UdpEndpoint:
         return False
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._loop is not None:
             try:
                 self._loop.remove_reader(self.sock.fileno())
