@@ -159,6 +159,7 @@ class UdpEndpoint:
         self.rest = 0.0
         self._reader: Callable[[], None] | None = None
         self._resume: asyncio.TimerHandle | None = None
+        self._rearm_pending = False
         #: kernel drops at this socket already counted (see :meth:`count_kernel_drops`)
         self._kernel_drops = 0
 
@@ -239,6 +240,7 @@ class UdpEndpoint:
             return None
         except OSError:
             self.drops["rx_error"] += 1
+            self._rearm_soon()
             return None
 
     def add_received(self, batch: list[tuple[Any, Addr]], data: bytes, anc: Any,
@@ -278,7 +280,25 @@ class UdpEndpoint:
         except OSError:
             # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
             self.drops["rx_error"] += 1
+            self._rearm_soon()
         return batch
+
+    def _rearm_soon(self) -> None:
+        """After a socket error, register the reader again: uvloop (libuv) stops polling
+        a descriptor that reported an error (POLLERR), and a connected socket reports
+        the ICMP port unreachable its remote answers while it is down; without this the
+        socket would never be read again."""
+        if self._loop is not None and self._reader is not None and not self._rearm_pending:
+            self._rearm_pending = True
+            self._loop.call_soon(self._rearm)
+
+    def _rearm(self) -> None:
+        self._rearm_pending = False
+        loop, reader = self._loop, self._reader
+        if loop is None or reader is None or self._resume is not None or self.sock.fileno() < 0:
+            return
+        loop.remove_reader(self.sock.fileno())
+        loop.add_reader(self.sock.fileno(), reader)
 
     def send_batch(self, msgs: list[bytes], addr: Addr) -> None:
         """Send datagrams in order; with UDP GSO, each run of equal sizes (the last of a
@@ -345,6 +365,8 @@ class UdpEndpoint:
             self.drops["tx_busy"] += 1
         except OSError as exc:
             self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
+            if exc.errno == errno.ECONNREFUSED:  # a pending ICMP error: see _rearm_soon
+                self._rearm_soon()
         return False
 
     def close(self) -> None:

@@ -1,0 +1,123 @@
+"""A stranger's datagrams at a UDP tunnel's port cannot push its live peer's out.
+
+The attacked daemon is stopped (SIGSTOP) while a stranger from another namespace sends
+far more datagrams than its socket's receive queue holds; then the live peer pings
+through the tunnel and the daemon is resumed. Before, the stranger's datagrams filled the
+one queue and the kernel dropped the peer's echo requests with the rest. Now:
+
+- a client's socket is connected to its server: the kernel drops the stranger's
+  datagrams (NoPorts) without queueing them;
+- a server's live peer has a connected socket of its own beside the shared one: the
+  stranger fills only the shared queue, and what the kernel dropped there is counted in
+  the daemon's drops (``udp_queue_full``) with what it read and refused.
+
+Every echo must come back once the daemon runs again.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from harness import Daemon, Env
+from netns import Host, wait_for
+from test_openvpn_static_interop import genkey, tc_tunnel
+
+SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
+STRANGER = "192.168.100.66"
+FLOOD = 12_000  # datagrams: several times what a 4 MiB receive queue holds
+PINGS = 5
+
+SEND = ("import os,socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_SNDBUF,1<<20);"
+        "s.bind((sys.argv[1],0));d=(sys.argv[2],int(sys.argv[3]));"
+        "[s.sendto(os.urandom(1200),d) for _ in range(int(sys.argv[4]))]")
+
+
+def udp_counters(host: Host) -> dict[str, int]:
+    lines = [ln.split() for ln in host.run("cat", "/proc/net/snmp").stdout.splitlines()
+             if ln.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+
+def pair(env: Env, kind: str) -> tuple[Daemon, Daemon, int]:
+    """(server, client, port): static-key (openvpn framing) or native, over UDP."""
+    a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
+    if kind == "static":
+        key = genkey(env)
+        common: dict[str, Any] = dict(dev_type="tun", device="tun1", openvpn_secret=str(key),
+                                      openvpn_cipher="none")
+        srv = env.config_daemon(env.a, [tc_tunnel(
+            mode="server", port=1191, address=f"{SRV_ADDR}/24", **common)], "srv")
+        cl = env.config_daemon(env.b, [tc_tunnel(
+            mode="client", remote=a_addr, remote_port=1191, port=1191, bind=b_addr,
+            address=f"{CL_ADDR}/24", **common)], "cl")
+        return srv, cl, 1191
+    common = {"dev_type": "tun", "proto": "udp", "framing": "native", "device": "tc0",
+              "keepalive": 2, "dead_after": 20}
+    srv = env.config_daemon(env.a, [{"name": "srv", "mode": "server", "port": 55556,
+                                     "address": [f"{SRV_ADDR}/24"], **common}], "srv")
+    cl = env.config_daemon(env.b, [{"name": "cli", "mode": "client", "remote": a_addr,
+                                    "remote_port": 55556, "port": 55557,
+                                    "address": [f"{CL_ADDR}/24"], **common}], "cl")
+    return srv, cl, 55557
+
+
+@pytest.mark.parametrize("kind,attacked", [("static", "server"), ("static", "client"),
+                                           ("native", "client")])
+def test_stranger_flood_spares_the_live_peer(env: Env, kind: str, attacked: str) -> None:
+    srv, cl, client_port = pair(env, kind)
+    srv.wait_state("up", timeout=20)
+    cl.wait_state("up", timeout=20)
+    if attacked == "server":
+        victim, live, live_host, target, port = srv, cl, env.b, SRV_ADDR, 1191
+        at_host, at_link, dst = env.a, env.lab.links[0][1], env.lab.a_addrs[0]
+        stranger_host = env.b
+    else:
+        victim, live, live_host, target, port = cl, srv, env.a, CL_ADDR, client_port
+        at_host, at_link, dst = env.b, env.lab.links[0][0], env.lab.b_addrs[0]
+        stranger_host = env.a
+    assert live_host.ping(target, count=3, interval=0.05) == (3, 3)
+    stranger_host.run("ip", "addr", "add", f"{STRANGER}/24", "dev", at_link)
+    assert victim.proc is not None
+    kernel_before = udp_counters(at_host)
+    drops_before = sum((victim.tunnel() or {}).get("drops", {}).values())
+    victim.proc.send_signal(signal.SIGSTOP)
+    ping: subprocess.Popen[bytes] | None = None
+    try:
+        stranger_host.run(sys.executable, "-c", SEND, STRANGER, dst, str(port), str(FLOOD))
+        tx_before = (live.tunnel() or {})["tx_packets"]
+        ping = live_host.popen("ping", "-n", "-q", "-c", str(PINGS), "-i", "0.05", "-W", "20",
+                               target, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # the echo requests have left the live daemon towards the stopped one
+        assert wait_for(lambda: (live.tunnel() or {})["tx_packets"] >= tx_before + PINGS, 10)
+        kernel = udp_counters(at_host)
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+    assert ping is not None
+    out, _ = ping.communicate(timeout=30)
+    summary = [ln for ln in out.decode().splitlines() if "packets transmitted" in ln]
+    received = int(summary[0].split(",")[1].split()[0]) if summary else 0
+    kernel_delta = {k: kernel[k] - kernel_before.get(k, 0) for k in kernel}
+    st = victim.tunnel() or {}
+    print(kind, attacked, "echoes", received, "kernel", kernel_delta, "drops", st.get("drops"))
+    assert received == PINGS, (kernel_delta, st.get("drops"))
+    if attacked == "client":
+        # the stranger's datagrams ended at the kernel, none in the client's queue
+        assert kernel_delta["NoPorts"] >= FLOOD, kernel_delta
+        assert not st["drops"].get("udp_queue_full"), st["drops"]
+    else:
+        # the shared queue overflowed; each stranger's datagram is dropped and counted:
+        # read and refused by the daemon, or dropped by the kernel at the full queue
+        assert kernel_delta["RcvbufErrors"] > 0, kernel_delta
+
+        def counted() -> bool:
+            drops = (victim.tunnel() or {}).get("drops", {})
+            return sum(drops.values()) - drops_before >= FLOOD
+
+        assert wait_for(counted, 10), victim.tunnel()
+        assert (victim.tunnel() or {})["drops"]["udp_queue_full"] > 0
+    assert live_host.ping(target, count=10, interval=0.05) == (10, 10)
