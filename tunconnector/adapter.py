@@ -485,7 +485,6 @@ class ConnectionTunnel(SupervisedDevice):
         sock = open_udp(bind=cfg.bind, port=port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        self._connect_client()
         # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
         # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
         off = enable_socket_offload(
@@ -515,12 +514,9 @@ class ConnectionTunnel(SupervisedDevice):
         except (OSError, TransportError) as exc:
             self.log.warning("cannot open a new UDP socket (keeping the old one): %s", exc)
             return
+        self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        try:
-            self._connect_client()
-        except TransportError as exc:  # the socket stays unconnected, as before
-            self.log.warning("%s", exc)
         # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
         # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
         off = enable_socket_offload(
@@ -528,24 +524,18 @@ class ConnectionTunnel(SupervisedDevice):
         self._udp.gso, self._udp.gro = off.gso, off.gro
         self._udp.start(self._on_udp_batch)
 
-    def _connect_client(self) -> None:
-        """A UDP client talks to its one remote: its socket is connected to it, so the
-        kernel drops a stranger's datagrams (NoPorts) instead of queueing them where the
-        server's must wait behind them. Not with ``openvpn_float``, which accepts the
-        server from a new address, as openvpn's own ``--float``."""
-        if (self.config.mode == "client" and self._udp is not None
-                and self._remote is not None and not self.config.openvpn_float):
-            self._udp.connect(self._remote)
-
     def _follow_peer(self, addr: Any) -> None:
-        """UDP server: give the live peer at ``addr`` a socket of its own, connected to it
-        on the server's address and port (``open_connected_twin``); the kernel queues its
-        datagrams there, so a stranger flooding the shared socket fills only that one,
-        which is then read with a budget (SHARED_BATCH, SHARED_REST). The peer moving
-        (an authenticated float) moves the socket with it; replies still leave from the
+        """UDP: give the live peer at ``addr`` (a server's client, or a client's server
+        as its authenticated datagrams came from) a socket of its own, connected to it on
+        our address and port (``open_connected_twin``); the kernel queues its datagrams
+        there, so a stranger flooding the shared socket fills only that one, which is then
+        read with a budget (SHARED_BATCH, SHARED_REST). The shared socket stays: an
+        authenticated move of the peer (float), a restarted peer, a client's next server
+        of its ``remote`` list or an answer from another address of a multi-homed server
+        still arrive there, and the socket follows the peer. Replies leave from the
         shared socket (same address and port)."""
         udp = self._udp
-        if udp is None or self.config.mode != "server" or self.config.proto != "udp":
+        if udp is None or self.config.proto != "udp":
             return
         twin = self._twin
         if twin is not None:

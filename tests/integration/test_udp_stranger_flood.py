@@ -5,11 +5,14 @@ far more datagrams than its socket's receive queue holds; then the live peer pin
 through the tunnel and the daemon is resumed. Before, the stranger's datagrams filled the
 one queue and the kernel dropped the peer's echo requests with the rest. Now:
 
-- a client's socket is connected to its server: the kernel drops the stranger's
-  datagrams (NoPorts) without queueing them;
-- a server's live peer has a connected socket of its own beside the shared one: the
-  stranger fills only the shared queue, and what the kernel dropped there is counted in
-  the daemon's drops (``udp_queue_full``) with what it read and refused.
+- a native client's socket is connected to its server (it hears nobody else): the
+  kernel drops the stranger's datagrams (NoPorts) without queueing them;
+- an OpenVPN-framing tunnel's live peer (a server's client, a client's server) has a
+  connected socket of its own beside the shared one, which stays for the peer's
+  authenticated moves: the stranger fills only the shared queue, and what the kernel
+  dropped there is counted in the daemon's drops (``udp_queue_full``) with what it read
+  and refused;
+- a hub gives the peers that are up such a socket once its shared queue overflowed.
 
 Every echo must come back once the daemon runs again.
 """
@@ -23,10 +26,14 @@ from typing import Any
 
 import pytest
 from harness import Daemon, Env
-from netns import Host, wait_for
+from hublab import hub_lab, wait_client_address, wait_peers_up
+from hublab import status as hub_status
+from netns import Host, free_port, wait_for
+from test_hub import hub_config
 from test_openvpn_static_interop import genkey, tc_tunnel
 
 SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
+HUB_IP = "10.220.0.1"
 STRANGER = "192.168.100.66"
 FLOOD = 12_000  # datagrams: several times what a 4 MiB receive queue holds
 PINGS = 5
@@ -105,7 +112,7 @@ def test_stranger_flood_spares_the_live_peer(env: Env, kind: str, attacked: str)
     st = victim.tunnel() or {}
     print(kind, attacked, "echoes", received, "kernel", kernel_delta, "drops", st.get("drops"))
     assert received == PINGS, (kernel_delta, st.get("drops"))
-    if attacked == "client":
+    if kind == "native":
         # the stranger's datagrams ended at the kernel, none in the client's queue
         assert kernel_delta["NoPorts"] >= FLOOD, kernel_delta
         assert not st["drops"].get("udp_queue_full"), st["drops"]
@@ -121,3 +128,56 @@ def test_stranger_flood_spares_the_live_peer(env: Env, kind: str, attacked: str)
         assert wait_for(counted, 10), victim.tunnel()
         assert (victim.tunnel() or {})["drops"]["udp_queue_full"] > 0
     assert live_host.ping(target, count=10, interval=0.05) == (10, 10)
+
+
+def test_stranger_flood_at_a_hub_spares_its_peers() -> None:
+    """A hub: once its shared queue overflows, a peer that is up gets a queue of its own;
+    the next flood then costs it no echo."""
+    with hub_lab(2) as lab:  # client 1's namespace is the stranger's, no daemon there
+        port = free_port()
+        peers = [{"name": "site-a", "public_key": lab.keys[0][1], "address": "10.220.0.50"}]
+        hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=False, peers=peers), "hub")
+        client = lab.client(0, port=port, keepalive=2.0)
+        wait_peers_up(hub, ["site-a"])
+        wait_client_address(lab.clients[0], "hc0", "10.220.0.")
+        assert lab.clients[0].ping(HUB_IP, count=3, interval=0.05) == (3, 3)
+        assert hub.proc is not None
+
+        def flood_while_stopped(then: Any = None) -> Any:
+            assert hub.proc is not None
+            hub.proc.send_signal(signal.SIGSTOP)
+            try:
+                lab.clients[1].run(sys.executable, "-c", SEND, "172.30.2.2", lab.underlay(1),
+                                   str(port), str(FLOOD))
+                return then() if then is not None else None
+            finally:
+                hub.proc.send_signal(signal.SIGCONT)
+
+        # the first flood overflows the shared queue: counted, and the peer protected
+        flood_while_stopped()
+
+        def protected() -> bool:
+            drops = hub_status(hub).get("drops", {})
+            own = lab.hub.run("ss", "-Hun", "state", "established", "dst",
+                              "172.30.1.2").stdout
+            return drops.get("udp_queue_full", 0) > 0 and bool(own.strip())
+
+        assert wait_for(protected, 30, interval=0.5), (hub_status(hub), hub.log())
+        # the second one fills only the shared queue: the peer's echoes wait in its own
+        tx_before = hub_status(client)["tx_packets"]
+        pinger: list[subprocess.Popen[bytes]] = []
+
+        def ping() -> None:
+            pinger.append(lab.clients[0].popen(
+                "ping", "-n", "-q", "-c", str(PINGS), "-i", "0.05", "-W", "20", HUB_IP,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+            assert wait_for(lambda: hub_status(client)["tx_packets"] >= tx_before + PINGS,
+                            20, interval=0.2)
+
+        flood_while_stopped(ping)
+        out, _ = pinger[0].communicate(timeout=30)
+        summary = [ln for ln in out.decode().splitlines() if "packets transmitted" in ln]
+        received = int(summary[0].split(",")[1].split()[0]) if summary else 0
+        print("hub: echoes", received, "drops", hub_status(hub).get("drops"))
+        assert received == PINGS, hub_status(hub).get("drops")
+        assert lab.clients[0].ping(HUB_IP, count=10, interval=0.05) == (10, 10)
