@@ -39,7 +39,15 @@ from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
 from .io.offload import enable_socket_offload
-from .io.udp import UdpEndpoint, family_for, normalize, open_connected_twin, open_udp
+from .io.udp import (
+    SHARED_BATCH,
+    SHARED_REST,
+    UdpEndpoint,
+    family_for,
+    normalize,
+    open_connected_twin,
+    open_udp,
+)
 from .proto.admission import UNPROVEN_RECEIVED, Admission
 from .proto.backoff import Backoff
 from .proto.connection import (
@@ -63,12 +71,6 @@ Listener = Callable[[Any, State, State], None]
 PERSIST_INTERVAL = 1.0
 #: OpenVPN's default tun-mtu: both ends of an OpenVPN tunnel use it unless configured
 OPENVPN_TUN_MTU = 1500
-#: a UDP server whose peer has its own connected socket reads the shared one, which only
-#: strangers (and the peer moving or coming back) still reach, at most SHARED_BATCH
-#: datagrams per loop turn, and rests SHARED_REST seconds after a full batch: a flood
-#: there costs a bounded share of a core and cannot starve the peer's socket
-SHARED_BATCH = 32
-SHARED_REST = 0.002
 
 
 def _fmt_addr(addr: Any) -> str:

@@ -29,8 +29,11 @@ from harness import Daemon, Env
 from hublab import hub_lab, wait_client_address, wait_peers_up
 from hublab import status as hub_status
 from netns import Host, free_port, wait_for
+from test_crypto import key_file
 from test_hub import hub_config
 from test_openvpn_static_interop import genkey, tc_tunnel
+
+from tunconnector.keys import generate_keypair
 
 SRV_ADDR, CL_ADDR = "10.77.0.1", "10.77.0.2"
 HUB_IP = "10.220.0.1"
@@ -51,7 +54,8 @@ def udp_counters(host: Host) -> dict[str, int]:
 
 
 def pair(env: Env, kind: str) -> tuple[Daemon, Daemon, int]:
-    """(server, client, port): static-key (openvpn framing) or native, over UDP."""
+    """(server, client, client's port): static-key (openvpn framing), native, or native
+    with keys, over UDP."""
     a_addr, b_addr = env.lab.a_addrs[0], env.lab.b_addrs[0]
     if kind == "static":
         key = genkey(env)
@@ -65,22 +69,30 @@ def pair(env: Env, kind: str) -> tuple[Daemon, Daemon, int]:
         return srv, cl, 1191
     common = {"dev_type": "tun", "proto": "udp", "framing": "native", "device": "tc0",
               "keepalive": 2, "dead_after": 20}
+    sx: dict[str, Any] = {}
+    cx: dict[str, Any] = {}
+    if kind == "native-keys":
+        s_priv, s_pub = generate_keypair()
+        c_priv, c_pub = generate_keypair()
+        sx = {"private_key_file": key_file(env, "s.key", s_priv), "peer_public_key": c_pub}
+        cx = {"private_key_file": key_file(env, "c.key", c_priv), "peer_public_key": s_pub}
     srv = env.config_daemon(env.a, [{"name": "srv", "mode": "server", "port": 55556,
-                                     "address": [f"{SRV_ADDR}/24"], **common}], "srv")
+                                     "address": [f"{SRV_ADDR}/24"], **common, **sx}], "srv")
     cl = env.config_daemon(env.b, [{"name": "cli", "mode": "client", "remote": a_addr,
                                     "remote_port": 55556, "port": 55557,
-                                    "address": [f"{CL_ADDR}/24"], **common}], "cl")
+                                    "address": [f"{CL_ADDR}/24"], **common, **cx}], "cl")
     return srv, cl, 55557
 
 
 @pytest.mark.parametrize("kind,attacked", [("static", "server"), ("static", "client"),
-                                           ("native", "client")])
+                                           ("native", "client"), ("native-keys", "server")])
 def test_stranger_flood_spares_the_live_peer(env: Env, kind: str, attacked: str) -> None:
     srv, cl, client_port = pair(env, kind)
     srv.wait_state("up", timeout=20)
     cl.wait_state("up", timeout=20)
     if attacked == "server":
-        victim, live, live_host, target, port = srv, cl, env.b, SRV_ADDR, 1191
+        victim, live, live_host, target = srv, cl, env.b, SRV_ADDR
+        port = 1191 if kind == "static" else 55556
         at_host, at_link, dst = env.a, env.lab.links[0][1], env.lab.a_addrs[0]
         stranger_host = env.b
     else:

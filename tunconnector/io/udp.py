@@ -82,6 +82,13 @@ def open_udp(
     return sock
 
 
+#: a point-to-point tunnel whose peer has its own connected socket reads the shared one,
+#: which only strangers (and the peer moving or coming back) still reach, at most
+#: SHARED_BATCH datagrams per loop turn, and rests SHARED_REST seconds after a full one: a
+#: flood there costs a bounded share of a core and cannot starve the peer's socket
+SHARED_BATCH = 32
+SHARED_REST = 0.002
+
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 _SK_MEMINFO_DROPS = 8
 
