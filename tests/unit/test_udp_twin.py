@@ -79,7 +79,7 @@ def test_a_connected_socket_is_read_again_after_an_icmp_error() -> None:
         got: list[bytes] = []
         arrived = asyncio.Event()
 
-        def on_batch(batch: list[tuple[bytes, object]]) -> None:
+        def on_batch(batch: list[tuple[bytes, tuple[object, ...]]]) -> None:
             got.extend(bytes(d) for d, _ in batch)
             arrived.set()
 
