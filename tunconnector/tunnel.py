@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import ipaddress
 import logging
 import socket
@@ -746,7 +747,9 @@ class Tunnel(SupervisedDevice):
         twin.remote = addr
         twin.runs = udp.runs
         twin.gro = udp.gro and enable_udp_gro(sock)  # as the batch path expects
-        twin.start(self.on_udp_batch)
+        express = self._express
+        twin.start(self.on_udp_batch, reader=functools.partial(express.on_udp_readable, twin)
+                   if express is not None and express.enabled else None)
         udp.budget(SHARED_BATCH, SHARED_REST)
 
     def _drop_twin(self) -> None:
