@@ -39,7 +39,15 @@ from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
 from .io.offload import enable_socket_offload
-from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .io.udp import (
+    SHARED_BATCH,
+    SHARED_REST,
+    UdpEndpoint,
+    family_for,
+    normalize,
+    open_connected_twin,
+    open_udp,
+)
 from .proto.admission import UNPROVEN_RECEIVED, Admission
 from .proto.backoff import Backoff
 from .proto.connection import (
@@ -189,6 +197,8 @@ class ConnectionTunnel(SupervisedDevice):
         self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        #: UDP server: a socket connected to the live peer (see _follow_peer)
+        self._twin: UdpEndpoint | None = None
         self._conn: Connection | None = None  # the connection traffic goes to
         self._stream: _Stream | None = None  # TCP: the stream of self._conn
         # TCP server: streams not yet authentic; bounded, oldest dropped first, with a
@@ -246,6 +256,11 @@ class ConnectionTunnel(SupervisedDevice):
         return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def all_drops(self) -> dict[str, int]:
+        # what the kernel dropped at a full receive queue, before this process saw it
+        if self._udp is not None:
+            self._udp.count_kernel_drops("udp_queue_full")
+        if self._twin is not None:
+            self._twin.count_kernel_drops("peer_queue_full")
         drops = collections.Counter(self.stats.drops)
         for conn in self._connections():
             drops.update(conn.drops)
@@ -501,6 +516,7 @@ class ConnectionTunnel(SupervisedDevice):
         except (OSError, TransportError) as exc:
             self.log.warning("cannot open a new UDP socket (keeping the old one): %s", exc)
             return
+        self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = UdpEndpoint(sock, self.stats.drops)
         # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
@@ -509,6 +525,50 @@ class ConnectionTunnel(SupervisedDevice):
             sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
         self._udp.gso, self._udp.gro = off.gso, off.gro
         self._udp.start(self._on_udp_batch)
+
+    def _follow_peer(self, addr: Any) -> None:
+        """UDP: give the live peer at ``addr`` (a server's client, or a client's server
+        as its authenticated datagrams came from) a socket of its own, connected to it on
+        our address and port (``open_connected_twin``); the kernel queues its datagrams
+        there, so a stranger flooding the shared socket fills only that one, which is then
+        read with a budget (SHARED_BATCH, SHARED_REST). The shared socket stays: an
+        authenticated move of the peer (float), a restarted peer, a client's next server
+        of its ``remote`` list or an answer from another address of a multi-homed server
+        still arrive there, and the socket follows the peer. Replies leave from the
+        shared socket (same address and port)."""
+        udp = self._udp
+        if udp is None or self.config.proto != "udp":
+            return
+        twin = self._twin
+        if twin is not None:
+            if twin.remote == addr:
+                return
+            self._drop_twin()
+        if addr is None:
+            return
+        try:
+            sock = open_connected_twin(udp.sock, udp.tx_addr(addr), rcvbuf=4 << 20,
+                                       bind_interface=self.config.bind_interface)
+        except TransportError as exc:
+            self.stats.drops["twin_failed"] += 1
+            self.log.warning("peer %s: %s", _fmt_addr(addr), exc)
+            return
+        twin = self._twin = UdpEndpoint(sock, self.stats.drops)
+        twin.remote = addr
+        off = enable_socket_offload(
+            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
+        twin.gro = off.gro
+        twin.start(self._on_udp_batch)
+        udp.budget(SHARED_BATCH, SHARED_REST)
+
+    def _drop_twin(self) -> None:
+        twin, self._twin = self._twin, None
+        if twin is None:
+            return
+        twin.count_kernel_drops("peer_queue_full")
+        twin.close()
+        if self._udp is not None:
+            self._udp.budget(64, 0.0)
 
     def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:
         conn = self._conn
@@ -698,6 +758,7 @@ class ConnectionTunnel(SupervisedDevice):
                 return
             if ev.addr is not None:
                 self.peer = ev.addr
+                self._follow_peer(ev.addr)
             self.log.info("peer %s alive", _fmt_addr(self.peer))
             self._set_state(State.UP)
         elif conn is not self._conn:
@@ -713,6 +774,7 @@ class ConnectionTunnel(SupervisedDevice):
                 self._new_udp_socket()
         elif isinstance(ev, AddressChanged):
             old, self.peer = self.peer, ev.addr
+            self._follow_peer(ev.addr)
             self.log.info("peer moved %s -> %s", _fmt_addr(old), _fmt_addr(ev.addr))
         elif isinstance(ev, ConfigAssigned):
             self._assign(ev)
@@ -872,7 +934,9 @@ class ConnectionTunnel(SupervisedDevice):
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._drop_twin()
         if self._udp is not None:
+            self._udp.count_kernel_drops("udp_queue_full")
             self._udp.close()
             self._udp = None
         if self._conn is not None:

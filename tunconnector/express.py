@@ -171,10 +171,11 @@ class Express:
             udp.sendto(msg, peer)  # counts the failure by its errno
 
     # ------------------------------------------------------------------ wire -> device
-    def on_udp_readable(self) -> None:
-        """Read one datagram; deliver it express, or it and the rest through the batch path."""
+    def on_udp_readable(self, endpoint: UdpEndpoint | None = None) -> None:
+        """Read one datagram; deliver it express, or it and the rest through the batch path.
+        ``endpoint``: the socket to read, when not the tunnel's (its peer's own one)."""
         t = self.t
-        udp = t.udp
+        udp = endpoint or t.udp
         loop = t.loop
         if udp is None or loop is None:
             return

@@ -103,6 +103,13 @@ MIN_SHARE = 8
 MAX_ISOLATED = 64
 ISOLATED_BATCH = 64
 ISOLATED_RCVBUF = 1 << 20
+#: once the shared socket's queue overflows (a flood, from strangers as well), every peer
+#: that is up gets such a queue too (protected, within MAX_ISOLATED), and the shared
+#: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
+#: with a SHARED_REST pause after a full one: a flood there cannot starve the peers'
+#: queues, and costs a bounded share of a core
+SHARED_BATCH = 64
+SHARED_REST = 0.002
 
 Listener = Callable[[Any, State, State], None]
 
@@ -197,6 +204,7 @@ class Hub:
         self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        self._protecting = False  # the shared queue overflowed: peers get their own
         self._stopping = False
         self.peers: dict[str, HubPeer] = {}
         self._by_key: dict[bytes, HubPeer] = {}
@@ -263,6 +271,8 @@ class Hub:
         return max(times) if times else None
 
     def all_drops(self) -> dict[str, int]:
+        if self._udp is not None:  # dropped by the kernel at the shared socket's full queue
+            self._udp.count_kernel_drops("udp_queue_full")
         drops = collections.Counter(self.stats.drops)
         for p in self.peers.values():
             self._sync_own_drops(p)
@@ -697,6 +707,8 @@ class Hub:
         by_raw = self._by_raw
         touched: dict[int, HubPeer] = {}
         inbound: list[tuple[HubPeer, Any]] = []
+        if len(batch) >= SHARED_BATCH and not self._protecting:
+            self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
             batch = self._within_budget(batch)
         for data, raw in batch:
@@ -769,11 +781,30 @@ class Hub:
             self._isolate(p)
         return kept
 
-    def _isolate(self, p: HubPeer) -> None:
+    def _check_overflow(self) -> None:
+        """A full read: did the kernel drop datagrams at the shared socket's full queue?
+        Then protect the peers that are up (see SHARED_BATCH)."""
+        udp = self._udp
+        if udp is None:
+            return
+        before = self.stats.drops["udp_queue_full"]
+        udp.count_kernel_drops("udp_queue_full")
+        if self.stats.drops["udp_queue_full"] <= before:
+            return
+        self._protecting = True
+        udp.budget(SHARED_BATCH, SHARED_REST)
+        self.log.warning("hub %s: the shared socket's queue overflows: peers that are up get "
+                         "queues of their own", self.name)
+        for p in self.peers.values():
+            if p.up:
+                self._isolate(p, "protected from the shared queue")
+
+    def _isolate(self, p: HubPeer, why: str = "sends beyond its share") -> None:
         """Give a peer that sent beyond its share a receive queue of its own (see
         ``open_connected_twin``), read at most ISOLATED_BATCH datagrams per loop turn:
         when it goes on, the kernel drops its excess before this process spends
-        anything on it, and the shared socket stays free for the others."""
+        anything on it, and the shared socket stays free for the others. Also for
+        every peer that is up once the shared queue overflows (``why``)."""
         udp = self._udp
         if (p.own is not None or p.raw is None or udp is None
                 or sum(1 for q in self.peers.values() if q.own is not None) >= MAX_ISOLATED):
@@ -788,8 +819,7 @@ class Hub:
         p.own = UdpEndpoint(sock, p.stats.drops)
         p.own_drops = 0
         p.own.start(self._on_udp_batch, max_batch=ISOLATED_BATCH)
-        self.log.info("hub %s: peer %s sends beyond its share: own receive queue",
-                      self.name, p.name)
+        self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
 
     def _unisolate(self, p: HubPeer) -> None:
         if p.own is None:
@@ -1080,6 +1110,8 @@ class Hub:
         if p.up == up:
             return
         p.up = up
+        if up and self._protecting:
+            self._isolate(p, "protected from the shared queue")
         if up:
             self.log.info("hub %s: peer %s up (%s, %s)", self.name, p.name,
                           _fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
@@ -1182,6 +1214,7 @@ class Hub:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        self._protecting = False
         if self.device is not None:
             if self._loop is not None:
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import ipaddress
 import logging
 import socket
@@ -28,7 +29,17 @@ from .fastpath import FastPath
 from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
-from .io.udp import Addr, UdpEndpoint, family_for, normalize, open_udp
+from .io.offload import enable_udp_gro
+from .io.udp import (
+    SHARED_BATCH,
+    SHARED_REST,
+    Addr,
+    UdpEndpoint,
+    family_for,
+    normalize,
+    open_connected_twin,
+    open_udp,
+)
 from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .multipath import MultiPathLink
 from .proto.admission import Admission
@@ -176,6 +187,8 @@ class Tunnel(SupervisedDevice):
         self._state_changed = asyncio.Event() if _has_loop() else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        #: UDP server, authenticated native peer: a socket connected to it (_follow_peer)
+        self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
         self._native: NativeEndpoint | None = None
         self._remote: Addr | None = None
@@ -253,6 +266,11 @@ class Tunnel(SupervisedDevice):
         return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def all_drops(self) -> dict[str, int]:
+        # what the kernel dropped at a full receive queue, before this process saw it
+        if self._udp is not None:
+            self._udp.count_kernel_drops("udp_queue_full")
+        if self._twin is not None:
+            self._twin.count_kernel_drops("peer_queue_full")
         drops = collections.Counter(self.stats.drops)
         for native in self._natives():
             drops.update(native.drops)
@@ -464,6 +482,15 @@ class Tunnel(SupervisedDevice):
         self._fast.attach_udp(self._udp)
         if cfg.mode == "client":
             self.peer = self._remote
+            if self._remote is not None:
+                # a client hears only its server (a stranger's datagram is dropped as
+                # unknown_peer): connected, the kernel drops those before they queue
+                # where the server's must wait behind them (NoPorts, ICMP unreachable)
+                try:
+                    self._udp.connect(self._remote)
+                except TransportError:
+                    sock.close()
+                    raise
         if cfg.framing == "native":
             self._native = self._make_native()
         # packet info is added and removed on the batch path only
@@ -687,10 +714,52 @@ class Tunnel(SupervisedDevice):
         old = self.peer
         self.peer = addr
         self._peer_raw = None
+        self._follow_peer(addr)
         if old is None:
             self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
         else:
             self.log.info("peer moved %s -> %s (%s)", _fmt_addr(old), _fmt_addr(addr), why)
+
+    def _follow_peer(self, addr: Addr) -> None:
+        """UDP server with an authenticated native peer: give the peer a socket of its own,
+        connected to it on the server's address and port (``open_connected_twin``); the
+        kernel queues its datagrams there, so a stranger flooding the shared socket fills
+        only that one, which is then read with a budget (SHARED_BATCH, SHARED_REST). The
+        peer's next authenticated move arrives on the shared socket and moves this one.
+        Not without keys: there any source takes the peer, so a stranger's datagram
+        would move it anyway."""
+        udp, native = self._udp, self._native
+        if (udp is None or native is None or native.secure is None
+                or self.config.mode != "server"):
+            return
+        if self._twin is not None:
+            if self._twin.remote == addr:
+                return
+            self._drop_twin()
+        try:
+            sock = open_connected_twin(udp.sock, udp.tx_addr(addr), rcvbuf=4 << 20,
+                                       bind_interface=self.config.bind_interface)
+        except TransportError as exc:
+            self.stats.drops["twin_failed"] += 1
+            self.log.warning("peer %s: %s", _fmt_addr(addr), exc)
+            return
+        twin = self._twin = UdpEndpoint(sock, self.stats.drops)
+        twin.remote = addr
+        twin.runs = udp.runs
+        twin.gro = udp.gro and enable_udp_gro(sock)  # as the batch path expects
+        express = self._express
+        twin.start(self.on_udp_batch, reader=functools.partial(express.on_udp_readable, twin)
+                   if express is not None and express.enabled else None)
+        udp.budget(SHARED_BATCH, SHARED_REST)
+
+    def _drop_twin(self) -> None:
+        twin, self._twin = self._twin, None
+        if twin is None:
+            return
+        twin.count_kernel_drops("peer_queue_full")
+        twin.close()
+        if self._udp is not None:
+            self._udp.budget(64, 0.0)
 
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device
@@ -1007,6 +1076,7 @@ class Tunnel(SupervisedDevice):
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._drop_twin()
         if self._udp is not None:
             self._udp.close()
             self._udp = None

@@ -55,3 +55,49 @@ def test_twin_on_a_dual_stack_socket_takes_a_v4_peer() -> None:
     finally:
         for s in (twin, main, a, b):
             s.close()
+
+
+def test_a_connected_socket_is_read_again_after_an_icmp_error() -> None:
+    """uvloop (libuv) stops polling a descriptor that reported an error: a connected
+    socket reports the ICMP port unreachable of its remote while that is down, and must
+    still be read once the remote answers."""
+    import asyncio
+    import collections
+
+    import uvloop
+
+    from tunconnector.io.udp import UdpEndpoint
+
+    async def scenario() -> tuple[list[bytes], int]:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        remote = probe.getsockname()
+        probe.close()  # nobody there: the kernel answers port unreachable
+        ep = UdpEndpoint(open_udp(bind="127.0.0.1", port=0, family=socket.AF_INET),
+                         collections.Counter())
+        ep.connect(remote)
+        got: list[bytes] = []
+        arrived = asyncio.Event()
+
+        def on_batch(batch: list[tuple[bytes, tuple[object, ...]]]) -> None:
+            got.extend(bytes(d) for d, _ in batch)
+            arrived.set()
+
+        ep.start(on_batch)
+        ep.sendto(b"hello?", remote)
+        for _ in range(100):  # the error surfaces at the reader (or at the next send)
+            if ep.drops:
+                break
+            await asyncio.sleep(0.01)
+        server = open_udp(bind=remote[0], port=remote[1], family=socket.AF_INET)
+        try:
+            server.sendto(b"answer", ep.local_address)
+            await asyncio.wait_for(arrived.wait(), 2)
+        finally:
+            server.close()
+            ep.close()
+        return got, sum(ep.drops.values())
+
+    got, errors = uvloop.run(scenario())
+    assert got == [b"answer"]
+    assert errors >= 1

@@ -82,6 +82,13 @@ def open_udp(
     return sock
 
 
+#: a point-to-point tunnel whose peer has its own connected socket reads the shared one,
+#: which only strangers (and the peer moving or coming back) still reach, at most
+#: SHARED_BATCH datagrams per loop turn, and rests SHARED_REST seconds after a full one: a
+#: flood there costs a bounded share of a core and cannot starve the peer's socket
+SHARED_BATCH = 32
+SHARED_REST = 0.002
+
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 _SK_MEMINFO_DROPS = 8
 
@@ -151,7 +158,17 @@ class UdpEndpoint:
         self.gro = False
         #: native framing: coalesced FRAGMENT reads are handed on whole (FragmentRun)
         self.runs = False
+        #: the address the socket is connected to, if it is
+        self.remote: Addr | None = None
         self._max_batch = 64
+        #: when set, a read that fills a whole batch rests the reader this long (seconds):
+        #: a shared socket that only strangers fill then costs a bounded share of a core
+        self.rest = 0.0
+        self._reader: Callable[[], None] | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._rearm_pending = False
+        #: kernel drops at this socket already counted (see :meth:`count_kernel_drops`)
+        self._kernel_drops = 0
 
     @property
     def local_address(self) -> Addr:
@@ -173,8 +190,49 @@ class UdpEndpoint:
             batch = drain([])
             if batch:
                 on_batch(batch)
+                if self.rest and len(batch) >= self._max_batch:
+                    self._pause()
 
-        loop.add_reader(self.sock.fileno(), reader or readable)
+        self._reader = reader or readable
+        loop.add_reader(self.sock.fileno(), self._reader)
+
+    def budget(self, max_batch: int, rest: float) -> None:
+        """Read at most ``max_batch`` datagrams per loop turn, and after a full one rest
+        ``rest`` seconds (0: read again next turn)."""
+        self._max_batch, self.rest = max_batch, rest
+
+    def _pause(self) -> None:
+        loop = self._loop
+        if loop is None or self._resume is not None:
+            return
+        loop.remove_reader(self.sock.fileno())
+        self._resume = loop.call_later(self.rest, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        if self._loop is not None and self._reader is not None and self.sock.fileno() >= 0:
+            self._loop.add_reader(self.sock.fileno(), self._reader)
+
+    def connect(self, remote: Addr) -> None:
+        """Connect the socket to ``remote``: the kernel then queues only its datagrams
+        here, a stranger's end at the kernel (counted there as NoPorts, answered with
+        ICMP port unreachable) instead of filling this queue. Sending to ``remote`` with
+        an address stays valid on a connected UDP socket."""
+        try:
+            self.sock.connect(self.tx_addr(remote))
+            self.remote = remote
+        except OSError as exc:
+            raise TransportError(f"cannot connect UDP socket to {remote[0]} port "
+                                 f"{remote[1]}: {exc.strerror}") from exc
+
+    def count_kernel_drops(self, key: str) -> int:
+        """Add the datagrams the kernel dropped at this socket since the last call (its
+        receive queue was full) to ``drops[key]``; returns the total so far."""
+        n = socket_drops(self.sock)
+        if n > self._kernel_drops:
+            self.drops[key] += n - self._kernel_drops
+            self._kernel_drops = n
+        return n
 
     def recv_one(self) -> tuple[bytes, Any, Addr] | None:
         """One datagram as ``(data, ancillary, addr)`` (ancillary: GRO cmsgs or None);
@@ -189,6 +247,7 @@ class UdpEndpoint:
             return None
         except OSError:
             self.drops["rx_error"] += 1
+            self._rearm_soon()
             return None
 
     def add_received(self, batch: list[tuple[Any, Addr]], data: bytes, anc: Any,
@@ -228,7 +287,25 @@ class UdpEndpoint:
         except OSError:
             # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
             self.drops["rx_error"] += 1
+            self._rearm_soon()
         return batch
+
+    def _rearm_soon(self) -> None:
+        """After a socket error, register the reader again: uvloop (libuv) stops polling
+        a descriptor that reported an error (POLLERR), and a connected socket reports
+        the ICMP port unreachable its remote answers while it is down; without this the
+        socket would never be read again."""
+        if self._loop is not None and self._reader is not None and not self._rearm_pending:
+            self._rearm_pending = True
+            self._loop.call_soon(self._rearm)
+
+    def _rearm(self) -> None:
+        self._rearm_pending = False
+        loop, reader = self._loop, self._reader
+        if loop is None or reader is None or self._resume is not None or self.sock.fileno() < 0:
+            return
+        loop.remove_reader(self.sock.fileno())
+        loop.add_reader(self.sock.fileno(), reader)
 
     def send_batch(self, msgs: list[bytes], addr: Addr) -> None:
         """Send datagrams in order; with UDP GSO, each run of equal sizes (the last of a
@@ -295,9 +372,14 @@ class UdpEndpoint:
             self.drops["tx_busy"] += 1
         except OSError as exc:
             self.drops["tx_" + (errno.errorcode.get(exc.errno or 0, "error")).lower()] += 1
+            if exc.errno == errno.ECONNREFUSED:  # a pending ICMP error: see _rearm_soon
+                self._rearm_soon()
         return False
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._loop is not None:
             try:
                 self._loop.remove_reader(self.sock.fileno())
