@@ -108,8 +108,13 @@ ISOLATED_RCVBUF = 1 << 20
 #: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
 #: with a SHARED_REST pause after a full one: a flood there cannot starve the peers'
 #: queues, and costs a bounded share of a core
-SHARED_BATCH = 64
+SHARED_BATCH = 32
 SHARED_REST = 0.002
+#: ... or once the shared socket carries more than this many datagrams a second (measured
+#: over SHARED_WINDOW s): a hub fast enough to keep its queue from overflowing would
+#: otherwise spend a core reading a stranger's flood while its peers wait behind it
+SHARED_PROTECT_RATE = 20_000
+SHARED_WINDOW = 0.25
 
 Listener = Callable[[Any, State, State], None]
 
@@ -205,6 +210,8 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
         self._protecting = False  # the shared queue overflowed: peers get their own
+        self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
+        self._shared_count = 0
         self._stopping = False
         self.peers: dict[str, HubPeer] = {}
         self._by_key: dict[bytes, HubPeer] = {}
@@ -482,7 +489,7 @@ class Hub:
         sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        self._udp.start(self._on_udp_batch, max_batch=READ_BATCH)
+        self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
     def _hub_networks(self) -> list[str]:
@@ -699,6 +706,18 @@ class Hub:
         return p.secure
 
     # ------------------------------------------------------------------ wire -> device
+    def _on_shared_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
+        """The shared socket's datagrams: watch its rate (see SHARED_PROTECT_RATE)."""
+        if not self._protecting and self._loop is not None:
+            now = self._loop.time()
+            self._shared_count += len(batch)
+            span = now - self._shared_since
+            if span >= SHARED_WINDOW:
+                if self._shared_count > SHARED_PROTECT_RATE * span:
+                    self._protect(f"carries {self._shared_count / span:.0f} datagrams/s")
+                self._shared_since, self._shared_count = now, 0
+        self._on_udp_batch(batch)
+
     def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
         assert self._loop is not None
         now = self._loop.time()
@@ -791,10 +810,18 @@ class Hub:
         udp.count_kernel_drops("udp_queue_full")
         if self.stats.drops["udp_queue_full"] <= before:
             return
+        self._protect("overflows")
+
+    def _protect(self, why: str) -> None:
+        """Peers that are up (and those that come up) get queues of their own; the shared
+        socket is read within SHARED_BATCH per turn from now on."""
+        udp = self._udp
+        if udp is None or self._protecting:
+            return
         self._protecting = True
         udp.budget(SHARED_BATCH, SHARED_REST)
-        self.log.warning("hub %s: the shared socket's queue overflows: peers that are up get "
-                         "queues of their own", self.name)
+        self.log.warning("hub %s: the shared socket %s: peers that are up get queues of "
+                         "their own", self.name, why)
         for p in self.peers.values():
             if p.up:
                 self._isolate(p, "protected from the shared queue")
