@@ -515,23 +515,20 @@ class Cutter:
 
 
 def _gauge(lab: Lab) -> float:
-    """The guest's speed now (under the test's traffic): the median of three ``ip netns
-    exec <client> ip link show eth0``, the command the cuts used to be. Taken right before
-    each cut: a host whose load changes during the run (other processes beside the VM)
-    changes the guest's speed from one cut to the next, so one gauge for the whole lab
-    under- or over-states it for some cuts."""
-    runs = []
-    for _ in range(3):
-        t0 = time.monotonic()
-        lab.client.run("ip", "link", "show", "eth0")
-        runs.append(round((time.monotonic() - t0) * 1000))
-    return float(sorted(runs)[len(runs) // 2])
-
-
-def _bound_ms(gauge_ms: float) -> float:
-    """The failover goal scaled by the guest's slowness at the cut (1 for a guest at least
-    as fast as the one the goal was measured in)."""
-    return GOAL_MS * max(1.0, gauge_ms / GAUGE_REF_MS)
+    """The guest's speed, gauged once per lab (under the test's traffic): the median of
+    five ``ip netns exec <client> ip link show eth0``, the command the cuts used to be."""
+    if "guest_gauge_ms" not in lab.figures:
+        runs = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            lab.client.run("ip", "link", "show", "eth0")
+            runs.append(round((time.monotonic() - t0) * 1000))
+        lab.figures["guest_gauge_ms_runs"] = runs
+        lab.figures["guest_gauge_ms"] = sorted(runs)[len(runs) // 2]
+        factor = max(1.0, lab.figures["guest_gauge_ms"] / GAUGE_REF_MS)
+        lab.figures["guest_slowness"] = round(factor, 2)
+        lab.figures["failover_bound_ms"] = round(GOAL_MS * factor)
+    return float(lab.figures["guest_gauge_ms"])
 
 
 def _event(
@@ -544,7 +541,6 @@ def _event(
     """Cut, wait for failover, restore, wait for failback; times from the cut (made in
     this process, see :class:`Cutter`)."""
     wait_for(lambda: active(lab) == "tap1", 30, "tap1 active before the cut")
-    lab.figures[f"{name}_guest_gauge_ms"] = _gauge(lab)
     # a clean baseline of delivered packets: the gap window opens 0.2 s before the cut
     stream.wait_delivered_after(time.monotonic() + 0.3)
     t_cut = time.monotonic()
@@ -573,7 +569,10 @@ def _event(
     )
 
 
-REPS = 3  # each cut is repeated: the bound is on the median, the outliers are bounded too
+#: each cut is repeated: the bound is on the median, the outliers are bounded too; five, not
+#: three: under TCG one cut's outage ranges 0.1-0.7 s in the same run, and a median of three
+#: moved by 10 % between quiet runs of the same build
+REPS = 5
 
 
 def _events(
@@ -583,33 +582,27 @@ def _events(
     restore: Callable[[], object],
     stream: UdpStream,
 ) -> None:
-    """:func:`_event` REPS times; figures: every run, their median and their maximum, and
-    each run's loss scaled to the goal's guest (loss / slowness at that cut)."""
-    runs, cuts, gauges, scaled = [], [], [], []
+    """:func:`_event` REPS times; figures: every run, their median and their maximum."""
+    _gauge(lab)
+    runs, cuts = [], []
     for _ in range(REPS):
         _event(lab, name, cut, restore, stream)
-        loss = lab.figures[f"{name}_failover_loss_ms"]
-        gauge = lab.figures[f"{name}_guest_gauge_ms"]
-        runs.append(loss)
+        runs.append(lab.figures[f"{name}_failover_loss_ms"])
         cuts.append(lab.figures[f"{name}_cut_command_ms"])
-        gauges.append(gauge)
-        scaled.append(round(loss * GOAL_MS / _bound_ms(gauge)))
     lab.figures[f"{name}_failover_loss_ms_runs"] = runs
     lab.figures[f"{name}_cut_command_ms_runs"] = cuts
-    lab.figures[f"{name}_guest_gauge_ms_runs"] = gauges
-    lab.figures[f"{name}_failover_bound_ms_runs"] = [round(_bound_ms(g)) for g in gauges]
-    lab.figures[f"{name}_failover_loss_scaled_ms_runs"] = scaled
     lab.figures[f"{name}_failover_loss_ms"] = sorted(runs)[len(runs) // 2]
     lab.figures[f"{name}_failover_loss_ms_max"] = max(runs)
 
 
 def _check_loss(lab: Lab, name: str) -> None:
-    """The goal, 2 x arp_interval (200 ms) of outage on the median of REPS cuts, each cut's
-    loss scaled by the guest's slowness gauged right before it (:func:`_gauge`); any single
-    cut within 5 x the goal (a stall of the emulated vCPUs on a shared host, docs/bond.md)."""
-    scaled = lab.figures[f"{name}_failover_loss_scaled_ms_runs"]
-    assert sorted(scaled)[len(scaled) // 2] <= GOAL_MS, (GOAL_MS, lab.figures)
-    assert max(scaled) <= 5 * GOAL_MS, (GOAL_MS, lab.figures)
+    """The goal, 2 x arp_interval (200 ms) of outage on the median of REPS cuts, scaled
+    by the guest's slowness gauged once (:func:`_gauge`: 1 for a guest at least as fast
+    as the one the goal was measured in); any single cut within 5 x that (a stall of the
+    emulated vCPUs on a shared host, docs/bond.md)."""
+    bound = GOAL_MS * max(1.0, _gauge(lab) / GAUGE_REF_MS)
+    assert lab.figures[f"{name}_failover_loss_ms"] <= bound, (bound, lab.figures)
+    assert lab.figures[f"{name}_failover_loss_ms_max"] <= 5 * bound, (bound, lab.figures)
 
 
 def test_failover_link_down_and_nftables_with_tcp(
