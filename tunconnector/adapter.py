@@ -47,6 +47,7 @@ from .io.udp import (
     normalize,
     open_connected_twin,
     open_udp,
+    retire_twin,
 )
 from .proto.admission import UNPROVEN_RECEIVED, Admission
 from .proto.backoff import Backoff
@@ -563,12 +564,7 @@ class ConnectionTunnel(SupervisedDevice):
 
     def _drop_twin(self) -> None:
         twin, self._twin = self._twin, None
-        if twin is None:
-            return
-        twin.count_kernel_drops("peer_queue_full")
-        twin.close()
-        if self._udp is not None:
-            self._udp.budget(64, 0.0)
+        retire_twin(twin, self._udp)
 
     def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:
         conn = self._conn

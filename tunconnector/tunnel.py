@@ -39,6 +39,7 @@ from .io.udp import (
     normalize,
     open_connected_twin,
     open_udp,
+    retire_twin,
 )
 from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .multipath import MultiPathLink
@@ -754,12 +755,7 @@ class Tunnel(SupervisedDevice):
 
     def _drop_twin(self) -> None:
         twin, self._twin = self._twin, None
-        if twin is None:
-            return
-        twin.count_kernel_drops("peer_queue_full")
-        twin.close()
-        if self._udp is not None:
-            self._udp.budget(64, 0.0)
+        retire_twin(twin, self._udp)
 
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device

@@ -386,3 +386,14 @@ class UdpEndpoint:
             except (ValueError, OSError):
                 pass
         self.sock.close()
+
+
+def retire_twin(twin: UdpEndpoint | None, shared: UdpEndpoint | None) -> None:
+    """Close a peer's own socket (counting what the kernel dropped at its queue) and give
+    the shared socket its full reads back: the live peer's datagrams arrive there again."""
+    if twin is None:
+        return
+    twin.count_kernel_drops("peer_queue_full")
+    twin.close()
+    if shared is not None:
+        shared.budget(64, 0.0)
