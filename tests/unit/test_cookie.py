@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from tunconnector.keys import decode_key, generate_keypair
 from tunconnector.proto.assign import Assignment
-from tunconnector.proto.cookie import REPLY_LEN, CookieChecker
+from tunconnector.proto.cookie import (
+    REPLY_LEN,
+    Accept,
+    CookieChecker,
+    CookieJar,
+    Drop,
+    InitiationScreen,
+    Reply,
+    cookie_key,
+    reply_session,
+)
 from tunconnector.proto.framing import MsgType, parse_header
 from tunconnector.proto.secure import Assigned, HandshakeComplete, HandshakeGuard, SecureChannel
 
@@ -128,3 +138,111 @@ def test_late_response_to_the_previous_initiation_is_taken() -> None:
     to(s, first, 1.6)  # the responder was slow: it answers the first one
     to(c, s.datagrams_to_send(), 1.7)
     assert c.established and c.drops["stale_response"] == 0
+
+
+# -- InitiationScreen: what a responder decides before any DH --------------------------
+
+MAC1_KEY = bytes(range(32))
+SCREEN_INIT_LEN = 16 + 100 + 16  # header, a Noise message 1 (opaque here), mac1
+SRC = ("10.0.0.2", 5)
+
+
+def initiation(*, key: bytes = MAC1_KEY, cookie: bytes | None = None, sender: int = 7) -> bytes:
+    """An initiation as the screen sees it: header, an opaque body, mac1 [, mac2]."""
+    import hashlib
+
+    from tunconnector.proto.cookie import mac2_of
+    from tunconnector.proto.framing import HEADER, VERSION
+
+    data = HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, sender, 0) + bytes(100)
+    msg = data + hashlib.blake2s(data, key=key, digest_size=16).digest()
+    return msg if cookie is None else msg + mac2_of(cookie, msg)
+
+
+def screen(checker: CookieChecker | None, *, hub: bool = True, rate: float = 20.0,
+           burst: float = 5.0) -> InitiationScreen:
+    from tunconnector.proto.secure import TokenBucketLimiter
+
+    return InitiationScreen(init_len=SCREEN_INIT_LEN, mac_keys=[MAC1_KEY], cookies=checker,
+                            limiter=TokenBucketLimiter(rate=rate, burst=burst),
+                            cookie_key=cookie_key(MAC1_KEY), throttle_before_mac=hub,
+                            limit_always=not hub)
+
+
+def cookie_from(reply: Reply, msg: bytes) -> bytes:
+    """What the initiator learns from a COOKIE_REPLY to ``msg``."""
+    jar = CookieJar()
+    assert jar.consume(reply.packet, msg[-16:], cookie_key(MAC1_KEY), 0.0)
+    assert jar.cookie is not None
+    return jar.cookie
+
+
+def test_screen_table() -> None:
+    """Each verdict, on the hub's settings (the channel's differ only where tested below)."""
+    idle = screen(CookieChecker(threshold=100))
+    msg = initiation()
+    assert idle.check(msg[:-1], SRC, 0.0) == Drop("truncated")
+    assert idle.check(msg + bytes(17), SRC, 0.0) == Drop("truncated")
+    assert idle.check(initiation(key=bytes(32)), SRC, 0.0) == Drop("bad_mac")
+    assert idle.check(msg, SRC, 0.0) == Accept(msg)
+
+    loaded = screen(CookieChecker(threshold=0))  # every initiation counts as load
+    reply = loaded.check(msg, SRC, 0.0)
+    assert isinstance(reply, Reply) and reply.reason == "cookie_sent"
+    assert len(reply.packet) == REPLY_LEN and reply_session(reply.packet) == 7
+    with_mac2 = initiation(cookie=cookie_from(reply, msg))
+    assert loaded.check(with_mac2, SRC, 0.1) == Accept(msg)  # mac2 cut off
+    assert isinstance(loaded.check(with_mac2, ("10.9.9.9", 5), 0.2), Reply)  # other host
+    assert isinstance(loaded.check(with_mac2, ("10.0.0.2", 99), 0.3), Accept)  # host only
+    assert loaded.check(initiation(key=bytes(32)), SRC, 0.4) == Drop("bad_mac")
+
+
+def test_screen_reply_budget_and_pre_mac_throttle() -> None:
+    """Under load and out of reply budget, the hub drops an initiation without mac2 before
+    computing its MAC (a bad one is throttled, not counted bad_mac); the channel checks
+    the MAC first. One reply takes one token, never two."""
+    hub_ck = CookieChecker(threshold=0, reply_rate=0.0, reply_burst=2)
+    hub = screen(hub_ck)
+    verdicts = [hub.check(initiation(), SRC, 0.0) for _ in range(3)]
+    assert [type(v) for v in verdicts] == [Reply, Reply, Drop]
+    assert verdicts[2] == Drop("cookie_throttled")
+    assert hub.check(initiation(key=bytes(32)), SRC, 0.1) == Drop("cookie_throttled")
+    with_mac2 = initiation(key=bytes(32), cookie=bytes(16))  # has mac2: MAC-checked
+    assert hub.check(with_mac2, SRC, 0.2) == Drop("bad_mac")
+
+    chan_ck = CookieChecker(threshold=0, reply_rate=0.0, reply_burst=1)
+    chan = screen(chan_ck, hub=False)
+    assert isinstance(chan.check(initiation(), SRC, 0.0), Reply)
+    assert chan.check(initiation(), SRC, 0.1) == Drop("cookie_throttled")
+    assert chan.check(initiation(key=bytes(32)), SRC, 0.2) == Drop("bad_mac")
+
+
+def test_screen_rate_limit() -> None:
+    """The hub limits per source only under load; the channel always."""
+    msg = initiation()
+    hub = screen(CookieChecker(threshold=100), rate=1.0, burst=2.0)
+    assert all(isinstance(hub.check(msg, SRC, 0.0), Accept) for _ in range(5))
+    chan = screen(None, hub=False, rate=1.0, burst=2.0)
+    got = [chan.check(msg, SRC, 0.0) for _ in range(3)]
+    assert got == [Accept(msg), Accept(msg), Drop("rate_limited")]
+    assert chan.check(msg, ("10.0.0.3", 5), 0.0) == Accept(msg)  # per source
+
+    loaded = screen(CookieChecker(threshold=0), rate=1.0, burst=2.0)
+    reply = loaded.check(msg, SRC, 0.0)
+    assert isinstance(reply, Reply)
+    with_mac2 = initiation(cookie=cookie_from(reply, msg))
+    got = [loaded.check(with_mac2, SRC, 0.0) for _ in range(3)]
+    assert got == [Accept(msg), Accept(msg), Drop("rate_limited")]
+
+
+def test_screen_mac_keys_and_no_cookies() -> None:
+    """A hub takes mac1 under any of its keys (its own, per-PSK ones); without a checker
+    nothing is ever answered with a cookie."""
+    other = bytes(32)
+    s = screen(None)
+    assert s.check(initiation(key=other), SRC, 0.0) == Drop("bad_mac")
+    s.set_mac_keys([MAC1_KEY, other])
+    assert isinstance(s.check(initiation(key=other), SRC, 0.0), Accept)
+    assert isinstance(s.check(initiation(), SRC, 0.0), Accept)
+    s.set_mac_keys([other])
+    assert s.check(initiation(), SRC, 0.0) == Drop("bad_mac")

@@ -30,7 +30,9 @@ import hashlib
 import hmac
 import secrets
 import struct
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -197,4 +199,129 @@ def reply_session(message: bytes | memoryview) -> int:
     return int(_SESSION.unpack_from(message, 4)[0])
 
 
-__all__ = ["COOKIE_LEN", "REPLY_LEN", "CookieChecker", "CookieJar", "cookie_key", "mac2_of"]
+# -- screening an initiation before any Diffie-Hellman --------------------------------
+
+class RateLimiter(Protocol):
+    """Per-source budget of initiations (``secure.TokenBucketLimiter``)."""
+
+    def allow(self, source: Hashable, now: float) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Worth a DH: ``body`` is the initiation up to and including mac1 (mac2 cut off)."""
+
+    body: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Dropped before any DH; ``reason`` is the drop counter to count it under."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Under load without a valid mac2: send ``packet`` (a COOKIE_REPLY) to the source."""
+
+    packet: bytes
+    #: the drop counter of an initiation answered with a cookie
+    reason: ClassVar[str] = "cookie_sent"
+
+
+Verdict = Accept | Drop | Reply
+
+TRUNCATED = Drop("truncated")
+BAD_MAC = Drop("bad_mac")
+COOKIE_THROTTLED = Drop("cookie_throttled")
+RATE_LIMITED = Drop("rate_limited")
+
+
+class InitiationScreen:
+    """Everything a responder checks on a HANDSHAKE_INIT before it spends a DH on it.
+
+    In order: the length (with or without mac2), mac1 under any of the responder's
+    keys, the load estimate, and under load a valid mac2 (else a cookie reply within
+    the reply budget) and the per-source rate limit. Shared by the hub and the
+    point-to-point channel, which differ in two switches:
+
+    - ``throttle_before_mac`` (the hub): under load, an initiation without mac2 and
+      no reply budget left is dropped before its mac1 is even computed, so a flood
+      costs a length check each. Without it (the channel) such an initiation is
+      MAC-checked first (a bad one counts ``bad_mac``) and feeds the load estimate.
+    - ``limit_always`` (the channel): every initiation that passes is rate-limited per
+      source; the hub limits only under load.
+
+    ``source`` is what a cookie binds to and what the limiter counts: a cookie binds to
+    the host only, so passing the host or the whole address gives the same cookie.
+    ``cookies`` None: no load estimate and no cookies (a responder that cannot send
+    replies to each source). Holds no state of its own: the checker and the limiter
+    may be shared by several screens.
+    """
+
+    __slots__ = ("init_len", "cookies", "limiter", "cookie_key", "throttle_before_mac",
+                 "limit_always", "_mac_keys")
+
+    def __init__(self, *, init_len: int, mac_keys: Iterable[bytes],
+                 cookies: CookieChecker | None, limiter: RateLimiter, cookie_key: bytes,
+                 throttle_before_mac: bool = True, limit_always: bool = False) -> None:
+        #: length of an initiation with mac1 and without mac2
+        self.init_len = init_len
+        self.cookies = cookies
+        self.limiter = limiter
+        #: seals our cookie replies (``cookie_key`` of the responder's mac1 key)
+        self.cookie_key = cookie_key
+        self.throttle_before_mac = throttle_before_mac
+        self.limit_always = limit_always
+        self._mac_keys = list(mac_keys)
+
+    def set_mac_keys(self, keys: Iterable[bytes]) -> None:
+        """The mac1 keys an initiation may use (a hub: its own, and one per peer PSK)."""
+        self._mac_keys = list(keys)
+
+    def mac1_ok(self, body: bytes | memoryview) -> bool:
+        """Whether ``body`` (ending in mac1) carries a mac1 under one of our keys."""
+        data, mac = body[:-MAC_LEN], body[-MAC_LEN:]
+        for key in self._mac_keys:
+            want = hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
+            if hmac.compare_digest(want, mac):
+                return True
+        return False
+
+    def check(self, msg: bytes | memoryview, source: Hashable, now: float) -> Verdict:
+        """The verdict on one HANDSHAKE_INIT (header included) from ``source``."""
+        n = len(msg)
+        init_len = self.init_len
+        if n == init_len:
+            with_mac2 = False
+        elif n == init_len + MAC_LEN:
+            with_mac2 = True
+        else:
+            return TRUNCATED
+        ck = self.cookies
+        budget_taken = False
+        if ck is not None and self.throttle_before_mac and not with_mac2 and ck.under_load(now):
+            if not ck.may_reply(now):
+                return COOKIE_THROTTLED  # a flood: not even a MAC is computed
+            budget_taken = True
+        body = msg[:init_len] if with_mac2 else msg
+        if not self.mac1_ok(body):
+            return BAD_MAC
+        loaded = False
+        if ck is not None:
+            ck.note_initiation(now)
+            loaded = ck.under_load(now)
+            if loaded and (not with_mac2 or not ck.check_mac2(msg, source, now)):
+                if not budget_taken and not ck.may_reply(now):
+                    return COOKIE_THROTTLED
+                sender = int(_SESSION.unpack_from(msg, 4)[0])
+                return Reply(ck.make_reply(sender, bytes(body[-MAC_LEN:]), source, now,
+                                           self.cookie_key))
+        if (loaded or self.limit_always) and not self.limiter.allow(source, now):
+            return RATE_LIMITED
+        return Accept(body)
+
+
+__all__ = ["COOKIE_LEN", "REPLY_LEN", "Accept", "CookieChecker", "CookieJar", "Drop",
+           "InitiationScreen", "RateLimiter", "Reply", "Verdict", "cookie_key", "mac2_of"]

@@ -13,7 +13,8 @@ Rules it owns (the README's "Liveness and roaming"):
 
 - UDP: a client only listens to the address it talks to. A server follows a peer whose
   address changes only on *authentic* input from the new address (a well-formed
-  keepalive in plaintext, anything that authenticates when encrypted). Other
+  keepalive in plaintext, anything that authenticates when encrypted), as
+  :func:`.roaming.follow_peer` decides for every connection. Other
   datagrams from strangers are counted as ``unknown_peer``; plaintext DATA from one gets
   a rate-limited hello, so a client re-introduces itself after a server restart.
 - TCP: one connection object per stream. A client's stream is proven at once (it dialled
@@ -34,7 +35,7 @@ from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import fragment
-from .connection import Addr, AddressChanged, Connected, ConnectionEvent, Disconnected, Rekeyed
+from .connection import Addr, Connected, ConnectionEvent, Disconnected, Rekeyed
 from .framing import (
     HEADER_LEN,
     TAG_LEN,
@@ -46,6 +47,7 @@ from .liveness import PeerDown, PeerUp
 from .losscap import LossAdaptiveCap
 from .native import NativeEndpoint
 from .offload import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN
+from .roaming import follow_peer
 from .secure import Rekeyed as SessionRekeyed
 
 _FRAGMENT = int(MsgType.FRAGMENT)
@@ -151,10 +153,12 @@ class NativeConnection:
                 return
         decoded = endpoint.decode(data, now, _host(addr))
         if not from_peer:
-            if not decoded.authentic:
+            moved = follow_peer(self.peer, addr, authentic=decoded.authentic,
+                                may_move=self.server, now=now)
+            if moved is None:
                 return
-            self.peer = addr
-            self._events.append(AddressChanged(now, addr))
+            self.peer = moved.addr
+            self._events.append(moved)
         self._frames.extend(decoded.frames)
         self._pump(now)
 
