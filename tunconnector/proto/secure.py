@@ -52,7 +52,17 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import CryptoError, RemoteProtocolError
 from .assign import reset_token_of
-from .cookie import REPLY_LEN, CookieChecker, CookieJar, cookie_key, reply_session
+from .cookie import (
+    BAD_MAC,
+    REPLY_LEN,
+    Accept,
+    CookieChecker,
+    CookieJar,
+    InitiationScreen,
+    Reply,
+    cookie_key,
+    reply_session,
+)
 from .framing import FLAG_ENCRYPTED, HEADER, HEADER_LEN, VERSION, Header, MsgType
 from .noise import DHLEN, TAGLEN, HandshakeState, blake2s, public_bytes
 from .replay import REJECT_AFTER_MESSAGES
@@ -301,6 +311,7 @@ class SecureChannel:
         self._last_had_mac2 = False
         #: COOKIE_REPLY messages to send, each to its own (source) address
         self.cookie_out: list[tuple[bytes, Hashable]] = []
+        self._screen: InitiationScreen | None = None
         #: appended to our handshake responses (a hub's assignment, proto/assign.py)
         self.response_extra = b""
         #: when set, builds that extra per response from our new session index (a hub
@@ -672,45 +683,38 @@ class SecureChannel:
         else:
             self.drops["plaintext"] += 1
 
+    @property
+    def screen(self) -> InitiationScreen:
+        """What an initiation passes before its DH: the guard's cookies and limiter with
+        our keys; the MAC before any throttle, the rate limit always. Made at the first
+        initiation (a hub's channels never screen one: the hub does)."""
+        if self._screen is None:
+            self._screen = InitiationScreen(
+                init_len=self._init_len, mac_keys=(self._mac_in,),
+                cookies=self.guard.cookies, limiter=self.limiter,
+                cookie_key=self._cookie_key_in, throttle_before_mac=False, limit_always=True,
+            )
+        return self._screen
+
     def _on_initiation(
         self, msg: memoryview, header: Header, now: float, source: Hashable
     ) -> None:
-        n = len(msg)
-        if n == self._init_len + MAC_LEN:
-            body = msg[:-MAC_LEN]  # ... || mac1 || mac2
-        elif n == self._init_len:
-            body = msg
-        else:
-            self.drops["truncated"] += 1
-            return
-        if not self._mac_ok(body):
-            self.drops["bad_mac"] += 1
-            self._auth_failure(
-                "bad_mac",
-                "handshake initiation failed the MAC check: "
-                "the sender uses a different key (or forged it)",
-                now,
-            )
-            return
-        cookies = self.guard.cookies
-        if cookies is not None:
-            cookies.note_initiation(now)
-            if cookies.under_load(now):
-                if body is msg or not cookies.check_mac2(msg, source, now):
-                    if not cookies.may_reply(now):
-                        self.drops["cookie_throttled"] += 1
-                        return
-                    self.drops["cookie_sent"] += 1
-                    self.cookie_out.append((cookies.make_reply(
-                        header.session, bytes(body[-MAC_LEN:]), source, now,
-                        self._cookie_key_in), source))
-                    return
-        if not self.limiter.allow(source, now):
-            self.drops["rate_limited"] += 1
+        verdict = self.screen.check(msg, source, now)
+        if not isinstance(verdict, Accept):
+            self.drops[verdict.reason] += 1
+            if isinstance(verdict, Reply):
+                self.cookie_out.append((verdict.packet, source))
+            elif verdict == BAD_MAC:
+                self._auth_failure(
+                    "bad_mac",
+                    "handshake initiation failed the MAC check: "
+                    "the sender uses a different key (or forged it)",
+                    now,
+                )
             return
         hs = self._handshake_state(False)
         try:
-            payload = hs.read_message(bytes(body[HEADER_LEN:-MAC_LEN]))
+            payload = hs.read_message(bytes(verdict.body[HEADER_LEN:-MAC_LEN]))
         except RemoteProtocolError as exc:
             self._handshake_failed(exc, now)
             return
