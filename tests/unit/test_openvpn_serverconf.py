@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tunconnector.cli import main
 from tunconnector.errors import TunconnectorError
 from tunconnector.ovpnserverconf import (
     IGNORED,
@@ -508,7 +510,7 @@ def test_auth_token_secret_is_openvpns_hmac_half() -> None:
         auth_token_secret("\n".join(short.splitlines()[:2] + short.splitlines()[-1:]))
 
 
-# -- recognising a server config ------------------------------------------------------------
+# -- recognising a server config, and `tunconnector check` ----------------------------------
 def test_looks_like_server() -> None:
     assert looks_like_server("# x\nmode server\n")
     assert looks_like_server("--server 10.8.0.0 255.255.255.0\n")
@@ -517,3 +519,30 @@ def test_looks_like_server() -> None:
     assert not looks_like_server('server = "10.8.0.1"\nmode = "server"\n')
     assert not looks_like_server("client\nremote vpn.example 1194\n")
     assert not looks_like_server("# server 10.8.0.0 255.255.255.0\n")
+
+
+def test_check_subcommand_reports_a_server_config(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    write_pki(tmp_path)
+    conf = tmp_path / "server.conf"
+    conf.write_text(BASE.replace(PKI, f"ca {tmp_path}/ca.crt\ncert {tmp_path}/server.crt\n"
+                                      f"key {tmp_path}/server.key\n")
+                    + "server 10.8.0.0 255.255.255.0\n")
+    assert main(["check", "-c", str(conf)]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == (f"{conf}: valid (openvpn server: udp port 1194, dev tun, "
+                               "server 10.8.0.0/24 topology net30, pool 10.8.0.4-10.8.0.251)")
+    assert "net30" in out.err
+    conf.write_text(conf.read_text() + "topology ring\n")
+    assert main(["check", "-c", str(conf)]) == 2
+    assert f"{conf}:8: topology 'ring'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not DEBIAN_SAMPLE.exists(), reason=f"needs {DEBIAN_SAMPLE}")
+def test_check_subcommand_on_debians_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    write_pki(tmp_path)
+    shutil.copy(DEBIAN_SAMPLE, tmp_path / "server.conf")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "-c", "server.conf"]) == 0
+    assert "topology subnet, pool 10.8.0.2-10.8.0.254" in capsys.readouterr().out
