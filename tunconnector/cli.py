@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__
@@ -232,14 +233,36 @@ def cmd_reload(argv: Sequence[str]) -> int:
 def cmd_check(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="tunconnector check",
-        description="validate a TOML file (or an OpenVPN client .ovpn) without starting "
-        "anything: exit 0 when valid, 2 when not (the message starts with the key's path)")
+        description="validate a TOML file, an OpenVPN client .ovpn or an OpenVPN server "
+        "config (one with 'server', 'server-bridge', 'server-ipv6', 'mode server' or "
+        "'tls-server') without starting anything: exit 0 when valid, 2 when not (the "
+        "message starts with the key's path, or the file and line)")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     args = p.parse_args(argv)
     if args.config.endswith(".ovpn"):  # what `tunconnector openvpn -c` runs
         return report_valid(Config.from_mapping(
             {"tunnel": [{"name": "openvpn", "openvpn_config": args.config}]}), args.config)
+    try:
+        text: str | None = Path(args.config).read_text()
+    except (OSError, UnicodeDecodeError):
+        text = None  # from_toml says why
+    from .ovpnserverconf import looks_like_server
+
+    if text is not None and looks_like_server(text):
+        return check_server(args.config)
     return report_valid(Config.from_toml(args.config), args.config)
+
+
+def check_server(path: str) -> int:
+    """An openvpn server config: read as the server would, built without any I/O."""
+    from .ovpnserverconf import load
+
+    server = load(path)
+    server.check()
+    for warning in server.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{path}: valid ({server.summary()})")
+    return 0
 
 
 def cmd_openvpn(argv: Sequence[str]) -> int:
@@ -457,7 +480,6 @@ def cmd_bench(argv: Sequence[str]) -> int:
     install elsewhere, run from inside a clone). The tunnels it starts are this
     interpreter's ``python -m tunconnector``, wherever it is installed."""
     import importlib.util
-    from pathlib import Path
 
     if importlib.util.find_spec("bench") is None:
         here = Path.cwd().resolve()

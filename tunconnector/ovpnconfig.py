@@ -242,7 +242,14 @@ def parse_argv(argv: Sequence[str], *, cwd: Path | None = None) -> OvpnConfig:
 
 
 class Parser:
-    """Directives in, one :class:`OvpnConfig` out (:meth:`finish` checks the whole)."""
+    """Directives in, one :class:`OvpnConfig` out (:meth:`finish` checks the whole).
+
+    The grammar, inline blocks, ``config``/``cd``/``setenv``/``ignore-unknown-option`` and
+    file lookup are shared with the server config reader (ovpnserverconf.py), which
+    subclasses this and hands it the directives both sides mean the same by."""
+
+    #: directives whose file may come as a ``<tag>`` block
+    INLINE_TAGS: tuple[str, ...] = INLINE
 
     def __init__(self, name: str, *, cwd: Path | None = None) -> None:
         self.name = name
@@ -297,7 +304,7 @@ class Parser:
                 if i >= len(lines):
                     raise ConfigError(f"{name}:{lineno}: <{tag}> block without {close}")
                 i += 1
-                if tag not in INLINE:
+                if tag not in self.INLINE_TAGS:
                     self._unknown(tag, f"{name}:{lineno}", inline=True)
                     continue
                 self.materials[tag] = ("\n".join(body) + "\n", f"{name}:{lineno}")
@@ -684,8 +691,9 @@ class Parser:
             self._unknown(d, where, lenient=lenient)
 
     # -- the whole --------------------------------------------------------------------
-    def finish(self) -> OvpnConfig:  # noqa: C901
-        cfg, o, name = self.cfg, self.cfg.options, self.cfg.path
+    def finish_process(self) -> None:
+        """The process side both configs share: management flags, scripts' security."""
+        cfg, name = self.cfg, self.cfg.path
         if cfg.management is not None:
             cfg.management.hold = "management-hold" in self.mgmt_flags
             cfg.management.query_passwords = "management-query-passwords" in self.mgmt_flags
@@ -697,12 +705,11 @@ class Parser:
             cfg.warnings.append(
                 f"{name}: {', '.join(cfg.scripts)} not run: external programs need "
                 "'script-security 2' or higher (as openvpn)")
-        if not (self.saw_client or self.saw_pull):
-            raise ConfigError(f"{name}: not a client config ('client' or 'pull' missing): "
-                              "tunconnector only joins servers that push the configuration")
-        if not cfg.remotes:
-            raise ConfigError(f"{name}: no 'remote'")
-        # ciphers: cipher joins data-ciphers and serves as the fallback, as in OpenVPN 2.6
+
+    def data_ciphers_and_fallback(self, auth: str) -> tuple[tuple[str, ...], str | None]:
+        """``data-ciphers`` (those tunconnector has) and the fallback: ``cipher`` joins
+        data-ciphers and serves as the fallback, as in OpenVPN 2.6."""
+        name = self.cfg.path
         ciphers = self.data_ciphers or ["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
         if self.cipher and self.cipher not in ciphers:
             ciphers.append(self.cipher)
@@ -711,14 +718,23 @@ class Parser:
         if not usable:
             raise ConfigError(f"{name}: none of the data ciphers {':'.join(ciphers)} is "
                               f"supported ({', '.join(CIPHERS)})")
-        o.data_ciphers = tuple(usable)
         from .proto.openvpn.datav2 import CBC_CIPHERS
         from .proto.openvpn.static import DIGESTS
 
-        if (set(usable) | {fallback}) & CBC_CIPHERS and o.auth not in DIGESTS:
-            raise ConfigError(f"{name}: auth {o.auth} with a CBC data cipher: one of "
+        if (set(usable) | {fallback}) & CBC_CIPHERS and auth not in DIGESTS:
+            raise ConfigError(f"{name}: auth {auth} with a CBC data cipher: one of "
                               f"{', '.join(d for d in DIGESTS if d != 'none')}")
-        o.cipher_fallback = fallback if fallback in CIPHERS else None
+        return tuple(usable), fallback if fallback in CIPHERS else None
+
+    def finish(self) -> OvpnConfig:  # noqa: C901
+        cfg, o, name = self.cfg, self.cfg.options, self.cfg.path
+        self.finish_process()
+        if not (self.saw_client or self.saw_pull):
+            raise ConfigError(f"{name}: not a client config ('client' or 'pull' missing): "
+                              "tunconnector only joins servers that push the configuration")
+        if not cfg.remotes:
+            raise ConfigError(f"{name}: no 'remote'")
+        o.data_ciphers, o.cipher_fallback = self.data_ciphers_and_fallback(o.auth)
         o.tap = cfg.dev_type == "tap"
         o.proto = cfg.remote_list()[0].proto
         if self.auth_user_pass_prompt is not None and o.username is None:
