@@ -84,8 +84,27 @@ class AuthRequest:
     peer_info: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientConnect:
+    """A server chose a client's addresses and now waits for its client-connect hook
+    (script, plugin) run outside proto/ with ``env``, openvpn's environment; the
+    adapter answers with the hook's verdict and output file."""
+
+    at: float
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDisconnect:
+    """A client whose client-connect chain had succeeded is gone: the adapter runs its
+    client-disconnect hook with ``env`` (traffic and duration included). No answer."""
+
+    at: float
+    env: dict[str, str] = field(default_factory=dict)
+
+
 ConnectionEvent = (Connected | Disconnected | AddressChanged | Rekeyed | ConfigAssigned
-                   | AuthRequest)
+                   | AuthRequest | ClientConnect | ClientDisconnect)
 
 
 class Connection(Protocol):

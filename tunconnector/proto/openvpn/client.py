@@ -247,6 +247,13 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
                 if opt[0] == "auth-token" and len(opt) >= 2:
                     self.auth_token = opt[1]  # also a renewal after the first reply
             self._push_reply(text[len("PUSH_REPLY") :].lstrip(","), now)
+        elif text.startswith("AUTH_FAILED") and self.auth_token is not None and \
+                not text.startswith("AUTH_FAILED,TEMP"):
+            # receive_auth_failed: a refused token (expired, or a server that restarted
+            # and forgot it) is dropped and the next session sends the password again;
+            # a second refusal, with no token left, is final
+            self.auth_token = None
+            self._fail(f"server refused our auth-token: {text}", now)
         elif text.startswith("AUTH_FAILED"):
             self._fail(f"server refused authentication: {text}", now, restart=False)
         elif text.startswith("RESTART"):

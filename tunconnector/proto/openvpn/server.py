@@ -11,7 +11,15 @@ PUSH_REQUEST with a PUSH_REPLY built from the server's options and a pool addres
 Authentication decisions are not made here: with ``auth_user_pass_verify`` the session
 emits an :class:`AuthRequest` and waits for :meth:`OpenVPNServerSession.auth_result`
 (the script, plugin or management answer runs outside proto/). A refusal sends
-AUTH_FAILED and ends the session once the client acknowledged it.
+AUTH_FAILED and ends the session once the client acknowledged it. Every renegotiation
+that carries a password (not a valid auth-token) asks again; the new key is answered
+only once the adapter said yes.
+
+openvpn's order after authentication: drop an older client with the same name, read
+the CCD file, choose the addresses, then (``client_connect``) emit :class:`ClientConnect`
+with the script environment and wait for :meth:`OpenVPNServerSession.client_connect_result`,
+whose output is merged before the PUSH_REPLY. With ``client_disconnect`` a session whose
+connect chain succeeded emits :class:`ClientDisconnect` when it ends.
 
 A new key becomes the one we send with only once the client acknowledged our key
 message (openvpn's S_ACTIVE), and the first key only once PUSH_REPLY is out; the
@@ -23,6 +31,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -36,6 +45,8 @@ from ..connection import (
     Addr,
     AddressChanged,
     AuthRequest,
+    ClientConnect,
+    ClientDisconnect,
     Connected,
     Connection,
     ConnectionEvent,
@@ -79,6 +90,8 @@ PUSH_BUNDLE_SIZE = 1024 - 84
 MAX_CONTROL_MESSAGE = 64 * 1024
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
+#: a peer-info line openvpn puts in the scripts' environment (validate_peer_info_line)
+_PEER_INFO_NAME = re.compile(r"(IV_|UV_|ID)[A-Za-z0-9_]*")
 
 
 @dataclass(slots=True)
@@ -136,6 +149,11 @@ class ServerOptions:
     tran_window: float = 60.0
     #: ask the adapter (AuthRequest) before any client is accepted
     auth_user_pass_verify: bool = False
+    #: ``client-connect``: emit ClientConnect once the addresses are chosen and wait for
+    #: the adapter's client_connect_result before the PUSH_REPLY
+    client_connect: bool = False
+    #: ``client-disconnect``: emit ClientDisconnect when a connected client ends
+    client_disconnect: bool = False
     #: verify-client-cert none + username: the user name is the client's identity
     username_as_common_name: bool = False
     force_tls_key_material_export: bool = False
@@ -286,7 +304,19 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._token_initial: str | None = None
         self._comp_push: str | None = None
         self._auth: str | None = None  # None: not asked yet, "pending", "ok", "failed"
+        #: the key_id whose renegotiation waits for the adapter's password answer
+        self._reauth: int | None = None
+        #: client-connect chain: None (not run), "pending", "done", "failed"; partial: a
+        #: step (CCD file, script) succeeded, so a later refusal still runs client-disconnect
+        self._cc: str | None = None
+        self._cc_partial = False
+        self._created = now
+        self._created_wall = int(shared.wall())
+        #: link bytes (control and data, as read and written), openvpn's link_*_bytes
+        self.link_bytes_in = self.link_bytes_out = 0
         self._auth_reason = ""
+        #: why we refused, for our log and status when the client is told no reason
+        self._refusal: str | None = None
         self._push_requested = False
         self._pushed = False
         self._close_at: float | None = None
@@ -313,6 +343,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         if self.state == "closed" or not data:
             return
+        self.link_bytes_in += len(data)
         src = addr[:2] if isinstance(addr, tuple) else addr
         here = self.peer[:2] if isinstance(self.peer, tuple) else self.peer
         if src != here:
@@ -326,6 +357,20 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             self._receive_packet(data, now)
         self._flush(now)
+
+    def receive_stream(self, data: bytes, now: float) -> None:
+        self.link_bytes_in += len(data)
+        super().receive_stream(data, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out = super().datagrams_to_send(now)
+        self.link_bytes_out += sum(len(p) for p, _ in out)
+        return out
+
+    def stream_to_send(self, now: float) -> list[bytes]:
+        out = super().stream_to_send(now)
+        self.link_bytes_out += sum(len(p) for p in out)
+        return out
 
     def _accept_data(self, data: bytes) -> None:
         if self._auth != "ok":
@@ -392,8 +437,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 self._auth_reason = "Data channel cipher negotiation failed (no shared cipher)"
             elif self.options.ccd_exclusive and \
                     not exclusive_allows(self.options.client_configs or {}, cn):
-                self._auth = "failed"
-                self._auth_reason = "client-config-dir authentication failed"
+                # verify_final_auth_checks sets no client reason: plain AUTH_FAILED
+                self._auth, self._auth_reason = "failed", ""
+                self._refusal = "client-config-dir authentication failed (ccd-exclusive)"
             elif self.options.force_tls_key_material_export and not self.ekm:
                 self._auth, self._auth_reason = "failed", "TLS key-material export required"
             elif self._shared.tokens is not None and is_auth_token(msg.password):
@@ -432,6 +478,17 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                     self._end("auth-token refused on renegotiation" +
                               (" (expired)" if check.expired else ""), now)
                     return False
+            elif self.options.auth_user_pass_verify and ks.key_id != 0:
+                # verify_user_pass runs for every key: the new key is answered (and so
+                # used) only once the password is accepted again
+                self._reauth = ks.key_id
+                self._events.append(AuthRequest(now, msg.username, msg.password, cn,
+                                                dict(self.peer_info)))
+                return False
+        return self._send_key(ks, now)
+
+    def _send_key(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        """Our key message (and a renewed token), then the data keys."""
         ks.tls.write(server_message(ks.local, self._options_string()))
         if ks.key_id != 0 and self.auth_token is not None:
             # send_push_reply_auth_token: the renewed token, alone in a PUSH_REPLY
@@ -476,6 +533,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         """The adapter's answer to :class:`AuthRequest` (client-reason text optional);
         ``client_config``: what a client-connect script wrote, applied after the CCD
         file as openvpn does."""
+        if self._reauth is not None and self.state != "closed":
+            self._reauth_result(ok, now, reason)
+            return
         if self._auth != "pending" or self.state == "closed":
             return
         self._script_config = client_config
@@ -495,6 +555,69 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                     return
         self._flush(now)
 
+    def _reauth_result(self, ok: bool, now: float, reason: str) -> None:
+        """The password answer for a renegotiation: go on with the new key, or refuse
+        the client (openvpn: one failed key fails the whole client)."""
+        kid, self._reauth = self._reauth, None
+        ks = self._keys.get(kid) if kid is not None else None
+        if ks is None:
+            return
+        if ok:
+            if not self._send_key(ks, now) or not self._send_tls(ks, now):
+                return
+        else:
+            # send_control_channel_string: on the key in use (the client reads the new
+            # one's channel only for our key message), then no more data either way
+            primary = self._primary
+            old = self._keys.get(primary.key_id) if primary is not None else None
+            self._auth, self._auth_reason = "failed", reason
+            self._primary = None
+            self._auth_failed(old or ks, now)
+        self._flush(now)
+
+    def client_connect_result(self, ok: bool, now: float,
+                              config: ClientConfig | None = None) -> None:
+        """The adapter's answer to :class:`ClientConnect`: the hook's verdict and its
+        output file (parsed), merged after the CCD file; an ``ifconfig-push`` in it
+        replaces the chosen address (the pool's goes back), ``disable`` refuses."""
+        if self._cc != "pending" or self.state == "closed":
+            return
+        ks = self._keys.get(0)
+        if ks is None:
+            return
+        if not ok:
+            log.warning("openvpn server: %s (%s): client-connect refused the client",
+                        self.peer, self.common_name)
+            self._connect_failed(ks, now, "client-connect refused")
+        else:
+            self._cc_partial = True
+            if config is not None:
+                self._script_config = config if self._script_config is None \
+                    else self._script_config.extend(config)
+                self.client_config = config if self.client_config is None \
+                    else self.client_config.extend(config)
+            if not self._connect_checks(ks, now):
+                self._flush(now)
+                return
+            self._cc = "done"
+            self.state = "handshake"
+            if self._push_requested:
+                self._send_push_reply(ks, now)
+                if not self._send_tls(ks, now):
+                    return
+        self._flush(now)
+
+    def _connect_failed(self, ks: KeyState[ClientKeyMessage], now: float,
+                        why: str) -> bool:
+        """The connect chain refused the client: AUTH_FAILED without a reason (openvpn
+        sends none for CAS_FAILED), client-disconnect if a step had succeeded."""
+        self._cc = "failed"
+        if self._cc_partial:
+            self._disconnect_hook(now)
+        self._auth, self._auth_reason, self._refusal = "failed", "", why
+        self._auth_failed(ks, now)
+        return False
+
     def _auth_failed(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
         text = "AUTH_FAILED" + (f",{self._auth_reason}" if self._auth_reason else "")
         try:
@@ -504,9 +627,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             out = b""
         self._queue_tls(ks, out)
         if self._close_at is None:
+            why = self._auth_reason or self._refusal
             log.warning("openvpn server: %s refused: %s", self.peer,
-                        self._auth_reason or "authentication failed")
-            self.last_error = f"authentication failed: {self._auth_reason or 'refused'}"
+                        why or "authentication failed")
+            self.last_error = f"authentication failed: {why or 'refused'}"
             self._close_at = now + AUTH_FAILED_LINGER
             self.state = "auth-failed"
 
@@ -609,29 +733,53 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         cfg = None
         if self.options.client_configs is not None:
             cfg = lookup(self.options.client_configs, self.common_name)
+        # multi_client_connect_source_ccd: a file read counts as a step that succeeded
+        self._cc_partial = cfg is not None
         if self._script_config is not None:
             cfg = self._script_config if cfg is None else cfg.extend(self._script_config)
         self.client_config = cfg
+        if not self._connect_checks(ks, now):
+            return False
+        if self.options.client_connect:
+            self._cc, self.state = "pending", "client-connect"
+            self._events.append(ClientConnect(now, self.script_env("client-connect")))
+            return False
+        self._cc = "done"
+        return True
+
+    def _connect_checks(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        """``disable`` (checked after every step, as multi_connection_established),
+        then the addresses for the config as it now stands."""
+        cfg = self.client_config
         if cfg is not None and cfg.disable:
-            self._auth, self._auth_reason = "failed", ""
             log.warning("openvpn server: %s (%s) rejected by its 'disable' directive",
                         self.peer, self.common_name)
-            self._auth_failed(ks, now)
-            return False
+            return self._connect_failed(ks, now, "disabled by its client config")
+        return self._select_address(ks, now)
+
+    def _select_address(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
+        """multi_select_virtual_addr: the config's ``ifconfig-push`` (a pool address
+        chosen before goes back, forgotten), else a pool address once."""
+        cfg = self.client_config
         if cfg is None or cfg.ifconfig_push is None:
-            # like openvpn, duplicate-cn clients are anonymous to the pool
-            lease = self._shared.pool.acquire(self.common_name or self.username)
-            if lease is None:
-                self._auth, self._auth_reason = "failed", "no free address"
-                log.warning("openvpn server: %s: no free ifconfig-pool address", self.peer)
-                self._auth_failed(ks, now)
-                return False
-            self.lease = lease
-            self.address = None if lease.ipv4 is None else str(lease.ipv4)
-            self.address6 = None if lease.ipv6 is None else str(lease.ipv6)
+            if self.lease is None:
+                # like openvpn, duplicate-cn clients are anonymous to the pool
+                lease = self._shared.pool.acquire(self.common_name or self.username)
+                if lease is None:
+                    self._auth, self._auth_reason = "failed", "no free address"
+                    log.warning("openvpn server: %s: no free ifconfig-pool address",
+                                self.peer)
+                    self._auth_failed(ks, now)
+                    return False
+                self.lease = lease
+                self.address = None if lease.ipv4 is None else str(lease.ipv4)
+                self.address6 = None if lease.ipv6 is None else str(lease.ipv6)
         else:
+            if self.lease is not None:
+                self._shared.pool.release(self.lease.handle, now, hard=True)
+                self.lease = None
             # openvpn: a static IPv4 gets no pool IPv6 (only an ifconfig-ipv6-push)
-            self.address = str(cfg.ifconfig_push[0])
+            self.address, self.address6 = str(cfg.ifconfig_push[0]), None
             net = self._shared.net
             if net.pool_netmask4 is not None and net.local4 is not None and \
                     ipaddress.IPv4Network(f"{net.local4}/{net.pool_netmask4}",
@@ -645,6 +793,38 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if cfg is not None and cfg.ifconfig_ipv6_push is not None:
             self.address6 = str(cfg.ifconfig_ipv6_push[0].ip)
         return True
+
+    def script_env(self, script_type: str) -> dict[str, str]:
+        """The environment openvpn gives client-connect / client-disconnect: peer-info
+        (output_peer_info_env), identity, the real address (setenv_trusted), the
+        tunnel addresses (multi_set_virtual_addr_env) and the connection time."""
+        env = {k: v for k, v in self.peer_info.items()
+               if _PEER_INFO_NAME.fullmatch(k) and v.isprintable()}
+        env["script_type"] = script_type
+        if self.common_name is not None:
+            env["common_name"] = self.common_name
+        if self.username is not None:
+            env["username"] = self.username
+        if isinstance(self.peer, tuple) and len(self.peer) >= 2:
+            host = str(self.peer[0])
+            host = host[len("::ffff:"):] if host.startswith("::ffff:") and "." in host \
+                else host
+            env["trusted_ip6" if ":" in host else "trusted_ip"] = host
+            env["trusted_port"] = str(self.peer[1])
+        env.update(self.address_env())
+        env["time_ascii"] = time.strftime("%Y-%m-%d %H:%M:%S",
+                                          time.localtime(self._created_wall))
+        env["time_unix"] = str(self._created_wall)
+        return env
+
+    def _disconnect_hook(self, now: float) -> None:
+        """multi_client_disconnect_script: the same environment plus traffic and time."""
+        if not self.options.client_disconnect:
+            return
+        env = self.script_env("client-disconnect")
+        env.update(bytes_received=str(self.link_bytes_in), bytes_sent=str(self.link_bytes_out),
+                   time_duration=str(int(now - self._created)))
+        self._events.append(ClientDisconnect(now, env))
 
     def mss_clamp(self) -> int:
         """This client's MSS clamp (0: none), the same computation as the client's
@@ -672,9 +852,9 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         return out
 
     def _send_push_reply(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
-        if not self._pushed and self.address is None and self.address6 is None:
-            if not self._client_connect(ks, now):
-                return
+        if not self._pushed and self._cc != "done":
+            if self._cc is not None or not self._client_connect(ks, now):
+                return  # client-connect still running, or refused
         try:
             for text in self.push_reply_messages():
                 ks.tls.write(text.encode() + b"\0")
@@ -710,6 +890,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         log.info("openvpn server: %s disconnected: %s", self.peer, reason)
+        if self._cc == "done":
+            self._disconnect_hook(now)
         if self.lease is not None:
             # soft: the name stays on the handle, so the client gets it back
             self._shared.pool.release(self.lease.handle, now)
@@ -986,6 +1168,12 @@ class OpenVPNServer:
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
                     reason: str = "", client_config: ClientConfig | None = None) -> None:
         session.auth_result(ok, now, reason, client_config)
+        self._collect(session)
+
+    def client_connect_result(self, session: OpenVPNServerSession, ok: bool, now: float,
+                              config: ClientConfig | None = None) -> None:
+        """Answer a session's :class:`ClientConnect` (see the session's method)."""
+        session.client_connect_result(ok, now, config)
         self._collect(session)
 
     def close_session(self, session: OpenVPNServerSession, now: float) -> None:
