@@ -511,9 +511,9 @@ class NativeConnection:
                 self._alive = True
                 self._ever_alive = True
             elif isinstance(ev, PeerDown):
-                if self._announced:
-                    self._events.append(Disconnected(now, "dead_peer",
-                                                     restart=not self.server))
+                if self._announced:  # silence, or the peer's own EXIT (it said it stops)
+                    reason = "exit" if ev.reason == "exit" else "dead_peer"
+                    self._events.append(Disconnected(now, reason, restart=not self.server))
                 self._alive = self._announced = False
         if self._alive and not self._announced and (self.proven or not self.stream):
             self._announced = True
