@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -68,14 +67,12 @@ from .framing import (
 from .liveness import PeerDown, PeerUp
 from .losscap import LossAdaptiveCap
 from .native import NativeEndpoint
-from .offload import F_NEEDS_CSUM, VNET_HDR_LEN, GsoFrame, complete_checksum
+from .offload import F_NEEDS_CSUM, VNET_HDR_LEN, GsoFrame, completed_packet
 from .roaming import follow_peer
 from .secure import AuthFailure, SessionExpired, SessionReset
 from .secure import Rekeyed as SessionRekeyed
 
 _FRAGMENT = int(MsgType.FRAGMENT)
-#: csum_start, csum_offset of a virtio_net_hdr (little endian, at offset 6)
-_CSUM = struct.Struct("<HH")
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood): a batch of
 #: only those is sealed in one call; larger ones are data segments the loss watcher reads
 #: (the same bound as fastpath.SMALL_BATCH and express.SMALL_CSUM, which it replaces)
@@ -325,10 +322,8 @@ class NativeConnection:
                     if len(f) <= small_max:
                         msgs = [encode_gso(f, now)]
                     else:
-                        b = bytearray(f[VNET_HDR_LEN:])
-                        start, off = _CSUM.unpack_from(f, 6)
                         try:
-                            complete_checksum(b, start, off)
+                            b = completed_packet(f)
                         except RemoteProtocolError:
                             self.drops["bad_vnet_csum"] += 1
                             continue
