@@ -6,6 +6,7 @@ timer to timer with a fake clock (``run``), as aioquic's connection tests do.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import types
@@ -24,6 +25,7 @@ from tunconnector.proto.connection import (
     ConnectionEvent,
     Disconnected,
     GsoRun,
+    Notice,
     each_datagram,
 )
 from tunconnector.proto.framing import (
@@ -569,3 +571,18 @@ def test_lane_before_the_handshake_queues_and_asks_for_a_flush() -> None:
     assert not c.has_work()
     run(c, s, 0.1, 8.0)
     assert b"early" in s.frames_to_deliver()
+
+
+def test_crypto_failures_are_notices_for_the_operator() -> None:
+    c, s = udp_pair(encrypted=True)
+    up(c, s)
+    stranger = NativeConnection(
+        lambda: NativeEndpoint(keepalive=1.0, dead_after=4.0, max_frame=1500,
+                               secure=SecureChannel(initiator=True, psk=bytes(32))),
+        server=False, peer=SERVER)
+    stranger.start(0.3)  # another key: its initiation fails the MAC check
+    for m, _ in stranger.datagrams_to_send(0.3):
+        s.receive_datagram(m, CLIENT_MOVED, 0.3)
+    notices = [e for e in events(s) if isinstance(e, Notice)]
+    assert [(n.kind, n.level) for n in notices] == [("auth_bad_mac", logging.WARNING)]
+    assert s.peer == CLIENT and s.all_drops() == {"bad_mac": 1}
