@@ -324,3 +324,14 @@ def test_coalesce_udp_takes_partial_checksum_frames() -> None:
     segs = g.segments(tap=False)
     assert [bytes(s[28:]) for s in segs] == [bytes([i]) * 64 for i in range(5)]
     assert all(o.verify_l4_checksum(s) for s in segs)
+
+
+def test_completed_packet_finishes_a_device_frame() -> None:
+    pkt, l4, off = partial(ipv4(o.IPPROTO_TCP, tcp(b"q" * 1400)), 0, False, o.IPPROTO_TCP)
+    frame = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, l4, off)) + pkt
+    done = o.completed_packet(frame)
+    assert isinstance(done, bytearray) and len(done) == len(pkt)
+    assert o.verify_l4_checksum(bytes(done)) and not o.verify_l4_checksum(pkt)
+    bad = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, len(pkt), off)) + pkt
+    with pytest.raises(RemoteProtocolError):
+        o.completed_packet(bad)

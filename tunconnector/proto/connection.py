@@ -9,6 +9,12 @@ protocol, OpenVPN static-key, the OpenVPN TLS client.
 
 Two connections can be tested by handing each one's output to the other: no socket, no
 device, no sleep.
+
+The fast path is part of the contract (:class:`FastConnection`): a connection that takes
+whole super-packets from a device opened with virtio_net_hdr returns runs of datagrams the
+adapter sends with one UDP GSO ``sendmsg`` (:class:`GsoRun`), takes GRO reads whole as
+runs, and has a one-packet lane (:meth:`FastConnection.send_one`,
+:meth:`FastConnection.quick`) for an idle tunnel's latency.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from __future__ import annotations
 import collections
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from .fragment import FragmentRun
+    from .offload import GsoFrame
 
 #: a transport address as the adapter sees it (host, port[, flowinfo, scope]) or None on TCP
 Addr = Hashable
@@ -103,8 +113,45 @@ class ClientDisconnect:
     env: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the operator should read, once per state change (a crypto failure, a
+    session lost by the peer): the adapter logs ``message`` at ``level``, rate-limited per
+    ``kind`` (a drop-counter-like key, ``auth_bad_mac``), so proto/ never logs itself."""
+
+    at: float
+    level: int
+    kind: str
+    message: str
+
+
 ConnectionEvent = (Connected | Disconnected | AddressChanged | Rekeyed | ConfigAssigned
-                   | AuthRequest | ClientConnect | ClientDisconnect)
+                   | AuthRequest | ClientConnect | ClientDisconnect | Notice)
+
+
+@dataclass(frozen=True, slots=True)
+class GsoRun:
+    """Datagrams of ``stride`` bytes laid end to end in ``buf`` (the last may be shorter),
+    for ONE address: the adapter sends them with one UDP GSO ``sendmsg`` (one ``send``
+    each where the kernel refuses GSO). A fragmented super-packet leaves this way
+    without being sliced into per-datagram objects."""
+
+    buf: bytes | bytearray | memoryview
+    stride: int
+
+
+#: datagrams for one address, in order: a :class:`GsoRun`, or a list the adapter hands to
+#: ``UdpEndpoint.send_batch`` (each run of equal sizes leaves in one GSO ``sendmsg``)
+DatagramBatch = GsoRun | list[bytes]
+
+
+def each_datagram(batch: DatagramBatch) -> list[bytes | bytearray | memoryview]:
+    """The single datagrams of ``batch`` (for a transport without batches, and tests)."""
+    if isinstance(batch, GsoRun):
+        mv = memoryview(batch.buf)
+        stride = batch.stride
+        return [mv[off:off + stride] for off in range(0, len(mv), stride)]
+    return list(batch)
 
 
 class Connection(Protocol):
@@ -149,4 +196,53 @@ class Connection(Protocol):
 
     def status(self, now: float) -> dict[str, Any]:
         """JSON-able facts for ``tunconnector status`` (peer, cipher, key age ...)."""
+        ...
+
+
+class FastConnection(Connection, Protocol):
+    """A connection with the offload fast path (the native protocol).
+
+    What it can take: device frames WITH their virtio_net_hdr, up to 64 KiB super-packets
+    (:meth:`send_device`); a connection without this contract (OpenVPN) gets plain frames
+    through :meth:`Connection.send_frames`, segmented by the adapter with
+    ``proto.offload.gso_split``. Its bulk UDP output is drained with
+    :meth:`batches_to_send` BEFORE :meth:`Connection.datagrams_to_send` (control
+    messages), as the product sends data before control today.
+
+    Why a second drain and not a wider ``datagrams_to_send``: every consumer of
+    ``Connection.datagrams_to_send`` (the OpenVPN adapter) writes single ``bytes``; a wider
+    item type would break their typing (list is invariant) before the one adapter exists.
+    """
+
+    #: True: :meth:`send_device` takes vnet_hdr frames including super-packets
+    takes_super: bool
+
+    def send_device(self, frames: list[bytes], now: float) -> None:
+        """Frames as a device opened with IFF_VNET_HDR reads them (header + packet)."""
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """Bulk UDP output of :meth:`send_device`, in order."""
+        ...
+
+    def quick(self, data: bytes | memoryview, now: float
+              ) -> bytes | GsoFrame | None | Literal[False]:
+        """Decode a datagram the adapter knows comes from the peer (its raw address is the
+        peer's): the frame for the device; None when consumed (keepalive, counted drop);
+        False when it is anything else: untouched, pass it to ``receive_datagram``.
+        Afterwards :meth:`has_work` says whether the adapter must flush."""
+        ...
+
+    def receive_run(self, run: FragmentRun, addr: Addr, now: float) -> None:
+        """FRAGMENT datagrams of one UDP GRO read, kept whole (``UdpEndpoint.runs``)."""
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one small device frame of an idle tunnel. Returns what to
+        write (a datagram for the peer, or stream bytes on TCP); None when consumed
+        (queued for a handshake); False when not the lane's: untouched, batch path."""
+        ...
+
+    def has_work(self) -> bool:
+        """Output, events or an earlier timer wait after :meth:`quick` / :meth:`send_one`:
+        the adapter flushes (drains the outputs, re-arms its timer)."""
         ...

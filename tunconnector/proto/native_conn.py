@@ -25,32 +25,58 @@ Rules it owns (the README's "Liveness and roaming"):
   stream (:class:`~.connection.Disconnected`); the stream cannot be resynchronised.
 - Garbage is counted in :attr:`drops` (merged with the endpoint's, the channel's and the
   reassembler's by :meth:`all_drops`), never raised.
+
+The fast path (:class:`~.connection.FastConnection`) is the product's native data path as
+sans-I/O logic (today still run by tunnel.py/fastpath.py/express.py): device frames with
+virtio_net_hdr go in whole, a super-packet becomes one FLAG_GSO message (one AEAD call),
+cut into FRAGMENTs that leave as one :class:`~.connection.GsoRun`; small partial-checksum
+packets are sealed in one call; GRO reads come back in as runs; one small packet of an
+idle tunnel takes the latency lane (:meth:`NativeConnection.send_one`,
+:meth:`NativeConnection.quick`).
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import fragment
-from .connection import Addr, Connected, ConnectionEvent, Disconnected, Rekeyed
+from .connection import (
+    Addr,
+    Connected,
+    ConnectionEvent,
+    DatagramBatch,
+    Disconnected,
+    FastConnection,
+    GsoRun,
+    Notice,
+    Rekeyed,
+    each_datagram,
+)
 from .framing import (
     HEADER_LEN,
     TAG_LEN,
     MsgType,
     NativeStreamDecoder,
     encode_native_stream,
+    native_stream_prefix,
 )
 from .liveness import PeerDown, PeerUp
 from .losscap import LossAdaptiveCap
 from .native import NativeEndpoint
-from .offload import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN
+from .offload import F_NEEDS_CSUM, VNET_HDR_LEN, GsoFrame, completed_packet
 from .roaming import follow_peer
+from .secure import AuthFailure, SessionExpired, SessionReset
 from .secure import Rekeyed as SessionRekeyed
 
 _FRAGMENT = int(MsgType.FRAGMENT)
+#: partial-checksum packets up to this size are small (ACKs, a 64-byte flood): a batch of
+#: only those is sealed in one call; larger ones are data segments the loss watcher reads
+#: (the same bound as fastpath.SMALL_BATCH and express.SMALL_CSUM, which it replaces)
+SMALL_BATCH = 300
 
 #: a UDP payload on a 1500-byte IPv4 underlay
 DEFAULT_MAX_DATAGRAM = 1500 - 20 - 8
@@ -65,8 +91,12 @@ class NativeConnection:
 
     ``make_endpoint`` builds a fresh :class:`NativeEndpoint` (with its secure channel when
     encrypted); a TCP client gets a new one for every new stream (a reconnect starts
-    afresh, as the session of the old stream is gone with it).
+    afresh, as the session of the old stream is gone with it). ``reassembler`` and
+    ``loss_cap`` may be the adapter's shared ones (a hub peer then costs no reassembler).
     """
+
+    #: device frames with virtio_net_hdr, super-packets included (see FastConnection)
+    takes_super = True
 
     def __init__(
         self,
@@ -99,6 +129,10 @@ class NativeConnection:
         self._decoder = NativeStreamDecoder() if stream else None
         self._frag_id = 0
         self._datagrams: list[tuple[bytes, Addr]] = []
+        self._batches: list[tuple[DatagramBatch, Addr]] = []
+        self._timer_moved = False  # the lane's first unanswered send started a timer
+        self._source: Any = None  # the peer's host, as the crypto layer keys sources ...
+        self._source_of: Addr = None  # ... computed for this peer
         self._stream_out: list[bytes] = []
         self._frames: list[bytes] = []
         self._events: collections.deque[ConnectionEvent] = collections.deque()
@@ -115,7 +149,14 @@ class NativeConnection:
         self._pump(now)
 
     def close(self, now: float) -> None:
-        """Native peers notice a departure by silence: nothing to send."""
+        """A UDP client leaving tells its server with an EXIT (encrypted sessions only), so
+        a hub marks it down at once instead of after ``dead_after`` of silence. A server
+        and a TCP client (its stream's end says it) send nothing."""
+        if self.server or self.stream or self.peer is None:
+            return
+        msg = self.endpoint.exit_message(now)
+        if msg is not None:
+            self._datagrams.append((msg, self.peer))
 
     def connection_made(self, now: float) -> None:
         """A new TCP stream replaced the old one: fresh decoder and session, hello again."""
@@ -139,6 +180,38 @@ class NativeConnection:
                 return
             self.super_rx += 1
             data = inner  # type: ignore[assignment]  # bytearray: decoded in place
+        self._receive_message(data, addr, now)
+        self._pump(now)
+
+    def receive_run(self, run: fragment.FragmentRun, addr: Addr, now: float) -> None:
+        """FRAGMENT datagrams of one GRO read: whole messages are put back with one join
+        each (:meth:`~.fragment.Reassembler.receive_run`), then decoded as datagrams from
+        ``addr`` are; malformed fragments are counted as ``fragment_bad``."""
+        rdrops = self.reasm.stats.drops
+        before = sum(rdrops.values())
+        messages = self.reasm.receive_run(run.buf, run.stride, now)
+        bad = sum(rdrops.values()) - before
+        if bad:
+            self.drops["fragment_bad"] += bad
+        self.super_rx += len(messages)
+        for msg in messages:
+            self._receive_message(msg, addr, now)  # type: ignore[arg-type]  # bytearray
+        self._pump(now)
+
+    def quick(self, data: bytes | memoryview, now: float
+              ) -> bytes | GsoFrame | None | Literal[False]:
+        """:meth:`NativeEndpoint.quick` for a datagram the adapter matched to the peer by its
+        raw address (one dict get or compare, nothing normalised): the frame; None when
+        consumed; False: untouched, :meth:`receive_datagram` decides. Per datagram, so
+        nothing is pumped here: :meth:`has_work` says when the adapter must flush."""
+        peer = self.peer
+        if peer is not self._source_of:
+            self._source_of = peer
+            self._source = _host(peer)
+        return self.endpoint.quick(data, now, self._source)
+
+    def _receive_message(self, data: bytes, addr: Addr, now: float) -> None:
+        """One whole native message from ``addr`` (reassembled when it was fragmented)."""
         endpoint = self.endpoint
         from_peer = self.peer is not None and addr == self.peer
         if not from_peer:
@@ -160,7 +233,6 @@ class NativeConnection:
             self.peer = moved.addr
             self._events.append(moved)
         self._frames.extend(decoded.frames)
-        self._pump(now)
 
     def receive_stream(self, data: bytes, now: float) -> None:
         """Bytes of this connection's TCP stream; ``b""`` is its end."""
@@ -204,36 +276,140 @@ class NativeConnection:
         self._emit(self.endpoint.encode_batch(frames, now))
         self._pump(now)
 
-    def send_super(self, packet: bytes, now: float) -> None:
-        """One super-packet as the device gives it (virtio_net_hdr + up to 64 KiB).
+    def send_device(self, frames: list[bytes], now: float) -> None:
+        """Frames read from a device opened with virtio_net_hdr, sent in order.
 
-        Under loss (TCP retransmissions seen in what we send) it is cut to the current
-        cap first; on UDP a message larger than a datagram leaves as FRAGMENTs.
+        - a super-packet (GSO) -> one FLAG_GSO message (one AEAD call; cut smaller under
+          loss, :class:`LossAdaptiveCap`); on UDP a message larger than a datagram leaves
+          as FRAGMENTs in ONE :class:`GsoRun`; on TCP header and payload are gathered in
+          :meth:`stream_to_send` (no 64 KiB join);
+        - a batch of only small partial-checksum packets (ACKs, a small-packet flood) ->
+          sealed in one call, one batch;
+        - a partial-checksum packet that fits a datagram with its header -> FLAG_GSO too
+          (the receiver's kernel finishes the checksum); a larger one -> checksum
+          completed here, plain DATA; anything else -> plain DATA.
+        On UDP the messages that fit one datagram leave together as one list batch.
         """
         if not self._can_send():
-            self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += 1
+            self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += len(frames)
             return
-        if len(packet) <= VNET_HDR_LEN:
-            self.drops["short_vnet_frame"] += 1
+        endpoint = self.endpoint
+        stream, peer, tap = self.stream, self.peer, self.tap
+        limit = 1 << 30 if stream else self.max_datagram
+        small_max = limit - HEADER_LEN - (TAG_LEN if endpoint.secure is not None else 0)
+        if not stream and frames and all(
+                VNET_HDR_LEN < len(f) <= SMALL_BATCH and f[1] == 0 and f[0] & F_NEEDS_CSUM
+                for f in frames):
+            sealed = endpoint.encode_gso_batch(frames, now)
+            if sealed:
+                self._batches.append((sealed, peer))
+            self._pump(now)
             return
-        parts = [packet]
-        if not self.stream and packet[1] & 0x7F in (GSO_TCPV4, GSO_TCPV6):
-            parts = self.loss.shape(parts, now, tap=self.tap)
-        for part in parts:
-            msg = self.endpoint.encode_gso(part, now)
-            if msg is None:
-                continue  # queued until the session is up
-            self.super_tx += 1
-            if self.stream or len(msg) <= self.max_datagram:
-                self._emit([msg])
+        encode_gso, encode_data = endpoint.encode_gso, endpoint.encode_data
+        small: list[bytes] = []  # UDP: messages that fit one datagram, in order
+        out = self._stream_out  # TCP: prefixed stream frames
+        pack = native_stream_prefix
+        loss = self.loss
+        for f in frames:
+            if len(f) <= VNET_HDR_LEN:
+                self.drops["short_vnet_frame"] += 1
                 continue
-            self._frag_id += 1
-            buf, stride, count = fragment.split(msg, self._frag_id, self.max_datagram,
-                                                path=self.endpoint.path)
-            mv = memoryview(buf)
-            self._datagrams.extend((bytes(mv[i * stride:(i + 1) * stride]), self.peer)
-                                   for i in range(count))
+            msgs: list[bytes | None]
+            if f[1] == 0:  # gso_type NONE
+                if f[0] & F_NEEDS_CSUM:
+                    if not stream and len(f) > SMALL_BATCH:  # a data segment, maybe resent
+                        loss.observe(f, now, tap)
+                    if len(f) <= small_max:
+                        msgs = [encode_gso(f, now)]
+                    else:
+                        try:
+                            b = completed_packet(f)
+                        except RemoteProtocolError:
+                            self.drops["bad_vnet_csum"] += 1
+                            continue
+                        msgs = [encode_data(b, now)]  # type: ignore[arg-type]
+                else:
+                    msgs = [encode_data(memoryview(f)[VNET_HDR_LEN:], now)]  # type: ignore[arg-type]
+            else:
+                self.super_tx += 1
+                if stream:  # header and super-packet written gathered, not joined
+                    parts = endpoint.gso_parts(f, now)
+                    if parts:
+                        out.append(pack(sum(map(len, parts))))
+                        out.extend(parts)
+                    continue
+                msgs = [encode_gso(p, now) for p in loss.shape([f], now, tap=tap)]
+            for msg in msgs:
+                if msg is None:
+                    continue  # queued until the session is up
+                if stream:
+                    out.append(pack(len(msg)))
+                    out.append(msg)
+                elif len(msg) <= limit:
+                    small.append(msg)
+                else:
+                    if small:
+                        self._batches.append((small, peer))
+                        small = []
+                    self._frag_id += 1
+                    buf, stride, _n = fragment.split(msg, self._frag_id, limit,
+                                                     path=endpoint.path)
+                    self._batches.append((GsoRun(buf, stride), peer))
+        if small:
+            self._batches.append((small, peer))
         self._pump(now)
+
+    def send_super(self, packet: bytes, now: float) -> None:
+        """One super-packet (virtio_net_hdr + up to 64 KiB), its FRAGMENTs as single
+        datagrams in :meth:`datagrams_to_send`: for a transport without batches."""
+        self.send_device([packet], now)
+        batches, self._batches = self._batches, []
+        for batch, addr in batches:
+            self._datagrams.extend((d, addr) for d in each_datagram(batch))  # type: ignore[misc]
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one frame read from an idle tunnel's device, encoded at once.
+
+        Taken: a plain packet, or a small partial-checksum one (``vnet_hdr``: the frame
+        starts with the header; the receiver finishes the checksum); returns the datagram
+        for the peer, or the stream bytes on TCP; None when consumed (queued for the
+        handshake). False, untouched, for the batch path's cases: a super-packet, a data
+        segment the loss watcher must see, no peer, a broken stream, nonsense.
+        """
+        if not self._can_send():
+            return False
+        n = len(frame)
+        payload: Any
+        if vnet_hdr:
+            if n <= VNET_HDR_LEN or frame[1] != 0:
+                return False  # a super-packet (or nonsense): send_device's job
+            if frame[0] & F_NEEDS_CSUM:
+                if n > SMALL_BATCH:
+                    return False
+                payload, gso = frame, True
+            else:
+                payload, gso = memoryview(frame)[VNET_HDR_LEN:], False
+        else:
+            if n == 0:
+                return False
+            payload, gso = frame, False
+        endpoint = self.endpoint
+        secure = endpoint.secure
+        quiet = secure is None or secure.unanswered_since is not None
+        msg = endpoint.encode_gso(payload, now) if gso else endpoint.encode_data(payload, now)
+        if msg is None or not quiet:  # queued for a handshake, or the first unanswered
+            self._timer_moved = True  # send starts the stale-session timer: re-arm
+        if msg is None:
+            return None
+        return encode_native_stream(msg) if self.stream else msg
+
+    def has_work(self) -> bool:
+        """Something waits after :meth:`quick` / :meth:`send_one` (an opened message may
+        start a rekey, a send may queue a handshake or start a timer): flush."""
+        return (self._timer_moved or bool(self._datagrams or self._batches
+                                          or self._stream_out or self._events)
+                or self.endpoint.has_work())
 
     def max_payload(self) -> int:
         """The largest device frame that fits one datagram unfragmented."""
@@ -241,6 +417,7 @@ class NativeConnection:
 
     # ------------------------------------------------------------------ timers
     def get_timer(self) -> float | None:
+        self._timer_moved = False
         times = [t for t in (self.endpoint.get_timer(), self.reasm.get_timer())
                  if t is not None]
         return min(times) if times else None
@@ -254,11 +431,20 @@ class NativeConnection:
         self._pump(now)
 
     # ------------------------------------------------------------------ outputs
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """Bulk UDP output of :meth:`send_device` (drain it before :meth:`datagrams_to_send`)."""
+        out, self._batches = self._batches, []
+        return out
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        """Single datagrams, with what :meth:`quick` / :meth:`send_one` left for the
+        endpoint to say (handshake, rekey) moved here first."""
+        self._pump(now)
         out, self._datagrams = self._datagrams, []
         return out
 
     def stream_to_send(self, now: float) -> list[bytes]:
+        self._pump(now)
         out, self._stream_out = self._stream_out, []
         return out
 
@@ -288,6 +474,8 @@ class NativeConnection:
             "super_tx": self.super_tx,
             "super_rx": self.super_rx,
             "gso_cap": self.loss.cap,
+            "gso_cap_decreases": self.loss.decreases,
+            "retransmits_seen": self.loss.retransmits,
             "reassembly_pending": self.reasm.pending,
             "crypto": dict(stats(now)) if stats is not None else None,
         }
@@ -318,9 +506,9 @@ class NativeConnection:
                 self._alive = True
                 self._ever_alive = True
             elif isinstance(ev, PeerDown):
-                if self._announced:
-                    self._events.append(Disconnected(now, "dead_peer",
-                                                     restart=not self.server))
+                if self._announced:  # silence, or the peer's own EXIT (it said it stops)
+                    reason = "exit" if ev.reason == "exit" else "dead_peer"
+                    self._events.append(Disconnected(now, reason, restart=not self.server))
                 self._alive = self._announced = False
         if self._alive and not self._announced and (self.proven or not self.stream):
             self._announced = True
@@ -328,8 +516,32 @@ class NativeConnection:
         secure = endpoint.secure
         if secure is not None:
             while (sev := secure.next_event()) is not None:
-                if isinstance(sev, SessionRekeyed):
+                notice = _notice(sev, now)
+                if notice is not None:
+                    self._events.append(notice)
+                elif isinstance(sev, SessionRekeyed):
                     self._events.append(Rekeyed(now))
 
 
-__all__ = ["DEFAULT_MAX_DATAGRAM", "NativeConnection"]
+def _notice(ev: object, now: float) -> Notice | None:
+    """The operator's line for a secure-channel event (tunnel.py ``_on_secure_events``).
+
+    A completed handshake is no notice: :class:`Connected` (or :class:`Rekeyed`) says it.
+    """
+    if isinstance(ev, AuthFailure):
+        return Notice(now, logging.WARNING, "auth_" + ev.reason,
+                      f"authentication failure ({ev.reason}): {ev.message}")
+    if isinstance(ev, SessionExpired):
+        return Notice(now, logging.WARNING, "session_expired",
+                      "session keys expired without a rekey")
+    if isinstance(ev, SessionReset):
+        return Notice(now, logging.INFO, "session_reset",
+                      "the peer lost our session (restarted): handshaking again")
+    return None
+
+
+#: checked by mypy: NativeConnection keeps the fast-path contract
+_CONFORMS: type[FastConnection] = NativeConnection
+
+
+__all__ = ["DEFAULT_MAX_DATAGRAM", "SMALL_BATCH", "NativeConnection"]

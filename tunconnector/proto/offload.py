@@ -191,6 +191,19 @@ def complete_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None
     _U16.pack_into(pkt, pos, c)
 
 
+_CSUM_FIELDS = struct.Struct("<HH")  # csum_start, csum_offset of a virtio_net_hdr (offset 6)
+
+
+def completed_packet(frame: bytes | bytearray | memoryview) -> bytearray:
+    """The packet of a NEEDS_CSUM device frame (virtio_net_hdr + packet), copied, with its
+    checksum finished: for one that leaves as plain DATA, without the header that would
+    let the far end finish it. RemoteProtocolError when the header points outside it."""
+    pkt = bytearray(frame[VNET_HDR_LEN:])
+    start, off = _CSUM_FIELDS.unpack_from(frame, 6)
+    complete_checksum(pkt, start, off)
+    return pkt
+
+
 def l3_offset_of_frame(frame: bytes | bytearray | memoryview) -> int:
     """Offset of the IP header in an Ethernet frame (one or two VLAN tags skipped)."""
     off = ETH_HLEN
