@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from . import __version__
 from .errors import TransportError
 from .ovpnconfig import Management as Spec
+from .proto.openvpn.mgmt import GREETING, VERSION, StateEntry, history, parse_command
+from .proto.openvpn.mgmt import signal_name as _signal_name
+from .proto.openvpn.mgmt import verb as _verb
 
 log = logging.getLogger("tunconnector.openvpn.management")
 
-VERSION = 5
 #: what `version` reports as openvpn's title (tools parse the "OpenVPN 2.x" prefix)
 TITLE = f"OpenVPN 2.6.14 tunconnector-{__version__} [openvpn-compatible client]"
-GREETING = f">INFO:OpenVPN Management Interface Version {VERSION} -- type 'help' for more info"
 PASSWORD_TRIES = 3
 
 HELP = [
@@ -61,7 +62,6 @@ HELP = [
     "version [n]            : Set client's version to n or show current version of daemon.",
     "END",
 ]
-SIGNALS = ("SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 _FLAGS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W",
           logging.ERROR: "N", logging.CRITICAL: "F"}
 
@@ -75,24 +75,6 @@ class Backend:
     signal: Callable[[str], None]
     hold_release: Callable[[], None]
     verb: list[int] = field(default_factory=lambda: [1])
-
-
-@dataclass(slots=True)
-class StateEntry:
-    when: int
-    name: str
-    desc: str = ""
-    local_ip: str = ""
-    remote: str = ""
-    remote_port: str = ""
-    local_addr: str = ""
-    local_port: str = ""
-    local_ip6: str = ""
-
-    def line(self) -> str:
-        out = (f"{self.when},{self.name},{self.desc},{self.local_ip},{self.remote},"
-               f"{self.remote_port},{self.local_addr},{self.local_port}")
-        return out + (f",{self.local_ip6}" if self.local_ip6 else "")
 
 
 def _query_line(kind: str) -> str:
@@ -292,16 +274,14 @@ class Management:
 
     def _command(self, c: _Client, line: str) -> bool:  # noqa: C901
         """Run one command; False closes the connection."""
-        from .ovpnconfig import split_line
-
         try:
-            p = split_line(line)
+            p = parse_command(line)
         except ValueError as exc:
             c.send(f"ERROR: {exc}")
             return True
-        if not p:
+        if p is None:
             return True
-        cmd, args = p[0], p[1:]
+        cmd, args = p
 
         def need(n: int) -> bool:
             if len(args) < n:
@@ -341,8 +321,8 @@ class Management:
                 c.send("SUCCESS: bytecount interval changed")
         elif cmd == "signal":
             if need(1):
-                name = args[0].upper()
-                if name not in SIGNALS:
+                name = _signal_name(args[0])
+                if name is None:
                     c.send(f"ERROR: signal '{args[0]}' is not a known signal type")
                 else:
                     c.send(f"SUCCESS: signal {name} thrown")
@@ -353,14 +333,8 @@ class Management:
         elif cmd == "hold":
             self._hold(c, args[0] if args else None)
         elif cmd == "verb":
-            if args:
-                try:
-                    self.backend.verb[0] = int(args[0])
-                    c.send("SUCCESS: verb level changed")
-                except ValueError:
-                    c.send("ERROR: verb level is out of range")
-            else:
-                c.send(f"SUCCESS: verb={self.backend.verb[0]}")
+            reply, self.backend.verb[0] = _verb(args, self.backend.verb[0])
+            c.send(reply)
         elif cmd == "echo":
             if need(1):
                 for parm in args[:2]:
@@ -375,25 +349,13 @@ class Management:
         return True
 
     def _history(self, c: _Client, parm: str, kind: str, lines: list[str]) -> None:
-        if parm in ("on", "off"):
-            on = parm == "on"
+        reply, realtime = history(parm, kind, lines)
+        if realtime is not None:
             if kind == "state":
-                c.state_rt = on
+                c.state_rt = realtime
             elif kind == "log":
-                c.log_rt = on
-            c.send(f"SUCCESS: real-time {kind} notification set to {parm.upper()}")
-            return
-        n = 0
-        if parm != "all":
-            try:
-                n = int(parm)
-            except ValueError:
-                n = 0
-            if n <= 0:
-                c.send(f"ERROR: {kind} parameter must be 'on' or 'off' or some number n "
-                       "or 'all'")
-                return
-        c.send(*(lines[-n:] if n else lines), "END")
+                c.log_rt = realtime
+        c.send(*reply)
 
     def _answer(self, c: _Client, what: str, kind: str, value: str) -> None:
         q = self._query
