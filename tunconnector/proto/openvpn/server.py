@@ -547,12 +547,18 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self._auth_failed(ks, now)
         else:
             self._auth = "ok"
-            self.state = "handshake"
-            if self._push_requested:
-                self._send_push_reply(ks, now)
-                # the reply leaves now, not with the client's next PUSH_REQUEST
-                if not self._send_tls(ks, now):
-                    return
+            self._go_on(ks, now)
+            return
+        self._flush(now)
+
+    def _go_on(self, ks: KeyState[ClientKeyMessage], now: float) -> None:
+        """The client is let in: to the handshake state, and the PUSH_REPLY it asked for
+        leaves now, not with the client's next PUSH_REQUEST."""
+        self.state = "handshake"
+        if self._push_requested:
+            self._send_push_reply(ks, now)
+            if not self._send_tls(ks, now):
+                return
         self._flush(now)
 
     def _reauth_result(self, ok: bool, now: float, reason: str) -> None:
@@ -600,11 +606,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 self._flush(now)
                 return
             self._cc = "done"
-            self.state = "handshake"
-            if self._push_requested:
-                self._send_push_reply(ks, now)
-                if not self._send_tls(ks, now):
-                    return
+            self._go_on(ks, now)
+            return
         self._flush(now)
 
     def _connect_failed(self, ks: KeyState[ClientKeyMessage], now: float,
