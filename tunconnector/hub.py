@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import hashlib
 import heapq
 import hmac
@@ -60,7 +61,7 @@ from .keys import decode_key, encode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
-from .proto.fairshare import RoundBudget
+from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
@@ -103,6 +104,16 @@ MIN_SHARE = 8
 MAX_ISOLATED = 64
 ISOLATED_BATCH = 64
 ISOLATED_RCVBUF = 1 << 20
+#: a peer whose own queue keeps losing more than FLOOD_RATIO of what it sends (in
+#: FLOOD_WINDOWS windows of FLOOD_WINDOW s in a row) ignores loss: a flood (see
+#: proto/fairshare.FloodJudge). Its queue is then read ISOLATED_BATCH datagrams at a time
+#: with a FLOOD_REST pause after a full read (at most 12,800 datagrams/s), so the process
+#: stays idle often enough to answer the other peers at once; the ration ends after a
+#: window without loss
+FLOOD_WINDOW = 0.1
+FLOOD_RATIO = 0.2
+FLOOD_WINDOWS = 3
+FLOOD_REST = 0.005
 #: once the shared socket's queue overflows (a flood, from strangers as well), every peer
 #: that is up gets such a queue too (protected, within MAX_ISOLATED), and the shared
 #: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
@@ -134,7 +145,7 @@ class HubPeer:
     __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
                  "native", "secure", "addr", "raw", "up", "started", "last_handshake",
                  "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
-                 "own", "own_drops", "past_handshakes")
+                 "own", "own_drops", "own_read", "judge", "past_handshakes")
 
     def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
         self.name = cfg.name
@@ -162,6 +173,9 @@ class HubPeer:
         #: count there already added to ``stats.drops["peer_budget"]``
         self.own: UdpEndpoint | None = None
         self.own_drops = 0
+        #: datagrams read from its own queue, and whether it is sending a flood there
+        self.own_read = 0
+        self.judge: FloodJudge | None = None
         #: handshakes of its sessions that ended (the count in the status goes on)
         self.past_handshakes = 0
 
@@ -310,6 +324,8 @@ class Hub:
             "tx_packets": p.stats.tx_packets,
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
+            # its own queue is read on a ration: it keeps sending beyond what it loses
+            "rationed": p.judge is not None and p.judge.flooding,
         }
 
     def peers_status(self) -> list[dict[str, Any]]:
@@ -845,8 +861,34 @@ class Hub:
             return
         p.own = UdpEndpoint(sock, p.stats.drops)
         p.own_drops = 0
-        p.own.start(self._on_udp_batch, max_batch=ISOLATED_BATCH)
+        p.own_read = 0
+        p.judge = FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS)
+        p.own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
         self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
+
+    def _on_own_batch(self, p: HubPeer, batch: list[tuple[bytes, Addr]]) -> None:
+        """A batch from a peer's own queue; now and then, judge whether it floods."""
+        self._on_udp_batch(batch)
+        p.own_read += len(batch)
+        own, judge = p.own, p.judge
+        if own is None or judge is None or self._loop is None:
+            return  # the batch ended its session
+        now = self._loop.time()
+        if not judge.due(now):
+            return
+        self._sync_own_drops(p)
+        was = judge.flooding
+        if judge.sample(now, p.own_read, p.own_drops) == was:
+            return
+        if judge.flooding:
+            own.budget(ISOLATED_BATCH, FLOOD_REST)
+            self.log.warning("hub %s: peer %s: its queue keeps overflowing (a flood): "
+                             "read at most %d datagrams per %.0f ms", self.name, p.name,
+                             ISOLATED_BATCH, FLOOD_REST * 1000)
+        else:
+            own.budget(ISOLATED_BATCH, 0.0)
+            self.log.info("hub %s: peer %s: no more loss at its queue: read in full",
+                          self.name, p.name)
 
     def _unisolate(self, p: HubPeer) -> None:
         if p.own is None:
@@ -855,6 +897,8 @@ class Hub:
         p.own.close()
         p.own = None
         p.own_drops = 0
+        p.own_read = 0
+        p.judge = None
 
     def _sync_own_drops(self, p: HubPeer) -> None:
         """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
