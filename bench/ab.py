@@ -5,10 +5,11 @@
 
 Why alternate: on a shared machine the load moves by more than the difference between two
 builds; running A, B, A, B (per peer and round: A's tunnel started, one iperf3 stream
-for ``--seconds``, stopped, then B's) puts both builds under the same load. Each
-checkout runs its own code (``python -m tunconnector`` of the running interpreter, with
+for ``--seconds`` and 100 pings 10 ms apart, stopped, then B's) puts both builds under the
+same load. Each checkout runs its own code (``python -m tunconnector`` of the running interpreter, with
 ``PYTHONPATH`` at the checkout). Reported per peer and build: Gbit/s and Gbit per
-CPU-second of the two tunnel processes (mean of the rounds), and B/A for both.
+CPU-second of the two tunnel processes and mean ping RTT (means of the rounds), and B/A
+for each.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfSer
                 continue
             cpu = measure.cpu_seconds(peer.pids) - c0
             break
+        rtt = measure.ping_rtt_ms(topo, peer.target, 100)  # the latency lane's share
     finally:
         peer.stop(topo)
-    return {"gbps": gbps, "cpu_s": cpu, "gbit_per_cpu_s": gbps * seconds / cpu if cpu else 0.0}
+    return {"gbps": gbps, "cpu_s": cpu, "gbit_per_cpu_s": gbps * seconds / cpu if cpu else 0.0,
+            "rtt_ms": rtt}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.seconds)
                         runs[name][label].append(row)
                         print(f"round {rnd + 1} {label} {name:24} {row['gbps']:6.2f} Gbit/s "
-                              f"{row['gbit_per_cpu_s']:6.2f} Gbit/CPU-s", flush=True)
+                              f"{row['gbit_per_cpu_s']:6.2f} Gbit/CPU-s "
+                              f"{row['rtt_ms']:6.3f} ms", flush=True)
         finally:
             server.stop()
     summary: dict[str, Any] = {}
@@ -90,20 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         s: dict[str, Any] = {}
         for label in ("A", "B"):
             s[label] = {k: round(statistics.mean(r[k] for r in by[label]), 3)
-                        for k in ("gbps", "gbit_per_cpu_s")}
+                        for k in ("gbps", "gbit_per_cpu_s", "rtt_ms")}
         s["ratio_gbps"] = round(s["B"]["gbps"] / s["A"]["gbps"], 3) if s["A"]["gbps"] else None
         s["ratio_per_cpu"] = (round(s["B"]["gbit_per_cpu_s"] / s["A"]["gbit_per_cpu_s"], 3)
                               if s["A"]["gbit_per_cpu_s"] else None)
+        s["ratio_rtt"] = (round(s["B"]["rtt_ms"] / s["A"]["rtt_ms"], 3)
+                          if s["A"]["rtt_ms"] else None)
         summary[name] = s
     out = {"started": started, "load_at_start": round(load0, 2),
            "load_at_end": round(os.getloadavg()[0], 2), "rounds": args.rounds,
            "seconds": args.seconds, "summary": summary, "runs": runs}
-    print("| peer | A Gbit/s | B Gbit/s | B/A | A Gbit/CPU-s | B Gbit/CPU-s | B/A |")
-    print("|---|---|---|---|---|---|---|")
+    print("| peer | A Gbit/s | B Gbit/s | B/A | A Gbit/CPU-s | B Gbit/CPU-s | B/A "
+          "| A RTT ms | B RTT ms | B/A |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():
         print(f"| {name} | {s['A']['gbps']:.2f} | {s['B']['gbps']:.2f} | {s['ratio_gbps']} "
               f"| {s['A']['gbit_per_cpu_s']:.2f} | {s['B']['gbit_per_cpu_s']:.2f} "
-              f"| {s['ratio_per_cpu']} |")
+              f"| {s['ratio_per_cpu']} | {s['A']['rtt_ms']:.3f} | {s['B']['rtt_ms']:.3f} "
+              f"| {s['ratio_rtt']} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
