@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import functools
 import hashlib
 import heapq
@@ -37,7 +36,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +56,19 @@ from .io.udp import (
     open_udp,
     socket_drops,
 )
-from .keys import decode_key, encode_key, load_key_file, resolve_cipher
+from .keys import decode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
 from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
+from .proto.hubtable import HubPeer, PeerTable
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
 from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
 from .proto.offload import GsoFrame
-from .proto.pool import AddressPool, PoolExhausted
+from .proto.pool import AddressPool
 from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
 from .proto.secure import (
@@ -77,7 +77,6 @@ from .proto.secure import (
     PROLOGUE,
     AuthFailure,
     HandshakeComplete,
-    HandshakeGuard,
     Rekeyed,
     SecureChannel,
     SessionExpired,
@@ -131,64 +130,16 @@ Listener = Callable[[Any, State, State], None]
 
 
 @dataclass(slots=True)
-class PeerStats:
-    rx_bytes: int = 0
-    rx_packets: int = 0
-    tx_bytes: int = 0
-    tx_packets: int = 0
-    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+class OwnQueue:
+    """A peer's own receive queue, once it sent beyond its share (see ``Hub._isolate``)."""
 
-
-class HubPeer:
-    """One configured peer: its key, addresses, protocol state and counters."""
-
-    __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
-                 "native", "secure", "addr", "raw", "up", "started", "last_handshake",
-                 "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
-                 "own", "own_drops", "own_read", "judge", "past_handshakes")
-
-    def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
-        self.name = cfg.name
-        self.cfg = cfg
-        self.key_b64 = encode_key(public)
-        self.public = public
-        self.psk = psk
-        self.address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-        self.prefixes: list[str] = []
-        self.native: NativeEndpoint | None = None
-        self.secure: SecureChannel | None = None
-        self.addr: Addr | None = None  # where the peer is now (normalized)
-        self.raw: Any = None  # ... as recvfrom() returns it (the fast-path key)
-        self.up = False
-        self.started = False
-        self.last_handshake: float | None = None  # wall clock
-        self.timer_at: float | None = None
-        self.indices: set[int] = set()
-        self.stats = PeerStats()
-        self.assignment: Assignment | None = None
-        self.routes_installed: list[str] = []
-        #: replay and rate state of its initiations, kept when its channel is renewed
-        self.guard = HandshakeGuard()
-        #: its own receive queue once it sent beyond its share, and the kernel's drop
-        #: count there already added to ``stats.drops["peer_budget"]``
-        self.own: UdpEndpoint | None = None
-        self.own_drops = 0
-        #: datagrams read from its own queue, and whether it is sending a flood there
-        self.own_read = 0
-        self.judge: FloodJudge | None = None
-        #: handshakes of its sessions that ended (the count in the status goes on)
-        self.past_handshakes = 0
-
-    @property
-    def handshakes(self) -> int:
-        return self.past_handshakes + (self.secure.handshakes if self.secure else 0)
-
-    def same_as(self, cfg: PeerConfig) -> bool:
-        """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
-        return (cfg.public_key.strip() == self.cfg.public_key.strip()
-                and cfg.address == self.cfg.address
-                and list(cfg.allowed_ips) == list(self.cfg.allowed_ips)
-                and cfg.key_file == self.cfg.key_file)
+    endpoint: UdpEndpoint
+    #: whether its sender floods (it keeps sending beyond what it loses)
+    judge: FloodJudge
+    #: the kernel's drop count there already added to the peer's ``peer_budget`` drops
+    drops: int = 0
+    #: datagrams read from it
+    read: int = 0
 
 
 def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
@@ -227,14 +178,14 @@ class Hub:
         self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
         self._shared_count = 0
         self._stopping = False
-        self.peers: dict[str, HubPeer] = {}
-        self._by_key: dict[bytes, HubPeer] = {}
         self._by_raw: dict[Any, HubPeer] = {}
         self._by_index: dict[int, HubPeer] = {}
         self.router = Router(client_to_client=config.client_to_client)
         self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
                              move_after=config.mac_move_after)
-        self.pool: AddressPool | None = None
+        self.table = PeerTable(config, self.mtu, self.router, self.macs, None)
+        #: the peers with a receive queue of their own (see _isolate)
+        self._own: dict[HubPeer, OwnQueue] = {}
         self.cookies = CookieChecker()
         self._limiter = TokenBucketLimiter()
         self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
@@ -255,6 +206,14 @@ class Hub:
         self._kernel_routes: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ public face
+    @property
+    def peers(self) -> dict[str, HubPeer]:
+        return self.table.peers
+
+    @property
+    def pool(self) -> AddressPool | None:
+        return self.table.pool
+
     def add_listener(self, callback: Listener) -> None:
         self._listeners.append(callback)
 
@@ -325,7 +284,7 @@ class Hub:
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
             # its own queue is read on a ration: it keeps sending beyond what it loses
-            "rationed": p.judge is not None and p.judge.flooding,
+            "rationed": (q := self._own.get(p)) is not None and q.judge.flooding,
         }
 
     def peers_status(self) -> list[dict[str, Any]]:
@@ -453,11 +412,11 @@ class Hub:
     def _setup_pool(self) -> None:
         cfg = self.config
         if cfg.pool is None:
-            self.pool = None
+            self.table.pool = None
             return
         reserved: list[Any] = [i.ip for i in cfg.interfaces]
         reserved += [p.address.split("/")[0] for p in cfg.peer if p.address]
-        self.pool = AddressPool(cfg.pool, reserved=reserved)
+        pool = self.table.pool = AddressPool(cfg.pool, reserved=reserved)
         path = self.state_path()
         try:
             data = json.loads(path.read_text())
@@ -467,17 +426,18 @@ class Hub:
             self.log.warning("hub %s: state file %s unreadable (%s): starting afresh",
                              self.name, path, exc)
             return
-        n = self.pool.load(data.get("pool") if isinstance(data, dict) else None)
+        n = pool.load(data.get("pool") if isinstance(data, dict) else None)
         self.log.info("hub %s: %d address leases restored from %s", self.name, n, path)
 
     def _save_pool(self) -> None:
-        if self.pool is None:
+        pool = self.pool
+        if pool is None:
             return
         path = self.state_path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"pool": self.pool.dump()}, indent=1))
+            tmp.write_text(json.dumps({"pool": pool.dump()}, indent=1))
             os.replace(tmp, path)
         except OSError as exc:
             self.stats.drops["state_file_error"] += 1
@@ -508,141 +468,36 @@ class Hub:
         self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
-    def _hub_networks(self) -> list[str]:
-        ifaces = [i.network for i in self.config.interfaces]
-        nets = [str(n) for n in ifaces]
-        if self.config.pool:
-            pool: Any = ipaddress.ip_network(self.config.pool, strict=False)
-            if not any(n.version == pool.version and pool.subnet_of(n) for n in ifaces):
-                nets.append(str(pool))
-        return nets
-
-    def _prefix_len_for(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-        for i in self.config.interfaces:
-            if addr in i.network:
-                return i.network.prefixlen
-        if self.config.pool:
-            net = ipaddress.ip_network(self.config.pool, strict=False)
-            if addr in net:
-                return net.prefixlen
-        return addr.max_prefixlen
-
     def _apply_peer_table(self, table: Iterable[PeerConfig], *, initial: bool = False
                           ) -> dict[str, list[str]]:
-        """Make the peers exactly ``table``: add, remove, change; unchanged ones keep
-        their sessions. Returns the names by outcome."""
-        table = list(table)
-        if not initial:  # the same checks as the config file's (names, keys, addresses)
-            dataclasses.replace(self.config, peer=table).validate_hub(self.name)
-        new = {p.name: p for p in table}
-        result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [],
-                                        "unchanged": []}
-        for name in [n for n in self.peers if n not in new]:
-            self._remove_peer(name)
-            result["removed"].append(name)
-        keys_in_use = {p.public_key.strip(): p.name for p in table}
-        for i, pc in enumerate(table):
-            old = self.peers.get(pc.name)
-            if old is not None and old.same_as(pc):
-                old.cfg = pc
-                result["unchanged"].append(pc.name)
-                continue
-            if keys_in_use.get(pc.public_key.strip()) != pc.name:
-                raise ConfigError(f"peer[{i}].public_key: the same key is given to two peers")
-            public, psk = _peer_key(pc, f"peer[{i}]")
-            if old is not None:
-                self._remove_peer(pc.name)
-                result["changed"].append(pc.name)
-            else:
-                result["added"].append(pc.name)
-            other = self._by_key.get(public)
-            if other is not None:  # the key moved to a new name
-                self._remove_peer(other.name)
-            self._add_peer(HubPeer(pc, public, psk))
-        self._assign_all()
+        """Make the peers exactly ``table`` (see :meth:`PeerTable.apply`), then end the
+        sessions of the peers it removed and write down changed leases."""
+        try:
+            result = self.table.apply(table, _peer_key, initial=initial)
+        finally:
+            changes = self.table.take_changes()
+            for p in changes.removed:
+                self._peer_removed(p)
+        for p, why in changes.no_address:
+            self.log.warning("hub %s: peer %s gets no address: %s", self.name, p.name, why)
         self._refresh_mac_keys()
-        if not initial:
+        if changes.leases_changed or not initial:
             self._save_pool()
         return result
 
-    def _add_peer(self, p: HubPeer) -> None:
-        self.peers[p.name] = p
-        self._by_key[p.public] = p
-        if self.tap and p.cfg.mac is not None:
-            self.macs.pin(parse_mac(p.cfg.mac), p)
-        if p.cfg.address is not None and self.pool is not None:
-            self.pool.reserve(p.cfg.address.split("/")[0])
-
-    def _remove_peer(self, name: str) -> None:
-        p = self.peers.pop(name, None)
-        if p is None:
-            return
+    def _peer_removed(self, p: HubPeer) -> None:
         if p.up:
             self._peer_state(p, False, "removed")
-        self._by_key.pop(p.public, None)
         if p.raw is not None:
             self._by_raw.pop(p.raw, None)
         for i in p.indices:
             if self._by_index.get(i) is p:
                 del self._by_index[i]
         self._unisolate(p)
-        self.router.remove_peer(p)
-        self.macs.forget_port(p)
-        self.macs.unpin_port(p)
-        if p.cfg.address is not None and self.pool is not None:
-            self.pool.unreserve(p.cfg.address.split("/")[0])
         p.native = None
         p.secure = None
         p.timer_at = None  # its heap entries are now stale
-        self.log.info("hub %s: peer %s removed", self.name, name)
-
-    def _assign_all(self) -> None:
-        """Addresses, prefixes and assignments of every peer (after any table change)."""
-        active = [p.key_b64 for p in self.peers.values()]
-        changed = False
-        for p in self.peers.values():
-            if p.cfg.address is not None:
-                p.address = ipaddress.ip_address(p.cfg.address.split("/")[0])
-            elif self.pool is not None:
-                before = self.pool.lookup(p.key_b64)
-                try:
-                    p.address = self.pool.assign(p.key_b64, active=active)
-                except PoolExhausted as exc:
-                    self.log.warning("hub %s: peer %s gets no address: %s", self.name,
-                                     p.name, exc)
-                    p.address = None
-                changed = changed or before != p.address
-            else:
-                p.address = None
-            prefixes = ([f"{p.address}/{p.address.max_prefixlen}"] if p.address else [])
-            prefixes += [str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips]
-            p.prefixes = prefixes
-            self.router.set_peer(p, prefixes)
-        for p in self.peers.values():
-            p.assignment = self._assignment_for(p)
-            if p.secure is not None:
-                p.secure.response_extra = p.assignment.encode()
-        if changed:
-            self._save_pool()
-
-    def _assignment_for(self, p: HubPeer) -> Assignment:
-        cfg = self.config
-        address = None
-        if p.address is not None:
-            address = f"{p.address}/{self._prefix_len_for(p.address)}"
-        routes = list(self._hub_networks())
-        if cfg.client_to_client:
-            for q in self.peers.values():
-                if q is not p:
-                    routes += [str(ipaddress.ip_network(n, strict=False))
-                               for n in q.cfg.allowed_ips]
-        routes += [str(ipaddress.ip_network(r, strict=False)) for r in cfg.push_routes]
-        own = set(str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips)
-        routes = list(dict.fromkeys(r for r in routes if r not in own))
-        gateway = None
-        if self.tap and cfg.interfaces:
-            gateway = str(cfg.interfaces[0].ip)
-        return Assignment(address, tuple(routes), self.mtu, gateway)
+        self.log.info("hub %s: peer %s removed", self.name, p.name)
 
     async def _sync_kernel_routes(self) -> None:
         """Kernel routes for the peers' allowed_ips via the hub's device."""
@@ -849,8 +704,7 @@ class Hub:
         anything on it, and the shared socket stays free for the others. Also for
         every peer that is up once the shared queue overflows (``why``)."""
         udp = self._udp
-        if (p.own is not None or p.raw is None or udp is None
-                or sum(1 for q in self.peers.values() if q.own is not None) >= MAX_ISOLATED):
+        if p in self._own or p.raw is None or udp is None or len(self._own) >= MAX_ISOLATED:
             return
         try:
             sock = open_connected_twin(udp.sock, p.raw, rcvbuf=ISOLATED_RCVBUF,
@@ -859,55 +713,51 @@ class Hub:
             self.stats.drops["isolate_failed"] += 1
             self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
             return
-        p.own = UdpEndpoint(sock, p.stats.drops)
-        p.own_drops = 0
-        p.own_read = 0
-        p.judge = FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS)
-        p.own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
+        own = UdpEndpoint(sock, p.stats.drops)
+        self._own[p] = OwnQueue(own, FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS))
+        own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
         self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
 
     def _on_own_batch(self, p: HubPeer, batch: list[tuple[bytes, Addr]]) -> None:
         """A batch from a peer's own queue; now and then, judge whether it floods."""
         self._on_udp_batch(batch)
-        p.own_read += len(batch)
-        own, judge = p.own, p.judge
-        if own is None or judge is None or self._loop is None:
+        q = self._own.get(p)
+        if q is None or self._loop is None:
             return  # the batch ended its session
+        q.read += len(batch)
         now = self._loop.time()
+        judge = q.judge
         if not judge.due(now):
             return
         self._sync_own_drops(p)
         was = judge.flooding
-        if judge.sample(now, p.own_read, p.own_drops) == was:
+        if judge.sample(now, q.read, q.drops) == was:
             return
         if judge.flooding:
-            own.budget(ISOLATED_BATCH, FLOOD_REST)
+            q.endpoint.budget(ISOLATED_BATCH, FLOOD_REST)
             self.log.warning("hub %s: peer %s: its queue keeps overflowing (a flood): "
                              "read at most %d datagrams per %.0f ms", self.name, p.name,
                              ISOLATED_BATCH, FLOOD_REST * 1000)
         else:
-            own.budget(ISOLATED_BATCH, 0.0)
+            q.endpoint.budget(ISOLATED_BATCH, 0.0)
             self.log.info("hub %s: peer %s: no more loss at its queue: read in full",
                           self.name, p.name)
 
     def _unisolate(self, p: HubPeer) -> None:
-        if p.own is None:
+        if p not in self._own:
             return
         self._sync_own_drops(p)
-        p.own.close()
-        p.own = None
-        p.own_drops = 0
-        p.own_read = 0
-        p.judge = None
+        self._own.pop(p).endpoint.close()
 
     def _sync_own_drops(self, p: HubPeer) -> None:
         """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
-        if p.own is None:
+        q = self._own.get(p)
+        if q is None:
             return
-        n = socket_drops(p.own.sock)
-        if n > p.own_drops:
-            p.stats.drops["peer_budget"] += n - p.own_drops
-            p.own_drops = n
+        n = socket_drops(q.endpoint.sock)
+        if n > q.drops:
+            p.stats.drops["peer_budget"] += n - q.drops
+            q.drops = n
 
     def _send_reset(self, session: int, addr: Addr, now: float) -> None:
         """Data for a session we do not have (we restarted, or it ended): tell the
@@ -997,7 +847,7 @@ class Hub:
         except RemoteProtocolError:
             stats.drops["handshake_failed"] += 1
             return None
-        p = self._by_key.get(hs.rs or b"")
+        p = self.table.by_key(hs.rs or b"")
         if p is None:
             stats.drops["unknown_peer"] += 1
             return None
@@ -1307,8 +1157,7 @@ class Hub:
             p.indices = set()
         self._by_raw.clear()
         self._by_index.clear()
-        self.peers.clear()
-        self._by_key.clear()
+        self.table.clear()
 
 
 class PeerHooks:
