@@ -6,8 +6,8 @@
 Why alternate: on a shared machine the load moves by more than the difference between two
 builds; running A, B, A, B (per peer and round: A's tunnel started, one iperf3 stream
 for ``--seconds`` and 100 pings 10 ms apart, stopped, then B's) puts both builds under the
-same load. Each checkout runs its own code (``python -m tunconnector`` of the running interpreter, with
-``PYTHONPATH`` at the checkout). Reported per peer and build: Gbit/s and Gbit per
+same load. Each checkout runs its own code (``python -m tunconnector`` of the running
+interpreter, with ``PYTHONPATH`` at the checkout). Reported per peer and build: Gbit/s and Gbit per
 CPU-second of the two tunnel processes and mean ping RTT (means of the rounds), and B/A
 for each.
 """
