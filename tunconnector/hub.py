@@ -105,14 +105,16 @@ ISOLATED_BATCH = 64
 ISOLATED_RCVBUF = 1 << 20
 #: a peer whose own queue keeps losing more than FLOOD_RATIO of what it sends (in
 #: FLOOD_WINDOWS windows of FLOOD_WINDOW s in a row) ignores loss: a flood (see
-#: proto/fairshare.FloodJudge). Its queue is then read ISOLATED_BATCH datagrams at a time
-#: with a FLOOD_REST pause after a full read (at most 12,800 datagrams/s), so the process
+#: proto/fairshare.FloodJudge). Its queue is then read FLOOD_BATCH datagrams at a time
+#: with a FLOOD_REST pause after a full read (at most 8,000 datagrams/s; short stints, as
+#: another peer's packet arriving during one waits for its end), so the process
 #: stays idle often enough to answer the other peers at once; the ration ends after a
 #: window without loss
 FLOOD_WINDOW = 0.1
 FLOOD_RATIO = 0.2
 FLOOD_WINDOWS = 3
-FLOOD_REST = 0.005
+FLOOD_BATCH = 16
+FLOOD_REST = 0.002
 #: once the shared socket's queue overflows (a flood, from strangers as well), every peer
 #: that is up gets such a queue too (protected, within MAX_ISOLATED), and the shared
 #: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
@@ -734,10 +736,10 @@ class Hub:
         if judge.sample(now, q.read, q.drops) == was:
             return
         if judge.flooding:
-            q.endpoint.budget(ISOLATED_BATCH, FLOOD_REST)
+            q.endpoint.budget(FLOOD_BATCH, FLOOD_REST)
             self.log.warning("hub %s: peer %s: its queue keeps overflowing (a flood): "
                              "read at most %d datagrams per %.0f ms", self.name, p.name,
-                             ISOLATED_BATCH, FLOOD_REST * 1000)
+                             FLOOD_BATCH, FLOOD_REST * 1000)
         else:
             q.endpoint.budget(ISOLATED_BATCH, 0.0)
             self.log.info("hub %s: peer %s: no more loss at its queue: read in full",
