@@ -94,6 +94,9 @@ DEFAULT_STATE_DIR = "/var/lib/tunconnector"
 PEER_QUEUE = 16
 #: datagrams read from the socket per round at most (reading is cheap: drain it all)
 READ_BATCH = 2048
+#: rounds of READ_BATCH read at once from the shared queue when it goes on its ration
+#: (its content then: up to 16,384 datagrams)
+DRAIN_ROUNDS = 8
 #: datagrams a round processes before the senders above their fair share lose their
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
@@ -124,9 +127,10 @@ SHARED_BATCH = 32
 SHARED_REST = 0.002
 #: ... or once the shared socket carries more than this many datagrams a second (measured
 #: over SHARED_WINDOW s): a hub fast enough to keep its queue from overflowing would
-#: otherwise spend a core reading a stranger's flood while its peers wait behind it
+#: otherwise spend a core reading a stranger's flood while its peers wait behind it; a
+#: short window, as the peers' datagrams queue behind the flood until then
 SHARED_PROTECT_RATE = 20_000
-SHARED_WINDOW = 0.25
+SHARED_WINDOW = 0.05
 
 Listener = Callable[[Any, State, State], None]
 
@@ -698,6 +702,24 @@ class Hub:
         for p in self.peers.values():
             if p.up:
                 self._isolate(p, "protected from the shared queue")
+        if self._loop is not None:
+            self._loop.call_soon(self._drain_shared)
+
+    def _drain_shared(self) -> None:
+        """Once, as the shared queue goes on its ration: what it holds is read now, in
+        rounds through the budgets (the flood cut before decryption). The peers'
+        datagrams that were queued behind the flood before they had queues of their
+        own would otherwise wait for the ration to reach them: a full queue at the
+        ration's pace, most of a second."""
+        udp = self._udp
+        for _ in range(DRAIN_ROUNDS):
+            if udp is None or udp is not self._udp:
+                return
+            batch = udp.drain([], READ_BATCH)
+            if batch:
+                self._on_udp_batch(batch)
+            if len(batch) < READ_BATCH:
+                return
 
     def _isolate(self, p: HubPeer, why: str = "sends beyond its share") -> None:
         """Give a peer that sent beyond its share a receive queue of its own (see

@@ -266,9 +266,12 @@ class UdpEndpoint:
         else:
             batch.append((data, addr))
 
-    def drain(self, batch: list[tuple[Any, Addr]]) -> list[tuple[Any, Addr]]:
-        """Read until EAGAIN or the batch limit, appending to ``batch``; returns it."""
-        limit = self._max_batch
+    def drain(self, batch: list[tuple[Any, Addr]], limit: int | None = None
+              ) -> list[tuple[Any, Addr]]:
+        """Read until EAGAIN or the batch limit (``limit`` reads, if given), appending to
+        ``batch``; returns it."""
+        if limit is None:
+            limit = self._max_batch
         try:
             if self.gro:
                 recvmsg, space, add = self.sock.recvmsg, GRO_CMSG_SPACE, self.add_received
