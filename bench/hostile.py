@@ -56,10 +56,10 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import Env  # noqa: E402
-from hublab import hub_lab, peer, wait_client_address, wait_peers_up  # noqa: E402
+from hublab import hub_lab, peer  # noqa: E402
 from hublab import status as hub_status  # noqa: E402
-from netns import Host, free_port, lab, wait_for  # noqa: E402
-from test_hub import hub_config  # noqa: E402
+from netns import Host, lab, wait_for  # noqa: E402
+from test_hub_flood import tun_hub_two_sites  # noqa: E402
 from test_hub_hostile import SEND, hexmac, mac_of, tap_hub_two_sites  # noqa: E402
 from test_openvpn_hostile import ATTACKER, CL_ADDR, SRV_ADDR  # noqa: E402
 from test_openvpn_static_interop import _pcap_udp_payloads, genkey, tc_tunnel  # noqa: E402
@@ -347,16 +347,7 @@ def item1(work: Path) -> Iterator[Scenario]:
 def item2(work: Path) -> Iterator[Scenario]:
     """TUN hub, attacker site-a (client 0) floods through its tunnel, victim site-b."""
     with hub_lab(2) as hl:
-        port = free_port()
-        peers = [{"name": "site-a", "public_key": hl.keys[0][1], "address": "10.220.0.50"},
-                 {"name": "site-b", "public_key": hl.keys[1][1]}]
-        hub = hl.daemon(hl.hub, hub_config(hl, port, c2c=False, peers=peers), "hub")
-        for i in range(2):
-            hl.client(i, port=port)
-        wait_peers_up(hub, ["site-a", "site-b"])
-        for i in range(2):
-            wait_client_address(hl.clients[i], f"hc{i}", "10.220.0.")
-        attacker, victim = hl.clients
+        hub, port, attacker, victim = tun_hub_two_sites(hl)
         sink = hl.hub.popen("iperf3", "-s", "-B", "10.220.0.1", "-p", "5201",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -12,7 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hublab import hub_lab, peer, wait_client_address, wait_peers_up  # noqa: E402
+from harness import Daemon  # noqa: E402
+from hublab import HubLab, hub_lab, peer, wait_client_address, wait_peers_up  # noqa: E402
 from netns import Host, free_port, wait_for  # noqa: E402
 from test_hub import hub_config  # noqa: E402
 
@@ -46,19 +47,26 @@ def listening(host: Host, port: int) -> bool:
     return bool(out.strip())
 
 
+def tun_hub_two_sites(lab: HubLab) -> tuple[Daemon, int, Host, Host]:
+    """A TUN hub with site-a (the flooder, fixed address) and site-b (the victim), both
+    up with their addresses: (hub, port, flooder, victim)."""
+    port = free_port()
+    peers = [{"name": "site-a", "public_key": lab.keys[0][1], "address": "10.220.0.50"},
+             {"name": "site-b", "public_key": lab.keys[1][1]}]
+    hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=False, peers=peers), "hub")
+    for i in range(2):
+        lab.client(i, port=port)
+    wait_peers_up(hub, ["site-a", "site-b"])
+    for i in range(2):
+        wait_client_address(lab.clients[i], f"hc{i}", "10.220.0.")
+    flooder, victim = lab.clients
+    return hub, port, flooder, victim
+
+
 @pytest.mark.parametrize("size", [64, 1400])
 def test_flooding_peer_does_not_starve_another(size: int) -> None:
     with hub_lab(2) as lab:
-        port = free_port()
-        peers = [{"name": "site-a", "public_key": lab.keys[0][1], "address": "10.220.0.50"},
-                 {"name": "site-b", "public_key": lab.keys[1][1]}]
-        hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=False, peers=peers), "hub")
-        for i in range(2):
-            lab.client(i, port=port)
-        wait_peers_up(hub, ["site-a", "site-b"])
-        for i in range(2):
-            wait_client_address(lab.clients[i], f"hc{i}", "10.220.0.")
-        flooder, victim = lab.clients
+        hub, _port, flooder, victim = tun_hub_two_sites(lab)
         servers = [lab.hub.popen("iperf3", "-s", "-B", HUB_IP, "-p", str(p),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for p in (5201, 5202)]
