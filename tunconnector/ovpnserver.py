@@ -1,0 +1,624 @@
+"""The OpenVPN server's I/O: one device, one UDP socket (or a TCP listener), many clients.
+
+Every protocol decision is :class:`~.proto.openvpn.server.OpenVPNServer`'s (which session
+a datagram belongs to, the cookie gate, TLS, keys, pool, CCD, push) and
+:class:`~.proto.router.Router`'s (which client a packet goes to, anti-spoofing on inner
+source addresses, client-to-client). Here we only read, dispatch, write, and run what
+lives outside proto/: the ``auth-user-pass-verify``, ``client-connect`` and
+``client-disconnect`` scripts, the ``ifconfig-pool-persist`` and ``status`` files.
+
+One timer for the server (the earliest deadline of its sessions). UDP: a datagram is
+handed to the server, then the sessions it touched give up their frames (to the device,
+or to another client) and their datagrams. TCP: one stream per client, with the
+server's bounds (``max-clients``, handshakes per source) decided before any TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import TunconnectorError
+from .hooks import run_program
+from .io import netlink as nl
+from .io import routes as rt
+from .io.device import Device
+from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .ovpnserverconf import ServerConfig
+from .proto.connection import (
+    Addr,
+    AuthRequest,
+    ClientConnect,
+    ClientDisconnect,
+    Connected,
+    Disconnected,
+    Notice,
+)
+from .proto.openvpn.ccd import parse_client_config
+from .proto.openvpn.server import OpenVPNServer, OpenVPNServerSession
+from .proto.openvpn.serverstatus import (
+    NO_PEER_ID,
+    ClientRow,
+    RouteRow,
+    ServerSnapshot,
+    real_address,
+    route_address,
+    status_text,
+)
+from .proto.router import DROP, FORWARD
+
+log = logging.getLogger("tunconnector.openvpn.server")
+
+#: datagrams read per loop turn from the shared socket
+READ_BATCH = 64
+#: a script (auth-user-pass-verify, client-connect) that runs longer is a refusal
+SCRIPT_TIMEOUT = 30.0
+#: bytes read from a TCP client per call
+TCP_READ = 65_536
+
+
+class OpenVPNServerTunnel:
+    """An openvpn ``--server`` config served: see the module docstring."""
+
+    def __init__(self, sc: ServerConfig, *, name: str = "openvpn",
+                 netlink: nl.Netlink | None = None) -> None:
+        self.sc = sc
+        self.name = name
+        self.server = OpenVPNServer(sc.options)
+        self.net = sc.expansion()
+        self.device: Device | None = None
+        self.device_name = ""
+        self._netlink = netlink or nl.Netlink()
+        self._udp: UdpEndpoint | None = None
+        self._tcp: asyncio.Server | None = None
+        self._streams: dict[OpenVPNServerSession, asyncio.StreamWriter] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._routes: list[str] = []
+        self.drops: dict[str, int] = {}
+        self.udp_drops: collections.Counter[str] = collections.Counter()
+        self.bytes_in = self.bytes_out = 0
+        self._pool_dirty = False
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._load_pool()
+        await self._open_device()
+        if self.sc.proto == "tcp":
+            await self._open_tcp()
+        else:
+            self._open_udp()
+        self._spawn(self._periodic())
+        log.info("openvpn server %s: %s on %s, device %s", self.name, self.sc.proto,
+                 self.sc.port, self.device_name)
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Tell every client to reconnect (explicit-exit-notify), then close."""
+        now = self._now()
+        for session in list(self.server.sessions.values()):
+            if not session.closed:
+                if self.sc.explicit_exit_notify and self.sc.proto == "udp":
+                    self.server.close_session(session, now)
+        self._flush_all(now)
+        self._drain_events()
+        self._save_pool()
+        self._write_status()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for w in list(self._streams.values()):
+            w.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self.device is not None:
+            assert self._loop is not None
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.device.fd)
+            if self._routes:
+                with contextlib.suppress(Exception):
+                    await self._netlink.call(rt.del_routes, self.device_name, self._routes)
+            self.device.close()
+            self.device = None
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ device
+    async def _open_device(self) -> None:
+        sc, net = self.sc, self.net
+        dev = Device(sc.device or "", "tap" if sc.dev_type == "tap" else "tun")
+        self.device = dev
+        self.device_name = dev.name
+        addresses: list[Any] = []
+        routes: list[str] = list(net.routes)
+        if net.local4 is not None and sc.options.server_bridge is None:
+            if net.topology == "net30" or net.topology == "p2p":
+                addresses.append(ipaddress.ip_interface(f"{net.local4}/32"))
+            elif net.remote_netmask4 is not None:
+                addresses.append(ipaddress.ip_interface(f"{net.local4}/{net.remote_netmask4}"))
+        elif sc.options.server_bridge is not None:
+            ip, mask = sc.options.server_bridge[0], sc.options.server_bridge[1]
+            addresses.append(ipaddress.ip_interface(f"{ip}/{mask}"))
+        if net.local6 is not None:
+            addresses.append(ipaddress.ip_interface(f"{net.local6}/{net.netbits6}"))
+        await self._netlink.call(nl.configure, dev.name, addresses=addresses,
+                                 mtu=sc.options.tun_mtu)
+        routes += sc.routes
+        if routes:
+            self._routes = await self._netlink.call(rt.add_routes, dev.name, routes)
+        assert self._loop is not None
+        self._loop.add_reader(dev.fd, self._on_device_readable)
+
+    def _on_device_readable(self) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        try:
+            frames = dev.read_batch(READ_BATCH)
+        except OSError as exc:
+            log.error("openvpn server %s: device read failed: %s", self.name, exc)
+            return
+        if not frames:
+            return
+        now = self._now()
+        by_peer: dict[int, list[bytes]] = {}
+        router = self.server.router
+        for f in frames:
+            pid = router.outbound(f)
+            if pid is None:
+                self._drop("no_route")
+                continue
+            by_peer.setdefault(pid, []).append(f)  # type: ignore[arg-type]
+        touched = []
+        for pid, fs in by_peer.items():
+            session = self.server.by_peer_id.get(pid)
+            if session is None or session.closed:
+                self._drop("no_session", len(fs))
+                continue
+            session.send_frames(fs, now)
+            touched.append(session)
+        for session in touched:
+            self._flush(session, now)
+
+    # ------------------------------------------------------------------ UDP
+    def _open_udp(self) -> None:
+        sc = self.sc
+        family = family_for(sc.local) if sc.local else family_for(None)
+        if sc.family == 4 and not sc.local:
+            family = socket.AF_INET
+        sock = open_udp(bind=sc.local, port=sc.port, family=family,
+                        rcvbuf=sc.rcvbuf or 4 << 20, sndbuf=sc.sndbuf or 4 << 20)
+        self._udp = UdpEndpoint(sock, self.udp_drops)
+        self._udp.start(self._on_udp_batch, max_batch=READ_BATCH)
+
+    def _on_udp_batch(self, batch: list[tuple[bytes, Any]]) -> None:
+        now = self._now()
+        touched: dict[OpenVPNServerSession, None] = {}
+        server = self.server
+        for data, addr in batch:
+            self.bytes_in += len(data)
+            try:
+                session = server.receive_datagram(bytes(data), normalize(addr), now)
+            except Exception:  # a bug must not take the other clients down
+                log.exception("openvpn server %s: datagram from %s", self.name, addr)
+                self._drop("internal_error")
+                continue
+            if session is not None:
+                touched[session] = None
+        self._after(touched, now)
+
+    # ------------------------------------------------------------------ TCP
+    async def _open_tcp(self) -> None:
+        sc = self.sc
+        host = sc.local or ("0.0.0.0" if sc.family == 4 else None)
+        self._tcp = await asyncio.start_server(self._on_tcp_client, host=host, port=sc.port,
+                                               reuse_address=True)
+
+    async def _on_tcp_client(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        addr: Addr = normalize(tuple(peer)) if peer else None
+        now = self._now()
+        session = self.server.accept_stream(addr, now)
+        if session is None:
+            log.warning("openvpn server %s: TCP client %s refused (%s)", self.name, addr,
+                        ", ".join(f"{k}={v}" for k, v in self.server.drops.items()))
+            writer.close()
+            return
+        self._streams[session] = writer
+        try:
+            while not session.closed:
+                data = await reader.read(TCP_READ)
+                if not data:
+                    break
+                self.bytes_in += len(data)
+                now = self._now()
+                session.receive_stream(data, now)
+                self.server._collect(session)
+                self._after({session: None}, now)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            now = self._now()
+            if not session.closed:
+                self.server.close_session(session, now)
+            self._streams.pop(session, None)
+            self._drain_events()
+            writer.close()
+
+    # ------------------------------------------------------------------ dispatch
+    def _after(self, touched: dict[OpenVPNServerSession, None], now: float) -> None:
+        """What the sessions in ``touched`` produced: events, frames, datagrams."""
+        self._drain_events()
+        for session in list(touched):
+            frames = session.frames_to_deliver()
+            if frames:
+                self._route(session, frames, now, touched)
+        gate = self.server._gate_out
+        if gate:
+            self.server._gate_out = []
+            self._send_datagrams(gate)
+        for session in touched:
+            self._flush(session, now)
+        self._arm()
+
+    def _route(self, session: OpenVPNServerSession, frames: list[bytes], now: float,
+               touched: dict[OpenVPNServerSession, None]) -> None:
+        router = self.server.router
+        to_dev: list[bytes] = []
+        for f in frames:
+            if self.sc.dev_type == "tap":
+                to_dev.append(f)  # TAP: the bridge on our device switches
+                continue
+            v = router.inbound(session.peer_id, f)
+            if v.action == DROP:
+                self._drop(v.reason)
+            elif v.action == FORWARD:
+                other = self.server.by_peer_id.get(v.peer)  # type: ignore[call-overload]
+                if other is None or other.closed:
+                    self._drop("no_session")
+                    continue
+                other.send_frames([f], now)
+                touched[other] = None
+            else:
+                to_dev.append(f)
+        if to_dev and self.device is not None:
+            self.device.write_batch(to_dev)
+
+    def _flush(self, session: OpenVPNServerSession, now: float) -> None:
+        writer = self._streams.get(session)
+        if writer is not None:
+            chunks = session.stream_to_send(now)
+            if chunks:
+                data = b"".join(chunks)
+                self.bytes_out += len(data)
+                writer.write(data)
+            if session.closed:
+                writer.close()
+            return
+        if self.sc.proto == "tcp":
+            session.datagrams_to_send(now)  # a stream already gone: nothing to carry
+            return
+        out = session.datagrams_to_send(now)
+        if out:
+            self._send_datagrams(out)
+
+    def _send_datagrams(self, out: list[tuple[bytes, Addr]]) -> None:
+        udp = self._udp
+        if udp is None:
+            return
+        for data, addr in out:
+            self.bytes_out += len(data)
+            udp.sendto(data, addr)  # type: ignore[arg-type]
+
+    def _flush_all(self, now: float) -> None:
+        gate = self.server._gate_out
+        self.server._gate_out = []
+        self._send_datagrams(gate)
+        for session in list(self.server.sessions.values()):
+            self._flush(session, now)
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    # ------------------------------------------------------------------ timer
+    def _arm(self) -> None:
+        at = self.server.get_timer()
+        if at == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._now()
+        try:
+            self.server.handle_timer(now)
+        except Exception:
+            log.exception("openvpn server %s: timer", self.name)
+        self._drain_events()
+        self._flush_all(now)
+        self._arm()
+
+    # ------------------------------------------------------------------ events
+    def _drain_events(self) -> None:
+        server = self.server
+        while (item := server.next_event()) is not None:
+            session, ev = item
+            if isinstance(ev, Connected):
+                log.info("openvpn server %s: client %s (%s) connected, address %s%s",
+                         self.name, session.common_name or session.username,
+                         _fmt(session.peer), session.address,
+                         f" {session.address6}" if session.address6 else "")
+                self._pool_dirty = True
+            elif isinstance(ev, Disconnected):
+                self._pool_dirty = True
+                writer = self._streams.pop(session, None)
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        chunks = session.stream_to_send(self._now())
+                        if chunks:
+                            writer.write(b"".join(chunks))
+                    writer.close()
+            elif isinstance(ev, AuthRequest):
+                self._spawn(self._auth(session, ev))
+            elif isinstance(ev, ClientConnect):
+                self._spawn(self._client_connect(session, ev))
+            elif isinstance(ev, ClientDisconnect):
+                argv = self.sc.scripts.get("client-disconnect")
+                if argv:
+                    self._spawn(self._run_script(argv, ev.env))
+            elif isinstance(ev, Notice):
+                log.log(ev.level, "openvpn server %s: %s", self.name, ev.message)
+
+    def _script_env(self, session: OpenVPNServerSession, script_type: str) -> dict[str, str]:
+        env = dict(self.sc.setenv)
+        env.update(session.script_env(script_type))
+        env.update(dev=self.device_name, script_context="init", verb="3",
+                   daemon="0", proto_1=self.sc.proto, local_port_1=str(self.sc.port),
+                   config=self.sc.path)
+        if "trusted_ip" in env:
+            env["untrusted_ip"] = env["trusted_ip"]
+            env["untrusted_port"] = env.get("trusted_port", "")
+        return env
+
+    async def _run_script(self, argv: list[str], env: dict[str, str],
+                          extra_args: list[str] | None = None) -> bool:
+        if self.sc.script_security < 2:
+            log.warning("openvpn server %s: %s not run: script-security %d (needs 2)",
+                        self.name, argv[0], self.sc.script_security)
+            return False
+        full = {**dict(self.sc.setenv), **env}
+        result, why = await run_program(list(argv) + (extra_args or []), full,
+                                        SCRIPT_TIMEOUT)
+        if result != "ok":
+            log.info("openvpn server %s: %s: %s", self.name, argv[0], why)
+        return result == "ok"
+
+    async def _auth(self, session: OpenVPNServerSession, ev: AuthRequest) -> None:
+        argv = self.sc.scripts.get("auth-user-pass-verify")
+        env = self._script_env(session, "user-pass-verify")
+        env["username"] = ev.username or ""
+        if ev.common_name:
+            env["common_name"] = ev.common_name
+        ok = False
+        reason = ""
+        if argv:
+            if self.sc.auth_user_pass_verify_via == "via-env":
+                env["password"] = ev.password or ""
+                ok = await self._run_script(argv, env)
+            else:
+                fd, path = tempfile.mkstemp(prefix="tunconnector-auth-")
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(f"{ev.username or ''}\n{ev.password or ''}\n")
+                    ok = await self._run_script(argv, env, [path])
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        if not ok:
+            reason = "auth-user-pass-verify refused the password"
+            log.warning("openvpn server %s: %s (%s): %s", self.name,
+                        ev.common_name or "?", _fmt(session.peer),
+                        f"{reason} of user {ev.username!r}")
+        if session.closed:
+            return
+        now = self._now()
+        self.server.auth_result(session, ok, now, "" if ok else "")
+        self._after({session: None}, now)
+
+    async def _client_connect(self, session: OpenVPNServerSession,
+                              ev: ClientConnect) -> None:
+        argv = self.sc.scripts.get("client-connect")
+        config = None
+        ok = True
+        if argv:
+            fd, path = tempfile.mkstemp(prefix="tunconnector-cc-")
+            os.close(fd)
+            try:
+                env = {**self._script_env(session, "client-connect"), **ev.env}
+                ok = await self._run_script(argv, env, [path])
+                text = Path(path).read_text(errors="replace")
+                if ok and text.strip():
+                    config = parse_client_config(text, f"client-connect {argv[0]}")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            if not ok:
+                log.warning("openvpn server %s: %s (%s) refused by client-connect",
+                            self.name, session.common_name, _fmt(session.peer))
+        if session.closed:
+            return
+        now = self._now()
+        self.server.client_connect_result(session, ok, now, config)
+        self._after({session: None}, now)
+
+    # ------------------------------------------------------------------ files
+    def _load_pool(self) -> None:
+        path = self.sc.pool_persist
+        if not path:
+            return
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("openvpn server %s: ifconfig-pool-persist %s: %s", self.name,
+                        path, exc)
+            return
+        n = self.server.load_pool(text, time.monotonic(),
+                                  fixed=self.sc.pool_persist_seconds == 0)
+        log.info("openvpn server %s: %d address(es) from %s", self.name, n, path)
+
+    def _save_pool(self) -> None:
+        path = self.sc.pool_persist
+        if not path or self.sc.pool_persist_seconds == 0:
+            return
+        tmp = f"{path}.tmp"
+        try:
+            Path(tmp).write_text(self.server.pool_file())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("openvpn server %s: cannot write %s: %s", self.name, path, exc)
+        self._pool_dirty = False
+
+    def snapshot(self) -> ServerSnapshot:
+        clients, routes = [], []
+        wall = int(time.time())
+        for s in self.server.sessions.values():
+            if s.state != "connected":
+                continue
+            host, port = _host_port(s.peer)
+            real = real_address(host, port)
+            cn = s.common_name or s.username or "UNDEF"
+            clients.append(ClientRow(
+                common_name=cn, real_address=real, virtual_address=s.address or "",
+                virtual_ipv6=s.address6 or "", bytes_received=s.link_bytes_in,
+                bytes_sent=s.link_bytes_out, connected_since=s._created_wall,
+                username=s.username or "UNDEF", client_id=s.peer_id,
+                peer_id=s.peer_id if s.peer_id is not None else NO_PEER_ID,
+                cipher=s.cipher or ""))
+            for net in s.prefixes():
+                text = str(net.network_address) if net.prefixlen == net.max_prefixlen \
+                    else str(net)
+                routes.append(RouteRow(route_address(text), cn, real, wall))
+        return ServerSnapshot(wall, tuple(clients), tuple(routes),
+                              bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+
+    def _write_status(self) -> None:
+        path = self.sc.status
+        if not path:
+            return
+        tmp = f"{path}.tmp"
+        try:
+            Path(tmp).write_text(status_text(self.snapshot(), self.sc.status_version))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("openvpn server %s: cannot write %s: %s", self.name, path, exc)
+
+    async def _periodic(self) -> None:
+        """The status file every ``status`` N seconds, the pool file when it changed
+        (at most every ``ifconfig-pool-persist`` SECONDS)."""
+        status_every = max(1, self.sc.status_interval or 60)
+        pool_every = max(1, self.sc.pool_persist_seconds or 600)
+        last_pool = time.monotonic()
+        self._write_status()
+        while True:
+            await asyncio.sleep(min(status_every, 1.0 if self._pool_dirty else status_every))
+            self._write_status()
+            if self._pool_dirty and time.monotonic() - last_pool >= min(pool_every, 1):
+                self._save_pool()
+                last_pool = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        now = self._now()
+        return {"name": self.name, "device": self.device_name, "proto": self.sc.proto,
+                "port": self.sc.port, **self.server.status(now),
+                "adapter_drops": dict(self.drops), "udp_drops": dict(self.udp_drops)}
+
+
+def _host_port(addr: Addr) -> tuple[str, int]:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]
+        return host, int(addr[1])
+    return "?", 0
+
+
+def _fmt(addr: Addr) -> str:
+    host, port = _host_port(addr)
+    return f"{host}:{port}"
+
+
+async def serve(sc: ServerConfig, *, name: str = "openvpn") -> int:
+    """Run ``sc`` until SIGTERM/SIGINT; SIGHUP re-reads the client-config-dir."""
+    import signal
+
+    tunnel = OpenVPNServerTunnel(sc, name=name)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tunnel))
+    try:
+        await tunnel.start()
+    except TunconnectorError as exc:
+        log.error("openvpn server %s: %s", name, exc)
+        await tunnel.stop()
+        return 1
+    log.info("Initialization Sequence Completed")
+    await stop.wait()
+    log.info("openvpn server %s: stopping", name)
+    await tunnel.stop()
+    return 0
+
+
+def _reload(tunnel: OpenVPNServerTunnel) -> None:
+    """SIGHUP: re-read the client-config-dir; clients whose file changed reconnect."""
+    from .ovpnserverconf import load
+
+    try:
+        fresh = load(tunnel.sc.path)
+    except TunconnectorError as exc:
+        log.error("openvpn server %s: reload: %s (the running config stays)",
+                  tunnel.name, exc)
+        return
+    now = tunnel._now()
+    ended = tunnel.server.set_client_configs(fresh.options.client_configs, now)
+    tunnel._drain_events()
+    tunnel._flush_all(now)
+    log.info("openvpn server %s: reloaded client-config-dir, %d client(s) reconnected",
+             tunnel.name, len(ended))
+
+
+__all__ = ["OpenVPNServerTunnel", "serve"]
