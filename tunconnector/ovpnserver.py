@@ -33,6 +33,7 @@ from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
 from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .ovpn_scripts import LINK_MTU_OVERHEAD
 from .ovpnserverconf import ServerConfig
 from .proto.connection import (
     Addr,
@@ -43,6 +44,7 @@ from .proto.connection import (
     Disconnected,
     Notice,
 )
+from .proto.mactable import FLOOD, LOCAL, MacTable
 from .proto.openvpn.ccd import parse_client_config
 from .proto.openvpn.server import OpenVPNServer, OpenVPNServerSession
 from .proto.openvpn.serverstatus import (
@@ -91,6 +93,8 @@ class OpenVPNServerTunnel:
         self.bytes_in = self.bytes_out = 0
         self._pool_dirty = False
         self.started = asyncio.Event()
+        #: TAP: which client (peer-id) or the device (LOCAL) owns a MAC address
+        self.macs: MacTable | None = MacTable() if sc.dev_type == "tap" else None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -136,6 +140,9 @@ class OpenVPNServerTunnel:
                     await self._netlink.call(rt.del_routes, self.device_name, self._routes)
             self.device.close()
             self.device = None
+            down = self.sc.scripts.get("down")
+            if down:
+                await self._run_script(down, self._device_env("down"), self._device_args())
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -159,9 +166,6 @@ class OpenVPNServerTunnel:
                 addresses.append(ipaddress.ip_interface(f"{net.local4}/32"))
             elif net.remote_netmask4 is not None:
                 addresses.append(ipaddress.ip_interface(f"{net.local4}/{net.remote_netmask4}"))
-        elif sc.options.server_bridge is not None:
-            ip, mask = sc.options.server_bridge[0], sc.options.server_bridge[1]
-            addresses.append(ipaddress.ip_interface(f"{ip}/{mask}"))
         if net.local6 is not None:
             addresses.append(ipaddress.ip_interface(f"{net.local6}/{net.netbits6}"))
         await self._netlink.call(nl.configure, dev.name, addresses=addresses,
@@ -171,6 +175,32 @@ class OpenVPNServerTunnel:
             self._routes = await self._netlink.call(rt.add_routes, dev.name, routes)
         assert self._loop is not None
         self._loop.add_reader(dev.fd, self._on_device_readable)
+        up = sc.scripts.get("up")
+        if up and not await self._run_script(up, self._device_env("up"),
+                                             self._device_args()):
+            raise TunconnectorError(f"up script {up[0]!r} failed")
+
+    def _device_args(self) -> list[str]:
+        """openvpn's up/down arguments: dev tun_mtu link_mtu ifconfig_local
+        ifconfig_netmask|ifconfig_remote init (server-bridge: no addresses, as openvpn
+        leaves a bridged device to the operator's up script)."""
+        net, mtu = self.net, self.sc.options.tun_mtu
+        local = "" if net.local4 is None or self.sc.options.server_bridge is not None \
+            else str(net.local4)
+        other = "" if not local or net.remote_netmask4 is None else str(net.remote_netmask4)
+        return [self.device_name, str(mtu), str(mtu + LINK_MTU_OVERHEAD), local, other,
+                "init"]
+
+    def _device_env(self, script_type: str) -> dict[str, str]:
+        args = self._device_args()
+        env = {"script_type": script_type, "dev": self.device_name, "dev_type":
+               self.sc.dev_type, "tun_mtu": args[1], "link_mtu": args[2],
+               "script_context": "init", "config": self.sc.path}
+        if args[3]:
+            env["ifconfig_local"] = args[3]
+            env["ifconfig_netmask" if self.net.topology in ("subnet", None)
+                else "ifconfig_remote"] = args[4]
+        return env
 
     def _on_device_readable(self) -> None:
         dev = self.device
@@ -178,20 +208,34 @@ class OpenVPNServerTunnel:
             return
         try:
             frames = dev.read_batch(READ_BATCH)
-        except OSError as exc:
-            log.error("openvpn server %s: device read failed: %s", self.name, exc)
+        except (OSError, TunconnectorError) as exc:
+            self._drop("device_read_error")
+            log.warning("openvpn server %s: device read failed: %s", self.name, exc)
             return
         if not frames:
             return
         now = self._now()
-        by_peer: dict[int, list[bytes]] = {}
-        router = self.server.router
-        for f in frames:
-            pid = router.outbound(f)
-            if pid is None:
-                self._drop("no_route")
-                continue
-            by_peer.setdefault(pid, []).append(f)  # type: ignore[arg-type]
+        by_peer: dict[Any, list[bytes]] = {}
+        if self.macs is not None:
+            connected = [pid for pid, s in self.server.by_peer_id.items()
+                         if s.state == "connected"]
+            for f in frames:
+                egress, refused = self.macs.decide(f, LOCAL, now)
+                if refused is not None:
+                    self._drop(refused)
+                elif egress == FLOOD:
+                    for pid in connected:
+                        by_peer.setdefault(pid, []).append(f)
+                elif egress is not None and egress is not LOCAL:
+                    by_peer.setdefault(egress, []).append(f)
+        else:
+            router = self.server.router
+            for f in frames:
+                owner = router.outbound(f)
+                if owner is None:
+                    self._drop("no_route")
+                    continue
+                by_peer.setdefault(owner, []).append(f)
         touched = []
         for pid, fs in by_peer.items():
             session = self.server.by_peer_id.get(pid)
@@ -289,9 +333,10 @@ class OpenVPNServerTunnel:
                touched: dict[OpenVPNServerSession, None]) -> None:
         router = self.server.router
         to_dev: list[bytes] = []
+        macs = self.macs
         for f in frames:
-            if self.sc.dev_type == "tap":
-                to_dev.append(f)  # TAP: the bridge on our device switches
+            if macs is not None:
+                self._switch(session, f, now, to_dev, touched)
                 continue
             v = router.inbound(session.peer_id, f)
             if v.action == DROP:
@@ -307,6 +352,35 @@ class OpenVPNServerTunnel:
                 to_dev.append(f)
         if to_dev and self.device is not None:
             self.device.write_batch(to_dev)
+
+    def _switch(self, session: OpenVPNServerSession, f: bytes, now: float,
+                to_dev: list[bytes], touched: dict[OpenVPNServerSession, None]) -> None:
+        """TAP: a learning switch between the device and the clients (client-to-client
+        decides whether clients reach each other, as openvpn's)."""
+        assert self.macs is not None
+        egress, refused = self.macs.decide(f, session.peer_id, now)
+        if refused is not None:
+            self._drop(refused)
+        elif egress is None:
+            self._drop("hairpin")
+        elif egress is LOCAL:
+            to_dev.append(f)
+        elif egress == FLOOD:
+            to_dev.append(f)
+            if self.sc.options.client_to_client:
+                for other in self.server.by_peer_id.values():
+                    if other is not session and other.state == "connected":
+                        other.send_frames([f], now)
+                        touched[other] = None
+        elif not self.sc.options.client_to_client:
+            self._drop("client_to_client")
+        else:
+            other = self.server.by_peer_id.get(egress)  # type: ignore[call-overload]
+            if other is None or other.closed:
+                self._drop("no_session")
+            else:
+                other.send_frames([f], now)
+                touched[other] = None
 
     def _flush(self, session: OpenVPNServerSession, now: float) -> None:
         writer = self._streams.get(session)
@@ -382,6 +456,8 @@ class OpenVPNServerTunnel:
                 self._pool_dirty = True
             elif isinstance(ev, Disconnected):
                 self._pool_dirty = True
+                if self.macs is not None:
+                    self.macs.forget_port(session.peer_id)
                 writer = self._streams.pop(session, None)
                 if writer is not None:
                     with contextlib.suppress(Exception):
@@ -431,7 +507,6 @@ class OpenVPNServerTunnel:
         if ev.common_name:
             env["common_name"] = ev.common_name
         ok = False
-        reason = ""
         if argv:
             if self.sc.auth_user_pass_verify_via == "via-env":
                 env["password"] = ev.password or ""
@@ -445,15 +520,12 @@ class OpenVPNServerTunnel:
                 finally:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
-        if not ok:
-            reason = "auth-user-pass-verify refused the password"
-            log.warning("openvpn server %s: %s (%s): %s", self.name,
-                        ev.common_name or "?", _fmt(session.peer),
-                        f"{reason} of user {ev.username!r}")
         if session.closed:
             return
+        why = f"auth-user-pass-verify refused user {ev.username!r}" if argv \
+            else "auth-user-pass-verify: no script"
         now = self._now()
-        self.server.auth_result(session, ok, now, "" if ok else "")
+        self.server.auth_result(session, ok, now, why=why)  # the session logs a refusal
         self._after({session: None}, now)
 
     async def _client_connect(self, session: OpenVPNServerSession,

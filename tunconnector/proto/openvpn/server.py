@@ -406,7 +406,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if alert and self.remote_session_id is not None:
             self._queue_tls(ks, alert)
             self._send_due(ks, now)
-        self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now)
+        self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now,
+                  logging.WARNING)
 
     def _tls_established(self, ks: KeyState[ClientKeyMessage]) -> None:
         if ks.key_id == 0 and self.common_name is None:
@@ -529,10 +530,13 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self.drops["unknown_control_message"] += 1
 
     def auth_result(self, ok: bool, now: float, reason: str = "",
-                    client_config: ClientConfig | None = None) -> None:
+                    client_config: ClientConfig | None = None, *,
+                    why: str | None = None) -> None:
         """The adapter's answer to :class:`AuthRequest` (client-reason text optional);
         ``client_config``: what a client-connect script wrote, applied after the CCD
-        file as openvpn does."""
+        file as openvpn does; ``why``: a refusal's cause for our log (never sent)."""
+        if not ok and why:
+            self._refusal = why
         if self._reauth is not None and self.state != "closed":
             self._reauth_result(ok, now, reason)
             return
@@ -631,8 +635,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._queue_tls(ks, out)
         if self._close_at is None:
             why = self._auth_reason or self._refusal
-            log.warning("openvpn server: %s refused: %s", self.peer,
-                        why or "authentication failed")
+            ident = ", ".join(f"{k} {v!r}" for k, v in (("common name", self.common_name),
+                                                        ("user", self.username)) if v)
+            log.warning("openvpn server: %s%s refused: %s", self.peer,
+                        f" ({ident})" if ident else "", why or "authentication failed")
             self.last_error = f"authentication failed: {why or 'refused'}"
             self._close_at = now + AUTH_FAILED_LINGER
             self.state = "auth-failed"
@@ -889,10 +895,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _end(self, reason: str, now: float) -> None:
+    def _end(self, reason: str, now: float, level: int = logging.INFO) -> None:
         if self.state == "closed":
             return
-        log.info("openvpn server: %s disconnected: %s", self.peer, reason)
+        log.log(level, "openvpn server: %s disconnected: %s", self.peer, reason)
         if self._cc == "done":
             self._disconnect_hook(now)
         if self.lease is not None:
@@ -1169,8 +1175,9 @@ class OpenVPNServer:
                 self._collect(other)
 
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
-                    reason: str = "", client_config: ClientConfig | None = None) -> None:
-        session.auth_result(ok, now, reason, client_config)
+                    reason: str = "", client_config: ClientConfig | None = None, *,
+                    why: str | None = None) -> None:
+        session.auth_result(ok, now, reason, client_config, why=why)
         self._collect(session)
 
     def client_connect_result(self, session: OpenVPNServerSession, ok: bool, now: float,
