@@ -155,6 +155,10 @@ def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
         from .hub import Hub
 
         return Hub(cfg, netlink=netlink)
+    if cfg.openvpn_config and cfg.mode == "server":
+        from .ovpnserver import OpenVPNServerTunnel
+
+        return OpenVPNServerTunnel.from_tunnel_config(cfg, netlink=netlink)
     if uses_connection(cfg):
         return ConnectionTunnel(cfg, netlink=netlink)
     from .tunnel import Tunnel

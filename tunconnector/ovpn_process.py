@@ -198,9 +198,11 @@ def _run_server(path: str, own: argparse.Namespace) -> int:
     if sc.log:
         _redirect_output(sc.log, sc.log_append)
     setup(own.log_level, own.json_logs)
+    path = os.path.abspath(path)
     if sc.cd:
         os.chdir(sc.cd)
-    return int(run_loop(serve(sc, name=own.name or "openvpn")))
+    return int(run_loop(serve(path, name=own.name or "openvpn", control_dir=own.control_dir,
+                              log_level=own.log_level)))
 
 
 def _standalone(args: list[str]) -> int | None:

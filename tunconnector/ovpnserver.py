@@ -24,10 +24,12 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import TunconnectorError
+from .config import TunnelConfig
+from .errors import ConfigError, TunconnectorError
 from .hooks import run_program
 from .io import netlink as nl
 from .io import routes as rt
@@ -57,6 +59,7 @@ from .proto.openvpn.serverstatus import (
     status_text,
 )
 from .proto.router import DROP, FORWARD
+from .tunnel import State
 
 log = logging.getLogger("tunconnector.openvpn.server")
 
@@ -72,9 +75,20 @@ class OpenVPNServerTunnel:
     """An openvpn ``--server`` config served: see the module docstring."""
 
     def __init__(self, sc: ServerConfig, *, name: str = "openvpn",
-                 netlink: nl.Netlink | None = None) -> None:
+                 netlink: nl.Netlink | None = None, config: TunnelConfig | None = None
+                 ) -> None:
         self.sc = sc
         self.name = name
+        #: the ``[[tunnel]]`` this server is (``openvpn_config`` naming a server config)
+        self.config = config or TunnelConfig(name=name, mode="server", framing="openvpn",
+                                             proto="tcp" if sc.proto == "tcp" else "udp",
+                                             dev_type="tap" if sc.dev_type == "tap"
+                                             else "tun", port=sc.port)
+        self.state = State.STOPPED
+        self.since = time.time()
+        self.error: str | None = None
+        self._listeners: list[Callable[[Any, State, State], None]] = []
+        self._state_changed: asyncio.Event | None = None
         self.server = OpenVPNServer(sc.options)
         self.net = sc.expansion()
         self.device: Device | None = None
@@ -92,26 +106,101 @@ class OpenVPNServerTunnel:
         self.udp_drops: collections.Counter[str] = collections.Counter()
         self.bytes_in = self.bytes_out = 0
         self._pool_dirty = False
+        self.connects = 0
         self.started = asyncio.Event()
         #: TAP: which client (peer-id) or the device (LOCAL) owns a MAC address
         self.macs: MacTable | None = MacTable() if sc.dev_type == "tap" else None
 
+    @classmethod
+    def from_tunnel_config(cls, cfg: TunnelConfig, *, netlink: nl.Netlink | None = None
+                           ) -> OpenVPNServerTunnel:
+        """A ``[[tunnel]]`` whose ``openvpn_config`` is a server config; the tunnel's
+        ``device`` wins over the config's ``dev``."""
+        from .ovpnserverconf import load
+
+        sc = load(cfg.openvpn_config or "")
+        if cfg.device:
+            sc.device = cfg.device
+        return cls(sc, name=cfg.name, netlink=netlink, config=cfg)
+
+    # ------------------------------------------------------------------ tunnel face
+    def add_listener(self, callback: Callable[[Any, State, State], None]) -> None:
+        self._listeners.append(callback)
+
+    def _event(self) -> asyncio.Event:
+        if self._state_changed is None:
+            self._state_changed = asyncio.Event()
+        return self._state_changed
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old == new:
+            return
+        self.state = new
+        self.since = time.time()
+        self._event().set()
+        for cb in list(self._listeners):
+            try:
+                cb(self, old, new)
+            except Exception:
+                log.exception("state listener failed")
+
+    def _update_state(self) -> None:
+        if self.state in (State.DOWN, State.UP):
+            up = any(s.state == "connected" for s in self.server.sessions.values())
+            self._set_state(State.UP if up else State.DOWN)
+
+    async def wait_state(self, state: State, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while self.state != state:
+                if self.state == State.FAILED and state != State.FAILED:
+                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
+                ev = self._event()
+                ev.clear()
+                await ev.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        """Wait until at least one client is connected."""
+        await self.wait_state(State.UP, timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in (State.STARTING, State.DOWN, State.UP)
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        if self.is_running:
+            return
         self._loop = asyncio.get_running_loop()
-        self._load_pool()
-        await self._open_device()
-        if self.sc.proto == "tcp":
-            await self._open_tcp()
-        else:
-            self._open_udp()
+        self.error = None
+        self._set_state(State.STARTING)
+        try:
+            self._load_pool()
+            await self._open_device()
+            if self.sc.proto == "tcp":
+                await self._open_tcp()
+            else:
+                self._open_udp()
+        except BaseException as exc:
+            self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
+            await self._close_io()
+            self._set_state(State.FAILED)
+            raise
         self._spawn(self._periodic())
         log.info("openvpn server %s: %s on %s, device %s", self.name, self.sc.proto,
                  self.sc.port, self.device_name)
+        self._set_state(State.DOWN)
         self.started.set()
+
+    async def close(self) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Tell every client to reconnect (explicit-exit-notify), then close."""
+        if not self.is_running:
+            return
         now = self._now()
         for session in list(self.server.sessions.values()):
             if not session.closed:
@@ -121,16 +210,23 @@ class OpenVPNServerTunnel:
         self._drain_events()
         self._save_pool()
         self._write_status()
+        await self._close_io()
+        self._set_state(State.STOPPED)
+
+    async def _close_io(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for w in list(self._streams.values()):
             w.close()
+        self._streams.clear()
         if self._tcp is not None:
             self._tcp.close()
         if self._udp is not None:
             self._udp.close()
+            self._udp = None
+        self._tcp = None
         if self.device is not None:
             assert self._loop is not None
             with contextlib.suppress(Exception):
@@ -454,8 +550,11 @@ class OpenVPNServerTunnel:
                          _fmt(session.peer), session.address,
                          f" {session.address6}" if session.address6 else "")
                 self._pool_dirty = True
+                self.connects += 1
+                self._update_state()
             elif isinstance(ev, Disconnected):
                 self._pool_dirty = True
+                self._update_state()
                 if self.macs is not None:
                     self.macs.forget_port(session.peer_id)
                 writer = self._streams.pop(session, None)
@@ -631,11 +730,111 @@ class OpenVPNServerTunnel:
                 self._save_pool()
                 last_pool = time.monotonic()
 
+    # ------------------------------------------------------------------ status, peers
+    def peer_status(self, s: OpenVPNServerSession, now: float) -> dict[str, Any]:
+        """A client as the hub shows a peer (``name`` is its common name), plus
+        openvpn's facts (virtual addresses, peer-id, cipher, iroutes)."""
+        st = s.status(now)
+        last = s.last_heard
+        drops = {k: v for k, v in sorted(s.drops.items()) if v}
+        return {
+            "name": s.common_name or s.username or f"peer-{s.peer_id}",
+            "common_name": s.common_name, "username": s.username,
+            "endpoint": _fmt(s.peer) if s.peer is not None else None,
+            "address": s.address, "address6": s.address6, "iroutes": st.get("iroutes", []),
+            "allowed_ips": st.get("iroutes", []), "key": f"peer-id {s.peer_id}",
+            "peer_id": s.peer_id, "cipher": s.cipher,
+            "state": "up" if s.state == "connected" else s.state,
+            "last_rx_age": None if last is None else round(now - last, 3),
+            "rx_bytes": s.bytes_in, "tx_bytes": s.bytes_out,
+            "rx_packets": s.packets_in, "tx_packets": s.packets_out,
+            "link_rx_bytes": s.link_bytes_in, "link_tx_bytes": s.link_bytes_out,
+            "renegotiations": s.renegotiations, "error": s.last_error,
+            "connected_since": s._created_wall, "drops": drops,
+        }
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        now = self._now() if self._loop is not None else time.monotonic()
+        return [self.peer_status(s, now) for s in self.server.sessions.values()
+                if not s.closed]
+
+    def all_drops(self) -> dict[str, int]:
+        drops: collections.Counter[str] = collections.Counter(self.drops)
+        drops.update(self.udp_drops)
+        drops.update(self.server.drops)
+        drops.update({f"gate_{k}": v for k, v in self.server.gate.drops.items()})
+        return {k: v for k, v in sorted(drops.items()) if v}
+
     def status(self) -> dict[str, Any]:
+        cfg = self.config
+        peers = self.peers_status()
+        up = sum(1 for p in peers if p["state"] == "up")
+        net = self.net
+        rx = sum(s.bytes_in for s in self.server.sessions.values())
+        tx = sum(s.bytes_out for s in self.server.sessions.values())
+        return {
+            "name": self.name, "mode": "server", "hub": True, "openvpn_server": True,
+            "proto": self.sc.proto, "framing": "openvpn",
+            "transport": f"{self.sc.proto}/openvpn", "dev_type": self.sc.dev_type,
+            "device": self.device_name, "netns": cfg.netns,
+            "addresses": [a for a in (str(net.local4) if net.local4 else None,
+                                      str(net.local6) if net.local6 else None) if a],
+            "mtu": self.sc.options.tun_mtu, "local": f"{self.sc.local or '*'}:{self.sc.port}",
+            "peer": None, "state": self.state.value, "error": self.error,
+            "encrypted": True, "since": self.since,
+            "rx_bytes": rx, "tx_bytes": tx,
+            "rx_packets": sum(s.packets_in for s in self.server.sessions.values()),
+            "tx_packets": sum(s.packets_out for s in self.server.sessions.values()),
+            "last_rx_age": None, "connects": self.connects, "link_rx_bytes": self.bytes_in,
+            "link_tx_bytes": self.bytes_out, "drops": self.all_drops(),
+            "peers_up": up, "client_to_client": self.sc.options.client_to_client,
+            "gate": {"replies": self.server.gate.replies,
+                     "accepted": self.server.gate.accepted},
+            "crypto": {"established": up > 0},
+            "peers": peers,
+        }
+
+    async def delete_peer(self, name: str) -> bool:
+        """End the clients named ``name`` (common name, or user name): openvpn's
+        management ``kill``; they are told to reconnect."""
         now = self._now()
-        return {"name": self.name, "device": self.device_name, "proto": self.sc.proto,
-                "port": self.sc.port, **self.server.status(now),
-                "adapter_drops": dict(self.drops), "udp_drops": dict(self.udp_drops)}
+        found = [s for s in self.server.sessions.values() if not s.closed and
+                 name in (s.common_name, s.username)]
+        for s in found:
+            self.server.close_session(s, now)
+        self._drain_events()
+        self._flush_all(now)
+        self._arm()
+        return bool(found)
+
+    async def put_peer(self, cfg: Any) -> str:
+        raise ConfigError("an OpenVPN server's clients are its CA's certificates: issue one "
+                          "to add a client; per-client settings go in client-config-dir")
+
+    async def apply_peers(self, table: Any) -> dict[str, Any]:
+        """``tunconnector reload`` / SIGHUP: the client-config-dir is read again."""
+        return {"reconnected": self.reload_client_configs()}
+
+    def reload_client_configs(self) -> list[str]:
+        """Re-read the config's client-config-dir; clients whose file changed (or whom
+        ``ccd-exclusive`` now refuses) reconnect to get it, the others stay up."""
+        from .ovpnserverconf import load
+
+        try:
+            fresh = load(self.sc.path)
+        except TunconnectorError as exc:
+            log.error("openvpn server %s: reload: %s (the running config stays)",
+                      self.name, exc)
+            raise
+        now = self._now()
+        ended = self.server.set_client_configs(fresh.options.client_configs, now)
+        self._drain_events()
+        self._flush_all(now)
+        self._arm()
+        names = [s.common_name or s.username or "?" for s in ended]
+        log.info("openvpn server %s: client-config-dir read again, %d client(s) "
+                 "reconnected", self.name, len(ended))
+        return names
 
 
 def _host_port(addr: Addr) -> tuple[str, int]:
@@ -652,45 +851,45 @@ def _fmt(addr: Addr) -> str:
     return f"{host}:{port}"
 
 
-async def serve(sc: ServerConfig, *, name: str = "openvpn") -> int:
-    """Run ``sc`` until SIGTERM/SIGINT; SIGHUP re-reads the client-config-dir."""
+async def serve(path: str, *, name: str = "openvpn", control_dir: str | None = None,
+                log_level: str = "info") -> int:
+    """Run the server config at ``path`` as the one tunnel of a Node (so ``tunconnector
+    status``, the control socket and metrics see it) until SIGTERM/SIGINT; SIGHUP reads
+    the client-config-dir again."""
     import signal
 
-    tunnel = OpenVPNServerTunnel(sc, name=name)
+    from .config import Config
+    from .node import Node
+
+    mapping: dict[str, Any] = {"tunnel": [{"name": name, "openvpn_config": path}],
+                               "log_level": log_level}
+    if control_dir:
+        mapping["control_dir"] = control_dir
+    node = Node(Config.from_mapping(mapping), strict=True, control_socket=True)
+    tunnel = node.tunnels[name]
+    assert isinstance(tunnel, OpenVPNServerTunnel)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tunnel))
     try:
-        await tunnel.start()
+        await node.start()
     except TunconnectorError as exc:
         log.error("openvpn server %s: %s", name, exc)
-        await tunnel.stop()
+        await node.stop()
         return 1
     log.info("Initialization Sequence Completed")
     await stop.wait()
     log.info("openvpn server %s: stopping", name)
-    await tunnel.stop()
+    await node.stop()
     return 0
 
 
 def _reload(tunnel: OpenVPNServerTunnel) -> None:
     """SIGHUP: re-read the client-config-dir; clients whose file changed reconnect."""
-    from .ovpnserverconf import load
-
-    try:
-        fresh = load(tunnel.sc.path)
-    except TunconnectorError as exc:
-        log.error("openvpn server %s: reload: %s (the running config stays)",
-                  tunnel.name, exc)
-        return
-    now = tunnel._now()
-    ended = tunnel.server.set_client_configs(fresh.options.client_configs, now)
-    tunnel._drain_events()
-    tunnel._flush_all(now)
-    log.info("openvpn server %s: reloaded client-config-dir, %d client(s) reconnected",
-             tunnel.name, len(ended))
+    with contextlib.suppress(TunconnectorError):
+        tunnel.reload_client_configs()
 
 
 __all__ = ["OpenVPNServerTunnel", "serve"]
