@@ -108,6 +108,8 @@ class OpenVPNServerTunnel:
         self._pool_dirty = False
         self.connects = 0
         self.started = asyncio.Event()
+        #: the crl-verify file's (mtime, size) as last read
+        self._crl_seen = self._crl_stamp()
         #: TAP: which client (peer-id) or the device (LOCAL) owns a MAC address
         self.macs: MacTable | None = MacTable() if sc.dev_type == "tap" else None
 
@@ -682,6 +684,39 @@ class OpenVPNServerTunnel:
             log.warning("openvpn server %s: cannot write %s: %s", self.name, path, exc)
         self._pool_dirty = False
 
+    def _crl_stamp(self) -> tuple[float, int] | None:
+        path = self.sc.crl_verify
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_mtime, st.st_size
+
+    def _check_crl(self) -> None:
+        """``crl-verify FILE`` changed: new handshakes check the new list and clients
+        it revokes are ended (openvpn reads the file for each handshake; a bad file
+        keeps the list in force, with an error)."""
+        stamp = self._crl_stamp()
+        if stamp is None or stamp == self._crl_seen:
+            return
+        self._crl_seen = stamp
+        assert self.sc.crl_verify is not None
+        try:
+            pem = Path(self.sc.crl_verify).read_bytes()
+            now = self._now()
+            ended = self.server.set_crl(pem, now)
+        except (OSError, ConfigError) as exc:
+            log.error("openvpn server %s: crl-verify %s: %s (the previous list stays)",
+                      self.name, self.sc.crl_verify, exc)
+            return
+        self._drain_events()
+        self._flush_all(now)
+        self._arm()
+        log.info("openvpn server %s: crl-verify %s read again, %d client(s) ended",
+                 self.name, self.sc.crl_verify, len(ended))
+
     def snapshot(self) -> ServerSnapshot:
         clients, routes = [], []
         wall = int(time.time())
@@ -717,15 +752,20 @@ class OpenVPNServerTunnel:
             log.warning("openvpn server %s: cannot write %s: %s", self.name, path, exc)
 
     async def _periodic(self) -> None:
-        """The status file every ``status`` N seconds, the pool file when it changed
-        (at most every ``ifconfig-pool-persist`` SECONDS)."""
+        """The status file every ``status`` N seconds, the pool file within a second
+        of a change (openvpn: every SECONDS; a restart then keeps every address), the
+        crl-verify file checked every second."""
         status_every = max(1, self.sc.status_interval or 60)
         pool_every = max(1, self.sc.pool_persist_seconds or 600)
         last_pool = time.monotonic()
+        last_status = last_pool
         self._write_status()
         while True:
-            await asyncio.sleep(min(status_every, 1.0 if self._pool_dirty else status_every))
-            self._write_status()
+            await asyncio.sleep(1.0)
+            self._check_crl()
+            if time.monotonic() - last_status >= status_every:
+                self._write_status()
+                last_status = time.monotonic()
             if self._pool_dirty and time.monotonic() - last_pool >= min(pool_every, 1):
                 self._save_pool()
                 last_pool = time.monotonic()

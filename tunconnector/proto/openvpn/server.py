@@ -835,6 +835,11 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                    time_duration=str(int(now - self._created)))
         self._events.append(ClientDisconnect(now, env))
 
+    def peer_certificate(self) -> Any:
+        """The client's certificate from its first handshake (None: none sent)."""
+        ks = self._keys.get(0) or next(iter(self._keys.values()), None)
+        return None if ks is None else ks.tls.chain.get(0)
+
     def mss_clamp(self) -> int:
         """This client's MSS clamp (0: none), the same computation as the client's
         (openvpn's ``frame_calculate_mssfix`` on the server's per-client frame)."""
@@ -1039,6 +1044,24 @@ class OpenVPNServer:
                          session.peer, cn)
                 self.close_session(session, now)
                 ended.append(session)
+        return ended
+
+    def set_crl(self, pem: bytes | None, now: float) -> list[OpenVPNServerSession]:
+        """A changed ``crl-verify`` file: new handshakes check the new list, and a
+        client whose certificate it revokes is ended now. Returns the ended sessions
+        (a bad CRL raises ConfigError and changes nothing)."""
+        tls = self._shared.tls
+        tls.set_crl(pem)
+        ended = []
+        for session in list(self.sessions.values()):
+            cert = session.peer_certificate()
+            if session.closed or cert is None or not tls.revoked(cert):
+                continue
+            session._end(f"refused client: certificate {session.common_name!r} (serial "
+                         f"{cert.serial_number:x}) is revoked (crl-verify changed)", now,
+                         logging.WARNING)
+            self._collect(session)
+            ended.append(session)
         return ended
 
     def load_pool(self, text: str, now: float, fixed: bool = False) -> int:
