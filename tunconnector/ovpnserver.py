@@ -595,8 +595,8 @@ class OpenVPNServerTunnel:
                         self.name, argv[0], self.sc.script_security)
             return False
         full = {**dict(self.sc.setenv), **env}
-        result, why = await run_program(list(argv) + (extra_args or []), full,
-                                        SCRIPT_TIMEOUT)
+        result, why = await run_program([_program(argv[0]), *argv[1:], *(extra_args or [])],
+                                        full, SCRIPT_TIMEOUT)
         if result != "ok":
             log.info("openvpn server %s: %s: %s", self.name, argv[0], why)
         return result == "ok"
@@ -875,6 +875,15 @@ class OpenVPNServerTunnel:
         log.info("openvpn server %s: client-config-dir read again, %d client(s) "
                  "reconnected", self.name, len(ended))
         return names
+
+
+def _program(name: str) -> str:
+    """openvpn runs a script by ``execve``: a name without a slash is a file in the
+    working directory, not a PATH lookup (a PATH name is still found when no such file
+    exists)."""
+    if "/" not in name and os.path.exists(name):
+        return os.path.join(os.getcwd(), name)
+    return name
 
 
 def _host_port(addr: Addr) -> tuple[str, int]:

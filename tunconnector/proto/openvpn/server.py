@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 #: IV_PROTO bits a client announces
 IV_PROTO_DATA_V2 = 1 << 1
 IV_PROTO_TLS_KEY_EXPORT = 1 << 3
+IV_PROTO_REQUEST_PUSH = 1 << 2
 #: peer-ids fit in 24 bits; openvpn's MAX_PEER_ID (0xFFFFFF) means "none"
 MAX_PEER_ID = 0xFFFFFE
 #: PUSH_REPLY bytes per message before a push-continuation: openvpn's PUSH_BUNDLE_SIZE
@@ -486,7 +487,16 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 self._events.append(AuthRequest(now, msg.username, msg.password, cn,
                                                 dict(self.peer_info)))
                 return False
-        return self._send_key(ks, now)
+        if not self._send_key(ks, now):
+            return False
+        if ks.key_id == 0 and not self._push_requested and \
+                _iv_proto(self.peer_info) & IV_PROTO_REQUEST_PUSH:
+            # a 2.5+ client takes the PUSH_REPLY without asking (push_reply right after
+            # the key exchange, as openvpn's server does): a second less to connect
+            self._push_requested = True
+            if self._auth == "ok":
+                self._send_push_reply(ks, now)
+        return True
 
     def _send_key(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
         """Our key message (and a renewed token), then the data keys."""
