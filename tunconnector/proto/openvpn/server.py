@@ -359,6 +359,28 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self._receive_packet(data, now)
         self._flush(now)
 
+    def quick_data(self, data: bytes, now: float) -> bytes | None | bool:
+        """The data fast path: a data packet from the client's own address on a key
+        in use, while connected. Returns the frame to deliver, None when the packet was
+        consumed (a ping, OCC, or a drop counted), False when the full path
+        (:meth:`receive_datagram`) must take it, nothing done. The caller then takes
+        :meth:`datagrams_to_send` (an OCC reply) and events (an explicit exit)."""
+        if self.state != "connected":
+            return False
+        dk = self._data_keys.get(data[0] & 7)
+        if dk is None:
+            return False
+        self.link_bytes_in += len(data)
+        try:
+            self._accept_data(data)
+            payload = dk.decrypt(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self._authentic += 1
+        self._last_received = now
+        return self._payload(payload, now)
+
     def receive_stream(self, data: bytes, now: float) -> None:
         self.link_bytes_in += len(data)
         super().receive_stream(data, now)
