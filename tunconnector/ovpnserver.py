@@ -34,7 +34,7 @@ from .hooks import run_program
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
-from .io.offload import enable_socket_offload
+from .io.offload import enable_socket_offload, probe_vnet_hdr_support
 from .io.udp import UdpEndpoint, family_for, normalize, open_udp
 from .ovpn_scripts import LINK_MTU_OVERHEAD
 from .ovpnserverconf import ServerConfig
@@ -48,6 +48,7 @@ from .proto.connection import (
     Notice,
 )
 from .proto.mactable import FLOOD, LOCAL, MacTable
+from .proto.offload import VNET_HDR_LEN, coalesce_tcp
 from .proto.openvpn.ccd import parse_client_config
 from .proto.openvpn.packet import DATA_OPCODES
 from .proto.openvpn.server import OpenVPNServer, OpenVPNServerSession
@@ -256,7 +257,7 @@ class OpenVPNServerTunnel:
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
         sc, net = self.sc, self.net
-        dev = Device(sc.device or "", "tap" if sc.dev_type == "tap" else "tun")
+        dev = self._open_tun_tap()
         self.device = dev
         self.device_name = dev.name
         addresses: list[Any] = []
@@ -279,6 +280,21 @@ class OpenVPNServerTunnel:
         if up and not await self._run_script(up, self._device_env("up"),
                                              self._device_args()):
             raise TunconnectorError(f"up script {up[0]!r} failed")
+
+    def _open_tun_tap(self) -> Device:
+        """The device; a TUN with IFF_VNET_HDR when the kernel has it (and
+        $TUNCONNECTOR_OFFLOAD is not "off"), so runs of a TCP flow's segments from a
+        client are written as one super-packet (:func:`coalesce_tcp`). No TUNSETOFFLOAD:
+        what we read stays plain packets, each behind a zero header."""
+        sc = self.sc
+        if sc.dev_type != "tap" and probe_vnet_hdr_support() and \
+                os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off":
+            try:
+                return Device(sc.device or "", "tun", vnet_hdr=True)
+            except TunconnectorError as exc:
+                log.info("openvpn server %s: no IFF_VNET_HDR (%s): plain writes",
+                         self.name, exc)
+        return Device(sc.device or "", "tap" if sc.dev_type == "tap" else "tun")
 
     def _device_args(self) -> list[str]:
         """openvpn's up/down arguments: dev tun_mtu link_mtu ifconfig_local
@@ -314,6 +330,8 @@ class OpenVPNServerTunnel:
             return
         if not frames:
             return
+        if dev.vnet_hdr:  # without TUNSETOFFLOAD the header is all zero: drop it
+            frames = [f[VNET_HDR_LEN:] for f in frames]
         now = self._now()
         by_peer: dict[Any, list[bytes]] = {}
         if self.macs is not None:
@@ -474,8 +492,13 @@ class OpenVPNServerTunnel:
                 touched[other] = None
             else:
                 to_dev.append(f)
-        if to_dev and self.device is not None:
-            self.device.write_batch(to_dev)
+        dev = self.device
+        if to_dev and dev is not None:
+            if dev.vnet_hdr and len(to_dev) > 1:
+                to_dev = coalesce_tcp(to_dev)
+            bad = dev.write_batch(to_dev)
+            if bad:
+                self._drop("device_refused", bad)
 
     def _switch(self, session: OpenVPNServerSession, f: bytes, now: float,
                 to_dev: list[bytes], touched: dict[OpenVPNServerSession, None]) -> None:
