@@ -37,6 +37,7 @@ from .io.device import Device
 from .io.offload import enable_socket_offload, probe_vnet_hdr_support
 from .io.udp import UdpEndpoint, family_for, normalize, open_udp
 from .ovpn_scripts import LINK_MTU_OVERHEAD
+from .ovpnserver_mgmt import ServerManagementListener
 from .ovpnserverconf import ServerConfig
 from .proto.connection import (
     Addr,
@@ -111,6 +112,8 @@ class OpenVPNServerTunnel:
         self._pool_dirty = False
         self.connects = 0
         self.started = asyncio.Event()
+        #: socket addresses as the server keys them (IPv4-mapped IPv6 made plain)
+        self._norm: dict[Any, Addr] = {}
         #: the crl-verify file's (mtime, size) as last read
         self._crl_seen = self._crl_stamp()
         #: TAP: which client (peer-id) or the device (LOCAL) owns a MAC address
@@ -387,9 +390,14 @@ class OpenVPNServerTunnel:
         frames: dict[OpenVPNServerSession, list[bytes]] = {}
         server = self.server
         sessions = server.sessions
-        for data, addr in batch:
+        norm = self._norm
+        if len(norm) > 4096:
+            norm.clear()
+        for data, raw in batch:
             self.bytes_in += len(data)
-            addr = normalize(addr)
+            addr = norm.get(raw)
+            if addr is None:
+                addr = norm[raw] = normalize(raw)
             # the fast path: data from a connected client's own address
             if data and (data[0] >> 3) in DATA_OPCODES:
                 session = sessions.get(addr)
@@ -407,7 +415,7 @@ class OpenVPNServerTunnel:
             try:
                 session = server.receive_datagram(bytes(data), addr, now)
             except Exception:  # a bug must not take the other clients down
-                log.exception("openvpn server %s: datagram from %s", self.name, addr)
+                log.exception("openvpn server %s: datagram from %s", self.name, _fmt(addr))
                 self._drop("internal_error")
                 continue
             if session is not None:
@@ -904,6 +912,33 @@ class OpenVPNServerTunnel:
         self._arm()
         return bool(found)
 
+    # ------------------------------------------------------------------ management
+    #: the ``management`` interface, while :meth:`start_management` has it open
+    management: ServerManagementListener | None = None
+
+    async def start_management(self) -> None:
+        """Open the config's ``management`` socket (:mod:`.ovpnserver_mgmt`); nothing
+        without one. Raises TransportError when it cannot listen."""
+        spec = self.sc.management
+        if spec is None or self.management is not None:
+            return
+
+        def settle(now: float) -> None:  # a client ended by kill/client-kill
+            self._drain_events()
+            self._flush_all(now)
+            self._arm()
+
+        mgmt = ServerManagementListener(
+            spec, self, settle=settle, status_version=self.sc.status_version,
+            local_ip=str(self.net.local4) if self.net.local4 else "")
+        await mgmt.start()
+        self.management = mgmt
+
+    async def stop_management(self) -> None:
+        mgmt, self.management = self.management, None
+        if mgmt is not None:
+            await mgmt.close()
+
     async def put_peer(self, cfg: Any) -> str:
         raise ConfigError("an OpenVPN server's clients are its CA's certificates: issue one "
                           "to add a client; per-client settings go in client-config-dir")
@@ -985,9 +1020,16 @@ async def serve(path: str, *, name: str = "openvpn", control_dir: str | None = N
         log.error("openvpn server %s: %s", name, exc)
         await node.stop()
         return 1
+    try:
+        await tunnel.start_management()
+    except TunconnectorError as exc:
+        log.error("openvpn server %s: %s", name, exc)
+        await node.stop()
+        return 1
     log.info("Initialization Sequence Completed")
     await stop.wait()
     log.info("openvpn server %s: stopping", name)
+    await tunnel.stop_management()
     await node.stop()
     return 0
 
