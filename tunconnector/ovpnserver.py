@@ -35,12 +35,13 @@ from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
 from .io.offload import enable_socket_offload, probe_vnet_hdr_support
-from .io.udp import UdpEndpoint, family_for, normalize, open_udp
+from .io.udp import UdpEndpoint, family_for, normalize, open_connected_twin, open_udp
 from .ovpn_scripts import LINK_MTU_OVERHEAD
 from .ovpnserver_mgmt import ServerManagementListener
 from .ovpnserverconf import ServerConfig
 from .proto.connection import (
     Addr,
+    AddressChanged,
     AuthRequest,
     ClientConnect,
     ClientDisconnect,
@@ -73,6 +74,10 @@ READ_BATCH = 64
 SCRIPT_TIMEOUT = 30.0
 #: bytes read from a TCP client per call
 TCP_READ = 65_536
+#: while clients have sockets of their own, the shared one (new clients, strangers)
+#: is read at most SHARED_BATCH datagrams per turn, resting SHARED_REST s after a full one
+SHARED_BATCH = 64
+SHARED_REST = 0.002
 
 
 class OpenVPNServerTunnel:
@@ -112,6 +117,8 @@ class OpenVPNServerTunnel:
         self._pool_dirty = False
         self.connects = 0
         self.started = asyncio.Event()
+        #: connected UDP clients' own sockets (see _own_queue)
+        self._own: dict[OpenVPNServerSession, UdpEndpoint] = {}
         #: socket addresses as the server keys them (IPv4-mapped IPv6 made plain)
         self._norm: dict[Any, Addr] = {}
         #: the crl-verify file's (mtime, size) as last read
@@ -231,6 +238,9 @@ class OpenVPNServerTunnel:
         self._streams.clear()
         if self._tcp is not None:
             self._tcp.close()
+        for own in self._own.values():
+            own.close()
+        self._own.clear()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -475,8 +485,10 @@ class OpenVPNServerTunnel:
         if gate:
             self.server._gate_out = []
             self._send_datagrams(gate)
+        schedule = self.server.schedule
         for session in touched:
             self._flush(session, now)
+            schedule(session)  # the fast path may have moved its deadline
         self._arm()
 
     def _route(self, session: OpenVPNServerSession, frames: list[bytes], now: float,
@@ -598,12 +610,18 @@ class OpenVPNServerTunnel:
         self._timer = None
         self._timer_at = None
         now = self._now()
+        due: list[OpenVPNServerSession] = []
         try:
-            self.server.handle_timer(now)
+            due = self.server.handle_timer(now)
         except Exception:
             log.exception("openvpn server %s: timer", self.name)
         self._drain_events()
-        self._flush_all(now)
+        gate = self.server._gate_out
+        if gate:
+            self.server._gate_out = []
+            self._send_datagrams(gate)
+        for session in due:
+            self._flush(session, now)
         self._arm()
 
     # ------------------------------------------------------------------ events
@@ -611,6 +629,8 @@ class OpenVPNServerTunnel:
         server = self.server
         while (item := server.next_event()) is not None:
             session, ev = item
+            if isinstance(ev, (Connected, AddressChanged)) and self._udp is not None:
+                self._own_queue(session)
             if isinstance(ev, Connected):
                 log.info("openvpn server %s: client %s (%s) connected, address %s%s",
                          self.name, session.common_name or session.username,
@@ -622,6 +642,7 @@ class OpenVPNServerTunnel:
             elif isinstance(ev, Disconnected):
                 self._pool_dirty = True
                 self._update_state()
+                self._retire_queue(session)
                 if self.macs is not None:
                     self.macs.forget_port(session.peer_id)
                 writer = self._streams.pop(session, None)
@@ -641,6 +662,37 @@ class OpenVPNServerTunnel:
                     self._spawn(self._run_script(argv, ev.env))
             elif isinstance(ev, Notice):
                 log.log(ev.level, "openvpn server %s: %s", self.name, ev.message)
+
+    def _own_queue(self, session: OpenVPNServerSession) -> None:
+        """A connected UDP client gets a socket of its own, connected to its address:
+        the kernel hands it that client's datagrams before the shared socket, so a
+        flood of strangers at the port (which fills the shared queue, read on a
+        ration while clients have their own) neither drops nor delays them."""
+        self._retire_queue(session)
+        shared = self._udp
+        if shared is None or not isinstance(session.peer, tuple):
+            return
+        try:
+            sock = open_connected_twin(shared.sock, shared.tx_addr(session.peer),
+                                       rcvbuf=self.sc.rcvbuf or 4 << 20)
+        except TunconnectorError as exc:
+            log.info("openvpn server %s: %s keeps the shared socket: %s", self.name,
+                     _fmt(session.peer), exc)
+            return
+        own = UdpEndpoint(sock, self.udp_drops)
+        off = enable_socket_offload(sock, want=shared.gro or shared.gso)
+        own.gso, own.gro = off.gso, off.gro
+        own.start(self._on_udp_batch, max_batch=READ_BATCH)
+        self._own[session] = own
+        shared.budget(SHARED_BATCH, SHARED_REST)
+
+    def _retire_queue(self, session: OpenVPNServerSession) -> None:
+        own = self._own.pop(session, None)
+        if own is not None:
+            own.count_kernel_drops("client_queue_full")
+            own.close()
+        if not self._own and self._udp is not None:
+            self._udp.budget(READ_BATCH, 0.0)
 
     def _script_env(self, session: OpenVPNServerSession, script_type: str) -> dict[str, str]:
         env = dict(self.sc.setenv)

@@ -29,6 +29,7 @@ previous key keeps decrypting for ``tran_window`` so a renegotiation loses nothi
 from __future__ import annotations
 
 import collections
+import heapq
 import ipaddress
 import logging
 import re
@@ -91,6 +92,8 @@ PUSH_BUNDLE_SIZE = 1024 - 84
 MAX_CONTROL_MESSAGE = 64 * 1024
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
+#: seconds between reads of every session's deadline (see OpenVPNServer.handle_timer)
+SWEEP = 1.0
 #: a peer-info line openvpn puts in the scripts' environment (validate_peer_info_line)
 _PEER_INFO_NAME = re.compile(r"(IV_|UV_|ID)[A-Za-z0-9_]*")
 
@@ -1044,6 +1047,15 @@ class OpenVPNServer:
             self._shared.early_setup = self._kick_duplicates
         #: clients' addresses and iroutes by peer-id, for the data path
         self.router = Router(client_to_client=options.client_to_client)
+        #: one timer for all sessions: a heap of (deadline, n, session), stale entries
+        #: skipped (``_deadline`` holds each session's current one), so 1,000 idle
+        #: clients cost a wake-up only when one of them has something to do
+        self._heap: list[tuple[float, int, OpenVPNServerSession]] = []
+        self._deadline: dict[OpenVPNServerSession, float] = {}
+        self._heap_n = 0
+        #: every SWEEP seconds each session's deadline is read again, for a session
+        #: changed by a direct call (tests, the adapter's fast path)
+        self._next_sweep = 0.0
 
     @property
     def pool(self) -> IfconfigPool:
@@ -1201,7 +1213,21 @@ class OpenVPNServer:
         proves the address by its own handshake, so there is no cookie)."""
         return self._new_session(addr, now, None)
 
+    def schedule(self, session: OpenVPNServerSession) -> None:
+        """Read ``session``'s deadline again (after anything that may have moved it
+        earlier; a later one is found when the old one fires)."""
+        t = session.get_timer()
+        if t is None or session.closed:
+            self._deadline.pop(session, None)
+            return
+        if self._deadline.get(session) == t:
+            return
+        self._deadline[session] = t
+        self._heap_n += 1
+        heapq.heappush(self._heap, (t, self._heap_n, session))
+
     def _forget(self, session: OpenVPNServerSession) -> None:
+        self._deadline.pop(session, None)
         key = self._key(session.peer)
         if self.sessions.get(key) is session:
             del self.sessions[key]
@@ -1217,6 +1243,8 @@ class OpenVPNServer:
         if session.closed:
             self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
             self._forget(session)
+        else:
+            self.schedule(session)
 
     def _kick_duplicates(self, session: OpenVPNServerSession, now: float) -> None:
         """Without duplicate-cn a new client with an identity in use replaces the old."""
@@ -1246,16 +1274,38 @@ class OpenVPNServer:
         session.close(now)
         self._collect(session)
 
-    def handle_timer(self, now: float) -> None:
-        for session in list(self.sessions.values()):
-            t = session.get_timer()
-            if t is not None and t <= now:
-                session.handle_timer(now)
-            self._collect(session)  # also sweeps sessions closed directly
+    def handle_timer(self, now: float) -> list[OpenVPNServerSession]:
+        """Run the sessions whose deadline passed; returns them (their output is due)."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP
+            for session in list(self.sessions.values()):
+                self._collect(session)
+        else:  # sessions closed by a direct call go at once
+            for session in [s for s in self.sessions.values() if s.state == "closed"]:
+                self._collect(session)
+        due = []
+        heap, deadline = self._heap, self._deadline
+        while heap and heap[0][0] <= now:
+            t, _, session = heapq.heappop(heap)
+            if deadline.get(session) != t:
+                continue  # stale: the session moved its deadline, or is gone
+            del deadline[session]
+            if not session.closed:
+                nt = session.get_timer()
+                if nt is not None and nt <= now:
+                    session.handle_timer(now)
+                    due.append(session)
+            self._collect(session)
+        return due
 
     def get_timer(self) -> float | None:
-        times = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
-        return min(times) if times else None
+        heap, deadline = self._heap, self._deadline
+        while heap and deadline.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        if not self.sessions:
+            return heap[0][0] if heap else None
+        t = heap[0][0] if heap else None
+        return self._next_sweep if t is None or self._next_sweep < t else t
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
         out, self._gate_out = self._gate_out, []
