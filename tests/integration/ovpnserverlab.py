@@ -10,6 +10,11 @@ Topology (every namespace name carries a random tag)::
     R5 192.168.124.2 ---- 192.168.124.1
     L  192.168.50.2  ---- 192.168.50.1 C1 (a LAN behind C1: ``iroute``; C1 forwards)
 
+Variants (``write_server_conf`` / ``start_client`` options): ``proto tcp-server`` /
+``tcp-client``; ``dev tap`` + ``server-bridge`` with an ``up`` script addressing the tap;
+extra server lines (``server-ipv6``, ``reneg-sec`` ...); a lab-local ``crl-verify`` file
+that a test may rewrite (:meth:`ServerPki.crl_pem` issues a new list).
+
 Each client dials the server's address on its own veth. Certificates (one CN per client,
 c4 revoked in crl.pem) are made at test time; ta.key comes from ``openvpn --genkey``.
 
@@ -35,6 +40,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,9 +59,32 @@ USERS = {"c1": "good", "c2": "good", "c3": "good", "c4": "good", "c5": "good"}
 
 
 # ------------------------------------------------------------------ PKI
-def make_server_pki(d: Path) -> Pki:
+@dataclass
+class ServerPki(Pki):
+    """:class:`Pki` plus what it takes to issue another CRL (the CA and its key, each
+    certificate's serial)."""
+
+    ca: x509.Certificate | None = None
+    ca_key: ec.EllipticCurvePrivateKey | None = None
+    serials: dict[str, int] = field(default_factory=dict)
+
+    def crl_pem(self, revoked: list[str]) -> bytes:
+        """A CRL of this CA revoking the certificates named (CNs)."""
+        assert self.ca is not None and self.ca_key is not None
+        now = datetime.datetime.now(datetime.UTC)
+        b = (x509.CertificateRevocationListBuilder().issuer_name(self.ca.subject)
+             .last_update(now - datetime.timedelta(hours=1))
+             .next_update(now + datetime.timedelta(days=2)))
+        for name in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(self.serials[name])
+                .revocation_date(now - datetime.timedelta(minutes=30)).build())
+        return b.sign(self.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def make_server_pki(d: Path) -> ServerPki:
     """CA, server (serverAuth), clients c1..c5 (clientAuth), crl.pem revoking c4, ta.key."""
-    p = Pki(d)
+    p = ServerPki(d)
 
     def write(name: str, data: bytes) -> None:
         path = d / name
@@ -65,6 +94,7 @@ def make_server_pki(d: Path) -> Pki:
     ca_key = _key()
     ca = _cert("Test CA", ca_key, None, ca_key, ca=True)
     write("ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    p.ca, p.ca_key = ca, ca_key
     certs: dict[str, x509.Certificate] = {}
     for name in ("server", "c1", "c2", "c3", "c4", "c5"):
         eku = ExtendedKeyUsageOID.SERVER_AUTH if name == "server" else \
@@ -73,15 +103,8 @@ def make_server_pki(d: Path) -> Pki:
         c = certs[name] = _cert(name, k, ca, ca_key, eku=[eku])
         write(f"{name}.crt", c.public_bytes(serialization.Encoding.PEM))
         write(f"{name}.key", _pem_key(k))
-    now = datetime.datetime.now(datetime.UTC)
-    revoked = (x509.RevokedCertificateBuilder().serial_number(certs["c4"].serial_number)
-               .revocation_date(now - datetime.timedelta(minutes=30)).build())
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
-           .last_update(now - datetime.timedelta(hours=1))
-           .next_update(now + datetime.timedelta(days=2))
-           .add_revoked_certificate(revoked)
-           .sign(ca_key, hashes.SHA256()))
-    write("crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+        p.serials[name] = c.serial_number
+    write("crl.pem", p.crl_pem(["c4"]))
     res = subprocess.run(["openvpn", "--genkey", "secret", str(d / "ta.key")],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
@@ -95,8 +118,9 @@ class ServerHandle:
     ipp.txt, status.log and ccd/ live), its stdout+stderr in ``server-<impl>.log``."""
 
     def __init__(self, impl: str, workdir: Path, ns: str, argv: list[str],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, proto: str = "udp") -> None:
         self.impl, self.workdir, self.host = impl, workdir, Host(ns)
+        self.proto = proto
         self.log_path = workdir / f"server-{impl}.log"
         self.argv = argv
         with open(self.log_path, "ab") as log:
@@ -118,10 +142,12 @@ class ServerHandle:
         return self.proc.poll() is None
 
     def ready(self) -> bool:
-        """Impl-independent: UDP 1194 bound and the tun device has 10.8.0.1."""
-        udp = self.host.run("ss", "-Hlun", f"sport = :{PORT}", check=False, timeout=10)
+        """Impl-independent: UDP (or TCP: listening) 1194 bound and the tun (tap: the
+        up script's) device has 10.8.0.1."""
+        flags = "-Hltn" if self.proto == "tcp" else "-Hlun"
+        sock = self.host.run("ss", flags, f"sport = :{PORT}", check=False, timeout=10)
         addr = self.host.run("ip", "-4", "-o", "addr", "show", check=False, timeout=10)
-        return bool(udp.stdout.strip()) and f" {SERVER_TUN_IP}/" in addr.stdout
+        return bool(sock.stdout.strip()) and f" {SERVER_TUN_IP}/" in addr.stdout
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         ok = wait_for(lambda: not self.alive() or self.ready(), timeout, 0.1)
@@ -139,10 +165,10 @@ class ServerHandle:
         return self.proc.returncode
 
 
-def start_server(impl: str, workdir: Path, ns: str) -> ServerHandle:
+def start_server(impl: str, workdir: Path, ns: str, proto: str = "udp") -> ServerHandle:
     """Start the server ``impl`` on ``workdir/server.conf`` in namespace ``ns`` (cwd
     ``workdir``, so the config's relative file names resolve there) and wait until it
-    listens on UDP 1194 with 10.8.0.1 on its tun device."""
+    listens on ``proto`` port 1194 with 10.8.0.1 on its tun device."""
     if impl == "openvpn":
         argv, env = ["openvpn", "--config", "server.conf"], None
     elif impl == "tunconnector":
@@ -150,7 +176,7 @@ def start_server(impl: str, workdir: Path, ns: str) -> ServerHandle:
         env = dict(os.environ, TUNCONNECTOR_CONTROL_DIR=str(workdir / "ctl-server"))
     else:
         raise ValueError(impl)
-    h = ServerHandle(impl, workdir, ns, argv, env)
+    h = ServerHandle(impl, workdir, ns, argv, env, proto)
     h.wait_ready()
     return h
 
@@ -177,6 +203,21 @@ def refusal_lines(log: str, kind: str, cn: str, peer_ip: str) -> list[str]:
             if any(p.search(ln) for p in pats) and who.search(ln)]
 
 
+#: impl -> a regex (``{cn}`` filled in) of the server log line that reports a client's
+#: connection (once per connection, not per renegotiation). openvpn 2.6.14 prints
+#:   "c1/192.168.120.2:41234 MULTI: primary virtual IP for c1/192.168.120.2:41234: 10.8.0.2"
+CONNECTED = {
+    "openvpn": r"MULTI: primary virtual IP for {cn}/",
+    "tunconnector": r"openvpn server \S+: client {cn} \(\S+\) connected, address ",
+}
+
+
+def connected_lines(impl: str, log: str, cn: str) -> list[str]:
+    """Lines of the server ``log`` reporting that client ``cn`` connected."""
+    pat = re.compile(CONNECTED[impl].format(cn=re.escape(cn)))
+    return [ln for ln in log.splitlines() if pat.search(ln)]
+
+
 # ------------------------------------------------------------------ the lab
 @dataclass
 class Client:
@@ -186,6 +227,7 @@ class Client:
     my_ip: str
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    dev: str = "tun0"  # the client's device (tap0 for dev tap)
 
     def log_text(self) -> str:
         try:
@@ -194,11 +236,22 @@ class Client:
             return ""
 
     def tun_addr(self) -> str | None:
-        """The IPv4 address on tun0 (none: no device or no address yet)."""
-        res = self.host.run("ip", "-4", "-o", "addr", "show", "dev", "tun0", check=False,
+        """The IPv4 address on tun0/tap0 (none: no device or no address yet)."""
+        res = self.host.run("ip", "-4", "-o", "addr", "show", "dev", self.dev, check=False,
                             timeout=10)
         m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", res.stdout)
         return m.group(1) if m else None
+
+    def tun_addr6(self) -> str | None:
+        """The global IPv6 address on tun0/tap0 (none: no device or no address yet)."""
+        res = self.host.run("ip", "-6", "-o", "addr", "show", "dev", self.dev, "scope",
+                            "global", check=False, timeout=10)
+        m = re.search(r"inet6 ([0-9a-f:]+)/", res.stdout)
+        return m.group(1) if m else None
+
+    def log_count(self, text: str) -> int:
+        """How many lines of the client's log contain ``text``."""
+        return sum(1 for ln in self.log_text().splitlines() if text in ln)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -220,10 +273,20 @@ class ServerLab:
     pki: Pki
     server: ServerHandle | None = None
     extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    proto: str = "udp"  # the server's transport, as write_server_conf last wrote it
 
-    def write_server_conf(self, ccd: dict[str, str] | None = None, extra: str = "") -> Path:
-        """server.conf, check.sh, users.txt and ccd/ in ``self.dir`` (relative names)."""
+    def write_server_conf(self, ccd: dict[str, str] | None = None, extra: str = "",
+                          *, proto: str = "udp", bridge: str | None = None,
+                          crl: Path | None = None) -> Path:
+        """server.conf, check.sh, users.txt and ccd/ in ``self.dir`` (relative names).
+
+        ``proto``: ``udp`` or ``tcp`` (``proto tcp-server``). ``bridge``: ``dev tap`` with
+        ``server-bridge BRIDGE`` instead of ``server``/``topology``, no LAN ``route``, and
+        an ``up ./tapup.sh`` that addresses the tap device with 10.8.0.1/24 (openvpn
+        leaves a bridged device to the up script). ``crl``: the crl-verify file
+        (default: the PKI's, shared by the module's tests: never rewrite that one)."""
         p = self.pki.files
+        self.proto = proto
         (self.dir / "ccd").mkdir(exist_ok=True)
         for cn, body in (ccd or {}).items():
             (self.dir / "ccd" / cn).write_text(body)
@@ -235,10 +298,17 @@ class ServerLab:
             'user=$(sed -n 1p "$1")\npass=$(sed -n 2p "$1")\n'
             f'grep -qxF "$user:$pass" {users}\n')
         check.chmod(0o755)
+        if bridge is None:
+            layout = ("dev tun\ntopology subnet\nserver 10.8.0.0 255.255.255.0\n"
+                      f"route {LAN_NET} 255.255.255.0\n")
+        else:
+            up = self.dir / "tapup.sh"
+            up.write_text('#!/bin/sh\nip addr add 10.8.0.1/24 dev "$1"\nip link set "$1" up\n')
+            up.chmod(0o755)
+            layout = f"dev tap\nserver-bridge {bridge}\nup ./tapup.sh\n"
         conf = self.dir / "server.conf"
         conf.write_text(
-            f"port {PORT}\nproto udp\ndev tun\ntopology subnet\n"
-            "server 10.8.0.0 255.255.255.0\n"
+            f"port {PORT}\nproto {'tcp-server' if proto == 'tcp' else 'udp'}\n{layout}"
             f"ca {p['ca.crt']}\ncert {p['server.crt']}\nkey {p['server.key']}\n"
             "dh none\n"
             f"tls-crypt {p['ta.key']}\n"
@@ -247,28 +317,31 @@ class ServerLab:
             "client-to-client\n"
             "ifconfig-pool-persist ipp.txt 1\n"
             "client-config-dir ccd\n"
-            f"route {LAN_NET} 255.255.255.0\n"
-            f"crl-verify {p['crl.pem']}\n"
+            f"crl-verify {crl or p['crl.pem']}\n"
             "script-security 2\n"
             "auth-user-pass-verify check.sh via-file\n"
             "status status.log 1\n"
             # as openvpn's sample server.conf: on SIGTERM tell the clients (RESTART) so
-            # they reconnect at once instead of after ping-restart (10 s of silence)
-            "explicit-exit-notify 1\n"
+            # they reconnect at once instead of after ping-restart (10 s of silence);
+            # UDP only (openvpn refuses it with TCP: the connection's end says it)
+            + ("explicit-exit-notify 1\n" if proto == "udp" else "") +
             "verb 3\n" + extra)
         return conf
 
     def start_server(self) -> ServerHandle:
-        self.server = start_server(self.impl, self.dir, self.s.ns)
+        self.server = start_server(self.impl, self.dir, self.s.ns, self.proto)
         return self.server
 
     def server_log(self) -> str:
         return self.server.log_text() if self.server else ""
 
     def start_client(self, name: str, cert: str | None = None,
-                     password: str | None = None) -> Client:
-        """A real ``openvpn`` client in its namespace, user ``cert`` (default: ``name``)."""
+                     password: str | None = None, *, dev: str = "tun",
+                     proto: str = "udp", extra: str = "") -> Client:
+        """A real ``openvpn`` client in its namespace, user ``cert`` (default: ``name``);
+        ``dev`` tun or tap, ``proto`` udp or tcp (``tcp-client``)."""
         c = self.clients[name]
+        c.dev = f"{dev}0"
         cert = cert or name
         p = self.pki.files
         creds = self.dir / f"creds-{name}.txt"
@@ -276,11 +349,12 @@ class ServerLab:
         creds.chmod(0o600)
         conf = self.dir / f"{name}.conf"
         conf.write_text(
-            f"client\ndev tun\nproto udp\nremote {c.server_ip} {PORT}\nnobind\n"
+            f"client\ndev {c.dev}\nproto {'tcp-client' if proto == 'tcp' else 'udp'}\n"
+            f"remote {c.server_ip} {PORT}\nnobind\n"
             f"ca {p['ca.crt']}\ncert {p[cert + '.crt']}\nkey {p[cert + '.key']}\n"
             f"tls-crypt {p['ta.key']}\nauth-user-pass {creds}\n"
             "remote-cert-tls server\nverb 3\n"
-            "connect-retry 1 1\nresolv-retry infinite\nserver-poll-timeout 4\n")
+            "connect-retry 1 1\nresolv-retry infinite\nserver-poll-timeout 4\n" + extra)
         c.log_path = self.dir / f"client-{name}.log"
         with open(c.log_path, "ab") as log:
             c.proc = c.host.popen("openvpn", "--config", str(conf), stdout=log,
