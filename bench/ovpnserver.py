@@ -183,6 +183,9 @@ class Lab:
     """Namespace S and one namespace per client, each with its own veth to S; every
     process started here is tracked and stopped in :meth:`close`."""
 
+    #: iperf3 -R: the server sends (set from --reverse)
+    reverse = False
+
     def __init__(self, clients: int, workdir: Path) -> None:
         self.tag = secrets.token_hex(3)
         self.wd = workdir
@@ -308,7 +311,7 @@ class Lab:
             senders = [subprocess.Popen(
                 ["ip", "netns", "exec", self.c[k - 1], "iperf3", "-c", SERVER_TUN_IP,
                  "-p", str(IPERF_BASE + k), "-t", str(seconds), "-J",
-                 "--connect-timeout", "5000"],
+                 "--connect-timeout", "5000", *(["-R"] if self.reverse else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 start_new_session=True) for k in range(1, n + 1)]
             outs: list[str] = []
@@ -404,7 +407,8 @@ def print_report(mach: dict[str, Any], runs: list[dict[str, Any]],
           f"Python {mach['python']}")
     print(f"date:    {mach['date']}")
     print(f"load:    {mach['uptime_at_start']}")
-    print(f"test:    {args.seconds:g} s iperf3 TCP per client (1 stream each), "
+    print(f"test:    {args.seconds:g} s iperf3 TCP per client (1 stream each"
+          f"{', -R: server to clients' if args.reverse else ', clients to server'}), "
           f"{args.rounds} round(s), UDP, AES-256-GCM, tls-crypt\n")
     hdr = (f"{'server':<13}{'N':>3}{'Gbit/s':>9}{'srv CPU s/GB':>14}{'srv CPU %':>11}"
            f"{'clients CPU s':>15}{'clients CPU %':>15}")
@@ -457,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="client counts, comma-separated (default 1,4)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat, alternating which server goes first (default 1)")
+    ap.add_argument("--reverse", action="store_true",
+                    help="iperf3 -R: the server sends to its clients (default: clients send)")
     ap.add_argument("--json", type=Path, help="write every number here")
     ap.add_argument("--keep", type=Path,
                     help="copy the work directory (configs, PKI, logs) here at the end")
@@ -475,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         wd = Path(tmp)
         wd.chmod(0o755)
         lab = Lab(max(args.clients), wd)
+        lab.reverse = args.reverse
         try:
             make_pki(wd, max(args.clients))
             lab.up()
@@ -502,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(mach, runs, summary, args)
     if args.json:
         doc = {"machine": mach, "seconds": args.seconds, "rounds": args.rounds,
-               "clients": args.clients, "summary": summary, "runs": runs,
+               "reverse": args.reverse, "clients": args.clients, "summary": summary, "runs": runs,
                "interrupted": interrupted}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     if interrupted:

@@ -97,6 +97,9 @@ class OpenVPNServerTunnel:
         self.since = time.time()
         self.error: str | None = None
         self._listeners: list[Callable[[Any, State, State], None]] = []
+        self._peer_hooks: Any = None
+        #: clients whose peer_up fired (their peer_down fires once)
+        self._announced: set[OpenVPNServerSession] = set()
         self._state_changed: asyncio.Event | None = None
         self.server = OpenVPNServer(sc.options)
         self.net = sc.expansion()
@@ -139,6 +142,22 @@ class OpenVPNServerTunnel:
         return cls(sc, name=cfg.name, netlink=netlink, config=cfg)
 
     # ------------------------------------------------------------------ tunnel face
+    def set_hooks(self, hooks: Any) -> None:
+        """``[tunnel.hooks]`` ``peer_up``/``peer_down`` per client (a hub's PeerHooks:
+        its ``hooks`` and ``base_env``), with the peer's name = common name."""
+        self._peer_hooks = hooks
+
+    def _fire_peer(self, event: str, session: OpenVPNServerSession) -> None:
+        hooks = self._peer_hooks
+        if hooks is None:
+            return
+        from .hooks import peer_env
+
+        env = dict(hooks.base_env())
+        env.update(peer_env(name=session.common_name or session.username,
+                            endpoint=_fmt(session.peer), remote_address=session.address))
+        hooks.hooks.fire(event, env)
+
     def add_listener(self, callback: Callable[[Any, State, State], None]) -> None:
         self._listeners.append(callback)
 
@@ -639,10 +658,15 @@ class OpenVPNServerTunnel:
                 self._pool_dirty = True
                 self.connects += 1
                 self._update_state()
+                self._announced.add(session)
+                self._fire_peer("peer_up", session)
             elif isinstance(ev, Disconnected):
                 self._pool_dirty = True
                 self._update_state()
                 self._retire_queue(session)
+                if session in self._announced:
+                    self._announced.discard(session)
+                    self._fire_peer("peer_down", session)
                 if self.macs is not None:
                     self.macs.forget_port(session.peer_id)
                 writer = self._streams.pop(session, None)
@@ -991,9 +1015,12 @@ class OpenVPNServerTunnel:
         if mgmt is not None:
             await mgmt.close()
 
-    async def put_peer(self, cfg: Any) -> str:
-        raise ConfigError("an OpenVPN server's clients are its CA's certificates: issue one "
+    #: why ``PUT /v1/tunnels/{name}/peers/{peer}`` does not apply here (the API says so)
+    peer_table_refusal = ("an OpenVPN server's clients are its CA's certificates: issue one "
                           "to add a client; per-client settings go in client-config-dir")
+
+    async def put_peer(self, cfg: Any) -> str:
+        raise ConfigError(self.peer_table_refusal)
 
     async def apply_peers(self, table: Any) -> dict[str, Any]:
         """``tunconnector reload`` / SIGHUP: the client-config-dir is read again."""

@@ -7,6 +7,7 @@ The lab (namespaces, PKI with a CRL, the server's start-up, the refusal matcher)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,11 +22,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netns import wait_for  # noqa: E402
+from netns import tunconnector_cmd, wait_for  # noqa: E402
 from ovpnserverlab import (  # noqa: E402
     IMPLS,
     LAN_HOST,
     SERVER_TUN_IP,
+    ServerHandle,
     ServerLab,
     ServerPki,
     connected_lines,
@@ -349,3 +351,61 @@ def test_sighup_rereads_client_config_dir(tlab: ServerLab) -> None:
         assert len(connected_lines(tlab.impl, log, n)) == 1, (n, log[-4000:])
     # the server itself went on: it is the same process
     assert tlab.server.alive()
+
+
+def test_server_as_a_daemon_tunnel_hooks_status_and_api(tlab: ServerLab) -> None:
+    """The same server.conf as a ``[[tunnel]]`` of ``tunconnector run``: peer_up /
+    peer_down hooks per client, the API lists the clients as peers, DELETE ends one
+    (it reconnects, as after openvpn's management ``kill``), PUT is refused."""
+    tlab.write_server_conf()
+    hooks = tlab.dir / "hooks.txt"
+    token = "t0k-" + os.urandom(4).hex()
+    (tlab.dir / "daemon.toml").write_text(f"""
+[api]
+listen = "127.0.0.1:8479"
+token = "{token}"
+
+[[tunnel]]
+name = "ovpn"
+openvpn_config = "{tlab.dir / 'server.conf'}"
+
+[tunnel.hooks]
+peer_up = ["/bin/sh", "-c", "echo up $TUNCONNECTOR_PEER_NAME $ifconfig_remote >> {hooks}"]
+peer_down = ["/bin/sh", "-c", "echo down $TUNCONNECTOR_PEER_NAME >> {hooks}"]
+""")
+    env = dict(os.environ, TUNCONNECTOR_CONTROL_DIR=str(tlab.dir / "ctl-daemon"))
+    tlab.server = ServerHandle("tunconnector", tlab.dir, tlab.s.ns,
+                               tunconnector_cmd("run", "-c", "daemon.toml"), env)
+    tlab.server.wait_ready()
+    addrs = {n: (tlab.start_client(n), tlab.wait_connected(n))[1] for n in ("c1", "c2")}
+
+    def lines() -> list[str]:
+        return hooks.read_text().splitlines() if hooks.exists() else []
+
+    assert wait_for(lambda: {f"up {n} {a}" for n, a in addrs.items()} <= set(lines()), 10), \
+        lines()
+
+    def api(method: str, path: str, body: str | None = None) -> tuple[int, str]:
+        argv = ["curl", "-s", "-o", "/dev/stdout", "-w", "\n%{http_code}", "-X", method,
+                "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json"]
+        if body is not None:
+            argv += ["-d", body]
+        out = tlab.s.run(*argv, f"http://127.0.0.1:8479{path}", check=False, timeout=20).stdout
+        text, _, code = out.rpartition("\n")
+        return int(code or 0), text
+
+    assert wait_for(lambda: api("GET", "/v1/tunnels/ovpn/peers")[0] == 200, 15)
+    code, text = api("GET", "/v1/tunnels/ovpn/peers")
+    peers = {p["name"]: p for p in json.loads(text)}
+    assert set(peers) == {"c1", "c2"}, text
+    assert all(peers[n]["address"] == addrs[n] and peers[n]["state"] == "up" for n in peers)
+    code, text = api("PUT", "/v1/tunnels/ovpn/peers/c9", "{}")
+    assert code == 422 and "certificate" in text, (code, text)
+    code, text = api("DELETE", "/v1/tunnels/ovpn/peers/c2")
+    assert code == 200, (code, text)
+    assert wait_for(lambda: "down c2" in lines(), 10), lines()
+    # c2 is told to restart and comes back with its address; c1 never noticed
+    assert wait_for(lambda: tlab.clients["c2"].log_count(INIT_DONE) == 2, 20), tlab.why("c2")
+    assert wait_for(lambda: lines().count(f"up c2 {addrs['c2']}") == 2, 15), lines()
+    assert tlab.clients["c2"].host.wait_ping(SERVER_TUN_IP, 10), tlab.why("c2")
+    assert tlab.clients["c1"].log_count(INIT_DONE) == 1 and "down c1" not in lines()
