@@ -39,6 +39,7 @@ from .io.udp import UdpEndpoint, family_for, normalize, open_connected_twin, ope
 from .ovpn_scripts import LINK_MTU_OVERHEAD
 from .ovpnserver_mgmt import ServerManagementListener
 from .ovpnserverconf import ServerConfig
+from .proto.admission import MAX_UNPROVEN, UNPROVEN_RECEIVED, Admission
 from .proto.connection import (
     Addr,
     AddressChanged,
@@ -74,6 +75,9 @@ READ_BATCH = 64
 SCRIPT_TIMEOUT = 30.0
 #: bytes read from a TCP client per call
 TCP_READ = 65_536
+#: seconds a TCP client has to connect (TLS, key exchange, authentication scripts);
+#: openvpn gives hand-window (60 s) to each; a shorter one of ours, when smaller, wins
+PROVE_WITHIN_TLS = 30.0
 #: while clients have sockets of their own, the shared one (new clients, strangers)
 #: is read at most SHARED_BATCH datagrams per turn, resting SHARED_REST s after a full one
 SHARED_BATCH = 64
@@ -120,6 +124,10 @@ class OpenVPNServerTunnel:
         self._pool_dirty = False
         self.connects = 0
         self.started = asyncio.Event()
+        #: TCP streams not yet connected: bounded, each with a deadline (hand-window)
+        self._unproven: Admission[OpenVPNServerSession, OpenVPNServerSession] = Admission(
+            MAX_UNPROVEN, min(sc.options.hand_window, PROVE_WITHIN_TLS))
+        self._tcp_refusal_logged = -1e9
         #: connected UDP clients' own sockets (see _own_queue)
         self._own: dict[OpenVPNServerSession, UdpEndpoint] = {}
         #: socket addresses as the server keys them (IPv4-mapped IPv6 made plain)
@@ -467,11 +475,22 @@ class OpenVPNServerTunnel:
         now = self._now()
         session = self.server.accept_stream(addr, now)
         if session is None:
-            log.warning("openvpn server %s: TCP client %s refused (%s)", self.name, addr,
-                        ", ".join(f"{k}={v}" for k, v in self.server.drops.items()))
+            self._drop("tcp_refused")
+            if now >= self._tcp_refusal_logged + 10.0:  # one line per 10 s under a flood
+                self._tcp_refusal_logged = now
+                log.warning("openvpn server %s: TCP client %s refused (%s)", self.name,
+                            _fmt(addr), ", ".join(f"{k}={v}" for k, v in
+                                                  sorted(self.server.drops.items())))
             writer.close()
             return
         self._streams[session] = writer
+        # until it is connected the stream is one of a bounded set with a deadline, and
+        # may send at most UNPROVEN_RECEIVED bytes (a TLS handshake is far smaller)
+        for old in self._unproven.add(session, session, now):
+            self._drop("tcp_unproven_evicted")
+            self.server.close_session(old, now)
+            self._drain_events()
+        received = 0
         try:
             while not session.closed:
                 data = await reader.read(TCP_READ)
@@ -479,6 +498,11 @@ class OpenVPNServerTunnel:
                     break
                 self.bytes_in += len(data)
                 now = self._now()
+                if session in self._unproven:
+                    received += len(data)
+                    if received > UNPROVEN_RECEIVED:
+                        self._drop("tcp_unproven_overflow")
+                        break
                 session.receive_stream(data, now)
                 self.server._collect(session)
                 self._after({session: None}, now)
@@ -486,6 +510,7 @@ class OpenVPNServerTunnel:
             pass
         finally:
             now = self._now()
+            self._unproven.pop(session)
             if not session.closed:
                 self.server.close_session(session, now)
             self._streams.pop(session, None)
@@ -651,6 +676,7 @@ class OpenVPNServerTunnel:
             if isinstance(ev, (Connected, AddressChanged)) and self._udp is not None:
                 self._own_queue(session)
             if isinstance(ev, Connected):
+                self._unproven.pop(session)
                 log.info("openvpn server %s: client %s (%s) connected, address %s%s",
                          self.name, session.common_name or session.username,
                          _fmt(session.peer), session.address,
@@ -904,6 +930,12 @@ class OpenVPNServerTunnel:
         while True:
             await asyncio.sleep(1.0)
             self._check_crl()
+            expired = self._unproven.expired(self._now())
+            for session in expired:
+                self._drop("tcp_unproven_timeout")
+                self.server.close_session(session, self._now())
+            if expired:
+                self._drain_events()
             if time.monotonic() - last_status >= status_every:
                 self._write_status()
                 last_status = time.monotonic()
