@@ -1069,6 +1069,7 @@ class OpenVPNServerTunnel:
             log.error("openvpn server %s: reload: %s (the running config stays)",
                       self.name, exc)
             raise
+        self._check_crl()
         now = self._now()
         ended = self.server.set_client_configs(fresh.options.client_configs, now)
         self._drain_events()

@@ -351,6 +351,16 @@ def test_sighup_rereads_client_config_dir(tlab: ServerLab) -> None:
         assert len(connected_lines(tlab.impl, log, n)) == 1, (n, log[-4000:])
     # the server itself went on: it is the same process
     assert tlab.server.alive()
+    # `tunconnector reload` (the control socket) does the same for c2
+    (tlab.dir / "ccd" / "c2").write_text("ifconfig-push 10.8.0.61 255.255.255.0\n")
+    env = dict(os.environ, TUNCONNECTOR_CONTROL_DIR=str(tlab.dir / "ctl-server"))
+    res = subprocess.run(["ip", "netns", "exec", tlab.s.ns,
+                          *tunconnector_cmd("reload")], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    c2 = tlab.clients["c2"]
+    assert wait_for(lambda: c2.tun_addr() == "10.8.0.61", 20, 0.1), (res.stdout, tlab.why("c2"))
+    assert tlab.clients["c3"].log_count(INIT_DONE) == 1, tlab.why("c3")
 
 
 def test_server_as_a_daemon_tunnel_hooks_status_and_api(tlab: ServerLab) -> None:
