@@ -777,8 +777,13 @@ class OpenVPNServerTunnel:
         ok = False
         if argv:
             if self.sc.auth_user_pass_verify_via == "via-env":
-                env["password"] = ev.password or ""
-                ok = await self._run_script(argv, env)
+                if self.sc.script_security < 3:  # openvpn: passwords in env need level 3
+                    log.warning("openvpn server %s: auth-user-pass-verify via-env needs "
+                                "script-security 3 (the password goes in the environment)",
+                                self.name)
+                else:
+                    env["password"] = ev.password or ""
+                    ok = await self._run_script(argv, env)
             else:
                 fd, path = tempfile.mkstemp(prefix="tunconnector-auth-")
                 try:
