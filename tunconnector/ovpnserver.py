@@ -1008,7 +1008,11 @@ class OpenVPNServerTunnel:
             "peers_up": up, "client_to_client": self.sc.options.client_to_client,
             "gate": {"replies": self.server.gate.replies,
                      "accepted": self.server.gate.accepted},
-            "crypto": {"established": up > 0},
+            "crypto": {"established": up > 0, "mode": "openvpn-tls",
+                       "cipher": ",".join(sorted({p["cipher"] for p in peers
+                                                   if p.get("cipher")})) or None,
+                       "handshakes": self.connects,
+                       "rekeys": sum(p.get("renegotiations") or 0 for p in peers)},
             "peers": peers,
         }
 
