@@ -435,21 +435,21 @@ class OpenVPNServerTunnel:
             addr = norm.get(raw)
             if addr is None:
                 addr = norm[raw] = normalize(raw)
-            # the fast path: data from a connected client's own address
-            if data and (data[0] >> 3) in DATA_OPCODES:
-                session = sessions.get(addr)
-                if session is not None:
-                    got = session.quick_data(data, now)
-                    if got is not False:
-                        if got is not None:
-                            got_frames = frames.get(session)
-                            if got_frames is None:
-                                frames[session] = [got]  # type: ignore[list-item]
-                            else:
-                                got_frames.append(got)  # type: ignore[arg-type]
-                        touched[session] = None
-                        continue
             try:
+                # the fast path: data from a connected client's own address
+                if data and (data[0] >> 3) in DATA_OPCODES:
+                    session = sessions.get(addr)
+                    if session is not None:
+                        got = session.quick_data(data, now)
+                        if got is not False:
+                            if got is not None:
+                                got_frames = frames.get(session)
+                                if got_frames is None:
+                                    frames[session] = [got]  # type: ignore[list-item]
+                                else:
+                                    got_frames.append(got)  # type: ignore[arg-type]
+                            touched[session] = None
+                            continue
                 session = server.receive_datagram(bytes(data), addr, now)
             except Exception:  # a bug must not take the other clients down
                 log.exception("openvpn server %s: datagram from %s", self.name, _fmt(addr))
