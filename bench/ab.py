@@ -3,6 +3,9 @@
     python -m bench.ab --a CHECKOUT_A --b CHECKOUT_B [--rounds 2] [--seconds 5]
                        [--peers tc-tun-udp-aead,tc-tun-tcp-plain,...]
 
+Hub peers (``tc-hub1-udp-aead``, ``tc-hub4-udp-aead``): a hub and 1 or 4 real TUN clients,
+each client's iperf3 stream at once; reported with Jain's fairness index of the clients.
+
 Why alternate: on a shared machine the load moves by more than the difference between two
 builds; running A, B, A, B (per peer and round: A's tunnel started, one iperf3 stream
 for ``--seconds`` and 100 pings 10 ms apart, stopped, then B's) puts both builds under the
@@ -31,10 +34,15 @@ DEFAULT_PEERS = "tc-tun-udp-aead,tc-tun-tcp-plain,tc-tun-udp-plain-nooff,tc-tap-
 
 
 def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfServer,
-         index: int, workdir: Path, seconds: float) -> dict[str, float]:
+         index: int, workdir: Path, seconds: float) -> dict[str, Any]:
     peers.TUNCONNECTOR = [sys.executable, "-m", "tunconnector"]
     os.environ["PYTHONPATH"] = str(build)  # this checkout's code, this interpreter's deps
     peer.start(topo, index, workdir)
+    if isinstance(peer, peers.HubBenchPeer):  # N clients at once, each from its own namespace
+        try:
+            return peer.measure(topo, seconds)
+        finally:
+            peer.stop(topo)
     try:
         for attempt in range(3):  # iperf3 now and then refuses a test ("server is busy")
             c0 = measure.cpu_seconds(peer.pids)
@@ -63,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
-    by_name = {p.name: p for p in peers.all_peers()}
+    by_name = {p.name: p for p in [*peers.all_peers(), *peers.hub_peers()]}
     missing = [n for n in wanted if n not in by_name]
     if missing:
         print(f"unknown peers: {missing}", file=sys.stderr)
         return 2
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         n: {"A": [], "B": []} for n in wanted}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load0 = os.getloadavg()[0]
@@ -86,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                         runs[name][label].append(row)
                         print(f"round {rnd + 1} {label} {name:24} {row['gbps']:6.2f} Gbit/s "
                               f"{row['gbit_per_cpu_s']:6.2f} Gbit/CPU-s "
-                              f"{row['rtt_ms']:6.3f} ms", flush=True)
+                              f"{row['rtt_ms']:6.3f} ms"
+                              + (f" Jain {row['jain']:.3f} each {row['each_gbps']}"
+                                 if "jain" in row else ""), flush=True)
         finally:
             server.stop()
     summary: dict[str, Any] = {}
     for name, by in runs.items():
         s: dict[str, Any] = {}
         for label in ("A", "B"):
-            s[label] = {k: round(statistics.mean(r[k] for r in by[label]), 3)
-                        for k in ("gbps", "gbit_per_cpu_s", "rtt_ms")}
+            keys = ("gbps", "gbit_per_cpu_s", "rtt_ms") + (("jain",) if "jain" in by[label][0]
+                                                           else ())
+            s[label] = {k: round(statistics.mean(r[k] for r in by[label]), 3) for k in keys}
         s["ratio_gbps"] = round(s["B"]["gbps"] / s["A"]["gbps"], 3) if s["A"]["gbps"] else None
         s["ratio_per_cpu"] = (round(s["B"]["gbit_per_cpu_s"] / s["A"]["gbit_per_cpu_s"], 3)
                               if s["A"]["gbit_per_cpu_s"] else None)
@@ -111,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {s['A']['gbps']:.2f} | {s['B']['gbps']:.2f} | {s['ratio_gbps']} "
               f"| {s['A']['gbit_per_cpu_s']:.2f} | {s['B']['gbit_per_cpu_s']:.2f} "
               f"| {s['ratio_per_cpu']} | {s['A']['rtt_ms']:.3f} | {s['B']['rtt_ms']:.3f} "
-              f"| {s['ratio_rtt']} |")
+              f"| {s['ratio_rtt']} |"
+              + (f" Jain A {s['A']['jain']} B {s['B']['jain']}" if "jain" in s["A"] else ""))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
