@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +34,29 @@ from .netns import Topology
 DEFAULT_PEERS = "tc-tun-udp-aead,tc-tun-tcp-plain,tc-tun-udp-plain-nooff,tc-tap-udp-plain"
 
 
+def _use_build(build: Path) -> None:
+    """Make ``python -m tunconnector`` run this checkout's code with this interpreter's deps.
+
+    ``-m`` puts the working directory first on ``sys.path``, ahead of ``PYTHONPATH``: run
+    from a checkout, both sides would run that checkout. ``PYTHONSAFEPATH`` leaves it out."""
+    os.environ["PYTHONPATH"] = str(build)
+    os.environ["PYTHONSAFEPATH"] = "1"
+
+
+def _check_build(build: Path) -> None:
+    """Refuse to compare a build whose daemon would import another checkout's code."""
+    _use_build(build)
+    r = subprocess.run([sys.executable, "-c", "import tunconnector; print(tunconnector.__file__)"],
+                       capture_output=True, text=True, timeout=60)
+    got = Path(r.stdout.strip()).resolve()
+    if r.returncode != 0 or not got.is_relative_to(build.resolve()):
+        raise SystemExit(f"{build}: its daemon would import {got or r.stderr.strip()[-200:]}")
+
+
 def _one(peer: peers.Peer, build: Path, topo: Topology, server: measure.IperfServer,
          index: int, workdir: Path, seconds: float) -> dict[str, Any]:
     peers.TUNCONNECTOR = [sys.executable, "-m", "tunconnector"]
-    os.environ["PYTHONPATH"] = str(build)  # this checkout's code, this interpreter's deps
+    _use_build(build)
     peer.start(topo, index, workdir)
     if isinstance(peer, peers.HubBenchPeer):  # N clients at once, each from its own namespace
         try:
@@ -76,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"unknown peers: {missing}", file=sys.stderr)
         return 2
+    for build in (args.a, args.b):
+        _check_build(build)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         n: {"A": [], "B": []} for n in wanted}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
