@@ -504,7 +504,7 @@ class OpenVPNServerTunnel:
                         self._drop("tcp_unproven_overflow")
                         break
                 session.receive_stream(data, now)
-                self.server._collect(session)
+                self.server.collect(session)
                 self._after({session: None}, now)
         except (ConnectionError, OSError):
             pass
@@ -525,9 +525,8 @@ class OpenVPNServerTunnel:
             frames = session.frames_to_deliver()
             if frames:
                 self._route(session, frames, now, touched)
-        gate = self.server._gate_out
+        gate = self.server.take_gate_datagrams()
         if gate:
-            self.server._gate_out = []
             self._send_datagrams(gate)
         schedule = self.server.schedule
         for session in touched:
@@ -628,8 +627,7 @@ class OpenVPNServerTunnel:
             udp.sendto(data, addr)  # type: ignore[arg-type]
 
     def _flush_all(self, now: float) -> None:
-        gate = self.server._gate_out
-        self.server._gate_out = []
+        gate = self.server.take_gate_datagrams()
         self._send_datagrams(gate)
         for session in list(self.server.sessions.values()):
             self._flush(session, now)
@@ -660,9 +658,8 @@ class OpenVPNServerTunnel:
         except Exception:
             log.exception("openvpn server %s: timer", self.name)
         self._drain_events()
-        gate = self.server._gate_out
+        gate = self.server.take_gate_datagrams()
         if gate:
-            self.server._gate_out = []
             self._send_datagrams(gate)
         for session in due:
             self._flush(session, now)
@@ -901,7 +898,7 @@ class OpenVPNServerTunnel:
             clients.append(ClientRow(
                 common_name=cn, real_address=real, virtual_address=s.address or "",
                 virtual_ipv6=s.address6 or "", bytes_received=s.link_bytes_in,
-                bytes_sent=s.link_bytes_out, connected_since=s._created_wall,
+                bytes_sent=s.link_bytes_out, connected_since=s.created_wall,
                 username=s.username or "UNDEF", client_id=s.peer_id,
                 peer_id=s.peer_id if s.peer_id is not None else NO_PEER_ID,
                 cipher=s.cipher or ""))
@@ -968,7 +965,7 @@ class OpenVPNServerTunnel:
             "rx_packets": s.packets_in, "tx_packets": s.packets_out,
             "link_rx_bytes": s.link_bytes_in, "link_tx_bytes": s.link_bytes_out,
             "renegotiations": s.renegotiations, "error": s.last_error,
-            "connected_since": s._created_wall, "drops": drops,
+            "connected_since": s.created_wall, "drops": drops,
         }
 
     def peers_status(self) -> list[dict[str, Any]]:

@@ -302,7 +302,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.lease: Lease | None = None
         #: this client's CCD file followed by its client-connect output, if any
         self.client_config: ClientConfig | None = None
-        self._script_config: ClientConfig | None = None
+        self.script_config: ClientConfig | None = None
         #: auth-gen-token: the token we pushed last, and the session's first one
         self.auth_token: str | None = None
         self._token_initial: str | None = None
@@ -315,7 +315,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._cc: str | None = None
         self._cc_partial = False
         self._created = now
-        self._created_wall = int(shared.wall())
+        self.created_wall = int(shared.wall())
         #: link bytes (control and data, as read and written), openvpn's link_*_bytes
         self.link_bytes_in = self.link_bytes_out = 0
         self._auth_reason = ""
@@ -417,7 +417,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         return f"openvpn server: {self.peer}"
 
     def _broken(self, reason: str, now: float) -> None:
-        self._end(reason, now)
+        self.end(reason, now)
 
     def _tls_failed(self, ks: KeyState[ClientKeyMessage], exc: Exception,
                     now: float) -> None:
@@ -432,7 +432,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if alert and self.remote_session_id is not None:
             self._queue_tls(ks, alert)
             self._send_due(ks, now)
-        self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now,
+        self.end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now,
                   logging.WARNING)
 
     def _tls_established(self, ks: KeyState[ClientKeyMessage]) -> None:
@@ -441,7 +441,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         # inside TLS, so from the client itself: its stream is unusable from here on
-        self._end(f"bad control-channel message from the client: {exc}", now)
+        self.end(f"bad control-channel message from the client: {exc}", now)
 
     def _peer_key_arrived(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
                           now: float) -> bool:
@@ -492,17 +492,17 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             # a renegotiation keeps the identity the first key proved
             if not self.options.username_as_common_name and cn != self.common_name \
                     and self.options.verify_client_cert != "none":
-                self._end(f"client certificate changed from {self.common_name!r} to {cn!r} "
+                self.end(f"client certificate changed from {self.common_name!r} to {cn!r} "
                           "on renegotiation", now)
                 return False
             if msg.username != self.username and self.options.auth_user_pass_verify:
-                self._end("user name changed on renegotiation", now)
+                self.end("user name changed on renegotiation", now)
                 return False
             if self._shared.tokens is not None and is_auth_token(msg.password):
                 check = self._check_token(msg.username or "", msg.password or "",
                                           self._token_initial)
                 if not check.valid:
-                    self._end("auth-token refused on renegotiation" +
+                    self.end("auth-token refused on renegotiation" +
                               (" (expired)" if check.expired else ""), now)
                     return False
             elif self.options.auth_user_pass_verify and ks.key_id != 0:
@@ -560,7 +560,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             elif self._auth == "failed":
                 self._auth_failed(ks, now)
         elif text.startswith("EXIT"):
-            self._end("client sent EXIT", now)
+            self.end("client sent EXIT", now)
         else:
             self.drops["unknown_control_message"] += 1
 
@@ -577,7 +577,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             return
         if self._auth != "pending" or self.state == "closed":
             return
-        self._script_config = client_config
+        self.script_config = client_config
         ks = self._keys.get(0)
         if ks is None:
             return
@@ -637,8 +637,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             self._cc_partial = True
             if config is not None:
-                self._script_config = config if self._script_config is None \
-                    else self._script_config.extend(config)
+                self.script_config = config if self.script_config is None \
+                    else self.script_config.extend(config)
                 self.client_config = config if self.client_config is None \
                     else self.client_config.extend(config)
             if not self._connect_checks(ks, now):
@@ -779,8 +779,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             cfg = lookup(self.options.client_configs, self.common_name)
         # multi_client_connect_source_ccd: a file read counts as a step that succeeded
         self._cc_partial = cfg is not None
-        if self._script_config is not None:
-            cfg = self._script_config if cfg is None else cfg.extend(self._script_config)
+        if self.script_config is not None:
+            cfg = self.script_config if cfg is None else cfg.extend(self.script_config)
         self.client_config = cfg
         if not self._connect_checks(ks, now):
             return False
@@ -857,8 +857,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             env["trusted_port"] = str(self.peer[1])
         env.update(self.address_env())
         env["time_ascii"] = time.strftime("%Y-%m-%d %H:%M:%S",
-                                          time.localtime(self._created_wall))
-        env["time_unix"] = str(self._created_wall)
+                                          time.localtime(self.created_wall))
+        env["time_unix"] = str(self.created_wall)
         return env
 
     def _disconnect_hook(self, now: float) -> None:
@@ -935,7 +935,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _end(self, reason: str, now: float, level: int = logging.INFO) -> None:
+    def end(self, reason: str, now: float, level: int = logging.INFO) -> None:
         if self.state == "closed":
             return
         log.log(level, "openvpn server: %s disconnected: %s", self.peer, reason)
@@ -951,7 +951,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         self._send_exit(1, now)
-        self._end("closed by the server", now)
+        self.end("closed by the server", now)
 
     @property
     def closed(self) -> bool:
@@ -966,7 +966,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def _out_of_time(self, now: float) -> bool:
         if self._close_at is not None and (now >= self._close_at or all(
                 k.sender.empty for k in self._keys.values())):
-            self._end(self.last_error or "authentication failed", now)
+            self.end(self.last_error or "authentication failed", now)
             return True
         return super()._out_of_time(now)
 
@@ -977,7 +977,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         for ks in list(self._keys.values()):
             if ks.phase != ACTIVE and ks.key_id != 0 \
                     and now - ks.created >= self.options.hand_window:
-                self._end(f"renegotiation (key_id {ks.key_id}) did not finish within "
+                self.end(f"renegotiation (key_id {ks.key_id}) did not finish within "
                           f"{self.options.hand_window:g} s", now)
                 return False
         return True
@@ -1079,7 +1079,7 @@ class OpenVPNServer:
                 continue
             cn = session.common_name
             file = lookup(configs, cn) if configs is not None else None
-            script = session._script_config
+            script = session.script_config
             want = file.extend(script) if file is not None and script is not None \
                 else file or script
             refused = self.options.ccd_exclusive and not exclusive_allows(configs or {}, cn)
@@ -1101,10 +1101,10 @@ class OpenVPNServer:
             cert = session.peer_certificate()
             if session.closed or cert is None or not tls.revoked(cert):
                 continue
-            session._end(f"refused client: certificate {session.common_name!r} (serial "
+            session.end(f"refused client: certificate {session.common_name!r} (serial "
                          f"{cert.serial_number:x}) is revoked (crl-verify changed)", now,
                          logging.WARNING)
-            self._collect(session)
+            self.collect(session)
             ended.append(session)
         return ended
 
@@ -1170,7 +1170,7 @@ class OpenVPNServer:
                 pass  # its second packet with a cookie for the new session id
             else:
                 session.receive_datagram(data, addr, now)
-                self._collect(session)
+                self.collect(session)
                 return session
         if opcode == P_DATA_V2 and len(data) >= 4:
             owner = self.by_peer_id.get(int.from_bytes(data[1:4], "big"))
@@ -1184,9 +1184,9 @@ class OpenVPNServer:
                 displaced = self.sessions.get(key)
                 if displaced is not None and displaced is not owner:
                     displaced.close(now)
-                    self._collect(displaced)
+                    self.collect(displaced)
                 self.sessions[key] = owner
-            self._collect(owner)
+            self.collect(owner)
             return owner
         if opcode in DATA_OPCODES:
             self.drops["no_session"] += 1
@@ -1198,14 +1198,14 @@ class OpenVPNServer:
         if not isinstance(verdict, GateAccept):
             return None
         if session is not None and not session.closed:
-            session._end("client restarted (new session from its address)", now)
-            self._collect(session)
+            session.end("client restarted (new session from its address)", now)
+            self.collect(session)
             self._forget(session)
         created = self._new_session(addr, now, verdict)
         if created is None:
             return None
         created.receive_datagram(data, addr, now)
-        self._collect(created)
+        self.collect(created)
         return created
 
     def accept_stream(self, addr: Addr, now: float) -> OpenVPNServerSession | None:
@@ -1235,7 +1235,7 @@ class OpenVPNServer:
             del self.by_peer_id[session.peer_id]
             self.router.remove_peer(session.peer_id)
 
-    def _collect(self, session: OpenVPNServerSession) -> None:
+    def collect(self, session: OpenVPNServerSession) -> None:
         while (ev := session.next_event()) is not None:
             if isinstance(ev, Connected):
                 self.router.set_peer(session.peer_id, session.prefixes())
@@ -1255,34 +1255,34 @@ class OpenVPNServer:
             if other is not session and not other.closed and \
                     (other.common_name or other.username) == ident:
                 other.close(now)
-                self._collect(other)
+                self.collect(other)
 
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
                     reason: str = "", client_config: ClientConfig | None = None, *,
                     why: str | None = None) -> None:
         session.auth_result(ok, now, reason, client_config, why=why)
-        self._collect(session)
+        self.collect(session)
 
     def client_connect_result(self, session: OpenVPNServerSession, ok: bool, now: float,
                               config: ClientConfig | None = None) -> None:
         """Answer a session's :class:`ClientConnect` (see the session's method)."""
         session.client_connect_result(ok, now, config)
-        self._collect(session)
+        self.collect(session)
 
     def close_session(self, session: OpenVPNServerSession, now: float) -> None:
         """End a client from our side (kill, shutdown): it is told to reconnect."""
         session.close(now)
-        self._collect(session)
+        self.collect(session)
 
     def handle_timer(self, now: float) -> list[OpenVPNServerSession]:
         """Run the sessions whose deadline passed; returns them (their output is due)."""
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP
             for session in list(self.sessions.values()):
-                self._collect(session)
+                self.collect(session)
         else:  # sessions closed by a direct call go at once
             for session in [s for s in self.sessions.values() if s.state == "closed"]:
-                self._collect(session)
+                self.collect(session)
         due = []
         heap, deadline = self._heap, self._deadline
         while heap and heap[0][0] <= now:
@@ -1295,7 +1295,7 @@ class OpenVPNServer:
                 if nt is not None and nt <= now:
                     session.handle_timer(now)
                     due.append(session)
-            self._collect(session)
+            self.collect(session)
         return due
 
     def get_timer(self) -> float | None:
@@ -1307,8 +1307,14 @@ class OpenVPNServer:
         t = heap[0][0] if heap else None
         return self._next_sweep if t is None or self._next_sweep < t else t
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+    def take_gate_datagrams(self) -> list[tuple[bytes, Addr]]:
+        """What the server itself answered (cookies, resets, closed sessions' last words),
+        for the adapter to send; cleared."""
         out, self._gate_out = self._gate_out, []
+        return out
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out = self.take_gate_datagrams()
         for session in list(self.sessions.values()):
             out += session.datagrams_to_send(now)
         return out
