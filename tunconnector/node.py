@@ -176,7 +176,7 @@ class Node:
         if self._control is not None:
             await self._control.stop()
         for a in self._assigners:
-            await asyncio.gather(*a._tasks, return_exceptions=True)
+            await a.settle()
         self.netlink.close()
         self.netlink = Netlink()
         for t in self.tunnels.values():
