@@ -253,34 +253,36 @@ def write_openvpn_key(path: Path) -> Path:
 
 class OpenVPNStaticPeer(Peer):
     """Point-to-point OpenVPN static key (``--secret``) over UDP, TUN, key directions 0/1:
-    openvpn at both ends, or tunconnector (``--framing openvpn``) at both ends."""
+    openvpn at both ends, tunconnector (``--framing openvpn``) at both ends, or ``mixed``:
+    tunconnector in B (the receiver) against openvpn in A (the sender)."""
 
     cipher: str = "none"
     auth: str = "SHA1"
-    impl: str = "openvpn"  # | "tunconnector"
+    impl: str = "openvpn"  # | "tunconnector" | "mixed"
 
     def start(self, topo: Topology, index: int, workdir: Path) -> None:
         self.workdir = workdir
         a, b = subnet(index)
         key = write_openvpn_key(workdir / "static.key")
-        if self.impl == "tunconnector":
-            port = str(56500 + index)
-            extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
-                     self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
+        port = "1195" if self.impl == "openvpn" else str(56500 + index)
+        extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
+                 self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
+        common = ["openvpn", "--dev", topo.name("os"), "--dev-type", "tun", "--proto", "udp",
+                  "--lport", port, "--rport", port, "--verb", "3", "--ping", "10",
+                  "--cipher", self.cipher, "--auth", self.auth,
+                  *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING)]
+        if self.impl in ("tunconnector", "mixed"):
             self.spawn(topo, topo.ns_b, [*TUNCONNECTOR, "-m", "server", "-p", topo.name("ts"),
                                          "-s", f"{b}/24", "-i", port, "--key-direction", "0",
                                          *extra], "server")
+        else:
+            self.spawn(topo, topo.ns_b, [*common, "--secret", str(key), "0", "--remote",
+                                         UNDERLAY_A, "--ifconfig", b, a], "b")
+        if self.impl == "tunconnector":
             self.spawn(topo, topo.ns_a, [*TUNCONNECTOR, "-m", "client", "-n", topo.name("tc"),
                                          "-c", f"{a}/24", "-r", UNDERLAY_B, "-o", port,
                                          "--key-direction", "1", *extra], "client")
         else:
-            dev = topo.name("os")
-            common = ["openvpn", "--dev", dev, "--dev-type", "tun", "--proto", "udp",
-                      "--lport", "1195", "--rport", "1195", "--verb", "3", "--ping", "10",
-                      "--cipher", self.cipher, "--auth", self.auth,
-                      *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING)]
-            self.spawn(topo, topo.ns_b, [*common, "--secret", str(key), "0", "--remote",
-                                         UNDERLAY_A, "--ifconfig", b, a], "b")
             self.spawn(topo, topo.ns_a, [*common, "--secret", str(key), "1", "--remote",
                                          UNDERLAY_B, "--ifconfig", a, b], "a")
         self.target = b
@@ -291,9 +293,11 @@ def static_key_peers() -> list[Peer]:
     out: list[Peer] = []
     for suffix, cipher, auth in STATIC_KEY_MODES:
         label = f"static key, cipher {cipher}, auth {auth}"
-        for impl in ("openvpn", "tunconnector"):
-            name = f"{'ovpn' if impl == 'openvpn' else 'tc'}-static-{suffix}"
-            who = "OpenVPN 2.6" if impl == "openvpn" else "tunconnector framing openvpn"
+        for impl in ("openvpn", "tunconnector", "mixed"):
+            short = {"openvpn": "ovpn", "tunconnector": "tc", "mixed": "mix"}[impl]
+            name = f"{short}-static-{suffix}"
+            who = {"openvpn": "OpenVPN 2.6", "tunconnector": "tunconnector framing openvpn",
+                   "mixed": "tunconnector server (B) against an OpenVPN 2.6 client (A)"}[impl]
             p = OpenVPNStaticPeer(
                 name, impl, encrypted=cipher != "none",
                 baseline=None if impl == "openvpn" else f"ovpn-static-{suffix}",
