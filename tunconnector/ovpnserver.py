@@ -24,7 +24,6 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from .io import routes as rt
 from .io.device import Device
 from .io.offload import enable_socket_offload, probe_vnet_hdr_support
 from .io.udp import UdpEndpoint, family_for, normalize, open_connected_twin, open_udp
+from .lifecycle import State, StateFace
 from .ovpn_scripts import LINK_MTU_OVERHEAD
 from .ovpnserver_mgmt import ServerManagementListener
 from .ovpnserverconf import ServerConfig
@@ -65,7 +65,6 @@ from .proto.openvpn.serverstatus import (
     status_text,
 )
 from .proto.router import DROP, FORWARD
-from .tunnel import State
 
 log = logging.getLogger("tunconnector.openvpn.server")
 
@@ -84,7 +83,7 @@ SHARED_BATCH = 64
 SHARED_REST = 0.002
 
 
-class OpenVPNServerTunnel:
+class OpenVPNServerTunnel(StateFace):
     """An openvpn ``--server`` config served: see the module docstring."""
 
     def __init__(self, sc: ServerConfig, *, name: str = "openvpn",
@@ -97,14 +96,11 @@ class OpenVPNServerTunnel:
                                              proto="tcp" if sc.proto == "tcp" else "udp",
                                              dev_type="tap" if sc.dev_type == "tap"
                                              else "tun", port=sc.port)
-        self.state = State.STOPPED
-        self.since = time.time()
-        self.error: str | None = None
-        self._listeners: list[Callable[[Any, State, State], None]] = []
+        self.log = logging.LoggerAdapter(log, {"tunnel": name})
+        self._init_state()
         self._peer_hooks: Any = None
         #: clients whose peer_up fired (their peer_down fires once)
         self._announced: set[OpenVPNServerSession] = set()
-        self._state_changed: asyncio.Event | None = None
         self.server = OpenVPNServer(sc.options)
         self.net = sc.expansion()
         self.device: Device | None = None
@@ -166,50 +162,10 @@ class OpenVPNServerTunnel:
                             endpoint=_fmt(session.peer), remote_address=session.address))
         hooks.hooks.fire(event, env)
 
-    def add_listener(self, callback: Callable[[Any, State, State], None]) -> None:
-        self._listeners.append(callback)
-
-    def _event(self) -> asyncio.Event:
-        if self._state_changed is None:
-            self._state_changed = asyncio.Event()
-        return self._state_changed
-
-    def _set_state(self, new: State) -> None:
-        old = self.state
-        if old == new:
-            return
-        self.state = new
-        self.since = time.time()
-        self._event().set()
-        for cb in list(self._listeners):
-            try:
-                cb(self, old, new)
-            except Exception:
-                log.exception("state listener failed")
-
     def _update_state(self) -> None:
         if self.state in (State.DOWN, State.UP):
             up = any(s.state == "connected" for s in self.server.sessions.values())
             self._set_state(State.UP if up else State.DOWN)
-
-    async def wait_state(self, state: State, timeout: float | None = None) -> None:
-        async def _wait() -> None:
-            while self.state != state:
-                if self.state == State.FAILED and state != State.FAILED:
-                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
-                ev = self._event()
-                ev.clear()
-                await ev.wait()
-
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_up(self, timeout: float | None = None) -> None:
-        """Wait until at least one client is connected."""
-        await self.wait_state(State.UP, timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return self.state in (State.STARTING, State.DOWN, State.UP)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
