@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 from ..proto.offload import VNET_HDR_LEN
 
 log = logging.getLogger(__name__)
+
+#: environment override, e.g. for integration tests of the per-packet path: "off"
+#: keeps every device and socket plain
+ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
+
+
+def offload_env_off() -> bool:
+    """Whether ``$TUNCONNECTOR_OFFLOAD`` says "off"."""
+    return os.environ.get(ENV_OFFLOAD, "").lower() == "off"
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
