@@ -104,15 +104,18 @@ class FastPath:
         self.loss = LossAdaptiveCap()
 
     # -- setup -----------------------------------------------------------------------
-    def open_device(self, name: str, dev_type: DevType) -> Device:
-        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed."""
+    def open_device(self, name: str, dev_type: DevType, *, tso: bool = True) -> Device:
+        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed.
+
+        ``tso`` False: virtio_net_hdr without any TUNSETOFFLOAD flag (a hub): reads are
+        plain packets behind a zero header, writes take super-packets whole."""
         if self.want and probe_vnet_hdr_support():
             try:
                 dev = Device(name, dev_type, vnet_hdr=True)
             except DeviceError as exc:
                 self.why_not = f"IFF_VNET_HDR refused ({exc})"
             else:
-                self.device = enable_device_offload(dev.fd)
+                self.device = enable_device_offload(dev.fd, want_tso=tso)
                 if self.device.enabled:
                     dev.coalesce_udp = self.device.uso and dev_type == "tun"
                     return dev

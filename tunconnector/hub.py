@@ -44,10 +44,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .config import PeerConfig, TunnelConfig
 from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
+from .fastpath import FastPath
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
-from .io.offload import ENV_OFFLOAD, offload_env_off
 from .io.udp import (
     Addr,
     UdpEndpoint,
@@ -68,7 +68,7 @@ from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
 from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
-from .proto.offload import GsoFrame
+from .proto.offload import VNET_HDR_LEN, GsoFrame, coalesce_tcp
 from .proto.pool import AddressPool
 from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
@@ -181,8 +181,9 @@ class Hub:
         self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
-        #: how the data path runs (status "data_path"): device and socket offloads
-        self._data_path = "not started"
+        #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
+        #: super-packets are written whole; status "data_path")
+        self._fast = FastPath(config)
         self._protecting = False  # the shared queue overflowed: peers get their own
         self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
         self._shared_count = 0
@@ -205,7 +206,7 @@ class Hub:
         self._static: X25519PrivateKey | None = None
         self._mac_keys: list[bytes] = []
         self._cookie_key = b""
-        self._reasm = fragment.Reassembler()
+        self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -339,7 +340,7 @@ class Hub:
             "peers_up": up,
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
-            "data_path": self._data_path,
+            "data_path": self._fast.describe(),
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
@@ -354,6 +355,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._clock_offset = time.time() - self._loop.time()
         self._stopping = False
+        self._fast = FastPath(self.config)
+        self._reasm = self._fast.reasm
         self.error = None
         self._set_state(State.STARTING)
         try:
@@ -455,7 +458,10 @@ class Hub:
 
     async def _open_device(self) -> None:
         cfg = self.config
-        dev = Device(cfg.device or "", cfg.dev_type)
+        # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
+        # _on_device_readable), a client's super-packet is written whole (_route_inbound);
+        # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
+        dev = self._fast.open_device(cfg.device or "", cfg.dev_type, tso=False)
         self.device = dev
         self.device_name = dev.name
         if cfg.netns:
@@ -477,9 +483,7 @@ class Hub:
         self._udp = UdpEndpoint(sock, self.stats.drops)
         # UDP GSO/GRO: the runs of equal-size datagrams send_batch makes per peer leave in
         # one sendmsg, a client's runs arrive in one read (memoryview slices)
-        off = self._udp.enable_offload(runs=False)
-        self._data_path = f"per-packet device, {off.describe()}" + (
-            f" (off by ${ENV_OFFLOAD})" if offload_env_off() else "")
+        self._fast.attach_udp(self._udp)  # runs: a coalesced FRAGMENT read stays whole
         self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
@@ -616,6 +620,9 @@ class Hub:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
             batch = self._within_budget(batch)
+        udp = self._udp
+        if udp is not None and udp.runs and udp.gro:  # FragmentRuns -> their messages
+            batch = self._fast.expand_runs(batch, now, stats.drops)
         for data, raw in batch:
             p = by_raw.get(raw)
             if p is not None and p.native is not None:
@@ -911,8 +918,28 @@ class Hub:
         to_dev: list[Any] = []
         fwd: dict[int, tuple[HubPeer, list[Any]]] = {}
         router = self.router
+        dev = self.device
+        whole = dev is not None and dev.vnet_hdr and not self.tap
+        extra = 0  # segments of the super-packets written whole, beyond one each
         for p, frame in items:
             if type(frame) is GsoFrame:
+                if whole:
+                    # the super-packet's IP header is its segments' header: the same
+                    # anti-spoofing and routing verdict, for all of them at once
+                    data = frame.data
+                    v = router.inbound(p, memoryview(data)[VNET_HDR_LEN:])
+                    st = p.stats
+                    n = _segment_count(data)
+                    if v.action == TO_DEVICE:  # written whole: the kernel segments it
+                        st.rx_packets += n
+                        st.rx_bytes += len(frame)
+                        to_dev.append(frame)
+                        extra += n - 1
+                        continue
+                    if v.action != FORWARD:
+                        st.drops[v.reason] += n
+                        continue
+                    # to another peer (client-to-client): segmented as before
                 try:
                     segs: list[Any] = frame.segments(tap=self.tap)
                 except RemoteProtocolError:
@@ -936,7 +963,7 @@ class Hub:
                 else:
                     st.drops[v.reason] += 1
         if to_dev:
-            self._to_device(to_dev, now)
+            self._to_device(to_dev, now, extra)
         for q, frames in fwd.values():
             self._send_to_peer(q, frames, now)
 
@@ -961,16 +988,23 @@ class Hub:
             dest: Any = egress
             fwd.setdefault(id(dest), (dest, []))[1].append(f)
 
-    def _to_device(self, frames: list[Any], now: float) -> None:
+    def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
+        """Write frames to the device; ``extra``: packets the super-packets among them
+        stand for beyond one each (for the counters)."""
         dev = self.device
         if dev is None:
             return
-        bad = dev.write_batch(frames)
         st = self.stats
+        n = len(frames)
+        st.rx_bytes += sum(map(len, frames))
+        if dev.vnet_hdr and n > 1 and not self.tap:
+            # clients without offload send plain segments: a run of one TCP flow goes
+            # to the kernel as one super-packet (after the router's checks, per segment)
+            frames = coalesce_tcp(frames)
+        bad = dev.write_batch(frames)
         if bad:
             st.drops["device_refused"] += bad
-        st.rx_packets += len(frames) - bad
-        st.rx_bytes += sum(map(len, frames))
+        st.rx_packets += n + extra - bad
         st.last_rx = now
 
     # ------------------------------------------------------------------ device -> wire
@@ -986,6 +1020,8 @@ class Hub:
             return
         if not frames:
             return
+        if dev.vnet_hdr:  # no TUNSETOFFLOAD: a whole packet behind a zero header
+            frames = [f[VNET_HDR_LEN:] for f in frames]
         now = self._loop.time()
         st = self.stats
         st.tx_packets += len(frames)
@@ -1217,6 +1253,14 @@ class PeerHooks:
 
     def peer_down(self, hub: Hub, p: HubPeer) -> None:
         self._fire("peer_down", p)
+
+
+def _segment_count(data: Any) -> int:
+    """Packets a super-packet (virtio_net_hdr + packet) stands for, for the counters."""
+    gso_type, hdr_len, size = data[1], data[2] | data[3] << 8, data[4] | data[5] << 8
+    if gso_type == 0 or size == 0:
+        return 1
+    return max(1, -(-(len(data) - VNET_HDR_LEN - hdr_len) // size))
 
 
 def _fmt_addr(addr: Any) -> str:
