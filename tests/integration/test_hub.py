@@ -289,7 +289,7 @@ def test_hub_status_shows_udp_offload() -> None:
     import json
     import subprocess
 
-    from tunconnector.io.offload import probe_vnet_hdr_support
+    from tunconnector.io.offload import offload_env_off, probe_vnet_hdr_support
 
     with hub_lab(2) as lab:
         port = free_port()
@@ -301,7 +301,9 @@ def test_hub_status_shows_udp_offload() -> None:
         wait_peers_up(hub, ["site-a", "site-b"])
         path = status(hub)["data_path"]
         assert "udp_gso=" in path and "udp_gro=" in path, path
-        if probe_vnet_hdr_support():
+        if offload_env_off():  # the per-packet path, and it says why
+            assert "off by $TUNCONNECTOR_OFFLOAD" in path and "udp_gro=off" in path, path
+        elif probe_vnet_hdr_support():
             assert "vnet_hdr=10 offload=none" in path, path
         server = lab.hub.popen("iperf3", "-s", "-B", "10.220.0.1", "-p", "5201",
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
