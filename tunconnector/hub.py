@@ -19,6 +19,11 @@ One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost 
 heap entry each and a wake-up only when one of them has something to do.
 
 TCP is not offered for hubs (the config refuses it): one UDP port serves every peer.
+
+The device is supervised like a point-to-point tunnel's (:mod:`.devicewatch`): deleted,
+it is opened again with what the hub put on it (addresses, MTU, its MAC and the pin on
+it, the peers' kernel routes, the virtio_net_hdr offload), and the hub says ``down`` with
+the reason until it is back. The peers' sessions live on meanwhile.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .config import PeerConfig, TunnelConfig
+from .devicewatch import SupervisedDevice
 from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
 from .fastpath import FastPath
 from .io import netlink as nl
@@ -158,7 +164,7 @@ def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     return public, psk
 
 
-class Hub:
+class Hub(SupervisedDevice):
     """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
@@ -214,6 +220,11 @@ class Hub:
         self._clock_offset = 0.0
         self._hooks: Any = None
         self._kernel_routes: dict[str, list[str]] = {}
+        self._reading_device = False
+        self._created_device = False
+        #: TAP: the MAC the device had when first opened (pinned to the hub); a device
+        #: recreated after a deletion gets it back, so the peers' ARP caches stay right
+        self._own_mac: str | None = None
 
     # ------------------------------------------------------------------ public face
     @property
@@ -346,6 +357,7 @@ class Hub:
                 self.cookies.under_load(now) if now is not None else False)},
             "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
             "peers": self.peers_status(),
+            **self._device_status(),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -364,8 +376,9 @@ class Hub:
             self._setup_pool()
             self._apply_peer_table(self.config.peer, initial=True)
             await self._open_device()
+            await self._supervise_device()
             self._open_udp()
-            await self._sync_kernel_routes()
+            self._device_reader(True)
         except BaseException as exc:
             self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
             await self._close_all()
@@ -457,23 +470,55 @@ class Hub:
             self.log.warning("hub %s: cannot write state file %s: %s", self.name, path, exc)
 
     async def _open_device(self) -> None:
+        """Open and configure the device: at start, and again each time the device
+        supervisor brings a deleted one back (then under the name it had, which the
+        kernel may have chosen). Reading it is switched on apart (``_device_reader``)."""
         cfg = self.config
+        reopen = self._devsup is not None
+        name = (self.device_name if reopen else cfg.device) or ""
+        existed = False
+        if name and not reopen:
+            existed = await self._netlink.call(nl.link_exists, name)
         # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
         # _on_device_readable), a client's super-packet is written whole (_route_inbound);
         # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
-        dev = self._fast.open_device(cfg.device or "", cfg.dev_type, tso=False)
+        dev = self._fast.open_device(name, cfg.dev_type, tso=False)
         self.device = dev
         self.device_name = dev.name
+        if not reopen:
+            self._created_device = not existed
         if cfg.netns:
             await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
                                  mtu=self.mtu, netns=cfg.netns)
-        if self.tap and cfg.mac_pin:  # the hub's own MAC: no peer may take it
-            own = await self._netlink.call(nl.get_lladdr, dev.name, cfg.netns)
-            if own:
-                self.macs.pin(parse_mac(own), LOCAL)
-        assert self._loop is not None
-        self._loop.add_reader(dev.fd, self._on_device_readable)
+        if self.tap:
+            await self._own_lladdr(dev.name)
+        # a new device carries none of the routes the old one had
+        self._kernel_routes.clear()
+        await self._sync_kernel_routes()
+        if existed:
+            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    async def _own_lladdr(self, name: str) -> None:
+        """A TAP's MAC: the one it had first, put back on a recreated device, and with
+        ``mac_pin`` pinned to the hub itself (no peer may take it)."""
+        cfg = self.config
+        if self._own_mac is not None:
+            await self._netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
+        else:
+            self._own_mac = await self._netlink.call(nl.get_lladdr, name, cfg.netns)
+        if cfg.mac_pin and self._own_mac:
+            self.macs.unpin_port(LOCAL)
+            self.macs.pin(parse_mac(self._own_mac), LOCAL)
+
+    def _device_reader(self, on: bool) -> None:
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
 
     def _open_udp(self) -> None:
         cfg = self.config
@@ -519,8 +564,9 @@ class Hub:
         self.log.info("hub %s: peer %s removed", self.name, p.name)
 
     async def _sync_kernel_routes(self) -> None:
-        """Kernel routes for the peers' allowed_ips via the hub's device."""
-        if self.device_name is None or self.tap:
+        """Kernel routes for the peers' allowed_ips via the hub's device (while the device
+        is missing there is nothing to change: its reopening adds what is then wanted)."""
+        if self.device is None or self.device_name is None or self.tap:
             return
         want = {p.name: [str(ipaddress.ip_network(n, strict=False))
                          for n in p.cfg.allowed_ips] for p in self.peers.values()}
@@ -992,7 +1038,8 @@ class Hub:
         """Write frames to the device; ``extra``: packets the super-packets among them
         stand for beyond one each (for the counters)."""
         dev = self.device
-        if dev is None:
+        if dev is None:  # deleted, not back yet
+            self.stats.drops["device_gone"] += len(frames) + extra
             return
         st = self.stats
         n = len(frames)
@@ -1004,6 +1051,7 @@ class Hub:
         bad = dev.write_batch(frames)
         if bad:
             st.drops["device_refused"] += bad
+            self._device_check()  # refused, or gone: the supervisor asks the fd
         st.rx_packets += n + extra - bad
         st.last_rx = now
 
@@ -1017,6 +1065,7 @@ class Hub:
         except TunconnectorError as exc:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
+            self._device_check()
             return
         if not frames:
             return
@@ -1183,6 +1232,8 @@ class Hub:
 
     def _set_state(self, new: State) -> None:
         old = self.state
+        if not self._device_admits(new):
+            return  # up while the device is missing: shown once it is back
         if old == new:
             return
         self.state = new
@@ -1198,6 +1249,7 @@ class Hub:
 
     async def _close_all(self) -> None:
         self._stopping = True
+        self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1207,15 +1259,9 @@ class Hub:
             self._udp.close()
             self._udp = None
         self._protecting = False
-        if self.device is not None:
-            if self._loop is not None:
-                try:
-                    self._loop.remove_reader(self.device.fd)
-                except (ValueError, OSError):
-                    pass
-            self.device.close()
-            self.device = None
+        self._detach_device()
         self._kernel_routes.clear()  # they went with the device
+        self._own_mac = None  # a new start: a new device, its own MAC
         for p in self.peers.values():
             self._unisolate(p)
             p.native = None
