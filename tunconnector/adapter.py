@@ -38,7 +38,7 @@ from .errors import ConfigError, DeviceError, TransportError, TunconnectorError
 from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
-from .io.offload import enable_socket_offload
+from .io.offload import enable_socket_offload, offload_env_off
 from .io.udp import (
     SHARED_BATCH,
     SHARED_REST,
@@ -464,11 +464,7 @@ class ConnectionTunnel(SupervisedDevice):
         sock = open_udp(bind=cfg.bind, port=port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
-        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
-        self._udp.gso, self._udp.gro = off.gso, off.gro
+        self._udp.enable_offload(runs=False)  # GSO/GRO batch syscalls
         self._udp.start(self._on_udp_batch)
         conn = self._conn = self._make()
         if cfg.mode == "client":
@@ -496,11 +492,7 @@ class ConnectionTunnel(SupervisedDevice):
         self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
-        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
-        self._udp.gso, self._udp.gro = off.gso, off.gro
+        self._udp.enable_offload(runs=False)  # GSO/GRO batch syscalls
         self._udp.start(self._on_udp_batch)
 
     def _follow_peer(self, addr: Any) -> None:
@@ -532,8 +524,7 @@ class ConnectionTunnel(SupervisedDevice):
             return
         twin = self._twin = UdpEndpoint(sock, self.stats.drops)
         twin.remote = addr
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
+        off = enable_socket_offload(sock, want=not offload_env_off())
         twin.gro = off.gro
         twin.start(self._on_udp_batch)
         udp.budget(SHARED_BATCH, SHARED_REST)

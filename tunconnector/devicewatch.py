@@ -243,7 +243,8 @@ class DeviceSupervisor:
 
 class SupervisedDevice(StateFace):
     """What a tunnel adapter with one device (the native :class:`Tunnel`, the generic
-    ``ConnectionTunnel``) needs to lend its device to a :class:`DeviceSupervisor`.
+    ``ConnectionTunnel``, the ``Hub``) needs to lend its device to a
+    :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,
     :meth:`_device_check` when a device read or write fails, :meth:`_device_admits` at

@@ -29,12 +29,13 @@ from .errors import DeviceError, RemoteProtocolError
 from .io import netlink as nl
 from .io.device import Device, DevType
 from .io.offload import (
+    ENV_OFFLOAD,
     UDP_GSO_MAX_BYTES,
     UDP_MAX_SEGMENTS,
     DeviceOffload,
     SocketOffload,
     enable_device_offload,
-    enable_socket_offload,
+    offload_env_off,
     probe_vnet_hdr_support,
 )
 from .proto import fragment
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunconnector.fastpath")
 
-#: environment override, e.g. for integration tests of the per-packet path
-ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
 _CSUM = struct.Struct("<HH")
@@ -77,7 +76,7 @@ SMALL_BATCH = 300
 
 def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
     """Whether to try offload for this tunnel, and why not when not."""
-    if os.environ.get(ENV_OFFLOAD, "").lower() == "off":
+    if offload_env_off():
         return False, f"off by ${ENV_OFFLOAD}"
     if cfg.offload == "off":
         return False, "off by configuration"
@@ -105,15 +104,18 @@ class FastPath:
         self.loss = LossAdaptiveCap()
 
     # -- setup -----------------------------------------------------------------------
-    def open_device(self, name: str, dev_type: DevType) -> Device:
-        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed."""
+    def open_device(self, name: str, dev_type: DevType, *, tso: bool = True) -> Device:
+        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed.
+
+        ``tso`` False: virtio_net_hdr without any TUNSETOFFLOAD flag (a hub): reads are
+        plain packets behind a zero header, writes take super-packets whole."""
         if self.want and probe_vnet_hdr_support():
             try:
                 dev = Device(name, dev_type, vnet_hdr=True)
             except DeviceError as exc:
                 self.why_not = f"IFF_VNET_HDR refused ({exc})"
             else:
-                self.device = enable_device_offload(dev.fd)
+                self.device = enable_device_offload(dev.fd, want_tso=tso)
                 if self.device.enabled:
                     dev.coalesce_udp = self.device.uso and dev_type == "tun"
                     return dev
@@ -167,11 +169,7 @@ class FastPath:
         """Switch UDP GSO/GRO on for the socket (also on the per-packet path, where they
         batch syscalls: runs of equal-size datagrams leave in one sendmsg and arrive in
         one read); only ``$TUNCONNECTOR_OFFLOAD=off`` keeps the socket plain too."""
-        env_off = os.environ.get(ENV_OFFLOAD, "").lower() == "off"
-        self.socket = enable_socket_offload(udp.sock, want=not env_off)
-        udp.gso = self.socket.gso
-        udp.gro = self.socket.gro
-        udp.runs = self.cfg.framing == "native"
+        self.socket = udp.enable_offload(runs=self.cfg.framing == "native")
 
     def describe(self) -> str:
         if not self.device.enabled:

@@ -19,6 +19,11 @@ One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost 
 heap entry each and a wake-up only when one of them has something to do.
 
 TCP is not offered for hubs (the config refuses it): one UDP port serves every peer.
+
+The device is supervised like a point-to-point tunnel's (:mod:`.devicewatch`): deleted,
+it is opened again with what the hub put on it (addresses, MTU, its MAC and the pin on
+it, the peers' kernel routes, the virtio_net_hdr offload), and the hub says ``down`` with
+the reason until it is back. The peers' sessions live on meanwhile.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .config import PeerConfig, TunnelConfig
+from .devicewatch import SupervisedDevice
 from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
+from .fastpath import FastPath
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
@@ -67,7 +74,7 @@ from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
 from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
-from .proto.offload import GsoFrame
+from .proto.offload import VNET_HDR_LEN, GsoFrame, coalesce_tcp
 from .proto.pool import AddressPool
 from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
@@ -157,7 +164,7 @@ def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     return public, psk
 
 
-class Hub:
+class Hub(SupervisedDevice):
     """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
@@ -180,6 +187,9 @@ class Hub:
         self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
+        #: super-packets are written whole; status "data_path")
+        self._fast = FastPath(config)
         self._protecting = False  # the shared queue overflowed: peers get their own
         self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
         self._shared_count = 0
@@ -202,7 +212,7 @@ class Hub:
         self._static: X25519PrivateKey | None = None
         self._mac_keys: list[bytes] = []
         self._cookie_key = b""
-        self._reasm = fragment.Reassembler()
+        self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -210,6 +220,11 @@ class Hub:
         self._clock_offset = 0.0
         self._hooks: Any = None
         self._kernel_routes: dict[str, list[str]] = {}
+        self._reading_device = False
+        self._created_device = False
+        #: TAP: the MAC the device had when first opened (pinned to the hub); a device
+        #: recreated after a deletion gets it back, so the peers' ARP caches stay right
+        self._own_mac: str | None = None
 
     # ------------------------------------------------------------------ public face
     @property
@@ -336,11 +351,13 @@ class Hub:
             "peers_up": up,
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
+            "data_path": self._fast.describe(),
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
             "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
             "peers": self.peers_status(),
+            **self._device_status(),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -350,6 +367,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._clock_offset = time.time() - self._loop.time()
         self._stopping = False
+        self._fast = FastPath(self.config)
+        self._reasm = self._fast.reasm
         self.error = None
         self._set_state(State.STARTING)
         try:
@@ -357,8 +376,9 @@ class Hub:
             self._setup_pool()
             self._apply_peer_table(self.config.peer, initial=True)
             await self._open_device()
+            await self._supervise_device()
             self._open_udp()
-            await self._sync_kernel_routes()
+            self._device_reader(True)
         except BaseException as exc:
             self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
             await self._close_all()
@@ -450,20 +470,55 @@ class Hub:
             self.log.warning("hub %s: cannot write state file %s: %s", self.name, path, exc)
 
     async def _open_device(self) -> None:
+        """Open and configure the device: at start, and again each time the device
+        supervisor brings a deleted one back (then under the name it had, which the
+        kernel may have chosen). Reading it is switched on apart (``_device_reader``)."""
         cfg = self.config
-        dev = Device(cfg.device or "", cfg.dev_type)
+        reopen = self._devsup is not None
+        name = (self.device_name if reopen else cfg.device) or ""
+        existed = False
+        if name and not reopen:
+            existed = await self._netlink.call(nl.link_exists, name)
+        # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
+        # _on_device_readable), a client's super-packet is written whole (_route_inbound);
+        # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
+        dev = self._fast.open_device(name, cfg.dev_type, tso=False)
         self.device = dev
         self.device_name = dev.name
+        if not reopen:
+            self._created_device = not existed
         if cfg.netns:
             await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
                                  mtu=self.mtu, netns=cfg.netns)
-        if self.tap and cfg.mac_pin:  # the hub's own MAC: no peer may take it
-            own = await self._netlink.call(nl.get_lladdr, dev.name, cfg.netns)
-            if own:
-                self.macs.pin(parse_mac(own), LOCAL)
-        assert self._loop is not None
-        self._loop.add_reader(dev.fd, self._on_device_readable)
+        if self.tap:
+            await self._own_lladdr(dev.name)
+        # a new device carries none of the routes the old one had
+        self._kernel_routes.clear()
+        await self._sync_kernel_routes()
+        if existed:
+            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    async def _own_lladdr(self, name: str) -> None:
+        """A TAP's MAC: the one it had first, put back on a recreated device, and with
+        ``mac_pin`` pinned to the hub itself (no peer may take it)."""
+        cfg = self.config
+        if self._own_mac is not None:
+            await self._netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
+        else:
+            self._own_mac = await self._netlink.call(nl.get_lladdr, name, cfg.netns)
+        if cfg.mac_pin and self._own_mac:
+            self.macs.unpin_port(LOCAL)
+            self.macs.pin(parse_mac(self._own_mac), LOCAL)
+
+    def _device_reader(self, on: bool) -> None:
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
 
     def _open_udp(self) -> None:
         cfg = self.config
@@ -471,6 +526,9 @@ class Hub:
         sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
+        # UDP GSO/GRO: the runs of equal-size datagrams send_batch makes per peer leave in
+        # one sendmsg, a client's runs arrive in one read (memoryview slices)
+        self._fast.attach_udp(self._udp)  # runs: a coalesced FRAGMENT read stays whole
         self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
@@ -506,8 +564,9 @@ class Hub:
         self.log.info("hub %s: peer %s removed", self.name, p.name)
 
     async def _sync_kernel_routes(self) -> None:
-        """Kernel routes for the peers' allowed_ips via the hub's device."""
-        if self.device_name is None or self.tap:
+        """Kernel routes for the peers' allowed_ips via the hub's device (while the device
+        is missing there is nothing to change: its reopening adds what is then wanted)."""
+        if self.device is None or self.device_name is None or self.tap:
             return
         want = {p.name: [str(ipaddress.ip_network(n, strict=False))
                          for n in p.cfg.allowed_ips] for p in self.peers.values()}
@@ -607,6 +666,9 @@ class Hub:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
             batch = self._within_budget(batch)
+        udp = self._udp
+        if udp is not None and udp.runs and udp.gro:  # FragmentRuns -> their messages
+            batch = self._fast.expand_runs(batch, now, stats.drops)
         for data, raw in batch:
             p = by_raw.get(raw)
             if p is not None and p.native is not None:
@@ -618,6 +680,8 @@ class Hub:
             if len(data) < HEADER_LEN:
                 stats.drops["truncated"] += 1
                 continue
+            if type(data) is memoryview:  # a UDP GRO slice: the slow path wants bytes
+                data = bytes(data)
             mtype = data[1]
             if mtype == MsgType.FRAGMENT:
                 try:
@@ -900,8 +964,28 @@ class Hub:
         to_dev: list[Any] = []
         fwd: dict[int, tuple[HubPeer, list[Any]]] = {}
         router = self.router
+        dev = self.device
+        whole = dev is not None and dev.vnet_hdr and not self.tap
+        extra = 0  # segments of the super-packets written whole, beyond one each
         for p, frame in items:
             if type(frame) is GsoFrame:
+                if whole:
+                    # the super-packet's IP header is its segments' header: the same
+                    # anti-spoofing and routing verdict, for all of them at once
+                    data = frame.data
+                    v = router.inbound(p, memoryview(data)[VNET_HDR_LEN:])
+                    st = p.stats
+                    n = _segment_count(data)
+                    if v.action == TO_DEVICE:  # written whole: the kernel segments it
+                        st.rx_packets += n
+                        st.rx_bytes += len(frame)
+                        to_dev.append(frame)
+                        extra += n - 1
+                        continue
+                    if v.action != FORWARD:
+                        st.drops[v.reason] += n
+                        continue
+                    # to another peer (client-to-client): segmented as before
                 try:
                     segs: list[Any] = frame.segments(tap=self.tap)
                 except RemoteProtocolError:
@@ -925,7 +1009,7 @@ class Hub:
                 else:
                     st.drops[v.reason] += 1
         if to_dev:
-            self._to_device(to_dev, now)
+            self._to_device(to_dev, now, extra)
         for q, frames in fwd.values():
             self._send_to_peer(q, frames, now)
 
@@ -950,16 +1034,25 @@ class Hub:
             dest: Any = egress
             fwd.setdefault(id(dest), (dest, []))[1].append(f)
 
-    def _to_device(self, frames: list[Any], now: float) -> None:
+    def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
+        """Write frames to the device; ``extra``: packets the super-packets among them
+        stand for beyond one each (for the counters)."""
         dev = self.device
-        if dev is None:
+        if dev is None:  # deleted, not back yet
+            self.stats.drops["device_gone"] += len(frames) + extra
             return
-        bad = dev.write_batch(frames)
         st = self.stats
+        n = len(frames)
+        st.rx_bytes += sum(map(len, frames))
+        if dev.vnet_hdr and n > 1 and not self.tap:
+            # clients without offload send plain segments: a run of one TCP flow goes
+            # to the kernel as one super-packet (after the router's checks, per segment)
+            frames = coalesce_tcp(frames)
+        bad = dev.write_batch(frames)
         if bad:
             st.drops["device_refused"] += bad
-        st.rx_packets += len(frames) - bad
-        st.rx_bytes += sum(map(len, frames))
+            self._device_check()  # refused, or gone: the supervisor asks the fd
+        st.rx_packets += n + extra - bad
         st.last_rx = now
 
     # ------------------------------------------------------------------ device -> wire
@@ -972,9 +1065,12 @@ class Hub:
         except TunconnectorError as exc:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
+            self._device_check()
             return
         if not frames:
             return
+        if dev.vnet_hdr:  # no TUNSETOFFLOAD: a whole packet behind a zero header
+            frames = [f[VNET_HDR_LEN:] for f in frames]
         now = self._loop.time()
         st = self.stats
         st.tx_packets += len(frames)
@@ -1136,6 +1232,8 @@ class Hub:
 
     def _set_state(self, new: State) -> None:
         old = self.state
+        if not self._device_admits(new):
+            return  # up while the device is missing: shown once it is back
         if old == new:
             return
         self.state = new
@@ -1151,6 +1249,7 @@ class Hub:
 
     async def _close_all(self) -> None:
         self._stopping = True
+        self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1160,15 +1259,9 @@ class Hub:
             self._udp.close()
             self._udp = None
         self._protecting = False
-        if self.device is not None:
-            if self._loop is not None:
-                try:
-                    self._loop.remove_reader(self.device.fd)
-                except (ValueError, OSError):
-                    pass
-            self.device.close()
-            self.device = None
+        self._detach_device()
         self._kernel_routes.clear()  # they went with the device
+        self._own_mac = None  # a new start: a new device, its own MAC
         for p in self.peers.values():
             self._unisolate(p)
             p.native = None
@@ -1206,6 +1299,14 @@ class PeerHooks:
 
     def peer_down(self, hub: Hub, p: HubPeer) -> None:
         self._fire("peer_down", p)
+
+
+def _segment_count(data: Any) -> int:
+    """Packets a super-packet (virtio_net_hdr + packet) stands for, for the counters."""
+    gso_type, hdr_len, size = data[1], data[2] | data[3] << 8, data[4] | data[5] << 8
+    if gso_type == 0 or size == 0:
+        return 1
+    return max(1, -(-(len(data) - VNET_HDR_LEN - hdr_len) // size))
 
 
 def _fmt_addr(addr: Any) -> str:

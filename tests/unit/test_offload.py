@@ -386,3 +386,40 @@ def test_coalesce_tcp_needs_equal_options_and_ack_only_flags() -> None:
     ok = _seg(b"e" * 100, 1100)
     [g] = o.coalesce_tcp([a, ok])
     assert isinstance(g, o.GsoFrame) and len(g) == 40 + 12 + 200
+
+
+
+@pytest.mark.parametrize("kw,accepted,tried", [
+    # the widest first, down to none
+    ({}, {0}, ["tso+uso", "tso", "csum", "none"]),
+    ({}, {"csum"}, ["tso+uso", "tso", "csum"]),
+    ({"want_uso": False}, {"tso"}, ["tso"]),
+    # a hub: no offload at all (not even checksum), the header only
+    ({"want_tso": False}, {0, "csum", "tso"}, ["none"]),
+    ({"want_tso": False}, set(), ["none"]),
+])
+def test_enable_device_offload_order_of_tries(monkeypatch: pytest.MonkeyPatch, kw: dict,
+                                              accepted: set, tried: list[str]) -> None:
+    from tunconnector.io import offload as io
+
+    names = {io.TSO_FLAGS | io.USO_FLAGS: "tso+uso", io.TSO_FLAGS: "tso",
+             io.TUN_F_CSUM: "csum", 0: "none"}
+    ok = {k for k, v in names.items() if v in accepted or k in accepted}
+    calls: list[str] = []
+
+    def ioctl(fd: int, req: int, arg: object) -> object:
+        if req == io.TUNSETOFFLOAD:
+            calls.append(names[arg])  # type: ignore[index]
+            if arg not in ok:
+                raise OSError(22, "Invalid argument")
+        return arg
+
+    monkeypatch.setattr(io.fcntl, "ioctl", ioctl)
+    res = io.enable_device_offload(5, **kw)
+    assert calls == tried
+    assert res.vnet_hdr_len == o.VNET_HDR_LEN
+    assert res.flags == (next(k for k, v in names.items() if v == tried[-1])
+                         if tried[-1] in accepted or
+                         next(k for k, v in names.items() if v == tried[-1]) in ok else 0)
+    if kw.get("want_tso") is False:
+        assert not res.tso and not res.uso and res.flags == 0

@@ -18,8 +18,11 @@ from .offload import (
     GRO_CMSG_SPACE,
     UDP_GSO_MAX_BYTES,
     UDP_MAX_SEGMENTS,
+    SocketOffload,
+    enable_socket_offload,
     gro_segment_size,
     is_gso_refusal,
+    offload_env_off,
     send_each,
     sendmsg_gso,
 )
@@ -173,6 +176,16 @@ class UdpEndpoint:
     @property
     def local_address(self) -> Addr:
         return tuple(self.sock.getsockname())
+
+    def enable_offload(self, *, runs: bool) -> SocketOffload:
+        """Switch UDP GSO/GRO on where the kernel has them: runs of equal-size datagrams
+        leave in one sendmsg and arrive in one read (GRO reads are handed on as
+        memoryview slices). ``runs``: coalesced FRAGMENT reads stay whole
+        (:class:`FragmentRun`). ``$TUNCONNECTOR_OFFLOAD=off`` keeps the socket plain."""
+        off = enable_socket_offload(self.sock, want=not offload_env_off())
+        self.gso, self.gro = off.gso, off.gro
+        self.runs = runs
+        return off
 
     def start(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
               max_batch: int = 64, *, reader: Callable[[], None] | None = None) -> None:
