@@ -139,7 +139,6 @@ SHARED_REST = 0.002
 SHARED_PROTECT_RATE = 20_000
 SHARED_WINDOW = 0.05
 
-Listener = Callable[[Any, State, State], None]
 
 
 @dataclass(slots=True)
@@ -170,7 +169,7 @@ class Hub(SupervisedDevice):
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.state = State.STOPPED
+        self._init_state()
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
@@ -178,13 +177,9 @@ class Hub(SupervisedDevice):
         self.tap = config.dev_type == "tap"
         self.max_frame = self.mtu + (18 if self.tap else 0)
         self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
-        self.error: str | None = None
-        self.since = time.time()
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
         self._netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
-        self._listeners: list[Listener] = []
-        self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
         #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
@@ -235,24 +230,6 @@ class Hub(SupervisedDevice):
     def pool(self) -> AddressPool | None:
         return self.table.pool
 
-    def add_listener(self, callback: Listener) -> None:
-        self._listeners.append(callback)
-
-    async def wait_state(self, state: State, timeout: float | None = None) -> None:
-        async def _wait() -> None:
-            while self.state != state:
-                if self.state == State.FAILED and state != State.FAILED:
-                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
-                ev = self._event()
-                ev.clear()
-                await ev.wait()
-
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_up(self, timeout: float | None = None) -> None:
-        """Wait until at least one peer is up."""
-        await self.wait_state(State.UP, timeout)
-
     async def wait_peer_up(self, name: str, timeout: float | None = None) -> None:
         async def _wait() -> None:
             while not (name in self.peers and self.peers[name].up):
@@ -261,10 +238,6 @@ class Hub(SupervisedDevice):
                 await ev.wait()
 
         await asyncio.wait_for(_wait(), timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def last_heard(self) -> float | None:
         times = [p.native.liveness.last_rx for p in self.peers.values()
@@ -1225,28 +1198,6 @@ class Hub(SupervisedDevice):
         self._arm()
 
     # ------------------------------------------------------------------ state & teardown
-    def _event(self) -> asyncio.Event:
-        if self._state_changed is None:
-            self._state_changed = asyncio.Event()
-        return self._state_changed
-
-    def _set_state(self, new: State) -> None:
-        old = self.state
-        if not self._device_admits(new):
-            return  # up while the device is missing: shown once it is back
-        if old == new:
-            return
-        self.state = new
-        self.since = time.time()
-        if new in (State.UP, State.DOWN):
-            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
-        self._event().set()
-        for cb in list(self._listeners):
-            try:
-                cb(self, old, new)
-            except Exception:
-                self.log.exception("state listener failed")
-
     async def _close_all(self) -> None:
         self._stopping = True
         self._unsupervise_device()
