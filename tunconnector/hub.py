@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import itertools
 import json
@@ -66,7 +64,7 @@ from .io.udp import (
 from .keys import decode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
-from .proto.cookie import CookieChecker, cookie_key
+from .proto.cookie import Accept, CookieChecker, InitiationScreen, Reply, cookie_key
 from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
 from .proto.hubtable import HubPeer, PeerTable
@@ -198,15 +196,20 @@ class Hub(SupervisedDevice):
         #: the peers with a receive queue of their own (see _isolate)
         self._own: dict[HubPeer, OwnQueue] = {}
         self.cookies = CookieChecker()
-        self._limiter = TokenBucketLimiter()
+        #: mac1, load, cookie and rate-limit checks before an initiation's DH; under
+        #: load and out of reply budget a datagram costs a length check, not a MAC;
+        #: the per-source limit applies only under load
+        self._screen = InitiationScreen(init_len=INIT_LEN, mac_keys=(), cookies=self.cookies,
+                                        limiter=TokenBucketLimiter(), cookie_key=b"",
+                                        throttle_before_mac=True, limit_always=False)
+        #: initiations that reached the Diffie-Hellman (status: initiations_processed)
+        self._dh = 0
         self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
         self._reset_key = b""
         #: SESSION_RESET replies: per source address, and in total
         self._reset_per_source = TokenBucketLimiter(rate=2.0, burst=2.0)
         self._reset_total = TokenBucketLimiter(rate=500.0, burst=100.0)
         self._static: X25519PrivateKey | None = None
-        self._mac_keys: list[bytes] = []
-        self._cookie_key = b""
         self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
@@ -328,7 +331,8 @@ class Hub(SupervisedDevice):
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
-            "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
+            "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes,
+                       "initiations_processed": self._dh},
             "peers": self.peers_status(),
             **self._device_status(),
         }
@@ -391,7 +395,7 @@ class Hub(SupervisedDevice):
             raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
         self._static = X25519PrivateKey.from_private_bytes(priv)
         self._own_public = public_bytes(self._static)
-        self._cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
+        self._screen.cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
         self._reset_key = reset_key(priv)
 
     def _refresh_mac_keys(self) -> None:
@@ -400,7 +404,7 @@ class Hub(SupervisedDevice):
         for p in self.peers.values():
             if p.psk is not None:
                 keys.add(_mac_key(self._own_public, p.psk))
-        self._mac_keys = list(keys)
+        self._screen.set_mac_keys(keys)
 
     def state_path(self) -> Path:
         cfg = self.config
@@ -861,50 +865,19 @@ class Hub(SupervisedDevice):
             self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
                           _fmt_addr(old), _fmt_addr(addr))
 
-    def _mac1_ok(self, body: bytes) -> bool:
-        data, mac = body[:-MAC_LEN], body[-MAC_LEN:]
-        for key in self._mac_keys:
-            want = hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
-            if hmac.compare_digest(want, mac):
-                return True
-        return False
-
     def _on_initiation(self, data: bytes, addr: Addr, raw: Any, now: float) -> HubPeer | None:
         stats = self.stats
-        n = len(data)
-        if n not in (INIT_LEN, INIT_LEN + MAC_LEN):
-            stats.drops["truncated"] += 1
+        verdict = self._screen.check(data, addr[0], now)
+        if not isinstance(verdict, Accept):
+            stats.drops[verdict.reason] += 1
+            if isinstance(verdict, Reply) and self._udp is not None:
+                self._udp.sendto(verdict.packet, addr)
             return None
-        ck = self.cookies
-        loaded = ck.under_load(now)
-        if loaded and n == INIT_LEN and not ck.may_reply(now):
-            # a flood: no mac2 and no reply budget left; not even a MAC is computed
-            stats.drops["cookie_throttled"] += 1
-            return None
-        body = data[:INIT_LEN]
-        if not self._mac1_ok(body):
-            stats.drops["bad_mac"] += 1
-            return None
-        ck.note_initiation(now)
-        if loaded or ck.under_load(now):
-            if n == INIT_LEN or not ck.check_mac2(data, addr, now):
-                budget_taken = loaded and n == INIT_LEN  # by the check above
-                if not budget_taken and not ck.may_reply(now):
-                    stats.drops["cookie_throttled"] += 1
-                    return None
-                stats.drops["cookie_sent"] += 1
-                if self._udp is not None:
-                    sender = int.from_bytes(data[4:8], "big")
-                    self._udp.sendto(ck.make_reply(sender, body[-MAC_LEN:], addr, now,
-                                                   self._cookie_key), addr)
-                return None
-            if not self._limiter.allow(addr[0], now):
-                stats.drops["rate_limited"] += 1
-                return None
+        self._dh += 1
         hs = HandshakeState("IKpsk2", initiator=False, prologue=PROLOGUE, static=self._static,
                             psk=bytes(32))
         try:
-            payload = hs.read_message(body[HEADER_LEN:-MAC_LEN])
+            payload = hs.read_message(bytes(verdict.body[HEADER_LEN:-MAC_LEN]))
         except RemoteProtocolError:
             stats.drops["handshake_failed"] += 1
             return None

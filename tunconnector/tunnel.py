@@ -44,6 +44,7 @@ from .lifecycle import State
 from .multipath import MultiPathLink
 from .proto.admission import Admission
 from .proto.backoff import Backoff
+from .proto.cookie import CookieChecker
 from .proto.framing import (
     HEADER_LEN,
     PACKET_INFO_LEN,
@@ -59,7 +60,7 @@ from .proto.framing import (
     strip_packet_info,
 )
 from .proto.liveness import PeerDown, PeerUp
-from .proto.native import NativeEndpoint
+from .proto.native import NativeEndpoint, SecureChannelLike
 from .proto.secure import (
     AuthFailure,
     HandshakeComplete,
@@ -189,7 +190,10 @@ class Tunnel(SupervisedDevice):
         self._reading_device = False
         self._stopping = False
         self._keys: TunnelKeys | None = None
-        self._guard = HandshakeGuard()
+        # a UDP server answers floods of initiations with cookies (on_udp_batch sends
+        # them); over TCP the connection already proved the source address
+        self._guard = HandshakeGuard(cookies=CookieChecker() if (
+            config.mode == "server" and config.proto == "udp" and not config.path) else None)
         self._fast = FastPath(config, UNDERLAY_MTU)
         self._express: Express | None = None  # UDP without [[tunnel.path]]
         self._late = False  # the timer fired late once and was deferred past the I/O
@@ -662,6 +666,9 @@ class Tunnel(SupervisedDevice):
                         self._udp.sendto(hello, addr)
                     continue
             decoded = native.decode(data, now, addr[0])
+            secure = native.secure
+            if secure is not None and secure.cookie_out:
+                self._send_cookie_replies(secure, addr)
             if decoded.authentic and not from_peer:
                 self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
             frames.extend(decoded.frames)
@@ -671,6 +678,17 @@ class Tunnel(SupervisedDevice):
             self.flush_native(native, now)
         elif server and self.peer is not None and self.state != State.UP:
             self._set_state(State.UP)
+
+    def _send_cookie_replies(self, secure: SecureChannelLike, addr: Addr) -> None:
+        """The COOKIE_REPLY the channel owes the sender of the datagram just decoded:
+        to its whole address (the cookie itself is bound to the host only)."""
+        replies = secure.cookie_out
+        secure.cookie_out = []
+        udp = self._udp
+        if udp is None:
+            return
+        for packet, _ in replies:
+            udp.sendto(packet, addr)
 
     def _float(self, addr: Addr, why: str) -> None:
         old = self.peer

@@ -68,8 +68,9 @@ class CookieChecker:
     """Responder side: load estimate, cookie generation and ``mac2`` checks."""
 
     __slots__ = ("threshold", "secret_lifetime", "_secret", "_previous", "_rotated",
-                 "_window", "_count", "_loaded_until", "replies", "refused", "throttled",
-                 "reply_rate", "reply_burst", "_tokens", "_tokens_at", "_aeads")
+                 "_window", "_count", "_previous_count", "_loaded_until", "replies",
+                 "refused", "throttled", "reply_rate", "reply_burst", "_tokens",
+                 "_tokens_at", "_aeads")
 
     def __init__(self, *, threshold: float = 200.0, secret_lifetime: float = 120.0,
                  reply_rate: float = 2000.0, reply_burst: float = 200.0) -> None:
@@ -89,18 +90,29 @@ class CookieChecker:
         self._rotated: float | None = None
         self._window = 0.0
         self._count = 0
+        self._previous_count = 0
         self._loaded_until = float("-inf")
         #: cookie replies sent, and initiations refused for a missing or bad mac2
         self.replies = 0
         self.refused = 0
 
     def note_initiation(self, now: float) -> None:
-        """Count one initiation with a valid ``mac1`` (the load measure)."""
-        if now - self._window >= 1.0:
-            self._window = now
+        """Count one initiation with a valid ``mac1`` (the load measure).
+
+        Counted in one-second windows; the estimate of the last second adds the part
+        of the previous window's count that still lies within it (as if spread evenly
+        over that window). A flood that starts late in one window is then under load as
+        soon as it reaches ``threshold``, not once each in two windows (twice the DH).
+        """
+        elapsed = now - self._window
+        if elapsed >= 1.0:
+            whole = int(elapsed)
+            self._previous_count = self._count if whole == 1 else 0
+            self._window += whole
             self._count = 0
         self._count += 1
-        if self._count > self.threshold:
+        carried = self._previous_count * (1.0 - (now - self._window))
+        if self._count + carried > self.threshold:
             self._loaded_until = now + 1.0  # stay under load a second past the burst
 
     def under_load(self, now: float) -> bool:
