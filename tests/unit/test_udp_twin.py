@@ -121,3 +121,29 @@ def test_enable_offload_honours_the_environment(monkeypatch: pytest.MonkeyPatch)
                 assert "udp_gso=off udp_gro=off" == off.describe()
         finally:
             ep.close()
+
+
+def test_port_unreachable_is_counted_apart_from_read_errors() -> None:
+    """A peer whose port has no listener yet (both ends starting at once) answers with an
+    ICMP port unreachable: counted as ``peer_unreachable``, not as a read error."""
+    import collections
+    import time
+
+    from tunconnector.io.udp import UdpEndpoint
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    remote = probe.getsockname()
+    probe.close()  # nobody there: the kernel answers port unreachable
+    ep = UdpEndpoint(open_udp(bind="127.0.0.1", port=0, family=socket.AF_INET),
+                     collections.Counter())
+    try:
+        ep.connect(remote)
+        ep.sendto(b"hello?", remote)
+        deadline = time.monotonic() + 2
+        while not ep.drops and time.monotonic() < deadline:
+            ep.drain([])  # the pending ICMP error is what this read returns
+            time.sleep(0.01)  # loopback ICMP: no event to wait on without a loop
+    finally:
+        ep.close()
+    assert ep.drops == {"peer_unreachable": 1}, ep.drops

@@ -148,6 +148,12 @@ def normalize(addr: Addr) -> Addr:
     return (host, port)
 
 
+def _icmp_error_key(exc: OSError) -> str:
+    """The drop counter for an error a read returned: ``peer_unreachable`` for an ICMP
+    port unreachable (nothing listened at the peer's port yet, e.g. while both ends
+    start), ``rx_error`` for anything else."""
+    return "peer_unreachable" if exc.errno == errno.ECONNREFUSED else "rx_error"
+
 class UdpEndpoint:
     """A bound UDP socket plus a reader that hands batches of datagrams to a callback."""
 
@@ -258,8 +264,8 @@ class UdpEndpoint:
             return data, None, addr
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError:
-            self.drops["rx_error"] += 1
+        except OSError as exc:
+            self.drops[_icmp_error_key(exc)] += 1
             self._rearm_soon()
             return None
 
@@ -300,9 +306,9 @@ class UdpEndpoint:
                     append(recvfrom(65_600))
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:
+        except OSError as exc:
             # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
-            self.drops["rx_error"] += 1
+            self.drops[_icmp_error_key(exc)] += 1
             self._rearm_soon()
         return batch
 
