@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,7 @@ from .proto.losscap import LossAdaptiveCap
 from .proto.offload import (
     F_NEEDS_CSUM,
     VNET_HDR_LEN,
-    complete_checksum,
+    completed_packet,
 )
 
 
@@ -68,7 +67,6 @@ log = logging.getLogger("tunconnector.fastpath")
 
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
-_CSUM = struct.Struct("<HH")
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood), larger
 #: ones are data segments the loss watcher reads (and may be sealed one by one)
 SMALL_BATCH = 300
@@ -249,10 +247,8 @@ class FastPath:
                     if len(f) <= small_max:
                         msgs = [encode_gso(f, now)]
                     else:
-                        b = bytearray(f[VNET_HDR_LEN:])
-                        start, off = _CSUM.unpack_from(f, 6)
                         try:
-                            complete_checksum(b, start, off)
+                            b = completed_packet(f)
                         except RemoteProtocolError:
                             stats.drops["bad_vnet_csum"] += 1
                             continue

@@ -31,7 +31,7 @@ import hmac
 import secrets
 import struct
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import ClassVar, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -250,6 +250,7 @@ COOKIE_THROTTLED = Drop("cookie_throttled")
 RATE_LIMITED = Drop("rate_limited")
 
 
+@dataclass(slots=True, kw_only=True, eq=False)
 class InitiationScreen:
     """Everything a responder checks on a HANDSHAKE_INIT before it spends a DH on it.
 
@@ -272,20 +273,19 @@ class InitiationScreen:
     may be shared by several screens.
     """
 
-    __slots__ = ("init_len", "cookies", "limiter", "cookie_key", "throttle_before_mac",
-                 "limit_always", "_mac_keys")
+    #: length of an initiation with mac1 and without mac2
+    init_len: int
+    mac_keys: InitVar[Iterable[bytes]]
+    cookies: CookieChecker | None
+    limiter: RateLimiter
+    #: seals our cookie replies (``cookie_key`` of the responder's mac1 key); out of the
+    #: repr, as keys are never logged
+    cookie_key: bytes = field(repr=False)
+    throttle_before_mac: bool = True
+    limit_always: bool = False
+    _mac_keys: list[bytes] = field(init=False, repr=False)
 
-    def __init__(self, *, init_len: int, mac_keys: Iterable[bytes],
-                 cookies: CookieChecker | None, limiter: RateLimiter, cookie_key: bytes,
-                 throttle_before_mac: bool = True, limit_always: bool = False) -> None:
-        #: length of an initiation with mac1 and without mac2
-        self.init_len = init_len
-        self.cookies = cookies
-        self.limiter = limiter
-        #: seals our cookie replies (``cookie_key`` of the responder's mac1 key)
-        self.cookie_key = cookie_key
-        self.throttle_before_mac = throttle_before_mac
-        self.limit_always = limit_always
+    def __post_init__(self, mac_keys: Iterable[bytes]) -> None:
         self._mac_keys = list(mac_keys)
 
     def set_mac_keys(self, keys: Iterable[bytes]) -> None:
