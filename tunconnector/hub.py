@@ -106,6 +106,8 @@ DRAIN_ROUNDS = 8
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
 MIN_SHARE = 8
+#: initiations in one read round that mean a queue of them: under load (cookies) at once
+INIT_BACKLOG = 16
 #: a peer cut by its budget gets a receive queue of its own (a connected socket): the
 #: kernel then drops its excess for free, and it is read this much per loop turn
 MAX_ISOLATED = 64
@@ -639,6 +641,7 @@ class Hub(SupervisedDevice):
         by_raw = self._by_raw
         touched: dict[int, HubPeer] = {}
         inbound: list[tuple[HubPeer, Any]] = []
+        inits: list[tuple[bytes, Addr, Any]] = []
         if len(batch) >= SHARED_BATCH and not self._protecting:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
@@ -672,9 +675,7 @@ class Hub(SupervisedDevice):
                 mtype = data[1]
             addr = normalize(raw)
             if mtype == MsgType.HANDSHAKE_INIT:
-                p = self._on_initiation(data, addr, raw, now)
-                if p is not None:
-                    touched[id(p)] = p
+                inits.append((data, addr, raw))  # after the round's data: see below
                 continue
             session = int.from_bytes(data[4:8], "big")
             p = self._by_index.get(session)
@@ -689,6 +690,13 @@ class Hub(SupervisedDevice):
             for f in decoded.frames:
                 inbound.append((p, f))
             touched[id(p)] = p
+        if inits:
+            if len(inits) >= INIT_BACKLOG:
+                self.cookies.note_backlog(now)  # a queue of them: cookies before any DH
+            for data, addr, raw in inits:
+                p = self._on_initiation(data, addr, raw, now)
+                if p is not None:
+                    touched[id(p)] = p
         if inbound:
             self._route_inbound(inbound, now)
         for p in touched.values():

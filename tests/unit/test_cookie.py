@@ -281,3 +281,13 @@ def test_load_estimate_spans_window_boundary() -> None:
         quiet.note_initiation(0.1 * i)
     quiet.note_initiation(2.5)  # the previous full window is long past: not carried
     assert not quiet.under_load(2.5)
+
+
+def test_backlog_means_under_load_at_once() -> None:
+    """Many initiations in one read (a queue of them): under load for a second, before the
+    handled rate says so (a responder short of CPU handles few while its queue fills)."""
+    ck = CookieChecker()
+    assert not ck.under_load(10.0)
+    ck.note_backlog(10.0)
+    assert ck.under_load(10.0) and ck.under_load(10.9)
+    assert not ck.under_load(11.0)

@@ -115,6 +115,12 @@ class CookieChecker:
         if self._count + carried > self.threshold:
             self._loaded_until = now + 1.0  # stay under load a second past the burst
 
+    def note_backlog(self, now: float) -> None:
+        """Initiations were queued faster than they are handled (many in one read): under
+        load at once. The rate above is the rate handled, and a responder short of CPU
+        handles few a second while its queue overflows."""
+        self._loaded_until = max(self._loaded_until, now + 1.0)
+
     def under_load(self, now: float) -> bool:
         return now < self._loaded_until
 
