@@ -396,15 +396,6 @@ class ConnectionTunnel(SupervisedDevice):
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
 
-    def _device_reader(self, on: bool) -> None:
-        if self.device is None or self._loop is None or on == self._reading_device:
-            return
-        if on:
-            self._loop.add_reader(self.device.fd, self._on_device_readable)
-        else:
-            self._loop.remove_reader(self.device.fd)
-        self._reading_device = on
-
     def _on_device_readable(self) -> None:
         dev = self.device
         if dev is None or self._loop is None:

@@ -247,11 +247,12 @@ class SupervisedDevice(StateFace):
     :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,
-    :meth:`_device_check` when a device read or write fails, :meth:`_device_admits` at
-    the top of its ``_set_state`` and :meth:`_unsupervise_device` first thing on close;
-    it provides ``_open_device`` (idempotent: opens and configures the device named in
-    the config, setting ``device``, ``device_name`` and ``_created_device``) and
-    ``_device_reader(on)``.
+    :meth:`_device_check` when a device read or write fails and
+    :meth:`_unsupervise_device` first thing on close (its state is held back through
+    :meth:`_admits` while the device is missing); it provides ``_open_device``
+    (idempotent: opens and configures the device named in the config, setting
+    ``device``, ``device_name`` and ``_created_device``) and ``_on_device_readable``,
+    or its own ``_device_reader(on)``.
     """
 
     device: Device | None
@@ -260,6 +261,7 @@ class SupervisedDevice(StateFace):
     error: str | None
     log: logging.LoggerAdapter[logging.Logger]
     _netlink: nl.Netlink
+    _loop: asyncio.AbstractEventLoop | None
     _reading_device: bool
     _created_device: bool
     _devsup: DeviceSupervisor | None = None
@@ -270,8 +272,18 @@ class SupervisedDevice(StateFace):
     async def _open_device(self) -> None:
         raise NotImplementedError
 
-    def _device_reader(self, on: bool) -> None:
+    def _on_device_readable(self) -> Any:
         raise NotImplementedError
+
+    def _device_reader(self, on: bool) -> None:
+        """Read the device when it is readable (on) or not at all (off)."""
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
 
     def _admits(self, new: State) -> bool:
         return self._device_admits(new)

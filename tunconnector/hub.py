@@ -490,15 +490,6 @@ class Hub(SupervisedDevice):
             self.macs.unpin_port(LOCAL)
             self.macs.pin(parse_mac(self._own_mac), LOCAL)
 
-    def _device_reader(self, on: bool) -> None:
-        if self.device is None or self._loop is None or on == self._reading_device:
-            return
-        if on:
-            self._loop.add_reader(self.device.fd, self._on_device_readable)
-        else:
-            self._loop.remove_reader(self.device.fd)
-        self._reading_device = on
-
     def _open_udp(self) -> None:
         cfg = self.config
         family = family_for(cfg.bind) if cfg.bind else family_for(None)
