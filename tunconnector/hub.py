@@ -178,7 +178,7 @@ class Hub(SupervisedDevice):
         self.max_frame = self.mtu + (18 if self.tap else 0)
         self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
@@ -382,7 +382,7 @@ class Hub(SupervisedDevice):
     async def close(self) -> None:
         await self.stop()
         if self._own_netlink:
-            self._netlink.close()
+            self.netlink.close()
 
     def set_hooks(self, hooks: Any) -> None:
         """Something with ``peer_up(hub, peer)`` / ``peer_down(hub, peer)`` methods."""
@@ -457,7 +457,7 @@ class Hub(SupervisedDevice):
         name = (self.device_name if reopen else cfg.device) or ""
         existed = False
         if name and not reopen:
-            existed = await self._netlink.call(nl.link_exists, name)
+            existed = await self.netlink.call(nl.link_exists, name)
         # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
         # _on_device_readable), a client's super-packet is written whole (_route_inbound);
         # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
@@ -467,8 +467,8 @@ class Hub(SupervisedDevice):
         if not reopen:
             self._created_device = not existed
         if cfg.netns:
-            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
+            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
                                  mtu=self.mtu, netns=cfg.netns)
         if self.tap:
             await self._own_lladdr(dev.name)
@@ -483,9 +483,9 @@ class Hub(SupervisedDevice):
         ``mac_pin`` pinned to the hub itself (no peer may take it)."""
         cfg = self.config
         if self._own_mac is not None:
-            await self._netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
+            await self.netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
         else:
-            self._own_mac = await self._netlink.call(nl.get_lladdr, name, cfg.netns)
+            self._own_mac = await self.netlink.call(nl.get_lladdr, name, cfg.netns)
         if cfg.mac_pin and self._own_mac:
             self.macs.unpin_port(LOCAL)
             self.macs.pin(parse_mac(self._own_mac), LOCAL)
@@ -543,14 +543,14 @@ class Hub(SupervisedDevice):
         for name, nets in list(self._kernel_routes.items()):
             gone = [n for n in nets if n not in want.get(name, [])]
             if gone:
-                await self._netlink.call(rt.del_routes, self.device_name, gone,
+                await self.netlink.call(rt.del_routes, self.device_name, gone,
                                          netns=self.config.netns)
             self._kernel_routes[name] = [n for n in nets if n not in gone]
         for name, nets in want.items():
             have = self._kernel_routes.get(name, [])
             add = [n for n in nets if n not in have]
             if add:
-                await self._netlink.call(rt.add_routes, self.device_name, add,
+                await self.netlink.call(rt.add_routes, self.device_name, add,
                                          netns=self.config.netns)
             self._kernel_routes[name] = nets
         for name in [n for n in self._kernel_routes if n not in want]:

@@ -167,7 +167,7 @@ class Tunnel(SupervisedDevice):
         self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._created_device = False
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
@@ -348,7 +348,7 @@ class Tunnel(SupervisedDevice):
     async def close(self) -> None:
         await self.stop()
         if self._own_netlink:
-            self._netlink.close()
+            self.netlink.close()
 
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
@@ -356,8 +356,8 @@ class Tunnel(SupervisedDevice):
         name = cfg.device or ""
         existed = False
         if name:
-            existed = await self._netlink.call(nl.link_exists, name)
-            if cfg.netns and not existed and await self._netlink.call(
+            existed = await self.netlink.call(nl.link_exists, name)
+            if cfg.netns and not existed and await self.netlink.call(
                 nl.link_exists, name, cfg.netns
             ):
                 raise DeviceError(
@@ -370,11 +370,11 @@ class Tunnel(SupervisedDevice):
         self.device_name = dev.name
         self._created_device = not existed
         if cfg.netns:
-            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self._netlink.call(
+            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self.netlink.call(
             nl.configure, dev.name, addresses=cfg.interfaces, mtu=self.mtu, netns=cfg.netns
         )
-        await self._fast.after_configure(self._netlink, dev.name, cfg.netns)
+        await self._fast.after_configure(self.netlink, dev.name, cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
 
