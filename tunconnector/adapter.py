@@ -392,7 +392,7 @@ class ConnectionTunnel(SupervisedDevice):
         if cfg.netns:
             await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
-                                 mtu=self.mtu, netns=cfg.netns)
+                                mtu=self.mtu, netns=cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
 
@@ -795,7 +795,7 @@ class ConnectionTunnel(SupervisedDevice):
         for ev, app in zip(done, applied, strict=False):
             try:
                 await self.netlink.call(remove_assigned, self.device_name, ev,
-                                         self.config.netns, app)
+                                        self.config.netns, app)
             except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
                 self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
 

@@ -216,16 +216,16 @@ class DeviceSupervisor:
         if self._saved.master is not None:
             try:
                 await self.netlink.call(nl.set_master, self.name, self._saved.master,
-                                         self.netns)
+                                        self.netns)
             except DeviceError as exc:  # its bridge may be gone too: the tunnel still runs
                 self._log.warning("%s", exc)
         if addrs:
             ifaces = [ipaddress.ip_interface(f"{a}/{n}") for a, n in addrs]
             await self.netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,
-                                     netns=self.netns)
+                                    netns=self.netns)
         if routes:
             failed = await self.netlink.call(nl.restore_routes, self.name, routes,
-                                              self.netns)
+                                             self.netns)
             if failed:
                 self._log.warning("device %s: %d of %d routes could not be restored",
                                   self.name, failed, len(routes))

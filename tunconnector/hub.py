@@ -469,7 +469,7 @@ class Hub(SupervisedDevice):
         if cfg.netns:
             await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
-                                 mtu=self.mtu, netns=cfg.netns)
+                                mtu=self.mtu, netns=cfg.netns)
         if self.tap:
             await self._own_lladdr(dev.name)
         # a new device carries none of the routes the old one had
@@ -544,14 +544,14 @@ class Hub(SupervisedDevice):
             gone = [n for n in nets if n not in want.get(name, [])]
             if gone:
                 await self.netlink.call(rt.del_routes, self.device_name, gone,
-                                         netns=self.config.netns)
+                                        netns=self.config.netns)
             self._kernel_routes[name] = [n for n in nets if n not in gone]
         for name, nets in want.items():
             have = self._kernel_routes.get(name, [])
             add = [n for n in nets if n not in have]
             if add:
                 await self.netlink.call(rt.add_routes, self.device_name, add,
-                                         netns=self.config.netns)
+                                        netns=self.config.netns)
             self._kernel_routes[name] = nets
         for name in [n for n in self._kernel_routes if n not in want]:
             del self._kernel_routes[name]

@@ -266,7 +266,7 @@ class OpenVPNServerTunnel(StateFace):
         if net.local6 is not None:
             addresses.append(ipaddress.ip_interface(f"{net.local6}/{net.netbits6}"))
         await self.netlink.call(nl.configure, dev.name, addresses=addresses,
-                                 mtu=sc.options.tun_mtu)
+                                mtu=sc.options.tun_mtu)
         routes += sc.routes
         if routes:
             self._routes = await self.netlink.call(rt.add_routes, dev.name, routes)
