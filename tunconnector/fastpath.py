@@ -36,6 +36,7 @@ from .io.offload import (
     enable_device_offload,
     offload_env_off,
     probe_vnet_hdr_support,
+    takes_uso_writes,
 )
 from .proto import fragment
 from .proto.framing import HEADER_LEN, TAG_LEN, native_stream_prefix
@@ -100,6 +101,8 @@ class FastPath:
         self.super_rx = 0
         self.gso_cap: int | None = None
         self.loss = LossAdaptiveCap()
+        #: runs of a UDP flow are written to the device as one USO super-packet
+        self.uso_writes = False
 
     # -- setup -----------------------------------------------------------------------
     def open_device(self, name: str, dev_type: DevType, *, tso: bool = True) -> Device:
@@ -115,7 +118,9 @@ class FastPath:
             else:
                 self.device = enable_device_offload(dev.fd, want_tso=tso)
                 if self.device.enabled:
-                    dev.coalesce_udp = self.device.uso and dev_type == "tun"
+                    dev.coalesce_udp = dev_type == "tun" and (
+                        self.device.uso or (not tso and takes_uso_writes(dev.fd)))
+                    self.uso_writes = dev.coalesce_udp
                     return dev
                 dev.close()
                 self.why_not = "TUNSETVNETHDRSZ refused"
@@ -176,6 +181,8 @@ class FastPath:
                 text += f", {self.socket.describe()}"
             return text
         parts = [f"offload path: {self.device.describe()}"]
+        if self.uso_writes and not self.device.uso:
+            parts.append("uso_writes=on")
         if self.gso_cap:
             parts.append(f"gso_max_size={self.gso_cap}")
         if self.cfg.proto == "udp":

@@ -330,6 +330,7 @@ class Hub(SupervisedDevice):
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
             "data_path": self._fast.describe(),
+            "device_udp_merged": self.device.udp_merged if self.device is not None else 0,
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
@@ -743,23 +744,22 @@ class Hub(SupervisedDevice):
             if p.up:
                 self._isolate(p, "protected from the shared queue")
         if self._loop is not None:
-            self._loop.call_soon(self._drain_shared)
+            self._loop.call_soon(self._drain_shared, self._udp, DRAIN_ROUNDS)
 
-    def _drain_shared(self) -> None:
+    def _drain_shared(self, udp: UdpEndpoint | None, rounds: int) -> None:
         """Once, as the shared queue goes on its ration: what it holds is read now, in
-        rounds through the budgets (the flood cut before decryption). The peers'
-        datagrams that were queued behind the flood before they had queues of their
-        own would otherwise wait for the ration to reach them: a full queue at the
-        ration's pace, most of a second."""
-        udp = self._udp
-        for _ in range(DRAIN_ROUNDS):
-            if udp is None or udp is not self._udp:
-                return
-            batch = udp.drain([], READ_BATCH)
-            if batch:
-                self._on_udp_batch(batch)
-            if len(batch) < READ_BATCH:
-                return
+        rounds through the budgets (the flood cut before decryption), one round per loop
+        turn so the peers' own queues are served between them. The peers' datagrams
+        that were queued behind the flood before they had queues of their own would
+        otherwise wait for the ration to reach them: a full queue at the ration's pace,
+        most of a second."""
+        if udp is None or udp is not self._udp:
+            return
+        batch = udp.drain([], READ_BATCH)
+        if batch:
+            self._on_udp_batch(batch)
+        if len(batch) == READ_BATCH and rounds > 1 and self._loop is not None:
+            self._loop.call_soon(self._drain_shared, udp, rounds - 1)
 
     def _isolate(self, p: HubPeer, why: str = "sends beyond its share") -> None:
         """Give a peer that sent beyond its share a receive queue of its own (see

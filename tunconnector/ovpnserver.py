@@ -33,7 +33,7 @@ from .hooks import run_program
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
-from .io.offload import enable_socket_offload, probe_vnet_hdr_support
+from .io.offload import enable_socket_offload, probe_vnet_hdr_support, takes_uso_writes
 from .io.udp import UdpEndpoint, family_for, normalize, open_connected_twin, open_udp
 from .lifecycle import State, StateFace
 from .ovpn_scripts import LINK_MTU_OVERHEAD
@@ -280,16 +280,20 @@ class OpenVPNServerTunnel(StateFace):
     def _open_tun_tap(self) -> Device:
         """The device; a TUN with IFF_VNET_HDR when the kernel has it (and
         $TUNCONNECTOR_OFFLOAD is not "off"), so runs of a TCP flow's segments from a
-        client are written as one super-packet (:func:`coalesce_tcp`). No TUNSETOFFLOAD:
+        client are written as one super-packet (:func:`coalesce_tcp`, and UDP's with
+        ``coalesce_udp`` when the kernel takes USO writes). No TUNSETOFFLOAD:
         what we read stays plain packets, each behind a zero header."""
         sc = self.sc
         if sc.dev_type != "tap" and probe_vnet_hdr_support() and \
                 os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off":
             try:
-                return Device(sc.device or "", "tun", vnet_hdr=True)
+                dev = Device(sc.device or "", "tun", vnet_hdr=True)
             except TunconnectorError as exc:
                 log.info("openvpn server %s: no IFF_VNET_HDR (%s): plain writes",
                          self.name, exc)
+            else:
+                dev.coalesce_udp = takes_uso_writes(dev.fd)  # runs of a UDP flow too
+                return dev
         return Device(sc.device or "", "tap" if sc.dev_type == "tap" else "tun")
 
     def _device_args(self) -> list[str]:

@@ -80,6 +80,8 @@ class Device:
         self.vnet_hdr = vnet_hdr
         #: merge runs of UDP packets into USO super-packets on write (set by the fast path)
         self.coalesce_udp = False
+        #: UDP packets that went out inside such super-packets (a run of n counts n - 1)
+        self.udp_merged = 0
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
         self.closed = False
@@ -126,7 +128,9 @@ class Device:
         fd = self.fd
         if self.vnet_hdr:
             if self.coalesce_udp and len(frames) > 1:
+                n = len(frames)
                 frames = coalesce_udp(frames)  # runs of one UDP flow: one write each
+                self.udp_merged += n - len(frames)
             writev = os.writev
             zero = [ZERO_VNET_HDR]
             for f in frames:

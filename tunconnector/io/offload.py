@@ -150,6 +150,14 @@ def set_offload(fd: int, flags: int) -> bool:
     return True
 
 
+def takes_uso_writes(fd: int) -> bool:
+    """Whether the kernel segments UDP_L4 super-packets written to this IFF_VNET_HDR fd
+    (Linux >= 6.2), probed without changing what reads deliver: USO is switched on and
+    off again. A device that reads plain packets (a hub's) can still have runs of one UDP
+    flow written as one super-packet (``Device.coalesce_udp``)."""
+    return set_offload(fd, USO_FLAGS) and set_offload(fd, 0)
+
+
 def enable_device_offload(fd: int, *, want_uso: bool = True, want_tso: bool = True,
                           vnet_hdr_len: int = VNET_HDR_LEN) -> DeviceOffload:
     """Configure an fd opened with IFF_VNET_HDR for the widest offload the kernel takes.
