@@ -36,7 +36,8 @@ def _make() -> dict[str, Any]:
     cfg = Config.from_mapping({"tunnel": [{
         "name": "hub", "mode": "server", "address": "10.220.0.1/24", "port": 0,
         "private_key_file": "/nonexistent/hub.key", "peer": [
-            {"name": "a", "public_key": base64.b64encode(public_bytes(client_key)).decode()}],
+            {"name": "a", "public_key": base64.b64encode(public_bytes(client_key)).decode(),
+             "address": "10.220.0.50"}],
     }]}).tunnel[0]
     table = PeerTable(cfg, 1400, Router(), MacTable(), None)
     table.apply(cfg.peer, lambda pc, where: (base64.b64decode(pc.public_key), None),
