@@ -85,14 +85,13 @@ class NativeHubAcceptor:
                  drops: collections.Counter[str], cookies: CookieChecker | None = None,
                  queue_limit: int = PEER_QUEUE) -> None:
         self.table = table
-        self.cipher = cipher
-        self.cipher_auto = cipher_auto
-        self.keepalive = keepalive
-        self.dead_after = dead_after
-        self.rekey_after_time = rekey_after_time
-        self.rekey_after_bytes = rekey_after_bytes
-        self.max_frame = max_frame
-        self.queue_limit = queue_limit
+        #: what every peer's responder channel and endpoint are made with
+        self._channel_args: dict[str, Any] = {
+            "cipher": cipher, "cipher_auto": cipher_auto,
+            "rekey_after_time": rekey_after_time, "rekey_after_bytes": rekey_after_bytes,
+            "stale_after": keepalive + 5.0, "queue_limit": queue_limit}
+        self._endpoint_args: dict[str, Any] = {
+            "keepalive": keepalive, "dead_after": dead_after, "max_frame": max_frame}
         #: the adapter's reassembler (replaced when the adapter makes a new one)
         self.reasm = reassembler
         self.drops = drops
@@ -199,8 +198,8 @@ class NativeHubAcceptor:
             if p.raw != raw and follow_peer(p.raw, raw, authentic=decoded.authentic,
                                             may_move=True, now=now) is not None:
                 self._follow(p, addr, raw)
-            if decoded.frames:
-                inbound.extend((p, f) for f in decoded.frames)
+            for f in decoded.frames:
+                inbound.append((p, f))
             touched[id(p)] = p
         if inits:
             if len(inits) >= INIT_BACKLOG:
@@ -298,11 +297,8 @@ class NativeHubAcceptor:
                 raise RuntimeError("the hub's static key is not set")
             p.secure = SecureChannel(
                 initiator=False, psk=p.psk, private_key=static.private_bytes_raw(),
-                peer_public_key=p.public, cipher=self.cipher, cipher_auto=self.cipher_auto,
-                rekey_after_time=self.rekey_after_time,
-                rekey_after_bytes=self.rekey_after_bytes, stale_after=self.keepalive + 5.0,
-                clock_offset=self.clock_offset, guard=p.guard, queue_limit=self.queue_limit,
-            )
+                peer_public_key=p.public, clock_offset=self.clock_offset, guard=p.guard,
+                **self._channel_args)
             if p.assignment is not None:
                 p.secure.response_extra = p.assignment.encode()
             key = self._reset_key
@@ -312,8 +308,7 @@ class NativeHubAcceptor:
                 return (p.assignment or Assignment()).encode(reset_token(key, index))
 
             p.secure.response_extra_for = extra_for
-            p.native = NativeEndpoint(keepalive=self.keepalive, dead_after=self.dead_after,
-                                      max_frame=self.max_frame, secure=p.secure)
+            p.native = NativeEndpoint(secure=p.secure, **self._endpoint_args)
         return p.secure
 
     def index(self, p: HubPeer) -> None:
