@@ -2,18 +2,13 @@
 
 An asyncio adapter like :mod:`.tunnel`, with the same public face (``state``,
 ``wait_up``, ``add_listener``, ``status()``, ``stats``, ``start``/``stop``/``close``)
-plus a view of its peers. The decisions live in sans-I/O pieces: per peer a
-:class:`~.proto.native.NativeEndpoint` with its own
-:class:`~.proto.secure.SecureChannel` (responder), the :class:`~.proto.router.Router`
-(TUN) or :class:`~.proto.mactable.MacTable` (TAP) between the device and the peers, the
-:class:`~.proto.pool.AddressPool`, and the :class:`~.proto.cookie.CookieChecker` that
-answers floods with cookies. Here we only read, dispatch and write.
-
-Who sent a datagram: a known source address is the fast path; otherwise the receiver's
-session index names the peer; an initiation is read once by the hub (mac1, load and
-cookie, then the first Noise message, which reveals the initiator's static key) and
-handed to that peer's channel. A peer follows its client on any authenticated message
-(roaming, NAT rebinding).
+plus a view of its peers. The decisions live in sans-I/O pieces: the
+:class:`~.proto.hubtable.PeerTable` (who may connect), the
+:class:`~.proto.hubacceptor.NativeHubAcceptor` (which peer a datagram belongs to:
+sessions, handshakes, cookies under load, resets, roaming), the
+:class:`~.proto.router.Router` (TUN) or :class:`~.proto.mactable.MacTable` (TAP)
+between the device and the peers, and the :class:`~.proto.pool.AddressPool`. Here we
+only read, dispatch and write, and keep the socket's fair share among the peers.
 
 One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost a
 heap entry each and a wake-up only when one of them has something to do.
@@ -43,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from .config import PeerConfig, TunnelConfig
 from .devicewatch import SupervisedDevice
 from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
@@ -56,47 +49,26 @@ from .io.udp import (
     Addr,
     UdpEndpoint,
     family_for,
-    normalize,
     open_connected_twin,
     open_udp,
     socket_drops,
 )
 from .keys import decode_key, load_key_file, resolve_cipher
-from .proto import fragment
-from .proto.assign import Assignment
-from .proto.cookie import Accept, CookieChecker, InitiationScreen, Reply, cookie_key
 from .proto.fairshare import FloodJudge, RoundBudget
-from .proto.framing import HEADER_LEN, MsgType
+from .proto.hubacceptor import INIT_LEN as INIT_LEN
+from .proto.hubacceptor import NativeHubAcceptor
 from .proto.hubtable import HubPeer, PeerTable
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
-from .proto.native import NativeEndpoint
-from .proto.noise import HandshakeState, public_bytes
 from .proto.offload import VNET_HDR_LEN, GsoFrame, coalesce_tcp
 from .proto.pool import AddressPool
-from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
-from .proto.secure import (
-    _INIT_PAYLOAD,
-    MAC_LEN,
-    PROLOGUE,
-    AuthFailure,
-    HandshakeComplete,
-    Rekeyed,
-    SecureChannel,
-    SessionExpired,
-    TokenBucketLimiter,
-    _mac_key,
-)
+from .proto.secure import AuthFailure, HandshakeComplete, Rekeyed, SessionExpired
 from .tunnel import State, TunnelStats, derive_mtu
 
 log = logging.getLogger("tunconnector.hub")
 
-#: header || e || enc(s) || enc(payload) || mac1  (IKpsk2 first message)
-INIT_LEN = HEADER_LEN + 32 + (32 + 16) + _INIT_PAYLOAD.size + 16 + MAC_LEN
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
-#: frames a peer's channel holds while its session renews (bounded memory per peer)
-PEER_QUEUE = 16
 #: datagrams read from the socket per round at most (reading is cheap: drain it all)
 READ_BATCH = 2048
 #: rounds of READ_BATCH read at once from the shared queue when it goes on its ration
@@ -106,8 +78,6 @@ DRAIN_ROUNDS = 8
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
 MIN_SHARE = 8
-#: initiations in one read round that mean a queue of them: under load (cookies) at once
-INIT_BACKLOG = 16
 #: a peer cut by its budget gets a receive queue of its own (a connected socket): the
 #: kernel then drops its excess for free, and it is read this much per loop turn
 MAX_ISOLATED = 64
@@ -146,6 +116,8 @@ class OwnQueue:
     """A peer's own receive queue, once it sent beyond its share (see ``Hub._isolate``)."""
 
     endpoint: UdpEndpoint
+    #: the peer's address it is connected to (a move leaves it behind)
+    raw: Any
     #: whether its sender floods (it keeps sending beyond what it loses)
     judge: FloodJudge
     #: the kernel's drop count there already added to the peer's ``peer_budget`` drops
@@ -189,35 +161,25 @@ class Hub(SupervisedDevice):
         self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
         self._shared_count = 0
         self._stopping = False
-        self._by_raw: dict[Any, HubPeer] = {}
-        self._by_index: dict[int, HubPeer] = {}
         self.router = Router(client_to_client=config.client_to_client)
         self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
                              move_after=config.mac_move_after)
         self.table = PeerTable(config, self.mtu, self.router, self.macs, None)
+        #: which peer a datagram belongs to: sessions, handshakes, cookies, resets
+        cipher, auto = resolve_cipher(config.cipher)
+        self._acceptor = NativeHubAcceptor(
+            self.table, cipher=cipher, cipher_auto=auto, keepalive=config.keepalive,
+            dead_after=config.dead_after, rekey_after_time=config.rekey_after_time,
+            rekey_after_bytes=config.rekey_after_bytes, max_frame=self.max_frame,
+            reassembler=self._fast.reasm, drops=self.stats.drops)
+        self.cookies = self._acceptor.cookies
         #: the peers with a receive queue of their own (see _isolate)
         self._own: dict[HubPeer, OwnQueue] = {}
-        self.cookies = CookieChecker()
-        #: mac1, load, cookie and rate-limit checks before an initiation's DH; under
-        #: load and out of reply budget a datagram costs a length check, not a MAC;
-        #: the per-source limit applies only under load
-        self._screen = InitiationScreen(init_len=INIT_LEN, mac_keys=(), cookies=self.cookies,
-                                        limiter=TokenBucketLimiter(), cookie_key=b"",
-                                        throttle_before_mac=True, limit_always=False)
-        #: initiations that reached the Diffie-Hellman (status: initiations_processed)
-        self._dh = 0
         self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
-        self._reset_key = b""
-        #: SESSION_RESET replies: per source address, and in total
-        self._reset_per_source = TokenBucketLimiter(rate=2.0, burst=2.0)
-        self._reset_total = TokenBucketLimiter(rate=500.0, burst=100.0)
-        self._static: X25519PrivateKey | None = None
-        self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._clock_offset = 0.0
         self._hooks: Any = None
         self._kernel_routes: dict[str, list[str]] = {}
         self._reading_device = False
@@ -335,7 +297,7 @@ class Hub(SupervisedDevice):
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
             "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes,
-                       "initiations_processed": self._dh},
+                       "initiations_processed": self._acceptor.dh},
             "peers": self.peers_status(),
             **self._device_status(),
         }
@@ -345,10 +307,10 @@ class Hub(SupervisedDevice):
         if self.is_running:
             return
         self._loop = asyncio.get_running_loop()
-        self._clock_offset = time.time() - self._loop.time()
+        self._acceptor.clock_offset = time.time() - self._loop.time()
         self._stopping = False
         self._fast = FastPath(self.config)
-        self._reasm = self._fast.reasm
+        self._acceptor.reasm = self._fast.reasm
         self.error = None
         self._set_state(State.STARTING)
         try:
@@ -396,18 +358,7 @@ class Hub(SupervisedDevice):
             priv = load_key_file(cfg.private_key_file or "")
         except CryptoError as exc:
             raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
-        self._static = X25519PrivateKey.from_private_bytes(priv)
-        self._own_public = public_bytes(self._static)
-        self._screen.cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
-        self._reset_key = reset_key(priv)
-
-    def _refresh_mac_keys(self) -> None:
-        """mac1 keys of the peers' PSKs (a peer with a PSK keys mac1 with it too)."""
-        keys = {_mac_key(self._own_public, bytes(32))}
-        for p in self.peers.values():
-            if p.psk is not None:
-                keys.add(_mac_key(self._own_public, p.psk))
-        self._screen.set_mac_keys(keys)
+        self._acceptor.set_static(priv)
 
     def state_path(self) -> Path:
         cfg = self.config
@@ -515,7 +466,7 @@ class Hub(SupervisedDevice):
                 self._peer_removed(p)
         for p, why in changes.no_address:
             self.log.warning("hub %s: peer %s gets no address: %s", self.name, p.name, why)
-        self._refresh_mac_keys()
+        self._acceptor.refresh_mac_keys()
         if changes.leases_changed or not initial:
             self._save_pool()
         return result
@@ -523,14 +474,8 @@ class Hub(SupervisedDevice):
     def _peer_removed(self, p: HubPeer) -> None:
         if p.up:
             self._peer_state(p, False, "removed")
-        if p.raw is not None:
-            self._by_raw.pop(p.raw, None)
-        for i in p.indices:
-            if self._by_index.get(i) is p:
-                del self._by_index[i]
         self._unisolate(p)
-        p.native = None
-        p.secure = None
+        self._acceptor.forget(p)
         p.timer_at = None  # its heap entries are now stale
         self.log.info("hub %s: peer %s removed", self.name, p.name)
 
@@ -586,32 +531,6 @@ class Hub(SupervisedDevice):
         await self.apply_peers([p.cfg for p in self.peers.values() if p.name != name])
         return True
 
-    def _ensure_channel(self, p: HubPeer) -> SecureChannel:
-        if p.secure is None:
-            cfg = self.config
-            assert self._static is not None
-            cipher, auto = resolve_cipher(cfg.cipher)
-            p.secure = SecureChannel(
-                initiator=False, psk=p.psk,
-                private_key=self._static.private_bytes_raw(), peer_public_key=p.public,
-                cipher=cipher, cipher_auto=auto, rekey_after_time=cfg.rekey_after_time,
-                rekey_after_bytes=cfg.rekey_after_bytes, stale_after=cfg.keepalive + 5.0,
-                clock_offset=self._clock_offset, guard=p.guard,
-                queue_limit=PEER_QUEUE,
-            )
-            if p.assignment is not None:
-                p.secure.response_extra = p.assignment.encode()
-            key = self._reset_key
-
-            def extra_for(index: int, p: HubPeer = p) -> bytes:
-                """The assignment, with the new session's reset token."""
-                return (p.assignment or Assignment()).encode(reset_token(key, index))
-
-            p.secure.response_extra_for = extra_for
-            p.native = NativeEndpoint(keepalive=cfg.keepalive, dead_after=cfg.dead_after,
-                                      max_frame=self.max_frame, secure=p.secure)
-        return p.secure
-
     # ------------------------------------------------------------------ wire -> device
     def _on_shared_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
         """The shared socket's datagrams: watch its rate (see SHARED_PROTECT_RATE)."""
@@ -628,77 +547,45 @@ class Hub(SupervisedDevice):
     def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        stats = self.stats
-        stats.wire_rx += len(batch)
-        by_raw = self._by_raw
-        touched: dict[int, HubPeer] = {}
-        inbound: list[tuple[HubPeer, Any]] = []
-        inits: list[tuple[bytes, Addr, Any]] = []
+        self.stats.wire_rx += len(batch)
         if len(batch) >= SHARED_BATCH and not self._protecting:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
             batch = self._within_budget(batch)
         udp = self._udp
-        if udp is not None and udp.runs and udp.gro:  # FragmentRuns -> their messages
-            batch = self._fast.expand_runs(batch, now, stats.drops)
-        for data, raw in batch:
-            p = by_raw.get(raw)
-            if p is not None and p.native is not None:
-                frame = p.native.quick(data, now, raw)
-                if frame is not False:
-                    if frame is not None:
-                        inbound.append((p, frame))
-                    continue
-            if len(data) < HEADER_LEN:
-                stats.drops["truncated"] += 1
-                continue
-            if type(data) is memoryview:  # a UDP GRO slice: the slow path wants bytes
-                data = bytes(data)
-            mtype = data[1]
-            if mtype == MsgType.FRAGMENT:
-                try:
-                    inner = self._reasm.receive(data, now)
-                except RemoteProtocolError as exc:
-                    stats.drops["fragment_" + exc.reason] += 1
-                    continue
-                if inner is None:
-                    continue
-                data = bytes(inner)
-                mtype = data[1]
-            addr = normalize(raw)
-            if mtype == MsgType.HANDSHAKE_INIT:
-                inits.append((data, addr, raw))  # after the round's data: see below
-                continue
-            session = int.from_bytes(data[4:8], "big")
-            p = self._by_index.get(session)
-            if p is None or p.native is None:
-                stats.drops["unknown_session"] += 1
-                if wants_reset(data):
-                    self._send_reset(session, addr, now)
-                continue
-            decoded = p.native.decode(data, now, raw)
-            if decoded.authentic and p.raw != raw:
-                self._follow(p, addr, raw)
-            for f in decoded.frames:
-                inbound.append((p, f))
-            touched[id(p)] = p
-        if inits:
-            if len(inits) >= INIT_BACKLOG:
-                self.cookies.note_backlog(now)  # a queue of them: cookies before any DH
-            for data, addr, raw in inits:
-                p = self._on_initiation(data, addr, raw, now)
-                if p is not None:
-                    touched[id(p)] = p
+        acceptor = self._acceptor
+        inbound, touched = acceptor.receive_batch(
+            batch, now, runs=udp is not None and udp.runs and udp.gro)
+        if acceptor.has_output():
+            self._acceptor_output()
         if inbound:
             self._route_inbound(inbound, now)
-        for p in touched.values():
+        for p in touched:
             self._flush(p, now)
+
+    def _acceptor_output(self) -> None:
+        """Cookie replies and resets to their senders; peers that moved: a receive
+        queue of their own is bound to the old address (closed), and a log line."""
+        acceptor = self._acceptor
+        udp = self._udp
+        for packet, addr in acceptor.datagrams_to_send():
+            if udp is not None:
+                udp.sendto(packet, addr)
+        for p, old in acceptor.moves():
+            own = self._own.get(p)
+            if own is not None and own.raw != p.raw:
+                self._unisolate(p)
+            if old is None:
+                self.log.info("hub %s: peer %s at %s", self.name, p.name, _fmt_addr(p.addr))
+            elif old != p.addr:
+                self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
+                              _fmt_addr(old), _fmt_addr(p.addr))
 
     def _within_budget(self, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
         """The round's datagrams each sender may have processed: a sender beyond its
         fair share loses the rest before any decryption (see proto/fairshare.py).
         Senders are peers by source address; unknown sources share one budget."""
-        get = self._by_raw.get
+        get = self._acceptor.by_raw.get
         budget = self._budget
         if not budget.plan([get(raw) for _, raw in batch]):
             return batch
@@ -778,7 +665,8 @@ class Hub(SupervisedDevice):
             self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
             return
         own = UdpEndpoint(sock, p.stats.drops)
-        self._own[p] = OwnQueue(own, FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS))
+        self._own[p] = OwnQueue(own, p.raw,
+                                FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS))
         own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
         self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
 
@@ -822,88 +710,6 @@ class Hub(SupervisedDevice):
         if n > q.drops:
             p.stats.drops["peer_budget"] += n - q.drops
             q.drops = n
-
-    def _send_reset(self, session: int, addr: Addr, now: float) -> None:
-        """Data for a session we do not have (we restarted, or it ended): tell the
-        sender with an authenticated SESSION_RESET, so it handshakes again at once."""
-        if self._udp is None or not self._reset_key:
-            return
-        if not (self._reset_per_source.allow(addr, now) and self._reset_total.allow(None, now)):
-            return
-        self.stats.drops["reset_sent"] += 1
-        self._udp.sendto(encode_reset(self._reset_key, session), addr)
-
-    def _end_session(self, p: HubPeer) -> None:
-        """Forget a peer's session (it said it stops); its next handshake starts anew."""
-        self._unisolate(p)
-        for i in p.indices:
-            if self._by_index.get(i) is p:
-                del self._by_index[i]
-        p.indices = set()
-        if p.raw is not None and self._by_raw.get(p.raw) is p:
-            del self._by_raw[p.raw]
-        p.raw = None
-        p.past_handshakes = p.handshakes
-        p.native = None
-        p.secure = None
-        p.started = False
-        p.timer_at = None
-
-    def _follow(self, p: HubPeer, addr: Addr, raw: Any) -> None:
-        old = p.addr
-        if p.raw != raw:
-            self._unisolate(p)  # its queue is connected to the old address
-        if p.raw is not None and self._by_raw.get(p.raw) is p:
-            del self._by_raw[p.raw]
-        p.addr = addr
-        p.raw = raw
-        self._by_raw[raw] = p
-        if old is None:
-            self.log.info("hub %s: peer %s at %s", self.name, p.name, _fmt_addr(addr))
-        elif old != addr:
-            self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
-                          _fmt_addr(old), _fmt_addr(addr))
-
-    def _on_initiation(self, data: bytes, addr: Addr, raw: Any, now: float) -> HubPeer | None:
-        stats = self.stats
-        verdict = self._screen.check(data, addr[0], now)
-        if not isinstance(verdict, Accept):
-            stats.drops[verdict.reason] += 1
-            if isinstance(verdict, Reply) and self._udp is not None:
-                self._udp.sendto(verdict.packet, addr)
-            return None
-        self._dh += 1
-        hs = HandshakeState("IKpsk2", initiator=False, prologue=PROLOGUE, static=self._static,
-                            psk=bytes(32))
-        try:
-            payload = hs.read_message(bytes(verdict.body[HEADER_LEN:-MAC_LEN]))
-        except RemoteProtocolError:
-            stats.drops["handshake_failed"] += 1
-            return None
-        p = self.table.by_key(hs.rs or b"")
-        if p is None:
-            stats.drops["unknown_peer"] += 1
-            return None
-        secure = self._ensure_channel(p)
-        secure.accept_initiation(hs, payload, int.from_bytes(data[4:8], "big"), now, raw)
-        if secure.last_authenticated == now and secure.authenticated_source == raw:
-            self._follow(p, addr, raw)
-            if not p.started and p.native is not None:
-                p.started = True
-                p.native.start(now, initiator=False)
-            self._index_peer(p)
-        return p
-
-    def _index_peer(self, p: HubPeer) -> None:
-        if p.secure is None:
-            return
-        now_idx = set(p.secure.local_indices())
-        for i in p.indices - now_idx:
-            if self._by_index.get(i) is p:
-                del self._by_index[i]
-        for i in now_idx - p.indices:
-            self._by_index[i] = p
-        p.indices = now_idx
 
     def _route_inbound(self, items: list[tuple[HubPeer, Any]], now: float) -> None:
         to_dev: list[Any] = []
@@ -1059,37 +865,27 @@ class Hub(SupervisedDevice):
 
     # ------------------------------------------------------------------ control, timer
     def _flush(self, p: HubPeer, now: float) -> None:
-        native = p.native
-        if native is None:
-            return
-        msgs = native.messages_to_send()
+        msgs, events = self._acceptor.drain(p)
         if msgs and self._udp is not None and p.addr is not None:
             for m in msgs:
                 self._udp.sendto(m, p.addr)
-        exited = False
-        while (ev := native.next_event()) is not None:
+        for ev in events:
             if isinstance(ev, PeerUp):
                 self._peer_state(p, True, "alive")
             elif isinstance(ev, PeerDown) and ev.reason == "exit":
-                exited = True
                 self._peer_state(p, False, "it said it stops")
+                self._unisolate(p)  # its session ended with it (see drain)
             elif isinstance(ev, PeerDown):
                 self._peer_state(p, False, f"nothing received for {ev.silent_for:.1f}s")
-        secure = p.secure
-        if secure is not None:
-            while (sev := secure.next_event()) is not None:
-                if isinstance(sev, HandshakeComplete):
-                    p.last_handshake = time.time()
-                    self.stats.connects += 1
-                elif isinstance(sev, AuthFailure):
-                    self.log.warning("hub %s: peer %s: %s", self.name, p.name, sev.message)
-                elif isinstance(sev, SessionExpired):
-                    self.log.info("hub %s: peer %s: session expired", self.name, p.name)
-                elif isinstance(sev, Rekeyed):
-                    p.last_handshake = time.time()
-            self._index_peer(p)
-        if exited:
-            self._end_session(p)
+            elif isinstance(ev, HandshakeComplete):
+                p.last_handshake = time.time()
+                self.stats.connects += 1
+            elif isinstance(ev, AuthFailure):
+                self.log.warning("hub %s: peer %s: %s", self.name, p.name, ev.message)
+            elif isinstance(ev, SessionExpired):
+                self.log.info("hub %s: peer %s: session expired", self.name, p.name)
+            elif isinstance(ev, Rekeyed):
+                p.last_handshake = time.time()
         self._schedule(p)
 
     def _peer_state(self, p: HubPeer, up: bool, why: str) -> None:
@@ -1165,8 +961,9 @@ class Hub(SupervisedDevice):
                 continue
             p.native.handle_timer(now)
             self._flush(p, now)
-        if self._reasm.pending:
-            self._reasm.handle_timer(now)
+        reasm = self._acceptor.reasm
+        if reasm.pending:
+            reasm.handle_timer(now)
         self._arm()
 
     # ------------------------------------------------------------------ state & teardown
@@ -1187,16 +984,9 @@ class Hub(SupervisedDevice):
         self._own_mac = None  # a new start: a new device, its own MAC
         for p in self.peers.values():
             self._unisolate(p)
-            p.native = None
-            p.secure = None
-            p.started = False
             p.up = False
-            p.addr = None
-            p.raw = None
             p.timer_at = None
-            p.indices = set()
-        self._by_raw.clear()
-        self._by_index.clear()
+        self._acceptor.clear()
         self.table.clear()
 
 

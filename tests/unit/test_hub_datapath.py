@@ -30,13 +30,13 @@ def test_gro_slices_reach_the_slow_path_as_bytes(tmp_path: Path) -> None:
     hub = make_hub(tmp_path)
     hub._loop = _Loop()  # type: ignore[assignment]
     seen: list[Any] = []
-    real = hub._on_initiation
+    real = hub._acceptor._on_initiation
 
     def spy(data: Any, addr: Any, raw: Any, now: float) -> Any:
         seen.append(type(data))
         return real(data, addr, raw, now)
 
-    hub._on_initiation = spy  # type: ignore[method-assign]
+    hub._acceptor._on_initiation = spy  # type: ignore[method-assign]
     init = _msg(MsgType.HANDSHAKE_INIT, INIT_LEN)
     frag = _msg(MsgType.FRAGMENT, HEADER_LEN + 2)
     data = _msg(MsgType.DATA, 100)

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import TransportError
 from ..proto.fragment import FragmentRun
 from ..proto.framing import MsgType
+from ..proto.roaming import normalize as normalize  # the one definition, kept importable here
 from ._bind import bind_error, bind_host
 from .offload import (
     GRO_CMSG_SPACE,
@@ -137,14 +138,6 @@ def socket_drops(sock: socket.socket) -> int:
         return 0
     return int.from_bytes(info[_SK_MEMINFO_DROPS * 4:_SK_MEMINFO_DROPS * 4 + 4],
                           sys.byteorder)
-
-
-def normalize(addr: Addr) -> Addr:
-    """Compare addresses by (host, port); map IPv4-mapped IPv6 to plain IPv4."""
-    host, port = addr[0], addr[1]
-    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return (host, port)
 
 
 def _icmp_error_key(exc: OSError) -> str:

@@ -29,6 +29,8 @@ line, whether the first address is announced as an event).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .connection import Addr, AddressChanged
 
 
@@ -46,4 +48,12 @@ def follow_peer(current: Addr, source: Addr, *, authentic: bool, may_move: bool,
     return AddressChanged(now, source)
 
 
-__all__ = ["follow_peer"]
+def normalize(addr: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Compare addresses by (host, port); map IPv4-mapped IPv6 to plain IPv4."""
+    host, port = addr[0], addr[1]
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return (host, port)
+
+
+__all__ = ["follow_peer", "normalize"]

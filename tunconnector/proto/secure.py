@@ -971,7 +971,30 @@ def _mac_key(public: bytes, psk: bytes) -> bytes:
     return blake2s(b"tunconnector mac1", public, psk)
 
 
+#: an IKpsk2 initiation on the wire: header || e || enc(s) || enc(payload) || mac1
+IK_INIT_LEN = HEADER_LEN + DHLEN + (DHLEN + TAGLEN) + _INIT_PAYLOAD.size + TAGLEN + MAC_LEN
+
+
+def mac1_key(public: bytes, psk: bytes | None = None) -> bytes:
+    """The key an initiation's mac1 is made with, for the responder whose static public
+    key is ``public`` (and the peer's PSK, if it has one)."""
+    return _mac_key(public, psk if psk is not None else bytes(32))
+
+
+def read_initiation(static: X25519PrivateKey, msg: bytes | memoryview
+                    ) -> tuple[HandshakeState, bytes]:
+    """Read the Noise message of an IKpsk2 initiation (``msg``: header to mac1) with the
+    responder's static key alone: the initiator's static key is then ``hs.rs``, so a
+    responder with many peers learns whose channel goes on with it
+    (:meth:`SecureChannel.accept_initiation`, which mixes in that peer's PSK): one DH
+    pass for the whole handshake. Raises :class:`RemoteProtocolError` on garbage."""
+    hs = HandshakeState("IKpsk2", initiator=False, prologue=PROLOGUE, static=static,
+                        psk=bytes(32))
+    return hs, hs.read_message(bytes(msg[HEADER_LEN:-MAC_LEN]))
+
+
 __all__ = [
+    "IK_INIT_LEN",
     "OVERHEAD",
     "Assigned",
     "AuthFailure",
@@ -983,4 +1006,6 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "TokenBucketLimiter",
+    "mac1_key",
+    "read_initiation",
 ]
