@@ -400,13 +400,7 @@ class ConnectionTunnel(SupervisedDevice):
         dev = self.device
         if dev is None or self._loop is None:
             return
-        try:
-            frames = dev.read_batch(64)
-        except DeviceError as exc:
-            self.stats.drops["device_read_error"] += 1
-            self.log.warning("%s", exc)
-            self._device_check()
-            return
+        frames = self._read_device(dev)
         if not frames:
             return
         stats = self.stats

@@ -274,6 +274,17 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def _counts(counts: dict[str, Any], sep: str, empty: str) -> str:
+    """A status row's counters as ``name=count`` joined by ``sep``; ``empty`` for none."""
+    return sep.join(f"{k}={v}" for k, v in counts.items()) or empty
+
+
+def _traffic(row: dict[str, Any], gap: str) -> str:
+    """A status row's bytes and packets each way, ``gap`` between the two."""
+    return (f"in {row['rx_bytes']} B/{row['rx_packets']} pkts{gap}"
+            f"out {row['tx_bytes']} B/{row['tx_packets']} pkts")
+
+
 def cmd_status(argv: Sequence[str]) -> int:
     from .status import DEFAULT_TIMEOUT, query_all
 
@@ -302,7 +313,7 @@ def cmd_status(argv: Sequence[str]) -> int:
         print(f"daemon pid {r.get('pid')} (v{r.get('version')})")
         for t in r.get("tunnels", []):
             age = t.get("last_rx_age")
-            drops = ", ".join(f"{k}={v}" for k, v in t.get("drops", {}).items()) or "none"
+            drops = _counts(t.get("drops", {}), ", ", "none")
             print(
                 f"  {t['name']:<12} {t['state']:<8} {t['mode']:<6} {t['transport']:<14} "
                 f"dev {t.get('device') or '-'} {','.join(t.get('addresses', []))} "
@@ -312,8 +323,7 @@ def cmd_status(argv: Sequence[str]) -> int:
                 print(f"  {'':<12} error: {t['error']}")
             print(
                 f"  {'':<12} last rx {'-' if age is None else f'{age:.1f}s ago'}  "
-                f"in {t['rx_bytes']} B/{t['rx_packets']} pkts  "
-                f"out {t['tx_bytes']} B/{t['tx_packets']} pkts  drops: {drops}"
+                f"{_traffic(t, '  ')}  drops: {drops}"
             )
             for path in t.get("paths") or []:  # multi-path: one line per path, * = carrying
                 rtt = path.get("rtt")
@@ -325,15 +335,14 @@ def cmd_status(argv: Sequence[str]) -> int:
                 )
             for pe in t.get("peers") or []:  # a hub: one line per peer
                 hs = pe.get("last_handshake_age")
-                pdrops = ",".join(f"{k}={v}" for k, v in pe.get("drops", {}).items()) or "-"
+                pdrops = _counts(pe.get("drops", {}), ",", "-")
                 print(
                     f"  {'':<12} peer {pe['name']:<12} {pe.get('key') or '-'}… "
                     f"{pe['state']:<5} "
                     f"{pe.get('endpoint') or '-'} {pe.get('address') or '-'} "
                     f"allowed {','.join(pe.get('allowed_ips') or []) or '-'} "
                     f"handshake {'-' if hs is None else f'{hs:.0f}s ago'} "
-                    f"in {pe['rx_bytes']} B/{pe['rx_packets']} pkts "
-                    f"out {pe['tx_bytes']} B/{pe['tx_packets']} pkts drops {pdrops}"
+                    f"{_traffic(pe, ' ')} drops {pdrops}"
                 )
             crypto = t.get("crypto")
             if crypto:

@@ -39,6 +39,7 @@ from .proto.backoff import Backoff
 if TYPE_CHECKING:
     from .config import TunnelConfig
     from .io.device import Device
+    from .tunnel import TunnelStats
 
 log = logging.getLogger("tunconnector.device")
 
@@ -247,12 +248,12 @@ class SupervisedDevice(StateFace):
     :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,
-    :meth:`_device_check` when a device read or write fails and
-    :meth:`_unsupervise_device` first thing on close (its state is held back through
-    :meth:`_admits` while the device is missing); it provides ``_open_device``
-    (idempotent: opens and configures the device named in the config, setting
-    ``device``, ``device_name`` and ``_created_device``) and ``_on_device_readable``,
-    or its own ``_device_reader(on)``.
+    :meth:`_device_check` when a device read or write fails (:meth:`_read_device` reads
+    a batch and does that) and :meth:`_unsupervise_device` first thing on close (its
+    state is held back through :meth:`_admits` while the device is missing); it provides
+    ``_open_device`` (idempotent: opens and configures the device named in the config,
+    setting ``device``, ``device_name`` and ``_created_device``) and
+    ``_on_device_readable``, or its own ``_device_reader(on)``.
     """
 
     device: Device | None
@@ -261,6 +262,7 @@ class SupervisedDevice(StateFace):
     error: str | None
     log: logging.LoggerAdapter[logging.Logger]
     netlink: nl.Netlink
+    stats: TunnelStats
     _loop: asyncio.AbstractEventLoop | None
     _reading_device: bool
     _created_device: bool
@@ -306,6 +308,17 @@ class SupervisedDevice(StateFace):
         if self._devsup is not None:
             self._devsup.close()
             self._devsup = None
+
+    def _read_device(self, dev: Device) -> list[bytes]:
+        """A batch of frames from the device; none when the read fails (counted, logged,
+        and the supervisor asked whether the device is gone)."""
+        try:
+            return dev.read_batch(64)
+        except DeviceError as exc:
+            self.stats.drops["device_read_error"] += 1
+            self.log.warning("%s", exc)
+            self._device_check()
+            return []
 
     def _device_check(self) -> None:
         """A device read or write failed: the supervisor asks whether it is gone."""

@@ -813,13 +813,7 @@ class Hub(SupervisedDevice):
         dev = self.device
         if dev is None or self._loop is None:
             return
-        try:
-            frames = dev.read_batch(64)
-        except TunconnectorError as exc:
-            self.stats.drops["device_read_error"] += 1
-            self.log.warning("%s", exc)
-            self._device_check()
-            return
+        frames = self._read_device(dev)
         if not frames:
             return
         if dev.vnet_hdr:  # no TUNSETOFFLOAD: a whole packet behind a zero header

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import CryptoError
 from .proto.openvpn.keyfile import KEY_BYTES as STATIC_KEY_BYTES
-from .proto.openvpn.keyfile import StaticKey, format_static_key, parse_static_key
+from .proto.openvpn.keyfile import StaticKey, ascii_text, format_static_key, parse_static_key
 from .proto.secure import HandshakeGuard, SecureChannel
 
 KEY_LEN = 32
@@ -36,11 +36,7 @@ def encode_key(key: bytes) -> str:
 
 def decode_key(text: str | bytes, what: str = "key") -> bytes:
     """Base64 text (surrounding whitespace ignored) to exactly 32 bytes."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError:
-            raise CryptoError(f"{what}: not base64 text") from None
+    text = ascii_text(text, f"{what}: not base64 text")
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):

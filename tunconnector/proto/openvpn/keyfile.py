@@ -60,13 +60,20 @@ class StaticKey:
         raise CryptoError(f"key direction must be 0 or 1, not {direction!r}")
 
 
-def parse_static_key(text: str | bytes, what: str = "static key") -> StaticKey:
-    """Parse an OpenVPN static key file's text; errors never quote key bytes."""
+def ascii_text(text: str | bytes, error: str) -> str:
+    """A key file's text as str: bytes must be ASCII, else ``CryptoError(error)``
+    (which never quotes them)."""
     if isinstance(text, bytes):
         try:
-            text = text.decode("ascii")
+            return text.decode("ascii")
         except UnicodeDecodeError:
-            raise CryptoError(f"{what}: not an OpenVPN static key file (not ASCII)") from None
+            raise CryptoError(error) from None
+    return text
+
+
+def parse_static_key(text: str | bytes, what: str = "static key") -> StaticKey:
+    """Parse an OpenVPN static key file's text; errors never quote key bytes."""
+    text = ascii_text(text, f"{what}: not an OpenVPN static key file (not ASCII)")
     # by markers, not lines: the enabler's API served the file with its lines joined
     start = text.find(BEGIN)
     end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
