@@ -20,7 +20,7 @@ runs, and has a one-packet lane (:meth:`FastConnection.send_one`,
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -217,8 +217,18 @@ class FastConnection(Connection, Protocol):
     #: True: :meth:`send_device` takes vnet_hdr frames including super-packets
     takes_super: bool
 
-    def send_device(self, frames: list[bytes], now: float) -> None:
-        """Frames as a device opened with IFF_VNET_HDR reads them (header + packet)."""
+    def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = True) -> None:
+        """Frames as a device opened with IFF_VNET_HDR reads them (header + packet);
+        ``vnet_hdr`` False: plain frames, left as one batch all the same."""
+
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any]:
+        """``(decode, source)``: ``decode(data, now, source)`` is :meth:`quick` without a
+        call of its own, for an adapter's per-datagram loop (valid until the peer moves)."""
+        ...
+
+    def has_output(self) -> bool:
+        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
+        ...
 
     def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
         """Bulk UDP output of :meth:`send_device`, in order."""

@@ -180,8 +180,8 @@ class NativeConnection:
                 return
             self.super_rx += 1
             data = inner  # type: ignore[assignment]  # bytearray: decoded in place
-        self._receive_message(data, addr, now)
-        self._pump(now)
+        if self._receive_message(data, addr, now):
+            self._pump(now)
 
     def receive_run(self, run: fragment.FragmentRun, addr: Addr, now: float) -> None:
         """FRAGMENT datagrams of one GRO read: whole messages are put back with one join
@@ -210,29 +210,47 @@ class NativeConnection:
             self._source = _host(peer)
         return self.endpoint.quick(data, now, self._source)
 
-    def _receive_message(self, data: bytes, addr: Addr, now: float) -> None:
-        """One whole native message from ``addr`` (reassembled when it was fragmented)."""
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any]:
+        """``(decode, source)`` with ``decode(data, now, source)`` == :meth:`quick`: for an
+        adapter's loop over one batch, which then makes no extra call per datagram. Valid
+        until the peer moves (:class:`AddressChanged`); the endpoint of a UDP connection
+        never changes."""
+        peer = self.peer
+        if peer is not self._source_of:
+            self._source_of = peer
+            self._source = _host(peer)
+        return self.endpoint.quick, self._source
+
+    def _receive_message(self, data: bytes, addr: Addr, now: float) -> bool:
+        """One whole native message from ``addr`` (reassembled when it was fragmented).
+        False: a stranger's, dropped before any decoding (nothing to pump)."""
         endpoint = self.endpoint
         from_peer = self.peer is not None and addr == self.peer
         if not from_peer:
             if not self.server:
                 self.drops["unknown_peer"] += 1
-                return
+                return False
             admit, hello = endpoint.screen_stranger(data, now)
             if not admit:
                 self.drops["unknown_peer"] += 1
                 if hello is not None:
                     self._datagrams.append((hello, addr))
-                return
+                return False
         decoded = endpoint.decode(data, now, _host(addr))
+        secure = endpoint.secure
+        if secure is not None and secure.cookie_out:
+            # cookie replies under load: bound to the host, sent to the whole address
+            self._datagrams.extend((reply, addr) for reply, _host_only in secure.cookie_out)
+            secure.cookie_out.clear()
         if not from_peer:
             moved = follow_peer(self.peer, addr, authentic=decoded.authentic,
                                 may_move=self.server, now=now)
             if moved is None:
-                return
+                return True
             self.peer = moved.addr
             self._events.append(moved)
         self._frames.extend(decoded.frames)
+        return True
 
     def receive_stream(self, data: bytes, now: float) -> None:
         """Bytes of this connection's TCP stream; ``b""`` is its end."""
@@ -276,7 +294,7 @@ class NativeConnection:
         self._emit(self.endpoint.encode_batch(frames, now))
         self._pump(now)
 
-    def send_device(self, frames: list[bytes], now: float) -> None:
+    def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = True) -> None:
         """Frames read from a device opened with virtio_net_hdr, sent in order.
 
         - a super-packet (GSO) -> one FLAG_GSO message (one AEAD call; cut smaller under
@@ -289,11 +307,23 @@ class NativeConnection:
           (the receiver's kernel finishes the checksum); a larger one -> checksum
           completed here, plain DATA; anything else -> plain DATA.
         On UDP the messages that fit one datagram leave together as one list batch.
+
+        ``vnet_hdr`` False: plain frames of a device without the header, encoded in one
+        call (:meth:`NativeEndpoint.encode_batch`) and, on UDP, left as one list batch
+        (:meth:`send_frames` leaves single datagrams, for a transport without batches).
         """
         if not self._can_send():
             self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += len(frames)
             return
         endpoint = self.endpoint
+        if not vnet_hdr:
+            encoded = endpoint.encode_batch(frames, now)
+            if self.stream:
+                self._emit(encoded)
+            elif encoded:
+                self._batches.append((encoded, self.peer))
+            self._pump(now)
+            return
         stream, peer, tap = self.stream, self.peer, self.tap
         limit = 1 << 30 if stream else self.max_datagram
         small_max = limit - HEADER_LEN - (TAG_LEN if endpoint.secure is not None else 0)
@@ -407,8 +437,13 @@ class NativeConnection:
     def has_work(self) -> bool:
         """Something waits after :meth:`quick` / :meth:`send_one` (an opened message may
         start a rekey, a send may queue a handshake or start a timer): flush."""
-        return (self._timer_moved or bool(self._datagrams or self._batches
-                                          or self._stream_out or self._events)
+        return self._timer_moved or self.has_output()
+
+    def has_output(self) -> bool:
+        """:meth:`has_work` but for a timer that only moved: output or events wait. The
+        latency lane asks it to re-arm its timer, not drain everything, after a send
+        that only started the stale-session timer (each send of a ping-pong does)."""
+        return (bool(self._datagrams or self._batches or self._stream_out or self._events)
                 or self.endpoint.has_work())
 
     def max_payload(self) -> int:
