@@ -1,4 +1,4 @@
-"""The express lane of a UDP tunnel: one small packet in, one out, little Python between.
+"""The express lane of a TCP tunnel: one small packet in, one out, little Python between.
 
 Why: an idle tunnel wakes up once per packet (a ping, a game's update, a DNS query).
 After a sleep the interpreter runs from cold caches, so every function, attribute and
@@ -11,6 +11,11 @@ function, and hands anything else, and every packet while traffic is dense, to t
 general path in :class:`~tunconnector.tunnel.Tunnel` (which batches, so throughput is
 unchanged).
 
+A UDP point-to-point tunnel has the same lane as a plain path of the adapter
+(``Tunnel._lane_device``/``_lane_udp``, over its connection's ``send_one``/``quick``);
+this class serves TCP until its streams run on connections too, and holds the lane's
+constants.
+
 It never decides anything the general path would decide differently: a packet is either
 taken whole (same checks, same counters) or passed on untouched.
 """
@@ -21,7 +26,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import DeviceError
-from .io.udp import normalize
 from .proto.framing import (
     FLAG_GSO,
     HEADER_LEN,
@@ -33,7 +37,6 @@ from .proto.framing import (
 from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR
 
 if TYPE_CHECKING:
-    from .io.udp import UdpEndpoint
     from .proto.native import NativeEndpoint
     from .tunnel import Tunnel
 
@@ -42,8 +45,8 @@ BUSY = 0.0005
 #: checksum-offloaded (TCP/UDP) packets up to this size go express; bigger ones are data
 #: segments the general path watches for retransmissions (loss-adaptive super-packets)
 SMALL_CSUM = 300
-_MAX_READ = 65_600
-_PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
+MAX_READ = 65_600
+PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
 #: after this many read-after-writes in a row found nothing (the side whose device does
 #: not answer, e.g. a ping client's), only one delivery in PEEK_PROBE tries again
 PEEK_GIVE_UP = 8
@@ -51,10 +54,9 @@ PEEK_PROBE = 16
 
 
 class Express:
-    """Per-tunnel express callbacks (device readable, UDP readable) with fallbacks."""
+    """Per-tunnel express callbacks (device readable, stream data) with fallbacks."""
 
-    __slots__ = ("t", "tx", "rx", "_dev_last", "_wire_last", "_peer_key", "_peer_tx",
-                 "_peer_rx", "enabled", "_peek_misses")
+    __slots__ = ("t", "tx", "rx", "_dev_last", "_wire_last", "enabled", "_peek_misses")
 
     def __init__(self, tunnel: Tunnel, *, enabled: bool | None = None) -> None:
         self.t = tunnel
@@ -65,9 +67,6 @@ class Express:
         self.rx = 0  #: packets delivered by the express lane
         self._dev_last = float("-inf")
         self._wire_last = float("-inf")
-        self._peer_key: Any = None  # the Tunnel.peer object _peer_tx was made for
-        self._peer_tx: Any = None  # sendto() form of the peer (v4-mapped on v6 sockets)
-        self._peer_rx: Any = None  # raw recvfrom() form of the peer, once seen
         self._peek_misses = 0  # read-after-writes in a row that found nothing
 
     # ------------------------------------------------------------------ device -> wire
@@ -78,7 +77,7 @@ class Express:
         if dev is None or loop is None:
             return
         try:
-            f = os.read(dev.fd, _MAX_READ)
+            f = os.read(dev.fd, MAX_READ)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -104,17 +103,11 @@ class Express:
 
     def _send(self, f: bytes, now: float) -> bool:
         t = self.t
-        udp, peer, native = t.udp, t.peer, t.native
         dev = t.device
         conn = t.stream
-        if udp is None:
-            if conn is None:
-                return False
-            native = conn.native
-        elif peer is None:
+        if conn is None or dev is None:
             return False
-        if dev is None:
-            return False
+        native = conn.native
         n = len(f)
         if dev.vnet_hdr:
             if native is None or n <= VNET_HDR_LEN or f[1] != 0:
@@ -146,14 +139,10 @@ class Express:
                 t.stats.tx_packets += 1
                 t.stats.tx_bytes += n
                 return True
-        if conn is not None and udp is None:
-            if native is None:
-                conn.proto.write(encode_simpletun(msg))
-            else:
-                conn.proto.write(encode_native_stream(msg))
+        if native is None:
+            conn.proto.write(encode_simpletun(msg))
         else:
-            assert udp is not None and peer is not None
-            self._udp_send(udp, peer, msg)
+            conn.proto.write(encode_native_stream(msg))
         stats = t.stats
         stats.tx_packets += 1
         stats.tx_bytes += n
@@ -161,37 +150,7 @@ class Express:
         self.tx += 1
         return True
 
-    def _udp_send(self, udp: UdpEndpoint, peer: Any, msg: Any) -> None:
-        if peer is not self._peer_key:
-            self._peer_key = peer
-            self._peer_tx = udp.tx_addr(peer)
-        try:
-            udp.sock.sendto(msg, self._peer_tx)
-        except OSError:
-            udp.sendto(msg, peer)  # counts the failure by its errno
-
     # ------------------------------------------------------------------ wire -> device
-    def on_udp_readable(self, endpoint: UdpEndpoint | None = None) -> None:
-        """Read one datagram; deliver it express, or it and the rest through the batch path.
-        ``endpoint``: the socket to read, when not the tunnel's (its peer's own one)."""
-        t = self.t
-        udp = endpoint or t.udp
-        loop = t.loop
-        if udp is None or loop is None:
-            return
-        got = udp.recv_one()
-        if got is None:
-            return
-        data, anc, addr = got
-        now = loop.time()
-        busy = now - self._wire_last < BUSY
-        self._wire_last = now
-        if anc or busy or not self._deliver(data, addr, now):
-            batch: list[tuple[Any, Any]] = []
-            udp.add_received(batch, data, anc, addr)
-            udp.drain(batch)
-            t.on_udp_batch(batch)
-
     def on_stream_data(self, proto: Any, data: bytes) -> bool:
         """A TCP read holding exactly one whole frame of the current connection: take it.
 
@@ -211,17 +170,6 @@ class Express:
         if busy or len(data) <= plen or prefix.unpack_from(data)[0] != len(data) - plen:
             return False
         return self._take(data[plen:], conn.native, None, now)
-
-    def _deliver(self, data: bytes, addr: Any, now: float) -> bool:
-        t = self.t
-        dev = t.device
-        if dev is None:
-            return False
-        if addr != self._peer_rx:
-            if t.peer is None or normalize(addr) != t.peer:
-                return False  # a stranger: the general path screens it
-            self._peer_rx = addr
-        return self._take(data, t.native, addr[0], now)
 
     def _take(self, data: Any, native: NativeEndpoint | None, source: Any, now: float) -> bool:
         """Deliver one message from the peer to the device, or refuse it untouched."""
@@ -262,7 +210,7 @@ class Express:
         stats.last_rx = now
         # A local answer (ping reply, TCP ACK) is usually queued on the device by the
         # time the write returns: send it now, while hot, instead of after another wake.
-        if not _PEEK:
+        if not PEEK:
             return True
         misses = self._peek_misses
         if misses >= PEEK_GIVE_UP:  # no local answers lately (a client's pings): probe now
@@ -270,7 +218,7 @@ class Express:
             if misses % PEEK_PROBE:
                 return True
         try:
-            f = os.read(dev.fd, _MAX_READ)
+            f = os.read(dev.fd, MAX_READ)
         except OSError:
             self._peek_misses += misses < PEEK_GIVE_UP
             return True
@@ -281,4 +229,4 @@ class Express:
         return True
 
 
-__all__ = ["Express", "BUSY"]
+__all__ = ["BUSY", "MAX_READ", "PEEK", "PEEK_GIVE_UP", "PEEK_PROBE", "Express"]

@@ -437,7 +437,10 @@ class NativeConnection:
     def has_work(self) -> bool:
         """Something waits after :meth:`quick` / :meth:`send_one` (an opened message may
         start a rekey, a send may queue a handshake or start a timer): flush."""
-        return self._timer_moved or self.has_output()
+        # has_output() inlined: the latency lane asks this once per packet
+        return (self._timer_moved or bool(self._datagrams or self._batches
+                                          or self._stream_out or self._events)
+                or self.endpoint.has_work())
 
     def has_output(self) -> bool:
         """:meth:`has_work` but for a timer that only moved: output or events wait. The
