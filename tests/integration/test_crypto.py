@@ -332,3 +332,50 @@ def test_explicit_cipher_on_one_end_default_on_the_other(env: Env, explicit: str
     for d in (server, client):
         st = d.tunnel()
         assert st is not None and st["crypto"]["cipher"] == explicit, st["crypto"]
+
+
+FLOOD = str(Path(__file__).resolve().parent.parent / "tools" / "initflood.py")
+
+
+def test_p2p_server_answers_initiation_flood_with_cookies(env: Env) -> None:
+    """A point-to-point server flooded with valid-mac1 initiations from unknown keys (the
+    server's public key is all it takes) answers with cookie replies instead of a
+    Diffie-Hellman each, and its client keeps pinging through the flood."""
+    import sys
+
+    from tunconnector.proto.cookie import CookieChecker
+
+    s_priv, s_pub = generate_keypair()
+    c_priv, c_pub = generate_keypair()
+    server, client = pair(
+        env, {"private_key_file": key_file(env, "s.key", s_priv), "peer_public_key": c_pub},
+        {"private_key_file": key_file(env, "c.key", c_priv), "peer_public_key": s_pub},
+        port=55574)
+    client.wait_state("up")
+    server.wait_state("up")
+    flood = env.b.popen(sys.executable, FLOOD, env.lab.a_addrs[0], "55574", s_pub,
+                        "10000", "64", "32", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        text=True)
+    assert flood.stdout is not None and flood.stdin is not None
+    assert "ready" in flood.stdout.readline()
+    pinger = env.b.popen("ping", "-n", "-q", "-c", "40", "-i", "0.05", "-W", "2", SERVER_IP,
+                         stdout=subprocess.PIPE, text=True)
+    flood.stdin.write("go\n")
+    flood.stdin.flush()
+    result = json.loads(flood.stdout.readline())
+    flood.wait(30)
+    out, _ = pinger.communicate(timeout=30)
+    summary = [ln for ln in str(out).splitlines() if "packets transmitted" in ln]
+    received = int(summary[0].split(",")[1].split()[0]) if summary else 0
+    st = server.tunnel()
+    assert st is not None
+    drops = st["drops"]
+    print("flood", result, "echoes", received, "of 40, drops", drops)
+    assert result["sent"] == 10000
+    assert drops.get("cookie_sent", 0) > 0 and result["cookie_replies"] > 0, drops
+    # DH work was bounded: past the load threshold every initiation got a cookie reply
+    # (or was throttled) instead of a DH, which would end as an unknown static key
+    assert drops.get("unknown_peer", 0) <= CookieChecker().threshold, drops
+    assert received >= 38, (received, drops)
+    assert st["state"] == "up" and client.tunnel()["state"] == "up"  # type: ignore[index]
+    assert env.b.ping(SERVER_IP, count=5, interval=0.05) == (5, 5)
