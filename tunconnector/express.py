@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .errors import DeviceError
 from .proto.framing import (
     FLAG_GSO,
     HEADER_LEN,
@@ -34,7 +33,7 @@ from .proto.framing import (
     encode_native_stream,
     encode_simpletun,
 )
-from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR
+from .proto.offload import F_NEEDS_CSUM, VNET_HDR_LEN
 
 if TYPE_CHECKING:
     from .proto.native import NativeEndpoint
@@ -54,9 +53,11 @@ PEEK_PROBE = 16
 
 
 class Express:
-    """Per-tunnel express callbacks (device readable, stream data) with fallbacks."""
+    """TCP's lane: one small device frame written to the stream at once (:meth:`send`,
+    called by ``Tunnel._lane_device``), one whole frame read from it delivered at once
+    (:meth:`on_stream_data`); anything else goes to the batch path untouched."""
 
-    __slots__ = ("t", "tx", "rx", "_dev_last", "_wire_last", "enabled", "_peek_misses")
+    __slots__ = ("t", "tx", "rx", "_wire_last", "enabled")
 
     def __init__(self, tunnel: Tunnel, *, enabled: bool | None = None) -> None:
         self.t = tunnel
@@ -65,43 +66,11 @@ class Express:
         self.enabled = enabled
         self.tx = 0  #: packets sent by the express lane
         self.rx = 0  #: packets delivered by the express lane
-        self._dev_last = float("-inf")
         self._wire_last = float("-inf")
-        self._peek_misses = 0  # read-after-writes in a row that found nothing
 
     # ------------------------------------------------------------------ device -> wire
-    def on_device_readable(self) -> None:
-        t = self.t
-        dev = t.device
-        loop = t.loop
-        if dev is None or loop is None:
-            return
-        try:
-            f = os.read(dev.fd, MAX_READ)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            t.on_device_readable()  # reports the error its usual way
-            return
-        now = loop.time()
-        busy = now - self._dev_last < BUSY
-        self._dev_last = now
-        if busy or not self._send(f, now):
-            self._overflow(f)
-
-    def _overflow(self, f: bytes) -> None:
-        """``f`` and whatever else the device holds, through the batch path."""
-        t = self.t
-        dev = t.device
-        if dev is None:
-            return
-        try:
-            more = dev.read_batch(63)
-        except DeviceError:
-            more = []
-        t.send_device_frames([f, *more])
-
-    def _send(self, f: bytes, now: float) -> bool:
+    def send(self, f: bytes, now: float) -> bool:
+        """One frame read from the device onto the live stream, or False (untouched)."""
         t = self.t
         dev = t.device
         conn = t.stream
@@ -190,43 +159,9 @@ class Express:
                 return False
             if native.has_work():
                 t.flush_native(native, now)  # an opened message may start a rekey
-        stats = t.stats
-        stats.wire_rx += 1
         self.rx += 1
-        if frame is None:
-            return True  # consumed: an encrypted keepalive or a counted drop
-        try:
-            if dev.vnet_hdr:
-                os.writev(dev.fd, [ZERO_VNET_HDR, frame])
-            else:
-                os.write(dev.fd, frame)
-            stats.rx_packets += 1
-        except OSError:
-            stats.drops["device_refused"] += 1
-            t.device_check()  # a deleted device: the supervisor takes over
-            if t.device is not dev:
-                return True  # closed: its fd number is no longer ours to read
-        stats.rx_bytes += len(frame)
-        stats.last_rx = now
-        # A local answer (ping reply, TCP ACK) is usually queued on the device by the
-        # time the write returns: send it now, while hot, instead of after another wake.
-        if not PEEK:
-            return True
-        misses = self._peek_misses
-        if misses >= PEEK_GIVE_UP:  # no local answers lately (a client's pings): probe now
-            self._peek_misses = misses + 1  # and then, not on every delivery
-            if misses % PEEK_PROBE:
-                return True
-        try:
-            f = os.read(dev.fd, MAX_READ)
-        except OSError:
-            self._peek_misses += misses < PEEK_GIVE_UP
-            return True
-        self._peek_misses = 0
-        self._dev_last = now
-        if not self._send(f, now):
-            self._overflow(f)
+        t.lane_deliver(dev, frame, now)
         return True
 
 
-__all__ = ["BUSY", "MAX_READ", "PEEK", "PEEK_GIVE_UP", "PEEK_PROBE", "Express"]
+__all__ = ["BUSY", "MAX_READ", "PEEK", "PEEK_GIVE_UP", "PEEK_PROBE", "SMALL_CSUM", "Express"]

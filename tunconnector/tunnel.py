@@ -439,14 +439,8 @@ class Tunnel(SupervisedDevice):
         if self.device is None or self._loop is None or on == self._reading_device:
             return
         if on:
-            express = self._express
-            if self._pconn is not None and self._lane:
-                reader = self._lane_device
-            elif express is not None and express.enabled:
-                reader = express.on_device_readable
-            else:
-                reader = self.on_device_readable
-            self._loop.add_reader(self.device.fd, reader)
+            self._loop.add_reader(self.device.fd, self._lane_device if self._lane
+                                  else self.on_device_readable)
         else:
             self._loop.remove_reader(self.device.fd)
         self._reading_device = on
@@ -588,6 +582,8 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.DOWN)
             self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
         self._express = Express(self)
+        self._lane = self._express.enabled
+        self._dev_last, self._peek_misses = float("-inf"), 0
         self._device_reader(True)
 
     def _protocol(self) -> tcpio.StreamProtocol:
@@ -864,7 +860,10 @@ class Tunnel(SupervisedDevice):
 
     def _lane_send(self, f: bytes, now: float) -> bool:
         conn, udp, dev = self._pconn, self._udp, self.device
-        if conn is None or udp is None or dev is None:
+        if conn is None:
+            express = self._express  # TCP
+            return express is not None and express.send(f, now)
+        if udp is None or dev is None:
             return False
         vnet = dev.vnet_hdr
         msg = conn.send_one(f, now, vnet_hdr=vnet)
@@ -927,11 +926,19 @@ class Tunnel(SupervisedDevice):
             return False
         if conn.has_work():
             self._flush(conn, now)  # an opened message may start a rekey
+        self._lane_rx += 1
+        self.lane_deliver(dev, frame, now)
+        return True
+
+    def lane_deliver(self, dev: Device, frame: Any, now: float) -> None:
+        """One message of the peer taken by a lane (UDP's, TCP's): its frame written to
+        the device (None: consumed, an encrypted keepalive or a counted drop); then, as a
+        local answer (ping reply, TCP ACK) is usually queued on the device by the time the
+        write returns, it is read and sent at once, while hot, not after another wake."""
         stats = self.stats
         stats.wire_rx += 1
-        self._lane_rx += 1
         if frame is None:
-            return True  # consumed: an encrypted keepalive or a counted drop
+            return
         try:
             if dev.vnet_hdr:
                 os.writev(dev.fd, [ZERO_VNET_HDR, frame])
@@ -942,28 +949,25 @@ class Tunnel(SupervisedDevice):
             stats.drops["device_refused"] += 1
             self._device_check()  # a deleted device: the supervisor takes over
             if self.device is not dev:
-                return True  # closed: its fd number is no longer ours to read
+                return  # closed: its fd number is no longer ours to read
         stats.rx_bytes += len(frame)
         stats.last_rx = now
-        # A local answer (ping reply, TCP ACK) is usually queued on the device by the
-        # time the write returns: send it now, while hot, instead of after another wake.
         if not PEEK:
-            return True
+            return
         misses = self._peek_misses
         if misses >= PEEK_GIVE_UP:  # no local answers lately (a client's pings): probe now
             self._peek_misses = misses + 1  # and then, not on every delivery
             if misses % PEEK_PROBE:
-                return True
+                return
         try:
             f = os.read(dev.fd, MAX_READ)
         except OSError:
             self._peek_misses += misses < PEEK_GIVE_UP
-            return True
+            return
         self._peek_misses = 0
         self._dev_last = now
         if not self._lane_send(f, now):
             self._lane_overflow(f)
-        return True
 
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device
@@ -1281,6 +1285,7 @@ class Tunnel(SupervisedDevice):
             c.proto.abort()
         self._conn = None
         self._express = None
+        self._lane = False
         if self._server is not None:
             self._server.close()
             self._server = None

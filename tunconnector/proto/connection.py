@@ -154,6 +154,21 @@ def each_datagram(batch: DatagramBatch) -> list[bytes | bytearray | memoryview]:
     return list(batch)
 
 
+class Outbox:
+    """The two queues a connection fills for its adapter: frames for the device and
+    events. A base class for implementations (not part of the contract)."""
+
+    _frames: list[bytes]
+    _events: collections.deque[ConnectionEvent]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        out, self._frames = self._frames, []
+        return out
+
+    def next_event(self) -> ConnectionEvent | None:
+        return self._events.popleft() if self._events else None
+
+
 class Connection(Protocol):
     """One peer's protocol state; every method takes ``now`` (the loop's monotonic clock).
 

@@ -53,6 +53,7 @@ from .connection import (
     FastConnection,
     GsoRun,
     Notice,
+    Outbox,
     Rekeyed,
     each_datagram,
 )
@@ -86,7 +87,7 @@ def _host(addr: Addr) -> Any:
     return addr[0] if isinstance(addr, tuple) else addr
 
 
-class NativeConnection:
+class NativeConnection(Outbox):
     """The native protocol with one peer, over UDP datagrams or one TCP stream.
 
     ``make_endpoint`` builds a fresh :class:`NativeEndpoint` (with its secure channel when
@@ -485,13 +486,6 @@ class NativeConnection:
         self._pump(now)
         out, self._stream_out = self._stream_out, []
         return out
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ConnectionEvent | None:
-        return self._events.popleft() if self._events else None
 
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.drops)

@@ -29,13 +29,14 @@ from .connection import (
     ConnectionEvent,
     DatagramBatch,
     FastConnection,
+    Outbox,
 )
 from .framing import add_packet_info, strip_packet_info
 from .offload import GsoFrame
 from .roaming import follow_peer
 
 
-class RawConnection:
+class RawConnection(Outbox):
     """One raw UDP peer (see the module docstring for its rules)."""
 
     #: plain device frames only (the adapter opens the device without virtio_net_hdr)
@@ -160,13 +161,6 @@ class RawConnection:
 
     def stream_to_send(self, now: float) -> list[bytes]:
         return []
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ConnectionEvent | None:
-        return self._events.popleft() if self._events else None
 
     def all_drops(self) -> dict[str, int]:
         return {k: v for k, v in sorted(self.drops.items()) if v}
