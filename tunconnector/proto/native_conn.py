@@ -27,7 +27,7 @@ Rules it owns (the README's "Liveness and roaming"):
   reassembler's by :meth:`all_drops`), never raised.
 
 The fast path (:class:`~.connection.FastConnection`) is the product's native data path as
-sans-I/O logic (today still run by tunnel.py/fastpath.py/express.py): device frames with
+sans-I/O logic (a UDP point-to-point Tunnel runs on it): device frames with
 virtio_net_hdr go in whole, a super-packet becomes one FLAG_GSO message (one AEAD call),
 cut into FRAGMENTs that leave as one :class:`~.connection.GsoRun`; small partial-checksum
 packets are sealed in one call; GRO reads come back in as runs; one small packet of an
@@ -76,7 +76,7 @@ from .secure import Rekeyed as SessionRekeyed
 _FRAGMENT = int(MsgType.FRAGMENT)
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood): a batch of
 #: only those is sealed in one call; larger ones are data segments the loss watcher reads
-#: (the same bound as fastpath.SMALL_BATCH and express.SMALL_CSUM, which it replaces)
+#: (the same bound as express.SMALL_CSUM, TCP's, which it replaces in step 7)
 SMALL_BATCH = 300
 
 #: a UDP payload on a 1500-byte IPv4 underlay
