@@ -112,8 +112,8 @@ class FragmentRun:
 
     def __getitem__(self, i: int | slice) -> int | memoryview:
         # a slice too, as a datagram would: NativeEndpoint.quick looks at data[:3] and
-        # refuses a run (a FRAGMENT) untouched, so an adapter's loop needs no type test
-        # before it
+        # refuses a run untouched (a run holds FRAGMENTs: UdpEndpoint.add_received keeps a
+        # GRO read whole only then), so an adapter's loop needs no type test before it
         return self.buf[i]
 
 
