@@ -195,7 +195,16 @@ class NativeConnection(Outbox):
         if bad:
             self.drops["fragment_bad"] += bad
         self.super_rx += len(messages)
+        # the peer's super-messages (the bulk) take the quick decoder, as its datagrams do
+        quick, source = self.quick_parts() if addr == self.peer else (None, None)
+        frames = self._frames
         for msg in messages:
+            if quick is not None:
+                frame = quick(msg, now, source)
+                if frame is not False:
+                    if frame is not None:
+                        frames.append(frame)
+                    continue
             self._receive_message(msg, addr, now)  # type: ignore[arg-type]  # bytearray
         self._pump(now)
 
