@@ -14,10 +14,13 @@ namespace are read before and after: what the daemon read of the attacker's traf
 be dropped and counted there; what it could not read in time the kernel dropped
 (``RcvbufErrors``) before the daemon saw it.
 
-Items (item 2, per-peer budgets in the hub, is pending):
+Items:
 
 1. OpenVPN static-key reflection: the flood's replays include the server's own
    datagrams sent back to it from a third address (test_openvpn_hostile.py).
+2. Hub: an authenticated peer (site-a) floods the hub through its own tunnel (iperf3 UDP,
+   64-byte datagrams, no rate limit), beside the flood at the hub's port from site-a's
+   underlay address (test_hub_flood.py). The live path is site-b's tunnel.
 3. TAP hub: MAC stealing (the hub's and the victim's MAC as source) and a random-MAC
    flood through the attacker's own tunnel, beside the flood at the hub's port
    (test_hub_hostile.py). The live path is the victim's tunnel.
@@ -56,6 +59,7 @@ from harness import Env  # noqa: E402
 from hublab import hub_lab, peer  # noqa: E402
 from hublab import status as hub_status  # noqa: E402
 from netns import Host, lab, wait_for  # noqa: E402
+from test_hub_flood import tun_hub_two_sites  # noqa: E402
 from test_hub_hostile import SEND, hexmac, mac_of, tap_hub_two_sites  # noqa: E402
 from test_openvpn_hostile import ATTACKER, CL_ADDR, SRV_ADDR  # noqa: E402
 from test_openvpn_static_interop import _pcap_udp_payloads, genkey, tc_tunnel  # noqa: E402
@@ -66,10 +70,10 @@ from test_openvpn_tls_interop import status as tls_status  # noqa: E402
 
 FLOOD = REPO / "tests" / "tools" / "udp_flood.py"
 PY = sys.executable
-ITEMS = ("1", "3", "4", "5")
+ITEMS = ("1", "2", "3", "4", "5")
 TITLES = {
     "1": "static-key reflection",
-    "2": "hub per-peer budgets (pending)",
+    "2": "hub: one peer floods through its tunnel",
     "3": "TAP hub MAC stealing + random-MAC flood",
     "4": "pushed route over the server",
     "5": "pushed ifconfig = server",
@@ -340,6 +344,52 @@ def item1(work: Path) -> Iterator[Scenario]:
 
 
 @contextlib.contextmanager
+def item2(work: Path) -> Iterator[Scenario]:
+    """TUN hub, attacker site-a (client 0) floods through its tunnel, victim site-b."""
+    with hub_lab(2) as hl:
+        hub, port, attacker, victim = tun_hub_two_sites(hl)
+        sink = hl.hub.popen("iperf3", "-s", "-B", "10.220.0.1", "-p", "5201",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if not victim.wait_ping("10.220.0.1", timeout=30):
+                raise RuntimeError(f"the victim does not reach the hub:\n{hub.log()}")
+            wait_for(lambda: bool(hl.hub.run("ss", "-Hltn", "sport = :5201", check=False)
+                                  .stdout.strip()), 20)  # iperf3's control connection
+            seeds = capture_seeds(hl.hub, f"vh0{hl.tag}", port,
+                                  lambda: attacker.ping("10.220.0.1", count=10, interval=0.1),
+                                  work)
+
+            def attack(secs: float) -> list[subprocess.Popen[bytes]]:
+                return [attacker.popen("iperf3", "-c", "10.220.0.1", "-p", "5201", "-u",
+                                       "-b", "0", "-l", "64", "-t", str(round(secs)),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+
+            def counters() -> dict[str, int]:
+                return {**flat("hub.", hub_status(hub).get("drops", {})),
+                        **flat("site-a.", peer(hub, "site-a").get("drops", {})),
+                        "site-a.rx_packets": int(peer(hub, "site-a")["rx_packets"])}
+
+            def alive() -> bool:
+                return (hub.proc is not None and hub.proc.poll() is None
+                        and victim.wait_ping("10.220.0.1", 10))
+
+            def notes() -> dict[str, Any]:
+                a = peer(hub, "site-a")
+                return {"site-a rationed": a.get("rationed"),
+                        "site-b rationed": peer(hub, "site-b").get("rationed")}
+
+            yield Scenario(path="TUN hub, victim site-b -> hub 10.220.0.1", pinger=victim,
+                           target="10.220.0.1", attacked=hl.hub, flooder=attacker,
+                           bind=hl.underlay(0).rsplit(".", 1)[0] + ".2",
+                           dst=hl.underlay(0), ports=str(port), seeds=seeds,
+                           counters=counters, alive=alive, attack=attack, notes=notes,
+                           attack_keys=("rx_packets", "peer_budget"))
+        finally:
+            sink.kill()
+            sink.wait(10)
+
+
+@contextlib.contextmanager
 def item3(work: Path) -> Iterator[Scenario]:
     """TAP hub, attacker site-a (client 0) and victim site-b (client 1)."""
     with hub_lab(2) as hl:
@@ -444,11 +494,13 @@ def item45(item: str, work: Path) -> Iterator[Scenario]:
 def scenario(item: str, work: Path) -> contextlib.AbstractContextManager[Scenario]:
     if item == "1":
         return item1(work)
+    if item == "2":
+        return item2(work)
     if item == "3":
         return item3(work)
     if item in ("4", "5"):
         return item45(item, work)
-    raise ValueError(f"no such item {item!r} (2 is pending; one of {', '.join(ITEMS)})")
+    raise ValueError(f"no such item {item!r} (one of {', '.join(ITEMS)})")
 
 
 def run_item(item: str, opts: Options, work: Path | None = None) -> Row:
@@ -482,7 +534,6 @@ def table(rows: list[Row]) -> str:
             f"{r.read_rate:,} | {drops} | "
             f"{kern} | {'ok' if r.rule_ok else 'FAIL'}{'' if r.alive_after else ', DEAD'} | "
             f"{r.load_before} -> {r.load_after} |")
-    out.append("| 2 hub per-peer budgets | pending (built elsewhere) |" + " |" * 9)
     return "\n".join(out)
 
 

@@ -105,13 +105,14 @@ def udp64_pps(topo: Topology, server: IperfServer, target: str, seconds: float) 
     return max(0.0, got / float(s["seconds"]))
 
 
-def ping_rtt_ms(topo: Topology, target: str, count: int) -> float:
+def ping_rtt_ms(topo: Topology, target: str, count: int, ns: str | None = None) -> float:
     """Mean RTT of ``count`` pings 10 ms apart, after 5 warm-up pings (every peer alike:
     first packets pay for ARP/neighbour entries, route caches and, in a fresh Python
-    daemon, code paths run for the first time)."""
-    topo.run(topo.ns_a, ["ping", "-n", "-q", "-c", "5", "-i", "0.05", "-W", "1", target],
+    daemon, code paths run for the first time). From ``ns``, ``ns_a`` if not given."""
+    ns = ns or topo.ns_a
+    topo.run(ns, ["ping", "-n", "-q", "-c", "5", "-i", "0.05", "-W", "1", target],
              check=False, timeout=10)
-    r = topo.run(topo.ns_a, ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "1",
+    r = topo.run(ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "1",
                              target], check=False, timeout=count * 0.05 + 10)
     m = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
     if not m:

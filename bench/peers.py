@@ -9,6 +9,7 @@ removes what it made in :meth:`Peer.stop`.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shlex
 import shutil
@@ -19,7 +20,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .measure import cpu_seconds, ping_rtt_ms
 from .netns import UNDERLAY_A, UNDERLAY_B, Topology, sh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -250,34 +253,36 @@ def write_openvpn_key(path: Path) -> Path:
 
 class OpenVPNStaticPeer(Peer):
     """Point-to-point OpenVPN static key (``--secret``) over UDP, TUN, key directions 0/1:
-    openvpn at both ends, or tunconnector (``--framing openvpn``) at both ends."""
+    openvpn at both ends, tunconnector (``--framing openvpn``) at both ends, or ``mixed``:
+    tunconnector in B (the receiver) against openvpn in A (the sender)."""
 
     cipher: str = "none"
     auth: str = "SHA1"
-    impl: str = "openvpn"  # | "tunconnector"
+    impl: str = "openvpn"  # | "tunconnector" | "mixed"
 
     def start(self, topo: Topology, index: int, workdir: Path) -> None:
         self.workdir = workdir
         a, b = subnet(index)
         key = write_openvpn_key(workdir / "static.key")
-        if self.impl == "tunconnector":
-            port = str(56500 + index)
-            extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
-                     self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
+        port = "1195" if self.impl == "openvpn" else str(56500 + index)
+        extra = ["--framing", "openvpn", "--openvpn-secret", str(key), "--openvpn-cipher",
+                 self.cipher, "--openvpn-auth", self.auth, "--log-level", "info"]
+        common = ["openvpn", "--dev", topo.name("os"), "--dev-type", "tun", "--proto", "udp",
+                  "--lport", port, "--rport", port, "--verb", "3", "--ping", "10",
+                  "--cipher", self.cipher, "--auth", self.auth,
+                  *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING)]
+        if self.impl in ("tunconnector", "mixed"):
             self.spawn(topo, topo.ns_b, [*TUNCONNECTOR, "-m", "server", "-p", topo.name("ts"),
                                          "-s", f"{b}/24", "-i", port, "--key-direction", "0",
                                          *extra], "server")
+        else:
+            self.spawn(topo, topo.ns_b, [*common, "--secret", str(key), "0", "--remote",
+                                         UNDERLAY_A, "--ifconfig", b, a], "b")
+        if self.impl == "tunconnector":
             self.spawn(topo, topo.ns_a, [*TUNCONNECTOR, "-m", "client", "-n", topo.name("tc"),
                                          "-c", f"{a}/24", "-r", UNDERLAY_B, "-o", port,
                                          "--key-direction", "1", *extra], "client")
         else:
-            dev = topo.name("os")
-            common = ["openvpn", "--dev", dev, "--dev-type", "tun", "--proto", "udp",
-                      "--lport", "1195", "--rport", "1195", "--verb", "3", "--ping", "10",
-                      "--cipher", self.cipher, "--auth", self.auth,
-                      *([] if os.environ.get("BENCH_OPENVPN_DEFAULTS") else OPENVPN_TUNING)]
-            self.spawn(topo, topo.ns_b, [*common, "--secret", str(key), "0", "--remote",
-                                         UNDERLAY_A, "--ifconfig", b, a], "b")
             self.spawn(topo, topo.ns_a, [*common, "--secret", str(key), "1", "--remote",
                                          UNDERLAY_B, "--ifconfig", a, b], "a")
         self.target = b
@@ -288,9 +293,11 @@ def static_key_peers() -> list[Peer]:
     out: list[Peer] = []
     for suffix, cipher, auth in STATIC_KEY_MODES:
         label = f"static key, cipher {cipher}, auth {auth}"
-        for impl in ("openvpn", "tunconnector"):
-            name = f"{'ovpn' if impl == 'openvpn' else 'tc'}-static-{suffix}"
-            who = "OpenVPN 2.6" if impl == "openvpn" else "tunconnector framing openvpn"
+        for impl in ("openvpn", "tunconnector", "mixed"):
+            short = {"openvpn": "ovpn", "tunconnector": "tc", "mixed": "mix"}[impl]
+            name = f"{short}-static-{suffix}"
+            who = {"openvpn": "OpenVPN 2.6", "tunconnector": "tunconnector framing openvpn",
+                   "mixed": "tunconnector server (B) against an OpenVPN 2.6 client (A)"}[impl]
             p = OpenVPNStaticPeer(
                 name, impl, encrypted=cipher != "none",
                 baseline=None if impl == "openvpn" else f"ovpn-static-{suffix}",
@@ -351,6 +358,156 @@ class TunconnectorPeer(Peer):
                                      f"{a}/24", "-r", UNDERLAY_B, "-o", port, *extra], "client")
         self.target = b
         self.wait_ready(topo, timeout=30)
+
+
+class HubBenchPeer(Peer):
+    """A hub (``tunconnector run``, AES-256-GCM, TUN) in ``ns_b`` and ``active`` real client
+    daemons with TUN devices, each in a namespace of its own (each routes the hub's subnet
+    through its own device) joined to ``ns_b`` by a veth pair. :meth:`measure` runs one
+    iperf3 TCP stream per client at once: the aggregate, each client's share and Jain's
+    fairness index; RTT is the first client's."""
+
+    active: int = 1
+
+    def __init__(self, name: str, active: int) -> None:
+        super().__init__(name, "tunconnector", encrypted=True,
+                         description=f"tunconnector hub, {active} active TUN client"
+                                     f"{'s' if active > 1 else ''}, AES-256-GCM over UDP")
+        self.active = active
+        self.client_ns: list[str] = []
+        self.iperfs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn_env(self, ns: str, args: Sequence[str], tag: str) -> None:
+        """Like :meth:`spawn`, with a control directory per daemon (all are named alike)."""
+        assert self.workdir is not None
+        log = self.workdir / f"{self.name}-{tag}.log"
+        self.logs.append(log)
+        env = dict(os.environ, TUNCONNECTOR_CONTROL_DIR=str(self.workdir / f"ctl-{tag}"))
+        with log.open("wb") as fh:
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=fh,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=env)
+        self.procs.append(p)
+
+    def start(self, topo: Topology, index: int, workdir: Path) -> None:
+        from tunconnector.keys import generate_keypair, write_key_file
+
+        workdir = workdir / f"{self.name}-{index}"  # keys are created, never overwritten
+        workdir.mkdir()
+        self.workdir = workdir
+        self.target = f"10.82.{index % 250}.1"
+        port = 56000 + index
+        hub_priv, hub_pub = generate_keypair()
+        write_key_file(workdir / "hub.key", hub_priv)
+        clients = [generate_keypair() for _ in range(self.active)]
+        hub = ["[[tunnel]]", 'name = "hub"', 'mode = "server"',
+               f'device = "{topo.name("tch")}"', f'address = "{self.target}/24"',
+               f"port = {port}", f'private_key_file = "{workdir / "hub.key"}"',
+               f'pool = "10.82.{index % 250}.0/24"', 'cipher = "aes-256-gcm"',
+               f"max_peers = {self.active}"]
+        for i, (_, pub) in enumerate(clients):
+            hub += ["[[tunnel.peer]]", f'name = "c{i}"', f'public_key = "{pub}"']
+        (workdir / f"{self.name}-hub.toml").write_text("\n".join(hub) + "\n")
+        self._spawn_env(topo.ns_b, [*TUNCONNECTOR, "run", "-c",
+                                    str(workdir / f"{self.name}-hub.toml")], "hub")
+        try:
+            for i, (priv, _) in enumerate(clients):
+                ns = f"{topo.ns_a}h{i}"
+                sh(["ip", "netns", "add", ns])
+                self.client_ns.append(ns)
+                vh, vc = topo.name(f"thh{i}"), topo.name(f"thc{i}")
+                sh(["ip", "link", "add", vh, "type", "veth", "peer", "name", vc])
+                sh(["ip", "link", "set", vh, "netns", topo.ns_b])
+                sh(["ip", "link", "set", vc, "netns", ns])
+                sh(["ip", "-n", topo.ns_b, "addr", "add", f"172.30.{i}.1/24", "dev", vh])
+                sh(["ip", "-n", topo.ns_b, "link", "set", vh, "up"])
+                sh(["ip", "-n", ns, "addr", "add", f"172.30.{i}.2/24", "dev", vc])
+                sh(["ip", "-n", ns, "link", "set", vc, "up"])
+                sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+                key = workdir / f"{self.name}-c{i}.key"
+                write_key_file(key, priv)
+                cfg = workdir / f"{self.name}-c{i}.toml"
+                cfg.write_text("\n".join([
+                    "[[tunnel]]", 'name = "c"', 'mode = "client"', f'device = "hc{i}"',
+                    f'remote = "172.30.{i}.1"', f"remote_port = {port}",
+                    'cipher = "aes-256-gcm"', f'private_key_file = "{key}"',
+                    f'peer_public_key = "{hub_pub}"']) + "\n")
+                self._spawn_env(ns, [*TUNCONNECTOR, "run", "-c", str(cfg)], f"c{i}")
+            deadline = time.monotonic() + 60  # N + 1 interpreters start at once
+            for ns in self.client_ns:
+                while True:
+                    for p in self.procs:
+                        if p.poll() is not None:
+                            raise PeerError(f"{self.name}: a daemon exited with "
+                                            f"{p.returncode}\n{self.log_tail()}")
+                    r = sh(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "0.3", "-n",
+                            self.target], check=False, timeout=5)
+                    if r.returncode == 0:
+                        break
+                    if time.monotonic() > deadline:
+                        raise PeerError(f"{self.name}: {ns} does not reach the hub\n"
+                                        f"{self.log_tail()}")
+        except BaseException:
+            self.stop(topo)
+            raise
+
+    def measure(self, topo: Topology, seconds: float) -> dict[str, Any]:
+        """One iperf3 TCP stream per client, all at once, to the hub's address."""
+        ports = [5400 + i for i in range(self.active)]
+        servers = [subprocess.Popen(["ip", "netns", "exec", topo.ns_b, "iperf3", "-s", "-1",
+                                     "-p", str(p)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+                   for p in ports]
+        try:
+            for p in ports:
+                deadline = time.monotonic() + 5
+                while not sh(["ss", "-N", topo.ns_b, "-Hltn", f"sport = :{p}"],
+                             check=False).stdout.strip():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("iperf3 server did not start")
+                    time.sleep(0.05)  # a listen socket in another netns: nothing to await
+            c0 = cpu_seconds(self.pids)
+            clients = [subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-c",
+                                         self.target, "-p", str(p), "-J", "-t", str(seconds),
+                                         "--connect-timeout", "3000"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+                       for ns, p in zip(self.client_ns, ports, strict=True)]
+            each = []
+            for c in clients:
+                out, _ = c.communicate(timeout=seconds + 30)
+                data = json.loads(out)
+                if "error" in data:
+                    raise RuntimeError(f"iperf3: {data['error']}")
+                each.append(float(data["end"]["sum_received"]["bits_per_second"]) / 1e9)
+            cpu = cpu_seconds(self.pids) - c0
+        finally:
+            for s in servers:
+                if s.poll() is None:
+                    s.kill()
+                s.wait(timeout=5)
+        rtt = ping_rtt_ms(topo, self.target, 100, ns=self.client_ns[0])
+        total = sum(each)
+        jain = total * total / (len(each) * sum(x * x for x in each)) if total else 0.0
+        return {"gbps": total, "cpu_s": cpu,
+                "gbit_per_cpu_s": total * seconds / cpu if cpu else 0.0,
+                "rtt_ms": rtt, "jain": jain, "each_gbps": [round(x, 3) for x in each]}
+
+    def stop(self, topo: Topology) -> None:
+        super().stop(topo)
+        for ns in self.client_ns:
+            for pid in sh(["ip", "netns", "pids", ns], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh(["ip", "netns", "del", ns], check=False)  # its veth end goes with it
+        self.client_ns.clear()
+
+
+def hub_peers() -> list[Peer]:
+    """Hubs with 1 and 4 active clients (``tc-hub1-udp-aead``, ``tc-hub4-udp-aead``)."""
+    return [HubBenchPeer("tc-hub1-udp-aead", 1), HubBenchPeer("tc-hub4-udp-aead", 4)]
 
 
 def tunconnector_peer(proto: str, encrypted: bool, offload: str, layer: str = "tun") -> Peer:

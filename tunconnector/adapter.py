@@ -38,7 +38,7 @@ from .errors import ConfigError, DeviceError, TransportError, TunconnectorError
 from .io import netlink as nl
 from .io import tcp as tcpio
 from .io.device import Device
-from .io.offload import enable_socket_offload
+from .io.offload import enable_socket_offload, offload_env_off
 from .io.udp import (
     SHARED_BATCH,
     SHARED_REST,
@@ -66,7 +66,6 @@ log = logging.getLogger("tunconnector.tunnel")
 
 #: a Connection for a tunnel, made when the transport opens (one per TCP stream on a server)
 ConnectionFactory = Callable[[], Connection]
-Listener = Callable[[Any, State, State], None]
 
 #: how often the replay state is saved with openvpn_replay_persist (seconds)
 PERSIST_INTERVAL = 1.0
@@ -155,6 +154,10 @@ def make_tunnel(cfg: TunnelConfig, *, netlink: nl.Netlink | None = None) -> Any:
         from .hub import Hub
 
         return Hub(cfg, netlink=netlink)
+    if cfg.openvpn_config and cfg.mode == "server":
+        from .ovpnserver import OpenVPNServerTunnel
+
+        return OpenVPNServerTunnel.from_tunnel_config(cfg, netlink=netlink)
     if uses_connection(cfg):
         return ConnectionTunnel(cfg, netlink=netlink)
     from .tunnel import Tunnel
@@ -180,22 +183,18 @@ class ConnectionTunnel(SupervisedDevice):
                  factory: ConnectionFactory | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.state = State.STOPPED
+        self._init_state()
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
         self.mtu = derive_mtu(config)
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
         self.peer: Any = None
-        self.error: str | None = None
-        self.since = time.time()
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
         self._netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._factory = factory
         self._make: ConnectionFactory | None = None
-        self._listeners: list[Listener] = []
-        self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
         #: UDP server: a socket connected to the live peer (see _follow_peer)
@@ -225,25 +224,6 @@ class ConnectionTunnel(SupervisedDevice):
         self._persisted: dict[str, Any] | None = None  # last saved replay state
 
     # ------------------------------------------------------------------ public API
-    def add_listener(self, callback: Listener) -> None:
-        """Call ``callback(tunnel, old, new)`` on every state change."""
-        self._listeners.append(callback)
-
-    async def wait_state(self, state: State, timeout: float | None = None) -> None:
-        async def _wait() -> None:
-            while self.state != state:
-                if self.state == State.FAILED and state != State.FAILED:
-                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
-                ev = self._event()
-                ev.clear()
-                await ev.wait()
-
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_up(self, timeout: float | None = None) -> None:
-        """Wait until the connection says the peer proved itself."""
-        await self.wait_state(State.UP, timeout)
-
     def last_heard(self) -> float | None:
         """Loop time of the last authentic message from the peer (pings included)."""
         if self._conn is not None:
@@ -251,10 +231,6 @@ class ConnectionTunnel(SupervisedDevice):
             if heard is not None:
                 return float(heard)
         return self.stats.last_rx
-
-    @property
-    def is_running(self) -> bool:
-        return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def all_drops(self) -> dict[str, int]:
         # what the kernel dropped at a full receive queue, before this process saw it
@@ -488,11 +464,7 @@ class ConnectionTunnel(SupervisedDevice):
         sock = open_udp(bind=cfg.bind, port=port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
-        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
-        self._udp.gso, self._udp.gro = off.gso, off.gro
+        self._udp.enable_offload(runs=False)  # GSO/GRO batch syscalls
         self._udp.start(self._on_udp_batch)
         conn = self._conn = self._make()
         if cfg.mode == "client":
@@ -520,11 +492,7 @@ class ConnectionTunnel(SupervisedDevice):
         self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = UdpEndpoint(sock, self.stats.drops)
-        # UDP GSO/GRO batch syscalls: a run of equal-size datagrams leaves in one sendmsg
-        # and arrives in one read ($TUNCONNECTOR_OFFLOAD=off keeps the socket plain)
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
-        self._udp.gso, self._udp.gro = off.gso, off.gro
+        self._udp.enable_offload(runs=False)  # GSO/GRO batch syscalls
         self._udp.start(self._on_udp_batch)
 
     def _follow_peer(self, addr: Any) -> None:
@@ -556,8 +524,7 @@ class ConnectionTunnel(SupervisedDevice):
             return
         twin = self._twin = UdpEndpoint(sock, self.stats.drops)
         twin.remote = addr
-        off = enable_socket_offload(
-            sock, want=os.environ.get("TUNCONNECTOR_OFFLOAD", "").lower() != "off")
+        off = enable_socket_offload(sock, want=not offload_env_off())
         twin.gro = off.gro
         twin.start(self._on_udp_batch)
         udp.budget(SHARED_BATCH, SHARED_REST)
@@ -879,29 +846,9 @@ class ConnectionTunnel(SupervisedDevice):
         self._arm_timer()
 
     # ------------------------------------------------------------------ state & teardown
-    def _event(self) -> asyncio.Event:
-        if self._state_changed is None:
-            self._state_changed = asyncio.Event()
-        return self._state_changed
-
-    def _set_state(self, new: State) -> None:
-        old = self.state
-        if not self._device_admits(new):
-            return  # up while the device is missing: shown once it is back
-        if old == new:
-            return
-        self.state = new
-        self.since = time.time()
+    def _entered(self, new: State) -> None:
         if new == State.UP:
             self.stats.ever_up = True
-        if new in (State.UP, State.DOWN):
-            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
-        self._event().set()
-        for cb in list(self._listeners):
-            try:
-                cb(self, old, new)
-            except Exception:  # a listener bug must not break the data path
-                self.log.exception("state listener failed")
 
     async def _close_all(self) -> None:
         self._stopping = True

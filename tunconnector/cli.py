@@ -327,7 +327,8 @@ def cmd_status(argv: Sequence[str]) -> int:
                 hs = pe.get("last_handshake_age")
                 pdrops = ",".join(f"{k}={v}" for k, v in pe.get("drops", {}).items()) or "-"
                 print(
-                    f"  {'':<12} peer {pe['name']:<12} {pe['key']}… {pe['state']:<5} "
+                    f"  {'':<12} peer {pe['name']:<12} {pe.get('key') or '-'}… "
+                    f"{pe['state']:<5} "
                     f"{pe.get('endpoint') or '-'} {pe.get('address') or '-'} "
                     f"allowed {','.join(pe.get('allowed_ips') or []) or '-'} "
                     f"handshake {'-' if hs is None else f'{hs:.0f}s ago'} "

@@ -43,6 +43,10 @@ class ClientAssignment:
         if ASSIGNMENT_HANDLERS.get(id(self.cfg)) == self.on_assigned:
             del ASSIGNMENT_HANDLERS[id(self.cfg)]
 
+    async def settle(self) -> None:
+        """Wait for the address/route changes already queued (a stopping node)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def snapshot(self) -> dict[str, Any] | None:
         if self.current is None:
             return None

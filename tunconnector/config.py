@@ -431,6 +431,9 @@ class TunnelConfig:
         from .ovpnconfig import load
 
         key = f"{where}.openvpn_config"
+        if _is_server_config(self.openvpn_config or ""):
+            self._from_openvpn_server_config(where)
+            return
         try:
             ovpn = load(self.openvpn_config or "")
             ovpn.check_tls()
@@ -458,6 +461,30 @@ class TunnelConfig:
         self.dev_type = "tap" if ovpn.dev_type == "tap" else "tun"
         if self.device is None and ovpn.device is not None:
             self.device = ovpn.device
+
+    def _from_openvpn_server_config(self, where: str) -> None:
+        """An openvpn *server* config: read now (bad files are config errors), and the
+        tunnel becomes that server (mode, protocol, port, device type and name)."""
+        from .ovpnserverconf import load
+
+        key = f"{where}.openvpn_config"
+        try:
+            sc = load(self.openvpn_config or "")
+            sc.check()
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        for other in ("key_file", "private_key_file", "peer_public_key", "remote", "peer",
+                      "path", "pool"):
+            if getattr(self, other):
+                raise ConfigError(f"{where}.{other}: not used with an openvpn server config "
+                                  "(the config says it)")
+        self.mode = "server"
+        self.framing = "openvpn"
+        self.proto = "tcp" if sc.proto == "tcp" else "udp"
+        self.port = sc.port
+        self.dev_type = "tap" if sc.dev_type == "tap" else "tun"
+        if self.device is None and sc.device is not None:
+            self.device = sc.device
 
     @property
     def interfaces(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
@@ -842,3 +869,17 @@ def _short(value: Any, limit: int = 60) -> str:
     except RecursionError:  # pragma: no cover - reprlib already bounds depth
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_server_config(path: str) -> bool:
+    """``openvpn_config`` names an openvpn server config (not a client's .ovpn)."""
+    from .ovpnconfig import COMMAND_LINE_KEY
+    from .ovpnserverconf import looks_like_server
+
+    if path.startswith(COMMAND_LINE_KEY):
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return looks_like_server(f.read())
+    except OSError:
+        return False

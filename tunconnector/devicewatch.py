@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DeviceError
 from .io import netlink as nl
+from .lifecycle import State, StateFace
 from .proto.backoff import Backoff
 
 if TYPE_CHECKING:
     from .config import TunnelConfig
     from .io.device import Device
-    from .tunnel import State
 
 log = logging.getLogger("tunconnector.device")
 
@@ -241,9 +241,10 @@ class DeviceSupervisor:
                                        else round(self.last_outage, 3))}
 
 
-class SupervisedDevice:
+class SupervisedDevice(StateFace):
     """What a tunnel adapter with one device (the native :class:`Tunnel`, the generic
-    ``ConnectionTunnel``) needs to lend its device to a :class:`DeviceSupervisor`.
+    ``ConnectionTunnel``, the ``Hub``) needs to lend its device to a
+    :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,
     :meth:`_device_check` when a device read or write fails, :meth:`_device_admits` at
@@ -272,8 +273,8 @@ class SupervisedDevice:
     def _device_reader(self, on: bool) -> None:
         raise NotImplementedError
 
-    def _set_state(self, new: State) -> None:
-        raise NotImplementedError
+    def _admits(self, new: State) -> bool:
+        return self._device_admits(new)
 
     async def _supervise_device(self) -> None:
         assert self.device_name is not None
@@ -307,8 +308,6 @@ class SupervisedDevice:
         return sup.admit(new.value == "up")
 
     def _device_changed(self, lost: str | None) -> None:
-        from .tunnel import State  # tunnel imports this module
-
         self.error = lost
         if lost is not None:
             self._set_state(State.DOWN)

@@ -28,12 +28,13 @@ from .errors import DeviceError
 from .io import netlink as nl
 from .io.device import Device, DevType
 from .io.offload import (
+    ENV_OFFLOAD,
     UDP_GSO_MAX_BYTES,
     UDP_MAX_SEGMENTS,
     DeviceOffload,
     SocketOffload,
     enable_device_offload,
-    enable_socket_offload,
+    offload_env_off,
     probe_vnet_hdr_support,
 )
 from .proto import fragment
@@ -63,15 +64,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunconnector.fastpath")
 
-#: environment override, e.g. for integration tests of the per-packet path
-ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
 
 
 def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
     """Whether to try offload for this tunnel, and why not when not."""
-    if os.environ.get(ENV_OFFLOAD, "").lower() == "off":
+    if offload_env_off():
         return False, f"off by ${ENV_OFFLOAD}"
     if cfg.offload == "off":
         return False, "off by configuration"
@@ -98,15 +97,18 @@ class FastPath:
         self.loss = LossAdaptiveCap()
 
     # -- setup -----------------------------------------------------------------------
-    def open_device(self, name: str, dev_type: DevType) -> Device:
-        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed."""
+    def open_device(self, name: str, dev_type: DevType, *, tso: bool = True) -> Device:
+        """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed.
+
+        ``tso`` False: virtio_net_hdr without any TUNSETOFFLOAD flag (a hub): reads are
+        plain packets behind a zero header, writes take super-packets whole."""
         if self.want and probe_vnet_hdr_support():
             try:
                 dev = Device(name, dev_type, vnet_hdr=True)
             except DeviceError as exc:
                 self.why_not = f"IFF_VNET_HDR refused ({exc})"
             else:
-                self.device = enable_device_offload(dev.fd)
+                self.device = enable_device_offload(dev.fd, want_tso=tso)
                 if self.device.enabled:
                     dev.coalesce_udp = self.device.uso and dev_type == "tun"
                     return dev
@@ -160,11 +162,7 @@ class FastPath:
         """Switch UDP GSO/GRO on for the socket (also on the per-packet path, where they
         batch syscalls: runs of equal-size datagrams leave in one sendmsg and arrive in
         one read); only ``$TUNCONNECTOR_OFFLOAD=off`` keeps the socket plain too."""
-        env_off = os.environ.get(ENV_OFFLOAD, "").lower() == "off"
-        self.socket = enable_socket_offload(udp.sock, want=not env_off)
-        udp.gso = self.socket.gso
-        udp.gro = self.socket.gro
-        udp.runs = self.cfg.framing == "native"
+        self.socket = udp.enable_offload(runs=self.cfg.framing == "native")
 
     def describe(self) -> str:
         if not self.device.enabled:
@@ -240,6 +238,30 @@ class FastPath:
         if inner is not None:
             self.super_rx += 1
         return inner
+
+    def expand_runs(self, batch: list[tuple[Any, Any]], now: float,
+                    drops: Counter[str]) -> list[tuple[Any, Any]]:
+        """Replace each FragmentRun of a UDP batch by the messages it completes (the hub's
+        receive path; a point-to-point tunnel's connection takes runs itself)."""
+        for item, _addr in batch:
+            if type(item) is fragment.FragmentRun:
+                break
+        else:
+            return batch
+        out: list[tuple[Any, Any]] = []
+        rstats = self.reasm.stats.drops
+        before = sum(rstats.values())
+        for item, addr in batch:
+            if type(item) is fragment.FragmentRun:
+                msgs = self.reasm.receive_run(item.buf, item.stride, now)
+                self.super_rx += len(msgs)
+                out.extend((m, addr) for m in msgs)
+            else:
+                out.append((item, addr))
+        bad = sum(rstats.values()) - before
+        if bad:
+            drops["fragment_bad"] += bad
+        return out
 
     def get_timer(self) -> float | None:
         """When the oldest partial reassembly expires (the tunnel's timer includes it)."""

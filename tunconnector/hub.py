@@ -19,13 +19,18 @@ One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost 
 heap entry each and a wake-up only when one of them has something to do.
 
 TCP is not offered for hubs (the config refuses it): one UDP port serves every peer.
+
+The device is supervised like a point-to-point tunnel's (:mod:`.devicewatch`): deleted,
+it is opened again with what the hub put on it (addresses, MTU, its MAC and the pin on
+it, the peers' kernel routes, the virtio_net_hdr offload), and the hub says ``down`` with
+the reason until it is back. The peers' sessions live on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
+import functools
 import hashlib
 import heapq
 import hmac
@@ -36,14 +41,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .config import PeerConfig, TunnelConfig
+from .devicewatch import SupervisedDevice
 from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
+from .fastpath import FastPath
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
@@ -56,18 +63,19 @@ from .io.udp import (
     open_udp,
     socket_drops,
 )
-from .keys import decode_key, encode_key, load_key_file, resolve_cipher
+from .keys import decode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
 from .proto.cookie import CookieChecker, cookie_key
-from .proto.fairshare import RoundBudget
+from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
+from .proto.hubtable import HubPeer, PeerTable
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
 from .proto.native import NativeEndpoint
 from .proto.noise import HandshakeState, public_bytes
-from .proto.offload import GsoFrame
-from .proto.pool import AddressPool, PoolExhausted
+from .proto.offload import VNET_HDR_LEN, GsoFrame, coalesce_tcp
+from .proto.pool import AddressPool
 from .proto.reset import encode_reset, reset_key, reset_token, wants_reset
 from .proto.router import FORWARD, TO_DEVICE, Router
 from .proto.secure import (
@@ -76,7 +84,6 @@ from .proto.secure import (
     PROLOGUE,
     AuthFailure,
     HandshakeComplete,
-    HandshakeGuard,
     Rekeyed,
     SecureChannel,
     SessionExpired,
@@ -94,6 +101,9 @@ DEFAULT_STATE_DIR = "/var/lib/tunconnector"
 PEER_QUEUE = 16
 #: datagrams read from the socket per round at most (reading is cheap: drain it all)
 READ_BATCH = 2048
+#: rounds of READ_BATCH read at once from the shared queue when it goes on its ration
+#: (its content then: up to 16,384 datagrams)
+DRAIN_ROUNDS = 8
 #: datagrams a round processes before the senders above their fair share lose their
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
@@ -103,6 +113,18 @@ MIN_SHARE = 8
 MAX_ISOLATED = 64
 ISOLATED_BATCH = 64
 ISOLATED_RCVBUF = 1 << 20
+#: a peer whose own queue keeps losing more than FLOOD_RATIO of what it sends (in
+#: FLOOD_WINDOWS windows of FLOOD_WINDOW s in a row) ignores loss: a flood (see
+#: proto/fairshare.FloodJudge). Its queue is then read FLOOD_BATCH datagrams at a time
+#: with a FLOOD_REST pause after a full read (at most 8,000 datagrams/s; short stints, as
+#: another peer's packet arriving during one waits for its end), so the process
+#: stays idle often enough to answer the other peers at once; the ration ends after a
+#: window without loss
+FLOOD_WINDOW = 0.1
+FLOOD_RATIO = 0.2
+FLOOD_WINDOWS = 3
+FLOOD_BATCH = 16
+FLOOD_REST = 0.002
 #: once the shared socket's queue overflows (a flood, from strangers as well), every peer
 #: that is up gets such a queue too (protected, within MAX_ISOLATED), and the shared
 #: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
@@ -112,69 +134,24 @@ SHARED_BATCH = 32
 SHARED_REST = 0.002
 #: ... or once the shared socket carries more than this many datagrams a second (measured
 #: over SHARED_WINDOW s): a hub fast enough to keep its queue from overflowing would
-#: otherwise spend a core reading a stranger's flood while its peers wait behind it
+#: otherwise spend a core reading a stranger's flood while its peers wait behind it; a
+#: short window, as the peers' datagrams queue behind the flood until then
 SHARED_PROTECT_RATE = 20_000
-SHARED_WINDOW = 0.25
+SHARED_WINDOW = 0.05
 
-Listener = Callable[[Any, State, State], None]
 
 
 @dataclass(slots=True)
-class PeerStats:
-    rx_bytes: int = 0
-    rx_packets: int = 0
-    tx_bytes: int = 0
-    tx_packets: int = 0
-    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+class OwnQueue:
+    """A peer's own receive queue, once it sent beyond its share (see ``Hub._isolate``)."""
 
-
-class HubPeer:
-    """One configured peer: its key, addresses, protocol state and counters."""
-
-    __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
-                 "native", "secure", "addr", "raw", "up", "started", "last_handshake",
-                 "timer_at", "indices", "stats", "assignment", "routes_installed", "guard",
-                 "own", "own_drops", "past_handshakes")
-
-    def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
-        self.name = cfg.name
-        self.cfg = cfg
-        self.key_b64 = encode_key(public)
-        self.public = public
-        self.psk = psk
-        self.address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-        self.prefixes: list[str] = []
-        self.native: NativeEndpoint | None = None
-        self.secure: SecureChannel | None = None
-        self.addr: Addr | None = None  # where the peer is now (normalized)
-        self.raw: Any = None  # ... as recvfrom() returns it (the fast-path key)
-        self.up = False
-        self.started = False
-        self.last_handshake: float | None = None  # wall clock
-        self.timer_at: float | None = None
-        self.indices: set[int] = set()
-        self.stats = PeerStats()
-        self.assignment: Assignment | None = None
-        self.routes_installed: list[str] = []
-        #: replay and rate state of its initiations, kept when its channel is renewed
-        self.guard = HandshakeGuard()
-        #: its own receive queue once it sent beyond its share, and the kernel's drop
-        #: count there already added to ``stats.drops["peer_budget"]``
-        self.own: UdpEndpoint | None = None
-        self.own_drops = 0
-        #: handshakes of its sessions that ended (the count in the status goes on)
-        self.past_handshakes = 0
-
-    @property
-    def handshakes(self) -> int:
-        return self.past_handshakes + (self.secure.handshakes if self.secure else 0)
-
-    def same_as(self, cfg: PeerConfig) -> bool:
-        """Whether ``cfg`` describes this peer unchanged (its session may stay)."""
-        return (cfg.public_key.strip() == self.cfg.public_key.strip()
-                and cfg.address == self.cfg.address
-                and list(cfg.allowed_ips) == list(self.cfg.allowed_ips)
-                and cfg.key_file == self.cfg.key_file)
+    endpoint: UdpEndpoint
+    #: whether its sender floods (it keeps sending beyond what it loses)
+    judge: FloodJudge
+    #: the kernel's drop count there already added to the peer's ``peer_budget`` drops
+    drops: int = 0
+    #: datagrams read from it
+    read: int = 0
 
 
 def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
@@ -186,13 +163,13 @@ def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     return public, psk
 
 
-class Hub:
+class Hub(SupervisedDevice):
     """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.state = State.STOPPED
+        self._init_state()
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
@@ -200,27 +177,26 @@ class Hub:
         self.tap = config.dev_type == "tap"
         self.max_frame = self.mtu + (18 if self.tap else 0)
         self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
-        self.error: str | None = None
-        self.since = time.time()
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
         self._netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
-        self._listeners: list[Listener] = []
-        self._state_changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
+        #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
+        #: super-packets are written whole; status "data_path")
+        self._fast = FastPath(config)
         self._protecting = False  # the shared queue overflowed: peers get their own
         self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
         self._shared_count = 0
         self._stopping = False
-        self.peers: dict[str, HubPeer] = {}
-        self._by_key: dict[bytes, HubPeer] = {}
         self._by_raw: dict[Any, HubPeer] = {}
         self._by_index: dict[int, HubPeer] = {}
         self.router = Router(client_to_client=config.client_to_client)
         self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
                              move_after=config.mac_move_after)
-        self.pool: AddressPool | None = None
+        self.table = PeerTable(config, self.mtu, self.router, self.macs, None)
+        #: the peers with a receive queue of their own (see _isolate)
+        self._own: dict[HubPeer, OwnQueue] = {}
         self.cookies = CookieChecker()
         self._limiter = TokenBucketLimiter()
         self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
@@ -231,7 +207,7 @@ class Hub:
         self._static: X25519PrivateKey | None = None
         self._mac_keys: list[bytes] = []
         self._cookie_key = b""
-        self._reasm = fragment.Reassembler()
+        self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -239,25 +215,20 @@ class Hub:
         self._clock_offset = 0.0
         self._hooks: Any = None
         self._kernel_routes: dict[str, list[str]] = {}
+        self._reading_device = False
+        self._created_device = False
+        #: TAP: the MAC the device had when first opened (pinned to the hub); a device
+        #: recreated after a deletion gets it back, so the peers' ARP caches stay right
+        self._own_mac: str | None = None
 
     # ------------------------------------------------------------------ public face
-    def add_listener(self, callback: Listener) -> None:
-        self._listeners.append(callback)
+    @property
+    def peers(self) -> dict[str, HubPeer]:
+        return self.table.peers
 
-    async def wait_state(self, state: State, timeout: float | None = None) -> None:
-        async def _wait() -> None:
-            while self.state != state:
-                if self.state == State.FAILED and state != State.FAILED:
-                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
-                ev = self._event()
-                ev.clear()
-                await ev.wait()
-
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_up(self, timeout: float | None = None) -> None:
-        """Wait until at least one peer is up."""
-        await self.wait_state(State.UP, timeout)
+    @property
+    def pool(self) -> AddressPool | None:
+        return self.table.pool
 
     async def wait_peer_up(self, name: str, timeout: float | None = None) -> None:
         async def _wait() -> None:
@@ -267,10 +238,6 @@ class Hub:
                 await ev.wait()
 
         await asyncio.wait_for(_wait(), timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def last_heard(self) -> float | None:
         times = [p.native.liveness.last_rx for p in self.peers.values()
@@ -310,6 +277,8 @@ class Hub:
             "tx_packets": p.stats.tx_packets,
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
+            # its own queue is read on a ration: it keeps sending beyond what it loses
+            "rationed": (q := self._own.get(p)) is not None and q.judge.flooding,
         }
 
     def peers_status(self) -> list[dict[str, Any]]:
@@ -355,11 +324,13 @@ class Hub:
             "peers_up": up,
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
+            "data_path": self._fast.describe(),
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
             "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
             "peers": self.peers_status(),
+            **self._device_status(),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -369,6 +340,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._clock_offset = time.time() - self._loop.time()
         self._stopping = False
+        self._fast = FastPath(self.config)
+        self._reasm = self._fast.reasm
         self.error = None
         self._set_state(State.STARTING)
         try:
@@ -376,8 +349,9 @@ class Hub:
             self._setup_pool()
             self._apply_peer_table(self.config.peer, initial=True)
             await self._open_device()
+            await self._supervise_device()
             self._open_udp()
-            await self._sync_kernel_routes()
+            self._device_reader(True)
         except BaseException as exc:
             self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
             await self._close_all()
@@ -437,11 +411,11 @@ class Hub:
     def _setup_pool(self) -> None:
         cfg = self.config
         if cfg.pool is None:
-            self.pool = None
+            self.table.pool = None
             return
         reserved: list[Any] = [i.ip for i in cfg.interfaces]
         reserved += [p.address.split("/")[0] for p in cfg.peer if p.address]
-        self.pool = AddressPool(cfg.pool, reserved=reserved)
+        pool = self.table.pool = AddressPool(cfg.pool, reserved=reserved)
         path = self.state_path()
         try:
             data = json.loads(path.read_text())
@@ -451,37 +425,73 @@ class Hub:
             self.log.warning("hub %s: state file %s unreadable (%s): starting afresh",
                              self.name, path, exc)
             return
-        n = self.pool.load(data.get("pool") if isinstance(data, dict) else None)
+        n = pool.load(data.get("pool") if isinstance(data, dict) else None)
         self.log.info("hub %s: %d address leases restored from %s", self.name, n, path)
 
     def _save_pool(self) -> None:
-        if self.pool is None:
+        pool = self.pool
+        if pool is None:
             return
         path = self.state_path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"pool": self.pool.dump()}, indent=1))
+            tmp.write_text(json.dumps({"pool": pool.dump()}, indent=1))
             os.replace(tmp, path)
         except OSError as exc:
             self.stats.drops["state_file_error"] += 1
             self.log.warning("hub %s: cannot write state file %s: %s", self.name, path, exc)
 
     async def _open_device(self) -> None:
+        """Open and configure the device: at start, and again each time the device
+        supervisor brings a deleted one back (then under the name it had, which the
+        kernel may have chosen). Reading it is switched on apart (``_device_reader``)."""
         cfg = self.config
-        dev = Device(cfg.device or "", cfg.dev_type)
+        reopen = self._devsup is not None
+        name = (self.device_name if reopen else cfg.device) or ""
+        existed = False
+        if name and not reopen:
+            existed = await self._netlink.call(nl.link_exists, name)
+        # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
+        # _on_device_readable), a client's super-packet is written whole (_route_inbound);
+        # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
+        dev = self._fast.open_device(name, cfg.dev_type, tso=False)
         self.device = dev
         self.device_name = dev.name
+        if not reopen:
+            self._created_device = not existed
         if cfg.netns:
             await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
                                  mtu=self.mtu, netns=cfg.netns)
-        if self.tap and cfg.mac_pin:  # the hub's own MAC: no peer may take it
-            own = await self._netlink.call(nl.get_lladdr, dev.name, cfg.netns)
-            if own:
-                self.macs.pin(parse_mac(own), LOCAL)
-        assert self._loop is not None
-        self._loop.add_reader(dev.fd, self._on_device_readable)
+        if self.tap:
+            await self._own_lladdr(dev.name)
+        # a new device carries none of the routes the old one had
+        self._kernel_routes.clear()
+        await self._sync_kernel_routes()
+        if existed:
+            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    async def _own_lladdr(self, name: str) -> None:
+        """A TAP's MAC: the one it had first, put back on a recreated device, and with
+        ``mac_pin`` pinned to the hub itself (no peer may take it)."""
+        cfg = self.config
+        if self._own_mac is not None:
+            await self._netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
+        else:
+            self._own_mac = await self._netlink.call(nl.get_lladdr, name, cfg.netns)
+        if cfg.mac_pin and self._own_mac:
+            self.macs.unpin_port(LOCAL)
+            self.macs.pin(parse_mac(self._own_mac), LOCAL)
+
+    def _device_reader(self, on: bool) -> None:
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
 
     def _open_udp(self) -> None:
         cfg = self.config
@@ -489,148 +499,47 @@ class Hub:
         sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
                         bind_interface=cfg.bind_interface)
         self._udp = UdpEndpoint(sock, self.stats.drops)
+        # UDP GSO/GRO: the runs of equal-size datagrams send_batch makes per peer leave in
+        # one sendmsg, a client's runs arrive in one read (memoryview slices)
+        self._fast.attach_udp(self._udp)  # runs: a coalesced FRAGMENT read stays whole
         self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
 
     # ------------------------------------------------------------------ peer table
-    def _hub_networks(self) -> list[str]:
-        ifaces = [i.network for i in self.config.interfaces]
-        nets = [str(n) for n in ifaces]
-        if self.config.pool:
-            pool: Any = ipaddress.ip_network(self.config.pool, strict=False)
-            if not any(n.version == pool.version and pool.subnet_of(n) for n in ifaces):
-                nets.append(str(pool))
-        return nets
-
-    def _prefix_len_for(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-        for i in self.config.interfaces:
-            if addr in i.network:
-                return i.network.prefixlen
-        if self.config.pool:
-            net = ipaddress.ip_network(self.config.pool, strict=False)
-            if addr in net:
-                return net.prefixlen
-        return addr.max_prefixlen
-
     def _apply_peer_table(self, table: Iterable[PeerConfig], *, initial: bool = False
                           ) -> dict[str, list[str]]:
-        """Make the peers exactly ``table``: add, remove, change; unchanged ones keep
-        their sessions. Returns the names by outcome."""
-        table = list(table)
-        if not initial:  # the same checks as the config file's (names, keys, addresses)
-            dataclasses.replace(self.config, peer=table).validate_hub(self.name)
-        new = {p.name: p for p in table}
-        result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [],
-                                        "unchanged": []}
-        for name in [n for n in self.peers if n not in new]:
-            self._remove_peer(name)
-            result["removed"].append(name)
-        keys_in_use = {p.public_key.strip(): p.name for p in table}
-        for i, pc in enumerate(table):
-            old = self.peers.get(pc.name)
-            if old is not None and old.same_as(pc):
-                old.cfg = pc
-                result["unchanged"].append(pc.name)
-                continue
-            if keys_in_use.get(pc.public_key.strip()) != pc.name:
-                raise ConfigError(f"peer[{i}].public_key: the same key is given to two peers")
-            public, psk = _peer_key(pc, f"peer[{i}]")
-            if old is not None:
-                self._remove_peer(pc.name)
-                result["changed"].append(pc.name)
-            else:
-                result["added"].append(pc.name)
-            other = self._by_key.get(public)
-            if other is not None:  # the key moved to a new name
-                self._remove_peer(other.name)
-            self._add_peer(HubPeer(pc, public, psk))
-        self._assign_all()
+        """Make the peers exactly ``table`` (see :meth:`PeerTable.apply`), then end the
+        sessions of the peers it removed and write down changed leases."""
+        try:
+            result = self.table.apply(table, _peer_key, initial=initial)
+        finally:
+            changes = self.table.take_changes()
+            for p in changes.removed:
+                self._peer_removed(p)
+        for p, why in changes.no_address:
+            self.log.warning("hub %s: peer %s gets no address: %s", self.name, p.name, why)
         self._refresh_mac_keys()
-        if not initial:
+        if changes.leases_changed or not initial:
             self._save_pool()
         return result
 
-    def _add_peer(self, p: HubPeer) -> None:
-        self.peers[p.name] = p
-        self._by_key[p.public] = p
-        if self.tap and p.cfg.mac is not None:
-            self.macs.pin(parse_mac(p.cfg.mac), p)
-        if p.cfg.address is not None and self.pool is not None:
-            self.pool.reserve(p.cfg.address.split("/")[0])
-
-    def _remove_peer(self, name: str) -> None:
-        p = self.peers.pop(name, None)
-        if p is None:
-            return
+    def _peer_removed(self, p: HubPeer) -> None:
         if p.up:
             self._peer_state(p, False, "removed")
-        self._by_key.pop(p.public, None)
         if p.raw is not None:
             self._by_raw.pop(p.raw, None)
         for i in p.indices:
             if self._by_index.get(i) is p:
                 del self._by_index[i]
         self._unisolate(p)
-        self.router.remove_peer(p)
-        self.macs.forget_port(p)
-        self.macs.unpin_port(p)
-        if p.cfg.address is not None and self.pool is not None:
-            self.pool.unreserve(p.cfg.address.split("/")[0])
         p.native = None
         p.secure = None
         p.timer_at = None  # its heap entries are now stale
-        self.log.info("hub %s: peer %s removed", self.name, name)
-
-    def _assign_all(self) -> None:
-        """Addresses, prefixes and assignments of every peer (after any table change)."""
-        active = [p.key_b64 for p in self.peers.values()]
-        changed = False
-        for p in self.peers.values():
-            if p.cfg.address is not None:
-                p.address = ipaddress.ip_address(p.cfg.address.split("/")[0])
-            elif self.pool is not None:
-                before = self.pool.lookup(p.key_b64)
-                try:
-                    p.address = self.pool.assign(p.key_b64, active=active)
-                except PoolExhausted as exc:
-                    self.log.warning("hub %s: peer %s gets no address: %s", self.name,
-                                     p.name, exc)
-                    p.address = None
-                changed = changed or before != p.address
-            else:
-                p.address = None
-            prefixes = ([f"{p.address}/{p.address.max_prefixlen}"] if p.address else [])
-            prefixes += [str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips]
-            p.prefixes = prefixes
-            self.router.set_peer(p, prefixes)
-        for p in self.peers.values():
-            p.assignment = self._assignment_for(p)
-            if p.secure is not None:
-                p.secure.response_extra = p.assignment.encode()
-        if changed:
-            self._save_pool()
-
-    def _assignment_for(self, p: HubPeer) -> Assignment:
-        cfg = self.config
-        address = None
-        if p.address is not None:
-            address = f"{p.address}/{self._prefix_len_for(p.address)}"
-        routes = list(self._hub_networks())
-        if cfg.client_to_client:
-            for q in self.peers.values():
-                if q is not p:
-                    routes += [str(ipaddress.ip_network(n, strict=False))
-                               for n in q.cfg.allowed_ips]
-        routes += [str(ipaddress.ip_network(r, strict=False)) for r in cfg.push_routes]
-        own = set(str(ipaddress.ip_network(n, strict=False)) for n in p.cfg.allowed_ips)
-        routes = list(dict.fromkeys(r for r in routes if r not in own))
-        gateway = None
-        if self.tap and cfg.interfaces:
-            gateway = str(cfg.interfaces[0].ip)
-        return Assignment(address, tuple(routes), self.mtu, gateway)
+        self.log.info("hub %s: peer %s removed", self.name, p.name)
 
     async def _sync_kernel_routes(self) -> None:
-        """Kernel routes for the peers' allowed_ips via the hub's device."""
-        if self.device_name is None or self.tap:
+        """Kernel routes for the peers' allowed_ips via the hub's device (while the device
+        is missing there is nothing to change: its reopening adds what is then wanted)."""
+        if self.device is None or self.device_name is None or self.tap:
             return
         want = {p.name: [str(ipaddress.ip_network(n, strict=False))
                          for n in p.cfg.allowed_ips] for p in self.peers.values()}
@@ -730,6 +639,9 @@ class Hub:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
             batch = self._within_budget(batch)
+        udp = self._udp
+        if udp is not None and udp.runs and udp.gro:  # FragmentRuns -> their messages
+            batch = self._fast.expand_runs(batch, now, stats.drops)
         for data, raw in batch:
             p = by_raw.get(raw)
             if p is not None and p.native is not None:
@@ -741,6 +653,8 @@ class Hub:
             if len(data) < HEADER_LEN:
                 stats.drops["truncated"] += 1
                 continue
+            if type(data) is memoryview:  # a UDP GRO slice: the slow path wants bytes
+                data = bytes(data)
             mtype = data[1]
             if mtype == MsgType.FRAGMENT:
                 try:
@@ -825,6 +739,24 @@ class Hub:
         for p in self.peers.values():
             if p.up:
                 self._isolate(p, "protected from the shared queue")
+        if self._loop is not None:
+            self._loop.call_soon(self._drain_shared)
+
+    def _drain_shared(self) -> None:
+        """Once, as the shared queue goes on its ration: what it holds is read now, in
+        rounds through the budgets (the flood cut before decryption). The peers'
+        datagrams that were queued behind the flood before they had queues of their
+        own would otherwise wait for the ration to reach them: a full queue at the
+        ration's pace, most of a second."""
+        udp = self._udp
+        for _ in range(DRAIN_ROUNDS):
+            if udp is None or udp is not self._udp:
+                return
+            batch = udp.drain([], READ_BATCH)
+            if batch:
+                self._on_udp_batch(batch)
+            if len(batch) < READ_BATCH:
+                return
 
     def _isolate(self, p: HubPeer, why: str = "sends beyond its share") -> None:
         """Give a peer that sent beyond its share a receive queue of its own (see
@@ -833,8 +765,7 @@ class Hub:
         anything on it, and the shared socket stays free for the others. Also for
         every peer that is up once the shared queue overflows (``why``)."""
         udp = self._udp
-        if (p.own is not None or p.raw is None or udp is None
-                or sum(1 for q in self.peers.values() if q.own is not None) >= MAX_ISOLATED):
+        if p in self._own or p.raw is None or udp is None or len(self._own) >= MAX_ISOLATED:
             return
         try:
             sock = open_connected_twin(udp.sock, p.raw, rcvbuf=ISOLATED_RCVBUF,
@@ -843,27 +774,51 @@ class Hub:
             self.stats.drops["isolate_failed"] += 1
             self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
             return
-        p.own = UdpEndpoint(sock, p.stats.drops)
-        p.own_drops = 0
-        p.own.start(self._on_udp_batch, max_batch=ISOLATED_BATCH)
+        own = UdpEndpoint(sock, p.stats.drops)
+        self._own[p] = OwnQueue(own, FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS))
+        own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
         self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
 
-    def _unisolate(self, p: HubPeer) -> None:
-        if p.own is None:
+    def _on_own_batch(self, p: HubPeer, batch: list[tuple[bytes, Addr]]) -> None:
+        """A batch from a peer's own queue; now and then, judge whether it floods."""
+        self._on_udp_batch(batch)
+        q = self._own.get(p)
+        if q is None or self._loop is None:
+            return  # the batch ended its session
+        q.read += len(batch)
+        now = self._loop.time()
+        judge = q.judge
+        if not judge.due(now):
             return
         self._sync_own_drops(p)
-        p.own.close()
-        p.own = None
-        p.own_drops = 0
+        was = judge.flooding
+        if judge.sample(now, q.read, q.drops) == was:
+            return
+        if judge.flooding:
+            q.endpoint.budget(FLOOD_BATCH, FLOOD_REST)
+            self.log.warning("hub %s: peer %s: its queue keeps overflowing (a flood): "
+                             "read at most %d datagrams per %.0f ms", self.name, p.name,
+                             FLOOD_BATCH, FLOOD_REST * 1000)
+        else:
+            q.endpoint.budget(ISOLATED_BATCH, 0.0)
+            self.log.info("hub %s: peer %s: no more loss at its queue: read in full",
+                          self.name, p.name)
+
+    def _unisolate(self, p: HubPeer) -> None:
+        if p not in self._own:
+            return
+        self._sync_own_drops(p)
+        self._own.pop(p).endpoint.close()
 
     def _sync_own_drops(self, p: HubPeer) -> None:
         """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
-        if p.own is None:
+        q = self._own.get(p)
+        if q is None:
             return
-        n = socket_drops(p.own.sock)
-        if n > p.own_drops:
-            p.stats.drops["peer_budget"] += n - p.own_drops
-            p.own_drops = n
+        n = socket_drops(q.endpoint.sock)
+        if n > q.drops:
+            p.stats.drops["peer_budget"] += n - q.drops
+            q.drops = n
 
     def _send_reset(self, session: int, addr: Addr, now: float) -> None:
         """Data for a session we do not have (we restarted, or it ended): tell the
@@ -953,7 +908,7 @@ class Hub:
         except RemoteProtocolError:
             stats.drops["handshake_failed"] += 1
             return None
-        p = self._by_key.get(hs.rs or b"")
+        p = self.table.by_key(hs.rs or b"")
         if p is None:
             stats.drops["unknown_peer"] += 1
             return None
@@ -982,8 +937,28 @@ class Hub:
         to_dev: list[Any] = []
         fwd: dict[int, tuple[HubPeer, list[Any]]] = {}
         router = self.router
+        dev = self.device
+        whole = dev is not None and dev.vnet_hdr and not self.tap
+        extra = 0  # segments of the super-packets written whole, beyond one each
         for p, frame in items:
             if type(frame) is GsoFrame:
+                if whole:
+                    # the super-packet's IP header is its segments' header: the same
+                    # anti-spoofing and routing verdict, for all of them at once
+                    data = frame.data
+                    v = router.inbound(p, memoryview(data)[VNET_HDR_LEN:])
+                    st = p.stats
+                    n = _segment_count(data)
+                    if v.action == TO_DEVICE:  # written whole: the kernel segments it
+                        st.rx_packets += n
+                        st.rx_bytes += len(frame)
+                        to_dev.append(frame)
+                        extra += n - 1
+                        continue
+                    if v.action != FORWARD:
+                        st.drops[v.reason] += n
+                        continue
+                    # to another peer (client-to-client): segmented as before
                 try:
                     segs: list[Any] = frame.segments(tap=self.tap)
                 except RemoteProtocolError:
@@ -1007,7 +982,7 @@ class Hub:
                 else:
                     st.drops[v.reason] += 1
         if to_dev:
-            self._to_device(to_dev, now)
+            self._to_device(to_dev, now, extra)
         for q, frames in fwd.values():
             self._send_to_peer(q, frames, now)
 
@@ -1032,16 +1007,25 @@ class Hub:
             dest: Any = egress
             fwd.setdefault(id(dest), (dest, []))[1].append(f)
 
-    def _to_device(self, frames: list[Any], now: float) -> None:
+    def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
+        """Write frames to the device; ``extra``: packets the super-packets among them
+        stand for beyond one each (for the counters)."""
         dev = self.device
-        if dev is None:
+        if dev is None:  # deleted, not back yet
+            self.stats.drops["device_gone"] += len(frames) + extra
             return
-        bad = dev.write_batch(frames)
         st = self.stats
+        n = len(frames)
+        st.rx_bytes += sum(map(len, frames))
+        if dev.vnet_hdr and n > 1 and not self.tap:
+            # clients without offload send plain segments: a run of one TCP flow goes
+            # to the kernel as one super-packet (after the router's checks, per segment)
+            frames = coalesce_tcp(frames)
+        bad = dev.write_batch(frames)
         if bad:
             st.drops["device_refused"] += bad
-        st.rx_packets += len(frames) - bad
-        st.rx_bytes += sum(map(len, frames))
+            self._device_check()  # refused, or gone: the supervisor asks the fd
+        st.rx_packets += n + extra - bad
         st.last_rx = now
 
     # ------------------------------------------------------------------ device -> wire
@@ -1054,9 +1038,12 @@ class Hub:
         except TunconnectorError as exc:
             self.stats.drops["device_read_error"] += 1
             self.log.warning("%s", exc)
+            self._device_check()
             return
         if not frames:
             return
+        if dev.vnet_hdr:  # no TUNSETOFFLOAD: a whole packet behind a zero header
+            frames = [f[VNET_HDR_LEN:] for f in frames]
         now = self._loop.time()
         st = self.stats
         st.tx_packets += len(frames)
@@ -1211,28 +1198,9 @@ class Hub:
         self._arm()
 
     # ------------------------------------------------------------------ state & teardown
-    def _event(self) -> asyncio.Event:
-        if self._state_changed is None:
-            self._state_changed = asyncio.Event()
-        return self._state_changed
-
-    def _set_state(self, new: State) -> None:
-        old = self.state
-        if old == new:
-            return
-        self.state = new
-        self.since = time.time()
-        if new in (State.UP, State.DOWN):
-            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
-        self._event().set()
-        for cb in list(self._listeners):
-            try:
-                cb(self, old, new)
-            except Exception:
-                self.log.exception("state listener failed")
-
     async def _close_all(self) -> None:
         self._stopping = True
+        self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1242,15 +1210,9 @@ class Hub:
             self._udp.close()
             self._udp = None
         self._protecting = False
-        if self.device is not None:
-            if self._loop is not None:
-                try:
-                    self._loop.remove_reader(self.device.fd)
-                except (ValueError, OSError):
-                    pass
-            self.device.close()
-            self.device = None
+        self._detach_device()
         self._kernel_routes.clear()  # they went with the device
+        self._own_mac = None  # a new start: a new device, its own MAC
         for p in self.peers.values():
             self._unisolate(p)
             p.native = None
@@ -1263,8 +1225,7 @@ class Hub:
             p.indices = set()
         self._by_raw.clear()
         self._by_index.clear()
-        self.peers.clear()
-        self._by_key.clear()
+        self.table.clear()
 
 
 class PeerHooks:
@@ -1289,6 +1250,14 @@ class PeerHooks:
 
     def peer_down(self, hub: Hub, p: HubPeer) -> None:
         self._fire("peer_down", p)
+
+
+def _segment_count(data: Any) -> int:
+    """Packets a super-packet (virtio_net_hdr + packet) stands for, for the counters."""
+    gso_type, hdr_len, size = data[1], data[2] | data[3] << 8, data[4] | data[5] << 8
+    if gso_type == 0 or size == 0:
+        return 1
+    return max(1, -(-(len(data) - VNET_HDR_LEN - hdr_len) // size))
 
 
 def _fmt_addr(addr: Any) -> str:

@@ -176,7 +176,7 @@ class Node:
         if self._control is not None:
             await self._control.stop()
         for a in self._assigners:
-            await asyncio.gather(*a._tasks, return_exceptions=True)
+            await a.settle()
         self.netlink.close()
         self.netlink = Netlink()
         for t in self.tunnels.values():
@@ -275,7 +275,20 @@ class Node:
         hub (added, removed, changed; unchanged peers keep their sessions). A bad file
         changes nothing (the error is returned and logged)."""
         if self.config_path is None:
-            return {"pid": os.getpid(), "error": "no config file to reload"}
+            # `tunconnector openvpn --config server.conf`: no TOML, the server config's
+            # client-config-dir (and CRL) are what a reload reads again
+            servers: dict[str, Callable[[], list[str]]] = {
+                n: reread for n, srv in self.tunnels.items()
+                if (reread := getattr(srv, "reload_client_configs", None)) is not None}
+            if not servers:
+                return {"pid": os.getpid(), "error": "no config file to reload"}
+            done: dict[str, Any] = {}
+            for n, reread in servers.items():
+                try:
+                    done[n] = {"reconnected": reread()}
+                except TunconnectorError as exc:
+                    done[n] = {"error": str(exc)}
+            return {"pid": os.getpid(), "reloaded": done}
         try:
             new = Config.from_toml(self.config_path)
         except ConfigError as exc:

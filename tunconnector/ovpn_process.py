@@ -123,6 +123,9 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     standalone = _standalone(rest)
     if standalone is not None:
         return standalone
+    server = _server_config(rest)
+    if server is not None:
+        return _run_server(server, own)
     ovpn = parse_argv(rest)
     ovpn.check_tls()
     for w in ovpn.warnings:
@@ -151,6 +154,55 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     if ovpn.log:
         _redirect_output(ovpn.log, ovpn.log_append)
     return _run(config, ovpn, Ready(None))
+
+
+def _server_config(args: list[str]) -> str | None:
+    """The ``--config FILE`` of ``args`` when it is an openvpn *server* config (``mode
+    server``, ``server``, ``server-bridge``, ``server-ipv6``, ``tls-server``), else None;
+    ``--cd DIR`` is applied first, as openvpn does."""
+    from .ovpnserverconf import looks_like_server
+
+    if "--config" not in args:
+        return None
+    i = args.index("--config")
+    if i + 1 >= len(args):
+        return None
+    path = args[i + 1]
+    if "--cd" in args and args.index("--cd") + 1 < len(args):
+        path = os.path.join(args[args.index("--cd") + 1], path)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    others = [a for j, a in enumerate(args) if j not in (i, i + 1)]
+    if any(a in ("--server", "--mode", "--tls-server") for a in others):
+        return path
+    return path if looks_like_server(text) else None
+
+
+def _run_server(path: str, own: argparse.Namespace) -> int:
+    """An openvpn server config: :mod:`tunconnector.ovpnserver` serves it."""
+    from .cli import run_loop
+    from .log import setup
+    from .ovpnserver import serve
+    from .ovpnserverconf import load
+
+    sc = load(path)
+    sc.check()
+    for w in sc.warnings:
+        print(f"tunconnector: warning: {w}", file=sys.stderr)
+    if own.check:
+        print(f"{path}: valid ({sc.summary()})")
+        return 0
+    if sc.log:
+        _redirect_output(sc.log, sc.log_append)
+    setup(own.log_level, own.json_logs)
+    path = os.path.abspath(path)
+    if sc.cd:
+        os.chdir(sc.cd)
+    return int(run_loop(serve(path, name=own.name or "openvpn", control_dir=own.control_dir,
+                              log_level=own.log_level)))
 
 
 def _standalone(args: list[str]) -> int | None:

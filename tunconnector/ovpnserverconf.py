@@ -112,6 +112,8 @@ class ServerConfig:
     pool_persist_seconds: int = 600
     #: ``client-config-dir``: where ``options.client_configs`` was read from (reload)
     client_config_dir: str | None = None
+    #: ``crl-verify FILE``: read again when it changes (None: inline or no CRL)
+    crl_verify: str | None = None
     #: scripts by directive (up, down, client-connect, client-disconnect,
     #: learn-address, tls-verify, auth-user-pass-verify ...), as argv
     scripts: dict[str, list[str]] = field(default_factory=dict)
@@ -368,6 +370,7 @@ class ServerParser(Parser):
             if args[0] != "[inline]":
                 self.materials["crl-verify"] = (self.read_file(args[0], where, "crl-verify"),
                                                 where)
+                self.server.crl_verify = str(self.path(args[0]))
         elif d == "auth-gen-token-secret":
             need(1, 1)
             if args[0] != "[inline]":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import functools
 import ipaddress
 import logging
@@ -43,6 +42,7 @@ from .io.udp import (
     retire_twin,
 )
 from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
+from .lifecycle import State
 from .multipath import MultiPathLink
 from .proto.acceptor import PeerAcceptor
 from .proto.admission import Admission
@@ -79,14 +79,6 @@ from .proto.secure import (
 log = logging.getLogger("tunconnector.tunnel")
 
 UNDERLAY_MTU = 1500
-
-
-class State(enum.StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    DOWN = "down"
-    UP = "up"
-    FAILED = "failed"
 
 
 @dataclass(slots=True)
@@ -166,8 +158,6 @@ class _StreamConn:
 WARN_EVERY = 10.0
 
 
-Listener = Callable[["Tunnel", State, State], None]
-
 #: the one connection of a UDP point-to-point tunnel
 PeerConnection = NativeConnection | RawConnection
 
@@ -178,7 +168,7 @@ class Tunnel(SupervisedDevice):
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.state = State.STOPPED
+        self._init_state()
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
@@ -186,15 +176,11 @@ class Tunnel(SupervisedDevice):
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
         self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
-        self.error: str | None = None
-        self.since = time.time()
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
         self._netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._created_device = False
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
-        self._listeners: list[Listener] = []
-        self._state_changed = asyncio.Event() if _has_loop() else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
         #: UDP server, authenticated native peer: a socket connected to it (_follow_peer)
@@ -233,25 +219,6 @@ class Tunnel(SupervisedDevice):
         self._peek_misses = 0  # read-after-writes in a row that found nothing
 
     # ------------------------------------------------------------------ public API
-    def add_listener(self, callback: Listener) -> None:
-        """Call ``callback(tunnel, old, new)`` on every state change."""
-        self._listeners.append(callback)
-
-    async def wait_state(self, state: State, timeout: float | None = None) -> None:
-        async def _wait() -> None:
-            while self.state != state:
-                if self.state == State.FAILED and state != State.FAILED:
-                    raise TunconnectorError(f"tunnel {self.name} failed: {self.error}")
-                ev = self._event()
-                ev.clear()
-                await ev.wait()
-
-        await asyncio.wait_for(_wait(), timeout)
-
-    async def wait_up(self, timeout: float | None = None) -> None:
-        """Wait until the peer is known alive (native: a valid message was received)."""
-        await self.wait_state(State.UP, timeout)
-
     def last_heard(self) -> float | None:
         """Loop time of the last valid message from the peer (keepalives included)."""
         natives = self._endpoints()
@@ -272,10 +239,6 @@ class Tunnel(SupervisedDevice):
     def device_check(self) -> None:
         """A device write of the express lane failed: is the device gone (supervisor)?"""
         self._device_check()
-
-    @property
-    def is_running(self) -> bool:
-        return self.state in (State.STARTING, State.DOWN, State.UP)
 
     def all_drops(self) -> dict[str, int]:
         # what the kernel dropped at a full receive queue, before this process saw it
@@ -1240,29 +1203,9 @@ class Tunnel(SupervisedDevice):
         self.arm_timer()
 
     # ------------------------------------------------------------------ state & teardown
-    def _event(self) -> asyncio.Event:
-        if self._state_changed is None:
-            self._state_changed = asyncio.Event()
-        return self._state_changed
-
-    def _set_state(self, new: State) -> None:
-        old = self.state
-        if not self._device_admits(new):
-            return  # up while the device is missing: shown once it is back
-        if old == new:
-            return
-        self.state = new
-        self.since = time.time()
+    def _entered(self, new: State) -> None:
         if new == State.UP:
             self.stats.ever_up = True
-        if new in (State.UP, State.DOWN):
-            self.log.info("tunnel %s %s -> %s", self.name, old.value, new.value)
-        self._event().set()
-        for cb in list(self._listeners):
-            try:
-                cb(self, old, new)
-            except Exception:  # a listener bug must not break the data path
-                self.log.exception("state listener failed")
 
     async def _close_all(self) -> None:
         self._stopping = True
@@ -1309,11 +1252,3 @@ def _fmt_addr(addr: Addr | None) -> str:
         return "-"
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False

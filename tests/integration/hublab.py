@@ -80,13 +80,14 @@ class HubLab:
         return d
 
     def client(self, i: int, *, port: int, dev_type: str = "tun", address: str | None = None,
-               name: str | None = None, keepalive: float = 1.0) -> Daemon:
+               name: str | None = None, keepalive: float = 1.0,
+               offload: str = "off") -> Daemon:
         key, _ = self.keys[i]
         t: dict[str, Any] = {
             "name": "c", "mode": "client", "device": f"hc{i}", "dev_type": dev_type,
             "remote": self.underlay(i), "remote_port": port, "private_key_file": str(key),
             "peer_public_key": self.hub_pub, "keepalive": keepalive,
-            "dead_after": keepalive * 6, "offload": "off",
+            "dead_after": keepalive * 6, "offload": offload,
         }
         if address:
             t["address"] = address

@@ -3,7 +3,8 @@
 A device the daemon created is created again (name, addresses, MTU, routes) and traffic
 resumes within 5 s; while it cannot be (the name taken by another link) the tunnel says
 ``down`` with the reason. A persistent device the daemon only attached to is waited for
-and attached again when ``tunconnector mktun`` brings it back.
+and attached again when ``tunconnector mktun`` brings it back. A hub's device likewise,
+with the kernel routes to its peers' networks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 from harness import Env
-from netns import tunconnector_cmd, wait_for
+from hublab import hub_lab, hub_toml, wait_client_address, wait_peers_up
+from netns import Host, free_port, tunconnector_cmd, wait_for
 from test_core import pair
 from test_openvpn_static_interop import (  # noqa: F401  (openvpns: a fixture)
     OV_ADDR,
@@ -38,18 +40,18 @@ def _ping_flood(env: Env) -> subprocess.Popen[bytes]:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _replace_with_veth(env: Env, daemon: Any) -> None:
-    """Delete tc0 and take its name with a veth link while the daemon is held stopped
-    (SIGSTOP, as an operator's debugger or ``kill -STOP`` would): it cannot recreate tc0
-    in between, whatever the machine's speed. Resumed, it finds the name taken."""
+def _replace_with_veth(host: Host, daemon: Any, dev: str = "tc0") -> None:
+    """Delete ``dev`` and take its name with a veth link while the daemon is held stopped
+    (SIGSTOP, as an operator's debugger or ``kill -STOP`` would): it cannot recreate the
+    device in between, whatever the machine's speed. Resumed, it finds the name taken."""
     pid = daemon.proc.pid  # ``ip netns exec`` execs the daemon: the same process
     os.kill(pid, signal.SIGSTOP)
     try:
-        env.a.run("ip", "link", "del", "tc0")
-        env.a.run("ip", "link", "add", "tc0", "type", "veth", "peer", "name", "tc0peer")
+        host.run("ip", "link", "del", dev)
+        host.run("ip", "link", "add", dev, "type", "veth", "peer", "name", f"{dev}peer")
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert "veth" in env.a.run("ip", "-d", "link", "show", "tc0").stdout
+    assert "veth" in host.run("ip", "-d", "link", "show", dev).stdout
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -86,7 +88,7 @@ def test_deleted_device_is_recreated_and_status_is_honest(env: Env, proto: str) 
         assert env.a.ping("fd77::2", count=3, interval=0.1) == (3, 3)
 
         # 2. while it cannot come back (another link took the name): down, with why
-        _replace_with_veth(env, server)
+        _replace_with_veth(env.a, server)
         def down() -> bool:
             t = server.tunnel()  # type: ignore[attr-defined]
             return bool(t and t["state"] == "down" and "tc0" in (t["error"] or ""))
@@ -176,3 +178,90 @@ def test_bridged_tap_rejoins_its_bridge(env: Env) -> None:
     assert env.b.wait_ping("10.77.0.1", timeout=5.0), server.log()  # type: ignore[attr-defined]
     print(f"bridged tap: traffic back {time.monotonic() - t0:.2f}s after ip link del")
     assert "master br0" in env.a.run("ip", "link", "show", "tc0").stdout
+
+
+def test_hub_device_is_recreated() -> None:
+    """A hub's TUN deleted while a client pings through it comes back with its addresses,
+    MTU and the kernel routes to the peers' networks; while it cannot (the name taken) the
+    hub says ``down`` with the reason; both clients reach the hub again, and the hub the
+    networks behind them."""
+    with hub_lab(2) as lab:
+        port = free_port()
+        hub = lab.daemon(lab.hub, hub_toml({
+            "name": "hub", "mode": "server", "device": "hub0", "dev_type": "tun",
+            "address": "10.221.0.1/24", "mtu": 1360, "port": port,
+            "private_key_file": str(lab.hub_priv), "pool": "10.221.0.0/24",
+            "keepalive": 1.0, "dead_after": 6.0,
+            "state_file": str(lab.workdir / "hub-state.json"),
+        }, [
+            {"name": "site-a", "public_key": lab.keys[0][1], "address": "10.221.0.50",
+             "allowed_ips": ["192.168.30.0/24"]},
+            {"name": "site-b", "public_key": lab.keys[1][1],
+             "allowed_ips": ["192.168.31.0/24"]},
+        ]), "hub")
+        nets = ["192.168.30", "192.168.31"]
+        for i, c in enumerate(lab.clients):
+            lab.client(i, port=port)
+            c.run("ip", "addr", "add", f"{nets[i]}.1/32", "dev", "lo")  # behind the peer
+        before = wait_peers_up(hub, ["site-a", "site-b"], timeout=START * 2)
+        for i, c in enumerate(lab.clients):
+            wait_client_address(c, f"hc{i}", "10.221.0.")
+
+        def routes() -> str:
+            return lab.hub.run("ip", "route", "show", "dev", "hub0", check=False).stdout
+
+        assert all(f"{n}.0/24" in routes() for n in nets), routes()
+
+        def rx() -> int:
+            out = lab.hub.run("cat", "/sys/class/net/hub0/statistics/rx_packets",
+                              check=False).stdout
+            return int(out) if out.strip().isdigit() else 0
+
+        flood = lab.clients[0].popen("ping", "-n", "-q", "-i", "0.01", "-W", "1",
+                                     "10.221.0.1", stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            # 1. deleted while the flood crosses it: recreated, traffic resumes
+            rx0 = rx()
+            assert wait_for(lambda: rx() >= rx0 + 20, timeout=10.0), "no flood through hub0"
+            lab.hub.run("ip", "link", "del", "hub0")
+            t0 = time.monotonic()
+            for c in lab.clients:
+                assert c.wait_ping("10.221.0.1", timeout=10.0), hub.log()
+            print(f"hub: traffic back {time.monotonic() - t0:.2f}s after ip link del")
+            st = hub.wait_state("up", timeout=START)
+            assert st["error"] is None and st["device_losses"] == 1, st
+            log = hub.log()
+            assert "device hub0 " in log and "recreating it" in log, log
+            assert "up -> down" in log and "device hub0 recreated" in log, log
+
+            # 2. while it cannot come back (another link took the name): down, with why
+            _replace_with_veth(lab.hub, hub, "hub0")
+
+            def down() -> bool:
+                t = hub.tunnel()
+                return bool(t and t["state"] == "down" and "hub0" in (t["error"] or ""))
+
+            assert wait_for(down, timeout=START), hub.tunnel()
+            st = hub.tunnel() or {}
+            assert "cannot be reopened yet" in (st.get("error") or ""), st
+            print(f"hub: while blocked: {st['state']}: {st['error']}")
+            lab.hub.run("ip", "link", "del", "hub0")  # the name is free again
+            t0 = time.monotonic()
+            for c in lab.clients:
+                assert c.wait_ping("10.221.0.1", timeout=10.0), hub.log()
+            print(f"hub: back {time.monotonic() - t0:.2f}s after the name was freed")
+            st = hub.wait_state("up", timeout=START)
+            assert st["error"] is None and st["device_losses"] == 2, st
+        finally:
+            flood.kill()
+            flood.wait(5)
+        # what the hub puts on its device is back: address, MTU, the peers' routes, and
+        # the same data path (the offload device when the kernel has it)
+        link = lab.hub.run("ip", "addr", "show", "dev", "hub0").stdout
+        assert "10.221.0.1/24" in link and "mtu 1360" in link, link
+        assert all(f"{n}.0/24" in routes() for n in nets), routes()
+        assert st["data_path"] == before["data_path"], (st, before)
+        for i, c in enumerate(lab.clients):  # both clients, and through the routes
+            assert c.ping("10.221.0.1", count=3, interval=0.2) == (3, 3), i
+            assert lab.hub.ping(f"{nets[i]}.1", count=3, interval=0.2) == (3, 3), i

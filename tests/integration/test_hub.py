@@ -20,7 +20,7 @@ from hublab import (  # noqa: E402
     wait_peer_handshake,
     wait_peers_up,
 )
-from netns import LivePing, free_port  # noqa: E402
+from netns import LivePing, free_port, wait_for  # noqa: E402
 
 from tunconnector.proto.cookie import CookieChecker  # noqa: E402
 
@@ -280,3 +280,45 @@ def test_initiation_flood_known_peer_keeps_pinging() -> None:
         assert drops.get("unknown_peer", 0) <= CookieChecker().threshold, drops
         assert peer(hub, "site-a")["state"] == "up"
         assert a.ping("10.220.0.1", count=3, interval=0.2) == (3, 3)
+
+
+def test_hub_status_shows_udp_offload() -> None:
+    """The hub's data path: status says which offloads run; TCP from a client with
+    offload (super-packets, FRAGMENT runs) and from one without (plain segments) both
+    reach the hub's own address with nothing refused by its device."""
+    import json
+    import subprocess
+
+    from tunconnector.io.offload import offload_env_off, probe_vnet_hdr_support
+
+    with hub_lab(2) as lab:
+        port = free_port()
+        peers = [{"name": "site-a", "public_key": lab.keys[0][1], "address": "10.220.0.50"},
+                 {"name": "site-b", "public_key": lab.keys[1][1], "address": "10.220.0.51"}]
+        hub = lab.daemon(lab.hub, hub_config(lab, port, c2c=False, peers=peers), "hub")
+        lab.client(0, port=port, offload="auto")
+        lab.client(1, port=port)
+        wait_peers_up(hub, ["site-a", "site-b"])
+        path = status(hub)["data_path"]
+        assert "udp_gso=" in path and "udp_gro=" in path, path
+        if offload_env_off():  # the per-packet path, and it says why
+            assert "off by $TUNCONNECTOR_OFFLOAD" in path and "udp_gro=off" in path, path
+        elif probe_vnet_hdr_support():
+            assert "vnet_hdr=10 offload=none" in path, path
+        server = lab.hub.popen("iperf3", "-s", "-B", "10.220.0.1", "-p", "5201",
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: lab.hub.run("ss", "-Hltn", "sport = :5201",
+                                                check=False).stdout.strip(), timeout=20)
+            for i in range(2):
+                wait_client_address(lab.clients[i], f"hc{i}", "10.220.0.")
+                res = lab.clients[i].run("iperf3", "-c", "10.220.0.1", "-p", "5201", "-t",
+                                         "3", "-J", check=False, timeout=90)
+                got = json.loads(res.stdout)["end"]["sum_received"]["bytes"]
+                print(f"client {i}: {got} bytes", path)
+                assert got > 1_000_000, res.stdout[-2000:]
+        finally:
+            server.terminate()
+            server.wait(10)
+        drops = status(hub)["drops"]
+        assert not drops.get("device_refused") and not drops.get("bad_gso"), drops

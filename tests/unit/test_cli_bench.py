@@ -34,3 +34,15 @@ def test_bench_peers_start_this_interpreters_cli(monkeypatch: object) -> None:
         if saved is not None:
             os.environ["BENCH_TUNCONNECTOR"] = saved
         importlib.reload(importlib.import_module("bench.peers"))
+
+
+def test_ab_knows_the_hub_peers_and_rejects_unknown_ones(capsys: object) -> None:
+    """bench.ab takes the hub peers by name (1 and 4 active clients) and refuses a typo
+    before building any namespace."""
+    from bench import ab, peers
+
+    hubs = {p.name: p for p in peers.hub_peers()}
+    assert set(hubs) == {"tc-hub1-udp-aead", "tc-hub4-udp-aead"}
+    assert [h.active for h in hubs.values() if isinstance(h, peers.HubBenchPeer)] == [1, 4]
+    assert ab.main(["--a", ".", "--b", ".", "--peers", "tc-hub1-udp-aead,tc-hub9"]) == 2
+    assert "tc-hub9" in capsys.readouterr().err  # type: ignore[attr-defined]

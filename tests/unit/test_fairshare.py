@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunconnector.proto.fairshare import RoundBudget, fair_share
+from tunconnector.proto.fairshare import FloodJudge, RoundBudget, fair_share
 
 
 def test_fair_share_water_fills() -> None:
@@ -77,3 +77,50 @@ def test_unknown_sender_in_a_round_is_admitted() -> None:
 def test_bad_parameters() -> None:
     with pytest.raises(ValueError):
         RoundBudget(capacity=0)
+
+
+def feed(judge: FloodJudge, windows: list[tuple[int, int]], t: float = 0.0) -> list[bool]:
+    """Feed per-window (read, dropped) counts; the verdict after each window."""
+    read = dropped = 0
+    judge.sample(t, read, dropped)
+    out = []
+    for got, lost in windows:
+        t += judge.window * 1.01  # a little more: the float sum must reach it
+        read, dropped = read + got, dropped + lost
+        out.append(judge.sample(t, read, dropped))
+    return out
+
+
+def test_flood_judged_after_windows_in_a_row_and_freed_after_a_clean_one() -> None:
+    j = FloodJudge(window=0.1, ratio=0.2, windows=3)
+    assert feed(j, [(1000, 5000)] * 4 + [(900, 0), (1000, 5000)]) == [
+        False, False, True, True, False, False]
+
+
+def test_a_burst_of_loss_is_not_a_flood() -> None:
+    """TCP's slow start overshoots once, then backs off: lossy windows not in a row."""
+    j = FloodJudge(window=0.1, ratio=0.2, windows=3)
+    pattern = [(1000, 800), (1000, 10), (1000, 900), (1000, 0), (1000, 700), (1000, 600)]
+    assert not any(feed(j, pattern))
+
+
+def test_loss_below_the_ratio_keeps_the_verdict_either_way() -> None:
+    j = FloodJudge(window=0.1, ratio=0.2, windows=2)
+    assert feed(j, [(1000, 100)] * 3) == [False] * 3  # 9% lost: a busy sender, not a flood
+    assert feed(j, [(100, 1000)] * 2 + [(1000, 50)], t=1.0) == [False, True, True]
+
+
+def test_samples_inside_a_window_change_nothing() -> None:
+    j = FloodJudge(window=0.1, ratio=0.2, windows=1)
+    assert j.due(0.0)
+    j.sample(0.0, 0, 0)
+    assert not j.due(0.05)
+    assert not j.sample(0.05, 10, 1000)
+    assert j.due(0.1)
+    assert j.sample(0.1, 10, 1000)
+
+
+def test_flood_judge_bad_parameters() -> None:
+    for kw in ({"window": 0.0}, {"ratio": 1.0}, {"ratio": 0.0}, {"windows": 0}):
+        with pytest.raises(ValueError):
+            FloodJudge(**kw)  # type: ignore[arg-type]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tunconnector.config import Config, PeerConfig
 from tunconnector.errors import ConfigError
 from tunconnector.hub import Hub
+from tunconnector.io import netlink as nl
 from tunconnector.keys import generate_keypair, write_key_file
 from tunconnector.proto.assign import Assignment
 
@@ -109,3 +112,40 @@ def test_peer_hooks_environment(tmp_path: Path) -> None:
     assert env["TUNCONNECTOR_PEER"] == "172.30.2.2:4000"
     assert env["TUNCONNECTOR_REMOTE_ADDRESS"] == "10.220.0.2"
     assert env["TUNCONNECTOR_PEER_PUBLIC_KEY"] == KEYS[1]
+
+
+class _Links:
+    """Netlink for one TAP: each new device starts with its own random MAC."""
+
+    def __init__(self) -> None:
+        self.lladdr = "02:00:00:00:00:01"
+        self.set: list[str] = []
+
+    def new_device(self) -> None:
+        self.lladdr = "02:00:00:00:00:02"
+
+    async def call(self, fn: Any, name: str, *args: Any, **kw: Any) -> Any:
+        if fn is nl.get_lladdr:
+            return self.lladdr
+        if fn is nl.set_lladdr:
+            self.lladdr = args[0]
+            self.set.append(args[0])
+            return None
+        raise AssertionError(fn)
+
+
+def test_tap_hub_keeps_its_mac_and_pin_on_a_recreated_device(tmp_path: Path) -> None:
+    """A TAP hub's device deleted and recreated gets the MAC it had back (the peers' ARP
+    caches point at it), and the pin against peers follows that one MAC only."""
+    from tunconnector.proto.mactable import LOCAL, parse_mac
+
+    hub = make_hub(tmp_path, dev_type="tap")
+    links = _Links()
+    hub._netlink = links  # type: ignore[assignment]
+    asyncio.run(hub._own_lladdr("tap0"))
+    first = parse_mac("02:00:00:00:00:01")
+    assert links.set == [] and hub.macs.pinned(LOCAL) == [first]
+    links.new_device()
+    asyncio.run(hub._own_lladdr("tap0"))
+    assert links.set == ["02:00:00:00:00:01"] and links.lladdr == "02:00:00:00:00:01"
+    assert hub.macs.pinned(LOCAL) == [first]

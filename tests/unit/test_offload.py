@@ -335,3 +335,91 @@ def test_completed_packet_finishes_a_device_frame() -> None:
     bad = o.build_vnet_hdr(o.VnetHdr(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, len(pkt), off)) + pkt
     with pytest.raises(RemoteProtocolError):
         o.completed_packet(bad)
+
+
+def _seg(payload: bytes, seq: int, flags: int = 0x10, ident: int = 0x1234,
+         sport: int = 40000, opts: bytes = b"\x01\x01\x08\x0a\x00\x00\x00\x07\x00\x00\x00\x09"
+         ) -> bytes:
+    """A fully checksummed IPv4 TCP segment (timestamps option by default)."""
+    t = bytearray(tcp(payload, seq=seq, flags=flags, options=opts))
+    struct.pack_into("!H", t, 0, sport)
+    struct.pack_into("!H", t, 16, o.checksum(bytes(t), o.pseudo_header_sum(
+        SRC4, DST4, o.IPPROTO_TCP, len(t))))
+    return ipv4(o.IPPROTO_TCP, bytes(t), ident=ident)
+
+
+def test_coalesce_tcp_runs_segment_back_into_the_originals() -> None:
+    """In-sequence segments of one flow become one TCPV4 super-packet whose software
+    segmentation gives back the payloads, sequence numbers and valid checksums."""
+    size = 1000
+    run = [_seg(bytes([i]) * size, 5000 + i * size, ident=100 + i) for i in range(9)]
+    run.append(_seg(b"e" * 300, 5000 + 9 * size, flags=0x18, ident=109))  # short + PSH
+    after_psh = _seg(b"n" * size, 5000 + 9 * size + 300, ident=110)
+    other_flow = _seg(b"o" * size, 1, sport=1)
+    gap = [_seg(b"g" * size, 90_000), _seg(b"h" * size, 92_000)]  # not contiguous
+    syn = _seg(b"", 7, flags=0x02)
+    frames = run + [after_psh, other_flow] + gap + [syn]
+    out = o.coalesce_tcp(frames)
+    assert [type(x).__name__ for x in out] == ["GsoFrame"] + ["bytes"] * 5
+    assert out[1:] == [after_psh, other_flow, *gap, syn]
+    g = out[0]
+    h = o.parse_vnet_hdr(g.data)
+    assert (h.gso_type, h.gso_size, h.needs_csum) == (o.GSO_TCPV4, size, True)
+    segs = [bytes(s) for s in g.segments(tap=False)]
+    assert len(segs) == len(run)
+    for got, want in zip(segs, run, strict=True):
+        assert got[40:] == want[40:]  # TCP options and payload
+        assert got[24:28] == want[24:28]  # sequence number
+        assert o.verify_l4_checksum(got)
+        assert o.checksum(got[:20]) == 0  # IP header checksum
+    assert segs[-1][33] & 0x08 and not segs[0][33] & 0x08  # PSH only on the last
+
+
+def test_coalesce_tcp_needs_equal_options_and_ack_only_flags() -> None:
+    a = _seg(b"a" * 100, 1000)
+    b_ts = _seg(b"b" * 100, 1100, opts=b"\x01\x01\x08\x0a\x00\x00\x00\x08\x00\x00\x00\x09")
+    assert o.coalesce_tcp([a, b_ts]) == [a, b_ts]  # another timestamp: Linux GRO flushes
+    fin = _seg(b"c" * 100, 1100, flags=0x11)
+    assert o.coalesce_tcp([a, fin]) == [a, fin]
+    longer = _seg(b"d" * 200, 1100)
+    assert o.coalesce_tcp([a, longer]) == [a, longer]
+    ok = _seg(b"e" * 100, 1100)
+    [g] = o.coalesce_tcp([a, ok])
+    assert isinstance(g, o.GsoFrame) and len(g) == 40 + 12 + 200
+
+
+
+@pytest.mark.parametrize("kw,accepted,tried", [
+    # the widest first, down to none
+    ({}, {0}, ["tso+uso", "tso", "csum", "none"]),
+    ({}, {"csum"}, ["tso+uso", "tso", "csum"]),
+    ({"want_uso": False}, {"tso"}, ["tso"]),
+    # a hub: no offload at all (not even checksum), the header only
+    ({"want_tso": False}, {0, "csum", "tso"}, ["none"]),
+    ({"want_tso": False}, set(), ["none"]),
+])
+def test_enable_device_offload_order_of_tries(monkeypatch: pytest.MonkeyPatch, kw: dict,
+                                              accepted: set, tried: list[str]) -> None:
+    from tunconnector.io import offload as io
+
+    names = {io.TSO_FLAGS | io.USO_FLAGS: "tso+uso", io.TSO_FLAGS: "tso",
+             io.TUN_F_CSUM: "csum", 0: "none"}
+    ok = {k for k, v in names.items() if v in accepted or k in accepted}
+    calls: list[str] = []
+
+    def ioctl(fd: int, req: int, arg: object) -> object:
+        if req == io.TUNSETOFFLOAD:
+            calls.append(names[arg])  # type: ignore[index]
+            if arg not in ok:
+                raise OSError(22, "Invalid argument")
+        return arg
+
+    monkeypatch.setattr(io.fcntl, "ioctl", ioctl)
+    res = io.enable_device_offload(5, **kw)
+    assert calls == tried
+    assert res.vnet_hdr_len == o.VNET_HDR_LEN
+    assert res.flags == (next(k for k, v in names.items() if v == tried[-1])
+                         if tried[-1] in accepted or
+                         next(k for k, v in names.items() if v == tried[-1]) in ok else 0)
+    if kw.get("want_tso") is False:
+        assert not res.tso and not res.uso and res.flags == 0

@@ -264,6 +264,25 @@ def test_revoked_client_cert_is_refused() -> None:
     assert link.connected()
 
 
+def test_a_changed_crl_ends_a_connected_client_it_revokes() -> None:
+    link = connect(server_options(crl_pem=_pem(_crl([], CA, CA_KEY))))
+    assert link.connected()
+    # a CRL from another CA changes nothing: the client stays
+    with pytest.raises(ConfigError, match="not signed"):
+        link.server.set_crl(_pem(_crl([CLI], OTHER_CA, OTHER_CA_KEY)), link.now)
+    assert not link.session().closed
+    ended = link.server.set_crl(_pem(_crl([BOB], CA, CA_KEY)), link.now)
+    assert ended == [] and not link.session().closed  # bob is not this client
+    session = link.session()
+    ended = link.server.set_crl(_pem(_crl([CLI], CA, CA_KEY)), link.now)
+    assert ended == [session] and session.closed
+    assert "revoked" in (session.last_error or "")
+    link.pump(link.now + 1.0)
+    # a new handshake with the same certificate is refused by the new list
+    link = connect(server_options(crl_pem=_pem(_crl([CLI], CA, CA_KEY))))
+    assert not link.connected()
+
+
 def test_crl_not_signed_by_the_ca_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not signed"):
         OpenVPNServer(server_options(crl_pem=_pem(_crl([], OTHER_CA, OTHER_CA_KEY))))
@@ -472,7 +491,7 @@ def test_handshakes_per_source_are_bounded() -> None:
         client = OpenVPNClient(client_options(), peer=SERVER_ADDR)
         client.start(0.0)
         addr = ("198.51.100.7", 50000 + port)
-        for _ in range(3):
+        for _ in range(2):  # reset and cookie, then TLS: each stays in its handshake
             for d, _ in client.datagrams_to_send(0.0):
                 if server.receive_datagram(d, addr, 0.0) is not None:
                     made += 1

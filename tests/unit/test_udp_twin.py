@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections import Counter
+
+import pytest
 
 from tunconnector.io.udp import open_connected_twin, open_udp, socket_drops
 
@@ -101,3 +104,20 @@ def test_a_connected_socket_is_read_again_after_an_icmp_error() -> None:
     got, errors = uvloop.run(scenario())
     assert got == [b"answer"]
     assert errors >= 1
+
+
+def test_enable_offload_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunconnector.io.udp import UdpEndpoint
+
+    for env in ("off", ""):
+        monkeypatch.setenv("TUNCONNECTOR_OFFLOAD", env)
+        sock = open_udp(bind="127.0.0.1", port=0, family=socket.AF_INET)
+        ep = UdpEndpoint(sock, Counter())
+        try:
+            off = ep.enable_offload(runs=True)
+            assert (ep.gso, ep.gro, ep.runs) == (off.gso, off.gro, True)
+            if env == "off":
+                assert not off.gso and not off.gro
+                assert "udp_gso=off udp_gro=off" == off.describe()
+        finally:
+            ep.close()

@@ -284,6 +284,9 @@ def create_app(
         """Add or change a peer (body: the ``[[tunnel.peer]]`` table as JSON; ``name``
         comes from the path). Other peers keep their sessions."""
         hub = _hub(name)
+        refusal = getattr(hub, "peer_table_refusal", None)
+        if refusal:  # an OpenVPN server: its clients are certificates, not tables
+            raise HTTPException(422, detail=refusal)
         table = dict(body)
         if table.setdefault("name", peer) != peer:
             raise HTTPException(422, detail="peer.name: differs from the path")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 from ..proto.offload import VNET_HDR_LEN
 
 log = logging.getLogger(__name__)
+
+#: environment override, e.g. for integration tests of the per-packet path: "off"
+#: keeps every device and socket plain
+ENV_OFFLOAD = "TUNCONNECTOR_OFFLOAD"
+
+
+def offload_env_off() -> bool:
+    """Whether ``$TUNCONNECTOR_OFFLOAD`` says "off"."""
+    return os.environ.get(ENV_OFFLOAD, "").lower() == "off"
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -140,7 +150,7 @@ def set_offload(fd: int, flags: int) -> bool:
     return True
 
 
-def enable_device_offload(fd: int, *, want_uso: bool = True,
+def enable_device_offload(fd: int, *, want_uso: bool = True, want_tso: bool = True,
                           vnet_hdr_len: int = VNET_HDR_LEN) -> DeviceOffload:
     """Configure an fd opened with IFF_VNET_HDR for the widest offload the kernel takes.
 
@@ -148,13 +158,22 @@ def enable_device_offload(fd: int, *, want_uso: bool = True,
     (IFF_VNET_HDR cannot be dropped without reopening), so even with no offload the
     caller reads and writes a zero virtio_net_hdr. ``vnet_hdr_len`` 0 in the result
     means the header size could not be set and the fd should be reopened without it.
+
+    ``want_tso`` False (a hub: what it reads goes to many peers packet by packet) asks
+    for no offload at all, not even checksum: reads are then whole packets with complete
+    checksums behind a zero header, while writes still take super-packets whole (the
+    kernel accepts GSO writes whatever TUNSETOFFLOAD says).
     """
     if not set_vnet_hdr_len(fd, vnet_hdr_len):
         return DeviceOffload(0, 0)
     if struct.pack("=H", 1) != struct.pack("<H", 1):
         set_vnet_hdr_len_le(fd)
-    tries = [TSO_FLAGS | USO_FLAGS, TSO_FLAGS, TUN_F_CSUM, 0] if want_uso else [
-        TSO_FLAGS, TUN_F_CSUM, 0]
+    if not want_tso:
+        tries = [0]
+    elif want_uso:
+        tries = [TSO_FLAGS | USO_FLAGS, TSO_FLAGS, TUN_F_CSUM, 0]
+    else:
+        tries = [TSO_FLAGS, TUN_F_CSUM, 0]
     for flags in tries:
         if set_offload(fd, flags):
             return DeviceOffload(vnet_hdr_len, flags)

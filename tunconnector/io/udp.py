@@ -18,8 +18,11 @@ from .offload import (
     GRO_CMSG_SPACE,
     UDP_GSO_MAX_BYTES,
     UDP_MAX_SEGMENTS,
+    SocketOffload,
+    enable_socket_offload,
     gro_segment_size,
     is_gso_refusal,
+    offload_env_off,
     send_each,
     sendmsg_gso,
 )
@@ -174,6 +177,16 @@ class UdpEndpoint:
     def local_address(self) -> Addr:
         return tuple(self.sock.getsockname())
 
+    def enable_offload(self, *, runs: bool) -> SocketOffload:
+        """Switch UDP GSO/GRO on where the kernel has them: runs of equal-size datagrams
+        leave in one sendmsg and arrive in one read (GRO reads are handed on as
+        memoryview slices). ``runs``: coalesced FRAGMENT reads stay whole
+        (:class:`FragmentRun`). ``$TUNCONNECTOR_OFFLOAD=off`` keeps the socket plain."""
+        off = enable_socket_offload(self.sock, want=not offload_env_off())
+        self.gso, self.gro = off.gso, off.gro
+        self.runs = runs
+        return off
+
     def start(self, on_batch: Callable[[list[tuple[bytes, Addr]]], None],
               max_batch: int = 64, *, reader: Callable[[], None] | None = None) -> None:
         """Read datagrams as they arrive: batches go to ``on_batch``.
@@ -266,9 +279,12 @@ class UdpEndpoint:
         else:
             batch.append((data, addr))
 
-    def drain(self, batch: list[tuple[Any, Addr]]) -> list[tuple[Any, Addr]]:
-        """Read until EAGAIN or the batch limit, appending to ``batch``; returns it."""
-        limit = self._max_batch
+    def drain(self, batch: list[tuple[Any, Addr]], limit: int | None = None
+              ) -> list[tuple[Any, Addr]]:
+        """Read until EAGAIN or the batch limit (``limit`` reads, if given), appending to
+        ``batch``; returns it."""
+        if limit is None:
+            limit = self._max_batch
         try:
             if self.gro:
                 recvmsg, space, add = self.sock.recvmsg, GRO_CMSG_SPACE, self.add_received

@@ -458,6 +458,82 @@ def coalesce_udp(frames: list, max_segments: int = _COALESCE_MAX_SEGMENTS) -> li
     return out
 
 
+#: TCP flags a coalesced segment may carry: ACK, and PSH (which closes its run)
+_TCP_ACK, _TCP_PSH = 0x10, 0x08
+
+
+def coalesce_tcp(frames: list, max_segments: int = _COALESCE_MAX_SEGMENTS) -> list:
+    """Userspace GRO for writes to a TUN device with IFF_VNET_HDR: a run of IPv4 TCP
+    segments of one flow in sequence becomes one TCPV4 super-packet, so the kernel's
+    TCP receives one packet (and the device one write) where it had dozens.
+
+    A run: plain ``bytes`` IPv4 packets without IP options or fragmentation, the same
+    addresses, ports, TOS, TTL, ACK number, TCP header length and options (Linux's own
+    GRO rule: identical options, timestamps included), flags ACK or ACK+PSH, each
+    segment starting where the previous one ended, the same payload size (the last may
+    be shorter; a shorter one or a PSH closes the run). Anything else passes unchanged,
+    in order. The super-packet's TCP checksum is left partial (NEEDS_CSUM) for the
+    kernel; its IP ID is the first segment's.
+    """
+    out: list = []
+    n = len(frames)
+    i = 0
+    while i < n:
+        f = frames[i]
+        first = _tcp4_segment(f)
+        if first is None:
+            out.append(f)
+            i += 1
+            continue
+        key, seq, hl, plen, flags = first
+        size = plen
+        nxt = (seq + plen) & 0xFFFFFFFF
+        total = plen
+        j = i + 1
+        closed = bool(flags & _TCP_PSH)
+        while not closed and j < n and j - i < max_segments:
+            g = _tcp4_segment(frames[j])
+            if g is None or g[0] != key or g[1] != nxt or g[3] > size or \
+                    hl + total + g[3] > 65_535:
+                break
+            total += g[3]
+            nxt = (nxt + g[3]) & 0xFFFFFFFF
+            j += 1
+            closed = g[3] < size or bool(g[4] & _TCP_PSH)
+        if j - i < 2:
+            out.append(f)
+            i += 1
+            continue
+        run = frames[i:j]
+        hdr = bytearray(f[:hl])
+        _U16.pack_into(hdr, 2, hl + total)
+        _U16.pack_into(hdr, 10, 0)
+        _U16.pack_into(hdr, 10, ipv4_header_checksum(memoryview(hdr)[:20]))
+        hdr[33] |= run[-1][33] & _TCP_PSH
+        _U16.pack_into(hdr, 36, pseudo_header_sum(bytes(hdr[12:16]), bytes(hdr[16:20]),
+                                                  IPPROTO_TCP, hl - 20 + total))
+        vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, size, 20, 16)
+        out.append(GsoFrame(b"".join([vnet, hdr, *[p[hl:] for p in run]])))
+        i = j
+    return out
+
+
+def _tcp4_segment(f: object) -> tuple[bytes, int, int, int, int] | None:
+    """(flow key, sequence number, header length, payload length, flags) of a plain
+    IPv4 TCP segment that may be coalesced, else None."""
+    if type(f) is not bytes or len(f) < 41 or f[0] != 0x45 or f[9] != IPPROTO_TCP \
+            or (f[6] & 0x3F) or f[7]:
+        return None
+    thl = (f[32] >> 4) * 4
+    hl = 20 + thl
+    flags = f[33]
+    if thl < 20 or len(f) <= hl or flags & ~_TCP_PSH != _TCP_ACK or \
+            (f[2] << 8 | f[3]) != len(f):
+        return None
+    key = f[1:2] + f[8:9] + f[12:24] + f[28:33] + f[40:hl]
+    return key, int.from_bytes(f[24:28], "big"), hl, len(f) - hl, flags
+
+
 def _udp4_view(f: object) -> memoryview | None:
     """The IPv4 UDP packet in ``f`` if it can be coalesced, else None."""
     if type(f) is GsoFrame:

@@ -61,6 +61,9 @@ def clamp(frame: bytes, maxmss: int, *, tap: bool) -> bytes:
     version = frame[off] >> 4
     if version == 4:
         hlen = (frame[off] & 0x0F) * 4
+        # most packets are not TCP SYNs: the two cheap tests first
+        if frame[off + 9] != 6 or n < hlen + 14 or not frame[off + hlen + 13] & 0x02:
+            return frame
         if (frame[off + 9] != 6 or int.from_bytes(frame[off + 2:off + 4], "big") != n
                 or int.from_bytes(frame[off + 6:off + 8], "big") & 0x1FFF
                 or n - hlen < 20 or hlen < 20):

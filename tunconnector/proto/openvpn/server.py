@@ -29,6 +29,7 @@ previous key keeps decrypting for ``tran_window`` so a renegotiation loses nothi
 from __future__ import annotations
 
 import collections
+import heapq
 import ipaddress
 import logging
 import re
@@ -81,6 +82,7 @@ log = logging.getLogger(__name__)
 #: IV_PROTO bits a client announces
 IV_PROTO_DATA_V2 = 1 << 1
 IV_PROTO_TLS_KEY_EXPORT = 1 << 3
+IV_PROTO_REQUEST_PUSH = 1 << 2
 #: peer-ids fit in 24 bits; openvpn's MAX_PEER_ID (0xFFFFFF) means "none"
 MAX_PEER_ID = 0xFFFFFE
 #: PUSH_REPLY bytes per message before a push-continuation: openvpn's PUSH_BUNDLE_SIZE
@@ -90,6 +92,8 @@ PUSH_BUNDLE_SIZE = 1024 - 84
 MAX_CONTROL_MESSAGE = 64 * 1024
 #: after AUTH_FAILED the session lingers this long for the client's ack, then ends
 AUTH_FAILED_LINGER = 5.0
+#: seconds between reads of every session's deadline (see OpenVPNServer.handle_timer)
+SWEEP = 1.0
 #: a peer-info line openvpn puts in the scripts' environment (validate_peer_info_line)
 _PEER_INFO_NAME = re.compile(r"(IV_|UV_|ID)[A-Za-z0-9_]*")
 
@@ -298,7 +302,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.lease: Lease | None = None
         #: this client's CCD file followed by its client-connect output, if any
         self.client_config: ClientConfig | None = None
-        self._script_config: ClientConfig | None = None
+        self.script_config: ClientConfig | None = None
         #: auth-gen-token: the token we pushed last, and the session's first one
         self.auth_token: str | None = None
         self._token_initial: str | None = None
@@ -311,7 +315,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._cc: str | None = None
         self._cc_partial = False
         self._created = now
-        self._created_wall = int(shared.wall())
+        self.created_wall = int(shared.wall())
         #: link bytes (control and data, as read and written), openvpn's link_*_bytes
         self.link_bytes_in = self.link_bytes_out = 0
         self._auth_reason = ""
@@ -358,6 +362,28 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             self._receive_packet(data, now)
         self._flush(now)
 
+    def quick_data(self, data: bytes, now: float) -> bytes | None | bool:
+        """The data fast path: a data packet from the client's own address on a key
+        in use, while connected. Returns the frame to deliver, None when the packet was
+        consumed (a ping, OCC, or a drop counted), False when the full path
+        (:meth:`receive_datagram`) must take it, nothing done. The caller then takes
+        :meth:`datagrams_to_send` (an OCC reply) and events (an explicit exit)."""
+        if self.state != "connected":
+            return False
+        dk = self._data_keys.get(data[0] & 7)
+        if dk is None:
+            return False
+        self.link_bytes_in += len(data)
+        try:
+            self._accept_data(data)
+            payload = dk.decrypt(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self._authentic += 1
+        self._last_received = now
+        return self._payload(payload, now)
+
     def receive_stream(self, data: bytes, now: float) -> None:
         self.link_bytes_in += len(data)
         super().receive_stream(data, now)
@@ -391,7 +417,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         return f"openvpn server: {self.peer}"
 
     def _broken(self, reason: str, now: float) -> None:
-        self._end(reason, now)
+        self.end(reason, now)
 
     def _tls_failed(self, ks: KeyState[ClientKeyMessage], exc: Exception,
                     now: float) -> None:
@@ -406,7 +432,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if alert and self.remote_session_id is not None:
             self._queue_tls(ks, alert)
             self._send_due(ks, now)
-        self._end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now)
+        self.end(f"refused client: {reason}" if reason else f"TLS failed: {exc}", now,
+                  logging.WARNING)
 
     def _tls_established(self, ks: KeyState[ClientKeyMessage]) -> None:
         if ks.key_id == 0 and self.common_name is None:
@@ -414,7 +441,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     def _bad_control_message(self, exc: RemoteProtocolError, now: float) -> None:
         # inside TLS, so from the client itself: its stream is unusable from here on
-        self._end(f"bad control-channel message from the client: {exc}", now)
+        self.end(f"bad control-channel message from the client: {exc}", now)
 
     def _peer_key_arrived(self, ks: KeyState[ClientKeyMessage], msg: ClientKeyMessage,
                           now: float) -> bool:
@@ -465,17 +492,17 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             # a renegotiation keeps the identity the first key proved
             if not self.options.username_as_common_name and cn != self.common_name \
                     and self.options.verify_client_cert != "none":
-                self._end(f"client certificate changed from {self.common_name!r} to {cn!r} "
+                self.end(f"client certificate changed from {self.common_name!r} to {cn!r} "
                           "on renegotiation", now)
                 return False
             if msg.username != self.username and self.options.auth_user_pass_verify:
-                self._end("user name changed on renegotiation", now)
+                self.end("user name changed on renegotiation", now)
                 return False
             if self._shared.tokens is not None and is_auth_token(msg.password):
                 check = self._check_token(msg.username or "", msg.password or "",
                                           self._token_initial)
                 if not check.valid:
-                    self._end("auth-token refused on renegotiation" +
+                    self.end("auth-token refused on renegotiation" +
                               (" (expired)" if check.expired else ""), now)
                     return False
             elif self.options.auth_user_pass_verify and ks.key_id != 0:
@@ -485,7 +512,16 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
                 self._events.append(AuthRequest(now, msg.username, msg.password, cn,
                                                 dict(self.peer_info)))
                 return False
-        return self._send_key(ks, now)
+        if not self._send_key(ks, now):
+            return False
+        if ks.key_id == 0 and not self._push_requested and \
+                _iv_proto(self.peer_info) & IV_PROTO_REQUEST_PUSH:
+            # a 2.5+ client takes the PUSH_REPLY without asking (push_reply right after
+            # the key exchange, as openvpn's server does): a second less to connect
+            self._push_requested = True
+            if self._auth == "ok":
+                self._send_push_reply(ks, now)
+        return True
 
     def _send_key(self, ks: KeyState[ClientKeyMessage], now: float) -> bool:
         """Our key message (and a renewed token), then the data keys."""
@@ -524,21 +560,24 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             elif self._auth == "failed":
                 self._auth_failed(ks, now)
         elif text.startswith("EXIT"):
-            self._end("client sent EXIT", now)
+            self.end("client sent EXIT", now)
         else:
             self.drops["unknown_control_message"] += 1
 
     def auth_result(self, ok: bool, now: float, reason: str = "",
-                    client_config: ClientConfig | None = None) -> None:
+                    client_config: ClientConfig | None = None, *,
+                    why: str | None = None) -> None:
         """The adapter's answer to :class:`AuthRequest` (client-reason text optional);
         ``client_config``: what a client-connect script wrote, applied after the CCD
-        file as openvpn does."""
+        file as openvpn does; ``why``: a refusal's cause for our log (never sent)."""
+        if not ok and why:
+            self._refusal = why
         if self._reauth is not None and self.state != "closed":
             self._reauth_result(ok, now, reason)
             return
         if self._auth != "pending" or self.state == "closed":
             return
-        self._script_config = client_config
+        self.script_config = client_config
         ks = self._keys.get(0)
         if ks is None:
             return
@@ -598,8 +637,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         else:
             self._cc_partial = True
             if config is not None:
-                self._script_config = config if self._script_config is None \
-                    else self._script_config.extend(config)
+                self.script_config = config if self.script_config is None \
+                    else self.script_config.extend(config)
                 self.client_config = config if self.client_config is None \
                     else self.client_config.extend(config)
             if not self._connect_checks(ks, now):
@@ -631,8 +670,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self._queue_tls(ks, out)
         if self._close_at is None:
             why = self._auth_reason or self._refusal
-            log.warning("openvpn server: %s refused: %s", self.peer,
-                        why or "authentication failed")
+            ident = ", ".join(f"{k} {v!r}" for k, v in (("common name", self.common_name),
+                                                        ("user", self.username)) if v)
+            log.warning("openvpn server: %s%s refused: %s", self.peer,
+                        f" ({ident})" if ident else "", why or "authentication failed")
             self.last_error = f"authentication failed: {why or 'refused'}"
             self._close_at = now + AUTH_FAILED_LINGER
             self.state = "auth-failed"
@@ -738,8 +779,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             cfg = lookup(self.options.client_configs, self.common_name)
         # multi_client_connect_source_ccd: a file read counts as a step that succeeded
         self._cc_partial = cfg is not None
-        if self._script_config is not None:
-            cfg = self._script_config if cfg is None else cfg.extend(self._script_config)
+        if self.script_config is not None:
+            cfg = self.script_config if cfg is None else cfg.extend(self.script_config)
         self.client_config = cfg
         if not self._connect_checks(ks, now):
             return False
@@ -816,8 +857,8 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
             env["trusted_port"] = str(self.peer[1])
         env.update(self.address_env())
         env["time_ascii"] = time.strftime("%Y-%m-%d %H:%M:%S",
-                                          time.localtime(self._created_wall))
-        env["time_unix"] = str(self._created_wall)
+                                          time.localtime(self.created_wall))
+        env["time_unix"] = str(self.created_wall)
         return env
 
     def _disconnect_hook(self, now: float) -> None:
@@ -828,6 +869,11 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         env.update(bytes_received=str(self.link_bytes_in), bytes_sent=str(self.link_bytes_out),
                    time_duration=str(int(now - self._created)))
         self._events.append(ClientDisconnect(now, env))
+
+    def peer_certificate(self) -> Any:
+        """The client's certificate from its first handshake (None: none sent)."""
+        ks = self._keys.get(0) or next(iter(self._keys.values()), None)
+        return None if ks is None else ks.tls.chain.get(0)
 
     def mss_clamp(self) -> int:
         """This client's MSS clamp (0: none), the same computation as the client's
@@ -889,10 +935,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _end(self, reason: str, now: float) -> None:
+    def end(self, reason: str, now: float, level: int = logging.INFO) -> None:
         if self.state == "closed":
             return
-        log.info("openvpn server: %s disconnected: %s", self.peer, reason)
+        log.log(level, "openvpn server: %s disconnected: %s", self.peer, reason)
         if self._cc == "done":
             self._disconnect_hook(now)
         if self.lease is not None:
@@ -905,7 +951,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         if self.state == "closed":
             return
         self._send_exit(1, now)
-        self._end("closed by the server", now)
+        self.end("closed by the server", now)
 
     @property
     def closed(self) -> bool:
@@ -920,7 +966,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def _out_of_time(self, now: float) -> bool:
         if self._close_at is not None and (now >= self._close_at or all(
                 k.sender.empty for k in self._keys.values())):
-            self._end(self.last_error or "authentication failed", now)
+            self.end(self.last_error or "authentication failed", now)
             return True
         return super()._out_of_time(now)
 
@@ -931,7 +977,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         for ks in list(self._keys.values()):
             if ks.phase != ACTIVE and ks.key_id != 0 \
                     and now - ks.created >= self.options.hand_window:
-                self._end(f"renegotiation (key_id {ks.key_id}) did not finish within "
+                self.end(f"renegotiation (key_id {ks.key_id}) did not finish within "
                           f"{self.options.hand_window:g} s", now)
                 return False
         return True
@@ -1001,6 +1047,15 @@ class OpenVPNServer:
             self._shared.early_setup = self._kick_duplicates
         #: clients' addresses and iroutes by peer-id, for the data path
         self.router = Router(client_to_client=options.client_to_client)
+        #: one timer for all sessions: a heap of (deadline, n, session), stale entries
+        #: skipped (``_deadline`` holds each session's current one), so 1,000 idle
+        #: clients cost a wake-up only when one of them has something to do
+        self._heap: list[tuple[float, int, OpenVPNServerSession]] = []
+        self._deadline: dict[OpenVPNServerSession, float] = {}
+        self._heap_n = 0
+        #: every SWEEP seconds each session's deadline is read again, for a session
+        #: changed by a direct call (tests, the adapter's fast path)
+        self._next_sweep = 0.0
 
     @property
     def pool(self) -> IfconfigPool:
@@ -1024,7 +1079,7 @@ class OpenVPNServer:
                 continue
             cn = session.common_name
             file = lookup(configs, cn) if configs is not None else None
-            script = session._script_config
+            script = session.script_config
             want = file.extend(script) if file is not None and script is not None \
                 else file or script
             refused = self.options.ccd_exclusive and not exclusive_allows(configs or {}, cn)
@@ -1033,6 +1088,24 @@ class OpenVPNServer:
                          session.peer, cn)
                 self.close_session(session, now)
                 ended.append(session)
+        return ended
+
+    def set_crl(self, pem: bytes | None, now: float) -> list[OpenVPNServerSession]:
+        """A changed ``crl-verify`` file: new handshakes check the new list, and a
+        client whose certificate it revokes is ended now. Returns the ended sessions
+        (a bad CRL raises ConfigError and changes nothing)."""
+        tls = self._shared.tls
+        tls.set_crl(pem)
+        ended = []
+        for session in list(self.sessions.values()):
+            cert = session.peer_certificate()
+            if session.closed or cert is None or not tls.revoked(cert):
+                continue
+            session.end(f"refused client: certificate {session.common_name!r} (serial "
+                         f"{cert.serial_number:x}) is revoked (crl-verify changed)", now,
+                         logging.WARNING)
+            self.collect(session)
+            ended.append(session)
         return ended
 
     def load_pool(self, text: str, now: float, fixed: bool = False) -> int:
@@ -1097,7 +1170,7 @@ class OpenVPNServer:
                 pass  # its second packet with a cookie for the new session id
             else:
                 session.receive_datagram(data, addr, now)
-                self._collect(session)
+                self.collect(session)
                 return session
         if opcode == P_DATA_V2 and len(data) >= 4:
             owner = self.by_peer_id.get(int.from_bytes(data[1:4], "big"))
@@ -1111,9 +1184,9 @@ class OpenVPNServer:
                 displaced = self.sessions.get(key)
                 if displaced is not None and displaced is not owner:
                     displaced.close(now)
-                    self._collect(displaced)
+                    self.collect(displaced)
                 self.sessions[key] = owner
-            self._collect(owner)
+            self.collect(owner)
             return owner
         if opcode in DATA_OPCODES:
             self.drops["no_session"] += 1
@@ -1125,14 +1198,14 @@ class OpenVPNServer:
         if not isinstance(verdict, GateAccept):
             return None
         if session is not None and not session.closed:
-            session._end("client restarted (new session from its address)", now)
-            self._collect(session)
+            session.end("client restarted (new session from its address)", now)
+            self.collect(session)
             self._forget(session)
         created = self._new_session(addr, now, verdict)
         if created is None:
             return None
         created.receive_datagram(data, addr, now)
-        self._collect(created)
+        self.collect(created)
         return created
 
     def accept_stream(self, addr: Addr, now: float) -> OpenVPNServerSession | None:
@@ -1140,7 +1213,21 @@ class OpenVPNServer:
         proves the address by its own handshake, so there is no cookie)."""
         return self._new_session(addr, now, None)
 
+    def schedule(self, session: OpenVPNServerSession) -> None:
+        """Read ``session``'s deadline again (after anything that may have moved it
+        earlier; a later one is found when the old one fires)."""
+        t = session.get_timer()
+        if t is None or session.closed:
+            self._deadline.pop(session, None)
+            return
+        if self._deadline.get(session) == t:
+            return
+        self._deadline[session] = t
+        self._heap_n += 1
+        heapq.heappush(self._heap, (t, self._heap_n, session))
+
     def _forget(self, session: OpenVPNServerSession) -> None:
+        self._deadline.pop(session, None)
         key = self._key(session.peer)
         if self.sessions.get(key) is session:
             del self.sessions[key]
@@ -1148,7 +1235,7 @@ class OpenVPNServer:
             del self.by_peer_id[session.peer_id]
             self.router.remove_peer(session.peer_id)
 
-    def _collect(self, session: OpenVPNServerSession) -> None:
+    def collect(self, session: OpenVPNServerSession) -> None:
         while (ev := session.next_event()) is not None:
             if isinstance(ev, Connected):
                 self.router.set_peer(session.peer_id, session.prefixes())
@@ -1156,6 +1243,8 @@ class OpenVPNServer:
         if session.closed:
             self._gate_out += session.datagrams_to_send(0.0)  # its last words (OCC EXIT)
             self._forget(session)
+        else:
+            self.schedule(session)
 
     def _kick_duplicates(self, session: OpenVPNServerSession, now: float) -> None:
         """Without duplicate-cn a new client with an identity in use replaces the old."""
@@ -1166,37 +1255,66 @@ class OpenVPNServer:
             if other is not session and not other.closed and \
                     (other.common_name or other.username) == ident:
                 other.close(now)
-                self._collect(other)
+                self.collect(other)
 
     def auth_result(self, session: OpenVPNServerSession, ok: bool, now: float,
-                    reason: str = "", client_config: ClientConfig | None = None) -> None:
-        session.auth_result(ok, now, reason, client_config)
-        self._collect(session)
+                    reason: str = "", client_config: ClientConfig | None = None, *,
+                    why: str | None = None) -> None:
+        session.auth_result(ok, now, reason, client_config, why=why)
+        self.collect(session)
 
     def client_connect_result(self, session: OpenVPNServerSession, ok: bool, now: float,
                               config: ClientConfig | None = None) -> None:
         """Answer a session's :class:`ClientConnect` (see the session's method)."""
         session.client_connect_result(ok, now, config)
-        self._collect(session)
+        self.collect(session)
 
     def close_session(self, session: OpenVPNServerSession, now: float) -> None:
         """End a client from our side (kill, shutdown): it is told to reconnect."""
         session.close(now)
-        self._collect(session)
+        self.collect(session)
 
-    def handle_timer(self, now: float) -> None:
-        for session in list(self.sessions.values()):
-            t = session.get_timer()
-            if t is not None and t <= now:
-                session.handle_timer(now)
-            self._collect(session)  # also sweeps sessions closed directly
+    def handle_timer(self, now: float) -> list[OpenVPNServerSession]:
+        """Run the sessions whose deadline passed; returns them (their output is due)."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP
+            for session in list(self.sessions.values()):
+                self.collect(session)
+        else:  # sessions closed by a direct call go at once
+            for session in [s for s in self.sessions.values() if s.state == "closed"]:
+                self.collect(session)
+        due = []
+        heap, deadline = self._heap, self._deadline
+        while heap and heap[0][0] <= now:
+            t, _, session = heapq.heappop(heap)
+            if deadline.get(session) != t:
+                continue  # stale: the session moved its deadline, or is gone
+            del deadline[session]
+            if not session.closed:
+                nt = session.get_timer()
+                if nt is not None and nt <= now:
+                    session.handle_timer(now)
+                    due.append(session)
+            self.collect(session)
+        return due
 
     def get_timer(self) -> float | None:
-        times = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
-        return min(times) if times else None
+        heap, deadline = self._heap, self._deadline
+        while heap and deadline.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        if not self.sessions:
+            return heap[0][0] if heap else None
+        t = heap[0][0] if heap else None
+        return self._next_sweep if t is None or self._next_sweep < t else t
+
+    def take_gate_datagrams(self) -> list[tuple[bytes, Addr]]:
+        """What the server itself answered (cookies, resets, closed sessions' last words),
+        for the adapter to send; cleared."""
+        out, self._gate_out = self._gate_out, []
+        return out
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
-        out, self._gate_out = self._gate_out, []
+        out = self.take_gate_datagrams()
         for session in list(self.sessions.values()):
             out += session.datagrams_to_send(now)
         return out

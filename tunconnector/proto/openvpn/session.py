@@ -27,7 +27,16 @@ from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
 from ..connection import Addr, ConnectionEvent, Disconnected, Rekeyed
-from .common import OCC_EXIT, OCC_REPLY, OCC_REQUEST, PING_MAGIC, is_ping, occ_message, occ_opcode
+from .common import (
+    OCC_EXIT,
+    OCC_MAGIC,
+    OCC_REPLY,
+    OCC_REQUEST,
+    PING_MAGIC,
+    is_ping,
+    occ_message,
+    occ_opcode,
+)
 from .compress import Framing
 from .datav2 import DataKey
 from .keymethod import (
@@ -54,6 +63,8 @@ from .reliable import ReliableReceiver, ReliableSender
 from .tls import TlsContext, TlsServerContext, TlsSession
 from .tlsauth import TlsAuth, TlsCrypt, Wrapper
 
+#: first bytes of PING_MAGIC and OCC_MAGIC
+_MAGIC_FIRST = (PING_MAGIC[:1], OCC_MAGIC[:1])
 log = logging.getLogger(__name__)
 
 #: TLS bytes per control packet: the whole packet stays under OpenVPN's 1250-byte tls-mtu
@@ -283,23 +294,32 @@ class OpenVPNSession(Generic[M], abc.ABC):
         payload = dk.decrypt(data)
         self._authentic += 1
         self._last_received = now
+        frame = self._payload(payload, now)
+        if frame is not None:
+            self._frames.append(frame)
+
+    def _payload(self, payload: bytes, now: float) -> bytes | None:
+        """A decrypted data payload: the frame to deliver, or None (ping, OCC)."""
         if self._comp is not None:
             payload = self._comp.unwrap(payload)
-        if is_ping(payload):
-            return
-        occ = occ_opcode(payload)
+        # the two magics start with 0x2a and 0x28: an IP packet never does
+        occ = None
+        if payload[:1] in _MAGIC_FIRST:
+            if is_ping(payload):
+                return None
+            occ = occ_opcode(payload)
         if occ is not None:
             if occ == OCC_REQUEST:
                 self._send_data(occ_message(OCC_REPLY, self._options_string().encode() + b"\0"),
                                 now)
             elif occ == OCC_EXIT:
                 self._broken(f"{self.PEER} sent explicit-exit-notify", now)
-            return
+            return None
         self.bytes_in += len(payload)
         self.packets_in += 1
         if self._mss:
             payload = clamp_mss(payload, self._mss, tap=self.options.tap)
-        self._frames.append(payload)
+        return payload
 
     def _receive_control(self, data: bytes, now: float) -> None:
         opcode, key_id, sid = parse_header(data)

@@ -208,18 +208,31 @@ class TlsServerContext:
         _use_cert_key(ctx, settings.cert_pem, settings.key_pem)
         #: set per connection, with a callback that keeps that connection's refusal reason
         self.verify_mode = mode
+        self._cas = cas
         self.crl: x509.CertificateRevocationList | None = None
-        if settings.crl_pem is not None:
-            try:
-                crl = x509.load_pem_x509_crl(settings.crl_pem)
-            except ValueError as exc:
-                raise ConfigError(f"crl-verify: not a PEM CRL ({exc})") from None
-            if not any(crl.issuer == ca.subject
-                       and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-                       for ca in cas):
-                raise ConfigError("crl-verify: the CRL is not signed by the configured CA")
-            self.crl = crl
+        self.set_crl(settings.crl_pem)
         self.ctx = ctx
+
+    def set_crl(self, pem: bytes | None) -> None:
+        """Use the CRL ``pem`` (None: none) for the handshakes from now on; one not
+        signed by a configured CA is a ConfigError and changes nothing."""
+        if pem is None:
+            self.crl = None
+            return
+        try:
+            crl = x509.load_pem_x509_crl(pem)
+        except ValueError as exc:
+            raise ConfigError(f"crl-verify: not a PEM CRL ({exc})") from None
+        if not any(crl.issuer == ca.subject
+                   and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in self._cas):
+            raise ConfigError("crl-verify: the CRL is not signed by the configured CA")
+        self.crl = crl
+
+    def revoked(self, cert: x509.Certificate) -> bool:
+        """``cert`` is on the current CRL."""
+        return self.crl is not None and \
+            self.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
 
     def session(self) -> TlsSession:
         return TlsSession(self, server=True)
