@@ -71,7 +71,7 @@ def _hub_toml(priv: Path, pubs: list[str], port: int, state: Path) -> str:
     out = ["[[tunnel]]", 'name = "hub"', 'mode = "server"', 'device = "hubb0"',
            'address = "10.220.0.1/16"', f"port = {port}", f'private_key_file = "{priv}"',
            'pool = "10.220.0.0/16"', "keepalive = 10.0", "dead_after = 60.0",
-           f"max_peers = {max(len(pubs), 1)}", f'state_file = "{state}"', 'offload = "off"']
+           f"max_peers = {max(len(pubs), 1)}", f'state_file = "{state}"']
     for i, pub in enumerate(pubs):
         out += ["[[tunnel.peer]]", f'name = "p{i}"', f'public_key = "{pub}"']
     return "\n".join(out) + "\n"

@@ -191,7 +191,7 @@ class ConnectionTunnel(SupervisedDevice):
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
         self.peer: Any = None
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._factory = factory
         self._make: ConnectionFactory | None = None
@@ -348,7 +348,7 @@ class ConnectionTunnel(SupervisedDevice):
     async def close(self) -> None:
         await self.stop()
         if self._own_netlink:
-            self._netlink.close()
+            self.netlink.close()
 
     # ------------------------------------------------------------------ replay-persist
     def _save_replay_state(self) -> None:
@@ -384,26 +384,17 @@ class ConnectionTunnel(SupervisedDevice):
         name = cfg.device or ""
         existed = False
         if name:
-            existed = await self._netlink.call(nl.link_exists, name)
+            existed = await self.netlink.call(nl.link_exists, name)
         dev = Device(name, cfg.dev_type)
         self.device = dev
         self.device_name = dev.name
         self._created_device = not existed
         if cfg.netns:
-            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
-                                 mtu=self.mtu, netns=cfg.netns)
+            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
+                                mtu=self.mtu, netns=cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
-
-    def _device_reader(self, on: bool) -> None:
-        if self.device is None or self._loop is None or on == self._reading_device:
-            return
-        if on:
-            self._loop.add_reader(self.device.fd, self._on_device_readable)
-        else:
-            self._loop.remove_reader(self.device.fd)
-        self._reading_device = on
 
     def _on_device_readable(self) -> None:
         dev = self.device
@@ -759,7 +750,7 @@ class ConnectionTunnel(SupervisedDevice):
         name, netns = self.device_name or "", self.config.netns
         server = ev.extra.get("server") or ev.extra.get("bypass_host")
         try:
-            done = await self._netlink.call(apply_assigned, name, ev, netns, server)
+            done = await self.netlink.call(apply_assigned, name, ev, netns, server)
         except (DeviceError, NetlinkError, OSError, ValueError) as exc:
             self.stats.drops["config_assign_failed"] += 1
             self.log.warning("tunnel %s: cannot apply the assigned configuration: %s",
@@ -803,8 +794,8 @@ class ConnectionTunnel(SupervisedDevice):
             return
         for ev, app in zip(done, applied, strict=False):
             try:
-                await self._netlink.call(remove_assigned, self.device_name, ev,
-                                         self.config.netns, app)
+                await self.netlink.call(remove_assigned, self.device_name, ev,
+                                        self.config.netns, app)
             except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
                 self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
 

@@ -74,7 +74,7 @@ class ClientAssignment:
             dev = t.device_name
             if dev is None or not t.is_running:
                 return
-            nl = t._netlink
+            nl = t.netlink
             netns = self.cfg.netns
             try:
                 if not self.cfg.address and a.address != self.address:
@@ -125,7 +125,7 @@ class ClientAssignment:
 
         async def _cleanup() -> None:
             try:
-                await tunnel._netlink.call(rt.del_routes, dev, routes, gateway=gw,
+                await tunnel.netlink.call(rt.del_routes, dev, routes, gateway=gw,
                                            netns=self.cfg.netns)
             except TunconnectorError:
                 pass

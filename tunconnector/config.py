@@ -164,11 +164,7 @@ class PeerConfig:
             except ValueError as exc:
                 raise ConfigError(f"{where}.mac: {exc}") from None
         for i, net in enumerate(self.allowed_ips):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.allowed_ips[{i}]: {_short(net)} is not a network") \
-                    from exc
+            _check_network(net, f"{where}.allowed_ips[{i}]")
 
 
 @dataclass(slots=True)
@@ -280,18 +276,10 @@ class TunnelConfig:
                 raise ConfigError(f"{where}.peer[{i}].mac: {pc.mac} is already peer "
                                   f"{macs[norm]}'s")
             macs[norm] = pc.name
-        pool = None
         if self.pool is not None:
-            try:
-                pool = ipaddress.ip_network(self.pool, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.pool: {_short(self.pool)} is not a network") from exc
+            _check_network(self.pool, f"{where}.pool")
         for i, r in enumerate(self.push_routes):
-            try:
-                ipaddress.ip_network(r, strict=False)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"{where}.push_routes[{i}]: {_short(r)} is not a network") from exc
+            _check_network(r, f"{where}.push_routes[{i}]")
         seen_names: set[str] = set()
         seen_keys: set[str] = set()
         seen_addrs: set[str] = set()
@@ -310,7 +298,7 @@ class TunnelConfig:
                 if a in seen_addrs or a in own:
                     raise ConfigError(f"{pw}.address: {a} is used twice")
                 seen_addrs.add(a)
-            elif pool is None and self.dev_type == "tun":
+            elif self.pool is None and self.dev_type == "tun":
                 raise ConfigError(f"{pw}.address: a peer needs an address, or the tunnel "
                                   "a pool")
 
@@ -839,6 +827,14 @@ def _check_ip(text: str, where: str) -> None:
         ipaddress.ip_address(text)
     except ValueError as exc:
         raise ConfigError(f"{where}: {_short(text)} is not an IP address") from exc
+
+
+def _check_network(text: str, where: str) -> None:
+    """A network with or without host bits (``10.0.0.1/24`` passes, as ``ip route`` takes it)."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {_short(text)} is not a network") from exc
 
 
 def _port(value: int, where: str, *, allow_zero: bool = False) -> None:

@@ -72,7 +72,7 @@ class DeviceSupervisor:
         self.last_outage: float | None = None
         self._since = 0.0
         self._saved: nl.LinkState | None = None
-        self._netlink = netlink
+        self.netlink = netlink
         self._gone = gone
         self._detach = detach
         self._reopen = reopen
@@ -92,7 +92,7 @@ class DeviceSupervisor:
         self._loop = asyncio.get_running_loop()
         watch = nl.LinkWatch(self.name, self._from_thread, self.netns)
         try:
-            await self._netlink.call(watch.start)
+            await self.netlink.call(watch.start)
         except DeviceError as exc:  # no netlink: the data path still notices
             self._log.warning("%s; a deleted device is noticed on I/O errors only", exc)
             return
@@ -163,7 +163,7 @@ class DeviceSupervisor:
         said: str | None = None
         while not self._closed:
             why = ""
-            if not self.created and not await self._netlink.call(
+            if not self.created and not await self.netlink.call(
                 nl.link_exists, self.name, self.netns
             ):
                 why = f"device {self.name} is gone; waiting for it to come back"
@@ -212,20 +212,20 @@ class DeviceSupervisor:
             return
         routes, addrs, lladdr = self._saved.routes, self._saved.addresses, self._saved.lladdr
         if lladdr is not None:
-            await self._netlink.call(nl.set_lladdr, self.name, lladdr, self.netns)
+            await self.netlink.call(nl.set_lladdr, self.name, lladdr, self.netns)
         if self._saved.master is not None:
             try:
-                await self._netlink.call(nl.set_master, self.name, self._saved.master,
-                                         self.netns)
+                await self.netlink.call(nl.set_master, self.name, self._saved.master,
+                                        self.netns)
             except DeviceError as exc:  # its bridge may be gone too: the tunnel still runs
                 self._log.warning("%s", exc)
         if addrs:
             ifaces = [ipaddress.ip_interface(f"{a}/{n}") for a, n in addrs]
-            await self._netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,
-                                     netns=self.netns)
+            await self.netlink.call(nl.configure, self.name, addresses=ifaces, mtu=None,
+                                    netns=self.netns)
         if routes:
-            failed = await self._netlink.call(nl.restore_routes, self.name, routes,
-                                              self.netns)
+            failed = await self.netlink.call(nl.restore_routes, self.name, routes,
+                                             self.netns)
             if failed:
                 self._log.warning("device %s: %d of %d routes could not be restored",
                                   self.name, failed, len(routes))
@@ -247,11 +247,12 @@ class SupervisedDevice(StateFace):
     :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,
-    :meth:`_device_check` when a device read or write fails, :meth:`_device_admits` at
-    the top of its ``_set_state`` and :meth:`_unsupervise_device` first thing on close;
-    it provides ``_open_device`` (idempotent: opens and configures the device named in
-    the config, setting ``device``, ``device_name`` and ``_created_device``) and
-    ``_device_reader(on)``.
+    :meth:`_device_check` when a device read or write fails and
+    :meth:`_unsupervise_device` first thing on close (its state is held back through
+    :meth:`_admits` while the device is missing); it provides ``_open_device``
+    (idempotent: opens and configures the device named in the config, setting
+    ``device``, ``device_name`` and ``_created_device``) and ``_on_device_readable``,
+    or its own ``_device_reader(on)``.
     """
 
     device: Device | None
@@ -259,7 +260,8 @@ class SupervisedDevice(StateFace):
     config: TunnelConfig
     error: str | None
     log: logging.LoggerAdapter[logging.Logger]
-    _netlink: nl.Netlink
+    netlink: nl.Netlink
+    _loop: asyncio.AbstractEventLoop | None
     _reading_device: bool
     _created_device: bool
     _devsup: DeviceSupervisor | None = None
@@ -270,8 +272,18 @@ class SupervisedDevice(StateFace):
     async def _open_device(self) -> None:
         raise NotImplementedError
 
-    def _device_reader(self, on: bool) -> None:
+    def _on_device_readable(self) -> Any:
         raise NotImplementedError
+
+    def _device_reader(self, on: bool) -> None:
+        """Read the device when it is readable (on) or not at all (off)."""
+        if self.device is None or self._loop is None or on == self._reading_device:
+            return
+        if on:
+            self._loop.add_reader(self.device.fd, self._on_device_readable)
+        else:
+            self._loop.remove_reader(self.device.fd)
+        self._reading_device = on
 
     def _admits(self, new: State) -> bool:
         return self._device_admits(new)
@@ -281,7 +293,7 @@ class SupervisedDevice(StateFace):
         if not self.supervise:
             return
         sup = DeviceSupervisor(
-            self.device_name, netlink=self._netlink, created=self._created_device,
+            self.device_name, netlink=self.netlink, created=self._created_device,
             gone=lambda: self.device is None or self.device.detached(),
             detach=self._detach_device, reopen=self._open_device,
             resume=lambda: self._device_reader(True), on_change=self._device_changed,

@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import itertools
 import json
@@ -66,7 +64,7 @@ from .io.udp import (
 from .keys import decode_key, load_key_file, resolve_cipher
 from .proto import fragment
 from .proto.assign import Assignment
-from .proto.cookie import CookieChecker, cookie_key
+from .proto.cookie import Accept, CookieChecker, InitiationScreen, Reply, cookie_key
 from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.framing import HEADER_LEN, MsgType
 from .proto.hubtable import HubPeer, PeerTable
@@ -108,6 +106,8 @@ DRAIN_ROUNDS = 8
 #: excess (counted ``peer_budget``), and the least every sender keeps of a round
 ROUND_CAPACITY = 128
 MIN_SHARE = 8
+#: initiations in one read round that mean a queue of them: under load (cookies) at once
+INIT_BACKLOG = 16
 #: a peer cut by its budget gets a receive queue of its own (a connected socket): the
 #: kernel then drops its excess for free, and it is read this much per loop turn
 MAX_ISOLATED = 64
@@ -178,7 +178,7 @@ class Hub(SupervisedDevice):
         self.max_frame = self.mtu + (18 if self.tap else 0)
         self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
@@ -198,15 +198,20 @@ class Hub(SupervisedDevice):
         #: the peers with a receive queue of their own (see _isolate)
         self._own: dict[HubPeer, OwnQueue] = {}
         self.cookies = CookieChecker()
-        self._limiter = TokenBucketLimiter()
+        #: mac1, load, cookie and rate-limit checks before an initiation's DH; under
+        #: load and out of reply budget a datagram costs a length check, not a MAC;
+        #: the per-source limit applies only under load
+        self._screen = InitiationScreen(init_len=INIT_LEN, mac_keys=(), cookies=self.cookies,
+                                        limiter=TokenBucketLimiter(), cookie_key=b"",
+                                        throttle_before_mac=True, limit_always=False)
+        #: initiations that reached the Diffie-Hellman (status: initiations_processed)
+        self._dh = 0
         self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
         self._reset_key = b""
         #: SESSION_RESET replies: per source address, and in total
         self._reset_per_source = TokenBucketLimiter(rate=2.0, burst=2.0)
         self._reset_total = TokenBucketLimiter(rate=500.0, burst=100.0)
         self._static: X25519PrivateKey | None = None
-        self._mac_keys: list[bytes] = []
-        self._cookie_key = b""
         self._reasm: fragment.Reassembler = self._fast.reasm
         self._heap: list[tuple[float, int, HubPeer]] = []
         self._seq = itertools.count()
@@ -328,7 +333,8 @@ class Hub(SupervisedDevice):
             "pool": cfg.pool,
             "cookies": {**self.cookies.stats(), "under_load": (
                 self.cookies.under_load(now) if now is not None else False)},
-            "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes},
+            "crypto": {"cipher": cfg.cipher, "established": up > 0, "handshakes": handshakes,
+                       "initiations_processed": self._dh},
             "peers": self.peers_status(),
             **self._device_status(),
         }
@@ -376,7 +382,7 @@ class Hub(SupervisedDevice):
     async def close(self) -> None:
         await self.stop()
         if self._own_netlink:
-            self._netlink.close()
+            self.netlink.close()
 
     def set_hooks(self, hooks: Any) -> None:
         """Something with ``peer_up(hub, peer)`` / ``peer_down(hub, peer)`` methods."""
@@ -391,7 +397,7 @@ class Hub(SupervisedDevice):
             raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
         self._static = X25519PrivateKey.from_private_bytes(priv)
         self._own_public = public_bytes(self._static)
-        self._cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
+        self._screen.cookie_key = cookie_key(_mac_key(self._own_public, bytes(32)))
         self._reset_key = reset_key(priv)
 
     def _refresh_mac_keys(self) -> None:
@@ -400,7 +406,7 @@ class Hub(SupervisedDevice):
         for p in self.peers.values():
             if p.psk is not None:
                 keys.add(_mac_key(self._own_public, p.psk))
-        self._mac_keys = list(keys)
+        self._screen.set_mac_keys(keys)
 
     def state_path(self) -> Path:
         cfg = self.config
@@ -451,7 +457,7 @@ class Hub(SupervisedDevice):
         name = (self.device_name if reopen else cfg.device) or ""
         existed = False
         if name and not reopen:
-            existed = await self._netlink.call(nl.link_exists, name)
+            existed = await self.netlink.call(nl.link_exists, name)
         # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
         # _on_device_readable), a client's super-packet is written whole (_route_inbound);
         # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
@@ -461,9 +467,9 @@ class Hub(SupervisedDevice):
         if not reopen:
             self._created_device = not existed
         if cfg.netns:
-            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self._netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
-                                 mtu=self.mtu, netns=cfg.netns)
+            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
+                                mtu=self.mtu, netns=cfg.netns)
         if self.tap:
             await self._own_lladdr(dev.name)
         # a new device carries none of the routes the old one had
@@ -477,21 +483,12 @@ class Hub(SupervisedDevice):
         ``mac_pin`` pinned to the hub itself (no peer may take it)."""
         cfg = self.config
         if self._own_mac is not None:
-            await self._netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
+            await self.netlink.call(nl.set_lladdr, name, self._own_mac, cfg.netns)
         else:
-            self._own_mac = await self._netlink.call(nl.get_lladdr, name, cfg.netns)
+            self._own_mac = await self.netlink.call(nl.get_lladdr, name, cfg.netns)
         if cfg.mac_pin and self._own_mac:
             self.macs.unpin_port(LOCAL)
             self.macs.pin(parse_mac(self._own_mac), LOCAL)
-
-    def _device_reader(self, on: bool) -> None:
-        if self.device is None or self._loop is None or on == self._reading_device:
-            return
-        if on:
-            self._loop.add_reader(self.device.fd, self._on_device_readable)
-        else:
-            self._loop.remove_reader(self.device.fd)
-        self._reading_device = on
 
     def _open_udp(self) -> None:
         cfg = self.config
@@ -546,15 +543,15 @@ class Hub(SupervisedDevice):
         for name, nets in list(self._kernel_routes.items()):
             gone = [n for n in nets if n not in want.get(name, [])]
             if gone:
-                await self._netlink.call(rt.del_routes, self.device_name, gone,
-                                         netns=self.config.netns)
+                await self.netlink.call(rt.del_routes, self.device_name, gone,
+                                        netns=self.config.netns)
             self._kernel_routes[name] = [n for n in nets if n not in gone]
         for name, nets in want.items():
             have = self._kernel_routes.get(name, [])
             add = [n for n in nets if n not in have]
             if add:
-                await self._netlink.call(rt.add_routes, self.device_name, add,
-                                         netns=self.config.netns)
+                await self.netlink.call(rt.add_routes, self.device_name, add,
+                                        netns=self.config.netns)
             self._kernel_routes[name] = nets
         for name in [n for n in self._kernel_routes if n not in want]:
             del self._kernel_routes[name]
@@ -635,6 +632,7 @@ class Hub(SupervisedDevice):
         by_raw = self._by_raw
         touched: dict[int, HubPeer] = {}
         inbound: list[tuple[HubPeer, Any]] = []
+        inits: list[tuple[bytes, Addr, Any]] = []
         if len(batch) >= SHARED_BATCH and not self._protecting:
             self._check_overflow()
         if len(batch) > ROUND_CAPACITY:
@@ -668,9 +666,7 @@ class Hub(SupervisedDevice):
                 mtype = data[1]
             addr = normalize(raw)
             if mtype == MsgType.HANDSHAKE_INIT:
-                p = self._on_initiation(data, addr, raw, now)
-                if p is not None:
-                    touched[id(p)] = p
+                inits.append((data, addr, raw))  # after the round's data: see below
                 continue
             session = int.from_bytes(data[4:8], "big")
             p = self._by_index.get(session)
@@ -685,6 +681,13 @@ class Hub(SupervisedDevice):
             for f in decoded.frames:
                 inbound.append((p, f))
             touched[id(p)] = p
+        if inits:
+            if len(inits) >= INIT_BACKLOG:
+                self.cookies.note_backlog(now)  # a queue of them: cookies before any DH
+            for data, addr, raw in inits:
+                p = self._on_initiation(data, addr, raw, now)
+                if p is not None:
+                    touched[id(p)] = p
         if inbound:
             self._route_inbound(inbound, now)
         for p in touched.values():
@@ -861,50 +864,19 @@ class Hub(SupervisedDevice):
             self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
                           _fmt_addr(old), _fmt_addr(addr))
 
-    def _mac1_ok(self, body: bytes) -> bool:
-        data, mac = body[:-MAC_LEN], body[-MAC_LEN:]
-        for key in self._mac_keys:
-            want = hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
-            if hmac.compare_digest(want, mac):
-                return True
-        return False
-
     def _on_initiation(self, data: bytes, addr: Addr, raw: Any, now: float) -> HubPeer | None:
         stats = self.stats
-        n = len(data)
-        if n not in (INIT_LEN, INIT_LEN + MAC_LEN):
-            stats.drops["truncated"] += 1
+        verdict = self._screen.check(data, addr[0], now)
+        if not isinstance(verdict, Accept):
+            stats.drops[verdict.reason] += 1
+            if isinstance(verdict, Reply) and self._udp is not None:
+                self._udp.sendto(verdict.packet, addr)
             return None
-        ck = self.cookies
-        loaded = ck.under_load(now)
-        if loaded and n == INIT_LEN and not ck.may_reply(now):
-            # a flood: no mac2 and no reply budget left; not even a MAC is computed
-            stats.drops["cookie_throttled"] += 1
-            return None
-        body = data[:INIT_LEN]
-        if not self._mac1_ok(body):
-            stats.drops["bad_mac"] += 1
-            return None
-        ck.note_initiation(now)
-        if loaded or ck.under_load(now):
-            if n == INIT_LEN or not ck.check_mac2(data, addr, now):
-                budget_taken = loaded and n == INIT_LEN  # by the check above
-                if not budget_taken and not ck.may_reply(now):
-                    stats.drops["cookie_throttled"] += 1
-                    return None
-                stats.drops["cookie_sent"] += 1
-                if self._udp is not None:
-                    sender = int.from_bytes(data[4:8], "big")
-                    self._udp.sendto(ck.make_reply(sender, body[-MAC_LEN:], addr, now,
-                                                   self._cookie_key), addr)
-                return None
-            if not self._limiter.allow(addr[0], now):
-                stats.drops["rate_limited"] += 1
-                return None
+        self._dh += 1
         hs = HandshakeState("IKpsk2", initiator=False, prologue=PROLOGUE, static=self._static,
                             psk=bytes(32))
         try:
-            payload = hs.read_message(body[HEADER_LEN:-MAC_LEN])
+            payload = hs.read_message(bytes(verdict.body[HEADER_LEN:-MAC_LEN]))
         except RemoteProtocolError:
             stats.drops["handshake_failed"] += 1
             return None

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
+_PREFIX = "tunconnector_"
 STATES = ("up", "down", "stopped")
 HEALTH_STATES = ("OK", "NOT_OK", "UNKNOWN")
 # per-tunnel counters: status key -> (metric suffix, help)
@@ -48,6 +49,21 @@ def _num(v: Any) -> float | None:
     return None
 
 
+def _add(fam: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: Any) -> None:
+    """One sample, only when the status value is a number: a missing key stays absent."""
+    v = _num(value)
+    if v is not None:
+        fam.add_metric(labels, v)
+
+
+def _gauge(name: str, helptext: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(_PREFIX + name, helptext, labels=list(labels))
+
+
+def _counter(name: str, helptext: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(_PREFIX + name, helptext, labels=list(labels))
+
+
 class NodeCollector(Collector):
     """Builds every tunconnector metric family from callables evaluated per scrape."""
 
@@ -74,167 +90,106 @@ class NodeCollector(Collector):
             tunnels = []
         health = dict(self._health()) if self._health else {}
 
-        p = "tunconnector_"
+        p = _PREFIX
         info = InfoMetricFamily(p + "build", "tunconnector version")
         info.add_metric([], {"version": self._version})
         yield info
 
-        up = GaugeMetricFamily(
-            p + "tunnel_up", "1 when the tunnel's peer is alive", labels=["tunnel"]
-        )
-        state = GaugeMetricFamily(
-            p + "tunnel_state", "Tunnel state (one series per state, 1 = current)",
-            labels=["tunnel", "state"],
-        )
-        age = GaugeMetricFamily(
-            p + "tunnel_last_rx_age_seconds", "Seconds since the last packet from the peer",
-            labels=["tunnel"],
-        )
+        up = _gauge("tunnel_up", "1 when the tunnel's peer is alive", "tunnel")
+        state = _gauge("tunnel_state", "Tunnel state (one series per state, 1 = current)",
+                       "tunnel", "state")
+        age = _gauge("tunnel_last_rx_age_seconds", "Seconds since the last packet from the peer",
+                     "tunnel")
         counters = {
-            key: CounterMetricFamily(p + suffix, helptext, labels=["tunnel"])
+            key: _counter(suffix, helptext, "tunnel")
             for key, (suffix, helptext) in _TUNNEL_COUNTERS.items()
         }
-        drops = CounterMetricFamily(
-            p + "drops", "Packets dropped, by reason", labels=["tunnel", "reason"]
-        )
-        path_up = GaugeMetricFamily(
-            p + "path_up", "1 when the path is usable", labels=["tunnel", "path"]
-        )
-        path_active = GaugeMetricFamily(
-            p + "path_active", "1 for the path carrying traffic", labels=["tunnel", "path"]
-        )
-        path_rtt = GaugeMetricFamily(
-            p + "path_rtt_seconds", "Smoothed probe RTT of the path", labels=["tunnel", "path"]
-        )
-        path_loss = GaugeMetricFamily(
-            p + "path_loss_ratio", "Recent probe loss on the path (0..1)",
-            labels=["tunnel", "path"],
-        )
-        established = GaugeMetricFamily(
-            p + "session_established", "1 when an encrypted session is established",
-            labels=["tunnel"],
-        )
-        session_age = GaugeMetricFamily(
-            p + "session_age_seconds", "Age of the current encrypted session",
-            labels=["tunnel"],
-        )
+        drops = _counter("drops", "Packets dropped, by reason", "tunnel", "reason")
+        path_up = _gauge("path_up", "1 when the path is usable", "tunnel", "path")
+        path_active = _gauge("path_active", "1 for the path carrying traffic", "tunnel", "path")
+        path_rtt = _gauge("path_rtt_seconds", "Smoothed probe RTT of the path", "tunnel", "path")
+        path_loss = _gauge("path_loss_ratio", "Recent probe loss on the path (0..1)",
+                           "tunnel", "path")
+        established = _gauge("session_established", "1 when an encrypted session is established",
+                             "tunnel")
+        session_age = _gauge("session_age_seconds", "Age of the current encrypted session",
+                             "tunnel")
         path_counters = {
-            key: CounterMetricFamily(
-                p + "path_" + key, f"Per path {key}", labels=["tunnel", "path"]
-            )
+            key: _counter("path_" + key, f"Per path {key}", "tunnel", "path")
             for key in _PATH_COUNTERS
         }
-        h_state = GaugeMetricFamily(
-            p + "health_state", "Health check verdict (one series per state, 1 = current)",
-            labels=["tunnel", "state"],
+        h_state = _gauge("health_state",
+                         "Health check verdict (one series per state, 1 = current)",
+                         "tunnel", "state")
+        h_ok = _gauge("health_ok", "1 when the health check says OK", "tunnel")
+        h_rtt = _gauge("health_rtt_seconds", "Mean echo RTT over the health window", "tunnel")
+        hook_runs = _counter(
+            "hook_runs", "Event hooks finished, by event and result (ok, failed, timeout, "
+            "not_run, dropped)", "tunnel", "event", "result",
         )
-        h_ok = GaugeMetricFamily(p + "health_ok", "1 when the health check says OK",
-                                 labels=["tunnel"])
-        h_rtt = GaugeMetricFamily(
-            p + "health_rtt_seconds", "Mean echo RTT over the health window", labels=["tunnel"]
-        )
-        hook_runs = CounterMetricFamily(
-            p + "hook_runs", "Event hooks finished, by event and result (ok, failed, timeout, "
-            "not_run, dropped)", labels=["tunnel", "event", "result"],
-        )
-        h_probes = CounterMetricFamily(
-            p + "health_probes", "Health probes by result", labels=["tunnel", "result"]
-        )
+        h_probes = _counter("health_probes", "Health probes by result", "tunnel", "result")
 
-        peer_up = GaugeMetricFamily(
-            p + "peer_up", "1 when the hub's peer is alive", labels=["tunnel", "peer"]
-        )
-        peer_hs_age = GaugeMetricFamily(
-            p + "peer_last_handshake_age_seconds", "Seconds since the peer's last handshake",
-            labels=["tunnel", "peer"],
-        )
+        peer_up = _gauge("peer_up", "1 when the hub's peer is alive", "tunnel", "peer")
+        peer_hs_age = _gauge("peer_last_handshake_age_seconds",
+                             "Seconds since the peer's last handshake", "tunnel", "peer")
         peer_counters = {
-            key: CounterMetricFamily(p + "peer_" + key, helptext, labels=["tunnel", "peer"])
+            key: _counter("peer_" + key, helptext, "tunnel", "peer")
             for key, helptext in _PEER_COUNTERS.items()
         }
-        peer_drops = CounterMetricFamily(
-            p + "peer_drops", "Packets from or to the peer dropped, by reason",
-            labels=["tunnel", "peer", "reason"],
-        )
+        peer_drops = _counter("peer_drops", "Packets from or to the peer dropped, by reason",
+                              "tunnel", "peer", "reason")
 
         for t in tunnels:
             name = str(t.get("name", ""))
             for pe in t.get("peers") or []:  # a hub: the same facts per peer
                 pn = str(pe.get("name", ""))
                 peer_up.add_metric([name, pn], 1.0 if pe.get("state") == "up" else 0.0)
-                hs_age = _num(pe.get("last_handshake_age"))
-                if hs_age is not None:
-                    peer_hs_age.add_metric([name, pn], hs_age)
+                _add(peer_hs_age, [name, pn], pe.get("last_handshake_age"))
                 for key, fam in peer_counters.items():
-                    v = _num(pe.get(key))
-                    if v is not None:
-                        fam.add_metric([name, pn], v)
+                    _add(fam, [name, pn], pe.get(key))
                 for reason, n in sorted((pe.get("drops") or {}).items()):
-                    v = _num(n)
-                    if v is not None:
-                        peer_drops.add_metric([name, pn, str(reason)], v)
+                    _add(peer_drops, [name, pn, str(reason)], n)
             st = str(t.get("state", ""))
             up.add_metric([name], 1.0 if st == "up" else 0.0)
             for s in STATES:
                 state.add_metric([name, s], 1.0 if st == s else 0.0)
-            a = _num(t.get("last_rx_age"))
-            if a is not None:
-                age.add_metric([name], a)
+            _add(age, [name], t.get("last_rx_age"))
             raw_crypto = t.get("crypto")
             crypto: Mapping[str, Any] = raw_crypto if isinstance(raw_crypto, Mapping) else {}
             for key, fam in counters.items():
-                v = _num(t.get(key, crypto.get(key)))
-                if v is not None:
-                    fam.add_metric([name], v)
+                _add(fam, [name], t.get(key, crypto.get(key)))
             if crypto:
                 established.add_metric([name], 1.0 if crypto.get("established") else 0.0)
-                sa = _num(crypto.get("session_age"))
-                if sa is not None:
-                    session_age.add_metric([name], sa)
+                _add(session_age, [name], crypto.get("session_age"))
             for reason, n in sorted((t.get("drops") or {}).items()):
-                v = _num(n)
-                if v is not None:
-                    drops.add_metric([name, str(reason)], v)
+                _add(drops, [name, str(reason)], n)
             for path in t.get("paths") or []:
                 pname = str(path.get("name", ""))
                 pst = path.get("state")
                 if pst is not None:
                     path_up.add_metric([name, pname], 1.0 if pst in ("up", True) else 0.0)
-                act = _num(path.get("active"))
-                if act is not None:
-                    path_active.add_metric([name, pname], act)
-                rtt = _num(path.get("rtt"))
-                if rtt is not None:
-                    path_rtt.add_metric([name, pname], rtt)
-                loss = _num(path.get("loss"))
-                if loss is not None:
-                    path_loss.add_metric([name, pname], loss)
+                _add(path_active, [name, pname], path.get("active"))
+                _add(path_rtt, [name, pname], path.get("rtt"))
+                _add(path_loss, [name, pname], path.get("loss"))
                 for key, fam in path_counters.items():
-                    v = _num(path.get(key))
-                    if v is not None:
-                        fam.add_metric([name, pname], v)
+                    _add(fam, [name, pname], path.get(key))
             hk = t.get("hooks")
             if isinstance(hk, Mapping):
                 for event, counts in sorted(hk.items()):
                     if not isinstance(counts, Mapping):
                         continue
                     for result, n in sorted(counts.items()):
-                        v = _num(n)
-                        if v is not None and result != "runs":
-                            hook_runs.add_metric([name, str(event), str(result)], v)
+                        if result != "runs":
+                            _add(hook_runs, [name, str(event), str(result)], n)
             hs = health.get(name) or t.get("health")
             if isinstance(hs, Mapping):
                 cur = str(hs.get("state", "UNKNOWN"))
                 for s in HEALTH_STATES:
                     h_state.add_metric([name, s], 1.0 if cur == s else 0.0)
                 h_ok.add_metric([name], 1.0 if cur == "OK" else 0.0)
-                r = _num(hs.get("rtt_avg"))
-                if r is not None:
-                    h_rtt.add_metric([name], r)
+                _add(h_rtt, [name], hs.get("rtt_avg"))
                 for res in ("answered", "lost"):
-                    v = _num(hs.get(res))
-                    if v is not None:
-                        h_probes.add_metric([name, res], v)
+                    _add(h_probes, [name, res], hs.get(res))
 
         yield from (up, state, age, *counters.values(), drops, established, session_age)
         yield from (path_up, path_active, path_rtt, path_loss, *path_counters.values())

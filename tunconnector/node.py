@@ -180,7 +180,7 @@ class Node:
         self.netlink.close()
         self.netlink = Netlink()
         for t in self.tunnels.values():
-            t._netlink = self.netlink
+            t.netlink = self.netlink
         self.started = False
 
     # -- per tunnel --------------------------------------------------------------------

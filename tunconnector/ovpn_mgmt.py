@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import hmac
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__
-from .errors import TransportError
+from .ovpn_mgmtsock import PASSWORD_TRIES as PASSWORD_TRIES
+from .ovpn_mgmtsock import Conn, ManagementListener
 from .ovpnconfig import Management as Spec
-from .proto.openvpn.mgmt import GREETING, VERSION, StateEntry, history, parse_command
+from .proto.openvpn.mgmt import GREETING, VERSION, StateEntry, help_lines, history, parse_command
 from .proto.openvpn.mgmt import signal_name as _signal_name
 from .proto.openvpn.mgmt import verb as _verb
 
@@ -38,32 +36,10 @@ log = logging.getLogger("tunconnector.openvpn.management")
 
 #: what `version` reports as openvpn's title (tools parse the "OpenVPN 2.x" prefix)
 TITLE = f"OpenVPN 2.6.14 tunconnector-{__version__} [openvpn-compatible client]"
-PASSWORD_TRIES = 3
-
-HELP = [
-    f"Management Interface for {TITLE}",
-    "Commands:",
-    "bytecount n            : Show bytes in/out, update every n secs (0=off).",
-    "echo [on|off] [N|all]  : Like log, but only show messages in echo buffer.",
-    "exit|quit              : Close management session.",
-    "forget-passwords       : Forget passwords entered so far.",
-    "help                   : Print this message.",
-    "hold [on|off|release]  : Set/show hold flag to on/off state, or",
-    "                         release current hold and start tunnel.",
-    "log [on|off] [N|all]   : Turn on/off realtime log display",
-    "                         + show last N lines or 'all' for entire history.",
-    "mute [n]               : Set log mute level to n, or show level if n is absent.",
-    "pid                    : Show process ID of the current OpenVPN process.",
-    "signal s               : Send signal s to daemon,",
-    "                         s = SIGHUP|SIGTERM|SIGUSR1|SIGUSR2.",
-    "state [on|off] [N|all] : Like log, but show state history.",
-    "status [n]             : Show current daemon status info using format #n.",
-    "verb [n]               : Set log verbosity level to n, or show if n is absent.",
-    "version [n]            : Set client's version to n or show current version of daemon.",
-    "END",
-]
-_FLAGS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W",
-          logging.ERROR: "N", logging.CRITICAL: "F"}
+HELP = [f"Management Interface for {TITLE}", "Commands:",
+        *help_lines("bytecount", "echo", "exit", "forget-passwords", "help", "hold", "log",
+                    "mute", "pid", "signal", "state", "status", "verb", "version"),
+        "END"]
 
 
 @dataclass(slots=True)
@@ -81,102 +57,27 @@ def _query_line(kind: str) -> str:
     return f">PASSWORD:Need '{kind}' username/password"
 
 
-class _LogTap(logging.Handler):
-    def __init__(self, mgmt: Management) -> None:
-        super().__init__(logging.DEBUG)
-        self.mgmt = mgmt
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage().replace("\r", " ").replace("\n", " ")
-        except Exception:  # a bad format string must not break logging
-            return
-        flag = _FLAGS.get(record.levelno, "I")
-        self.mgmt.add_log(f"{int(record.created)},{flag},{msg}")
-
-
-class _Client:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+class _Client(Conn):
+    def __init__(self, writer: asyncio.StreamWriter, *, authed: bool) -> None:
+        super().__init__(writer, authed=authed)
         self.state_rt = False
         self.log_rt = False
         self.bytecount = 0
-        self.bytecount_task: asyncio.Task[None] | None = None
-        self.authed = False
-        self.tries = 0
-
-    def send(self, *lines: str) -> None:
-        if self.writer.is_closing():
-            return
-        self.writer.write("".join(f"{line}\r\n" for line in lines).encode())
-
-    def prompt(self) -> None:
-        """openvpn's password prompt: no line end (the next reply follows it)."""
-        if not self.writer.is_closing():
-            self.writer.write(b"ENTER PASSWORD:")
 
 
-class Management:
+class Management(ManagementListener[_Client]):
+    _log = log
+
     def __init__(self, spec: Spec, backend: Backend) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.backend = backend
         self.hold = spec.hold
         self.states: collections.deque[StateEntry] = collections.deque(maxlen=1000)
-        self.logs: collections.deque[str] = collections.deque(maxlen=max(spec.log_cache, 1))
-        self._clients: set[_Client] = set()
-        self._server: asyncio.Server | None = None
-        self._tap = _LogTap(self)
         self._holding: asyncio.Event | None = None
         #: a >PASSWORD: query waiting for its answer: (type, username, password, done)
         self._query: tuple[str, list[str], asyncio.Event] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self) -> None:
-        spec = self.spec
-        try:
-            if spec.unix:
-                path = spec.address
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # openvpn deletes a stale socket too
-                self._server = await asyncio.start_unix_server(self._serve, path=path)
-            else:
-                self._server = await asyncio.start_server(
-                    self._serve, host=spec.address, port=spec.port,
-                    family=socket.AF_UNSPEC, reuse_address=True)
-        except OSError as exc:
-            where = spec.address if spec.unix else f"{spec.address}:{spec.port}"
-            raise TransportError(f"management {where}: {exc.strerror or exc}") from exc
-        logging.getLogger("tunconnector").addHandler(self._tap)
-        log.info("MANAGEMENT: %s listening on %s", "unix domain socket" if spec.unix
-                 else "TCP socket", spec.address if spec.unix else f"{spec.address}:"
-                 f"{spec.port}")
-
-    async def close(self) -> None:
-        logging.getLogger("tunconnector").removeHandler(self._tap)
-        if self._server is not None:
-            self._server.close()
-        for c in list(self._clients):
-            if c.bytecount_task is not None:
-                c.bytecount_task.cancel()
-            c.writer.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
-        if self.spec.unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spec.address)
-
-    @property
-    def bound_port(self) -> int | None:
-        """The TCP port (useful with port 0)."""
-        if self._server is None or self.spec.unix or not self._server.sockets:
-            return None
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def wait_hold_release(self) -> None:
         """``management-hold``: wait for ``hold release``, telling clients we wait."""
         if not self.hold:
@@ -203,73 +104,45 @@ class Management:
         entry = StateEntry(int(time.time()), name, desc, local_ip, remote, remote_port,
                            "", "", local_ip6)
         self.states.append(entry)
-        for c in self._clients:
-            if c.state_rt and self._ready(c):
+        for c in self._conns:
+            if c.state_rt and c.authed:
                 c.send(f">STATE:{entry.line()}")
 
     def add_log(self, line: str) -> None:
         self.logs.append(line)
-        for c in self._clients:
-            if c.log_rt and self._ready(c):
+        for c in self._conns:
+            if c.log_rt and c.authed:
                 c.send(f">LOG:{line}")
 
     def _broadcast(self, line: str) -> None:
-        for c in self._clients:
-            if self._ready(c):
+        for c in self._conns:
+            if c.authed:
                 c.send(line)
 
-    def _ready(self, c: _Client) -> bool:
-        return c.authed or self.spec.password is None
-
     # -- one client -------------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        c = _Client(writer)
-        self._clients.add(c)
-        try:
-            if self.spec.password is None:
-                c.send(GREETING)
-                if self._holding is not None:
-                    c.send(">HOLD:Waiting for hold release:0")
-                if self._query is not None:
-                    c.send(_query_line(self._query[0]))
-            else:
-                c.prompt()
-            while not reader.at_eof():
-                raw = await reader.readline()
-                if not raw:
-                    break
-                line = raw.decode(errors="replace").strip()
-                if not self._ready(c):
-                    if not self._password(c, line):
-                        break
-                    continue
-                if not line:
-                    continue
-                if not self._command(c, line):
-                    break
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._clients.discard(c)
-            if c.bytecount_task is not None:
-                c.bytecount_task.cancel()
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.close()
+    def _connect(self, writer: asyncio.StreamWriter) -> _Client:
+        return _Client(writer, authed=self.spec.password is None)
 
-    def _password(self, c: _Client, line: str) -> bool:
-        if hmac.compare_digest(line.encode(), (self.spec.password or "").encode()):
-            c.authed = True
-            c.send("SUCCESS: password is correct", GREETING)
+    def _greeting(self, c: _Client) -> list[str]:
+        return [GREETING]
+
+    def _welcome(self, c: _Client) -> list[str]:
+        """The greeting and the notices still pending (after the password prompt, the
+        greeting alone follows)."""
+        out = [GREETING]
+        if self._holding is not None:
+            out.append(">HOLD:Waiting for hold release:0")
+        if self._query is not None:
+            out.append(_query_line(self._query[0]))
+        return out
+
+    async def _line(self, c: _Client, line: str) -> bool:
+        line = line.strip()
+        if not line:
             return True
-        c.tries += 1
-        c.send("ERROR: bad password")
-        if c.tries >= PASSWORD_TRIES:
-            log.warning("MAN: client connection rejected after %d failed password attempts",
-                        PASSWORD_TRIES)
+        if not self._command(c, line):
             return False
-        c.prompt()
+        await c.writer.drain()
         return True
 
     def _command(self, c: _Client, line: str) -> bool:  # noqa: C901
@@ -386,12 +259,12 @@ class Management:
             c.send("ERROR: bad hold command parameter")
 
     def _bytecount(self, c: _Client, seconds: int) -> None:
-        if c.bytecount_task is not None:
-            c.bytecount_task.cancel()
-            c.bytecount_task = None
+        if c.ticker is not None:
+            c.ticker.cancel()
+            c.ticker = None
         c.bytecount = max(seconds, 0)
         if c.bytecount:
-            c.bytecount_task = asyncio.get_running_loop().create_task(self._tick(c))
+            c.ticker = asyncio.get_running_loop().create_task(self._tick(c))
 
     async def _tick(self, c: _Client) -> None:
         while c.bytecount and not c.writer.is_closing():

@@ -53,6 +53,8 @@ INLINE = ("ca", "cert", "key", "tls-auth", "tls-crypt", "auth-user-pass")
 SCRIPTS = ("up", "down", "route-up", "route-pre-down", "ipchange", "tls-verify")
 _PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp-client": "tcp", "tcp": "tcp",
            "tcp4-client": "tcp", "tcp6-client": "tcp", "tcp4": "tcp", "tcp6": "tcp"}
+#: directives that set the one whole-number option of their name (tun-mtu: tun_mtu)
+_NUMBER_OPTIONS = ("ping", "ping-restart", "hand-window", "tran-window", "tun-mtu")
 #: the data channel's replay window (packets): tunconnector's ReplayWindow() default
 REPLAY_WINDOW = 8128
 #: nesting of ``config`` directives (openvpn's limit is 10)
@@ -448,26 +450,14 @@ class Parser:
             need(2, 2)
             o.ping = number(args[0], "keepalive")
             o.ping_restart = number(args[1], "keepalive")
-        elif d == "ping":
+        elif d in _NUMBER_OPTIONS:
             need(1, 1)
-            o.ping = number(args[0], "ping")
-        elif d == "ping-restart":
-            need(1, 1)
-            o.ping_restart = number(args[0], "ping-restart")
+            setattr(o, d.replace("-", "_"), number(args[0], d))
         elif d == "reneg-sec":
             need(1, 2)
             o.reneg_sec = number(args[0], "reneg-sec")
             if o.reneg_sec <= 0:
                 o.reneg_sec = 10**9  # 0 disables renegotiation by time
-        elif d == "hand-window":
-            need(1, 1)
-            o.hand_window = number(args[0], "hand-window")
-        elif d == "tran-window":
-            need(1, 1)
-            o.tran_window = number(args[0], "tran-window")
-        elif d == "tun-mtu":
-            need(1, 1)
-            o.tun_mtu = number(args[0], "tun-mtu")
         elif d == "tls-version-min":
             need(1, 2)
             if args[0] not in ("1.2", "1.3"):

@@ -105,7 +105,7 @@ class OpenVPNServerTunnel(StateFace):
         self.net = sc.expansion()
         self.device: Device | None = None
         self.device_name = ""
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._streams: dict[OpenVPNServerSession, asyncio.StreamWriter] = {}
@@ -234,7 +234,7 @@ class OpenVPNServerTunnel(StateFace):
                 self._loop.remove_reader(self.device.fd)
             if self._routes:
                 with contextlib.suppress(Exception):
-                    await self._netlink.call(rt.del_routes, self.device_name, self._routes)
+                    await self.netlink.call(rt.del_routes, self.device_name, self._routes)
             self.device.close()
             self.device = None
             down = self.sc.scripts.get("down")
@@ -265,11 +265,11 @@ class OpenVPNServerTunnel(StateFace):
                 addresses.append(ipaddress.ip_interface(f"{net.local4}/{net.remote_netmask4}"))
         if net.local6 is not None:
             addresses.append(ipaddress.ip_interface(f"{net.local6}/{net.netbits6}"))
-        await self._netlink.call(nl.configure, dev.name, addresses=addresses,
-                                 mtu=sc.options.tun_mtu)
+        await self.netlink.call(nl.configure, dev.name, addresses=addresses,
+                                mtu=sc.options.tun_mtu)
         routes += sc.routes
         if routes:
-            self._routes = await self._netlink.call(rt.add_routes, dev.name, routes)
+            self._routes = await self.netlink.call(rt.add_routes, dev.name, routes)
         assert self._loop is not None
         self._loop.add_reader(dev.fd, self._on_device_readable)
         up = sc.scripts.get("up")

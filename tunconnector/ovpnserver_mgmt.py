@@ -2,9 +2,8 @@
 ``management HOST PORT [PWFILE]`` in a server config): the sockets around
 :class:`~.proto.openvpn.mgmtserver.ServerManagement`.
 
-The same socket side as the client's (:mod:`tunconnector.ovpn_mgmt`): a TCP or unix
-listener, several connections at once, openvpn's ``ENTER PASSWORD:`` prompt when the
-config names a password file (three tries), CRLF line ends. Each connection has its own
+The socket side (listener, password prompt, CRLF lines) is the client's too
+(:mod:`tunconnector.ovpn_mgmtsock`). Each connection has its own
 :class:`ServerManagement`; every line it sends is answered against a fresh
 :meth:`snapshot` of the server, and the actions it asks for are carried out here:
 
@@ -25,20 +24,17 @@ shows the daemon's log lines as ``>LOG:``. The unix socket is removed on close.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import hmac
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import TransportError, TunconnectorError
-from .ovpn_mgmt import PASSWORD_TRIES
+from .errors import TunconnectorError
+from .ovpn_mgmtsock import Conn, ManagementListener
 from .ovpnconfig import Management as Spec
 from .proto.openvpn.mgmt import StateEntry
 from .proto.openvpn.mgmtserver import ClientAuth, KillClient, SendSignal, ServerManagement
@@ -46,8 +42,6 @@ from .proto.openvpn.serverstatus import ServerSnapshot, status_lines
 
 log = logging.getLogger("tunconnector.openvpn.server.management")
 
-_FLAGS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W",
-          logging.ERROR: "N", logging.CRITICAL: "F"}
 #: the longest a bytecount ticker sleeps before looking at its interval again
 _TICK_MAX = 1.0
 
@@ -66,112 +60,42 @@ def _terminate() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-class _LogTap(logging.Handler):
-    """The daemon's log lines, as ``time,FLAG,message``, for ``log``."""
-
-    def __init__(self, owner: ServerManagementListener) -> None:
-        super().__init__(logging.DEBUG)
-        self.owner = owner
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage().replace("\r", " ").replace("\n", " ")
-        except Exception:  # a bad format string must not break logging
-            return
-        self.owner.add_log(f"{int(record.created)},{_FLAGS.get(record.levelno, 'I')},{msg}")
-
-
-class _Conn:
-    def __init__(self, writer: asyncio.StreamWriter, mgmt: ServerManagement) -> None:
-        self.writer = writer
+class _Conn(Conn):
+    def __init__(self, writer: asyncio.StreamWriter, mgmt: ServerManagement, *,
+                 authed: bool) -> None:
+        super().__init__(writer, authed=authed)
         self.mgmt = mgmt
-        self.authed = False
-        self.tries = 0
         self.wake = asyncio.Event()  # the bytecount interval changed
-        self.ticker: asyncio.Task[None] | None = None
-
-    def send(self, *lines: str) -> None:
-        if lines and not self.writer.is_closing():
-            self.writer.write("".join(f"{line}\r\n" for line in lines).encode())
-
-    def prompt(self) -> None:
-        """openvpn's password prompt: no line end."""
-        if not self.writer.is_closing():
-            self.writer.write(b"ENTER PASSWORD:")
 
 
-class ServerManagementListener:
+class ServerManagementListener(ManagementListener[_Conn]):
     """The listener and its connections. ``settle(now)`` is called after a client was
     ended, for the tunnel to send what the session produced (its exit notice) and arm
     its timer; ``terminate`` is what ``signal SIGTERM`` does (default: a SIGTERM to
     this process, which :func:`~.ovpnserver.serve` turns into a clean stop)."""
 
+    _log = log
+
     def __init__(self, spec: Spec, tunnel: Tunnel, *,
                  settle: Callable[[float], None] | None = None,
                  terminate: Callable[[], None] = _terminate,
                  local_ip: str = "", status_version: int = 1) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.tunnel = tunnel
         self.settle = settle
         self.terminate = terminate
         self.status_version = status_version
         self.states = [StateEntry(int(time.time()), "CONNECTED", "SUCCESS", local_ip)]
-        self.logs: collections.deque[str] = collections.deque(maxlen=max(spec.log_cache, 1))
-        self._conns: set[_Conn] = set()
-        self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._tap = _LogTap(self)
 
     # -- lifecycle --------------------------------------------------------------------
-    @property
-    def where(self) -> str:
-        spec = self.spec
-        return spec.address if spec.unix else f"{spec.address}:{spec.port}"
-
     async def start(self) -> None:
-        spec = self.spec
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        try:
-            if spec.unix:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(spec.address)  # a stale socket, as openvpn
-                self._server = await asyncio.start_unix_server(self._serve, path=spec.address)
-            else:
-                self._server = await asyncio.start_server(
-                    self._serve, host=spec.address, port=spec.port,
-                    family=socket.AF_UNSPEC, reuse_address=True)
-        except OSError as exc:
-            raise TransportError(f"management {self.where}: {exc.strerror or exc}") from exc
-        logging.getLogger("tunconnector").addHandler(self._tap)
-        log.info("MANAGEMENT: %s listening on %s",
-                 "unix domain socket" if spec.unix else "TCP socket", self.where)
-        if spec.hold:
+        await super().start()
+        if self.spec.hold:
             log.warning("management-hold: not supported on a server (no hold to release)")
-
-    async def close(self) -> None:
-        logging.getLogger("tunconnector").removeHandler(self._tap)
-        if self._server is not None:
-            self._server.close()
-        for c in list(self._conns):
-            if c.ticker is not None:
-                c.ticker.cancel()
-            c.writer.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
-        if self.spec.unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spec.address)
-
-    @property
-    def bound_port(self) -> int | None:
-        """The TCP port (useful with port 0)."""
-        if self._server is None or self.spec.unix or not self._server.sockets:
-            return None
-        return int(self._server.sockets[0].getsockname()[1])
 
     # -- notifications ----------------------------------------------------------------
     def add_log(self, line: str) -> None:
@@ -190,55 +114,16 @@ class ServerManagementListener:
                 c.send(*shown)
 
     # -- one connection ---------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    def _connect(self, writer: asyncio.StreamWriter) -> _Conn:
         m = ServerManagement(pid=os.getpid(), status_version=self.status_version)
         m.states = list(self.states)
         m.logs = list(self.logs)
-        c = _Conn(writer, m)
-        self._conns.add(c)
-        try:
-            if self.spec.password is None:
-                c.authed = True
-                c.send(*m.greeting())
-            else:
-                c.prompt()
-            c.ticker = asyncio.get_running_loop().create_task(self._tick(c))
-            while True:
-                raw = await reader.readline()
-                if not raw:
-                    break
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                if not c.authed:
-                    if not self._password(c, line.strip()):
-                        break
-                    await writer.drain()
-                    continue
-                if not await self._line(c, line):
-                    break
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._conns.discard(c)
-            if c.ticker is not None:
-                c.ticker.cancel()
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.close()
+        c = _Conn(writer, m, authed=self.spec.password is None)
+        c.ticker = asyncio.get_running_loop().create_task(self._tick(c))
+        return c
 
-    def _password(self, c: _Conn, line: str) -> bool:
-        if hmac.compare_digest(line.encode(), (self.spec.password or "").encode()):
-            c.authed = True
-            c.send("SUCCESS: password is correct", *c.mgmt.greeting())
-            return True
-        c.tries += 1
-        c.send("ERROR: bad password")
-        if c.tries >= PASSWORD_TRIES:
-            log.warning("MAN: client connection rejected after %d failed password attempts",
-                        PASSWORD_TRIES)
-            return False
-        c.prompt()
-        return True
+    def _greeting(self, c: _Conn) -> list[str]:
+        return c.mgmt.greeting()
 
     async def _line(self, c: _Conn, line: str) -> bool:
         """One command; False ends the connection."""

@@ -177,7 +177,7 @@ class Tunnel(SupervisedDevice):
         self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
         self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self._netlink = netlink or nl.Netlink()
+        self.netlink = netlink or nl.Netlink()
         self._own_netlink = netlink is None
         self._created_device = False
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
@@ -204,7 +204,11 @@ class Tunnel(SupervisedDevice):
         self._reading_device = False
         self._stopping = False
         self._keys: TunnelKeys | None = None
-        self._guard = HandshakeGuard()
+        # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
+        # a DH each (its NativeConnection sends them to each initiation's address); over
+        # TCP the connection already proved the source address
+        self._guard = HandshakeGuard(cookies=CookieChecker() if (
+            config.mode == "server" and config.proto == "udp" and not config.path) else None)
         self._fast = FastPath(config, UNDERLAY_MTU)
         self._express: Express | None = None  # TCP's latency lane
         self._late = False  # the timer fired late once and was deferred past the I/O
@@ -368,7 +372,7 @@ class Tunnel(SupervisedDevice):
     async def close(self) -> None:
         await self.stop()
         if self._own_netlink:
-            self._netlink.close()
+            self.netlink.close()
 
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
@@ -376,8 +380,8 @@ class Tunnel(SupervisedDevice):
         name = cfg.device or ""
         existed = False
         if name:
-            existed = await self._netlink.call(nl.link_exists, name)
-            if cfg.netns and not existed and await self._netlink.call(
+            existed = await self.netlink.call(nl.link_exists, name)
+            if cfg.netns and not existed and await self.netlink.call(
                 nl.link_exists, name, cfg.netns
             ):
                 raise DeviceError(
@@ -390,11 +394,11 @@ class Tunnel(SupervisedDevice):
         self.device_name = dev.name
         self._created_device = not existed
         if cfg.netns:
-            await self._netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self._netlink.call(
+            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
+        await self.netlink.call(
             nl.configure, dev.name, addresses=cfg.interfaces, mtu=self.mtu, netns=cfg.netns
         )
-        await self._fast.after_configure(self._netlink, dev.name, cfg.netns)
+        await self._fast.after_configure(self.netlink, dev.name, cfg.netns)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
 
@@ -486,9 +490,6 @@ class Tunnel(SupervisedDevice):
         server = cfg.mode == "server"
         conn: PeerConnection
         if cfg.framing == "native":
-            if server and self._guard.cookies is None:
-                # a flood of valid-mac1 initiations gets cookie replies, not a DH each
-                self._guard.cookies = CookieChecker()
             conn = NativeConnection(
                 self._make_native, server=server, peer=self.peer,
                 max_datagram=self._fast.max_datagram(self.peer),

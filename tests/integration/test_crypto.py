@@ -9,6 +9,7 @@ import shutil
 import statistics
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from harness import Daemon, Env
 from netns import Host, tunconnector_cmd, wait_for
 
 from tunconnector.keys import generate_keypair, generate_psk
+from tunconnector.proto.cookie import CookieChecker
 
 pytestmark = [pytest.mark.privileged, pytest.mark.netns]
 
@@ -334,48 +336,85 @@ def test_explicit_cipher_on_one_end_default_on_the_other(env: Env, explicit: str
         assert st is not None and st["crypto"]["cipher"] == explicit, st["crypto"]
 
 
-FLOOD = str(Path(__file__).resolve().parent.parent / "tools" / "initflood.py")
+INITFLOOD = str(Path(__file__).resolve().parent.parent / "tools" / "initflood.py")
+#: the flood's source hosts, on the client's side of the link
+FLOOD_HOSTS = [f"192.168.100.{100 + i}" for i in range(32)]
+PINGS = 40
 
 
 def test_p2p_server_answers_initiation_flood_with_cookies(env: Env) -> None:
-    """A point-to-point server flooded with valid-mac1 initiations from unknown keys (the
-    server's public key is all it takes) answers with cookie replies instead of a
-    Diffie-Hellman each, and its client keeps pinging through the flood."""
-    import sys
-
-    from tunconnector.proto.cookie import CookieChecker
-
+    """A point-to-point UDP server (public keys, AES-256-GCM) under 10,000 valid-mac1
+    initiations from 32 source hosts, while its live peer pings through the tunnel.
+    Each source host may start 5 handshakes at once and 20 a second (the per-source
+    limit), so without cookies the flood would cost over 600 DH a second. Past the load
+    threshold (initiations a second) the server answers with cookie replies instead:
+    the DH work stays within the threshold per second of the flood, and every echo
+    comes back."""
     s_priv, s_pub = generate_keypair()
     c_priv, c_pub = generate_keypair()
+    port = 55571
     server, client = pair(
         env, {"private_key_file": key_file(env, "s.key", s_priv), "peer_public_key": c_pub},
         {"private_key_file": key_file(env, "c.key", c_priv), "peer_public_key": s_pub},
-        port=55574)
+        port=port, cipher="aes-256-gcm")
     client.wait_state("up")
     server.wait_state("up")
-    flood = env.b.popen(sys.executable, FLOOD, env.lab.a_addrs[0], "55574", s_pub,
-                        "10000", "64", "32", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        text=True)
-    assert flood.stdout is not None and flood.stdin is not None
-    assert "ready" in flood.stdout.readline()
-    pinger = env.b.popen("ping", "-n", "-q", "-c", "40", "-i", "0.05", "-W", "2", SERVER_IP,
-                         stdout=subprocess.PIPE, text=True)
-    flood.stdin.write("go\n")
-    flood.stdin.flush()
-    result = json.loads(flood.stdout.readline())
-    flood.wait(30)
-    out, _ = pinger.communicate(timeout=30)
-    summary = [ln for ln in str(out).splitlines() if "packets transmitted" in ln]
-    received = int(summary[0].split(",")[1].split()[0]) if summary else 0
-    st = server.tunnel()
-    assert st is not None
-    drops = st["drops"]
-    print("flood", result, "echoes", received, "of 40, drops", drops)
+    link = env.lab.links[0][1]
+    env.b.run("ip", "-batch", "-", input="".join(
+        f"addr add {host}/24 dev {link}\n" for host in FLOOD_HOSTS))
+    before = server.tunnel()
+    assert before is not None and before["crypto"]["cipher"] == "aes-256-gcm", before
+    dh_before = before["crypto"]["initiations_processed"]
+    flood = env.b.popen(sys.executable, INITFLOOD, env.lab.a_addrs[0], str(port), s_pub,
+                        "10000", "64", "32", ",".join(FLOOD_HOSTS), stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+    ping: subprocess.Popen[str] | None = None
+    try:
+        assert flood.stdout is not None and flood.stdin is not None
+        assert "ready" in flood.stdout.readline()  # the initiations are built
+        ping = env.b.popen("stdbuf", "-oL", "ping", "-D", "-n", "-c", str(PINGS), "-i", "0.1",
+                           "-W", "5", SERVER_IP, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        assert ping.stdout is not None
+        lines: list[str] = []
+        # the flood starts once an echo came back (EOF bounds this: ping -c ends)
+        for line in ping.stdout:
+            lines.append(line)
+            if "bytes from" in line:
+                break
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        result = json.loads(flood.stdout.readline())
+        flood.wait(30)
+        rest, _ = ping.communicate(timeout=PINGS * 0.1 + 30)
+        lines += rest.splitlines()
+    finally:
+        for proc in (flood, ping):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    replies = [float(ln[1:ln.index("]")]) for ln in lines
+               if ln.startswith("[") and "bytes from" in ln]
+    summary = next((ln for ln in lines if "packets transmitted" in ln), "")
+    after = server.tunnel()
+    assert after is not None
+    drops, crypto = after["drops"], after["crypto"]
+    dh = crypto["initiations_processed"] - dh_before
+    busy_end = max(result["ended_at"], result["last_reply_at"] or 0.0)
+    busy = busy_end - result["started_at"]
+    bound = CookieChecker().threshold * max(1.0, busy) + 20
+    print(f"flood {result}; server: {drops.get('cookie_sent', 0)} cookie replies sent, "
+          f"{drops.get('cookie_throttled', 0)} throttled, {drops.get('rate_limited', 0)} "
+          f"rate-limited, {dh} initiations processed (bound {bound:.0f}), "
+          f"{drops.get('unknown_peer', 0)} unknown peers; ping: {summary.strip()}")
     assert result["sent"] == 10000
-    assert drops.get("cookie_sent", 0) > 0 and result["cookie_replies"] > 0, drops
-    # DH work was bounded: past the load threshold every initiation got a cookie reply
-    # (or was throttled) instead of a DH, which would end as an unknown static key
-    assert drops.get("unknown_peer", 0) <= CookieChecker().threshold, drops
-    assert received >= 38, (received, drops)
-    assert st["state"] == "up" and client.tunnel()["state"] == "up"  # type: ignore[index]
-    assert env.b.ping(SERVER_IP, count=5, interval=0.05) == (5, 5)
+    # every echo came back, the first before the flood and the last after it
+    assert f"{PINGS} packets transmitted, {PINGS} received" in summary, lines[-5:]
+    assert len(replies) == PINGS
+    assert replies[0] < result["started_at"] and replies[-1] > busy_end, (replies, result)
+    # under load the server answered with cookies ...
+    assert drops.get("cookie_sent", 0) > 0 and result["cookie_replies"] > 0, (drops, result)
+    # ... and did a DH only for what came before the load (the threshold per second)
+    assert dh <= bound, (dh, bound, drops)
+    assert after["state"] == "up" and crypto["established"]
+    assert env.b.ping(SERVER_IP, count=3, interval=0.05) == (3, 3)

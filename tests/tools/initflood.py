@@ -1,11 +1,13 @@
 """Flood a native responder with valid-mac1 handshake initiations from unknown keys.
 
-    python initflood.py HOST PORT RESPONDER_PUBLIC_KEY TOTAL [DISTINCT] [SOURCES]
+    python initflood.py HOST PORT RESPONDER_PUBLIC_KEY TOTAL [DISTINCT] [SOURCES] [BIND]
 
 Builds DISTINCT initiations (IKpsk2 first messages from random static keys, each with a
 valid mac1: only the responder's public key is needed for that), prints a "ready" line,
 waits for a line on stdin (go), then sends TOTAL datagrams cycling through them from
-SOURCES sockets (source ports) as fast as it can. Every one of them costs a responder
+SOURCES sockets (source ports) as fast as it can. BIND, a comma-separated list of local
+addresses, binds socket i to BIND[i % len(BIND)]: many source hosts, so a responder's
+per-host rate limit alone does not bound its work. Every one of them costs a responder
 without cookies a Diffie-Hellman: the key is only known after the DH. Prints one JSON
 line: sent, seconds, cookie replies received, and when the flood started and ended
 (``time.time()``, for overlap checks).
@@ -33,6 +35,7 @@ def main() -> int:
     total = int(sys.argv[4])
     distinct = int(sys.argv[5]) if len(sys.argv) > 5 else 500
     sources = int(sys.argv[6]) if len(sys.argv) > 6 else 20
+    binds = sys.argv[7].split(",") if len(sys.argv) > 7 else []
     mac_key = _mac_key(pub, bytes(32))
     statics = [X25519PrivateKey.generate() for _ in range(max(1, distinct // 10))]
     msgs = []
@@ -44,9 +47,11 @@ def main() -> int:
         data = HEADER.pack(VERSION, MsgType.HANDSHAKE_INIT, 0, 0, i + 1, 0) + body
         msgs.append(data + hashlib.blake2s(data, key=mac_key, digest_size=16).digest())
     socks = []
-    for _ in range(sources):
+    for i in range(sources):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
+        if binds:
+            s.bind((binds[i % len(binds)], 0))
         s.connect((host, port))
         socks.append(s)
     print(json.dumps({"ready": True}), flush=True)

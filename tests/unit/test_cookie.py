@@ -246,3 +246,48 @@ def test_screen_mac_keys_and_no_cookies() -> None:
     assert isinstance(s.check(initiation(), SRC, 0.0), Accept)
     s.set_mac_keys([other])
     assert s.check(initiation(), SRC, 0.0) == Drop("bad_mac")
+
+
+def test_dh_counted_only_past_the_screen() -> None:
+    """``counters["dh"]`` (status ``initiations_processed``) counts the initiations that
+    cost a Diffie-Hellman: not those answered with a cookie, nor a bad mac1."""
+    c, s = pair(CookieChecker(threshold=1))  # load from the second initiation on
+    c.start(0.0)
+    first = c.datagrams_to_send()
+    to(s, first, 0.0)
+    assert s.counters["dh"] == 1 and s.stats(0.0)["initiations_processed"] == 1
+    for i in range(50):  # a flood of copies: a cookie each, no DH
+        to(s, first, 0.01 + i * 0.001)
+    assert s.counters["dh"] == 1 and s.drops["cookie_sent"] == 50
+    assert len(s.cookie_out) == 50
+    forged = bytearray(first[0])
+    forged[-1] ^= 1
+    to(s, [bytes(forged)], 0.1)
+    assert s.counters["dh"] == 1 and s.drops["bad_mac"] == 1
+
+
+def test_load_estimate_spans_window_boundary() -> None:
+    """A burst that starts late in one counting window is under load once it reaches the
+    threshold, not only after the threshold again in the next window."""
+    ck = CookieChecker(threshold=10)
+    ck.note_initiation(0.0)  # opens a window [0, 1)
+    for i in range(9):
+        ck.note_initiation(0.95 + i * 0.001)
+    assert not ck.under_load(0.96)  # 10 in the last second: at the threshold
+    ck.note_initiation(1.0)  # a new window, but the last second holds 11
+    assert ck.under_load(1.0)
+    quiet = CookieChecker(threshold=10)
+    for i in range(10):
+        quiet.note_initiation(0.1 * i)
+    quiet.note_initiation(2.5)  # the previous full window is long past: not carried
+    assert not quiet.under_load(2.5)
+
+
+def test_backlog_means_under_load_at_once() -> None:
+    """Many initiations in one read (a queue of them): under load for a second, before the
+    handled rate says so (a responder short of CPU handles few while its queue fills)."""
+    ck = CookieChecker()
+    assert not ck.under_load(10.0)
+    ck.note_backlog(10.0)
+    assert ck.under_load(10.0) and ck.under_load(10.9)
+    assert not ck.under_load(11.0)

@@ -141,7 +141,7 @@ def test_tap_hub_keeps_its_mac_and_pin_on_a_recreated_device(tmp_path: Path) -> 
 
     hub = make_hub(tmp_path, dev_type="tap")
     links = _Links()
-    hub._netlink = links  # type: ignore[assignment]
+    hub.netlink = links  # type: ignore[assignment]
     asyncio.run(hub._own_lladdr("tap0"))
     first = parse_mac("02:00:00:00:00:01")
     assert links.set == [] and hub.macs.pinned(LOCAL) == [first]

@@ -60,6 +60,15 @@ def test_twin_on_a_dual_stack_socket_takes_a_v4_peer() -> None:
             s.close()
 
 
+def _closed_port() -> tuple[str, int]:
+    """A loopback port nobody listens on: the kernel answers port unreachable."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    remote: tuple[str, int] = probe.getsockname()
+    probe.close()
+    return remote
+
+
 def test_a_connected_socket_is_read_again_after_an_icmp_error() -> None:
     """uvloop (libuv) stops polling a descriptor that reported an error: a connected
     socket reports the ICMP port unreachable of its remote while that is down, and must
@@ -72,10 +81,7 @@ def test_a_connected_socket_is_read_again_after_an_icmp_error() -> None:
     from tunconnector.io.udp import UdpEndpoint
 
     async def scenario() -> tuple[list[bytes], int]:
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        remote = probe.getsockname()
-        probe.close()  # nobody there: the kernel answers port unreachable
+        remote = _closed_port()
         ep = UdpEndpoint(open_udp(bind="127.0.0.1", port=0, family=socket.AF_INET),
                          collections.Counter())
         ep.connect(remote)
@@ -121,3 +127,26 @@ def test_enable_offload_honours_the_environment(monkeypatch: pytest.MonkeyPatch)
                 assert "udp_gso=off udp_gro=off" == off.describe()
         finally:
             ep.close()
+
+
+def test_port_unreachable_is_counted_apart_from_read_errors() -> None:
+    """A peer whose port has no listener yet (both ends starting at once) answers with an
+    ICMP port unreachable: counted as ``peer_unreachable``, not as a read error."""
+    import collections
+    import time
+
+    from tunconnector.io.udp import UdpEndpoint
+
+    remote = _closed_port()
+    ep = UdpEndpoint(open_udp(bind="127.0.0.1", port=0, family=socket.AF_INET),
+                     collections.Counter())
+    try:
+        ep.connect(remote)
+        ep.sendto(b"hello?", remote)
+        deadline = time.monotonic() + 2
+        while not ep.drops and time.monotonic() < deadline:
+            ep.drain([])  # the pending ICMP error is what this read returns
+            time.sleep(0.01)  # loopback ICMP: no event to wait on without a loop
+    finally:
+        ep.close()
+    assert ep.drops == {"peer_unreachable": 1}, ep.drops

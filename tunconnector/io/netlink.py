@@ -56,6 +56,15 @@ def _index(sock: Any, name: str) -> int:
     return int(found[0])
 
 
+def _set_link(name: str, what: str, netns: str | None, /, **attrs: Any) -> None:
+    """One RTM_SETLINK on ``name``; a refusal is a DeviceError saying what was tried."""
+    with ipr(netns) as sock:
+        try:
+            sock.link("set", index=_index(sock, name), **attrs)
+        except NetlinkError as exc:
+            raise DeviceError(f"{name}: cannot {what}: {exc}") from exc
+
+
 def link_exists(name: str, netns: str | None = None) -> bool:
     with ipr(netns) as sock:
         return bool(sock.link_lookup(ifname=name))
@@ -65,11 +74,7 @@ def move_to_netns(name: str, netns: str) -> None:
     """Move a link from the current namespace into ``netns`` (its fd keeps working)."""
     if not os.path.exists(os.path.join(NETNS_DIR, netns)):
         raise DeviceError(f"network namespace {netns!r} does not exist")
-    with ipr() as sock:
-        try:
-            sock.link("set", index=_index(sock, name), net_ns_fd=netns)
-        except NetlinkError as exc:
-            raise DeviceError(f"{name}: cannot move to netns {netns!r}: {exc}") from exc
+    _set_link(name, f"move to netns {netns!r}", None, net_ns_fd=netns)
 
 
 def configure(
@@ -106,11 +111,7 @@ def configure(
 
 
 def set_state(name: str, up: bool, netns: str | None = None) -> None:
-    with ipr(netns) as sock:
-        try:
-            sock.link("set", index=_index(sock, name), state="up" if up else "down")
-        except NetlinkError as exc:
-            raise DeviceError(f"{name}: cannot set link state: {exc}") from exc
+    _set_link(name, "set link state", netns, state="up" if up else "down")
 
 
 def get_mtu(name: str, netns: str | None = None) -> int:
@@ -409,11 +410,7 @@ def get_lladdr(name: str, netns: str | None = None) -> str | None:
 
 def set_lladdr(name: str, lladdr: str, netns: str | None = None) -> None:
     """Give ``name`` a MAC address (a recreated TAP keeps the one its peers know)."""
-    with ipr(netns) as sock:
-        try:
-            sock.link("set", index=_index(sock, name), address=lladdr)
-        except NetlinkError as exc:
-            raise DeviceError(f"{name}: cannot set MAC address {lladdr}: {exc}") from exc
+    _set_link(name, f"set MAC address {lladdr}", netns, address=lladdr)
 
 
 def restore_routes(name: str, routes: list[RouteKey], netns: str | None = None) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import DeviceError
-from .netlink import _index, ipr
+from .netlink import _index, _set_link, ipr
 
 
 def _route_args(idx: int, net: str, gateway: str | None) -> dict[str, Any]:
@@ -84,8 +84,4 @@ def set_addresses(device: str, *, add: list[str], remove: list[str],
 
 
 def set_mtu(device: str, mtu: int, netns: str | None = None) -> None:
-    with ipr(netns) as sock:
-        try:
-            sock.link("set", index=_index(sock, device), mtu=mtu)
-        except NetlinkError as exc:
-            raise DeviceError(f"{device}: cannot set MTU {mtu}: {exc}") from exc
+    _set_link(device, f"set MTU {mtu}", netns, mtu=mtu)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import typing
 from collections.abc import Callable
 
 from ..errors import TransportError
+from ._bind import bind_error, bind_host
 from .udp import SO_BINDTODEVICE
 
 #: pending accepts the kernel keeps: a flood of connections must not crowd out a real
@@ -112,16 +112,12 @@ def listen_socket(
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind is None else 1)
-        host = bind if bind is not None else ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        sock.bind((host, port))
+        sock.bind((bind_host(bind, family), port))
         sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise TransportError(f"TCP port {port} on {bind or 'any'} is already in use") from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise TransportError(f"cannot bind TCP to {bind}: address not on this host") from exc
-        raise TransportError(f"cannot listen on TCP {bind}:{port}: {exc.strerror}") from exc
+        raise bind_error(exc, "TCP", bind, port) or TransportError(
+            f"cannot listen on TCP {bind}:{port}: {exc.strerror}") from exc
     return sock
 
 
@@ -133,8 +129,7 @@ async def connect(
     sock = _socket(family, bind_interface)
     try:
         if bind is not None or port:
-            host = bind if bind is not None else ("::" if family == socket.AF_INET6 else "0.0.0.0")
-            sock.bind((host, port))
+            sock.bind((bind_host(bind, family), port))
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.sock_connect(sock, remote), timeout)
     except (TimeoutError, OSError):

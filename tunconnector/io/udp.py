@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import TransportError
 from ..proto.fragment import FragmentRun
 from ..proto.framing import MsgType
+from ._bind import bind_error, bind_host
 from .offload import (
     GRO_CMSG_SPACE,
     UDP_GSO_MAX_BYTES,
@@ -66,14 +67,12 @@ def open_udp(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind is None else 1)
         if bind_interface:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind_interface.encode())
-        host = bind if bind is not None else ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        sock.bind((host, port))
+        sock.bind((bind_host(bind, family), port))
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise TransportError(f"UDP port {port} on {bind or 'any'} is already in use") from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise TransportError(f"cannot bind UDP to {bind}: address not on this host") from exc
+        common = bind_error(exc, "UDP", bind, port)
+        if common is not None:
+            raise common from exc
         if exc.errno in (errno.EPERM, errno.EACCES):
             raise TransportError(f"cannot bind UDP port {port}: permission denied") from exc
         if exc.errno == errno.ENODEV:
@@ -147,6 +146,12 @@ def normalize(addr: Addr) -> Addr:
         host = host[7:]
     return (host, port)
 
+
+def _icmp_error_key(exc: OSError) -> str:
+    """The drop counter for an error a read returned: ``peer_unreachable`` for an ICMP
+    port unreachable (nothing listened at the peer's port yet, e.g. while both ends
+    start), ``rx_error`` for anything else."""
+    return "peer_unreachable" if exc.errno == errno.ECONNREFUSED else "rx_error"
 
 class UdpEndpoint:
     """A bound UDP socket plus a reader that hands batches of datagrams to a callback."""
@@ -258,8 +263,8 @@ class UdpEndpoint:
             return data, None, addr
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError:
-            self.drops["rx_error"] += 1
+        except OSError as exc:
+            self.drops[_icmp_error_key(exc)] += 1
             self._rearm_soon()
             return None
 
@@ -300,9 +305,9 @@ class UdpEndpoint:
                     append(recvfrom(65_600))
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:
+        except OSError as exc:
             # ICMP errors surface here (ECONNREFUSED, ENETUNREACH...): not fatal.
-            self.drops["rx_error"] += 1
+            self.drops[_icmp_error_key(exc)] += 1
             self._rearm_soon()
         return batch
 

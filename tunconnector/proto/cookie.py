@@ -31,7 +31,7 @@ import hmac
 import secrets
 import struct
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import ClassVar, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -68,8 +68,9 @@ class CookieChecker:
     """Responder side: load estimate, cookie generation and ``mac2`` checks."""
 
     __slots__ = ("threshold", "secret_lifetime", "_secret", "_previous", "_rotated",
-                 "_window", "_count", "_loaded_until", "replies", "refused", "throttled",
-                 "reply_rate", "reply_burst", "_tokens", "_tokens_at", "_aeads")
+                 "_window", "_count", "_previous_count", "_loaded_until", "replies",
+                 "refused", "throttled", "reply_rate", "reply_burst", "_tokens",
+                 "_tokens_at", "_aeads")
 
     def __init__(self, *, threshold: float = 200.0, secret_lifetime: float = 120.0,
                  reply_rate: float = 2000.0, reply_burst: float = 200.0) -> None:
@@ -89,19 +90,36 @@ class CookieChecker:
         self._rotated: float | None = None
         self._window = 0.0
         self._count = 0
+        self._previous_count = 0
         self._loaded_until = float("-inf")
         #: cookie replies sent, and initiations refused for a missing or bad mac2
         self.replies = 0
         self.refused = 0
 
     def note_initiation(self, now: float) -> None:
-        """Count one initiation with a valid ``mac1`` (the load measure)."""
-        if now - self._window >= 1.0:
-            self._window = now
+        """Count one initiation with a valid ``mac1`` (the load measure).
+
+        Counted in one-second windows; the estimate of the last second adds the part
+        of the previous window's count that still lies within it (as if spread evenly
+        over that window). A flood that starts late in one window is then under load as
+        soon as it reaches ``threshold``, not once each in two windows (twice the DH).
+        """
+        elapsed = now - self._window
+        if elapsed >= 1.0:
+            whole = int(elapsed)
+            self._previous_count = self._count if whole == 1 else 0
+            self._window += whole
             self._count = 0
         self._count += 1
-        if self._count > self.threshold:
+        carried = self._previous_count * (1.0 - (now - self._window))
+        if self._count + carried > self.threshold:
             self._loaded_until = now + 1.0  # stay under load a second past the burst
+
+    def note_backlog(self, now: float) -> None:
+        """Initiations were queued faster than they are handled (many in one read): under
+        load at once. The rate above is the rate handled, and a responder short of CPU
+        handles few a second while its queue overflows."""
+        self._loaded_until = max(self._loaded_until, now + 1.0)
 
     def under_load(self, now: float) -> bool:
         return now < self._loaded_until
@@ -238,6 +256,7 @@ COOKIE_THROTTLED = Drop("cookie_throttled")
 RATE_LIMITED = Drop("rate_limited")
 
 
+@dataclass(slots=True, kw_only=True, eq=False)
 class InitiationScreen:
     """Everything a responder checks on a HANDSHAKE_INIT before it spends a DH on it.
 
@@ -260,20 +279,19 @@ class InitiationScreen:
     may be shared by several screens.
     """
 
-    __slots__ = ("init_len", "cookies", "limiter", "cookie_key", "throttle_before_mac",
-                 "limit_always", "_mac_keys")
+    #: length of an initiation with mac1 and without mac2
+    init_len: int
+    mac_keys: InitVar[Iterable[bytes]]
+    cookies: CookieChecker | None
+    limiter: RateLimiter
+    #: seals our cookie replies (``cookie_key`` of the responder's mac1 key); out of the
+    #: repr, as keys are never logged
+    cookie_key: bytes = field(repr=False)
+    throttle_before_mac: bool = True
+    limit_always: bool = False
+    _mac_keys: list[bytes] = field(init=False, repr=False)
 
-    def __init__(self, *, init_len: int, mac_keys: Iterable[bytes],
-                 cookies: CookieChecker | None, limiter: RateLimiter, cookie_key: bytes,
-                 throttle_before_mac: bool = True, limit_always: bool = False) -> None:
-        #: length of an initiation with mac1 and without mac2
-        self.init_len = init_len
-        self.cookies = cookies
-        self.limiter = limiter
-        #: seals our cookie replies (``cookie_key`` of the responder's mac1 key)
-        self.cookie_key = cookie_key
-        self.throttle_before_mac = throttle_before_mac
-        self.limit_always = limit_always
+    def __post_init__(self, mac_keys: Iterable[bytes]) -> None:
         self._mac_keys = list(mac_keys)
 
     def set_mac_keys(self, keys: Iterable[bytes]) -> None:

@@ -375,10 +375,7 @@ class MultiPath:
     def receive_probe(self, index: int, header: Header, payload: bytes | memoryview,
                       now: float) -> bytes:
         """The peer's PROBE arrived on path ``index``: learn the path, return the ack."""
-        p = self._path(index)
-        if header.type != MsgType.PROBE:
-            raise RemoteProtocolError("bad_type", "not a probe")
-        seq, sent_us, epoch = parse_probe(payload)
+        p, seq, sent_us, epoch = self._probe_in(index, header, payload, MsgType.PROBE, "probe")
         p.probes_received += 1
         p.last_rx = now
         if self._peer_epoch is None:
@@ -393,10 +390,8 @@ class MultiPath:
     def receive_ack(self, index: int, header: Header, payload: bytes | memoryview,
                     now: float) -> None:
         """A PROBE_ACK arrived on path ``index``: RTT sample and one good answer."""
-        p = self._path(index)
-        if header.type != MsgType.PROBE_ACK:
-            raise RemoteProtocolError("bad_type", "not a probe ack")
-        seq, sent_us, epoch = parse_probe(payload)
+        p, seq, sent_us, epoch = self._probe_in(index, header, payload,
+                                                MsgType.PROBE_ACK, "probe ack")
         p.last_rx = now
         if epoch != self.epoch:
             p.bad_acks += 1  # an answer to a previous run of ours
@@ -510,6 +505,16 @@ class MultiPath:
         if not 0 <= index < len(self._paths):
             raise RemoteProtocolError("bad_path", f"path index {index}")
         return self._paths[index]
+
+    def _probe_in(self, index: int, header: Header, payload: bytes | memoryview,
+                  want: MsgType, what: str) -> tuple[_Path, int, int, int]:
+        """The path and ``(seq, sent_us, epoch)`` of an arriving PROBE or PROBE_ACK;
+        a bad index, type or body raises before anything is counted."""
+        p = self._path(index)
+        if header.type != want:
+            raise RemoteProtocolError("bad_type", f"not a {what}")
+        seq, sent_us, epoch = parse_probe(payload)
+        return p, seq, sent_us, epoch
 
     def _data_paths_view(self) -> list[int]:
         return self._data_paths

@@ -268,14 +268,13 @@ class Reassembler:
                 if (index == 0 and count > 1 and ver == VERSION and mtype == frag
                         and 0 < last <= chunk and end <= n and total <= MAX_INNER_MESSAGE
                         and count <= MAX_FRAGMENTS
-                        and (session, msg_id) not in self._pending
-                        and self._run_consistent(mv, off, stride, count, total)):
-                    out.append(bytearray().join([  # a bytearray: decrypted in place later
-                        mv[o + FRAG_OVERHEAD:min(o + stride, end)]
-                        for o in range(off, end, stride)]))
-                    self.stats.completed += 1
-                    off += count * stride
-                    continue
+                        and (session, msg_id) not in self._pending):
+                    parts = self._run_parts(mv, off, stride, count, total, end)
+                    if parts is not None:
+                        out.append(bytearray().join(parts))  # decrypted in place later
+                        self.stats.completed += 1
+                        off += count * stride
+                        continue
             try:
                 msg = self.receive(mv[off:off + stride], now)
             except RemoteProtocolError as exc:
@@ -287,18 +286,26 @@ class Reassembler:
         return out
 
     @staticmethod
-    def _run_consistent(mv: memoryview, off: int, stride: int, count: int,
-                        total: int) -> bool:
-        """Every datagram of the run carries the same message id, count and the next index.
-
-        (A lost datagram in the middle would otherwise splice two messages together.)
-        """
+    def _run_parts(mv: memoryview, off: int, stride: int, count: int, total: int,
+                   end: int) -> list[memoryview] | None:
+        """The payloads of a run's ``count`` datagrams, in one pass that also checks that
+        each carries the same message id, count and the next index (None if not: a lost
+        datagram in the middle would otherwise splice two messages together)."""
         unpack = _ID_SUB.unpack_from
         msg_id = unpack(mv, off + 8)[0]
-        for i in range(1, count):
-            if unpack(mv, off + i * stride + 8) != (msg_id, i, count, total):
-                return False
-        return True
+        parts = [mv[off + FRAG_OVERHEAD:off + stride]]
+        append = parts.append
+        o = off
+        for i in range(1, count - 1):
+            o += stride
+            if unpack(mv, o + 8) != (msg_id, i, count, total):
+                return None
+            append(mv[o + FRAG_OVERHEAD:o + stride])
+        o += stride
+        if unpack(mv, o + 8) != (msg_id, count - 1, count, total):
+            return None
+        append(mv[o + FRAG_OVERHEAD:end])
+        return parts
 
     def feed(self, datagram: bytes | bytearray | memoryview, now: float,
              drops: Counter[str]) -> bytearray | None:

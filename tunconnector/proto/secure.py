@@ -178,7 +178,8 @@ class HandshakeGuard:
         self.limiter = limiter if limiter is not None else TokenBucketLimiter()
         self.last_timestamp = 0
         #: cookie replies under load; only set by an adapter that sends
-        #: :attr:`SecureChannel.cookie_out` to each reply's source address
+        #: :attr:`SecureChannel.cookie_out` to each reply's source address after every
+        #: received datagram (a UDP server: nothing else drains that list)
         self.cookies = cookies
 
 
@@ -300,6 +301,9 @@ class SecureChannel:
         self.drops: collections.Counter[str] = collections.Counter()
         self.handshakes = 0
         self.rekeys = 0
+        #: work done for received initiations: ``dh``, those that passed the screen and
+        #: cost a Diffie-Hellman (status: ``initiations_processed``)
+        self.counters: collections.Counter[str] = collections.Counter()
         #: source of the last authenticated message (roaming: where the peer is now)
         self.authenticated_source: Hashable | None = None
         self.last_authenticated: float | None = None
@@ -355,6 +359,7 @@ class SecureChannel:
             "session_age": self.session_age(now),
             "handshakes": self.handshakes,
             "rekeys": self.rekeys,
+            "initiations_processed": self.counters["dh"],
             "queued": len(self._queue),
             "drops": dict(self.drops),
         }
@@ -713,6 +718,7 @@ class SecureChannel:
                     now,
                 )
             return
+        self.counters["dh"] += 1
         hs = self._handshake_state(False)
         try:
             payload = hs.read_message(bytes(verdict.body[HEADER_LEN:-MAC_LEN]))

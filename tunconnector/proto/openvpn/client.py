@@ -30,7 +30,6 @@ from .compress import Framing
 from .compress import from_option as compress_option
 from .datav2 import CIPHERS, canonical_cipher
 from .keymethod import ServerKeyMessage, client_message, parse_server_message
-from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_CONTROL_HARD_RESET_CLIENT_V2,
@@ -320,7 +319,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._activate(ks, now)
         if self.state == "failed":
             return
-        self._mss = self._mss_clamp()
+        self._mss = self._mss_for(peer_id=self._peer_id is not None)
         routes = list(reply.routes)
         gw = reply.default_gateway()
         routes = [(net, g or (gw if self.options.tap else None)) for net, g in routes]
@@ -401,17 +400,6 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     def _reneg_due(self, now: float) -> bool:
         primary = self._primary
         return super()._reneg_due(now) or (primary is not None and primary.exhausted)
-
-    def _mss_clamp(self) -> int:
-        o = self.options
-        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
-        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
-                         tap=o.tap, tcp=o.proto == "tcp",
-                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
-                         cipher=self.cipher or "", auth=o.auth,
-                         peer_id=self._peer_id is not None,
-                         compress=self._comp.kind if self._comp else None,
-                         tap_extra=o.tun_mtu_extra)
 
     # -- strings -------------------------------------------------------------------------
 

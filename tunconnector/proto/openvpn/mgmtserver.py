@@ -22,33 +22,13 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 
-from .mgmt import VERSION, StateEntry, history, parse_command, signal_name, verb
+from .mgmt import VERSION, StateEntry, help_lines, history, parse_command, signal_name, verb
 from .serverstatus import DEFAULT_TITLE, Localtime, ServerSnapshot, status_lines
 
-HELP_COMMANDS = (
-    "bytecount n            : Show bytes in/out, update every n secs (0=off).",
-    "echo [on|off] [N|all]  : Like log, but only show messages in echo buffer.",
-    "exit|quit              : Close management session.",
-    "help                   : Print this message.",
-    "kill cn                : Kill the client instance(s) having common name cn.",
-    "kill IP:port           : Kill the client instance connecting from IP:port.",
-    "load-stats             : Show global server load stats.",
-    "log [on|off] [N|all]   : Turn on/off realtime log display",
-    "                         + show last N lines or 'all' for entire history.",
-    "mute [n]               : Set log mute level to n, or show level if n is absent.",
-    "pid                    : Show process ID of the current OpenVPN process.",
-    "client-auth CID KID    : Authenticate client-id/key-id CID/KID (MULTILINE)",
-    "client-auth-nt CID KID : Authenticate client-id/key-id CID/KID",
-    "client-deny CID KID R [CR] : Deny auth client-id/key-id CID/KID with log reason",
-    "                             text R and optional client reason text CR",
-    "client-kill CID [M]    : Kill client instance CID with message M (def=RESTART)",
-    "signal s               : Send signal s to daemon,",
-    "                         s = SIGHUP|SIGTERM|SIGUSR1|SIGUSR2.",
-    "state [on|off] [N|all] : Like log, but show state history.",
-    "status [n]             : Show current daemon status info using format #n.",
-    "verb [n]               : Set log verbosity level to n, or show if n is absent.",
-    "version [n]            : Set client's version to n or show current version of daemon.",
-)
+HELP_COMMANDS = help_lines(
+    "bytecount", "echo", "exit", "help", "kill", "load-stats", "log", "mute", "pid",
+    "client-auth", "client-auth-nt", "client-deny", "client-kill", "signal", "state", "status",
+    "verb", "version")
 
 
 @dataclass(frozen=True, slots=True)

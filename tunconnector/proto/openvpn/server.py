@@ -62,7 +62,6 @@ from .datav2 import CIPHERS, canonical_cipher
 from .gate import FIRST_SESSION_PACKET_ID, GateAccept, GateReply, HandshakeGate
 from .ifpool import IfconfigPool, Lease, format_persist, parse_persist
 from .keymethod import ClientKeyMessage, parse_client_message, server_message
-from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
@@ -878,15 +877,7 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
     def mss_clamp(self) -> int:
         """This client's MSS clamp (0: none), the same computation as the client's
         (openvpn's ``frame_calculate_mssfix`` on the server's per-client frame)."""
-        o = self.options
-        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
-        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
-                         tap=o.tap, tcp=o.proto == "tcp",
-                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
-                         cipher=self.cipher or "", auth=o.auth,
-                         peer_id=bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2),
-                         compress=self._comp.kind if self._comp else None,
-                         tap_extra=o.tun_mtu_extra)
+        return self._mss_for(peer_id=bool(_iv_proto(self.peer_info) & IV_PROTO_DATA_V2))
 
     def prefixes(self) -> list[Network]:
         """What the router sends to this client: its addresses and its iroutes."""

@@ -49,6 +49,7 @@ from .keymethod import (
     split_key_material,
 )
 from .mss import clamp as clamp_mss
+from .mss import mss_value
 from .packet import (
     DATA_OPCODES,
     P_ACK_V1,
@@ -83,6 +84,10 @@ class SessionOptions(Protocol):
     tap: bool
     proto: str
     tun_mtu: int
+    tun_mtu_extra: int
+    mssfix: int
+    mssfix_encap: bool
+    mssfix_fixed: bool
     tls_auth: bytes | None
     tls_crypt: bytes | None
     key_direction: int | None
@@ -615,6 +620,18 @@ class OpenVPNSession(Generic[M], abc.ABC):
     def last_heard(self) -> float | None:
         """Loop time of the last authentic packet from the peer (pings included)."""
         return self._last_received if self.state == "connected" else None
+
+    def _mss_for(self, peer_id: bool) -> int:
+        """The MSS clamp (0: none) for this session's frame: openvpn's
+        ``frame_calculate_mssfix``; ``peer_id``: the data channel carries one (DATA_V2)."""
+        o = self.options
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
+        return mss_value(mssfix=o.mssfix, encap=o.mssfix_encap, fixed=o.mssfix_fixed,
+                         tap=o.tap, tcp=o.proto == "tcp",
+                         ipv6_underlay=":" in host and not host.startswith("::ffff:"),
+                         cipher=self.cipher or "", auth=o.auth, peer_id=peer_id,
+                         compress=self._comp.kind if self._comp else None,
+                         tap_extra=o.tun_mtu_extra)
 
     def _link_status(self) -> dict[str, Any]:
         return {"peer": None if self.peer is None else str(self.peer), "state": self.state,
