@@ -1,12 +1,19 @@
 """RawConnection: raw UDP framing as a sans-I/O connection (the rules tunnel.py applied
-inline before): packet information, oversize, empty, and who may move the peer."""
+inline before): packet information, oversize, empty, and who may move the peer.
+SimpletunConnection: simpletun over TCP (proof by a first valid frame, oversize, a bad
+length ends the stream)."""
 
 from __future__ import annotations
 
 from tunconnector.proto.acceptor import PeerAcceptor
-from tunconnector.proto.connection import AddressChanged
-from tunconnector.proto.framing import PI_FLAG_STRIP, add_packet_info
-from tunconnector.proto.plain_conn import RawConnection
+from tunconnector.proto.connection import AddressChanged, Connected, Disconnected, Notice
+from tunconnector.proto.framing import (
+    PI_FLAG_STRIP,
+    SimpletunDecoder,
+    add_packet_info,
+    encode_simpletun,
+)
+from tunconnector.proto.plain_conn import RawConnection, SimpletunConnection
 
 A = ("192.0.2.2", 40000)
 B = ("198.51.100.7", 41000)
@@ -14,7 +21,7 @@ PEER = ("192.0.2.1", 55556)
 IP4 = bytes([0x45]) + bytes(39)
 
 
-def events(conn: RawConnection) -> list[object]:
+def events(conn: RawConnection | SimpletunConnection) -> list[object]:
     return list(iter(conn.next_event, None))
 
 
@@ -82,3 +89,47 @@ def test_acceptor_learns_the_raw_address_of_a_raw_peer() -> None:
     raw = ("::ffff:192.0.2.2", 40000, 0, 0)
     acc.receive(IP4, raw, A, 0.0)
     assert acc.lookup(raw) is s and s.frames_to_deliver() == [IP4]
+
+
+def test_simpletun_stream_proven_by_its_first_valid_frame() -> None:
+    s = SimpletunConnection(server=True, max_frame=1500, peer=A)
+    s.start(0.0)
+    assert events(s) == [] and not s.proven
+    s.receive_stream(encode_simpletun(bytes(1501)), 0.1)  # oversize proves nothing
+    assert not s.proven and s.frames_to_deliver() == [] and s.all_drops() == {"oversize": 1}
+    wire = encode_simpletun(IP4) * 2
+    for i in range(len(wire)):  # cut at every byte
+        s.receive_stream(wire[i:i + 1], 0.2)
+    assert s.proven and events(s) == [Connected(0.2, A)]
+    assert s.frames_to_deliver() == [IP4, IP4]
+    s.send_device([IP4, IP4], 0.3)
+    d = SimpletunDecoder()
+    d.receive_data(b"".join(s.stream_to_send(0.3)))
+    assert d.frames() == [IP4, IP4]
+
+
+def test_simpletun_proven_at_once_and_the_lane() -> None:
+    c = SimpletunConnection(server=False, max_frame=1500, peer=PEER, proven=True)
+    c.start(0.0)
+    assert events(c) == [Connected(0.0, PEER)]
+    msg = c.send_one(IP4, 0.1, vnet_hdr=False)
+    assert msg == encode_simpletun(IP4) and c.quick_read(msg, 0.1) == IP4
+    assert c.send_one(b"", 0.1, vnet_hdr=False) is False
+    assert c.quick_read(msg + msg, 0.1) is False and c.quick_read(msg[:-1], 0.1) is False
+    assert c.quick_read(encode_simpletun(bytes(1501)), 0.1) is False  # the batch path counts
+    unproven = SimpletunConnection(server=True, max_frame=1500)
+    assert unproven.quick_read(msg, 0.1) is False
+
+
+def test_simpletun_bad_length_ends_the_stream_once() -> None:
+    s = SimpletunConnection(server=True, max_frame=1500, peer=A)
+    s.receive_stream(b"\x00\x00", 1.0)  # a zero length: simpletun has no empty frames
+    got = events(s)
+    assert [type(e) for e in got] == [Notice, Disconnected], got
+    assert isinstance(got[0], Notice) and "closing connection" in got[0].message
+    s.receive_stream(encode_simpletun(IP4), 1.1)  # nothing more is decoded
+    assert s.failed and s.frames_to_deliver() == [] and s.all_drops() == {"bad_length": 1}
+    cut = SimpletunConnection(server=True, max_frame=1500, peer=A)
+    cut.receive_stream(encode_simpletun(IP4)[:-1], 2.0)
+    cut.receive_stream(b"", 2.1)  # a frame cut short by the end: counted, no notice
+    assert cut.all_drops() == {"truncated": 1} and events(cut) == [Disconnected(2.1, "truncated")]

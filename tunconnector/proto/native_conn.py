@@ -22,7 +22,9 @@ Rules it owns (the README's "Liveness and roaming"):
   nothing it sends reaches the device and no event but the proof leaves it: the adapter
   keeps such streams in :class:`~.admission.Admission` and replaces the live connection
   only on :class:`~.connection.Connected`. A bad length is counted once and ends the
-  stream (:class:`~.connection.Disconnected`); the stream cannot be resynchronised.
+  stream (a :class:`~.connection.Notice` to log, then :class:`~.connection.Disconnected`):
+  the stream cannot be resynchronised. The bulk of a proven stream takes the quick
+  decoder, and one whole small message in one read the latency lane (:meth:`quick_read`).
 - Garbage is counted in :attr:`drops` (merged with the endpoint's, the channel's and the
   reassembler's by :meth:`all_drops`), never raised.
 
@@ -58,8 +60,10 @@ from .connection import (
     each_datagram,
 )
 from .framing import (
+    FLAG_GSO,
     HEADER_LEN,
     TAG_LEN,
+    TCP_NATIVE_PREFIX,
     MsgType,
     NativeStreamDecoder,
     encode_native_stream,
@@ -75,8 +79,8 @@ from .secure import Rekeyed as SessionRekeyed
 
 _FRAGMENT = int(MsgType.FRAGMENT)
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood): a batch of
-#: only those is sealed in one call; larger ones are data segments the loss watcher reads
-#: (the same bound as express.SMALL_CSUM, TCP's, which it replaces in step 7)
+#: only those is sealed in one call, one of them alone takes the latency lane; larger ones
+#: are data segments the loss watcher reads
 SMALL_BATCH = 300
 
 #: a UDP payload on a 1500-byte IPv4 underlay
@@ -273,22 +277,48 @@ class NativeConnection(Outbox):
         except RemoteProtocolError as exc:
             self.failed = True
             self.drops[exc.reason] += 1
+            if data:  # (a frame cut short by the stream's end is only counted)
+                self._events.append(Notice(now, logging.WARNING, exc.reason,
+                                           f"closing connection: {exc}"))
             self._events.append(Disconnected(now, exc.reason, restart=not self.server))
             return
         except LocalProtocolError:  # data after our own end of stream: nothing to decode
             return
         endpoint = self.endpoint
+        source = self.peer and _host(self.peer)
+        frames = self._frames
+        # DATA of a proven stream (the bulk) takes the quick decoder, as datagrams do
+        quick = endpoint.quick if self.proven else None
         for msg in messages:
-            decoded = endpoint.decode(msg, now, self.peer and _host(self.peer))
+            if quick is not None:
+                frame = quick(msg, now, source)
+                if frame is not False:
+                    if frame is not None:
+                        frames.append(frame)
+                    continue
+            decoded = endpoint.decode(msg, now, source)
             if decoded.authentic and not self.proven:
                 self.proven = True
             if self.proven:
-                self._frames.extend(decoded.frames)
+                frames.extend(decoded.frames)
             elif decoded.frames:
                 self.drops["unknown_peer"] += len(decoded.frames)
         if not data and decoder.buffered == 0:
             self._events.append(Disconnected(now, "closed", restart=not self.server))
         self._pump(now)
+
+    def quick_read(self, data: bytes, now: float) -> bytes | GsoFrame | None | Literal[False]:
+        """The latency lane of a TCP stream: a read that is exactly one whole plain message
+        of the proven stream, with nothing buffered before it: :meth:`quick` of it;
+        False (untouched) for anything else (a super-packet is the batch path's, which
+        writes GsoFrames)."""
+        decoder = self._decoder
+        plen = TCP_NATIVE_PREFIX.size
+        if (decoder is None or not self.proven or self.failed or decoder.buffered
+                or len(data) <= plen + HEADER_LEN or data[plen + 2] & FLAG_GSO
+                or TCP_NATIVE_PREFIX.unpack_from(data)[0] != len(data) - plen):
+            return False
+        return self.endpoint.quick(data[plen:], now, self.peer and _host(self.peer))
 
     @property
     def buffered(self) -> int:

@@ -1,5 +1,8 @@
 """Framings without a protocol of their own, as sans-I/O connections.
 
+:class:`SimpletunConnection` is ``framing = "simpletun"`` over TCP (simpletun.c's 2-byte
+length, then the frame), one object per stream; see its docstring for its rules.
+
 :class:`RawConnection` is ``framing = "raw"`` over UDP: one device frame per datagram,
 nothing added (QEMU ``-netdev dgram``, libvirt's UDP interface, socat), optionally
 behind the kernel's 4-byte packet-information header (``packet_info``). Nothing proves
@@ -20,18 +23,29 @@ has no virtio_net_hdr), which ``UdpEndpoint.send_batch`` sends with UDP GSO runs
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from ..errors import RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
 from .connection import (
     Addr,
+    Connected,
     ConnectionEvent,
     DatagramBatch,
+    Disconnected,
     FastConnection,
+    Notice,
     Outbox,
 )
-from .framing import add_packet_info, strip_packet_info
+from .framing import (
+    SIMPLETUN_PREFIX,
+    SimpletunDecoder,
+    add_packet_info,
+    encode_simpletun,
+    simpletun_stream,
+    strip_packet_info,
+)
 from .offload import GsoFrame
 from .roaming import follow_peer
 
@@ -169,8 +183,133 @@ class RawConnection(Outbox):
         return {"peer": self.peer, "proven": self.peer is not None, "drops": self.all_drops()}
 
 
+class SimpletunConnection(Outbox):
+    """One simpletun TCP stream. Nothing proves who is on the other end, so a stream is
+    proven by its first valid frame (one no larger than a device frame), or at once when
+    the adapter says so (``proven``: a client's stream, or a server's while it has none):
+    :class:`Connected` says it, once. Until then no frame leaves it. A frame larger than
+    a device frame is ``oversize``; a bad length is counted once and ends the stream (a
+    :class:`Notice`, then :class:`Disconnected`): it cannot be resynchronised."""
+
+    #: plain device frames only (simpletun carries one frame per message)
+    takes_super = False
+
+    def __init__(self, *, server: bool, max_frame: int, peer: Addr = None,
+                 proven: bool = False) -> None:
+        self.server = server
+        self.max_frame = max_frame
+        self.peer: Addr = peer
+        self.proven = proven
+        self.failed = False  # the stream broke: it decodes nothing more
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._decoder = SimpletunDecoder()
+        self._stream_out: list[bytes] = []
+        self._frames: list[bytes] = []
+        self._events: collections.deque[ConnectionEvent] = collections.deque()
+
+    def start(self, now: float) -> None:
+        if self.proven:
+            self._events.append(Connected(now, self.peer))
+
+    def close(self, now: float) -> None:
+        """Nothing to say: the stream's end says it."""
+
+    def connection_made(self, now: float) -> None:
+        """One object per stream: nothing to reset."""
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """TCP only: simpletun over UDP is ``raw``."""
+
+    def receive_stream(self, data: bytes, now: float) -> None:
+        """Bytes of the stream; ``b""`` is its end (a frame cut short is counted)."""
+        if self.failed:
+            return
+        try:
+            self._decoder.receive_data(data)
+            frames = self._decoder.frames()
+        except RemoteProtocolError as exc:
+            self.failed = True
+            self.drops[exc.reason] += 1
+            if data:  # (a frame cut short by the stream's end is only counted)
+                self._events.append(Notice(now, logging.WARNING, exc.reason,
+                                           f"closing connection: {exc}"))
+            self._events.append(Disconnected(now, exc.reason))
+            return
+        except LocalProtocolError:  # data after the end of the stream
+            return
+        if not data:
+            self._events.append(Disconnected(now, "closed"))
+        max_frame = self.max_frame
+        for f in frames:
+            if len(f) > max_frame:
+                self.drops["oversize"] += 1
+                continue
+            if not self.proven:
+                self.proven = True
+                self._events.append(Connected(now, self.peer))
+            self._frames.append(f)
+
+    def quick_read(self, data: bytes, now: float) -> bytes | Literal[False]:
+        """The latency lane: a read that is exactly one whole frame of a proven stream,
+        with nothing buffered before it: the frame; False (untouched) for anything else."""
+        plen = SIMPLETUN_PREFIX.size
+        if (not self.proven or self.failed or self._decoder.buffered or len(data) <= plen
+                or SIMPLETUN_PREFIX.unpack_from(data)[0] != len(data) - plen
+                or len(data) - plen > self.max_frame):
+            return False
+        return data[plen:]
+
+    @property
+    def buffered(self) -> int:
+        """Stream bytes held for an incomplete frame (the adapter caps unproven ones)."""
+        return self._decoder.buffered
+
+    def send_frames(self, frames: list[bytes], now: float) -> None:
+        if frames and not self.failed:
+            self._stream_out.append(simpletun_stream(frames))
+
+    def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = False) -> None:
+        """Plain device frames (simpletun is never opened with virtio_net_hdr)."""
+        self.send_frames(frames, now)
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: the frame as stream bytes (False for nothing to send)."""
+        if self.failed or vnet_hdr or not frame:
+            return False
+        return encode_simpletun(frame)
+
+    def has_work(self) -> bool:
+        return self.has_output()
+
+    def has_output(self) -> bool:
+        return bool(self._stream_out or self._events)
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """No timers: TCP says when the peer is gone."""
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        return []
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        return []
+
+    def stream_to_send(self, now: float) -> list[bytes]:
+        out, self._stream_out = self._stream_out, []
+        return out
+
+    def all_drops(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.drops.items()) if v}
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {"peer": self.peer, "proven": self.proven, "drops": self.all_drops()}
+
+
 #: checked by mypy: RawConnection keeps the fast-path contract
 _CONFORMS: type[FastConnection] = RawConnection
 
 
-__all__ = ["RawConnection"]
+__all__ = ["RawConnection", "SimpletunConnection"]
