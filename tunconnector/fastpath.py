@@ -9,6 +9,11 @@ a datagram is cut into FRAGMENT datagrams (:mod:`.proto.fragment`) that leave wi
 the stream like any native message. The receiver writes it to its device with the header
 (or segments it in software when its device has no offload).
 
+This module sets that path up (the device, the socket's GSO/GRO, ``gso_max_size``) and
+owns what a tunnel's connections share (the :class:`~.proto.fragment.Reassembler`, the
+loss-adaptive size cap); the encoding is the connection's
+(``NativeConnection.send_device``).
+
 Everything falls back on its own: no IFF_VNET_HDR -> per-packet device I/O; UDP_SEGMENT
 refused -> one ``send`` per fragment; UDP_GRO refused -> plain reads. ``describe()`` is
 the one log line per tunnel saying which path runs.
@@ -38,12 +43,9 @@ from .io.offload import (
     probe_vnet_hdr_support,
 )
 from .proto import fragment
-from .proto.framing import HEADER_LEN, TAG_LEN, native_stream_prefix
+from .proto.framing import HEADER_LEN, TAG_LEN
 from .proto.losscap import LossAdaptiveCap
-from .proto.offload import (
-    F_NEEDS_CSUM,
-    VNET_HDR_LEN,
-)
+from .proto.offload import VNET_HDR_LEN
 
 
 def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
@@ -60,7 +62,6 @@ def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
 
 if TYPE_CHECKING:
     from .io.udp import UdpEndpoint
-    from .tunnel import Tunnel
 
 log = logging.getLogger("tunconnector.fastpath")
 
@@ -181,54 +182,6 @@ class FastPath:
     def max_datagram(self, peer: Any) -> int:
         v6 = peer is not None and ":" in str(peer[0])
         return self.underlay_mtu - (40 if v6 else 20) - 8
-
-    def from_device(self, t: Tunnel, frames: list[bytes]) -> list[Any]:
-        """TCP: send a batch read with virtio_net_hdr, in order; returns what is left
-        (nothing). UDP point to point runs on ``NativeConnection.send_device``.
-
-        - a super-packet (GSO) -> one FLAG_GSO stream frame, header and payload written
-          gathered (no 64 KiB join);
-        - a packet with a partial checksum -> a FLAG_GSO message too (the receiver's
-          kernel, or its software path, finishes the checksum); others -> plain DATA.
-        """
-        stats = t.stats
-        loop = t.loop
-        assert loop is not None
-        now = loop.time()
-        conn = t.stream
-        if conn is None or conn.native is None:
-            stats.drops["no_peer" if stats.ever_up else "no_peer_yet"] += len(frames)
-            return []
-        native = conn.native
-        stats.tx_packets += len(frames)
-        stats.tx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
-        stats.wire_tx += len(frames)
-        encode_gso, encode_data = native.encode_gso, native.encode_data
-        out: list[bytes] = []  # prefixed stream frames
-        pack = native_stream_prefix
-        for f in frames:
-            if len(f) <= VNET_HDR_LEN:
-                stats.drops["short_vnet_frame"] += 1
-                continue
-            if f[1] == 0:  # gso_type NONE
-                if f[0] & F_NEEDS_CSUM:
-                    msg = encode_gso(f, now)
-                else:
-                    msg = encode_data(memoryview(f)[VNET_HDR_LEN:], now)  # type: ignore[arg-type]
-            else:
-                self.super_tx += 1
-                parts = native.gso_parts(f, now)
-                if parts:
-                    out.append(pack(sum(map(len, parts))))
-                    out.extend(parts)
-                continue
-            if msg is not None:
-                out.append(pack(len(msg)))
-                out.append(msg)
-        if out:
-            conn.proto.writelines(out)
-        t.flush_native(native, now)
-        return []
 
     # -- wire -> device: the shared reassembler ---------------------------------------
     def reassemble(self, data: bytes | memoryview, now: float,
