@@ -20,11 +20,13 @@ runs, and has a one-packet lane (:meth:`FastConnection.send_one`,
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from ..errors import RemoteProtocolError
     from .fragment import FragmentRun
     from .offload import GsoFrame
 
@@ -152,6 +154,17 @@ def each_datagram(batch: DatagramBatch) -> list[bytes | bytearray | memoryview]:
         stride = batch.stride
         return [mv[off:off + stride] for off in range(0, len(mv), stride)]
     return list(batch)
+
+
+def stream_broken(exc: RemoteProtocolError, now: float, *, at_end: bool,
+                  restart: bool = False) -> list[ConnectionEvent]:
+    """What a connection says when its TCP stream broke (a bad length: a byte stream cannot
+    be resynchronised): a :class:`Notice` to log, unless the stream's end cut a frame
+    short (``at_end``: only counted), then :class:`Disconnected`."""
+    gone = Disconnected(now, exc.reason, restart=restart)
+    if at_end:
+        return [gone]
+    return [Notice(now, logging.WARNING, exc.reason, f"closing connection: {exc}"), gone]
 
 
 class Outbox:

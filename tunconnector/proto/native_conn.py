@@ -58,6 +58,7 @@ from .connection import (
     Outbox,
     Rekeyed,
     each_datagram,
+    stream_broken,
 )
 from .framing import (
     FLAG_GSO,
@@ -201,15 +202,8 @@ class NativeConnection(Outbox):
         self.super_rx += len(messages)
         # the peer's super-messages (the bulk) take the quick decoder, as its datagrams do
         quick, source = self.quick_parts() if addr == self.peer else (None, None)
-        frames = self._frames
-        for msg in messages:
-            if quick is not None:
-                frame = quick(msg, now, source)
-                if frame is not False:
-                    if frame is not None:
-                        frames.append(frame)
-                    continue
-            self._receive_message(msg, addr, now)  # type: ignore[arg-type]  # bytearray
+        self._take(messages, now, source, quick,
+                   lambda msg, now, _source: self._receive_message(msg, addr, now))
         self._pump(now)
 
     def quick(self, data: bytes | memoryview, now: float
@@ -277,18 +271,35 @@ class NativeConnection(Outbox):
         except RemoteProtocolError as exc:
             self.failed = True
             self.drops[exc.reason] += 1
-            if data:  # (a frame cut short by the stream's end is only counted)
-                self._events.append(Notice(now, logging.WARNING, exc.reason,
-                                           f"closing connection: {exc}"))
-            self._events.append(Disconnected(now, exc.reason, restart=not self.server))
+            self._events.extend(stream_broken(exc, now, at_end=not data,
+                                              restart=not self.server))
             return
         except LocalProtocolError:  # data after our own end of stream: nothing to decode
             return
-        endpoint = self.endpoint
         source = self.peer and _host(self.peer)
-        frames = self._frames
         # DATA of a proven stream (the bulk) takes the quick decoder, as datagrams do
-        quick = endpoint.quick if self.proven else None
+        self._take(messages, now, source, self.endpoint.quick if self.proven else None,
+                   self._stream_message)
+        if not data and decoder.buffered == 0:
+            self._events.append(Disconnected(now, "closed", restart=not self.server))
+        self._pump(now)
+
+    def _stream_message(self, msg: bytes, now: float, source: Any) -> None:
+        """One whole message of the stream, fully decoded: it may prove the stream."""
+        decoded = self.endpoint.decode(msg, now, source)
+        if decoded.authentic and not self.proven:
+            self.proven = True
+        if self.proven:
+            self._frames.extend(decoded.frames)
+        elif decoded.frames:
+            self.drops["unknown_peer"] += len(decoded.frames)
+
+    def _take(self, messages: list[Any], now: float, source: Any,
+              quick: Callable[[Any, float, Any], Any] | None,
+              decode: Callable[[Any, float, Any], Any]) -> None:
+        """Whole messages, in order: each through ``quick`` (the bulk: its frame, or None
+        when consumed) unless it leaves one untouched (False), then through ``decode``."""
+        frames = self._frames
         for msg in messages:
             if quick is not None:
                 frame = quick(msg, now, source)
@@ -296,16 +307,7 @@ class NativeConnection(Outbox):
                     if frame is not None:
                         frames.append(frame)
                     continue
-            decoded = endpoint.decode(msg, now, source)
-            if decoded.authentic and not self.proven:
-                self.proven = True
-            if self.proven:
-                frames.extend(decoded.frames)
-            elif decoded.frames:
-                self.drops["unknown_peer"] += len(decoded.frames)
-        if not data and decoder.buffered == 0:
-            self._events.append(Disconnected(now, "closed", restart=not self.server))
-        self._pump(now)
+            decode(msg, now, source)
 
     def quick_read(self, data: bytes, now: float) -> bytes | GsoFrame | None | Literal[False]:
         """The latency lane of a TCP stream: a read that is exactly one whole plain message

@@ -23,7 +23,6 @@ has no virtio_net_hdr), which ``UdpEndpoint.send_batch`` sends with UDP GSO runs
 from __future__ import annotations
 
 import collections
-import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,8 +34,8 @@ from .connection import (
     DatagramBatch,
     Disconnected,
     FastConnection,
-    Notice,
     Outbox,
+    stream_broken,
 )
 from .framing import (
     SIMPLETUN_PREFIX,
@@ -230,10 +229,7 @@ class SimpletunConnection(Outbox):
         except RemoteProtocolError as exc:
             self.failed = True
             self.drops[exc.reason] += 1
-            if data:  # (a frame cut short by the stream's end is only counted)
-                self._events.append(Notice(now, logging.WARNING, exc.reason,
-                                           f"closing connection: {exc}"))
-            self._events.append(Disconnected(now, exc.reason))
+            self._events.extend(stream_broken(exc, now, at_end=not data))
             return
         except LocalProtocolError:  # data after the end of the stream
             return
