@@ -1122,7 +1122,10 @@ class Tunnel(SupervisedDevice):
         if self._loop is None or self._stopping:
             return
         times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
-        live = self._live()
+        # the live connection (_live() inlined: this runs after every batch)
+        live: PeerConnection | StreamConnection | None = self._pconn
+        if live is None and self._stream is not None:
+            live = self._stream.conn
         if live is not None and (conn_at := live.get_timer()) is not None:
             times.append(conn_at)
         deadline = self._candidates.get_timer()  # the oldest unproven stream's
