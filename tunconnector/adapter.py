@@ -50,7 +50,6 @@ from .io.udp import (
     retire_twin,
 )
 from .proto.admission import UNPROVEN_RECEIVED, Admission
-from .proto.backoff import Backoff
 from .proto.connection import (
     AddressChanged,
     ConfigAssigned,
@@ -207,7 +206,6 @@ class ConnectionTunnel(SupervisedDevice):
         self._candidate_of: dict[int, _Stream] = {}  # id(connection) -> its stream
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._conn_lost: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._reading_device = False
@@ -545,34 +543,15 @@ class ConnectionTunnel(SupervisedDevice):
         else:
             self._conn = self._make()
             self._conn.start(self._loop.time())
-            self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
+            self._tasks.append(asyncio.create_task(tcpio.keep_connected(
+                self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
+                bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
+                log=self.log)))
         self._device_reader(True)
 
     def _protocol(self) -> tcpio.StreamProtocol:
         return tcpio.StreamProtocol(self._on_stream_data, self._on_stream_lost,
                                     self._on_stream_made, self._on_stream_pause)
-
-    async def _tcp_client_loop(self) -> None:
-        cfg = self.config
-        assert self._loop is not None and self._remote is not None
-        backoff = Backoff(base=0.2, cap=5.0)
-        while not self._stopping:
-            try:
-                sock = await tcpio.connect(self._remote, family=family_for(self._remote[0]),
-                                           bind=cfg.bind, port=cfg.port,
-                                           bind_interface=cfg.bind_interface, timeout=5.0)
-            except (TimeoutError, OSError, TransportError) as exc:
-                delay = backoff.next_delay()
-                self.log.debug("connect to %s failed (%s); retry in %.2fs",
-                               _fmt_addr(self._remote), exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
-            self._conn_lost = asyncio.Event()
-            await self._loop.create_connection(self._protocol, sock=sock)
-            await self._conn_lost.wait()
-            if not self._stopping:
-                await asyncio.sleep(backoff.next_delay())
 
     def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
         assert self._loop is not None and self._make is not None
@@ -635,8 +614,6 @@ class ConnectionTunnel(SupervisedDevice):
                                  f": {exc}" if exc else "")
                 self._set_state(State.DOWN)
             self._device_reader(True)
-        if self.config.mode == "client" and self._conn_lost is not None and stream is not None:
-            self._conn_lost.set()
 
     def _on_stream_pause(self, proto: tcpio.StreamProtocol, paused: bool) -> None:
         if self._stream is not None and self._stream.proto is proto:
@@ -853,8 +830,6 @@ class ConnectionTunnel(SupervisedDevice):
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-        if self._conn_lost is not None:
-            self._conn_lost.set()
         for s in [*self._candidates.clear(), *([self._stream] if self._stream else [])]:
             s.proto.abort()
         self._candidate_of.clear()

@@ -9,6 +9,11 @@ a datagram is cut into FRAGMENT datagrams (:mod:`.proto.fragment`) that leave wi
 the stream like any native message. The receiver writes it to its device with the header
 (or segments it in software when its device has no offload).
 
+This module sets that path up (the device, the socket's GSO/GRO, ``gso_max_size``) and
+owns what a tunnel's connections share (the :class:`~.proto.fragment.Reassembler`, the
+loss-adaptive size cap); the encoding is the connection's
+(``NativeConnection.send_device``).
+
 Everything falls back on its own: no IFF_VNET_HDR -> per-packet device I/O; UDP_SEGMENT
 refused -> one ``send`` per fragment; UDP_GRO refused -> plain reads. ``describe()`` is
 the one log line per tunnel saying which path runs.
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import TunnelConfig
-from .errors import DeviceError, RemoteProtocolError
+from .errors import DeviceError
 from .io import netlink as nl
 from .io.device import Device, DevType
 from .io.offload import (
@@ -39,13 +44,9 @@ from .io.offload import (
     takes_uso_writes,
 )
 from .proto import fragment
-from .proto.framing import HEADER_LEN, TAG_LEN, native_stream_prefix
+from .proto.framing import HEADER_LEN, TAG_LEN
 from .proto.losscap import LossAdaptiveCap
-from .proto.offload import (
-    F_NEEDS_CSUM,
-    VNET_HDR_LEN,
-    completed_packet,
-)
+from .proto.offload import VNET_HDR_LEN
 
 
 def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
@@ -62,15 +63,11 @@ def _set_gso_max_size(name: str, size: int, netns: str | None) -> None:
 
 if TYPE_CHECKING:
     from .io.udp import UdpEndpoint
-    from .tunnel import Tunnel
 
 log = logging.getLogger("tunconnector.fastpath")
 
 #: optional cap on super-packet size (bytes of TCP payload); see docs/bench.md
 ENV_GSO_MAX = "TUNCONNECTOR_GSO_MAX"
-#: partial-checksum packets up to this size are small (ACKs, a 64-byte flood), larger
-#: ones are data segments the loss watcher reads (and may be sealed one by one)
-SMALL_BATCH = 300
 
 
 def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
@@ -96,7 +93,6 @@ class FastPath:
         self.socket = SocketOffload()
         self.underlay_mtu = underlay_mtu
         self.reasm = fragment.Reassembler()
-        self._frag_id = 0
         self.super_tx = 0
         self.super_rx = 0
         self.gso_cap: int | None = None
@@ -194,109 +190,7 @@ class FastPath:
         v6 = peer is not None and ":" in str(peer[0])
         return self.underlay_mtu - (40 if v6 else 20) - 8
 
-    def from_device(self, t: Tunnel, frames: list[bytes]) -> list[Any]:
-        """Send a batch read with virtio_net_hdr, in order; returns what is left (nothing).
-
-        - a super-packet (GSO) -> one FLAG_GSO message (cut smaller under loss), then
-          FRAGMENT datagrams with one GSO sendmsg on UDP, or one stream frame on TCP;
-        - a packet with a partial checksum that fits a datagram with its header -> a
-          FLAG_GSO message too (the receiver's kernel, or its software path, finishes
-          the checksum), so no per-packet checksum work here;
-        - a larger one -> checksum completed here, plain DATA; others -> plain DATA.
-        Small messages leave together through ``send_batch`` (UDP GSO runs).
-        """
-        stats = t.stats
-        loop = t.loop
-        assert loop is not None
-        now = loop.time()
-        udp_mode = t.config.proto == "udp"
-        conn = None
-        if udp_mode:
-            native, udp, peer = t.native, t.udp, t.peer
-            if native is None or udp is None or peer is None:
-                stats.drops["no_peer" if stats.ever_up else "no_peer_yet"] += len(frames)
-                return []
-            limit = self.max_datagram(peer)
-        else:
-            conn = t.stream
-            if conn is None or conn.native is None:
-                stats.drops["no_peer" if stats.ever_up else "no_peer_yet"] += len(frames)
-                return []
-            native, udp, peer = conn.native, None, None
-            limit = 1 << 30
-        small_max = limit - HEADER_LEN - (TAG_LEN if native.secure is not None else 0)
-        tap = t.config.dev_type == "tap"
-        stats.tx_packets += len(frames)
-        stats.tx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
-        stats.wire_tx += len(frames)
-        if udp_mode and all(VNET_HDR_LEN < len(f) <= SMALL_BATCH and f[1] == 0
-                            and f[0] & F_NEEDS_CSUM for f in frames):
-            # only small packets (a 64-byte UDP flood, TCP ACKs): encoded (sealed) in one
-            # call, sent as one GSO run; what the loop below does for them, one by one
-            assert udp is not None and peer is not None
-            sealed = native.encode_gso_batch(frames, now)
-            if sealed:
-                udp.send_batch(sealed, peer)
-            t.flush_native(native, now)
-            return []
-        encode_gso, encode_data = native.encode_gso, native.encode_data
-        small: list[bytes] = []  # messages that fit one datagram, in order
-        out: list[bytes] = []  # TCP: prefixed stream frames
-        pack = native_stream_prefix
-        for f in frames:
-            if len(f) <= VNET_HDR_LEN:
-                stats.drops["short_vnet_frame"] += 1
-                continue
-            if f[1] == 0:  # gso_type NONE
-                if f[0] & F_NEEDS_CSUM:
-                    if udp_mode and len(f) > SMALL_BATCH:  # a data segment, maybe resent
-                        self.loss.observe(f, now, tap)
-                    if len(f) <= small_max:
-                        msgs = [encode_gso(f, now)]
-                    else:
-                        try:
-                            b = completed_packet(f)
-                        except RemoteProtocolError:
-                            stats.drops["bad_vnet_csum"] += 1
-                            continue
-                        msgs = [encode_data(b, now)]  # type: ignore[arg-type]
-                else:
-                    msgs = [encode_data(memoryview(f)[VNET_HDR_LEN:], now)]  # type: ignore[arg-type]
-            else:
-                self.super_tx += 1
-                if not udp_mode:  # header and super-packet written gathered, not joined
-                    parts = native.gso_parts(f, now)
-                    if parts:
-                        out.append(pack(sum(map(len, parts))))
-                        out.extend(parts)
-                    continue
-                msgs = [encode_gso(p, now) for p in self.loss.shape([f], now, tap=tap)]
-            for msg in msgs:
-                if msg is None:
-                    continue
-                if not udp_mode:
-                    out.append(pack(len(msg)))
-                    out.append(msg)
-                elif len(msg) <= limit:
-                    small.append(msg)
-                else:
-                    assert udp is not None and peer is not None
-                    if small:
-                        udp.send_batch(small, peer)
-                        small = []
-                    self._frag_id += 1
-                    buf, stride, _n = fragment.split(msg, self._frag_id, limit,
-                                                     path=native.path)
-                    udp.send_gso(buf, stride, peer)
-        if small:
-            assert udp is not None and peer is not None
-            udp.send_batch(small, peer)
-        if out and conn is not None:
-            conn.proto.writelines(out)
-        t.flush_native(native, now)
-        return []
-
-    # -- wire -> device --------------------------------------------------------------
+    # -- wire -> device: the shared reassembler ---------------------------------------
     def reassemble(self, data: bytes | memoryview, now: float,
                    drops: Counter[str]) -> bytearray | None:
         """Feed one FRAGMENT datagram; the inner native message once it is complete."""
@@ -307,7 +201,8 @@ class FastPath:
 
     def expand_runs(self, batch: list[tuple[Any, Any]], now: float,
                     drops: Counter[str]) -> list[tuple[Any, Any]]:
-        """Replace each FragmentRun of a UDP batch by the messages it completes."""
+        """Replace each FragmentRun of a UDP batch by the messages it completes (the hub's
+        receive path; a point-to-point tunnel's connection takes runs itself)."""
         for item, _addr in batch:
             if type(item) is fragment.FragmentRun:
                 break

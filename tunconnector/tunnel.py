@@ -14,15 +14,16 @@ import collections
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import TunnelConfig
 from .devicewatch import DeviceSupervisor, SupervisedDevice
-from .errors import DeviceError, RemoteProtocolError, TransportError, TunconnectorError
-from .express import Express
+from .errors import DeviceError, TransportError, TunconnectorError
 from .fastpath import FastPath
 from .io import netlink as nl
 from .io import tcp as tcpio
@@ -42,25 +43,24 @@ from .io.udp import (
 from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .lifecycle import State
 from .multipath import MultiPathLink
+from .proto.acceptor import PeerAcceptor
 from .proto.admission import Admission
-from .proto.backoff import Backoff
+from .proto.connection import AddressChanged, Connected, Disconnected, Notice
 from .proto.cookie import CookieChecker
+from .proto.fragment import FragmentRun
 from .proto.framing import (
+    FLAG_GSO,
     HEADER_LEN,
     PACKET_INFO_LEN,
     SIMPLETUN_PREFIX,
     TAG_LEN,
     TCP_NATIVE_PREFIX,
-    MsgType,
-    NativeStreamDecoder,
-    SimpletunDecoder,
-    add_packet_info,
-    native_stream,
-    simpletun_stream,
-    strip_packet_info,
 )
 from .proto.liveness import PeerDown, PeerUp
-from .proto.native import NativeEndpoint, SecureChannelLike
+from .proto.native import NativeEndpoint
+from .proto.native_conn import NativeConnection
+from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR
+from .proto.plain_conn import RawConnection, SimpletunConnection
 from .proto.secure import (
     AuthFailure,
     HandshakeComplete,
@@ -135,21 +135,46 @@ def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
     return mtu
 
 
-class _StreamConn:
-    """One TCP connection of a tunnel, with its own decoder and native endpoint."""
+#: the connection of a UDP point-to-point tunnel
+PeerConnection = NativeConnection | RawConnection
+#: the connection of one TCP stream
+StreamConnection = NativeConnection | SimpletunConnection
 
-    __slots__ = ("proto", "decoder", "native", "promoted", "failed")
 
-    def __init__(self, proto: tcpio.StreamProtocol, decoder: Any, native: NativeEndpoint | None):
+class _Stream:
+    """One TCP stream and the connection reading it."""
+
+    __slots__ = ("proto", "conn", "counted")
+
+    def __init__(self, proto: tcpio.StreamProtocol, conn: StreamConnection) -> None:
         self.proto = proto
-        self.decoder = decoder
-        self.native = native
-        self.promoted = False
-        self.failed = False  # the stream broke (bad length): counted once, decoded no more
+        self.conn = conn
+        self.counted = False  # its counters were added to the tunnel's when it ended
+
+
+# The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
+# DNS query), and after a sleep every function and attribute on the way costs several
+# times its hot price: the batch path (read until EAGAIN, batch lists, flush, timer
+# re-arm) cost ~140 us of user CPU per hop against ~50 us for a bare read/send loop. The
+# lane takes exactly an idle tunnel's common case (one small packet, known peer, live
+# session) in a few lines, and hands anything else, and every packet while traffic is
+# dense, to the batch path untouched: it never decides anything the batch path would
+# decide differently.
+#: callbacks closer together than this (seconds) mean traffic is dense: batch instead
+BUSY = 0.0005
+MAX_READ = 65_600
+#: after a delivery, read the device once more: a local answer (ping reply, TCP ACK) is
+#: usually queued by the time the write returns, and leaves at once, while hot
+PEEK = os.environ.get("TUNCONNECTOR_EXPRESS_PEEK", "1") != "0"
+#: after this many read-after-writes in a row found nothing (the side whose device does
+#: not answer, e.g. a ping client's), only one delivery in PEEK_PROBE tries again
+PEEK_GIVE_UP = 8
+PEEK_PROBE = 16
 
 
 #: at most one warning per this many seconds for the same kind of bad connection
 WARN_EVERY = 10.0
+
 
 
 class Tunnel(SupervisedDevice):
@@ -176,60 +201,48 @@ class Tunnel(SupervisedDevice):
         #: UDP server, authenticated native peer: a socket connected to it (_follow_peer)
         self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
-        self._native: NativeEndpoint | None = None
+        self._native: NativeEndpoint | None = None  # multi-path's endpoint
+        #: UDP without [[tunnel.path]]: the one connection, and which datagrams are its
+        self._pconn: PeerConnection | None = None
+        self._acceptor: PeerAcceptor | None = None
+        self._quick: tuple[Callable[[Any, float, Any], Any], Any] | None = None
         self._remote: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.AbstractServer | None = None
-        self._conn: _StreamConn | None = None
-        # unproven TCP connections (server): bounded, oldest dropped first, with a deadline
-        self._candidates: Admission[tcpio.StreamProtocol, _StreamConn] = Admission()
+        self._stream: _Stream | None = None  # TCP: the live stream
+        # unproven TCP streams (server): bounded, oldest dropped first, with a deadline
+        self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed)
-        self._conn_lost: asyncio.Event | None = None
         self._reading_device = False
         self._stopping = False
         self._keys: TunnelKeys | None = None
-        # a UDP server answers floods of initiations with cookies (on_udp_batch sends
-        # them); over TCP the connection already proved the source address
+        # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
+        # a DH each (its NativeConnection sends them to each initiation's address); over
+        # TCP the connection already proved the source address
         self._guard = HandshakeGuard(cookies=CookieChecker() if (
             config.mode == "server" and config.proto == "udp" and not config.path) else None)
         self._fast = FastPath(config, UNDERLAY_MTU)
-        self._express: Express | None = None  # UDP without [[tunnel.path]]
         self._late = False  # the timer fired late once and was deferred past the I/O
-        self._peer_raw: Any = None  # the peer's address as recvfrom() returns it
+        # the latency lane (see BUSY): on, off ($TUNCONNECTOR_EXPRESS=0), or None where
+        # there is none (multi-path, not started)
+        self._lane: bool | None = None
+        self._lane_tx = 0  #: packets sent by the lane
+        self._lane_rx = 0  #: packets delivered by the lane
+        self._dev_last = float("-inf")
+        self._wire_last = float("-inf")
+        self._peer_tx_key: Any = None  # the peer object _peer_tx was made for
+        self._peer_tx: Any = None  # sendto() form of the peer (v4-mapped on v6 sockets)
+        self._peek_misses = 0  # read-after-writes in a row that found nothing
 
     # ------------------------------------------------------------------ public API
     def last_heard(self) -> float | None:
         """Loop time of the last valid message from the peer (keepalives included)."""
-        natives = self._natives()
+        natives = self._endpoints()
         if natives and natives[0].liveness.last_rx is not None:
             return natives[0].liveness.last_rx
         return self.stats.last_rx
-
-    # -- what the data-path helpers (express lane, offload path) read of the tunnel
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        return self._loop
-
-    @property
-    def udp(self) -> UdpEndpoint | None:
-        """The UDP socket of a tunnel without ``[[tunnel.path]]``."""
-        return self._udp
-
-    @property
-    def native(self) -> NativeEndpoint | None:
-        """The native endpoint of a UDP tunnel (TCP: :attr:`stream`'s)."""
-        return self._native
-
-    @property
-    def stream(self) -> _StreamConn | None:
-        """The live TCP connection, if any."""
-        return self._conn
-
-    def device_check(self) -> None:
-        """A device write of the express lane failed: is the device gone (supervisor)?"""
-        self._device_check()
 
     def all_drops(self) -> dict[str, int]:
         # what the kernel dropped at a full receive queue, before this process saw it
@@ -238,6 +251,9 @@ class Tunnel(SupervisedDevice):
         if self._twin is not None:
             self._twin.count_kernel_drops("peer_queue_full")
         drops = collections.Counter(self.stats.drops)
+        conn = self._live()
+        if conn is not None:
+            drops.update(conn.all_drops())
         for native in self._natives():
             drops.update(native.drops)
             if native.secure is not None:
@@ -282,19 +298,27 @@ class Tunnel(SupervisedDevice):
             "connects": self.stats.connects,
             "drops": self.all_drops(),
             "data_path": self._fast.describe(),
-            "fastpath": {**self._fast.stats(),
-                         **({"express_tx": self._express.tx, "express_rx": self._express.rx}
-                            if self._express is not None else {})},
+            "fastpath": self._fastpath_status(),
             **(self._mp.status_fields() if self._mp is not None else {}),
             **self._device_status(),
             "crypto": self._crypto_status(now),
         }
 
+    def _fastpath_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._fast.stats()
+        conn = self._live()
+        if isinstance(conn, NativeConnection):
+            out["super_tx"] += conn.super_tx
+            out["super_rx"] += conn.super_rx
+        if self._lane is not None:
+            out["express_tx"], out["express_rx"] = self._lane_tx, self._lane_rx
+        return out
+
     def _crypto_status(self, now: float | None) -> dict[str, Any] | None:
         """Cipher, session age and handshake counts of the live channel (no keys)."""
         if self._keys is None:
             return None
-        for native in self._natives():
+        for native in self._endpoints():
             stats = getattr(native.secure, "stats", None)
             if stats is not None and now is not None:
                 return dict(stats(now))
@@ -336,14 +360,14 @@ class Tunnel(SupervisedDevice):
         self.log.info("tunnel %s stopped", self.name)
 
     def _notify_exit(self) -> None:
-        """A client stopping cleanly tells its server (a hub marks it down at once)."""
-        native, udp, peer = self._native, self._udp, self.peer
-        if (self.config.mode != "client" or self._mp is not None or native is None
-                or udp is None or peer is None or self._loop is None):
+        """A client stopping cleanly tells its server (a hub marks it down at once): the
+        connection queues its EXIT on close (a UDP client with a session only)."""
+        conn = self._pconn
+        if conn is None or self._loop is None:
             return
-        msg = native.exit_message(self._loop.time())
-        if msg is not None:
-            udp.sendto(msg, peer)
+        now = self._loop.time()
+        conn.close(now)
+        self._flush(conn, now)
 
     async def close(self) -> None:
         await self.stop()
@@ -382,9 +406,7 @@ class Tunnel(SupervisedDevice):
         if self.device is None or self._loop is None or on == self._reading_device:
             return
         if on:
-            express = self._express
-            self._loop.add_reader(self.device.fd, express.on_device_readable
-                                  if express is not None and express.enabled
+            self._loop.add_reader(self.device.fd, self._lane_device if self._lane
                                   else self.on_device_readable)
         else:
             self._loop.remove_reader(self.device.fd)
@@ -427,10 +449,21 @@ class Tunnel(SupervisedDevice):
         )
 
     def _natives(self) -> list[NativeEndpoint]:
-        out = [] if self._native is None else [self._native]
-        if self._conn is not None and self._conn.native is not None:
-            out.append(self._conn.native)
-        return out
+        """The endpoint driven directly (multi-path), not through a connection."""
+        return [] if self._native is None else [self._native]
+
+    def _endpoints(self) -> list[NativeEndpoint]:
+        """Every native endpoint of the tunnel, the live connection's first."""
+        conn = self._live()
+        if isinstance(conn, NativeConnection):
+            return [conn.endpoint, *self._natives()]
+        return self._natives()
+
+    def _live(self) -> PeerConnection | StreamConnection | None:
+        """The connection traffic goes to: UDP's one, or the live TCP stream's."""
+        if self._pconn is not None:
+            return self._pconn
+        return None if self._stream is None else self._stream.conn
 
     async def _open_udp(self) -> None:
         cfg = self.config
@@ -457,19 +490,32 @@ class Tunnel(SupervisedDevice):
                 except TransportError:
                     sock.close()
                     raise
+        server = cfg.mode == "server"
+        conn: PeerConnection
         if cfg.framing == "native":
-            self._native = self._make_native()
+            conn = NativeConnection(
+                self._make_native, server=server, peer=self.peer,
+                max_datagram=self._fast.max_datagram(self.peer),
+                reassembler=self._fast.reasm, loss_cap=self._fast.loss,
+                tap=cfg.dev_type == "tap")
+        else:
+            conn = RawConnection(server=server, max_frame=self.max_frame, peer=self.peer,
+                                 packet_info=self._packet_info, tap=cfg.dev_type == "tap")
+        self._pconn = conn
+        self._acceptor = PeerAcceptor(conn, server=server)
+        self._quick = conn.quick_parts()
         # packet info is added and removed on the batch path only
-        self._express = Express(self, enabled=False if self._packet_info else None)
-        self._udp.start(self.on_udp_batch,
-                        reader=self._express.on_udp_readable if self._express.enabled else None)
+        self._lane = (not self._packet_info
+                      and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0")
+        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
+        self._dev_last = self._wire_last = float("-inf")
+        self._udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
         self._device_reader(True)
         now = self._loop.time()
-        if self._native is not None:
-            self._native.start(now, initiator=cfg.mode == "client")
-            self.flush_native(self._native, now)
+        if isinstance(conn, NativeConnection):
+            conn.start(now)
+            self._flush(conn, now)
             self._set_state(State.DOWN)
-            self.arm_timer()
         elif cfg.mode == "client":
             self._set_state(State.UP)  # raw: nothing to wait for
         else:
@@ -501,8 +547,14 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.DOWN)
         else:
             self._set_state(State.DOWN)
-            self._tasks.append(asyncio.create_task(self._tcp_client_loop()))
-        self._express = Express(self)
+            assert self._remote is not None
+            self._tasks.append(asyncio.create_task(tcpio.keep_connected(
+                self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
+                bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
+                log=self.log)))
+        self._lane = os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
+        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
+        self._dev_last = self._wire_last = float("-inf")
         self._device_reader(True)
 
     def _protocol(self) -> tcpio.StreamProtocol:
@@ -510,31 +562,6 @@ class Tunnel(SupervisedDevice):
             self._on_stream_data, self._on_stream_lost, self._on_stream_made,
             self._on_stream_pause,
         )
-
-    async def _tcp_client_loop(self) -> None:
-        cfg = self.config
-        assert self._loop is not None and self._remote is not None
-        backoff = Backoff(base=0.2, cap=5.0)
-        family = family_for(self._remote[0])
-        while not self._stopping:
-            try:
-                sock = await tcpio.connect(
-                    self._remote, family=family, bind=cfg.bind, port=cfg.port,
-                    bind_interface=cfg.bind_interface, timeout=5.0,
-                )
-            except (TimeoutError, OSError, TransportError) as exc:
-                delay = backoff.next_delay()
-                self.stats.drops["connect_failed"] += 0  # keep the key visible in status
-                self.log.debug("connect to %s failed (%s); retry in %.2fs", self._remote,
-                               exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
-            self._conn_lost = asyncio.Event()
-            await self._loop.create_connection(self._protocol, sock=sock)
-            await self._conn_lost.wait()
-            if not self._stopping:
-                await asyncio.sleep(backoff.next_delay())
 
     # ------------------------------------------------------------------ data: device -> wire
     def on_device_readable(self) -> None:
@@ -552,148 +579,157 @@ class Tunnel(SupervisedDevice):
             self.send_device_frames(frames)
 
     def send_device_frames(self, frames: list[bytes]) -> None:
-        """Send frames read from the device (the express lane hands its overflow here)."""
-        dev = self.device
-        if dev is None:
+        """Send frames read from the device (the latency lane hands its overflow here):
+        the connection encodes them (whole super-packets when the device has
+        virtio_net_hdr), :meth:`_flush` sends what it made."""
+        dev, loop = self.device, self._loop
+        if dev is None or loop is None:
             return
-        if dev.vnet_hdr:  # offload: super-packets leave here, plain packets go on below
-            frames = self._fast.from_device(self, frames)
-            if not frames:
-                return
         stats = self.stats
-        stats.tx_packets += len(frames)
-        stats.tx_bytes += sum(map(len, frames))
-        cfg = self.config
-        assert self._loop is not None
-        if cfg.proto == "udp":
+        n = len(frames)
+        conn: PeerConnection | StreamConnection | None = self._pconn
+        if conn is None:
             if self._mp is not None and self._native is not None:
-                now = self._loop.time()
+                now = loop.time()
+                stats.tx_packets += n
+                stats.tx_bytes += sum(map(len, frames))
                 self._mp.send_frames(frames, now)
                 self.flush_native(self._native, now)
-                stats.wire_tx += len(frames)
+                stats.wire_tx += n
                 return
-            udp = self._udp
-            peer = self.peer
-            if udp is None or peer is None:
-                stats.drops[no_peer(stats)] += len(frames)
-                return
-            if self._native is None:
-                if self._packet_info:
-                    tap = cfg.dev_type == "tap"
-                    frames = [add_packet_info(f, tap) for f in frames]
-                udp.send_batch(frames, peer)  # equal-size runs: one UDP GSO sendmsg
-            else:
-                now = self._loop.time()
-                native = self._native
-                udp.send_batch(native.encode_batch(frames, now), peer)
-                self.flush_native(native, now)
-            stats.wire_tx += len(frames)
+            stream = self._stream
+            conn = None if stream is None else stream.conn
+        if conn is None or conn.peer is None:
+            stats.drops[no_peer(stats)] += n
             return
-        conn = self._conn
-        if conn is None:
-            stats.drops[no_peer(stats)] += len(frames)
-            return
-        if conn.native is None:
-            conn.proto.write(simpletun_stream(frames))
-        else:
-            now = self._loop.time()
-            out = conn.native.encode_batch(frames, now)
-            out.extend(conn.native.messages_to_send())
-            if out:
-                conn.proto.write(native_stream(out))
-        stats.wire_tx += len(frames)
+        vnet = dev.vnet_hdr
+        stats.tx_packets += n
+        stats.tx_bytes += sum(map(len, frames)) - (VNET_HDR_LEN * n if vnet else 0)
+        stats.wire_tx += n
+        now = loop.time()
+        conn.send_device(frames, now, vnet_hdr=vnet)
+        self._flush(conn, now)
 
     # ------------------------------------------------------------------ data: wire -> device
-    def on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        stats = self.stats
-        stats.wire_rx += len(batch)
-        native = self._native
-        server = self.config.mode == "server"
-        frames: list[bytes] = []
-        if native is not None and self._udp is not None and self._udp.gro:
-            batch = self._fast.expand_runs(batch, now, stats.drops)
-        # DATA from the known peer (the bulk of the datagrams): NativeEndpoint.quick,
-        # no decode() call per datagram
-        quick = native.quick if native is not None else None
-        peer_raw = self._peer_raw if quick is not None else None
-        for data, raw_addr in batch:
-            if raw_addr == peer_raw:
-                frame = quick(data, now, raw_addr[0])  # type: ignore[misc]
+    def _on_udp_batch(self, batch: list[tuple[Any, Addr]]) -> None:
+        """A batch read from a UDP socket of a point-to-point tunnel.
+
+        The bulk (DATA from the peer's raw address) costs one compare and one call of the
+        connection's quick decoder per datagram, fetched once per batch; anything else
+        (a stranger, the peer's first datagram after a move, a handshake, a fragment, a
+        GRO run of fragments, which the quick decoder refuses untouched) goes through the
+        acceptor to the connection, with its frames taken in order.
+        """
+        conn, acc, loop = self._pconn, self._acceptor, self._loop
+        if conn is None or acc is None or loop is None:
+            return
+        now = loop.time()
+        self.stats.wire_rx += len(batch)
+        frames: list[Any] = []
+        append = frames.append
+        quick, source = conn.quick_parts()
+        peer_raw = acc.raw
+        for data, raw in batch:
+            if raw == peer_raw:
+                frame = quick(data, now, source)
                 if frame is not False:
                     if frame is not None:
-                        frames.append(frame)
+                        append(frame)
                     continue
-            if native is not None and len(data) > 1 and data[1] == MsgType.FRAGMENT:
-                inner = self._fast.reassemble(data, now, stats.drops)
-                if inner is None:
-                    continue
-                data = inner  # type: ignore[assignment]  # bytearray: no 64 KiB copy
-            addr = normalize(raw_addr)
-            if native is None:
-                if self._packet_info:
-                    try:
-                        data = strip_packet_info(data)
-                    except RemoteProtocolError as exc:
-                        stats.drops[exc.reason] += 1
-                        continue
-                if server:
-                    if addr != self.peer:
-                        self._float(addr, "first datagram" if self.peer is None else "new source")
-                elif addr != self.peer:
-                    stats.drops["unknown_peer"] += 1
-                    continue
-                if len(data) > self.max_frame:
-                    stats.drops["oversize"] += 1
-                    continue
-                if not data:
-                    stats.drops["empty"] += 1
-                    continue
-                frames.append(data)
-                continue
-            from_peer = addr == self.peer
-            if from_peer:
-                self._peer_raw = raw_addr  # its next datagrams may take the fast check
+            if type(data) is FragmentRun:
+                acc.receive_run(data, raw, normalize(raw), now)
             else:
-                if not server:
-                    stats.drops["unknown_peer"] += 1
-                    continue
-                admit, hello = native.screen_stranger(data, now)
-                if not admit:
-                    stats.drops["unknown_peer"] += 1
-                    if hello is not None and self._udp is not None:
-                        self._udp.sendto(hello, addr)
-                    continue
-            decoded = native.decode(data, now, addr[0])
-            secure = native.secure
-            if secure is not None and secure.cookie_out:
-                self._send_cookie_replies(secure, addr)
-            if decoded.authentic and not from_peer:
-                self._float(addr, "valid keepalive" if native.secure is None else "authenticated")
-            frames.extend(decoded.frames)
+                acc.receive(data, raw, normalize(raw), now)
+            got = conn.frames_to_deliver()
+            if got:
+                frames.extend(got)
+            if acc.raw != peer_raw:  # the peer's first datagram, or its first after a move
+                peer_raw = acc.raw
+                quick, source = conn.quick_parts()
         if frames:
             self._to_device(frames, now)
-        if native is not None:
-            self.flush_native(native, now)
-        elif server and self.peer is not None and self.state != State.UP:
-            self._set_state(State.UP)
+        self._flush(conn, now)
+        if (self.peer is not None and self.state != State.UP
+                and isinstance(conn, RawConnection) and conn.server):
+            self._set_state(State.UP)  # raw: a server is up once it has a peer
 
-    def _send_cookie_replies(self, secure: SecureChannelLike, addr: Addr) -> None:
-        """The COOKIE_REPLY the channel owes the sender of the datagram just decoded:
-        to its whole address (the cookie itself is bound to the host only)."""
-        replies = secure.cookie_out
-        secure.cookie_out = []
+    def _flush(self, conn: PeerConnection | StreamConnection, now: float,
+               stream: _Stream | None = None) -> None:
+        """Send what the connection has to send (data before control, as it was queued),
+        act on its events, re-arm the timer. ``stream``: the TCP stream of ``conn``
+        (None: the live one)."""
         udp = self._udp
-        if udp is None:
-            return
-        for packet, _ in replies:
-            udp.sendto(packet, addr)
+        if udp is not None:
+            batches = conn.batches_to_send(now)
+            datagrams = conn.datagrams_to_send(now)
+            addr: Any  # the connection's Addr is the socket's (host, port)
+            for batch, addr in batches:
+                if type(batch) is list:
+                    udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
+                else:
+                    udp.send_gso(batch.buf, batch.stride, addr)  # type: ignore[union-attr]
+            for data, addr in datagrams:
+                udp.sendto(data, addr)
+        else:
+            if stream is None:
+                stream = self._stream
+            chunks = conn.stream_to_send(now)
+            if chunks and stream is not None:
+                stream.proto.writelines(chunks)  # a super-packet's parts gathered, not joined
+        while (ev := conn.next_event()) is not None:
+            self._on_event(ev, now, stream)
+        self.arm_timer()
 
-    def _float(self, addr: Addr, why: str) -> None:
+    def _on_event(self, ev: object, now: float, stream: _Stream | None) -> None:
+        """One log line per state change of the live connection (never key material).
+        An unproven TCP stream changes no tunnel state: it takes over when it proves
+        itself (Connected), and is closed when it breaks."""
+        if stream is not None and stream is not self._stream:
+            if isinstance(ev, Connected):
+                self._promote(stream)
+            elif isinstance(ev, Disconnected):
+                self._drop_candidate(stream)
+                return
+            elif not isinstance(ev, Notice):
+                return
+        if isinstance(ev, AddressChanged):
+            if self._pconn is not None:
+                self._float(self._pconn, ev.addr)
+        elif isinstance(ev, Connected):
+            self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
+            if self._keys is not None:
+                self.log.info("tunnel %s: encrypted session established", self.name)
+            self._set_state(State.UP)
+        elif isinstance(ev, Disconnected):
+            if stream is not None:
+                stream.proto.abort()  # lost: _on_stream_lost says so
+                if ev.reason not in ("exit", "dead_peer"):
+                    return  # a broken stream (its Notice said why)
+            if ev.reason == "exit":
+                self.log.warning("peer down: it said it stops")
+            else:
+                heard = self.last_heard()
+                silent = now - heard if heard is not None else self.config.dead_after
+                self.log.warning("peer dead: nothing received for %.1fs", silent)
+            self._set_state(State.DOWN)
+        elif isinstance(ev, Notice):
+            if ev.level >= logging.WARNING:
+                self._warn_limited(ev.kind, "tunnel %s: %s", self.name, ev.message)
+            else:
+                self.log.log(ev.level, "tunnel %s: %s", self.name, ev.message)
+        else:  # Rekeyed
+            self.log.debug("tunnel %s: rekeyed", self.name)
+
+    def _float(self, conn: PeerConnection, addr: Any) -> None:
+        """The connection follows its peer to ``addr``: the tunnel's bookkeeping."""
         old = self.peer
         self.peer = addr
-        self._peer_raw = None
+        if isinstance(conn, NativeConnection):
+            conn.max_datagram = self._fast.max_datagram(addr)
+            why = "valid keepalive" if conn.endpoint.secure is None else "authenticated"
+        else:
+            why = "first datagram" if old is None else "new source"
+        self._quick = conn.quick_parts()
         self._follow_peer(addr)
         if old is None:
             self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
@@ -708,9 +744,9 @@ class Tunnel(SupervisedDevice):
         peer's next authenticated move arrives on the shared socket and moves this one.
         Not without keys: there any source takes the peer, so a stranger's datagram
         would move it anyway."""
-        udp, native = self._udp, self._native
-        if (udp is None or native is None or native.secure is None
-                or self.config.mode != "server"):
+        udp, conn = self._udp, self._pconn
+        if (udp is None or not isinstance(conn, NativeConnection)
+                or conn.endpoint.secure is None or self.config.mode != "server"):
             return
         if self._twin is not None:
             if self._twin.remote == addr:
@@ -727,14 +763,183 @@ class Tunnel(SupervisedDevice):
         twin.remote = addr
         twin.runs = udp.runs
         twin.gro = udp.gro and enable_udp_gro(sock)  # as the batch path expects
-        express = self._express
-        twin.start(self.on_udp_batch, reader=functools.partial(express.on_udp_readable, twin)
-                   if express is not None and express.enabled else None)
+        twin.start(self._on_udp_batch,
+                   reader=functools.partial(self._lane_udp, twin) if self._lane else None)
         udp.budget(SHARED_BATCH, SHARED_REST)
 
     def _drop_twin(self) -> None:
         twin, self._twin = self._twin, None
         retire_twin(twin, self._udp)
+
+    # ------------------------------------------------------------------ latency lane
+    def _lane_device(self) -> None:
+        """The device is readable: one read, sent at once, or it and the rest batched."""
+        dev, loop = self.device, self._loop
+        if dev is None or loop is None:
+            return
+        try:
+            f = os.read(dev.fd, MAX_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.on_device_readable()  # reports the error its usual way
+            return
+        now = loop.time()
+        busy = now - self._dev_last < BUSY
+        self._dev_last = now
+        if busy or not self._lane_send(f, now):
+            self._lane_overflow(f)
+
+    def _lane_overflow(self, f: bytes) -> None:
+        """``f`` and whatever else the device holds, through the batch path."""
+        dev = self.device
+        if dev is None:
+            return
+        try:
+            more = dev.read_batch(63)
+        except DeviceError:
+            more = []
+        self.send_device_frames([f, *more])
+
+    def _lane_send(self, f: bytes, now: float) -> bool:
+        """One frame read from the device, to the peer at once; False: untouched."""
+        conn: PeerConnection | StreamConnection | None = self._pconn
+        udp, stream, dev = self._udp, self._stream, self.device
+        if conn is None:
+            if stream is None:
+                return False
+            conn = stream.conn
+        if dev is None:
+            return False
+        vnet = dev.vnet_hdr
+        msg = conn.send_one(f, now, vnet_hdr=vnet)
+        if msg is False:
+            return False
+        if conn.has_work():  # queued for a handshake, a rekey started, or a timer moved
+            if conn.has_output():
+                self._flush(conn, now)
+            else:
+                self.arm_timer()  # the first unanswered send: the stale-session timer
+        stats = self.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += len(f) - VNET_HDR_LEN if vnet else len(f)
+        if msg is None:
+            return True  # queued for the session
+        if udp is None:
+            assert stream is not None
+            stream.proto.write(msg)
+        else:
+            peer: Any = conn.peer
+            if peer is not self._peer_tx_key:
+                self._peer_tx_key = peer
+                self._peer_tx = udp.tx_addr(peer)
+            try:
+                udp.sock.sendto(msg, self._peer_tx)
+            except OSError:
+                udp.sendto(msg, peer)  # counts the failure by its errno
+        stats.wire_tx += 1
+        self._lane_tx += 1
+        return True
+
+    def _lane_udp(self, endpoint: UdpEndpoint | None = None) -> None:
+        """Read one datagram; deliver it at once, or it and the rest through the batch
+        path. ``endpoint``: the socket to read, when not the tunnel's (its peer's own)."""
+        udp = endpoint or self._udp
+        loop = self._loop
+        if udp is None or loop is None:
+            return
+        got = udp.recv_one()
+        if got is None:
+            return
+        data, anc, raw = got
+        now = loop.time()
+        busy = now - self._wire_last < BUSY
+        self._wire_last = now
+        if anc or busy or not self._lane_take(data, raw, now):
+            batch: list[tuple[Any, Any]] = []
+            udp.add_received(batch, data, anc, raw)
+            udp.drain(batch)
+            self._on_udp_batch(batch)
+
+    def _lane_take(self, data: bytes, raw: Any, now: float) -> bool:
+        """Deliver one datagram of the peer to the device, or refuse it untouched."""
+        dev, acc, quick, conn = self.device, self._acceptor, self._quick, self._pconn
+        if dev is None or acc is None or quick is None or conn is None or raw != acc.raw:
+            return False  # a stranger, or the peer's first datagram: the batch path's
+        if isinstance(conn, NativeConnection):
+            if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
+                return False  # a super-packet: the batch path's (it writes GsoFrames)
+        elif self.state != State.UP:
+            return False  # raw: the batch path brings it up
+        frame = quick[0](data, now, quick[1])
+        if frame is False:
+            return False
+        if conn.has_work():
+            self._flush(conn, now)  # an opened message may start a rekey
+        self._lane_rx += 1
+        self._lane_deliver(dev, frame, now)
+        return True
+
+    def _lane_stream(self, proto: tcpio.StreamProtocol, data: bytes) -> bool:
+        """A TCP read of the live stream holding exactly one whole small message: its
+        frame delivered at once; False (nothing consumed) for anything else: partial or
+        several messages, bytes already buffered, a candidate's stream, dense traffic."""
+        stream, dev, loop = self._stream, self.device, self._loop
+        if stream is None or stream.proto is not proto or dev is None or loop is None:
+            return False
+        now = loop.time()
+        busy = now - self._wire_last < BUSY
+        self._wire_last = now
+        if busy:
+            return False
+        conn = stream.conn
+        frame = conn.quick_read(data, now)
+        if frame is False:
+            return False
+        if conn.has_work():
+            self._flush(conn, now, stream)  # an opened message may start a rekey
+        self._lane_rx += 1
+        self._lane_deliver(dev, frame, now)
+        return True
+
+    def _lane_deliver(self, dev: Device, frame: Any, now: float) -> None:
+        """One message of the peer taken by the lane: its frame written to the device
+        (None: consumed, an encrypted keepalive or a counted drop); then, as a
+        local answer (ping reply, TCP ACK) is usually queued on the device by the time the
+        write returns, it is read and sent at once, while hot, not after another wake."""
+        stats = self.stats
+        stats.wire_rx += 1
+        if frame is None:
+            return
+        try:
+            if dev.vnet_hdr:
+                os.writev(dev.fd, [ZERO_VNET_HDR, frame])
+            else:
+                os.write(dev.fd, frame)
+            stats.rx_packets += 1
+        except OSError:
+            stats.drops["device_refused"] += 1
+            self._device_check()  # a deleted device: the supervisor takes over
+            if self.device is not dev:
+                return  # closed: its fd number is no longer ours to read
+        stats.rx_bytes += len(frame)
+        stats.last_rx = now
+        if not PEEK:
+            return
+        misses = self._peek_misses
+        if misses >= PEEK_GIVE_UP:  # no local answers lately (a client's pings): probe now
+            self._peek_misses = misses + 1  # and then, not on every delivery
+            if misses % PEEK_PROBE:
+                return
+        try:
+            f = os.read(dev.fd, MAX_READ)
+        except OSError:
+            self._peek_misses += misses < PEEK_GIVE_UP
+            return
+        self._peek_misses = 0
+        self._dev_last = now
+        if not self._lane_send(f, now):
+            self._lane_overflow(f)
 
     def _to_device(self, frames: list[bytes], now: float) -> None:
         dev = self.device
@@ -750,39 +955,22 @@ class Tunnel(SupervisedDevice):
         stats.rx_bytes += sum(map(len, frames))
         stats.last_rx = now
 
-    def flush_native(self, native: NativeEndpoint, now: float,
-                      conn: _StreamConn | None = None) -> None:
-        """Send pending control messages and turn liveness events into state changes.
-
-        ``conn``: the stream connection ``native`` belongs to, when it is not the live one.
-        """
-        if conn is None and self.config.proto == "tcp":
-            conn = self._conn_for(native)
+    def flush_native(self, native: NativeEndpoint, now: float) -> None:
+        """Multi-path (its endpoint is driven directly, not through a connection): send
+        pending control messages and turn liveness events into state changes."""
         msgs = native.messages_to_send()
-        if msgs:
-            if self._mp is not None:
-                self._mp.send_control(msgs)
-            elif self.config.proto == "udp":
-                if self._udp is not None and self.peer is not None:
-                    for m in msgs:
-                        self._udp.sendto(m, self.peer)
-            elif conn is not None:
-                conn.proto.write(native_stream(msgs))
+        if msgs and self._mp is not None:
+            self._mp.send_control(msgs)
         while (ev := native.next_event()) is not None:
-            if conn is not None and not conn.promoted:
-                continue  # an unproven connection changes no tunnel state
             if isinstance(ev, PeerUp):
                 self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
-                if conn is not None or self.config.proto == "udp":
-                    self._set_state(State.UP)
+                self._set_state(State.UP)
             elif isinstance(ev, PeerDown):
                 if ev.reason == "exit":
                     self.log.warning("peer down: it said it stops")
                 else:
                     self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
                 self._set_state(State.DOWN)
-                if conn is not None:
-                    conn.proto.abort()
         if native.secure is not None:
             self._on_secure_events(native)
         self.arm_timer()
@@ -805,121 +993,97 @@ class Tunnel(SupervisedDevice):
                 self.log.info("tunnel %s: the peer lost our session (restarted): "
                               "handshaking again", self.name)
 
-    def _conn_for(self, native: NativeEndpoint) -> _StreamConn | None:
-        """The stream connection of ``native``: the live one (candidates are passed in)."""
-        conn = self._conn
-        if conn is not None and conn.native is native:
-            return conn
-        return None
-
     # ------------------------------------------------------------------ TCP callbacks
     def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
+        """A new stream, with a connection of its own. A client trusts the server it
+        dialled, and simpletun has nothing to prove with (so with no live stream to
+        protect a server takes it at once): those streams are live at once. Others wait
+        in admission until they prove themselves (Connected: the first authentic native
+        message, or simpletun's first valid frame)."""
         assert self._loop is not None
         cfg = self.config
         now = self._loop.time()
+        server = cfg.mode == "server"
+        peer = normalize(proto.peername) if proto.peername else None
+        at_once = not server or (cfg.framing == "simpletun" and self._stream is None)
+        conn: StreamConnection
         if cfg.framing == "simpletun":
-            conn = _StreamConn(proto, SimpletunDecoder(), None)
+            conn = SimpletunConnection(server=server, max_frame=self.max_frame, peer=peer,
+                                       proven=at_once)
         else:
-            conn = _StreamConn(proto, NativeStreamDecoder(), self._make_native())
+            conn = NativeConnection(self._make_native, server=server, stream=True, peer=peer,
+                                    reassembler=self._fast.reasm, loss_cap=self._fast.loss,
+                                    tap=cfg.dev_type == "tap")
+        stream = _Stream(proto, conn)
         self.stats.connects += 1
-        if cfg.mode == "client" or (conn.native is None and self._conn is None):
-            # a client trusts the server it dialled; simpletun has nothing to prove with,
-            # so with no live connection to protect it is taken at once
-            self._promote(conn)
+        if at_once:
+            self._promote(stream)
         else:
-            # proved by its first valid native message (simpletun: its first frame)
-            for old in self._candidates.add(proto, conn, now):
+            for old in self._candidates.add(proto, stream, now):
                 self.stats.drops["unproven_evicted"] += 1
+                self._end_stream(old)
                 old.proto.abort()
-        if conn.native is not None:
-            conn.native.start(now, initiator=cfg.mode == "client")
-            self.flush_native(conn.native, now, conn)
-        elif not conn.promoted:
-            self.arm_timer()
+        conn.start(now)
+        self._flush(conn, now, stream)
 
-    def _promote(self, conn: _StreamConn) -> None:
-        old = self._conn
-        self._candidates.pop(conn.proto)
-        self._conn = conn
-        conn.promoted = True
-        self.peer = normalize(conn.proto.peername) if conn.proto.peername else None
-        if old is not None and old is not conn:
+    def _promote(self, stream: _Stream) -> None:
+        old = self._stream
+        self._candidates.pop(stream.proto)
+        self._stream = stream
+        self.peer = normalize(stream.proto.peername) if stream.proto.peername else None
+        if old is not None and old is not stream:
             self.log.info("new connection from %s replaces the old one",
                           _fmt_addr(self.peer) if self.peer else "?")
+            self._end_stream(old)
             old.proto.abort()
         else:
             self.log.info("connected to %s", _fmt_addr(self.peer) if self.peer else "?")
-        if conn.native is None:
-            self._set_state(State.UP)
 
-    def _find_conn(self, proto: tcpio.StreamProtocol) -> _StreamConn | None:
-        conn = self._conn
-        if conn is not None and conn.proto is proto:
-            return conn
+    def _find_stream(self, proto: tcpio.StreamProtocol) -> _Stream | None:
+        stream = self._stream
+        if stream is not None and stream.proto is proto:
+            return stream
         return self._candidates.get(proto)
 
     def _on_stream_data(self, proto: tcpio.StreamProtocol, data: bytes) -> None:
-        express = self._express
-        if express is not None and express.enabled and express.on_stream_data(proto, data):
+        if self._lane and self._lane_stream(proto, data):
             return
-        conn = self._find_conn(proto)
-        if conn is None or conn.failed:
+        stream = self._find_stream(proto)
+        if stream is None or self._loop is None:
             return
-        assert self._loop is not None
         now = self._loop.time()
-        conn.decoder.receive_data(data)
-        try:
-            items = conn.decoder.frames()
-        except RemoteProtocolError as exc:
-            self._stream_failed(conn, exc)
-            items = []
-        self.stats.wire_rx += len(items)
-        frames: list[bytes] = []
-        if conn.native is None:
-            for f in items:
-                if len(f) > self.max_frame:
-                    self.stats.drops["oversize"] += 1
-                else:
-                    if not conn.promoted:
-                        self._promote(conn)  # simpletun: a first valid frame
-                    frames.append(f)
-        else:
-            native = conn.native
-            # DATA on the current connection: NativeEndpoint.quick, as in on_udp_batch
-            source = conn.proto.peername[0] if conn.proto.peername else None
-            for msg in items:
-                if conn.promoted:
-                    frame = native.quick(msg, now, source)
-                    if frame is not False:
-                        if frame is not None:
-                            frames.append(frame)
-                        continue
-                decoded = native.decode(msg, now, source)
-                if decoded.authentic and not conn.promoted:
-                    self._promote(conn)
-                if conn.promoted:
-                    frames.extend(decoded.frames)
-                elif decoded.frames:
-                    self.stats.drops["unknown_peer"] += len(decoded.frames)
-        if frames and conn is self._conn:
-            self._to_device(frames, now)
-        if not conn.promoted and not conn.failed and self._candidates.over_buffer(
-                conn.decoder.buffered):
+        conn = stream.conn
+        conn.receive_stream(data, now)
+        self._flush(conn, now, stream)  # first: a stream that proved itself takes over
+        frames = conn.frames_to_deliver()
+        if frames:
+            self.stats.wire_rx += len(frames)
+            if stream is self._stream:
+                self._to_device(frames, now)
+            else:
+                self.stats.drops["unknown_peer"] += len(frames)
+        if (stream is not self._stream and proto in self._candidates
+                and self._candidates.over_buffer(conn.buffered)):
             # holding most of a large frame before proving anything: not our peer
-            self._candidates.pop(proto)
             self.stats.drops["unproven_overflow"] += 1
-            conn.failed = True
-            proto.abort()
-            return
-        if conn.native is not None and not conn.failed:
-            self.flush_native(conn.native, now, conn)
+            self._drop_candidate(stream)
 
-    def _stream_failed(self, conn: _StreamConn, exc: RemoteProtocolError) -> None:
-        """A byte stream cannot be resynchronised: count once, close, decode no more."""
-        conn.failed = True
-        self.stats.drops[exc.reason] += 1
-        self._warn_limited(exc.reason, "closing connection: %s", exc)
-        conn.proto.abort()
+    def _drop_candidate(self, stream: _Stream) -> None:
+        """Close an unproven stream (broken, too talkative): its counters stay."""
+        self._candidates.pop(stream.proto)
+        self._end_stream(stream)
+        stream.proto.abort()
+
+    def _end_stream(self, stream: _Stream) -> None:
+        """A stream is gone: its connection's counters become the tunnel's (once)."""
+        if stream.counted:
+            return
+        stream.counted = True
+        conn = stream.conn
+        self.stats.drops.update(conn.all_drops())
+        if isinstance(conn, NativeConnection):
+            self._fast.super_tx += conn.super_tx
+            self._fast.super_rx += conn.super_rx
 
     def _warn_limited(self, kind: str, msg: str, *args: Any) -> None:
         """A warning at most every WARN_EVERY seconds per kind (counters have the rest)."""
@@ -934,27 +1098,23 @@ class Tunnel(SupervisedDevice):
         self.log.warning(msg, *args)
 
     def _on_stream_lost(self, proto: tcpio.StreamProtocol, exc: Exception | None) -> None:
-        conn = self._find_conn(proto)
+        stream = self._find_stream(proto)
         self._candidates.pop(proto)
-        if conn is not None and not conn.failed and conn.decoder.buffered:
-            conn.decoder.receive_data(b"")  # EOF inside a frame: count it
-            try:
-                conn.decoder.frames()
-            except RemoteProtocolError as err:
-                self.stats.drops[err.reason] += 1
-        if conn is not None and conn is self._conn:
-            self._conn = None
+        if stream is not None:
+            if self._loop is not None and stream.conn.buffered:
+                stream.conn.receive_stream(b"", self._loop.time())  # EOF inside a frame
+            self._end_stream(stream)
+        if stream is not None and stream is self._stream:
+            self._stream = None
             if not self._stopping:
                 self.log.warning("connection to %s lost%s",
                                  _fmt_addr(self.peer) if self.peer else "?",
                                  f": {exc}" if exc else "")
                 self._set_state(State.DOWN)
             self._device_reader(True)
-        if self.config.mode == "client" and self._conn_lost is not None and conn is not None:
-            self._conn_lost.set()
 
     def _on_stream_pause(self, proto: tcpio.StreamProtocol, paused: bool) -> None:
-        if self._conn is not None and self._conn.proto is proto:
+        if self._stream is not None and self._stream.proto is proto:
             self._device_reader(not paused)
 
     # ------------------------------------------------------------------ timer
@@ -962,7 +1122,13 @@ class Tunnel(SupervisedDevice):
         if self._loop is None or self._stopping:
             return
         times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
-        deadline = self._candidates.get_timer()  # the oldest unproven connection's
+        # the live connection (_live() inlined: this runs after every batch)
+        live: PeerConnection | StreamConnection | None = self._pconn
+        if live is None and self._stream is not None:
+            live = self._stream.conn
+        if live is not None and (conn_at := live.get_timer()) is not None:
+            times.append(conn_at)
+        deadline = self._candidates.get_timer()  # the oldest unproven stream's
         if deadline is not None:
             times.append(deadline)
         if (reasm_at := self._fast.get_timer()) is not None:
@@ -993,9 +1159,14 @@ class Tunnel(SupervisedDevice):
             self._timer = self._loop.call_at(self._timer_at, self._on_timer)
             return
         self._late = False
-        for conn in self._candidates.expired(now):
+        for stream in self._candidates.expired(now):
             self.stats.drops["unproven_timeout"] += 1
-            conn.proto.abort()
+            self._end_stream(stream)
+            stream.proto.abort()
+        live = self._live()
+        if live is not None:
+            live.handle_timer(now)  # the shared reassembler's expiry included
+            self._flush(live, now)
         self._fast.handle_timer(now)
         for native in self._natives():
             native.handle_timer(now)
@@ -1022,12 +1193,11 @@ class Tunnel(SupervisedDevice):
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-        if self._conn_lost is not None:
-            self._conn_lost.set()
-        for c in [*self._candidates.clear(), *([self._conn] if self._conn else [])]:
-            c.proto.abort()
-        self._conn = None
-        self._express = None
+        for stream in [*self._candidates.clear(), *([self._stream] if self._stream else [])]:
+            self._end_stream(stream)
+            stream.proto.abort()
+        self._stream = None
+        self._lane = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -1039,9 +1209,11 @@ class Tunnel(SupervisedDevice):
             self._mp.close()
             self._mp = None
         self._native = None
+        self._pconn = None
+        self._acceptor = None
+        self._quick = None
         self._detach_device()
         self.peer = None
-        self._peer_raw = None
 
 
 def _fmt_addr(addr: Addr | None) -> str:

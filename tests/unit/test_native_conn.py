@@ -560,6 +560,31 @@ def test_latency_lane_one_packet_each_way(encrypted: bool) -> None:
     assert ts.frames_to_deliver() == [b"over tcp"]
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_tcp_lane_takes_one_whole_message_of_a_proven_stream(encrypted: bool) -> None:
+    """quick_read: a read that is exactly one whole plain message, nothing buffered before
+    it: its frame; anything else untouched (False) for receive_stream."""
+    tc, ts = tcp_pair(encrypted)
+    up(tc, ts)
+    chunk = tc.send_one(b"over tcp", 0.2, vnet_hdr=False)
+    assert isinstance(chunk, bytes)
+    assert ts.quick_read(chunk, 0.2) == b"over tcp"
+    two = chunk + chunk
+    assert ts.quick_read(two, 0.2) is False and ts.quick_read(chunk[:-1], 0.2) is False
+    more = tc.send_one(b"more", 0.2, vnet_hdr=False)  # (a sealed message opens once)
+    assert isinstance(more, bytes)
+    ts.receive_stream(more[:5], 0.2)  # part of a message buffered: the batch path's
+    assert ts.quick_read(more, 0.2) is False
+    ts.receive_stream(more[5:], 0.2)
+    assert ts.frames_to_deliver() == [b"more"]
+    tc.send_device([superpkt(1, 5000)], 0.3)
+    sup = b"".join(tc.stream_to_send(0.3))
+    assert ts.quick_read(sup, 0.3) is False  # a super-packet: written whole by the batch path
+    stranger = NativeConnection(endpoint_factory(encrypted, False), server=True, stream=True)
+    stranger.start(0.0)
+    assert stranger.quick_read(chunk, 0.4) is False  # not proven
+
+
 def test_lane_before_the_handshake_queues_and_asks_for_a_flush() -> None:
     c, s = udp_pair(encrypted=True)
     c.start(0.0)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import typing
 from collections.abc import Callable
 
 from ..errors import TransportError
+from ..proto.backoff import Backoff
 from ._bind import bind_error, bind_host
-from .udp import SO_BINDTODEVICE
+from .udp import SO_BINDTODEVICE, family_for
 
 #: pending accepts the kernel keeps: a flood of connections must not crowd out a real
 #: client's (the tunnel bounds the accepted ones it keeps, see proto.admission)
@@ -33,6 +35,7 @@ class StreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peername: tuple | None = None
         self.closed = False
+        self._lost: asyncio.Event | None = None  # made by wait_lost() only
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: duck-type them
@@ -57,6 +60,16 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._on_lost(self, exc)
+        if self._lost is not None:
+            self._lost.set()
+
+    async def wait_lost(self) -> None:
+        """Return once the connection is lost (at once if it already is)."""
+        if self.closed:
+            return
+        if self._lost is None:
+            self._lost = asyncio.Event()
+        await self._lost.wait()
 
     def pause_writing(self) -> None:
         if self._on_pause is not None:
@@ -136,3 +149,31 @@ async def connect(
         sock.close()
         raise
     return sock
+
+
+async def keep_connected(
+    remote: tuple, protocol: Callable[[], StreamProtocol], *, bind: str | None, port: int,
+    bind_interface: str | None, stopping: Callable[[], bool],
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> None:
+    """A client's TCP connection to ``remote``, made again whenever it is lost, until
+    ``stopping()``: a failed attempt waits 0.2 s, doubling up to 5 s, before the next; a
+    lost connection waits the next delay too (a server that accepts and drops at once is
+    not hammered). Runs as a task; cancel it to stop."""
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(base=0.2, cap=5.0)
+    family = family_for(remote[0])
+    while not stopping():
+        try:
+            sock = await connect(remote, family=family, bind=bind, port=port,
+                                 bind_interface=bind_interface, timeout=5.0)
+        except (TimeoutError, OSError, TransportError) as exc:
+            delay = backoff.next_delay()
+            log.debug("connect to %s failed (%s); retry in %.2fs", remote, exc, delay)
+            await asyncio.sleep(delay)
+            continue
+        backoff.reset()
+        _transport, proto = await loop.create_connection(protocol, sock=sock)
+        await proto.wait_lost()
+        if not stopping():
+            await asyncio.sleep(backoff.next_delay())

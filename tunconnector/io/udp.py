@@ -189,7 +189,7 @@ class UdpEndpoint:
               max_batch: int = 64, *, reader: Callable[[], None] | None = None) -> None:
         """Read datagrams as they arrive: batches go to ``on_batch``.
 
-        ``reader`` replaces the default readable callback (the tunnel's express lane,
+        ``reader`` replaces the default readable callback (the tunnel's latency lane,
         which reads one datagram itself and uses :meth:`drain` for the rest).
         """
         loop = asyncio.get_running_loop()
@@ -265,7 +265,7 @@ class UdpEndpoint:
                      addr: Addr) -> None:
         """Append one read to ``batch``: a GRO-coalesced read is sliced into its
         datagrams, or kept whole as a :class:`FragmentRun` (native FRAGMENT runs, see
-        ``FastPath.expand_runs``)."""
+        ``PeerAcceptor.receive_run``)."""
         seg = gro_segment_size(anc) if anc else 0
         if seg and len(data) > seg:
             mv = memoryview(data)

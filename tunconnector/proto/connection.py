@@ -20,11 +20,13 @@ runs, and has a one-packet lane (:meth:`FastConnection.send_one`,
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable
+import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from ..errors import RemoteProtocolError
     from .fragment import FragmentRun
     from .offload import GsoFrame
 
@@ -154,6 +156,32 @@ def each_datagram(batch: DatagramBatch) -> list[bytes | bytearray | memoryview]:
     return list(batch)
 
 
+def stream_broken(exc: RemoteProtocolError, now: float, *, at_end: bool,
+                  restart: bool = False) -> list[ConnectionEvent]:
+    """What a connection says when its TCP stream broke (a bad length: a byte stream cannot
+    be resynchronised): a :class:`Notice` to log, unless the stream's end cut a frame
+    short (``at_end``: only counted), then :class:`Disconnected`."""
+    gone = Disconnected(now, exc.reason, restart=restart)
+    if at_end:
+        return [gone]
+    return [Notice(now, logging.WARNING, exc.reason, f"closing connection: {exc}"), gone]
+
+
+class Outbox:
+    """The two queues a connection fills for its adapter: frames for the device and
+    events. A base class for implementations (not part of the contract)."""
+
+    _frames: list[bytes]
+    _events: collections.deque[ConnectionEvent]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        out, self._frames = self._frames, []
+        return out
+
+    def next_event(self) -> ConnectionEvent | None:
+        return self._events.popleft() if self._events else None
+
+
 class Connection(Protocol):
     """One peer's protocol state; every method takes ``now`` (the loop's monotonic clock).
 
@@ -217,8 +245,18 @@ class FastConnection(Connection, Protocol):
     #: True: :meth:`send_device` takes vnet_hdr frames including super-packets
     takes_super: bool
 
-    def send_device(self, frames: list[bytes], now: float) -> None:
-        """Frames as a device opened with IFF_VNET_HDR reads them (header + packet)."""
+    def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = True) -> None:
+        """Frames as a device opened with IFF_VNET_HDR reads them (header + packet);
+        ``vnet_hdr`` False: plain frames, left as one batch all the same."""
+
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any]:
+        """``(decode, source)``: ``decode(data, now, source)`` is :meth:`quick` without a
+        call of its own, for an adapter's per-datagram loop (valid until the peer moves)."""
+        ...
+
+    def has_output(self) -> bool:
+        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
+        ...
 
     def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
         """Bulk UDP output of :meth:`send_device`, in order."""

@@ -45,8 +45,8 @@ class SecureChannelLike(Protocol):
     """What the native endpoint needs from the crypto layer (tunconnector.proto.secure)."""
 
     drops: collections.Counter[str]
-    #: COOKIE_REPLY messages owed, each with the source it answers (a UDP server sends
-    #: them to the address the initiation came from)
+    #: cookie replies owed under load, ``(packet, source)`` (the connection sends each
+    #: to the full address of the initiation it answers)
     cookie_out: list[tuple[bytes, Hashable]]
 
     def seal(self, frame: bytes, now: float, *, flags: int = 0) -> bytes | None: ...

@@ -22,12 +22,14 @@ Rules it owns (the README's "Liveness and roaming"):
   nothing it sends reaches the device and no event but the proof leaves it: the adapter
   keeps such streams in :class:`~.admission.Admission` and replaces the live connection
   only on :class:`~.connection.Connected`. A bad length is counted once and ends the
-  stream (:class:`~.connection.Disconnected`); the stream cannot be resynchronised.
+  stream (a :class:`~.connection.Notice` to log, then :class:`~.connection.Disconnected`):
+  the stream cannot be resynchronised. The bulk of a proven stream takes the quick
+  decoder, and one whole small message in one read the latency lane (:meth:`quick_read`).
 - Garbage is counted in :attr:`drops` (merged with the endpoint's, the channel's and the
   reassembler's by :meth:`all_drops`), never raised.
 
 The fast path (:class:`~.connection.FastConnection`) is the product's native data path as
-sans-I/O logic (today still run by tunnel.py/fastpath.py/express.py): device frames with
+sans-I/O logic (a UDP point-to-point Tunnel runs on it): device frames with
 virtio_net_hdr go in whole, a super-packet becomes one FLAG_GSO message (one AEAD call),
 cut into FRAGMENTs that leave as one :class:`~.connection.GsoRun`; small partial-checksum
 packets are sealed in one call; GRO reads come back in as runs; one small packet of an
@@ -53,12 +55,16 @@ from .connection import (
     FastConnection,
     GsoRun,
     Notice,
+    Outbox,
     Rekeyed,
     each_datagram,
+    stream_broken,
 )
 from .framing import (
+    FLAG_GSO,
     HEADER_LEN,
     TAG_LEN,
+    TCP_NATIVE_PREFIX,
     MsgType,
     NativeStreamDecoder,
     encode_native_stream,
@@ -74,8 +80,8 @@ from .secure import Rekeyed as SessionRekeyed
 
 _FRAGMENT = int(MsgType.FRAGMENT)
 #: partial-checksum packets up to this size are small (ACKs, a 64-byte flood): a batch of
-#: only those is sealed in one call; larger ones are data segments the loss watcher reads
-#: (the same bound as fastpath.SMALL_BATCH and express.SMALL_CSUM, which it replaces)
+#: only those is sealed in one call, one of them alone takes the latency lane; larger ones
+#: are data segments the loss watcher reads
 SMALL_BATCH = 300
 
 #: a UDP payload on a 1500-byte IPv4 underlay
@@ -86,7 +92,7 @@ def _host(addr: Addr) -> Any:
     return addr[0] if isinstance(addr, tuple) else addr
 
 
-class NativeConnection:
+class NativeConnection(Outbox):
     """The native protocol with one peer, over UDP datagrams or one TCP stream.
 
     ``make_endpoint`` builds a fresh :class:`NativeEndpoint` (with its secure channel when
@@ -180,8 +186,8 @@ class NativeConnection:
                 return
             self.super_rx += 1
             data = inner  # type: ignore[assignment]  # bytearray: decoded in place
-        self._receive_message(data, addr, now)
-        self._pump(now)
+        if self._receive_message(data, addr, now):
+            self._pump(now)
 
     def receive_run(self, run: fragment.FragmentRun, addr: Addr, now: float) -> None:
         """FRAGMENT datagrams of one GRO read: whole messages are put back with one join
@@ -194,8 +200,10 @@ class NativeConnection:
         if bad:
             self.drops["fragment_bad"] += bad
         self.super_rx += len(messages)
-        for msg in messages:
-            self._receive_message(msg, addr, now)  # type: ignore[arg-type]  # bytearray
+        # the peer's super-messages (the bulk) take the quick decoder, as its datagrams do
+        quick, source = self.quick_parts() if addr == self.peer else (None, None)
+        self._take(messages, now, source, quick,
+                   lambda msg, now, _source: self._receive_message(msg, addr, now))
         self._pump(now)
 
     def quick(self, data: bytes | memoryview, now: float
@@ -210,29 +218,47 @@ class NativeConnection:
             self._source = _host(peer)
         return self.endpoint.quick(data, now, self._source)
 
-    def _receive_message(self, data: bytes, addr: Addr, now: float) -> None:
-        """One whole native message from ``addr`` (reassembled when it was fragmented)."""
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any]:
+        """``(decode, source)`` with ``decode(data, now, source)`` == :meth:`quick`: for an
+        adapter's loop over one batch, which then makes no extra call per datagram. Valid
+        until the peer moves (:class:`AddressChanged`); the endpoint of a UDP connection
+        never changes."""
+        peer = self.peer
+        if peer is not self._source_of:
+            self._source_of = peer
+            self._source = _host(peer)
+        return self.endpoint.quick, self._source
+
+    def _receive_message(self, data: bytes, addr: Addr, now: float) -> bool:
+        """One whole native message from ``addr`` (reassembled when it was fragmented).
+        False: a stranger's, dropped before any decoding (nothing to pump)."""
         endpoint = self.endpoint
         from_peer = self.peer is not None and addr == self.peer
         if not from_peer:
             if not self.server:
                 self.drops["unknown_peer"] += 1
-                return
+                return False
             admit, hello = endpoint.screen_stranger(data, now)
             if not admit:
                 self.drops["unknown_peer"] += 1
                 if hello is not None:
                     self._datagrams.append((hello, addr))
-                return
+                return False
         decoded = endpoint.decode(data, now, _host(addr))
+        secure = endpoint.secure
+        if secure is not None and secure.cookie_out:
+            # cookie replies under load: bound to the host, sent to the whole address
+            self._datagrams.extend((reply, addr) for reply, _host_only in secure.cookie_out)
+            secure.cookie_out.clear()
         if not from_peer:
             moved = follow_peer(self.peer, addr, authentic=decoded.authentic,
                                 may_move=self.server, now=now)
             if moved is None:
-                return
+                return True
             self.peer = moved.addr
             self._events.append(moved)
         self._frames.extend(decoded.frames)
+        return True
 
     def receive_stream(self, data: bytes, now: float) -> None:
         """Bytes of this connection's TCP stream; ``b""`` is its end."""
@@ -245,22 +271,56 @@ class NativeConnection:
         except RemoteProtocolError as exc:
             self.failed = True
             self.drops[exc.reason] += 1
-            self._events.append(Disconnected(now, exc.reason, restart=not self.server))
+            self._events.extend(stream_broken(exc, now, at_end=not data,
+                                              restart=not self.server))
             return
         except LocalProtocolError:  # data after our own end of stream: nothing to decode
             return
-        endpoint = self.endpoint
-        for msg in messages:
-            decoded = endpoint.decode(msg, now, self.peer and _host(self.peer))
-            if decoded.authentic and not self.proven:
-                self.proven = True
-            if self.proven:
-                self._frames.extend(decoded.frames)
-            elif decoded.frames:
-                self.drops["unknown_peer"] += len(decoded.frames)
+        source = self.peer and _host(self.peer)
+        # DATA of a proven stream (the bulk) takes the quick decoder, as datagrams do
+        self._take(messages, now, source, self.endpoint.quick if self.proven else None,
+                   self._stream_message)
         if not data and decoder.buffered == 0:
             self._events.append(Disconnected(now, "closed", restart=not self.server))
         self._pump(now)
+
+    def _stream_message(self, msg: bytes, now: float, source: Any) -> None:
+        """One whole message of the stream, fully decoded: it may prove the stream."""
+        decoded = self.endpoint.decode(msg, now, source)
+        if decoded.authentic and not self.proven:
+            self.proven = True
+        if self.proven:
+            self._frames.extend(decoded.frames)
+        elif decoded.frames:
+            self.drops["unknown_peer"] += len(decoded.frames)
+
+    def _take(self, messages: list[Any], now: float, source: Any,
+              quick: Callable[[Any, float, Any], Any] | None,
+              decode: Callable[[Any, float, Any], Any]) -> None:
+        """Whole messages, in order: each through ``quick`` (the bulk: its frame, or None
+        when consumed) unless it leaves one untouched (False), then through ``decode``."""
+        frames = self._frames
+        for msg in messages:
+            if quick is not None:
+                frame = quick(msg, now, source)
+                if frame is not False:
+                    if frame is not None:
+                        frames.append(frame)
+                    continue
+            decode(msg, now, source)
+
+    def quick_read(self, data: bytes, now: float) -> bytes | GsoFrame | None | Literal[False]:
+        """The latency lane of a TCP stream: a read that is exactly one whole plain message
+        of the proven stream, with nothing buffered before it: :meth:`quick` of it;
+        False (untouched) for anything else (a super-packet is the batch path's, which
+        writes GsoFrames)."""
+        decoder = self._decoder
+        plen = TCP_NATIVE_PREFIX.size
+        if (decoder is None or not self.proven or self.failed or decoder.buffered
+                or len(data) <= plen + HEADER_LEN or data[plen + 2] & FLAG_GSO
+                or TCP_NATIVE_PREFIX.unpack_from(data)[0] != len(data) - plen):
+            return False
+        return self.endpoint.quick(data[plen:], now, self.peer and _host(self.peer))
 
     @property
     def buffered(self) -> int:
@@ -276,7 +336,7 @@ class NativeConnection:
         self._emit(self.endpoint.encode_batch(frames, now))
         self._pump(now)
 
-    def send_device(self, frames: list[bytes], now: float) -> None:
+    def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = True) -> None:
         """Frames read from a device opened with virtio_net_hdr, sent in order.
 
         - a super-packet (GSO) -> one FLAG_GSO message (one AEAD call; cut smaller under
@@ -289,11 +349,23 @@ class NativeConnection:
           (the receiver's kernel finishes the checksum); a larger one -> checksum
           completed here, plain DATA; anything else -> plain DATA.
         On UDP the messages that fit one datagram leave together as one list batch.
+
+        ``vnet_hdr`` False: plain frames of a device without the header, encoded in one
+        call (:meth:`NativeEndpoint.encode_batch`) and, on UDP, left as one list batch
+        (:meth:`send_frames` leaves single datagrams, for a transport without batches).
         """
         if not self._can_send():
             self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += len(frames)
             return
         endpoint = self.endpoint
+        if not vnet_hdr:
+            encoded = endpoint.encode_batch(frames, now)
+            if self.stream:
+                self._emit(encoded)
+            elif encoded:
+                self._batches.append((encoded, self.peer))
+            self._pump(now)
+            return
         stream, peer, tap = self.stream, self.peer, self.tap
         limit = 1 << 30 if stream else self.max_datagram
         small_max = limit - HEADER_LEN - (TAG_LEN if endpoint.secure is not None else 0)
@@ -407,8 +479,16 @@ class NativeConnection:
     def has_work(self) -> bool:
         """Something waits after :meth:`quick` / :meth:`send_one` (an opened message may
         start a rekey, a send may queue a handshake or start a timer): flush."""
+        # has_output() inlined: the latency lane asks this once per packet
         return (self._timer_moved or bool(self._datagrams or self._batches
                                           or self._stream_out or self._events)
+                or self.endpoint.has_work())
+
+    def has_output(self) -> bool:
+        """:meth:`has_work` but for a timer that only moved: output or events wait. The
+        latency lane asks it to re-arm its timer, not drain everything, after a send
+        that only started the stale-session timer (each send of a ping-pong does)."""
+        return (bool(self._datagrams or self._batches or self._stream_out or self._events)
                 or self.endpoint.has_work())
 
     def max_payload(self) -> int:
@@ -447,13 +527,6 @@ class NativeConnection:
         self._pump(now)
         out, self._stream_out = self._stream_out, []
         return out
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ConnectionEvent | None:
-        return self._events.popleft() if self._events else None
 
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.drops)

@@ -480,7 +480,8 @@ class SecureChannel:
         Returns the plaintext (a view; empty for a keepalive), ``None`` when the message
         was dropped and counted (replay, forgery), or ``False`` when it is not a DATA
         message of a session this side still accepts: then nothing happened and the
-        caller takes its general path. For the express lane (``tunconnector.express``).
+        caller takes its general path. For the quick decoders of the data path and the
+        latency lanes (``NativeEndpoint.quick``).
         """
         session, counter = _INDEX_COUNTER.unpack_from(message, 4)
         kp = self._by_index.get(session)
