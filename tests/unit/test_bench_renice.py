@@ -1,0 +1,35 @@
+"""bench.hostile's attacker niceness: a process tree found from /proc, every thread reniced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.hostile import process_tree, renice  # noqa: E402
+
+
+def test_renice_reaches_the_children() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time; c = subprocess.Popen(['sleep', '30']); "
+         "print(c.pid, flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        tree = process_tree(parent.pid)
+        assert parent.pid in tree and child in tree
+        assert renice(tree, 7) >= 2
+        assert os.getpriority(os.PRIO_PROCESS, child) == 7
+        assert os.getpriority(os.PRIO_PROCESS, parent.pid) == 7
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait(10)
