@@ -230,7 +230,8 @@ class Tunnel(SupervisedDevice):
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
-        #: UDP server, authenticated native peer: a socket connected to it (_follow_peer)
+        #: UDP server with an authenticated native peer, or an OpenVPN peer: a socket
+        #: connected to it (_follow_peer)
         self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
         self._native: NativeEndpoint | None = None  # multi-path's endpoint
@@ -320,12 +321,13 @@ class Tunnel(SupervisedDevice):
         elif self._server is not None:
             socks = getattr(self._server, "sockets", None) or []
             local = _fmt_addr(socks[0].getsockname()) if socks else None
+        fastpath: dict[str, Any] = {}
         if self._openvpn:  # the connection knows its cipher and its last authentic packet
             conn = self._conn
             crypto = conn.status(now) if conn is not None and now is not None else None
             encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
             last = self.last_heard()
-            data_path, fastpath = f"{cfg.framing} connection, per-packet", {}
+            data_path = f"{cfg.framing} connection, per-packet"
         else:
             crypto = self._crypto_status(now)
             encrypted = bool(cfg.key_file or cfg.private_key_file)
