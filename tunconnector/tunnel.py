@@ -848,7 +848,7 @@ class Tunnel(SupervisedDevice):
                 if type(batch) is list:
                     udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
                 else:
-                    udp.send_gso(batch.buf, batch.stride, addr)  # type: ignore[union-attr]
+                    udp.send_gso(batch.buf, batch.stride, addr)
             for data, addr in datagrams:
                 udp.sendto(data, addr)
         else:
@@ -878,9 +878,10 @@ class Tunnel(SupervisedDevice):
             if conn is not None:
                 self._float(conn, ev.addr)
         elif isinstance(ev, Connected):
-            if self._openvpn and ev.addr is not None:  # the server answered from there
-                self.peer = ev.addr
-                self._follow_peer(ev.addr)
+            answered: Any = ev.addr
+            if self._openvpn and answered is not None:  # the server answered from there
+                self.peer = answered
+                self._follow_peer(answered)
             self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
             if self._keys is not None:
                 self.log.info("tunnel %s: encrypted session established", self.name)
@@ -926,7 +927,7 @@ class Tunnel(SupervisedDevice):
             why = "first datagram" if old is None else "new source"
         else:  # OpenVPN's float rules: an authentic packet
             why = "authenticated"
-        if conn is self._pconn:
+        if conn is not self._conn:  # the quick decoder follows the peer
             self._quick = conn.quick_parts()
         self._follow_peer(addr)
         if old is None:
