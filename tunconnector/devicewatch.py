@@ -243,8 +243,8 @@ class DeviceSupervisor:
 
 
 class SupervisedDevice(StateFace):
-    """What a tunnel adapter with one device (the native :class:`Tunnel`, the generic
-    ``ConnectionTunnel``, the ``Hub``) needs to lend its device to a
+    """What a tunnel adapter with one device (the :class:`Tunnel` of every
+    point-to-point framing, the ``Hub``) needs to lend its device to a
     :class:`DeviceSupervisor`.
 
     The adapter calls :meth:`_supervise_device` once its device is configured,

@@ -18,8 +18,8 @@ as an openvpn 2.6 client process does for the tools around it:
 - SIGTERM/SIGINT (or ``signal SIGTERM``) stop; SIGHUP/SIGUSR1 restart the tunnel (down
   and up scripts run again with ``restart``); SIGUSR2 logs the status.
 
-The tunnel itself is the ordinary ConnectionTunnel of a one-tunnel Node, so
-``tunconnector status``, metrics and the control socket see it as any tunnel.
+The tunnel itself is the ordinary :class:`~tunconnector.tunnel.Tunnel` of a one-tunnel
+Node, so ``tunconnector status``, metrics and the control socket see it as any tunnel.
 """
 
 from __future__ import annotations

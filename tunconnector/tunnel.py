@@ -1,8 +1,10 @@
 """One tunnel at run time: a device, an underlay transport and a framing, glued together.
 
-This is an asyncio adapter: the protocol decisions live in :mod:`.proto` (framing,
-native endpoint, liveness, backoff); here we only move bytes between the device fd and
-the socket, arm one timer, and turn protocol events into tunnel state changes.
+This is an asyncio adapter: the protocol decisions live in :mod:`.proto` connections
+(native, raw, simpletun, and the OpenVPN framings: static key, TLS client); here we only
+move bytes between the device fd and the socket, arm one timer, and turn connection
+events into tunnel state changes. A :class:`ConfigAssigned` (a server pushing our
+address, routes, MTU) is applied to the device with netlink and undone on stop.
 
 State machine: ``stopped -> starting -> down <-> up``; ``failed`` when start failed.
 """
@@ -21,12 +23,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from .config import TunnelConfig
+from .connections import (
+    ConnectionFactory,
+    connection_factory,
+    device_mtu,
+    save_persisted,
+    uses_connection,
+)
 from .devicewatch import DeviceSupervisor, SupervisedDevice
 from .errors import DeviceError, TransportError, TunconnectorError
 from .fastpath import FastPath
 from .io import netlink as nl
 from .io import tcp as tcpio
+from .io.assign import Applied, apply_assigned, remove_assigned
 from .io.device import Device
 from .io.offload import enable_udp_gro
 from .io.udp import (
@@ -44,8 +56,15 @@ from .keys import TunnelKeys, channel_from_config, load_tunnel_keys
 from .lifecycle import State
 from .multipath import MultiPathLink
 from .proto.acceptor import PeerAcceptor
-from .proto.admission import Admission
-from .proto.connection import AddressChanged, Connected, Disconnected, Notice
+from .proto.admission import UNPROVEN_RECEIVED, Admission
+from .proto.connection import (
+    AddressChanged,
+    ConfigAssigned,
+    Connected,
+    Connection,
+    Disconnected,
+    Notice,
+)
 from .proto.cookie import CookieChecker
 from .proto.fragment import FragmentRun
 from .proto.framing import (
@@ -139,17 +158,27 @@ def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
 PeerConnection = NativeConnection | RawConnection
 #: the connection of one TCP stream
 StreamConnection = NativeConnection | SimpletunConnection
+#: how often the replay state is saved with openvpn_replay_persist (seconds)
+PERSIST_INTERVAL = 1.0
 
 
 class _Stream:
-    """One TCP stream and the connection reading it."""
+    """One TCP stream and the connection reading it (an OpenVPN framing's: a
+    :class:`Connection` without the fast-path methods)."""
 
-    __slots__ = ("proto", "conn", "counted")
+    __slots__ = ("proto", "conn", "counted", "unproven_rx")
 
-    def __init__(self, proto: tcpio.StreamProtocol, conn: StreamConnection) -> None:
+    def __init__(self, proto: tcpio.StreamProtocol, conn: Any) -> None:
         self.proto = proto
         self.conn = conn
         self.counted = False  # its counters were added to the tunnel's when it ended
+        self.unproven_rx = 0  # OpenVPN: bytes received before it proved itself (server)
+
+
+def _drops_of(conn: Any) -> dict[str, int]:
+    """A connection's drop counters (the native ones include its endpoint's)."""
+    all_drops = getattr(conn, "all_drops", None)
+    return dict(conn.drops) if all_drops is None else all_drops()
 
 
 # The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
@@ -187,7 +216,10 @@ class Tunnel(SupervisedDevice):
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
-        self.mtu = derive_mtu(config)
+        #: an OpenVPN framing: its connections come from connection_factory and take
+        #: plain frames (no super-packets, no latency lane); UDP GSO batches as for all
+        self._openvpn = uses_connection(config)
+        self.mtu = device_mtu(config) if self._openvpn else derive_mtu(config)
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
         self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
@@ -198,7 +230,8 @@ class Tunnel(SupervisedDevice):
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
-        #: UDP server, authenticated native peer: a socket connected to it (_follow_peer)
+        #: UDP server with an authenticated native peer, or an OpenVPN peer: a socket
+        #: connected to it (_follow_peer)
         self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
         self._native: NativeEndpoint | None = None  # multi-path's endpoint
@@ -235,10 +268,24 @@ class Tunnel(SupervisedDevice):
         self._peer_tx_key: Any = None  # the peer object _peer_tx was made for
         self._peer_tx: Any = None  # sendto() form of the peer (v4-mapped on v6 sockets)
         self._peek_misses = 0  # read-after-writes in a row that found nothing
+        self._make: ConnectionFactory | None = None  # OpenVPN: makes its connections
+        #: OpenVPN: the live connection (UDP's; a TCP client's across its streams; a TCP
+        #: server's last authenticated stream's)
+        self._conn: Connection | None = None
+        self._assigned: list[ConfigAssigned] = []  # applied, undone on stop
+        self._applied: list[Applied] = []  # what applying each of them did
+        self._assign_tasks: set[asyncio.Task[None]] = set()
+        #: called with each ConfigAssigned once it is on the device (openvpn's up scripts)
+        self.assign_listeners: list[Callable[[ConfigAssigned], None]] = []
+        self._persist_handle: asyncio.TimerHandle | None = None
+        self._persisted: dict[str, Any] | None = None  # last saved replay state
 
     # ------------------------------------------------------------------ public API
     def last_heard(self) -> float | None:
         """Loop time of the last valid message from the peer (keepalives included)."""
+        heard = getattr(self._conn, "last_heard", None)  # an OpenVPN connection's
+        if heard is not None:
+            return float(heard)
         natives = self._endpoints()
         if natives and natives[0].liveness.last_rx is not None:
             return natives[0].liveness.last_rx
@@ -253,7 +300,9 @@ class Tunnel(SupervisedDevice):
         drops = collections.Counter(self.stats.drops)
         conn = self._live()
         if conn is not None:
-            drops.update(conn.all_drops())
+            drops.update(_drops_of(conn))
+        for stream in self._candidates.values():  # what strangers sent is counted too
+            drops.update(_drops_of(stream.conn))
         for native in self._natives():
             drops.update(native.drops)
             if native.secure is not None:
@@ -263,7 +312,6 @@ class Tunnel(SupervisedDevice):
     def status(self) -> dict[str, Any]:
         cfg = self.config
         now = self._loop.time() if self._loop is not None else None
-        last = self.stats.last_rx
         local = None
         if self._udp is not None:
             try:
@@ -273,6 +321,18 @@ class Tunnel(SupervisedDevice):
         elif self._server is not None:
             socks = getattr(self._server, "sockets", None) or []
             local = _fmt_addr(socks[0].getsockname()) if socks else None
+        fastpath: dict[str, Any] = {}
+        if self._openvpn:  # the connection knows its cipher and its last authentic packet
+            conn = self._conn
+            crypto = conn.status(now) if conn is not None and now is not None else None
+            encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
+            last = self.last_heard()
+            data_path = f"{cfg.framing} connection, per-packet"
+        else:
+            crypto = self._crypto_status(now)
+            encrypted = bool(cfg.key_file or cfg.private_key_file)
+            last = self.stats.last_rx
+            data_path, fastpath = self._fast.describe(), self._fastpath_status()
         return {
             "name": self.name,
             "mode": cfg.mode,
@@ -282,13 +342,13 @@ class Tunnel(SupervisedDevice):
             "dev_type": cfg.dev_type,
             "device": self.device_name,
             "netns": cfg.netns,
-            "addresses": list(cfg.address),
+            "addresses": list(cfg.address) + [a for ev in self._assigned for a in ev.addresses],
             "mtu": self.mtu,
             "local": local,
             "peer": _fmt_addr(self.peer) if self.peer else None,
             "state": self.state.value,
             "error": self.error,
-            "encrypted": bool(cfg.key_file or cfg.private_key_file),
+            "encrypted": encrypted,
             "since": self.since,
             "last_rx_age": round(now - last, 3) if (now is not None and last is not None) else None,
             "rx_bytes": self.stats.rx_bytes,
@@ -297,11 +357,11 @@ class Tunnel(SupervisedDevice):
             "tx_packets": self.stats.tx_packets,
             "connects": self.stats.connects,
             "drops": self.all_drops(),
-            "data_path": self._fast.describe(),
-            "fastpath": self._fastpath_status(),
+            "data_path": data_path,
+            "fastpath": fastpath,
             **(self._mp.status_fields() if self._mp is not None else {}),
             **self._device_status(),
-            "crypto": self._crypto_status(now),
+            "crypto": crypto,
         }
 
     def _fastpath_status(self) -> dict[str, Any]:
@@ -332,9 +392,16 @@ class Tunnel(SupervisedDevice):
         self._stopping = False
         self.error = None
         self._set_state(State.STARTING)
+        cfg = self.config
         try:
-            self._keys = load_tunnel_keys(self.config)  # key file errors before any device
-            self._fast = FastPath(self.config, UNDERLAY_MTU)
+            self._keys = load_tunnel_keys(cfg)  # key file errors before any device
+            self._fast = FastPath(cfg, UNDERLAY_MTU)
+            if cfg.mode == "client" and not cfg.path:
+                self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
+            if self._openvpn:  # its key material, loaded before any device too
+                self._make = connection_factory(
+                    cfg, clock_offset=time.time() - self._loop.time(),
+                    max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
             await self._open_device()
             await self._supervise_device()
             await self._open_transport()
@@ -343,31 +410,67 @@ class Tunnel(SupervisedDevice):
             await self._close_all()
             self._set_state(State.FAILED)
             raise
+        if cfg.openvpn_replay_persist:
+            self._persist_tick()
         self.log.info(
             "tunnel %s started: %s %s/%s device %s mtu %d",
             self.name, self.config.mode, self.config.proto, self.config.framing,
             self.device_name, self.mtu,
         )
-        self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
+        if not self._openvpn:
+            self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
 
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
             return  # nothing open; a failed tunnel keeps saying why
         self._stopping = True
         self._notify_exit()
+        self._save_replay_state()
+        await self._unassign()
         await self._close_all()
         self._set_state(State.STOPPED)
         self.log.info("tunnel %s stopped", self.name)
 
     def _notify_exit(self) -> None:
-        """A client stopping cleanly tells its server (a hub marks it down at once): the
-        connection queues its EXIT on close (a UDP client with a session only)."""
-        conn = self._pconn
+        """A client stopping cleanly tells its server (a hub marks it down at once), an
+        OpenVPN peer tells the other end (OCC EXIT, exit-notify): the connection queues
+        its goodbye on close (native: a UDP client with a session only), and an OpenVPN
+        stream is closed gracefully, so what was queued still leaves."""
+        conn: Any = self._pconn or self._conn
         if conn is None or self._loop is None:
             return
         now = self._loop.time()
         conn.close(now)
         self._flush(conn, now)
+        if self._conn is not None and self._stream is not None:
+            self._stream.proto.close()
+
+    # ------------------------------------------------------------------ replay-persist
+    def _save_replay_state(self) -> None:
+        """Write the connection's replay state if it changed (openvpn_replay_persist)."""
+        path = self.config.openvpn_replay_persist
+        get = getattr(self._conn, "persist_state", None)
+        if not path or get is None:
+            return
+        state = get()
+        if state == self._persisted:
+            return
+        try:
+            save_persisted(path, state)
+        except OSError as exc:
+            self.stats.drops["replay_persist_error"] += 1
+            self.log.warning("tunnel %s: cannot save the replay state to %s: %s",
+                             self.name, path, exc)
+            return
+        self._persisted = state
+
+    def _persist_tick(self) -> None:
+        """Once a second: a crash replays at most the last second's packets."""
+        self._persist_handle = None
+        if self._loop is None or self._stopping:
+            return
+        self._save_replay_state()
+        self._persist_handle = self._loop.call_later(PERSIST_INTERVAL, self._persist_tick)
 
     async def close(self) -> None:
         await self.stop()
@@ -418,8 +521,6 @@ class Tunnel(SupervisedDevice):
         if cfg.path:
             await self._open_multipath()
             return
-        if cfg.mode == "client":
-            self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
         if cfg.proto == "udp":
             await self._open_udp()
         else:
@@ -459,37 +560,58 @@ class Tunnel(SupervisedDevice):
             return [conn.endpoint, *self._natives()]
         return self._natives()
 
-    def _live(self) -> PeerConnection | StreamConnection | None:
-        """The connection traffic goes to: UDP's one, or the live TCP stream's."""
+    def _live(self) -> Any:
+        """The connection traffic goes to: UDP's one, the OpenVPN one, or the live TCP
+        stream's."""
         if self._pconn is not None:
             return self._pconn
+        if self._conn is not None:
+            return self._conn
         return None if self._stream is None else self._stream.conn
+
+    def _new_udp(self, port: int) -> UdpEndpoint:
+        """A UDP socket of the tunnel's family (its bind address's, else a client's
+        remote's, else dual-stack), with GSO/GRO where the kernel has them."""
+        cfg = self.config
+        if cfg.bind:
+            family = family_for(cfg.bind)
+        elif cfg.mode == "client":
+            family = family_for(self._remote[0] if self._remote else None)
+        else:
+            family = socket.AF_INET6
+        sock = open_udp(bind=cfg.bind, port=port, family=family,
+                        bind_interface=cfg.bind_interface)
+        udp = UdpEndpoint(sock, self.stats.drops)
+        self._fast.attach_udp(udp)
+        return udp
 
     async def _open_udp(self) -> None:
         cfg = self.config
         assert self._loop is not None
-        if cfg.mode == "client":
-            family = family_for(self._remote[0] if self._remote else None)
-            if cfg.bind:
-                family = family_for(cfg.bind)
-        else:
-            family = family_for(cfg.bind) if cfg.bind else socket.AF_INET6
-        port = cfg.port if (cfg.mode == "server" or cfg.port) else 0
-        sock = open_udp(bind=cfg.bind, port=port, family=family,
-                        bind_interface=cfg.bind_interface)
-        self._udp = UdpEndpoint(sock, self.stats.drops)
-        self._fast.attach_udp(self._udp)
+        udp = self._udp = self._new_udp(cfg.port if (cfg.mode == "server" or cfg.port) else 0)
         if cfg.mode == "client":
             self.peer = self._remote
-            if self._remote is not None:
+            if self._remote is not None and not self._openvpn:
                 # a client hears only its server (a stranger's datagram is dropped as
                 # unknown_peer): connected, the kernel drops those before they queue
-                # where the server's must wait behind them (NoPorts, ICMP unreachable)
+                # where the server's must wait behind them (NoPorts, ICMP unreachable).
+                # Not OpenVPN's: it moves along its remote list, and a multi-homed server
+                # may answer from another address (its peer's own socket, _follow_peer,
+                # keeps strangers' datagrams out of its queue instead)
                 try:
-                    self._udp.connect(self._remote)
+                    udp.connect(self._remote)
                 except TransportError:
-                    sock.close()
+                    udp.sock.close()
                     raise
+        if self._make is not None:  # an OpenVPN framing
+            udp.start(self._on_conn_batch)
+            plain = self._conn = self._make()
+            self._set_state(State.DOWN)
+            now = self._loop.time()
+            plain.start(now)
+            self._device_reader(True)
+            self._flush(plain, now)
+            return
         server = cfg.mode == "server"
         conn: PeerConnection
         if cfg.framing == "native":
@@ -509,7 +631,7 @@ class Tunnel(SupervisedDevice):
                       and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0")
         self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
         self._dev_last = self._wire_last = float("-inf")
-        self._udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
+        udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
         self._device_reader(True)
         now = self._loop.time()
         if isinstance(conn, NativeConnection):
@@ -520,6 +642,23 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.UP)  # raw: nothing to wait for
         else:
             self._set_state(State.DOWN)
+
+    def _reopen_udp(self) -> None:
+        """An OpenVPN client about to reconnect gets a fresh ephemeral source port, as
+        openvpn's own client does: a server may still hold state for the old address and
+        ignore a new session from it. A configured ``port`` is kept."""
+        cfg = self.config
+        if cfg.mode != "client" or cfg.port or self._udp is None or self._stopping:
+            return
+        try:
+            udp = self._new_udp(0)
+        except (OSError, TransportError) as exc:
+            self.log.warning("cannot open a new UDP socket (keeping the old one): %s", exc)
+            return
+        self._drop_twin()  # bound to the old port
+        self._udp.close()
+        self._udp = udp
+        udp.start(self._on_conn_batch)
 
     async def _open_multipath(self) -> None:
         """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core."""
@@ -548,10 +687,16 @@ class Tunnel(SupervisedDevice):
         else:
             self._set_state(State.DOWN)
             assert self._remote is not None
+            if self._make is not None:  # OpenVPN: one connection across the streams
+                self._conn = self._make()
+                self._conn.start(self._loop.time())
             self._tasks.append(asyncio.create_task(tcpio.keep_connected(
                 self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
                 bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
                 log=self.log)))
+        if self._openvpn:  # no one-packet lane: the connection has no quick decoder
+            self._device_reader(True)
+            return
         self._lane = os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
         self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
         self._dev_last = self._wire_last = float("-inf")
@@ -581,7 +726,8 @@ class Tunnel(SupervisedDevice):
     def send_device_frames(self, frames: list[bytes]) -> None:
         """Send frames read from the device (the latency lane hands its overflow here):
         the connection encodes them (whole super-packets when the device has
-        virtio_net_hdr), :meth:`_flush` sends what it made."""
+        virtio_net_hdr; an OpenVPN connection takes plain frames and counts those it
+        cannot send yet itself), :meth:`_flush` sends what it made."""
         dev, loop = self.device, self._loop
         if dev is None or loop is None:
             return
@@ -589,13 +735,18 @@ class Tunnel(SupervisedDevice):
         n = len(frames)
         conn: PeerConnection | StreamConnection | None = self._pconn
         if conn is None:
-            if self._mp is not None and self._native is not None:
+            plain, mp, native = self._conn, self._mp, self._native
+            if plain is not None or (mp is not None and native is not None):
                 now = loop.time()
                 stats.tx_packets += n
                 stats.tx_bytes += sum(map(len, frames))
-                self._mp.send_frames(frames, now)
-                self.flush_native(self._native, now)
                 stats.wire_tx += n
+                if plain is not None:  # OpenVPN: plain frames, one message each
+                    plain.send_frames(frames, now)
+                    self._flush(plain, now)
+                elif mp is not None and native is not None:
+                    mp.send_frames(frames, now)
+                    self.flush_native(native, now)
                 return
             stream = self._stream
             conn = None if stream is None else stream.conn
@@ -653,13 +804,43 @@ class Tunnel(SupervisedDevice):
                 and isinstance(conn, RawConnection) and conn.server):
             self._set_state(State.UP)  # raw: a server is up once it has a peer
 
-    def _flush(self, conn: PeerConnection | StreamConnection, now: float,
-               stream: _Stream | None = None) -> None:
+    def _on_conn_batch(self, batch: list[tuple[Any, Addr]]) -> None:
+        """A UDP batch of an OpenVPN framing: every datagram to its connection, which
+        decides (replay, float, peer-id: openvpn's rules), then its frames at once."""
+        conn, loop = self._conn, self._loop
+        if conn is None or loop is None:
+            return
+        now = loop.time()
+        self.stats.wire_rx += len(batch)
+        receive = conn.receive_datagram
+        last_raw: Any = None
+        addr: Any = None
+        for data, raw in batch:
+            if raw != last_raw:
+                last_raw, addr = raw, normalize(raw)
+            receive(bytes(data) if type(data) is not bytes else data, addr, now)
+        frames = conn.frames_to_deliver()
+        if frames:
+            self._to_device(frames, now)
+        self._flush(conn, now)
+
+    def _flush(self, conn: Any, now: float, stream: _Stream | None = None) -> None:
         """Send what the connection has to send (data before control, as it was queued),
         act on its events, re-arm the timer. ``stream``: the TCP stream of ``conn``
         (None: the live one)."""
         udp = self._udp
-        if udp is not None:
+        if udp is not None and self._openvpn:
+            run: list[bytes] = []  # datagrams in order; a run to one address leaves in
+            run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
+            for dgram, to in conn.datagrams_to_send(now):
+                if to != run_addr and run:
+                    udp.send_batch(run, run_addr)
+                    run = []
+                run_addr = to
+                run.append(dgram)
+            if run and run_addr is not None:
+                udp.send_batch(run, run_addr)
+        elif udp is not None:
             batches = conn.batches_to_send(now)
             datagrams = conn.datagrams_to_send(now)
             addr: Any  # the connection's Addr is the socket's (host, port)
@@ -667,7 +848,7 @@ class Tunnel(SupervisedDevice):
                 if type(batch) is list:
                     udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
                 else:
-                    udp.send_gso(batch.buf, batch.stride, addr)  # type: ignore[union-attr]
+                    udp.send_gso(batch.buf, batch.stride, addr)
             for data, addr in datagrams:
                 udp.sendto(data, addr)
         else:
@@ -693,13 +874,25 @@ class Tunnel(SupervisedDevice):
             elif not isinstance(ev, Notice):
                 return
         if isinstance(ev, AddressChanged):
-            if self._pconn is not None:
-                self._float(self._pconn, ev.addr)
+            conn: Any = self._pconn or self._conn
+            if conn is not None:
+                self._float(conn, ev.addr)
         elif isinstance(ev, Connected):
+            answered: Any = ev.addr
+            if self._openvpn and answered is not None:  # the server answered from there
+                self.peer = answered
+                self._follow_peer(answered)
             self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
             if self._keys is not None:
                 self.log.info("tunnel %s: encrypted session established", self.name)
             self._set_state(State.UP)
+        elif isinstance(ev, Disconnected) and self._openvpn:
+            self.log.warning("peer %s down: %s", _fmt_addr(self.peer), ev.reason)
+            self._set_state(State.DOWN)
+            if stream is not None and ev.restart:
+                stream.proto.abort()  # the client dials again
+            elif ev.restart and getattr(self._conn, "new_port_on_restart", False):
+                self._reopen_udp()
         elif isinstance(ev, Disconnected):
             if stream is not None:
                 stream.proto.abort()  # lost: _on_stream_lost says so
@@ -717,19 +910,25 @@ class Tunnel(SupervisedDevice):
                 self._warn_limited(ev.kind, "tunnel %s: %s", self.name, ev.message)
             else:
                 self.log.log(ev.level, "tunnel %s: %s", self.name, ev.message)
+        elif isinstance(ev, ConfigAssigned):
+            self._assign(ev)
         else:  # Rekeyed
-            self.log.debug("tunnel %s: rekeyed", self.name)
+            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name,
+                           getattr(ev, "key_id", 0))
 
-    def _float(self, conn: PeerConnection, addr: Any) -> None:
+    def _float(self, conn: Any, addr: Any) -> None:
         """The connection follows its peer to ``addr``: the tunnel's bookkeeping."""
         old = self.peer
         self.peer = addr
         if isinstance(conn, NativeConnection):
             conn.max_datagram = self._fast.max_datagram(addr)
             why = "valid keepalive" if conn.endpoint.secure is None else "authenticated"
-        else:
+        elif isinstance(conn, RawConnection):
             why = "first datagram" if old is None else "new source"
-        self._quick = conn.quick_parts()
+        else:  # OpenVPN's float rules: an authentic packet
+            why = "authenticated"
+        if conn is not self._conn:  # the quick decoder follows the peer
+            self._quick = conn.quick_parts()
         self._follow_peer(addr)
         if old is None:
             self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
@@ -743,10 +942,13 @@ class Tunnel(SupervisedDevice):
         only that one, which is then read with a budget (SHARED_BATCH, SHARED_REST). The
         peer's next authenticated move arrives on the shared socket and moves this one.
         Not without keys: there any source takes the peer, so a stranger's datagram
-        would move it anyway."""
+        would move it anyway. An OpenVPN peer gets one on either side (a client's socket
+        is not connected: its remote list, a multi-homed server's other address, still
+        arrive on it)."""
         udp, conn = self._udp, self._pconn
-        if (udp is None or not isinstance(conn, NativeConnection)
-                or conn.endpoint.secure is None or self.config.mode != "server"):
+        if udp is None or (not self._openvpn and (
+                not isinstance(conn, NativeConnection) or conn.endpoint.secure is None
+                or self.config.mode != "server")):
             return
         if self._twin is not None:
             if self._twin.remote == addr:
@@ -763,13 +965,76 @@ class Tunnel(SupervisedDevice):
         twin.remote = addr
         twin.runs = udp.runs
         twin.gro = udp.gro and enable_udp_gro(sock)  # as the batch path expects
-        twin.start(self._on_udp_batch,
+        twin.start(self._on_conn_batch if self._openvpn else self._on_udp_batch,
                    reader=functools.partial(self._lane_udp, twin) if self._lane else None)
         udp.budget(SHARED_BATCH, SHARED_REST)
 
     def _drop_twin(self) -> None:
         twin, self._twin = self._twin, None
         retire_twin(twin, self._udp)
+
+    # ------------------------------------------------------------------ assigned config
+    def _assign(self, ev: ConfigAssigned) -> None:
+        """Apply a pushed configuration (addresses, routes, MTU) to the device."""
+        if self._loop is None or self.device_name is None:
+            return
+        task = self._loop.create_task(self._apply(ev))
+        self._assign_tasks.add(task)
+        task.add_done_callback(self._assign_tasks.discard)
+
+    async def _apply(self, ev: ConfigAssigned) -> None:
+        await self._unassign()  # a new assignment replaces the previous one
+        server = ev.extra.get("server") or ev.extra.get("bypass_host")
+        try:
+            done = await self.netlink.call(apply_assigned, self.device_name or "", ev,
+                                           self.config.netns, server)
+        except (DeviceError, NetlinkError, OSError, ValueError) as exc:
+            self.stats.drops["config_assign_failed"] += 1
+            self.log.warning("tunnel %s: cannot apply the assigned configuration: %s",
+                             self.name, exc)
+            return
+        self._assigned.append(ev)
+        self._applied.append(done)
+        if ev.mtu is not None:
+            self.mtu = ev.mtu
+        if done.bypass_text:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s: kept a host "
+                             "route to it on the underlay (%s)", self.name,
+                             ", ".join(done.covering), server, done.bypass_text)
+        elif done.covering:
+            self.log.warning("tunnel %s: pushed route(s) %s cover the server %s and no "
+                             "underlay route to it was found: refused", self.name,
+                             ", ".join(done.covering), server)
+        for pushed, local in done.overlaps:
+            self.log.warning("tunnel %s: pushed address %s overlaps the underlay's %s: "
+                             "part of the local network now goes into the tunnel",
+                             self.name, pushed, local)
+        if done.existing:
+            self.log.warning("tunnel %s: pushed route(s) %s already exist (not installed)",
+                             self.name, ", ".join(done.existing))
+        self.log.info("tunnel %s: assigned %s%s", self.name,
+                      ", ".join(ev.addresses) or "no address",
+                      f", routes {', '.join(done.installed)}" if done.installed else "")
+        for cb in list(self.assign_listeners):
+            try:
+                cb(ev)
+            except Exception:  # a listener bug must not break the tunnel
+                self.log.exception("assignment listener failed")
+
+    async def _unassign(self) -> None:
+        for task in list(self._assign_tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        done, self._assigned = self._assigned, []
+        applied, self._applied = self._applied, []
+        if not done or self.device_name is None or self.device is None:
+            return
+        for ev, app in zip(done, applied, strict=False):
+            try:
+                await self.netlink.call(remove_assigned, self.device_name, ev,
+                                        self.config.netns, app)
+            except (DeviceError, NetlinkError, OSError, ValueError, RuntimeError) as exc:
+                self.log.debug("tunnel %s: undoing assigned configuration: %s", self.name, exc)
 
     # ------------------------------------------------------------------ latency lane
     def _lane_device(self) -> None:
@@ -999,15 +1264,19 @@ class Tunnel(SupervisedDevice):
         dialled, and simpletun has nothing to prove with (so with no live stream to
         protect a server takes it at once): those streams are live at once. Others wait
         in admission until they prove themselves (Connected: the first authentic native
-        message, or simpletun's first valid frame)."""
+        message, or simpletun's first valid frame). An OpenVPN client keeps its one
+        connection across streams (told that a new one began)."""
         assert self._loop is not None
         cfg = self.config
         now = self._loop.time()
         server = cfg.mode == "server"
         peer = normalize(proto.peername) if proto.peername else None
         at_once = not server or (cfg.framing == "simpletun" and self._stream is None)
-        conn: StreamConnection
-        if cfg.framing == "simpletun":
+        conn: Any
+        reuse = not server and self._conn is not None  # an OpenVPN client's connection
+        if self._make is not None:
+            conn = self._conn if reuse else self._make()
+        elif cfg.framing == "simpletun":
             conn = SimpletunConnection(server=server, max_frame=self.max_frame, peer=peer,
                                        proven=at_once)
         else:
@@ -1023,7 +1292,10 @@ class Tunnel(SupervisedDevice):
                 self.stats.drops["unproven_evicted"] += 1
                 self._end_stream(old)
                 old.proto.abort()
-        conn.start(now)
+        if not reuse:
+            conn.start(now)
+        if self._openvpn:
+            conn.connection_made(now)
         self._flush(conn, now, stream)
 
     def _promote(self, stream: _Stream) -> None:
@@ -1038,6 +1310,9 @@ class Tunnel(SupervisedDevice):
             old.proto.abort()
         else:
             self.log.info("connected to %s", _fmt_addr(self.peer) if self.peer else "?")
+        if self._openvpn and self._conn is not stream.conn:
+            self._retire()  # a server's OpenVPN traffic moves to the proven stream's
+            self._conn = stream.conn
 
     def _find_stream(self, proto: tcpio.StreamProtocol) -> _Stream | None:
         stream = self._stream
@@ -1053,6 +1328,12 @@ class Tunnel(SupervisedDevice):
             return
         now = self._loop.time()
         conn = stream.conn
+        if self._openvpn and stream is not self._stream:
+            stream.unproven_rx += len(data)
+            if stream.unproven_rx > UNPROVEN_RECEIVED:  # much talk and no proof: a stranger
+                self.stats.drops["unproven_overflow"] += 1
+                self._drop_candidate(stream)
+                return
         conn.receive_stream(data, now)
         self._flush(conn, now, stream)  # first: a stream that proved itself takes over
         frames = conn.frames_to_deliver()
@@ -1062,7 +1343,7 @@ class Tunnel(SupervisedDevice):
                 self._to_device(frames, now)
             else:
                 self.stats.drops["unknown_peer"] += len(frames)
-        if (stream is not self._stream and proto in self._candidates
+        if (stream is not self._stream and proto in self._candidates and not self._openvpn
                 and self._candidates.over_buffer(conn.buffered)):
             # holding most of a large frame before proving anything: not our peer
             self.stats.drops["unproven_overflow"] += 1
@@ -1075,15 +1356,25 @@ class Tunnel(SupervisedDevice):
         stream.proto.abort()
 
     def _end_stream(self, stream: _Stream) -> None:
-        """A stream is gone: its connection's counters become the tunnel's (once)."""
+        """A stream is gone: its connection's counters become the tunnel's (once; the
+        live OpenVPN connection's when it is replaced or closed, :meth:`_retire`)."""
         if stream.counted:
             return
         stream.counted = True
         conn = stream.conn
-        self.stats.drops.update(conn.all_drops())
+        if conn is self._conn:
+            return
+        self.stats.drops.update(_drops_of(conn))
         if isinstance(conn, NativeConnection):
             self._fast.super_tx += conn.super_tx
             self._fast.super_rx += conn.super_rx
+
+    def _retire(self) -> None:
+        """The live OpenVPN connection is replaced or closed: its counters become the
+        tunnel's."""
+        if self._conn is not None:
+            self.stats.drops.update(self._conn.drops)
+            self._conn = None
 
     def _warn_limited(self, kind: str, msg: str, *args: Any) -> None:
         """A warning at most every WARN_EVERY seconds per kind (counters have the rest)."""
@@ -1101,8 +1392,14 @@ class Tunnel(SupervisedDevice):
         stream = self._find_stream(proto)
         self._candidates.pop(proto)
         if stream is not None:
-            if self._loop is not None and stream.conn.buffered:
-                stream.conn.receive_stream(b"", self._loop.time())  # EOF inside a frame
+            conn = stream.conn
+            if self._loop is not None and (
+                    not self._stopping if self._openvpn else conn.buffered):
+                # EOF: inside a frame (counted); an OpenVPN connection goes down (restart)
+                now = self._loop.time()
+                conn.receive_stream(b"", now)
+                if self._openvpn:
+                    self._flush(conn, now, stream)
             self._end_stream(stream)
         if stream is not None and stream is self._stream:
             self._stream = None
@@ -1123,9 +1420,11 @@ class Tunnel(SupervisedDevice):
             return
         times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
         # the live connection (_live() inlined: this runs after every batch)
-        live: PeerConnection | StreamConnection | None = self._pconn
-        if live is None and self._stream is not None:
-            live = self._stream.conn
+        live: Any = self._pconn
+        if live is None:
+            live = self._conn
+            if live is None and self._stream is not None:
+                live = self._stream.conn
         if live is not None and (conn_at := live.get_timer()) is not None:
             times.append(conn_at)
         deadline = self._candidates.get_timer()  # the oldest unproven stream's
@@ -1180,6 +1479,9 @@ class Tunnel(SupervisedDevice):
 
     async def _close_all(self) -> None:
         self._stopping = True
+        if self._persist_handle is not None:
+            self._persist_handle.cancel()
+            self._persist_handle = None
         self._unsupervise_device()
         if self._timer is not None:
             self._timer.cancel()
@@ -1203,8 +1505,10 @@ class Tunnel(SupervisedDevice):
             self._server = None
         self._drop_twin()
         if self._udp is not None:
+            self._udp.count_kernel_drops("udp_queue_full")
             self._udp.close()
             self._udp = None
+        self._retire()
         if self._mp is not None:
             self._mp.close()
             self._mp = None
