@@ -5,13 +5,13 @@ An asyncio adapter like :mod:`.tunnel`, with the same public face (``state``,
 plus a view of its peers. The decisions live in sans-I/O pieces: the
 :class:`~.proto.hubtable.PeerTable` (who may connect), the
 :class:`~.proto.hubacceptor.NativeHubAcceptor` (which peer a datagram belongs to:
-sessions, handshakes, cookies under load, resets, roaming), the
-:class:`~.proto.router.Router` (TUN) or :class:`~.proto.mactable.MacTable` (TAP)
-between the device and the peers, and the :class:`~.proto.pool.AddressPool`. Here we
-only read, dispatch and write, and keep the socket's fair share among the peers.
+sessions, handshakes, cookies under load, resets, roaming), the forwarder between
+the device and the peers (:mod:`.proto.switch`: routes for TUN, a learning switch for
+TAP), and the :class:`~.proto.pool.AddressPool`. Here we only read, dispatch and write;
+the socket's fair share among the peers is :class:`~.io.peerqueues.PeerQueues`'.
 
-One timer for all peers: a heap of per-peer deadlines, so 1,000 idle peers cost a
-heap entry each and a wake-up only when one of them has something to do.
+One timer for all peers (:class:`~.proto.timers.TimerHeap`), so 1,000 idle peers cost
+a heap entry each and a wake-up only when one of them has something to do.
 
 TCP is not offered for hubs (the config refuses it): one UDP port serves every peer.
 
@@ -25,109 +25,46 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
-import heapq
 import ipaddress
-import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import PeerConfig, TunnelConfig
 from .devicewatch import SupervisedDevice
-from .errors import ConfigError, CryptoError, RemoteProtocolError, TunconnectorError
+from .errors import ConfigError, CryptoError, TunconnectorError
 from .fastpath import FastPath
 from .io import netlink as nl
 from .io import routes as rt
 from .io.device import Device
+from .io.peerqueues import PeerQueues
 from .io.udp import (
     Addr,
     UdpEndpoint,
     family_for,
-    open_connected_twin,
     open_udp,
-    socket_drops,
 )
 from .keys import decode_key, load_key_file, resolve_cipher
-from .proto.fairshare import FloodJudge, RoundBudget
 from .proto.hubacceptor import INIT_LEN as INIT_LEN
 from .proto.hubacceptor import NativeHubAcceptor
 from .proto.hubtable import HubPeer, PeerTable
 from .proto.liveness import PeerDown, PeerUp
-from .proto.mactable import FLOOD, LOCAL, MacTable, parse_mac
-from .proto.offload import VNET_HDR_LEN, GsoFrame, coalesce_tcp
+from .proto.mactable import LOCAL, MacTable, parse_mac
+from .proto.offload import VNET_HDR_LEN, coalesce_tcp
 from .proto.pool import AddressPool
-from .proto.router import FORWARD, TO_DEVICE, Router
+from .proto.router import Router
 from .proto.secure import AuthFailure, HandshakeComplete, Rekeyed, SessionExpired
+from .proto.switch import Forwarder, IpRoutes, MacSwitch
+from .proto.timers import TimerHeap
 from .tunnel import State, TunnelStats, derive_mtu
 
 log = logging.getLogger("tunconnector.hub")
 
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
-#: datagrams read from the socket per round at most (reading is cheap: drain it all)
-READ_BATCH = 2048
-#: rounds of READ_BATCH read at once from the shared queue when it goes on its ration
-#: (its content then: up to 16,384 datagrams)
-DRAIN_ROUNDS = 8
-#: datagrams a round processes before the senders above their fair share lose their
-#: excess (counted ``peer_budget``), and the least every sender keeps of a round
-ROUND_CAPACITY = 128
-MIN_SHARE = 8
-#: a peer cut by its budget gets a receive queue of its own (a connected socket): the
-#: kernel then drops its excess for free, and it is read this much per loop turn (a
-#: read is a GRO run, up to 64 KiB; a turn of 64 tunnelled 64-byte packets took ~1.2 ms,
-#: which the other peers' datagrams waited behind)
-MAX_ISOLATED = 64
-ISOLATED_BATCH = 16
-ISOLATED_RCVBUF = 1 << 20
-#: a peer whose own queue keeps losing more than FLOOD_RATIO of what it sends (in
-#: FLOOD_WINDOWS windows of FLOOD_WINDOW s in a row) ignores loss: a flood (see
-#: proto/fairshare.FloodJudge). Its queue is then read FLOOD_BATCH datagrams at a time
-#: with a FLOOD_REST pause after a full read (at most 8,000 datagrams/s; short stints, as
-#: another peer's packet arriving during one waits for its end), so the process
-#: stays idle often enough to answer the other peers at once; the ration ends after a
-#: window without loss
-FLOOD_WINDOW = 0.1
-FLOOD_RATIO = 0.2
-FLOOD_WINDOWS = 3
-FLOOD_BATCH = 16
-FLOOD_REST = 0.002
-#: once the shared socket's queue overflows (a flood, from strangers as well), every peer
-#: that is up gets such a queue too (protected, within MAX_ISOLATED), and the shared
-#: socket, left to strangers and handshakes, is read SHARED_BATCH datagrams per loop turn
-#: with a SHARED_REST pause after a full one: a flood there cannot starve the peers'
-#: queues, and costs a bounded share of a core
-SHARED_BATCH = 32
-SHARED_REST = 0.002
-#: ... or once the shared socket carries more than this many datagrams a second (measured
-#: over SHARED_WINDOW s): a hub fast enough to keep its queue from overflowing would
-#: otherwise spend a core reading a stranger's flood while its peers wait behind it; a
-#: short window, as the peers' datagrams queue behind the flood until then
-SHARED_PROTECT_RATE = 20_000
-SHARED_WINDOW = 0.05
-
-
-
-@dataclass(slots=True)
-class OwnQueue:
-    """A peer's own receive queue, once it sent beyond its share (see ``Hub._isolate``)."""
-
-    endpoint: UdpEndpoint
-    #: the peer's address it is connected to (a move leaves it behind)
-    raw: Any
-    #: whether its sender floods (it keeps sending beyond what it loses)
-    judge: FloodJudge
-    #: the kernel's drop count there already added to the peer's ``peer_budget`` drops
-    drops: int = 0
-    #: datagrams read from it
-    read: int = 0
-
-
 def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     try:
         public = decode_key(cfg.public_key, f"{where}.public_key")
@@ -159,14 +96,15 @@ class Hub(SupervisedDevice):
         #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
         #: super-packets are written whole; status "data_path")
         self._fast = FastPath(config)
-        self._protecting = False  # the shared queue overflowed: peers get their own
-        self._shared_since = 0.0  # the shared socket's rate window: start, datagrams
-        self._shared_count = 0
         self._stopping = False
         self.router = Router(client_to_client=config.client_to_client)
         self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
                              move_after=config.mac_move_after)
         self.table = PeerTable(config, self.mtu, self.router, self.macs, None)
+        #: between the device and the peers: routes (TUN) or a learning switch (TAP)
+        self._switch: Forwarder[HubPeer] = (
+            MacSwitch(self.macs, self.peers.values, client_to_client=config.client_to_client)
+            if self.tap else IpRoutes(self.router))
         #: which peer a datagram belongs to: sessions, handshakes, cookies, resets
         cipher, auto = resolve_cipher(config.cipher)
         self._acceptor = NativeHubAcceptor(
@@ -175,11 +113,12 @@ class Hub(SupervisedDevice):
             rekey_after_bytes=config.rekey_after_bytes, max_frame=self.max_frame,
             reassembler=self._fast.reasm, drops=self.stats.drops)
         self.cookies = self._acceptor.cookies
-        #: the peers with a receive queue of their own (see _isolate)
-        self._own: dict[HubPeer, OwnQueue] = {}
-        self._budget = RoundBudget(ROUND_CAPACITY, MIN_SHARE)
-        self._heap: list[tuple[float, int, HubPeer]] = []
-        self._seq = itertools.count()
+        #: the shared socket's receive policy: fair share, queues of the peers' own
+        self._queues: PeerQueues[HubPeer] = PeerQueues(
+            self._on_udp_batch, owner=self._acceptor.by_raw.get, peers=self.peers.values,
+            drops=self.stats.drops, bind_interface=config.bind_interface, log=self.log,
+            name=self.name)
+        self._timers: TimerHeap[HubPeer] = TimerHeap()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._hooks: Any = None
@@ -218,12 +157,12 @@ class Hub(SupervisedDevice):
             self._udp.count_kernel_drops("udp_queue_full")
         drops = collections.Counter(self.stats.drops)
         for p in self.peers.values():
-            self._sync_own_drops(p)
+            self._queues.sync_drops(p)
             drops.update(p.stats.drops)
         return {k: v for k, v in sorted(drops.items()) if v}
 
     def peer_status(self, p: HubPeer, now: float | None = None) -> dict[str, Any]:
-        self._sync_own_drops(p)
+        self._queues.sync_drops(p)
         drops = collections.Counter(p.stats.drops)
         if p.native is not None:
             drops.update(p.native.drops)
@@ -247,7 +186,7 @@ class Hub(SupervisedDevice):
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
             # its own queue is read on a ration: it keeps sending beyond what it loses
-            "rationed": (q := self._own.get(p)) is not None and q.judge.flooding,
+            "rationed": self._queues.rationed(p),
         }
 
     def peers_status(self) -> list[dict[str, Any]]:
@@ -453,7 +392,8 @@ class Hub(SupervisedDevice):
         # UDP GSO/GRO: the runs of equal-size datagrams send_batch makes per peer leave in
         # one sendmsg, a client's runs arrive in one read (memoryview slices)
         self._fast.attach_udp(self._udp)  # runs: a coalesced FRAGMENT read stays whole
-        self._udp.start(self._on_shared_batch, max_batch=READ_BATCH)
+        assert self._loop is not None
+        self._queues.attach(self._udp, self._loop)
 
     # ------------------------------------------------------------------ peer table
     def _apply_peer_table(self, table: Iterable[PeerConfig], *, initial: bool = False
@@ -476,9 +416,9 @@ class Hub(SupervisedDevice):
     def _peer_removed(self, p: HubPeer) -> None:
         if p.up:
             self._peer_state(p, False, "removed")
-        self._unisolate(p)
+        self._queues.unisolate(p)
         self._acceptor.forget(p)
-        p.timer_at = None  # its heap entries are now stale
+        self._timers.discard(p)
         self.log.info("hub %s: peer %s removed", self.name, p.name)
 
     async def _sync_kernel_routes(self) -> None:
@@ -534,26 +474,11 @@ class Hub(SupervisedDevice):
         return True
 
     # ------------------------------------------------------------------ wire -> device
-    def _on_shared_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
-        """The shared socket's datagrams: watch its rate (see SHARED_PROTECT_RATE)."""
-        if not self._protecting and self._loop is not None:
-            now = self._loop.time()
-            self._shared_count += len(batch)
-            span = now - self._shared_since
-            if span >= SHARED_WINDOW:
-                if self._shared_count > SHARED_PROTECT_RATE * span:
-                    self._protect(f"carries {self._shared_count / span:.0f} datagrams/s")
-                self._shared_since, self._shared_count = now, 0
-        self._on_udp_batch(batch)
-
     def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
         assert self._loop is not None
         now = self._loop.time()
         self.stats.wire_rx += len(batch)
-        if len(batch) >= SHARED_BATCH and not self._protecting:
-            self._check_overflow()
-        if len(batch) > ROUND_CAPACITY:
-            batch = self._within_budget(batch)
+        batch = self._queues.admit(batch)
         udp = self._udp
         acceptor = self._acceptor
         inbound, touched = acceptor.receive_batch(
@@ -574,218 +499,20 @@ class Hub(SupervisedDevice):
             if udp is not None:
                 udp.sendto(packet, addr)
         for p, old in acceptor.moves():
-            own = self._own.get(p)
-            if own is not None and own.raw != p.raw:
-                self._unisolate(p)
+            self._queues.moved(p)
             if old is None:
                 self.log.info("hub %s: peer %s at %s", self.name, p.name, _fmt_addr(p.addr))
             elif old != p.addr:
                 self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
                               _fmt_addr(old), _fmt_addr(p.addr))
 
-    def _within_budget(self, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
-        """The round's datagrams each sender may have processed: a sender beyond its
-        fair share loses the rest before any decryption (see proto/fairshare.py).
-        Senders are peers by source address; unknown sources share one budget."""
-        get = self._acceptor.by_raw.get
-        budget = self._budget
-        if not budget.plan([get(raw) for _, raw in batch]):
-            return batch
-        kept = []
-        admit = budget.admit
-        cut: dict[int, HubPeer] = {}
-        for item in batch:
-            p = get(item[1])
-            if admit(p):
-                kept.append(item)
-            elif p is not None:
-                p.stats.drops["peer_budget"] += 1
-                cut[id(p)] = p
-            else:
-                self.stats.drops["peer_budget"] += 1
-        for p in cut.values():
-            self._isolate(p)
-        return kept
-
-    def _check_overflow(self) -> None:
-        """A full read: did the kernel drop datagrams at the shared socket's full queue?
-        Then protect the peers that are up (see SHARED_BATCH)."""
-        udp = self._udp
-        if udp is None:
-            return
-        before = self.stats.drops["udp_queue_full"]
-        udp.count_kernel_drops("udp_queue_full")
-        if self.stats.drops["udp_queue_full"] <= before:
-            return
-        self._protect("overflows")
-
-    def _protect(self, why: str) -> None:
-        """Peers that are up (and those that come up) get queues of their own; the shared
-        socket is read within SHARED_BATCH per turn from now on."""
-        udp = self._udp
-        if udp is None or self._protecting:
-            return
-        self._protecting = True
-        udp.budget(SHARED_BATCH, SHARED_REST)
-        self.log.warning("hub %s: the shared socket %s: peers that are up get queues of "
-                         "their own", self.name, why)
-        for p in self.peers.values():
-            if p.up:
-                self._isolate(p, "protected from the shared queue")
-        if self._loop is not None:
-            self._loop.call_soon(self._drain_shared, self._udp, DRAIN_ROUNDS)
-
-    def _drain_shared(self, udp: UdpEndpoint | None, rounds: int) -> None:
-        """Once, as the shared queue goes on its ration: what it holds is read now, in
-        rounds through the budgets (the flood cut before decryption), one round per loop
-        turn so the peers' own queues are served between them. The peers' datagrams
-        that were queued behind the flood before they had queues of their own would
-        otherwise wait for the ration to reach them: a full queue at the ration's pace,
-        most of a second."""
-        if udp is None or udp is not self._udp:
-            return
-        batch = udp.drain([], READ_BATCH)
-        if batch:
-            self._on_udp_batch(batch)
-        if len(batch) == READ_BATCH and rounds > 1 and self._loop is not None:
-            self._loop.call_soon(self._drain_shared, udp, rounds - 1)
-
-    def _isolate(self, p: HubPeer, why: str = "sends beyond its share") -> None:
-        """Give a peer that sent beyond its share a receive queue of its own (see
-        ``open_connected_twin``), read at most ISOLATED_BATCH datagrams per loop turn:
-        when it goes on, the kernel drops its excess before this process spends
-        anything on it, and the shared socket stays free for the others. Also for
-        every peer that is up once the shared queue overflows (``why``)."""
-        udp = self._udp
-        if p in self._own or p.raw is None or udp is None or len(self._own) >= MAX_ISOLATED:
-            return
-        try:
-            sock = open_connected_twin(udp.sock, p.raw, rcvbuf=ISOLATED_RCVBUF,
-                                       bind_interface=self.config.bind_interface)
-        except TunconnectorError as exc:
-            self.stats.drops["isolate_failed"] += 1
-            self.log.warning("hub %s: peer %s: %s", self.name, p.name, exc)
-            return
-        own = UdpEndpoint(sock, p.stats.drops)
-        self._own[p] = OwnQueue(own, p.raw,
-                                FloodJudge(FLOOD_WINDOW, FLOOD_RATIO, FLOOD_WINDOWS))
-        own.start(functools.partial(self._on_own_batch, p), max_batch=ISOLATED_BATCH)
-        self.log.info("hub %s: peer %s %s: own receive queue", self.name, p.name, why)
-
-    def _on_own_batch(self, p: HubPeer, batch: list[tuple[bytes, Addr]]) -> None:
-        """A batch from a peer's own queue; now and then, judge whether it floods."""
-        self._on_udp_batch(batch)
-        q = self._own.get(p)
-        if q is None or self._loop is None:
-            return  # the batch ended its session
-        q.read += len(batch)
-        now = self._loop.time()
-        judge = q.judge
-        if not judge.due(now):
-            return
-        self._sync_own_drops(p)
-        was = judge.flooding
-        if judge.sample(now, q.read, q.drops) == was:
-            return
-        if judge.flooding:
-            q.endpoint.budget(FLOOD_BATCH, FLOOD_REST)
-            self.log.warning("hub %s: peer %s: its queue keeps overflowing (a flood): "
-                             "read at most %d datagrams per %.0f ms", self.name, p.name,
-                             FLOOD_BATCH, FLOOD_REST * 1000)
-        else:
-            q.endpoint.budget(ISOLATED_BATCH, 0.0)
-            self.log.info("hub %s: peer %s: no more loss at its queue: read in full",
-                          self.name, p.name)
-
-    def _unisolate(self, p: HubPeer) -> None:
-        if p not in self._own:
-            return
-        self._sync_own_drops(p)
-        self._own.pop(p).endpoint.close()
-
-    def _sync_own_drops(self, p: HubPeer) -> None:
-        """Add what the kernel dropped at the peer's own queue to its ``peer_budget``."""
-        q = self._own.get(p)
-        if q is None:
-            return
-        n = socket_drops(q.endpoint.sock)
-        if n > q.drops:
-            p.stats.drops["peer_budget"] += n - q.drops
-            q.drops = n
-
     def _route_inbound(self, items: list[tuple[HubPeer, Any]], now: float) -> None:
-        to_dev: list[Any] = []
-        fwd: dict[int, tuple[HubPeer, list[Any]]] = {}
-        router = self.router
         dev = self.device
-        whole = dev is not None and dev.vnet_hdr and not self.tap
-        extra = 0  # segments of the super-packets written whole, beyond one each
-        for p, frame in items:
-            if type(frame) is GsoFrame:
-                if whole:
-                    # the super-packet's IP header is its segments' header: the same
-                    # anti-spoofing and routing verdict, for all of them at once
-                    data = frame.data
-                    v = router.inbound(p, memoryview(data)[VNET_HDR_LEN:])
-                    st = p.stats
-                    n = _segment_count(data)
-                    if v.action == TO_DEVICE:  # written whole: the kernel segments it
-                        st.rx_packets += n
-                        st.rx_bytes += len(frame)
-                        to_dev.append(frame)
-                        extra += n - 1
-                        continue
-                    if v.action != FORWARD:
-                        st.drops[v.reason] += n
-                        continue
-                    # to another peer (client-to-client): segmented as before
-                try:
-                    segs: list[Any] = frame.segments(tap=self.tap)
-                except RemoteProtocolError:
-                    p.stats.drops["bad_gso"] += 1
-                    continue
-            else:
-                segs = [frame]
-            for f in segs:
-                st = p.stats
-                st.rx_packets += 1
-                st.rx_bytes += len(f)
-                if self.tap:
-                    self._switch_from_peer(p, f, now, to_dev, fwd)
-                    continue
-                v = router.inbound(p, f)
-                if v.action == TO_DEVICE:
-                    to_dev.append(f)
-                elif v.action == FORWARD:
-                    q: Any = v.peer
-                    fwd.setdefault(id(q), (q, []))[1].append(f)
-                else:
-                    st.drops[v.reason] += 1
-        if to_dev:
-            self._to_device(to_dev, now, extra)
-        for q, frames in fwd.values():
+        out = self._switch.inbound(items, now, whole=dev is not None and dev.vnet_hdr)
+        if out.to_device:
+            self._to_device(out.to_device, now, out.extra)
+        for q, frames in out.forward.values():
             self._send_to_peer(q, frames, now)
-
-    def _switch_from_peer(self, p: HubPeer, f: Any, now: float, to_dev: list[Any],
-                          fwd: dict[int, tuple[HubPeer, list[Any]]]) -> None:
-        egress, refused = self.macs.decide(f, p, now)
-        if refused is not None:  # a pinned or busy MAC, or beyond the peer's cap
-            p.stats.drops[refused] += 1
-        elif egress is None:
-            p.stats.drops["hairpin"] += 1
-        elif egress is LOCAL:
-            to_dev.append(f)
-        elif egress == FLOOD:
-            to_dev.append(f)
-            if self.config.client_to_client:
-                for q in self.peers.values():
-                    if q is not p and q.up:
-                        fwd.setdefault(id(q), (q, []))[1].append(f)
-        elif not self.config.client_to_client:
-            p.stats.drops["client_to_client"] += 1
-        else:
-            dest: Any = egress
-            fwd.setdefault(id(dest), (dest, []))[1].append(f)
 
     def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
         """Write frames to the device; ``extra``: packets the super-packets among them
@@ -822,29 +549,8 @@ class Hub(SupervisedDevice):
         st = self.stats
         st.tx_packets += len(frames)
         st.tx_bytes += sum(map(len, frames))
-        groups: dict[int, tuple[HubPeer, list[Any]]] = {}
-        if self.tap:
-            macs = self.macs
-            up = [q for q in self.peers.values() if q.up]
-            for f in frames:
-                egress, refused = macs.decide(f, LOCAL, now)
-                if refused is not None:
-                    st.drops[refused] += 1
-                elif egress == FLOOD:
-                    for q in up:
-                        groups.setdefault(id(q), (q, []))[1].append(f)
-                elif egress is not None and egress is not LOCAL:
-                    q = egress  # type: ignore[assignment]
-                    groups.setdefault(id(q), (q, []))[1].append(f)
-        else:
-            outbound = self.router.outbound
-            for f in frames:
-                r: Any = outbound(f)
-                if r is None:
-                    st.drops["no_route"] += 1
-                    continue
-                groups.setdefault(id(r), (r, []))[1].append(f)
-        for q, fs in groups.values():
+        groups = self._switch.outbound(frames, now, st.drops)
+        for q, fs in groups:
             self._send_to_peer(q, fs, now)
 
     def _send_to_peer(self, q: HubPeer, frames: list[Any], now: float) -> None:
@@ -870,7 +576,7 @@ class Hub(SupervisedDevice):
                 self._peer_state(p, True, "alive")
             elif isinstance(ev, PeerDown) and ev.reason == "exit":
                 self._peer_state(p, False, "it said it stops")
-                self._unisolate(p)  # its session ended with it (see drain)
+                self._queues.unisolate(p)  # its session ended with it (see drain)
             elif isinstance(ev, PeerDown):
                 self._peer_state(p, False, f"nothing received for {ev.silent_for:.1f}s")
             elif isinstance(ev, HandshakeComplete):
@@ -888,8 +594,8 @@ class Hub(SupervisedDevice):
         if p.up == up:
             return
         p.up = up
-        if up and self._protecting:
-            self._isolate(p, "protected from the shared queue")
+        if up:
+            self._queues.peer_up(p)
         if up:
             self.log.info("hub %s: peer %s up (%s, %s)", self.name, p.name,
                           _fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
@@ -915,23 +621,15 @@ class Hub(SupervisedDevice):
         if self._stopping or self._loop is None:
             return
         t = p.native.get_timer() if (p.native is not None and p.started) else None
-        if t is None:
-            p.timer_at = None
-            return
-        if p.timer_at == t:
-            return
-        p.timer_at = t
-        heapq.heappush(self._heap, (t, next(self._seq), p))
-        if self._timer_at is None or t < self._timer_at:
+        if self._timers.schedule(p, t) and t is not None and (
+                self._timer_at is None or t < self._timer_at):
             self._arm()
 
     def _arm(self) -> None:
-        heap = self._heap
-        while heap and heap[0][2].timer_at != heap[0][0]:
-            heapq.heappop(heap)  # stale: the peer was rescheduled or removed
-        if self._loop is None or not heap:
+        when = self._timers.next()
+        if self._loop is None or when is None:
             return
-        when = max(heap[0][0], self._loop.time())
+        when = max(when, self._loop.time())
         if self._timer is not None:
             if self._timer_at is not None and self._timer_at <= when:
                 return
@@ -945,14 +643,7 @@ class Hub(SupervisedDevice):
         if self._loop is None or self._stopping:
             return
         now = self._loop.time()
-        heap = self._heap
-        due: list[HubPeer] = []
-        while heap and heap[0][0] <= now:
-            t, _, p = heapq.heappop(heap)
-            if p.timer_at == t:
-                p.timer_at = None
-                due.append(p)
-        for p in due:
+        for p in self._timers.due(now):
             if p.native is None:
                 continue
             p.native.handle_timer(now)
@@ -970,18 +661,16 @@ class Hub(SupervisedDevice):
             self._timer.cancel()
             self._timer = None
             self._timer_at = None
-        self._heap.clear()
+        self._timers.clear()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        self._protecting = False
+        self._queues.close()
         self._detach_device()
         self._kernel_routes.clear()  # they went with the device
         self._own_mac = None  # a new start: a new device, its own MAC
         for p in self.peers.values():
-            self._unisolate(p)
             p.up = False
-            p.timer_at = None
         self._acceptor.clear()
         self.table.clear()
 
@@ -1008,14 +697,6 @@ class PeerHooks:
 
     def peer_down(self, hub: Hub, p: HubPeer) -> None:
         self._fire("peer_down", p)
-
-
-def _segment_count(data: Any) -> int:
-    """Packets a super-packet (virtio_net_hdr + packet) stands for, for the counters."""
-    gso_type, hdr_len, size = data[1], data[2] | data[3] << 8, data[4] | data[5] << 8
-    if gso_type == 0 or size == 0:
-        return 1
-    return max(1, -(-(len(data) - VNET_HDR_LEN - hdr_len) // size))
 
 
 def _fmt_addr(addr: Any) -> str:

@@ -52,7 +52,7 @@ class HubPeer:
 
     __slots__ = ("name", "cfg", "key_b64", "public", "psk", "address", "prefixes",
                  "native", "secure", "addr", "raw", "up", "started", "last_handshake",
-                 "timer_at", "indices", "stats", "assignment", "guard", "past_handshakes")
+                 "indices", "stats", "assignment", "guard", "past_handshakes")
 
     def __init__(self, cfg: PeerConfig, public: bytes, psk: bytes | None) -> None:
         self.name = cfg.name
@@ -69,7 +69,6 @@ class HubPeer:
         self.up = False
         self.started = False
         self.last_handshake: float | None = None  # wall clock
-        self.timer_at: float | None = None
         self.indices: set[int] = set()
         self.stats = PeerStats()
         self.assignment: Assignment | None = None
