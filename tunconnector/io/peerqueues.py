@@ -29,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import TunconnectorError
 from ..proto.fairshare import FloodJudge, RoundBudget
+from ..proto.switch import Port
 from .udp import Addr, UdpEndpoint, open_connected_twin, socket_drops
 
 #: datagrams read from the socket per round at most (reading is cheap: drain it all)
@@ -76,24 +77,14 @@ SHARED_WINDOW = 0.05
 Batch = list[tuple[Any, Addr]]
 
 
-class _Stats(Protocol):
-    drops: collections.Counter[str]
+class QueuedPeer(Port, Protocol):
+    """A peer as its queue sees it: a switch port with a name and a source address."""
 
-
-class QueuedPeer(Protocol):
     @property
     def name(self) -> str: ...
 
     @property
     def raw(self) -> Any: ...
-
-    @property
-    def up(self) -> bool: ...
-
-    @property
-    def stats(self) -> _Stats: ...
-
-    def __hash__(self) -> int: ...
 
 
 P = TypeVar("P", bound=QueuedPeer)
