@@ -75,6 +75,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--json-logs", action="store_true", help="JSON lines on stderr")
+    p.add_argument("--nice", type=int, default=None, metavar="N",
+                   help="add N (-20..19) to the process's nice value once the tunnels are "
+                   "up, as openvpn's --nice (below 0: first turn on busy CPUs)")
     p.add_argument("--control-dir", default=os.environ.get(ENV_CONTROL_DIR, "/run/tunconnector"),
                    help=argparse.SUPPRESS)
 
@@ -158,7 +161,7 @@ def config_from_legacy(args: argparse.Namespace) -> Config:
         tunnels.append(t)
     return Config.from_mapping({
         "tunnel": tunnels, "control_dir": args.control_dir,
-        "log_level": args.log_level, "json_logs": args.json_logs,
+        "log_level": args.log_level, "json_logs": args.json_logs, "nice": args.nice or 0,
     })
 
 
@@ -200,6 +203,9 @@ def cmd_run(argv: Sequence[str]) -> int:
         config.log_level = args.log_level
     if args.json_logs:
         config.json_logs = True
+    if args.nice is not None:
+        config.nice = args.nice
+        config.validate()
     if "--control-dir" in argv or os.environ.get(ENV_CONTROL_DIR):
         config.control_dir = args.control_dir
     return _serve(config, os.path.abspath(args.config))

@@ -660,6 +660,9 @@ class Config:
     control_dir: str = "/run/tunconnector"
     log_level: str = "info"
     json_logs: bool = False
+    #: added to the process's nice value once the tunnels are up (openvpn's ``nice``):
+    #: below 0, the daemon's turn comes first when other work shares its CPUs
+    nice: int = 0
 
     def validate(self, where: str = "") -> None:
         seen: set[str] = set()
@@ -678,6 +681,8 @@ class Config:
                 raise ConfigError(
                     f"api.default_tunnel: no tunnel named {_short(self.api.default_tunnel)}"
                 )
+        if not -20 <= self.nice <= 19:
+            raise ConfigError(f"nice: {self.nice} is not within -20..19")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level: unknown level {_short(self.log_level)}")
 

@@ -154,6 +154,8 @@ class Node:
                 stop = await service(self)
                 if stop is not None:
                     self._stoppers.append(stop)
+            if self.config.nice:
+                _renice(self.config.nice)  # before root goes: below 0 needs it
             if self.config.privileges is not None and self.config.privileges.user:
                 # last: everything that needs root is open now
                 from .privileges import privileges_service
@@ -217,6 +219,7 @@ class Node:
         cmd = req.get("cmd", "status")
         if cmd == "status":
             return {"pid": os.getpid(), "version": __version__, "malloc": memory.state,
+                    "nice": os.nice(0),
                     "tunnels": self.status()}
         if cmd == "reload":
             return self.reload()  # type: ignore[return-value]  # awaited by the server
@@ -371,3 +374,14 @@ async def serve(
         await node.stop()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _renice(inc: int) -> None:
+    """Add ``inc`` to the nice value of the event loop's thread (on Linux a nice value is
+    per thread; threads started later inherit it), as openvpn's ``nice`` does."""
+    try:
+        now = os.nice(inc)
+    except OSError as exc:
+        log.warning("nice %d: %s; the priority stays", inc, exc.strerror)
+        return
+    log.info("process priority: nice %d", now)

@@ -145,7 +145,8 @@ def cmd_openvpn(argv: Sequence[str]) -> int:
     if own.netns:
         tunnel["netns"] = own.netns
     config = Config.from_mapping({"tunnel": [tunnel], "control_dir": own.control_dir,
-                                  "log_level": own.log_level, "json_logs": own.json_logs})
+                                  "log_level": own.log_level, "json_logs": own.json_logs,
+                                  "nice": ovpn.nice})
     if own.check:
         print(f"{ovpn.path}: valid (openvpn client, {len(ovpn.remotes)} remote(s))")
         return 0
@@ -202,7 +203,7 @@ def _run_server(path: str, own: argparse.Namespace) -> int:
     if sc.cd:
         os.chdir(sc.cd)
     return int(run_loop(serve(path, name=own.name or "openvpn", control_dir=own.control_dir,
-                              log_level=own.log_level)))
+                              log_level=own.log_level, nice=sc.nice)))
 
 
 def _standalone(args: list[str]) -> int | None:

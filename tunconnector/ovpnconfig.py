@@ -108,6 +108,8 @@ class OvpnConfig:
     log: str | None = None
     log_append: bool = False
     writepid: str | None = None
+    #: ``nice N``: added to the process's nice value once up (Config.nice)
+    nice: int = 0
     status: str | None = None
     status_interval: int = 60
     script_security: int = 1
@@ -478,6 +480,11 @@ class Parser:
         elif d == "writepid":
             need(1, 1)
             cfg.writepid = str(self.path(args[0]))
+        elif d == "nice":
+            need(1, 1)
+            cfg.nice = number(args[0], "nice")
+            if not -20 <= cfg.nice <= 19:
+                raise self.err(where, "nice must be within -20..19")
         elif d == "status":
             need(1, 2)
             cfg.status = str(self.path(args[0]))

@@ -1071,7 +1071,7 @@ def _fmt(addr: Addr) -> str:
 
 
 async def serve(path: str, *, name: str = "openvpn", control_dir: str | None = None,
-                log_level: str = "info") -> int:
+                log_level: str = "info", nice: int = 0) -> int:
     """Run the server config at ``path`` as the one tunnel of a Node (so ``tunconnector
     status``, the control socket and metrics see it) until SIGTERM/SIGINT; SIGHUP reads
     the client-config-dir again."""
@@ -1081,7 +1081,7 @@ async def serve(path: str, *, name: str = "openvpn", control_dir: str | None = N
     from .node import Node
 
     mapping: dict[str, Any] = {"tunnel": [{"name": name, "openvpn_config": path}],
-                               "log_level": log_level}
+                               "log_level": log_level, "nice": nice}
     if control_dir:
         mapping["control_dir"] = control_dir
     node = Node(Config.from_mapping(mapping), strict=True, control_socket=True)

@@ -66,7 +66,7 @@ SHARED = frozenset({
     "port", "key-direction", "data-ciphers", "ncp-ciphers", "data-ciphers-fallback",
     "cipher", "auth", "reneg-sec", "hand-window", "tran-window", "tun-mtu",
     "tun-mtu-extra", "tls-version-min", "explicit-exit-notify", "daemon", "log",
-    "log-append", "writepid", "status", "script-security", "sndbuf", "rcvbuf",
+    "log-append", "writepid", "nice", "status", "script-security", "sndbuf", "rcvbuf",
     "replay-window", "syslog", "mssfix", "allow-compression", "management",
     "management-hold", "management-query-passwords", "management-signal",
     "management-forget-disconnect", "management-up-down", "management-log-cache",
@@ -131,6 +131,7 @@ class ServerConfig:
     daemon: bool = False
     daemon_name: str | None = None
     writepid: str | None = None
+    nice: int = 0
     cd: str | None = None
     config_files: list[str] = field(default_factory=list)
     #: ``user`` / ``group``: what openvpn drops to after start (the runner's business)
@@ -578,7 +579,7 @@ class ServerParser(Parser):
         sc.dev_type, sc.device, sc.port = cfg.dev_type, cfg.device, cfg.port
         for attr in ("scripts", "script_security", "setenv", "status", "status_interval",
                      "management", "log", "log_append", "syslog", "daemon", "daemon_name",
-                     "writepid", "cd", "config_files", "sndbuf", "rcvbuf"):
+                     "writepid", "nice", "cd", "config_files", "sndbuf", "rcvbuf"):
             setattr(sc, attr, getattr(cfg, attr))
         sc.explicit_exit_notify = co.explicit_exit_notify
         sc.warnings = cfg.warnings + sc.warnings

@@ -94,3 +94,21 @@ def test_cli_flags_default_prefix_and_clean_exit(env: Env) -> None:
     assert s.stop() == 0 and c.stop() == 0
     # devices the daemon created are gone after exit
     assert env.a.run("ip", "link", "show", "tcx0", check=False).returncode != 0
+
+
+def test_nice_applies_once_up(env: Env) -> None:
+    """``nice`` (openvpn's too) is added to the daemon's nice value once its tunnels are
+    up; the status says the value."""
+    from harness import to_toml
+    from netns import tunconnector_cmd
+
+    path = env.workdir / "nice.toml"
+    path.write_text("nice = 5\n" + to_toml([{"name": "srv", "mode": "server",
+                                              "device": "tcn0", "port": 55558,
+                                              "framing": "raw"}]))
+    s = env.daemon(env.a, tunconnector_cmd("run", "-c", str(path)), "nice")
+    s.wait_ready()
+    ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
+                         capture_output=True, text=True, timeout=10)
+    assert json.loads(ctl.stdout)[0]["nice"] == 5, ctl.stdout
+    assert s.stop() == 0

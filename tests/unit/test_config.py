@@ -143,3 +143,11 @@ def test_bond_liveness_and_silence_watch_defaults() -> None:
         client(bonding=arp, keepalive=0.5, dead_after=0.2).validate("bond[0]")
     with pytest.raises(ConfigError, match="failover_after"):
         client(bonding=arp, failover_after=-1).validate("bond[0]")
+
+
+def test_nice_top_level() -> None:
+    assert Config.from_mapping({"nice": -10}).nice == -10
+    with pytest.raises(ConfigError, match=r"^nice: 20 is not within -20..19"):
+        Config.from_mapping({"nice": 20})
+    with pytest.raises(ConfigError, match="^nice"):
+        Config.from_mapping({"nice": "high"})

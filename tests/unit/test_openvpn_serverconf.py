@@ -546,3 +546,10 @@ def test_check_subcommand_on_debians_sample(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     assert main(["check", "-c", "server.conf"]) == 0
     assert "topology subnet, pool 10.8.0.2-10.8.0.254" in capsys.readouterr().out
+
+
+def test_nice_is_read_for_the_process(tmp_path: Path) -> None:
+    sc = server_conf(tmp_path, BASE + "server 10.8.0.0 255.255.255.0\nnice -5\n")
+    assert sc.nice == -5
+    with pytest.raises(ServerConfigError, match="nice must be within"):
+        server_conf(tmp_path, BASE + "server 10.8.0.0 255.255.255.0\nnice 40\n")

@@ -358,3 +358,12 @@ def test_tls_verify_only_under_the_openvpn_command(tmp_path: Path) -> None:
                     + _pki())
     with pytest.raises(ConfigError, match=r"tls-verify runs under `tunconnector openvpn`"):
         Config.from_mapping({"tunnel": [{"name": "v", "openvpn_config": str(ovpn)}]})
+
+
+def test_nice_goes_to_the_daemon() -> None:
+    """openvpn's ``nice N``: the daemon's Config.nice (applied once up, see node.py)."""
+    base = "client\nremote a\n<ca>\nx\n</ca>\n<cert>\nc\n</cert>\n<key>\nk\n</key>\n"
+    assert parse(base + "nice -5\n", "t.ovpn").nice == -5
+    assert parse(base, "t.ovpn").nice == 0
+    with pytest.raises(ConfigError, match=r":12: nice must be within"):
+        parse(base + "nice 20\n", "t.ovpn")
