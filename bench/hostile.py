@@ -95,6 +95,7 @@ class Options:
     #: daemon): 0 = as the victims; 19 models attackers on machines of their own, whose
     #: CPU is not the victims' (here every "host" shares the same two cores)
     attacker_nice: int = 0
+    daemon_nice: int = 0
 
 
 @dataclass
@@ -165,6 +166,8 @@ class Scenario:
     attack_keys: tuple[str, ...] = ("reconnects", "push_refused")
     #: processes of the attacker's side besides the flood and the attack (its tunnel)
     attacker_pids: Callable[[], list[int]] = list
+    #: the defending daemons' processes (the attacked one, the victim's), for --daemon-nice
+    daemon_pids: Callable[[], list[int]] = list
 
 
 def process_tree(pid: int) -> list[int]:
@@ -325,6 +328,8 @@ def measure(item: str, sc: Scenario, opts: Options, work: Path) -> Row:
                    + sc.attacker_pids(), opts.attacker_nice)
 
     nice_attackers()
+    if opts.daemon_nice:  # what the daemons' `nice` key does (docs/operations.md)
+        renice([q for p in sc.daemon_pids() for q in process_tree(p)], opts.daemon_nice)
     pinger = start_ping(sc.pinger, sc.target, opts.duration, opts.interval)
     flood.go()
     nice_attackers()  # the flood's workers may start on "go"
@@ -435,7 +440,10 @@ def item2(work: Path) -> Iterator[Scenario]:
                            attack_keys=("rx_packets", "peer_budget"),
                            attacker_pids=lambda: [int(p) for p in subprocess.run(
                                ["ip", "netns", "pids", attacker.ns], capture_output=True,
-                               text=True, check=False).stdout.split()])
+                               text=True, check=False).stdout.split()],
+                           daemon_pids=lambda: [d.proc.pid for d in hl.daemons
+                                                if d.proc is not None
+                                                and d.name in ("hub", "client1")])
         finally:
             sink.kill()
             sink.wait(10)
@@ -600,13 +608,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacker-nice", type=int, default=Options.attacker_nice,
                     help="nice value of the attacker's processes (19: attackers with CPUs of "
                          "their own; 0: sharing the victims' cores, as by default)")
+    ap.add_argument("--daemon-nice", type=int, default=Options.daemon_nice,
+                    help="nice value of the defending daemons (item 2: the hub and the "
+                         "victim's), as their config's `nice` key would set it")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     opts = Options(idle=args.idle, duration=args.duration, rate=args.rate, procs=args.procs,
-                   interval=args.interval, attacker_nice=args.attacker_nice)
+                   interval=args.interval, attacker_nice=args.attacker_nice,
+                   daemon_nice=args.daemon_nice)
     rows = []
     for item in [i.strip() for i in args.items.split(",") if i.strip()]:
         print(f"{time.strftime('%H:%M:%S')} item {item}: {TITLES.get(item, '?')} "
@@ -616,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**asdict(row), "ratio": row.ratio, "rule_ok": row.rule_ok,
                           "read_rate": row.read_rate}), flush=True)
     print(table(rows))
-    print(f"attacker processes at nice {opts.attacker_nice}")
+    print(f"attacker processes at nice {opts.attacker_nice}, defending daemons at nice "
+          f"{opts.daemon_nice}")
     if args.json:
         args.json.write_text(json.dumps(
             {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
