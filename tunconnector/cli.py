@@ -291,6 +291,30 @@ def _traffic(row: dict[str, Any], gap: str) -> str:
             f"out {row['tx_bytes']} B/{row['tx_packets']} pkts")
 
 
+def _detail(text: str) -> None:
+    """Print one of a tunnel's detail lines, indented past the name column of its first."""
+    print(f"  {'':<12} {text}")
+
+
+def _path_line(path: dict[str, Any]) -> str:
+    """A multi-path tunnel's status line for one path; ``*`` marks the one carrying."""
+    rtt = path.get("rtt")
+    return (f"{'*' if path.get('active') else ' '}path {path['name']:<10} "
+            f"{path['state']:<7} rtt {'-' if rtt is None else f'{rtt * 1000:.1f}ms'} "
+            f"loss {100 * (path.get('loss') or 0):.1f}%  "
+            f"{path.get('local') or '-'} -> {path.get('remote') or '-'}")
+
+
+def _peer_line(pe: dict[str, Any]) -> str:
+    """A hub's status line for one peer."""
+    hs = pe.get("last_handshake_age")
+    return (f"peer {pe['name']:<12} {pe.get('key') or '-'}… {pe['state']:<5} "
+            f"{pe.get('endpoint') or '-'} {pe.get('address') or '-'} "
+            f"allowed {','.join(pe.get('allowed_ips') or []) or '-'} "
+            f"handshake {'-' if hs is None else f'{hs:.0f}s ago'} "
+            f"{_traffic(pe, ' ')} drops {_counts(pe.get('drops', {}), ',', '-')}")
+
+
 def cmd_status(argv: Sequence[str]) -> int:
     from .status import DEFAULT_TIMEOUT, query_all
 
@@ -326,35 +350,20 @@ def cmd_status(argv: Sequence[str]) -> int:
                 f"peer {t.get('peer') or '-'}"
             )
             if t.get("error"):  # why it is down (failed start, device missing, ...)
-                print(f"  {'':<12} error: {t['error']}")
-            print(
-                f"  {'':<12} last rx {'-' if age is None else f'{age:.1f}s ago'}  "
+                _detail(f"error: {t['error']}")
+            _detail(
+                f"last rx {'-' if age is None else f'{age:.1f}s ago'}  "
                 f"{_traffic(t, '  ')}  drops: {drops}"
             )
-            for path in t.get("paths") or []:  # multi-path: one line per path, * = carrying
-                rtt = path.get("rtt")
-                print(
-                    f"  {'':<12} {'*' if path.get('active') else ' '}path {path['name']:<10} "
-                    f"{path['state']:<7} rtt {'-' if rtt is None else f'{rtt * 1000:.1f}ms'} "
-                    f"loss {100 * (path.get('loss') or 0):.1f}%  "
-                    f"{path.get('local') or '-'} -> {path.get('remote') or '-'}"
-                )
+            for path in t.get("paths") or []:  # multi-path: one line per path
+                _detail(_path_line(path))
             for pe in t.get("peers") or []:  # a hub: one line per peer
-                hs = pe.get("last_handshake_age")
-                pdrops = _counts(pe.get("drops", {}), ",", "-")
-                print(
-                    f"  {'':<12} peer {pe['name']:<12} {pe.get('key') or '-'}… "
-                    f"{pe['state']:<5} "
-                    f"{pe.get('endpoint') or '-'} {pe.get('address') or '-'} "
-                    f"allowed {','.join(pe.get('allowed_ips') or []) or '-'} "
-                    f"handshake {'-' if hs is None else f'{hs:.0f}s ago'} "
-                    f"{_traffic(pe, ' ')} drops {pdrops}"
-                )
+                _detail(_peer_line(pe))
             crypto = t.get("crypto")
             if crypto:
                 age = crypto.get("session_age")
-                print(
-                    f"  {'':<12} encrypted {crypto.get('cipher')} "
+                _detail(
+                    f"encrypted {crypto.get('cipher')} "
                     f"{crypto.get('mode', '')} session "
                     f"{'up' if crypto.get('established') else 'down'}"
                     f"{'' if age is None else f' age {age:.0f}s'}  "
@@ -363,8 +372,8 @@ def cmd_status(argv: Sequence[str]) -> int:
             health = t.get("health")
             if health:  # [tunnel.health]: verdict over the last `probes` echoes
                 rtt = health.get("rtt_avg")
-                print(
-                    f"  {'':<12} health {health.get('state')} target {health.get('target')} "
+                _detail(
+                    f"health {health.get('state')} target {health.get('target')} "
                     f"{health.get('window_answered')}/{health.get('window')} answered"
                     f"{'' if rtt is None else f' rtt {rtt * 1000:.1f}ms'}"
                 )
@@ -375,8 +384,8 @@ def cmd_status(argv: Sequence[str]) -> int:
                     for ev, c in hooks.items() if isinstance(c, dict)
                 )
                 last = hooks.get("last_error")
-                print(f"  {'':<12} hooks {runs or 'none run'}  failures {hooks.get('failures', 0)}"
-                      f"{'' if not last else f' (last: {last})'}")
+                _detail(f"hooks {runs or 'none run'}  failures {hooks.get('failures', 0)}"
+                        f"{'' if not last else f' (last: {last})'}")
     return rc
 
 

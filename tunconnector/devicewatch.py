@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DeviceError
@@ -44,6 +45,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("tunconnector.device")
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceOwner:
+    """What the owner lends a :class:`DeviceSupervisor`: callables, so this module knows
+    nothing of the owner's internals."""
+
+    #: whether the owner's fd lost its device
+    gone: Callable[[], bool]
+    #: stop reading the device and close it
+    detach: Callable[[], None]
+    #: open and configure the device again (raising :class:`DeviceError` when it cannot yet)
+    reopen: Callable[[], Awaitable[None]]
+    #: start reading the device
+    resume: Callable[[], None]
+    #: report the loss (a reason) or the return (``None``)
+    on_change: Callable[[str | None], None]
+
+
 class DeviceSupervisor:
     """One per running device. ``lost`` is the reason while the device is missing."""
 
@@ -53,18 +71,10 @@ class DeviceSupervisor:
         *,
         netlink: nl.Netlink,
         created: bool,
-        gone: Callable[[], bool],
-        detach: Callable[[], None],
-        reopen: Callable[[], Awaitable[None]],
-        resume: Callable[[], None],
-        on_change: Callable[[str | None], None],
+        owner: DeviceOwner,
         netns: str | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
-        """``gone()`` says whether the owner's fd lost its device; ``detach()`` stops
-        reading it and closes it; ``reopen()`` opens and configures the device again
-        (raising :class:`DeviceError` when it cannot yet); ``resume()`` starts reading;
-        ``on_change(reason)`` reports the loss (a reason) or the return (``None``)."""
         self.name = name
         self.netns = netns
         self.created = created
@@ -74,11 +84,7 @@ class DeviceSupervisor:
         self._since = 0.0
         self._saved: nl.LinkState | None = None
         self.netlink = netlink
-        self._gone = gone
-        self._detach = detach
-        self._reopen = reopen
-        self._resume = resume
-        self._on_change = on_change
+        self._owner = owner
         self._log = logger or log
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: nl.LinkWatch | None = None
@@ -121,7 +127,7 @@ class DeviceSupervisor:
     # ------------------------------------------------------------------ detection
     def check(self) -> None:
         """The data path saw a device read or write fail: is the device gone?"""
-        if self.lost is None and not self._closed and self._gone():
+        if self.lost is None and not self._closed and self._owner.gone():
             self._device_lost(f"device {self.name} is gone (reads and writes fail)")
 
     def _from_thread(self, present: bool, why: str) -> None:
@@ -137,7 +143,7 @@ class DeviceSupervisor:
             return
         if self.lost is not None:
             self._back.set()  # the name appeared or was freed: retry now, not on backoff
-        elif not present and self._gone():
+        elif not present and self._owner.gone():
             self._device_lost(why)
         # else: a stale event (our fd still works, e.g. the link of an older device)
 
@@ -151,8 +157,8 @@ class DeviceSupervisor:
         self._log.warning("%s", self.lost)
         self._forcing = True
         try:
-            self._detach()
-            self._on_change(self.lost)
+            self._owner.detach()
+            self._owner.on_change(self.lost)
         finally:
             self._forcing = False
         self._back.clear()
@@ -170,11 +176,11 @@ class DeviceSupervisor:
                 why = f"device {self.name} is gone; waiting for it to come back"
             else:
                 try:
-                    await self._reopen()
+                    await self._owner.reopen()
                     await self._restore()
                 except DeviceError as exc:
                     why = f"device {self.name} is gone and cannot be reopened yet: {exc}"
-                    self._detach()  # a half-opened device is retried whole
+                    self._owner.detach()  # a half-opened device is retried whole
                 else:
                     break
             if why != said:  # one log line per distinct reason, not per attempt
@@ -183,7 +189,7 @@ class DeviceSupervisor:
             self.lost = why
             self._forcing = True
             try:
-                self._on_change(why)
+                self._owner.on_change(why)
             finally:
                 self._forcing = False
             self._back.clear()
@@ -196,10 +202,10 @@ class DeviceSupervisor:
         self.last_outage = time.monotonic() - self._since
         self.lost = None
         self._task = None
-        self._resume()
+        self._owner.resume()
         self._forcing = True
         try:
-            self._on_change(None)
+            self._owner.on_change(None)
         finally:
             self._forcing = False
         self._log.info("device %s %s after %.2fs", self.name,
@@ -296,9 +302,11 @@ class SupervisedDevice(StateFace):
             return
         sup = DeviceSupervisor(
             self.device_name, netlink=self.netlink, created=self._created_device,
-            gone=lambda: self.device is None or self.device.detached(),
-            detach=self._detach_device, reopen=self._open_device,
-            resume=lambda: self._device_reader(True), on_change=self._device_changed,
+            owner=DeviceOwner(
+                gone=lambda: self.device is None or self.device.detached(),
+                detach=self._detach_device, reopen=self._open_device,
+                resume=lambda: self._device_reader(True), on_change=self._device_changed,
+            ),
             netns=self.config.netns, logger=self.log,
         )
         await sup.start()

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from .offload import ETH_P_IP, ETH_P_IPV6
 
 VERSION = 1
 HEADER = struct.Struct("!BBBBIQ")
@@ -319,8 +320,6 @@ def native_stream(messages: list[bytes]) -> bytes:
 PACKET_INFO = struct.Struct("!HH")
 PACKET_INFO_LEN = PACKET_INFO.size  # 4
 PI_FLAG_STRIP = 0x0001
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
 _PI_IPV4 = PACKET_INFO.pack(0, ETH_P_IP)
 _PI_IPV6 = PACKET_INFO.pack(0, ETH_P_IPV6)
 _PI_NONE = PACKET_INFO.pack(0, 0)
