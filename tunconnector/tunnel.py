@@ -65,6 +65,7 @@ from .proto.connection import (
     Disconnected,
     Notice,
 )
+from .proto.connection import Rekeyed as ConnRekeyed
 from .proto.cookie import CookieChecker
 from .proto.fragment import FragmentRun
 from .proto.framing import (
@@ -175,12 +176,6 @@ class _Stream:
         self.unproven_rx = 0  # OpenVPN: bytes received before it proved itself (server)
 
 
-def _drops_of(conn: Any) -> dict[str, int]:
-    """A connection's drop counters (the native ones include its endpoint's)."""
-    all_drops = getattr(conn, "all_drops", None)
-    return dict(conn.drops) if all_drops is None else all_drops()
-
-
 # The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
 # DNS query), and after a sleep every function and attribute on the way costs several
 # times its hot price: the batch path (read until EAGAIN, batch lists, flush, timer
@@ -283,13 +278,11 @@ class Tunnel(SupervisedDevice):
     # ------------------------------------------------------------------ public API
     def last_heard(self) -> float | None:
         """Loop time of the last valid message from the peer (keepalives included)."""
-        heard = getattr(self._conn, "last_heard", None)  # an OpenVPN connection's
-        if heard is not None:
-            return float(heard)
-        natives = self._endpoints()
-        if natives and natives[0].liveness.last_rx is not None:
-            return natives[0].liveness.last_rx
-        return self.stats.last_rx
+        conn = self._live()
+        heard = None if conn is None else conn.last_heard
+        if heard is None and self._native is not None:  # multi-path's endpoint
+            heard = self._native.liveness.last_rx
+        return self.stats.last_rx if heard is None else heard
 
     def all_drops(self) -> dict[str, int]:
         # what the kernel dropped at a full receive queue, before this process saw it
@@ -300,9 +293,9 @@ class Tunnel(SupervisedDevice):
         drops = collections.Counter(self.stats.drops)
         conn = self._live()
         if conn is not None:
-            drops.update(_drops_of(conn))
+            drops.update(conn.all_drops())
         for stream in self._candidates.values():  # what strangers sent is counted too
-            drops.update(_drops_of(stream.conn))
+            drops.update(stream.conn.all_drops())
         for native in self._natives():
             drops.update(native.drops)
             if native.secure is not None:
@@ -449,11 +442,8 @@ class Tunnel(SupervisedDevice):
     def _save_replay_state(self) -> None:
         """Write the connection's replay state if it changed (openvpn_replay_persist)."""
         path = self.config.openvpn_replay_persist
-        get = getattr(self._conn, "persist_state", None)
-        if not path or get is None:
-            return
-        state = get()
-        if state == self._persisted:
+        state = None if self._conn is None else self._conn.persist_state()
+        if not path or state is None or state == self._persisted:
             return
         try:
             save_persisted(path, state)
@@ -560,7 +550,7 @@ class Tunnel(SupervisedDevice):
             return [conn.endpoint, *self._natives()]
         return self._natives()
 
-    def _live(self) -> Any:
+    def _live(self) -> Connection | None:
         """The connection traffic goes to: UDP's one, the OpenVPN one, or the live TCP
         stream's."""
         if self._pconn is not None:
@@ -829,28 +819,23 @@ class Tunnel(SupervisedDevice):
         act on its events, re-arm the timer. ``stream``: the TCP stream of ``conn``
         (None: the live one)."""
         udp = self._udp
-        if udp is not None and self._openvpn:
-            run: list[bytes] = []  # datagrams in order; a run to one address leaves in
-            run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
-            for dgram, to in conn.datagrams_to_send(now):
-                if to != run_addr and run:
-                    udp.send_batch(run, run_addr)
-                    run = []
-                run_addr = to
-                run.append(dgram)
-            if run and run_addr is not None:
-                udp.send_batch(run, run_addr)
-        elif udp is not None:
-            batches = conn.batches_to_send(now)
-            datagrams = conn.datagrams_to_send(now)
+        if udp is not None:
             addr: Any  # the connection's Addr is the socket's (host, port)
-            for batch, addr in batches:
+            for batch, addr in conn.batches_to_send(now):
                 if type(batch) is list:
                     udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
                 else:
                     udp.send_gso(batch.buf, batch.stride, addr)
-            for data, addr in datagrams:
-                udp.sendto(data, addr)
+            run: list[bytes] = []  # datagrams in order; a run to one address leaves in
+            run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
+            for dgram, addr in conn.datagrams_to_send(now):
+                if addr != run_addr and run:
+                    udp.send_batch(run, run_addr)
+                    run = []
+                run_addr = addr
+                run.append(dgram)
+            if run and run_addr is not None:
+                udp.send_batch(run, run_addr)
         else:
             if stream is None:
                 stream = self._stream
@@ -891,7 +876,7 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.DOWN)
             if stream is not None and ev.restart:
                 stream.proto.abort()  # the client dials again
-            elif ev.restart and getattr(self._conn, "new_port_on_restart", False):
+            elif ev.restart and self._conn is not None and self._conn.new_port_on_restart:
                 self._reopen_udp()
         elif isinstance(ev, Disconnected):
             if stream is not None:
@@ -912,9 +897,8 @@ class Tunnel(SupervisedDevice):
                 self.log.log(ev.level, "tunnel %s: %s", self.name, ev.message)
         elif isinstance(ev, ConfigAssigned):
             self._assign(ev)
-        else:  # Rekeyed
-            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name,
-                           getattr(ev, "key_id", 0))
+        elif isinstance(ev, ConnRekeyed):
+            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name, ev.key_id)
 
     def _float(self, conn: Any, addr: Any) -> None:
         """The connection follows its peer to ``addr``: the tunnel's bookkeeping."""
@@ -1364,7 +1348,7 @@ class Tunnel(SupervisedDevice):
         conn = stream.conn
         if conn is self._conn:
             return
-        self.stats.drops.update(_drops_of(conn))
+        self.stats.drops.update(conn.all_drops())
         if isinstance(conn, NativeConnection):
             self._fast.super_tx += conn.super_tx
             self._fast.super_rx += conn.super_rx

@@ -190,10 +190,33 @@ class Connection(Protocol):
     Outputs, drained by the adapter after every input: :meth:`datagrams_to_send`,
     :meth:`stream_to_send`, :meth:`frames_to_deliver`, :meth:`next_event`, and
     :meth:`get_timer` for the one timer. Garbage never raises: it is counted in
-    :attr:`drops` by reason.
+    :attr:`drops` by reason. Implementations subclass it for the defaults of the
+    optional members (:attr:`last_heard`, :meth:`all_drops`, :meth:`persist_state`).
     """
 
     drops: collections.Counter[str]
+    #: a client restarting after ping-restart wants a fresh source port (openvpn's
+    #: client does so: a server may still hold state for the old address)
+    new_port_on_restart: bool = False
+
+    @property
+    def last_heard(self) -> float | None:
+        """Loop time of the peer's last authentic message (keepalives included); None:
+        nothing yet, or the adapter's own count is as good."""
+        return None
+
+    def all_drops(self) -> dict[str, int]:
+        """Every drop counter by reason, an inner layer's (endpoint, channel) included."""
+        return {k: v for k, v in sorted(self.drops.items()) if v}
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """Bulk UDP output (runs for one address each), sent before
+        :meth:`datagrams_to_send`; none by default."""
+        return []
+
+    def persist_state(self) -> dict[str, Any] | None:
+        """Replay state the adapter saves (openvpn_replay_persist); None: nothing to save."""
+        return None
 
     def start(self, now: float) -> None:
         """Begin: a client sends its hello / handshake, a server waits."""
@@ -256,10 +279,6 @@ class FastConnection(Connection, Protocol):
 
     def has_output(self) -> bool:
         """Output or events wait (:meth:`has_work` without a timer that only moved)."""
-        ...
-
-    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
-        """Bulk UDP output of :meth:`send_device`, in order."""
         ...
 
     def quick(self, data: bytes | memoryview, now: float

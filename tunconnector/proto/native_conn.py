@@ -49,6 +49,7 @@ from . import fragment
 from .connection import (
     Addr,
     Connected,
+    Connection,
     ConnectionEvent,
     DatagramBatch,
     Disconnected,
@@ -92,7 +93,7 @@ def _host(addr: Addr) -> Any:
     return addr[0] if isinstance(addr, tuple) else addr
 
 
-class NativeConnection(Outbox):
+class NativeConnection(Outbox, Connection):
     """The native protocol with one peer, over UDP datagrams or one TCP stream.
 
     ``make_endpoint`` builds a fresh :class:`NativeEndpoint` (with its secure channel when
@@ -527,6 +528,10 @@ class NativeConnection(Outbox):
         self._pump(now)
         out, self._stream_out = self._stream_out, []
         return out
+
+    @property
+    def last_heard(self) -> float | None:
+        return self.endpoint.liveness.last_rx
 
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.drops)

@@ -30,6 +30,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from .connection import (
     Addr,
     Connected,
+    Connection,
     ConnectionEvent,
     DatagramBatch,
     Disconnected,
@@ -49,7 +50,7 @@ from .offload import GsoFrame
 from .roaming import follow_peer
 
 
-class RawConnection(Outbox):
+class RawConnection(Outbox, Connection):
     """One raw UDP peer (see the module docstring for its rules)."""
 
     #: plain device frames only (the adapter opens the device without virtio_net_hdr)
@@ -175,14 +176,11 @@ class RawConnection(Outbox):
     def stream_to_send(self, now: float) -> list[bytes]:
         return []
 
-    def all_drops(self) -> dict[str, int]:
-        return {k: v for k, v in sorted(self.drops.items()) if v}
-
     def status(self, now: float) -> dict[str, Any]:
         return {"peer": self.peer, "proven": self.peer is not None, "drops": self.all_drops()}
 
 
-class SimpletunConnection(Outbox):
+class SimpletunConnection(Outbox, Connection):
     """One simpletun TCP stream. Nothing proves who is on the other end, so a stream is
     proven by its first valid frame (one no larger than a device frame), or at once when
     the adapter says so (``proven``: a client's stream, or a server's while it has none):
@@ -287,18 +285,12 @@ class SimpletunConnection(Outbox):
     def handle_timer(self, now: float) -> None:
         """No timers: TCP says when the peer is gone."""
 
-    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
-        return []
-
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
         return []
 
     def stream_to_send(self, now: float) -> list[bytes]:
         out, self._stream_out = self._stream_out, []
         return out
-
-    def all_drops(self) -> dict[str, int]:
-        return {k: v for k, v in sorted(self.drops.items()) if v}
 
     def status(self, now: float) -> dict[str, Any]:
         return {"peer": self.peer, "proven": self.proven, "drops": self.all_drops()}

@@ -51,6 +51,7 @@ from ..connection import (
     Addr,
     AddressChanged,
     Connected,
+    Connection,
     ConnectionEvent,
     Disconnected,
 )
@@ -255,8 +256,10 @@ def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher
             f"{keydir}cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
 
 
-class StaticKeyConnection:
+class StaticKeyConnection(Connection):
     """One OpenVPN static-key peer. See the module docstring for the rules."""
+
+    last_heard: float | None = None
 
     def __init__(
         self,
@@ -302,7 +305,7 @@ class StaticKeyConnection:
         self.peer: Addr = remote
         self._fixed = remote is not None and mode == "client"
         self.alive = False
-        self.last_heard: float | None = None
+        self.last_heard = None
         self.peer_options: str | None = None
         self._pid = 0
         self._time = 0
