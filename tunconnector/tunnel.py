@@ -79,7 +79,7 @@ from .proto.framing import (
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
 from .proto.native_conn import NativeConnection
-from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR
+from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR, coalesce_tcp
 from .proto.plain_conn import RawConnection, SimpletunConnection
 from .proto.secure import (
     AuthFailure,
@@ -244,6 +244,8 @@ class Tunnel(SupervisedDevice):
         self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed)
         self._reading_device = False
+        #: runs of received TCP segments go to the device as one super-packet
+        self._coalesce = False
         self._stopping = False
         self._keys: TunnelKeys | None = None
         # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
@@ -320,7 +322,7 @@ class Tunnel(SupervisedDevice):
             crypto = conn.status(now) if conn is not None and now is not None else None
             encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
             last = self.last_heard()
-            data_path = f"{cfg.framing} connection, per-packet"
+            data_path = f"{cfg.framing} connection, {self._fast.describe()}"
         else:
             crypto = self._crypto_status(now)
             encrypted = bool(cfg.key_file or cfg.private_key_file)
@@ -410,8 +412,7 @@ class Tunnel(SupervisedDevice):
             self.name, self.config.mode, self.config.proto, self.config.framing,
             self.device_name, self.mtu,
         )
-        if not self._openvpn:
-            self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
+        self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
 
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
@@ -482,7 +483,9 @@ class Tunnel(SupervisedDevice):
                     "device inside another namespace is not supported: remove it or run the "
                     "daemon inside that namespace"
                 )
-        dev = self._fast.open_device(name, cfg.dev_type)
+        tso = not self._openvpn  # an OpenVPN connection takes packets one by one
+        dev = self._fast.open_device(name, cfg.dev_type, tso=tso)
+        self._coalesce = dev.vnet_hdr and not tso
         self.device = dev
         self.device_name = dev.name
         self._created_device = not existed
@@ -728,6 +731,8 @@ class Tunnel(SupervisedDevice):
             plain, mp, native = self._conn, self._mp, self._native
             if plain is not None or (mp is not None and native is not None):
                 now = loop.time()
+                if dev.vnet_hdr:  # OpenVPN's: no TUNSETOFFLOAD, a zero header each
+                    frames = [f[VNET_HDR_LEN:] for f in frames]
                 stats.tx_packets += n
                 stats.tx_bytes += sum(map(len, frames))
                 stats.wire_tx += n
@@ -796,20 +801,34 @@ class Tunnel(SupervisedDevice):
 
     def _on_conn_batch(self, batch: list[tuple[Any, Addr]]) -> None:
         """A UDP batch of an OpenVPN framing: every datagram to its connection, which
-        decides (replay, float, peer-id: openvpn's rules), then its frames at once."""
+        decides (replay, float, peer-id: openvpn's rules), the bulk through its quick
+        decoder; then the frames, in order, at once."""
         conn, loop = self._conn, self._loop
         if conn is None or loop is None:
             return
         now = loop.time()
         self.stats.wire_rx += len(batch)
-        receive = conn.receive_datagram
+        receive, quick = conn.receive_datagram, conn.quick_datagram
+        frames: list[bytes] = []
+        queued = False  # frames wait in the connection (taken before a quick one)
         last_raw: Any = None
         addr: Any = None
         for data, raw in batch:
             if raw != last_raw:
                 last_raw, addr = raw, normalize(raw)
-            receive(bytes(data) if type(data) is not bytes else data, addr, now)
-        frames = conn.frames_to_deliver()
+            if type(data) is not bytes:
+                data = bytes(data)
+            frame = quick(data, addr, now)
+            if frame is False:
+                receive(data, addr, now)
+                queued = True
+            elif frame is not None:
+                if queued:
+                    frames.extend(conn.frames_to_deliver())
+                    queued = False
+                frames.append(frame)
+        if queued:
+            frames.extend(conn.frames_to_deliver())
         if frames:
             self._to_device(frames, now)
         self._flush(conn, now)
@@ -1195,13 +1214,14 @@ class Tunnel(SupervisedDevice):
         if dev is None:
             self.stats.drops["device_gone"] += len(frames)
             return
-        bad = dev.write_batch(frames)
+        n, size = len(frames), sum(map(len, frames))
+        bad = dev.write_batch(coalesce_tcp(frames) if self._coalesce and n > 1 else frames)
         stats = self.stats
         if bad:
             stats.drops["device_refused"] += bad
             self._device_check()
-        stats.rx_packets += len(frames) - bad
-        stats.rx_bytes += sum(map(len, frames))
+        stats.rx_packets += n - bad
+        stats.rx_bytes += size
         stats.last_rx = now
 
     def flush_native(self, native: NativeEndpoint, now: float) -> None:

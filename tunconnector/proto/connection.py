@@ -229,6 +229,14 @@ class Connection(Protocol):
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None: ...
 
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]:
+        """A data datagram decoded at once: the frame for the device, None when consumed
+        (keepalive, counted drop), False (the default) when untouched: the adapter passes
+        it to :meth:`receive_datagram`. Events and output it queued are drained after
+        the batch as for any input."""
+        return False
+
     def receive_stream(self, data: bytes, now: float) -> None: ...
 
     def send_frames(self, frames: list[bytes], now: float) -> None: ...

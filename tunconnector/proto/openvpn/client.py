@@ -17,13 +17,13 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
 from ..backoff import Backoff
-from ..connection import Addr, ConfigAssigned, Connected
+from ..connection import Addr, ConfigAssigned, Connected, DatagramBatch
 from . import push as pushmod
 from .common import OCC_REQUEST, occ_message
 from .compress import Framing
@@ -193,6 +193,32 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         self._fail(reason, now)
 
     # -- inputs --------------------------------------------------------------------------
+
+    def quick_datagram(self, data: bytes, addr: Addr, now: float) -> bytes | None | Literal[False]:
+        """The bulk case of :meth:`receive_datagram` without its per-packet control flush:
+        a data packet from where the server's session answers, on a key in use."""
+        if self.state != "connected" or not data or data[0] >> 3 not in DATA_OPCODES \
+                or not isinstance(addr, tuple) or addr[:2] != self._server_src:
+            return False
+        dk = self._data_keys.get(data[0] & 7)
+        if dk is None:
+            return False
+        try:
+            payload = dk.decrypt(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self._authentic += 1
+        self._last_received = now
+        return self._payload(payload, now)
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """All that is queued, in order, as one run for the server (equal sizes leave in
+        one GSO sendmsg), not a tuple per datagram."""
+        if not self._out or self.peer is None:
+            return []
+        out, self._out = self._out, []
+        return [(out, self.peer)]
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         src = addr[:2] if isinstance(addr, tuple) else None

@@ -263,11 +263,21 @@ class OpenVPNSession(Connection, Generic[M], abc.ABC):
         if self._primary is None or self.state != "connected":
             self.drops["no_key"] += len(frames)
             return
-        mss, tap = self._mss, self.options.tap
+        # _send_data inlined: this runs for every packet of the tunnel
+        mss, tap, comp, out = self._mss, self.options.tap, self._comp, self._out
+        encrypt = self._primary.encrypt
+        self.bytes_out += sum(map(len, frames))
+        self.packets_out += len(frames)
         for frame in frames:
-            self.bytes_out += len(frame)
-            self.packets_out += 1
-            self._send_data(clamp_mss(frame, mss, tap=tap) if mss else frame, now)
+            if mss:
+                frame = clamp_mss(frame, mss, tap=tap)
+            if comp is not None:
+                frame = comp.wrap(frame)
+            try:
+                out.append(encrypt(frame))
+            except OverflowError:
+                self.drops["key_exhausted"] += 1
+        self._last_sent = now
 
     def _receive_packet(self, data: bytes, now: float) -> None:
         if self.state in self.NO_INPUT or not data:

@@ -53,6 +53,7 @@ from ..connection import (
     Connected,
     Connection,
     ConnectionEvent,
+    DatagramBatch,
     Disconnected,
 )
 from ..framing import SimpletunDecoder
@@ -578,6 +579,13 @@ class StaticKeyConnection(Connection):
         self._send_payload(occ_message(OCC_REQUEST), now)
         self._occ_tries = max(self._occ_tries, 1)
         self._next_hello = now + HELLO_INTERVAL if not self.alive else None
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """All that is queued, in order, as one run for the peer (not a tuple each)."""
+        if not self._out or self.stream or self.peer is None:
+            return []
+        out, self._out = self._out, []
+        return [(out, self.peer)]
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
         if not self._out or self.stream:
