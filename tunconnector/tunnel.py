@@ -597,8 +597,9 @@ class Tunnel(SupervisedDevice):
                     udp.sock.close()
                     raise
         if self._make is not None:  # an OpenVPN framing
-            udp.start(self._on_conn_batch)
             plain = self._conn = self._make()
+            self._lane_start(plain.lane)
+            udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
             self._set_state(State.DOWN)
             now = self._loop.time()
             plain.start(now)
@@ -619,11 +620,7 @@ class Tunnel(SupervisedDevice):
         self._pconn = conn
         self._acceptor = PeerAcceptor(conn, server=server)
         self._quick = conn.quick_parts()
-        # packet info is added and removed on the batch path only
-        self._lane = (not self._packet_info
-                      and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0")
-        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
-        self._dev_last = self._wire_last = float("-inf")
+        self._lane_start(not self._packet_info)  # packet info: the batch path's only
         udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
         self._device_reader(True)
         now = self._loop.time()
@@ -651,7 +648,7 @@ class Tunnel(SupervisedDevice):
         self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = udp
-        udp.start(self._on_conn_batch)
+        udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
 
     async def _open_multipath(self) -> None:
         """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core."""
@@ -687,13 +684,14 @@ class Tunnel(SupervisedDevice):
                 self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
                 bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
                 log=self.log)))
-        if self._openvpn:  # no one-packet lane: the connection has no quick decoder
-            self._device_reader(True)
-            return
-        self._lane = os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
-        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
-        self._dev_last = self._wire_last = float("-inf")
+        self._lane_start(not self._openvpn)  # OpenVPN over TCP: the batch path only
         self._device_reader(True)
+
+    def _lane_start(self, on: bool) -> None:
+        """The latency lane on (unless $TUNCONNECTOR_EXPRESS=0), counted afresh."""
+        self._lane = on and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
+        self._lane_tx = self._lane_rx = self._peek_misses = 0
+        self._dev_last = self._wire_last = float("-inf")
 
     def _protocol(self) -> tcpio.StreamProtocol:
         return tcpio.StreamProtocol(
@@ -1071,7 +1069,7 @@ class Tunnel(SupervisedDevice):
 
     def _lane_send(self, f: bytes, now: float) -> bool:
         """One frame read from the device, to the peer at once; False: untouched."""
-        conn: PeerConnection | StreamConnection | None = self._pconn
+        conn: Any = self._pconn or self._conn
         udp, stream, dev = self._udp, self._stream, self.device
         if conn is None:
             if stream is None:
@@ -1127,19 +1125,26 @@ class Tunnel(SupervisedDevice):
             batch: list[tuple[Any, Any]] = []
             udp.add_received(batch, data, anc, raw)
             udp.drain(batch)
-            self._on_udp_batch(batch)
+            (self._on_udp_batch if self._conn is None else self._on_conn_batch)(batch)
 
     def _lane_take(self, data: bytes, raw: Any, now: float) -> bool:
         """Deliver one datagram of the peer to the device, or refuse it untouched."""
-        dev, acc, quick, conn = self.device, self._acceptor, self._quick, self._pconn
-        if dev is None or acc is None or quick is None or conn is None or raw != acc.raw:
-            return False  # a stranger, or the peer's first datagram: the batch path's
-        if isinstance(conn, NativeConnection):
-            if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
-                return False  # a super-packet: the batch path's (it writes GsoFrames)
-        elif self.state != State.UP:
-            return False  # raw: the batch path brings it up
-        frame = quick[0](data, now, quick[1])
+        dev, acc, quick = self.device, self._acceptor, self._quick
+        conn: Any = self._pconn
+        if dev is None:
+            return False
+        if self._conn is not None:  # OpenVPN: its own rules say whose data it takes
+            conn = self._conn
+            frame = conn.quick_datagram(data, normalize(raw), now)
+        else:
+            if acc is None or quick is None or conn is None or raw != acc.raw:
+                return False  # a stranger, or the peer's first datagram: the batch path's
+            if isinstance(conn, NativeConnection):
+                if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
+                    return False  # a super-packet: the batch path's (it writes GsoFrames)
+            elif self.state != State.UP:
+                return False  # raw: the batch path brings it up
+            frame = quick[0](data, now, quick[1])
         if frame is False:
             return False
         if conn.has_work():

@@ -195,6 +195,8 @@ class Connection(Protocol):
     """
 
     drops: collections.Counter[str]
+    #: it has the latency lane's calls (:meth:`send_one`, a quick decoder)
+    lane: bool = False
     #: a client restarting after ping-restart wants a fresh source port (openvpn's
     #: client does so: a server may still hold state for the old address)
     new_port_on_restart: bool = False
@@ -208,6 +210,23 @@ class Connection(Protocol):
     def all_drops(self) -> dict[str, int]:
         """Every drop counter by reason, an inner layer's (endpoint, channel) included."""
         return {k: v for k, v in sorted(self.drops.items()) if v}
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one small device frame of an idle tunnel. Returns what to
+        write (a datagram for the peer, or stream bytes on TCP); None when consumed
+        (queued for a handshake); False (the default) when not the lane's: untouched,
+        batch path."""
+        return False
+
+    def has_work(self) -> bool:
+        """Output, events or an earlier timer wait after a quick decode or
+        :meth:`send_one`: the adapter flushes (drains the outputs, re-arms its timer)."""
+        return True
+
+    def has_output(self) -> bool:
+        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
+        return True
 
     def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
         """Bulk UDP output (runs for one address each), sent before
@@ -285,10 +304,6 @@ class FastConnection(Connection, Protocol):
         call of its own, for an adapter's per-datagram loop (valid until the peer moves)."""
         ...
 
-    def has_output(self) -> bool:
-        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
-        ...
-
     def quick(self, data: bytes | memoryview, now: float
               ) -> bytes | GsoFrame | None | Literal[False]:
         """Decode a datagram the adapter knows comes from the peer (its raw address is the
@@ -300,14 +315,4 @@ class FastConnection(Connection, Protocol):
     def receive_run(self, run: FragmentRun, addr: Addr, now: float) -> None:
         """FRAGMENT datagrams of one UDP GRO read, kept whole (``UdpEndpoint.runs``)."""
 
-    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
-                 ) -> bytes | None | Literal[False]:
-        """The latency lane: one small device frame of an idle tunnel. Returns what to
-        write (a datagram for the peer, or stream bytes on TCP); None when consumed
-        (queued for a handshake); False when not the lane's: untouched, batch path."""
-        ...
 
-    def has_work(self) -> bool:
-        """Output, events or an earlier timer wait after :meth:`quick` / :meth:`send_one`:
-        the adapter flushes (drains the outputs, re-arms its timer)."""
-        ...

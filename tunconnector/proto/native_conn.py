@@ -102,6 +102,8 @@ class NativeConnection(Outbox, Connection):
     ``loss_cap`` may be the adapter's shared ones (a hub peer then costs no reassembler).
     """
 
+    lane = True
+
     #: device frames with virtio_net_hdr, super-packets included (see FastConnection)
     takes_super = True
 

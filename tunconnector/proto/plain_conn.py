@@ -53,6 +53,8 @@ from .roaming import follow_peer
 class RawConnection(Outbox, Connection):
     """One raw UDP peer (see the module docstring for its rules)."""
 
+    lane = True
+
     #: plain device frames only (the adapter opens the device without virtio_net_hdr)
     takes_super = False
 
@@ -187,6 +189,8 @@ class SimpletunConnection(Outbox, Connection):
     :class:`Connected` says it, once. Until then no frame leaves it. A frame larger than
     a device frame is ``oversize``; a bad length is counted once and ends the stream (a
     :class:`Notice`, then :class:`Disconnected`): it cannot be resynchronised."""
+
+    lane = True
 
     #: plain device frames only (simpletun carries one frame per message)
     takes_super = False
