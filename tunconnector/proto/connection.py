@@ -167,39 +167,17 @@ def stream_broken(exc: RemoteProtocolError, now: float, *, at_end: bool,
     return [Notice(now, logging.WARNING, exc.reason, f"closing connection: {exc}"), gone]
 
 
-class Outbox:
-    """The two queues a connection fills for its adapter: frames for the device and
-    events. A base class for implementations (not part of the contract)."""
-
-    _frames: list[bytes]
-    _events: collections.deque[ConnectionEvent]
-
-    def frames_to_deliver(self) -> list[bytes]:
-        out, self._frames = self._frames, []
-        return out
-
-    def next_event(self) -> ConnectionEvent | None:
-        return self._events.popleft() if self._events else None
-
-
-class Connection(Protocol):
-    """One peer's protocol state; every method takes ``now`` (the loop's monotonic clock).
-
-    Inputs: :meth:`receive_datagram` (UDP), :meth:`receive_stream` (TCP bytes, ``b""`` =
-    EOF), :meth:`send_frames` (device frames bound for the peer), :meth:`handle_timer`.
-    Outputs, drained by the adapter after every input: :meth:`datagrams_to_send`,
-    :meth:`stream_to_send`, :meth:`frames_to_deliver`, :meth:`next_event`, and
-    :meth:`get_timer` for the one timer. Garbage never raises: it is counted in
-    :attr:`drops` by reason. Implementations subclass it for the defaults of the
-    optional members (:attr:`last_heard`, :meth:`all_drops`, :meth:`persist_state`).
-    """
+class ConnectionDefaults:
+    """The optional members of :class:`Connection`, with their defaults, for
+    implementations to subclass (a plain class: ``isinstance`` against a subclass of a
+    Protocol runs Python code on every call)."""
 
     drops: collections.Counter[str]
     #: it has the latency lane's calls (:meth:`send_one`, a quick decoder)
-    lane: bool = False
+    lane = False
     #: a client restarting after ping-restart wants a fresh source port (openvpn's
     #: client does so: a server may still hold state for the old address)
-    new_port_on_restart: bool = False
+    new_port_on_restart = False
 
     @property
     def last_heard(self) -> float | None:
@@ -237,6 +215,65 @@ class Connection(Protocol):
         """Replay state the adapter saves (openvpn_replay_persist); None: nothing to save."""
         return None
 
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]:
+        """A data datagram decoded at once: the frame for the device, None when consumed
+        (keepalive, counted drop), False (the default) when untouched: the adapter passes
+        it to :meth:`receive_datagram`. Events and output it queued are drained after
+        the batch as for any input."""
+        return False
+
+
+class Outbox(ConnectionDefaults):
+    """The two queues a connection fills for its adapter: frames for the device and
+    events. A base class for implementations (not part of the contract)."""
+
+    _frames: list[bytes]
+    _events: collections.deque[ConnectionEvent]
+
+    def frames_to_deliver(self) -> list[bytes]:
+        out, self._frames = self._frames, []
+        return out
+
+    def next_event(self) -> ConnectionEvent | None:
+        return self._events.popleft() if self._events else None
+
+
+class Connection(Protocol):
+    """One peer's protocol state; every method takes ``now`` (the loop's monotonic clock).
+
+    Inputs: :meth:`receive_datagram` (UDP), :meth:`receive_stream` (TCP bytes, ``b""`` =
+    EOF), :meth:`send_frames` (device frames bound for the peer), :meth:`handle_timer`.
+    Outputs, drained by the adapter after every input: :meth:`datagrams_to_send`,
+    :meth:`stream_to_send`, :meth:`frames_to_deliver`, :meth:`next_event`, and
+    :meth:`get_timer` for the one timer. Garbage never raises: it is counted in
+    :attr:`drops` by reason. The optional members have their defaults in
+    :class:`ConnectionDefaults`.
+    """
+
+    drops: collections.Counter[str]
+    lane: bool
+    new_port_on_restart: bool
+
+    @property
+    def last_heard(self) -> float | None: ...
+
+    def all_drops(self) -> dict[str, int]: ...
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]: ...
+
+    def has_work(self) -> bool: ...
+
+    def has_output(self) -> bool: ...
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]: ...
+
+    def persist_state(self) -> dict[str, Any] | None: ...
+
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]: ...
+
     def start(self, now: float) -> None:
         """Begin: a client sends its hello / handshake, a server waits."""
 
@@ -247,14 +284,6 @@ class Connection(Protocol):
         """A new TCP stream replaced the previous one (reset stream decoding state)."""
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None: ...
-
-    def quick_datagram(self, data: bytes, addr: Addr, now: float
-                       ) -> bytes | None | Literal[False]:
-        """A data datagram decoded at once: the frame for the device, None when consumed
-        (keepalive, counted drop), False (the default) when untouched: the adapter passes
-        it to :meth:`receive_datagram`. Events and output it queued are drained after
-        the batch as for any input."""
-        return False
 
     def receive_stream(self, data: bytes, now: float) -> None: ...
 

@@ -49,7 +49,6 @@ from . import fragment
 from .connection import (
     Addr,
     Connected,
-    Connection,
     ConnectionEvent,
     DatagramBatch,
     Disconnected,
@@ -93,7 +92,7 @@ def _host(addr: Addr) -> Any:
     return addr[0] if isinstance(addr, tuple) else addr
 
 
-class NativeConnection(Outbox, Connection):
+class NativeConnection(Outbox):
     """The native protocol with one peer, over UDP datagrams or one TCP stream.
 
     ``make_endpoint`` builds a fresh :class:`NativeEndpoint` (with its secure channel when

@@ -30,7 +30,6 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from .connection import (
     Addr,
     Connected,
-    Connection,
     ConnectionEvent,
     DatagramBatch,
     Disconnected,
@@ -50,7 +49,7 @@ from .offload import GsoFrame
 from .roaming import follow_peer
 
 
-class RawConnection(Outbox, Connection):
+class RawConnection(Outbox):
     """One raw UDP peer (see the module docstring for its rules)."""
 
     lane = True
@@ -182,7 +181,7 @@ class RawConnection(Outbox, Connection):
         return {"peer": self.peer, "proven": self.peer is not None, "drops": self.all_drops()}
 
 
-class SimpletunConnection(Outbox, Connection):
+class SimpletunConnection(Outbox):
     """One simpletun TCP stream. Nothing proves who is on the other end, so a stream is
     proven by its first valid frame (one no larger than a device frame), or at once when
     the adapter says so (``proven``: a client's stream, or a server's while it has none):

@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
-from ..connection import Addr, Connection, ConnectionEvent, Disconnected, Rekeyed
+from ..connection import Addr, ConnectionDefaults, ConnectionEvent, Disconnected, Rekeyed
 from .common import (
     OCC_EXIT,
     OCC_MAGIC,
@@ -130,7 +130,7 @@ class KeyState(Generic[M]):
         self.data: DataKey | None = None
 
 
-class OpenVPNSession(Connection, Generic[M], abc.ABC):
+class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
     """The shared half of :class:`~.client.OpenVPNClient` and
     :class:`~.server.OpenVPNServerSession` (see module docstring)."""
 

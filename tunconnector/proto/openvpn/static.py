@@ -51,7 +51,7 @@ from ..connection import (
     Addr,
     AddressChanged,
     Connected,
-    Connection,
+    ConnectionDefaults,
     ConnectionEvent,
     DatagramBatch,
     Disconnected,
@@ -257,7 +257,7 @@ def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher
             f"{keydir}cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
 
 
-class StaticKeyConnection(Connection):
+class StaticKeyConnection(ConnectionDefaults):
     """One OpenVPN static-key peer. See the module docstring for the rules."""
 
     last_heard: float | None = None
