@@ -42,7 +42,7 @@ import hmac
 import logging
 import os
 import struct
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -57,6 +57,7 @@ from ..connection import (
     Disconnected,
 )
 from ..framing import SimpletunDecoder
+from ..offload import VNET_HDR_LEN
 from ..replay import ReplayWindow
 from .common import OCC_EXIT, OCC_MAGIC, OCC_REPLY, OCC_REQUEST, PING_MAGIC, occ_message
 from .keyfile import StaticKey
@@ -261,6 +262,7 @@ class StaticKeyConnection(ConnectionDefaults):
     """One OpenVPN static-key peer. See the module docstring for the rules."""
 
     last_heard: float | None = None
+    lane = True
 
     def __init__(
         self,
@@ -385,6 +387,32 @@ class StaticKeyConnection(ConnectionDefaults):
                 self._hello(now)
 
     # -- input ----------------------------------------------------------------------
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]:
+        """One datagram of the live peer from where it is, decoded by the usual rules,
+        its frame returned (the latency lane); False for anything else, untouched."""
+        if not self.alive or self.stream or addr != self.peer:
+            return False
+        frames = self._frames
+        n = len(frames)
+        self._receive_packet(data, addr, now)
+        return frames.pop() if len(frames) > n else None
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one frame sealed at once (UDP, nothing queued before it);
+        the device's header is all zero (no TUNSETOFFLOAD)."""
+        if self.stream or self._out or not self.alive or self._closed:
+            return False
+        self.send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
+        return self._out.pop() if self._out else None
+
+    def has_work(self) -> bool:
+        # a packet in or out moves the liveness deadlines later, never earlier
+        return bool(self._out or self._events)
+
+    has_output = has_work
+
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         if self._fixed and addr != self.peer:
             self.drops["unknown_peer"] += 1
