@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import TunnelConfig
+from .connections import uses_connection
 from .errors import DeviceError
 from .io import netlink as nl
 from .io.device import Device, DevType
@@ -76,7 +77,10 @@ def offload_wanted(cfg: TunnelConfig) -> tuple[bool, str]:
         return False, f"off by ${ENV_OFFLOAD}"
     if cfg.offload == "off":
         return False, "off by configuration"
-    if cfg.framing != "native":
+    if uses_connection(cfg):
+        if cfg.dev_type != "tun":
+            return False, "an OpenVPN TAP carries one frame per message"
+    elif cfg.framing != "native":
         return False, f"framing {cfg.framing} carries one frame per message"
     if cfg.path:
         return False, "multi-path sends frame by frame"
@@ -104,8 +108,11 @@ class FastPath:
     def open_device(self, name: str, dev_type: DevType, *, tso: bool = True) -> Device:
         """Open the device, with virtio_net_hdr and TSO/USO when wanted and allowed.
 
-        ``tso`` False: virtio_net_hdr without any TUNSETOFFLOAD flag (a hub): reads are
-        plain packets behind a zero header, writes take super-packets whole."""
+        ``tso`` False: virtio_net_hdr without any TUNSETOFFLOAD flag (a hub, an OpenVPN
+        framing): reads are plain packets behind a zero header, writes take super-packets
+        whole (runs of received TCP segments coalesced into one: ``coalesce_tcp``). An
+        OpenVPN connection sends one packet per message, and cutting a super-packet in
+        Python (checksums included) costs more than the kernel's reads."""
         if self.want and probe_vnet_hdr_support():
             try:
                 dev = Device(name, dev_type, vnet_hdr=True)

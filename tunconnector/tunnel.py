@@ -65,6 +65,7 @@ from .proto.connection import (
     Disconnected,
     Notice,
 )
+from .proto.connection import Rekeyed as ConnRekeyed
 from .proto.cookie import CookieChecker
 from .proto.fragment import FragmentRun
 from .proto.framing import (
@@ -78,7 +79,7 @@ from .proto.framing import (
 from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
 from .proto.native_conn import NativeConnection
-from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR
+from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR, coalesce_tcp
 from .proto.plain_conn import RawConnection, SimpletunConnection
 from .proto.secure import (
     AuthFailure,
@@ -175,12 +176,6 @@ class _Stream:
         self.unproven_rx = 0  # OpenVPN: bytes received before it proved itself (server)
 
 
-def _drops_of(conn: Any) -> dict[str, int]:
-    """A connection's drop counters (the native ones include its endpoint's)."""
-    all_drops = getattr(conn, "all_drops", None)
-    return dict(conn.drops) if all_drops is None else all_drops()
-
-
 # The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
 # DNS query), and after a sleep every function and attribute on the way costs several
 # times its hot price: the batch path (read until EAGAIN, batch lists, flush, timer
@@ -249,6 +244,8 @@ class Tunnel(SupervisedDevice):
         self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed)
         self._reading_device = False
+        #: runs of received TCP segments go to the device as one super-packet
+        self._coalesce = False
         self._stopping = False
         self._keys: TunnelKeys | None = None
         # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
@@ -283,13 +280,11 @@ class Tunnel(SupervisedDevice):
     # ------------------------------------------------------------------ public API
     def last_heard(self) -> float | None:
         """Loop time of the last valid message from the peer (keepalives included)."""
-        heard = getattr(self._conn, "last_heard", None)  # an OpenVPN connection's
-        if heard is not None:
-            return float(heard)
-        natives = self._endpoints()
-        if natives and natives[0].liveness.last_rx is not None:
-            return natives[0].liveness.last_rx
-        return self.stats.last_rx
+        conn = self._live()
+        heard = None if conn is None else conn.last_heard
+        if heard is None and self._native is not None:  # multi-path's endpoint
+            heard = self._native.liveness.last_rx
+        return self.stats.last_rx if heard is None else heard
 
     def all_drops(self) -> dict[str, int]:
         # what the kernel dropped at a full receive queue, before this process saw it
@@ -300,9 +295,9 @@ class Tunnel(SupervisedDevice):
         drops = collections.Counter(self.stats.drops)
         conn = self._live()
         if conn is not None:
-            drops.update(_drops_of(conn))
+            drops.update(conn.all_drops())
         for stream in self._candidates.values():  # what strangers sent is counted too
-            drops.update(_drops_of(stream.conn))
+            drops.update(stream.conn.all_drops())
         for native in self._natives():
             drops.update(native.drops)
             if native.secure is not None:
@@ -327,7 +322,7 @@ class Tunnel(SupervisedDevice):
             crypto = conn.status(now) if conn is not None and now is not None else None
             encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
             last = self.last_heard()
-            data_path = f"{cfg.framing} connection, per-packet"
+            data_path = f"{cfg.framing} connection, {self._fast.describe()}"
         else:
             crypto = self._crypto_status(now)
             encrypted = bool(cfg.key_file or cfg.private_key_file)
@@ -417,8 +412,7 @@ class Tunnel(SupervisedDevice):
             self.name, self.config.mode, self.config.proto, self.config.framing,
             self.device_name, self.mtu,
         )
-        if not self._openvpn:
-            self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
+        self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
 
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
@@ -449,11 +443,8 @@ class Tunnel(SupervisedDevice):
     def _save_replay_state(self) -> None:
         """Write the connection's replay state if it changed (openvpn_replay_persist)."""
         path = self.config.openvpn_replay_persist
-        get = getattr(self._conn, "persist_state", None)
-        if not path or get is None:
-            return
-        state = get()
-        if state == self._persisted:
+        state = None if self._conn is None else self._conn.persist_state()
+        if not path or state is None or state == self._persisted:
             return
         try:
             save_persisted(path, state)
@@ -492,7 +483,9 @@ class Tunnel(SupervisedDevice):
                     "device inside another namespace is not supported: remove it or run the "
                     "daemon inside that namespace"
                 )
-        dev = self._fast.open_device(name, cfg.dev_type)
+        tso = not self._openvpn  # an OpenVPN connection takes packets one by one
+        dev = self._fast.open_device(name, cfg.dev_type, tso=tso)
+        self._coalesce = dev.vnet_hdr and not tso
         self.device = dev
         self.device_name = dev.name
         self._created_device = not existed
@@ -560,7 +553,7 @@ class Tunnel(SupervisedDevice):
             return [conn.endpoint, *self._natives()]
         return self._natives()
 
-    def _live(self) -> Any:
+    def _live(self) -> Connection | None:
         """The connection traffic goes to: UDP's one, the OpenVPN one, or the live TCP
         stream's."""
         if self._pconn is not None:
@@ -604,8 +597,9 @@ class Tunnel(SupervisedDevice):
                     udp.sock.close()
                     raise
         if self._make is not None:  # an OpenVPN framing
-            udp.start(self._on_conn_batch)
             plain = self._conn = self._make()
+            self._lane_start(plain.lane)
+            udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
             self._set_state(State.DOWN)
             now = self._loop.time()
             plain.start(now)
@@ -626,11 +620,7 @@ class Tunnel(SupervisedDevice):
         self._pconn = conn
         self._acceptor = PeerAcceptor(conn, server=server)
         self._quick = conn.quick_parts()
-        # packet info is added and removed on the batch path only
-        self._lane = (not self._packet_info
-                      and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0")
-        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
-        self._dev_last = self._wire_last = float("-inf")
+        self._lane_start(not self._packet_info)  # packet info: the batch path's only
         udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
         self._device_reader(True)
         now = self._loop.time()
@@ -658,7 +648,7 @@ class Tunnel(SupervisedDevice):
         self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = udp
-        udp.start(self._on_conn_batch)
+        udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
 
     async def _open_multipath(self) -> None:
         """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core."""
@@ -694,13 +684,14 @@ class Tunnel(SupervisedDevice):
                 self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
                 bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
                 log=self.log)))
-        if self._openvpn:  # no one-packet lane: the connection has no quick decoder
-            self._device_reader(True)
-            return
-        self._lane = os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
-        self._lane_tx = self._lane_rx = self._peek_misses = 0  # counted per start
-        self._dev_last = self._wire_last = float("-inf")
+        self._lane_start(not self._openvpn)  # OpenVPN over TCP: the batch path only
         self._device_reader(True)
+
+    def _lane_start(self, on: bool) -> None:
+        """The latency lane on (unless $TUNCONNECTOR_EXPRESS=0), counted afresh."""
+        self._lane = on and os.environ.get("TUNCONNECTOR_EXPRESS", "1") != "0"
+        self._lane_tx = self._lane_rx = self._peek_misses = 0
+        self._dev_last = self._wire_last = float("-inf")
 
     def _protocol(self) -> tcpio.StreamProtocol:
         return tcpio.StreamProtocol(
@@ -738,6 +729,8 @@ class Tunnel(SupervisedDevice):
             plain, mp, native = self._conn, self._mp, self._native
             if plain is not None or (mp is not None and native is not None):
                 now = loop.time()
+                if dev.vnet_hdr:  # OpenVPN's: no TUNSETOFFLOAD, a zero header each
+                    frames = [f[VNET_HDR_LEN:] for f in frames]
                 stats.tx_packets += n
                 stats.tx_bytes += sum(map(len, frames))
                 stats.wire_tx += n
@@ -806,20 +799,34 @@ class Tunnel(SupervisedDevice):
 
     def _on_conn_batch(self, batch: list[tuple[Any, Addr]]) -> None:
         """A UDP batch of an OpenVPN framing: every datagram to its connection, which
-        decides (replay, float, peer-id: openvpn's rules), then its frames at once."""
+        decides (replay, float, peer-id: openvpn's rules), the bulk through its quick
+        decoder; then the frames, in order, at once."""
         conn, loop = self._conn, self._loop
         if conn is None or loop is None:
             return
         now = loop.time()
         self.stats.wire_rx += len(batch)
-        receive = conn.receive_datagram
+        receive, quick = conn.receive_datagram, conn.quick_datagram
+        frames: list[bytes] = []
+        queued = False  # frames wait in the connection (taken before a quick one)
         last_raw: Any = None
         addr: Any = None
         for data, raw in batch:
             if raw != last_raw:
                 last_raw, addr = raw, normalize(raw)
-            receive(bytes(data) if type(data) is not bytes else data, addr, now)
-        frames = conn.frames_to_deliver()
+            if type(data) is not bytes:
+                data = bytes(data)
+            frame = quick(data, addr, now)
+            if frame is False:
+                receive(data, addr, now)
+                queued = True
+            elif frame is not None:
+                if queued:
+                    frames.extend(conn.frames_to_deliver())
+                    queued = False
+                frames.append(frame)
+        if queued:
+            frames.extend(conn.frames_to_deliver())
         if frames:
             self._to_device(frames, now)
         self._flush(conn, now)
@@ -829,28 +836,23 @@ class Tunnel(SupervisedDevice):
         act on its events, re-arm the timer. ``stream``: the TCP stream of ``conn``
         (None: the live one)."""
         udp = self._udp
-        if udp is not None and self._openvpn:
-            run: list[bytes] = []  # datagrams in order; a run to one address leaves in
-            run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
-            for dgram, to in conn.datagrams_to_send(now):
-                if to != run_addr and run:
-                    udp.send_batch(run, run_addr)
-                    run = []
-                run_addr = to
-                run.append(dgram)
-            if run and run_addr is not None:
-                udp.send_batch(run, run_addr)
-        elif udp is not None:
-            batches = conn.batches_to_send(now)
-            datagrams = conn.datagrams_to_send(now)
+        if udp is not None:
             addr: Any  # the connection's Addr is the socket's (host, port)
-            for batch, addr in batches:
+            for batch, addr in conn.batches_to_send(now):
                 if type(batch) is list:
                     udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
                 else:
                     udp.send_gso(batch.buf, batch.stride, addr)
-            for data, addr in datagrams:
-                udp.sendto(data, addr)
+            run: list[bytes] = []  # datagrams in order; a run to one address leaves in
+            run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
+            for dgram, addr in conn.datagrams_to_send(now):
+                if addr != run_addr and run:
+                    udp.send_batch(run, run_addr)
+                    run = []
+                run_addr = addr
+                run.append(dgram)
+            if run and run_addr is not None:
+                udp.send_batch(run, run_addr)
         else:
             if stream is None:
                 stream = self._stream
@@ -891,7 +893,7 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.DOWN)
             if stream is not None and ev.restart:
                 stream.proto.abort()  # the client dials again
-            elif ev.restart and getattr(self._conn, "new_port_on_restart", False):
+            elif ev.restart and self._conn is not None and self._conn.new_port_on_restart:
                 self._reopen_udp()
         elif isinstance(ev, Disconnected):
             if stream is not None:
@@ -912,9 +914,8 @@ class Tunnel(SupervisedDevice):
                 self.log.log(ev.level, "tunnel %s: %s", self.name, ev.message)
         elif isinstance(ev, ConfigAssigned):
             self._assign(ev)
-        else:  # Rekeyed
-            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name,
-                           getattr(ev, "key_id", 0))
+        elif isinstance(ev, ConnRekeyed):
+            self.log.debug("tunnel %s: rekeyed (key id %d)", self.name, ev.key_id)
 
     def _float(self, conn: Any, addr: Any) -> None:
         """The connection follows its peer to ``addr``: the tunnel's bookkeeping."""
@@ -1068,7 +1069,7 @@ class Tunnel(SupervisedDevice):
 
     def _lane_send(self, f: bytes, now: float) -> bool:
         """One frame read from the device, to the peer at once; False: untouched."""
-        conn: PeerConnection | StreamConnection | None = self._pconn
+        conn: Any = self._pconn or self._conn
         udp, stream, dev = self._udp, self._stream, self.device
         if conn is None:
             if stream is None:
@@ -1124,19 +1125,26 @@ class Tunnel(SupervisedDevice):
             batch: list[tuple[Any, Any]] = []
             udp.add_received(batch, data, anc, raw)
             udp.drain(batch)
-            self._on_udp_batch(batch)
+            (self._on_udp_batch if self._conn is None else self._on_conn_batch)(batch)
 
     def _lane_take(self, data: bytes, raw: Any, now: float) -> bool:
         """Deliver one datagram of the peer to the device, or refuse it untouched."""
-        dev, acc, quick, conn = self.device, self._acceptor, self._quick, self._pconn
-        if dev is None or acc is None or quick is None or conn is None or raw != acc.raw:
-            return False  # a stranger, or the peer's first datagram: the batch path's
-        if isinstance(conn, NativeConnection):
-            if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
-                return False  # a super-packet: the batch path's (it writes GsoFrames)
-        elif self.state != State.UP:
-            return False  # raw: the batch path brings it up
-        frame = quick[0](data, now, quick[1])
+        dev, acc, quick = self.device, self._acceptor, self._quick
+        conn: Any = self._pconn
+        if dev is None:
+            return False
+        if self._conn is not None:  # OpenVPN: its own rules say whose data it takes
+            conn = self._conn
+            frame = conn.quick_datagram(data, normalize(raw), now)
+        else:
+            if acc is None or quick is None or conn is None or raw != acc.raw:
+                return False  # a stranger, or the peer's first datagram: the batch path's
+            if isinstance(conn, NativeConnection):
+                if len(data) <= HEADER_LEN or data[2] & FLAG_GSO:
+                    return False  # a super-packet: the batch path's (it writes GsoFrames)
+            elif self.state != State.UP:
+                return False  # raw: the batch path brings it up
+            frame = quick[0](data, now, quick[1])
         if frame is False:
             return False
         if conn.has_work():
@@ -1211,13 +1219,14 @@ class Tunnel(SupervisedDevice):
         if dev is None:
             self.stats.drops["device_gone"] += len(frames)
             return
-        bad = dev.write_batch(frames)
+        n, size = len(frames), sum(map(len, frames))
+        bad = dev.write_batch(coalesce_tcp(frames) if self._coalesce and n > 1 else frames)
         stats = self.stats
         if bad:
             stats.drops["device_refused"] += bad
             self._device_check()
-        stats.rx_packets += len(frames) - bad
-        stats.rx_bytes += sum(map(len, frames))
+        stats.rx_packets += n - bad
+        stats.rx_bytes += size
         stats.last_rx = now
 
     def flush_native(self, native: NativeEndpoint, now: float) -> None:
@@ -1364,7 +1373,7 @@ class Tunnel(SupervisedDevice):
         conn = stream.conn
         if conn is self._conn:
             return
-        self.stats.drops.update(_drops_of(conn))
+        self.stats.drops.update(conn.all_drops())
         if isinstance(conn, NativeConnection):
             self._fast.super_tx += conn.super_tx
             self._fast.super_rx += conn.super_rx

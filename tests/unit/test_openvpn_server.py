@@ -515,6 +515,22 @@ def test_a_restarted_client_at_the_same_address_replaces_its_session() -> None:
     roundtrip_data(link)
 
 
+def test_client_quick_datagram_takes_data_from_the_server_only() -> None:
+    """The client's bulk decoder: data from where the server answers gives the frame;
+    anything else is left untouched (False) for receive_datagram; a replay is dropped."""
+    link = connect()
+    assert link.connected()
+    link.session().send_frames([IP_BACK], link.now)
+    (pkt,) = [d for d, a in link.server.datagrams_to_send(link.now) if a == link.addr]
+    client = link.client
+    assert client.quick_datagram(pkt, ("192.0.2.99", 1194), link.now) is False
+    assert client.quick_datagram(pkt, SERVER_ADDR, link.now) == IP_BACK
+    assert client.quick_datagram(pkt, SERVER_ADDR, link.now) is None
+    assert client.drops["replay"] == 1
+    control = pk.op_byte(pk.P_ACK_V1, 0).to_bytes(1, "big") + bytes(16)
+    assert client.quick_datagram(control, SERVER_ADDR, link.now) is False
+
+
 def test_data_from_a_new_address_floats_only_when_it_decrypts() -> None:
     link = connect()
     session = link.session()

@@ -167,7 +167,64 @@ def stream_broken(exc: RemoteProtocolError, now: float, *, at_end: bool,
     return [Notice(now, logging.WARNING, exc.reason, f"closing connection: {exc}"), gone]
 
 
-class Outbox:
+class ConnectionDefaults:
+    """The optional members of :class:`Connection`, with their defaults, for
+    implementations to subclass (a plain class: ``isinstance`` against a subclass of a
+    Protocol runs Python code on every call)."""
+
+    drops: collections.Counter[str]
+    #: it has the latency lane's calls (:meth:`send_one`, a quick decoder)
+    lane = False
+    #: a client restarting after ping-restart wants a fresh source port (openvpn's
+    #: client does so: a server may still hold state for the old address)
+    new_port_on_restart = False
+
+    @property
+    def last_heard(self) -> float | None:
+        """Loop time of the peer's last authentic message (keepalives included); None:
+        nothing yet, or the adapter's own count is as good."""
+        return None
+
+    def all_drops(self) -> dict[str, int]:
+        """Every drop counter by reason, an inner layer's (endpoint, channel) included."""
+        return {k: v for k, v in sorted(self.drops.items()) if v}
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one small device frame of an idle tunnel. Returns what to
+        write (a datagram for the peer, or stream bytes on TCP); None when consumed
+        (queued for a handshake); False (the default) when not the lane's: untouched,
+        batch path."""
+        return False
+
+    def has_work(self) -> bool:
+        """Output, events or an earlier timer wait after a quick decode or
+        :meth:`send_one`: the adapter flushes (drains the outputs, re-arms its timer)."""
+        return True
+
+    def has_output(self) -> bool:
+        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
+        return True
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """Bulk UDP output (runs for one address each), sent before
+        :meth:`datagrams_to_send`; none by default."""
+        return []
+
+    def persist_state(self) -> dict[str, Any] | None:
+        """Replay state the adapter saves (openvpn_replay_persist); None: nothing to save."""
+        return None
+
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]:
+        """A data datagram decoded at once: the frame for the device, None when consumed
+        (keepalive, counted drop), False (the default) when untouched: the adapter passes
+        it to :meth:`receive_datagram`. Events and output it queued are drained after
+        the batch as for any input."""
+        return False
+
+
+class Outbox(ConnectionDefaults):
     """The two queues a connection fills for its adapter: frames for the device and
     events. A base class for implementations (not part of the contract)."""
 
@@ -190,10 +247,32 @@ class Connection(Protocol):
     Outputs, drained by the adapter after every input: :meth:`datagrams_to_send`,
     :meth:`stream_to_send`, :meth:`frames_to_deliver`, :meth:`next_event`, and
     :meth:`get_timer` for the one timer. Garbage never raises: it is counted in
-    :attr:`drops` by reason.
+    :attr:`drops` by reason. The optional members have their defaults in
+    :class:`ConnectionDefaults`.
     """
 
     drops: collections.Counter[str]
+    lane: bool
+    new_port_on_restart: bool
+
+    @property
+    def last_heard(self) -> float | None: ...
+
+    def all_drops(self) -> dict[str, int]: ...
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]: ...
+
+    def has_work(self) -> bool: ...
+
+    def has_output(self) -> bool: ...
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]: ...
+
+    def persist_state(self) -> dict[str, Any] | None: ...
+
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]: ...
 
     def start(self, now: float) -> None:
         """Begin: a client sends its hello / handshake, a server waits."""
@@ -254,14 +333,6 @@ class FastConnection(Connection, Protocol):
         call of its own, for an adapter's per-datagram loop (valid until the peer moves)."""
         ...
 
-    def has_output(self) -> bool:
-        """Output or events wait (:meth:`has_work` without a timer that only moved)."""
-        ...
-
-    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
-        """Bulk UDP output of :meth:`send_device`, in order."""
-        ...
-
     def quick(self, data: bytes | memoryview, now: float
               ) -> bytes | GsoFrame | None | Literal[False]:
         """Decode a datagram the adapter knows comes from the peer (its raw address is the
@@ -273,14 +344,4 @@ class FastConnection(Connection, Protocol):
     def receive_run(self, run: FragmentRun, addr: Addr, now: float) -> None:
         """FRAGMENT datagrams of one UDP GRO read, kept whole (``UdpEndpoint.runs``)."""
 
-    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
-                 ) -> bytes | None | Literal[False]:
-        """The latency lane: one small device frame of an idle tunnel. Returns what to
-        write (a datagram for the peer, or stream bytes on TCP); None when consumed
-        (queued for a handshake); False when not the lane's: untouched, batch path."""
-        ...
 
-    def has_work(self) -> bool:
-        """Output, events or an earlier timer wait after :meth:`quick` / :meth:`send_one`:
-        the adapter flushes (drains the outputs, re-arms its timer)."""
-        ...

@@ -101,6 +101,8 @@ class NativeConnection(Outbox):
     ``loss_cap`` may be the adapter's shared ones (a hub peer then costs no reassembler).
     """
 
+    lane = True
+
     #: device frames with virtio_net_hdr, super-packets included (see FastConnection)
     takes_super = True
 
@@ -527,6 +529,10 @@ class NativeConnection(Outbox):
         self._pump(now)
         out, self._stream_out = self._stream_out, []
         return out
+
+    @property
+    def last_heard(self) -> float | None:
+        return self.endpoint.liveness.last_rx
 
     def all_drops(self) -> dict[str, int]:
         drops = collections.Counter(self.drops)

@@ -52,6 +52,8 @@ from .roaming import follow_peer
 class RawConnection(Outbox):
     """One raw UDP peer (see the module docstring for its rules)."""
 
+    lane = True
+
     #: plain device frames only (the adapter opens the device without virtio_net_hdr)
     takes_super = False
 
@@ -175,9 +177,6 @@ class RawConnection(Outbox):
     def stream_to_send(self, now: float) -> list[bytes]:
         return []
 
-    def all_drops(self) -> dict[str, int]:
-        return {k: v for k, v in sorted(self.drops.items()) if v}
-
     def status(self, now: float) -> dict[str, Any]:
         return {"peer": self.peer, "proven": self.peer is not None, "drops": self.all_drops()}
 
@@ -189,6 +188,8 @@ class SimpletunConnection(Outbox):
     :class:`Connected` says it, once. Until then no frame leaves it. A frame larger than
     a device frame is ``oversize``; a bad length is counted once and ends the stream (a
     :class:`Notice`, then :class:`Disconnected`): it cannot be resynchronised."""
+
+    lane = True
 
     #: plain device frames only (simpletun carries one frame per message)
     takes_super = False
@@ -287,18 +288,12 @@ class SimpletunConnection(Outbox):
     def handle_timer(self, now: float) -> None:
         """No timers: TCP says when the peer is gone."""
 
-    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
-        return []
-
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
         return []
 
     def stream_to_send(self, now: float) -> list[bytes]:
         out, self._stream_out = self._stream_out, []
         return out
-
-    def all_drops(self) -> dict[str, int]:
-        return {k: v for k, v in sorted(self.drops.items()) if v}
 
     def status(self, now: float) -> dict[str, Any]:
         return {"peer": self.peer, "proven": self.proven, "drops": self.all_drops()}

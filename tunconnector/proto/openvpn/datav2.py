@@ -87,9 +87,10 @@ class DataKey:
             ad = pid
         sealed = self._send.encrypt(pid + self._send_iv, payload, ad)
         self.sent_packets += 1
+        body = memoryview(sealed)[:-TAG_LEN]  # joined once, not copied twice
         if self._peer_id is not None:
-            return ad + sealed[-TAG_LEN:] + sealed[:-TAG_LEN]
-        return self._op + pid + sealed[-TAG_LEN:] + sealed[:-TAG_LEN]
+            return b"".join((ad, sealed[-TAG_LEN:], body))
+        return b"".join((self._op, pid, sealed[-TAG_LEN:], body))
 
     def decrypt(self, packet: bytes) -> bytes:
         """The payload of an authentic, fresh packet, else RemoteProtocolError."""

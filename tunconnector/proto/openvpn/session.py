@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from OpenSSL import SSL
 
 from ...errors import RemoteProtocolError
-from ..connection import Addr, ConnectionEvent, Disconnected, Rekeyed
+from ..connection import Addr, ConnectionDefaults, ConnectionEvent, Disconnected, Rekeyed
 from .common import (
     OCC_EXIT,
     OCC_MAGIC,
@@ -130,7 +130,7 @@ class KeyState(Generic[M]):
         self.data: DataKey | None = None
 
 
-class OpenVPNSession(Generic[M], abc.ABC):
+class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
     """The shared half of :class:`~.client.OpenVPNClient` and
     :class:`~.server.OpenVPNServerSession` (see module docstring)."""
 
@@ -263,11 +263,21 @@ class OpenVPNSession(Generic[M], abc.ABC):
         if self._primary is None or self.state != "connected":
             self.drops["no_key"] += len(frames)
             return
-        mss, tap = self._mss, self.options.tap
+        # _send_data inlined: this runs for every packet of the tunnel
+        mss, tap, comp, out = self._mss, self.options.tap, self._comp, self._out
+        encrypt = self._primary.encrypt
+        self.bytes_out += sum(map(len, frames))
+        self.packets_out += len(frames)
         for frame in frames:
-            self.bytes_out += len(frame)
-            self.packets_out += 1
-            self._send_data(clamp_mss(frame, mss, tap=tap) if mss else frame, now)
+            if mss:
+                frame = clamp_mss(frame, mss, tap=tap)
+            if comp is not None:
+                frame = comp.wrap(frame)
+            try:
+                out.append(encrypt(frame))
+            except OverflowError:
+                self.drops["key_exhausted"] += 1
+        self._last_sent = now
 
     def _receive_packet(self, data: bytes, now: float) -> None:
         if self.state in self.NO_INPUT or not data:

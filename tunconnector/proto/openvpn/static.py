@@ -42,7 +42,7 @@ import hmac
 import logging
 import os
 import struct
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -51,10 +51,13 @@ from ..connection import (
     Addr,
     AddressChanged,
     Connected,
+    ConnectionDefaults,
     ConnectionEvent,
+    DatagramBatch,
     Disconnected,
 )
 from ..framing import SimpletunDecoder
+from ..offload import VNET_HDR_LEN
 from ..replay import ReplayWindow
 from .common import OCC_EXIT, OCC_MAGIC, OCC_REPLY, OCC_REQUEST, PING_MAGIC, occ_message
 from .keyfile import StaticKey
@@ -255,8 +258,11 @@ def options_string(*, dev_type: str, tun_mtu: int, proto: str, mode: str, cipher
             f"{keydir}cipher {cipher_s},auth {auth_s},keysize {klen * 8},secret")
 
 
-class StaticKeyConnection:
+class StaticKeyConnection(ConnectionDefaults):
     """One OpenVPN static-key peer. See the module docstring for the rules."""
+
+    last_heard: float | None = None
+    lane = True
 
     def __init__(
         self,
@@ -302,7 +308,7 @@ class StaticKeyConnection:
         self.peer: Addr = remote
         self._fixed = remote is not None and mode == "client"
         self.alive = False
-        self.last_heard: float | None = None
+        self.last_heard = None
         self.peer_options: str | None = None
         self._pid = 0
         self._time = 0
@@ -381,6 +387,32 @@ class StaticKeyConnection:
                 self._hello(now)
 
     # -- input ----------------------------------------------------------------------
+    def quick_datagram(self, data: bytes, addr: Addr, now: float
+                       ) -> bytes | None | Literal[False]:
+        """One datagram of the live peer from where it is, decoded by the usual rules,
+        its frame returned (the latency lane); False for anything else, untouched."""
+        if not self.alive or self.stream or addr != self.peer:
+            return False
+        frames = self._frames
+        n = len(frames)
+        self._receive_packet(data, addr, now)
+        return frames.pop() if len(frames) > n else None
+
+    def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
+                 ) -> bytes | None | Literal[False]:
+        """The latency lane: one frame sealed at once (UDP, nothing queued before it);
+        the device's header is all zero (no TUNSETOFFLOAD)."""
+        if self.stream or self._out or not self.alive or self._closed:
+            return False
+        self.send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
+        return self._out.pop() if self._out else None
+
+    def has_work(self) -> bool:
+        # a packet in or out moves the liveness deadlines later, never earlier
+        return bool(self._out or self._events)
+
+    has_output = has_work
+
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         if self._fixed and addr != self.peer:
             self.drops["unknown_peer"] += 1
@@ -575,6 +607,13 @@ class StaticKeyConnection:
         self._send_payload(occ_message(OCC_REQUEST), now)
         self._occ_tries = max(self._occ_tries, 1)
         self._next_hello = now + HELLO_INTERVAL if not self.alive else None
+
+    def batches_to_send(self, now: float) -> list[tuple[DatagramBatch, Addr]]:
+        """All that is queued, in order, as one run for the peer (not a tuple each)."""
+        if not self._out or self.stream or self.peer is None:
+            return []
+        out, self._out = self._out, []
+        return [(out, self.peer)]
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
         if not self._out or self.stream:
