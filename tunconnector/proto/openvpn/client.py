@@ -24,9 +24,8 @@ from OpenSSL import SSL
 from ...errors import RemoteProtocolError
 from ..backoff import Backoff
 from ..connection import Addr, ConfigAssigned, Connected, DatagramBatch
-from ..offload import VNET_HDR_LEN
 from . import push as pushmod
-from .common import OCC_REQUEST, occ_message
+from .common import OCC_REQUEST, occ_message, seal_one
 from .compress import Framing
 from .compress import from_option as compress_option
 from .datav2 import CIPHERS, canonical_cipher
@@ -203,16 +202,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
                 or not isinstance(addr, tuple) or addr[:2] != self._server_src:
             return False
         dk = self._data_keys.get(data[0] & 7)
-        if dk is None:
-            return False
-        try:
-            payload = dk.decrypt(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return None
-        self._authentic += 1
-        self._last_received = now
-        return self._payload(payload, now)
+        return False if dk is None else self._quick_open(dk, data, now)
 
     def send_one(self, frame: bytes | memoryview, now: float, *, vnet_hdr: bool
                  ) -> bytes | None | Literal[False]:
@@ -220,8 +210,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
         queued before it); the device's header is all zero (no TUNSETOFFLOAD)."""
         if self.state != "connected" or self._out or self.options.proto != "udp":
             return False
-        self.send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
-        return self._out.pop() if self._out else None
+        return seal_one(self.send_frames, self._out, frame, now, vnet_hdr)
 
     def has_work(self) -> bool:
         # a send or a received packet only moves the ping timers later

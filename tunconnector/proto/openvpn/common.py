@@ -1,10 +1,15 @@
-"""Pieces both OpenVPN modes share on the data channel: ping and OCC messages.
+"""Pieces both OpenVPN modes share on the data channel: ping and OCC messages, and the
+latency lane's sealing of one frame.
 
-Both travel as data-channel payloads (after decryption), told apart from tunnel frames by
-a 16-byte magic prefix, as OpenVPN's ``ping.c`` and ``occ.c`` define them.
+Ping and OCC travel as data-channel payloads (after decryption), told apart from tunnel
+frames by a 16-byte magic prefix, as OpenVPN's ``ping.c`` and ``occ.c`` define them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..offload import VNET_HDR_LEN
 
 #: payload of a keepalive ping (OpenVPN ping.c)
 PING_MAGIC = bytes.fromhex("2a187bf3641eb4cb07ed2d0a981fc748")
@@ -29,3 +34,12 @@ def occ_opcode(payload: bytes | memoryview) -> int | None:
 
 def occ_message(opcode: int, body: bytes = b"") -> bytes:
     return OCC_MAGIC + bytes((opcode,)) + body
+
+
+def seal_one(send_frames: Callable[[list[bytes], float], None], out: list[bytes],
+             frame: bytes | memoryview, now: float, vnet_hdr: bool) -> bytes | None:
+    """The latency lane's one frame, sealed at once by ``send_frames`` (which queues on
+    ``out``): the datagram, taken off ``out``; None when nothing was queued (held for a
+    handshake). The device's virtio header is all zero (no TUNSETOFFLOAD): dropped."""
+    send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
+    return out.pop() if out else None

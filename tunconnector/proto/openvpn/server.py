@@ -375,13 +375,10 @@ class OpenVPNServerSession(OpenVPNSession[ClientKeyMessage]):
         self.link_bytes_in += len(data)
         try:
             self._accept_data(data)
-            payload = dk.decrypt(data)
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
             return None
-        self._authentic += 1
-        self._last_received = now
-        return self._payload(payload, now)
+        return self._quick_open(dk, data, now)
 
     def receive_stream(self, data: bytes, now: float) -> None:
         self.link_bytes_in += len(data)

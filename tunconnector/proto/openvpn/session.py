@@ -313,6 +313,18 @@ class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
         if frame is not None:
             self._frames.append(frame)
 
+    def _quick_open(self, dk: DataKey, data: bytes, now: float) -> bytes | None:
+        """A quick path's data packet on a key in use: the frame to deliver, None when
+        consumed (ping, OCC, or a drop counted)."""
+        try:
+            payload = dk.decrypt(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        self._authentic += 1
+        self._last_received = now
+        return self._payload(payload, now)
+
     def _payload(self, payload: bytes, now: float) -> bytes | None:
         """A decrypted data payload: the frame to deliver, or None (ping, OCC)."""
         if self._comp is not None:

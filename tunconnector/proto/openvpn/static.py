@@ -57,9 +57,16 @@ from ..connection import (
     Disconnected,
 )
 from ..framing import SimpletunDecoder
-from ..offload import VNET_HDR_LEN
 from ..replay import ReplayWindow
-from .common import OCC_EXIT, OCC_MAGIC, OCC_REPLY, OCC_REQUEST, PING_MAGIC, occ_message
+from .common import (
+    OCC_EXIT,
+    OCC_MAGIC,
+    OCC_REPLY,
+    OCC_REQUEST,
+    PING_MAGIC,
+    occ_message,
+    seal_one,
+)
 from .keyfile import StaticKey
 
 log = logging.getLogger("tunconnector.openvpn")
@@ -404,8 +411,7 @@ class StaticKeyConnection(ConnectionDefaults):
         the device's header is all zero (no TUNSETOFFLOAD)."""
         if self.stream or self._out or not self.alive or self._closed:
             return False
-        self.send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
-        return self._out.pop() if self._out else None
+        return seal_one(self.send_frames, self._out, frame, now, vnet_hdr)
 
     def has_work(self) -> bool:
         # a packet in or out moves the liveness deadlines later, never earlier
