@@ -1,14 +1,16 @@
 """Hub mode: one device, one UDP socket, many peers identified by their public keys.
 
-An asyncio adapter like :mod:`.tunnel`, with the same public face (``state``,
-``wait_up``, ``add_listener``, ``status()``, ``stats``, ``start``/``stop``/``close``)
-plus a view of its peers. The decisions live in sans-I/O pieces: the
+A :class:`~.tunnel.Tunnel` configured for many peers: start/stop/close, the device
+(offload, supervision), the UDP socket, the one timer and the status are the tunnel's;
+what differs is here. The decisions live in sans-I/O pieces: the
 :class:`~.proto.hubtable.PeerTable` (who may connect), the
 :class:`~.proto.hubacceptor.NativeHubAcceptor` (which peer a datagram belongs to:
 sessions, handshakes, cookies under load, resets, roaming), the forwarder between
 the device and the peers (:mod:`.proto.switch`: routes for TUN, a learning switch for
 TAP), and the :class:`~.proto.pool.AddressPool`. Here we only read, dispatch and write;
 the socket's fair share among the peers is :class:`~.io.peerqueues.PeerQueues`'.
+The peer table's I/O (key files, the state file with the leases, kernel routes, live
+changes) is :class:`HubControl`, reachable as ``hub.peer_table``.
 
 One timer for all peers (:class:`~.proto.timers.TimerHeap`), so 1,000 idle peers cost
 a heap entry each and a wake-up only when one of them has something to do.
@@ -27,7 +29,6 @@ import asyncio
 import collections
 import ipaddress
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -35,36 +36,28 @@ from pathlib import Path
 from typing import Any
 
 from .config import PeerConfig, TunnelConfig
-from .devicewatch import SupervisedDevice
-from .errors import ConfigError, CryptoError, TunconnectorError
+from .errors import ConfigError, CryptoError
 from .fastpath import FastPath
 from .io import netlink as nl
 from .io import routes as rt
-from .io.device import Device
 from .io.peerqueues import PeerQueues
-from .io.udp import (
-    Addr,
-    UdpEndpoint,
-    family_for,
-    open_udp,
-)
 from .keys import decode_key, load_key_file, resolve_cipher
 from .proto.hubacceptor import INIT_LEN as INIT_LEN
 from .proto.hubacceptor import NativeHubAcceptor
 from .proto.hubtable import HubPeer, PeerTable
 from .proto.liveness import PeerDown, PeerUp
 from .proto.mactable import LOCAL, MacTable, parse_mac
-from .proto.offload import VNET_HDR_LEN, coalesce_tcp
+from .proto.offload import VNET_HDR_LEN
 from .proto.pool import AddressPool
 from .proto.router import Router
 from .proto.secure import AuthFailure, HandshakeComplete, Rekeyed, SessionExpired
 from .proto.switch import Forwarder, IpRoutes, MacSwitch
 from .proto.timers import TimerHeap
-from .tunnel import State, TunnelStats, derive_mtu
-
-log = logging.getLogger("tunconnector.hub")
+from .tunnel import UNDERLAY_MTU, State, Tunnel, _fmt_addr
 
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
+
+
 def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     try:
         public = decode_key(cfg.public_key, f"{where}.public_key")
@@ -74,29 +67,17 @@ def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
     return public, psk
 
 
-class Hub(SupervisedDevice):
+class Hub(Tunnel):
     """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
 
+    peer_table: HubControl
+
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
-        self.config = config
-        self.name = config.name
-        self._init_state()
-        self.stats = TunnelStats()
-        self.device: Device | None = None
-        self.device_name: str | None = config.device
-        self.mtu = derive_mtu(config)
+        super().__init__(config, netlink=netlink)
         self.tap = config.dev_type == "tap"
-        self.max_frame = self.mtu + (18 if self.tap else 0)
-        self.peer: Addr | None = None  # the Tunnel face; a hub has many: see peers
-        self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
-        self.netlink = netlink or nl.Netlink()
-        self._own_netlink = netlink is None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: UdpEndpoint | None = None
-        #: device and socket offloads (the device: virtio_net_hdr without TSO, so client
-        #: super-packets are written whole; status "data_path")
-        self._fast = FastPath(config)
-        self._stopping = False
+        # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
+        # send_device_frames), a client's super-packet is written whole (_route_inbound)
+        self._tso = False
         self.router = Router(client_to_client=config.client_to_client)
         self.macs = MacTable(aging=config.mac_aging, max_per_peer=config.max_macs_per_peer,
                              move_after=config.mac_move_after)
@@ -119,15 +100,11 @@ class Hub(SupervisedDevice):
             drops=self.stats.drops, bind_interface=config.bind_interface, log=self.log,
             name=self.name)
         self._timers: TimerHeap[HubPeer] = TimerHeap()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._hooks: Any = None
-        self._kernel_routes: dict[str, list[str]] = {}
-        self._reading_device = False
-        self._created_device = False
         #: TAP: the MAC the device had when first opened (pinned to the hub); a device
         #: recreated after a deletion gets it back, so the peers' ARP caches stay right
         self._own_mac: str | None = None
+        self.peer_table = HubControl(self, self._acceptor, removed=self._peer_removed,
+                                     changed=self._update_state)
 
     # ------------------------------------------------------------------ public face
     @property
@@ -153,9 +130,7 @@ class Hub(SupervisedDevice):
         return max(times) if times else None
 
     def all_drops(self) -> dict[str, int]:
-        if self._udp is not None:  # dropped by the kernel at the shared socket's full queue
-            self._udp.count_kernel_drops("udp_queue_full")
-        drops = collections.Counter(self.stats.drops)
+        drops = collections.Counter(super().all_drops())
         for p in self.peers.values():
             self._queues.sync_drops(p)
             drops.update(p.stats.drops)
@@ -192,43 +167,12 @@ class Hub(SupervisedDevice):
     def peers_status(self) -> list[dict[str, Any]]:
         return [self.peer_status(p) for p in self.peers.values()]
 
-    def status(self) -> dict[str, Any]:
+    def _status_more(self, now: float | None) -> tuple[bool, float | None, dict[str, Any]]:
         cfg = self.config
-        now = self._loop.time() if self._loop is not None else None
-        last = self.stats.last_rx
-        local = None
-        if self._udp is not None:
-            try:
-                local = _fmt_addr(self._udp.local_address)
-            except OSError:
-                local = None
         up = sum(1 for p in self.peers.values() if p.up)
         handshakes = sum(p.handshakes for p in self.peers.values())
-        return {
-            "name": self.name,
-            "mode": cfg.mode,
+        return True, self.stats.last_rx, {
             "hub": True,
-            "proto": cfg.proto,
-            "framing": cfg.framing,
-            "transport": f"{cfg.proto}/{cfg.framing}",
-            "dev_type": cfg.dev_type,
-            "device": self.device_name,
-            "netns": cfg.netns,
-            "addresses": list(cfg.address),
-            "mtu": self.mtu,
-            "local": local,
-            "peer": None,
-            "state": self.state.value,
-            "error": self.error,
-            "encrypted": True,
-            "since": self.since,
-            "last_rx_age": round(now - last, 3) if (now is not None and last is not None) else None,
-            "rx_bytes": self.stats.rx_bytes,
-            "tx_bytes": self.stats.tx_bytes,
-            "rx_packets": self.stats.rx_packets,
-            "tx_packets": self.stats.tx_packets,
-            "connects": self.stats.connects,
-            "drops": self.all_drops(),
             "peers_up": up,
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
@@ -243,133 +187,21 @@ class Hub(SupervisedDevice):
             **self._device_status(),
         }
 
-    # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        if self.is_running:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._acceptor.clock_offset = time.time() - self._loop.time()
-        self._stopping = False
-        self._fast = FastPath(self.config)
-        self._acceptor.reasm = self._fast.reasm
-        self.error = None
-        self._set_state(State.STARTING)
-        try:
-            self._load_keys()
-            self._setup_pool()
-            self._apply_peer_table(self.config.peer, initial=True)
-            await self._open_device()
-            await self._supervise_device()
-            self._open_udp()
-            self._device_reader(True)
-        except BaseException as exc:
-            self.error = str(exc) if isinstance(exc, TunconnectorError) else repr(exc)
-            await self._close_all()
-            self._set_state(State.FAILED)
-            raise
-        self._set_state(State.DOWN)
-        self.log.info("hub %s started: %d peers, device %s mtu %d, udp %s", self.name,
-                      len(self.peers), self.device_name, self.mtu,
-                      _fmt_addr(self._udp.local_address) if self._udp else "-")
-
-    async def stop(self) -> None:
-        if self.state in (State.STOPPED, State.FAILED) and self.device is None:
-            return
-        self._stopping = True
-        for p in self.peers.values():
-            if p.up:
-                self._peer_state(p, False, "hub stopping")
-        await self._close_all()
-        self._set_state(State.STOPPED)
-        self.log.info("hub %s stopped", self.name)
-
-    async def close(self) -> None:
-        await self.stop()
-        if self._own_netlink:
-            self.netlink.close()
-
     def set_hooks(self, hooks: Any) -> None:
-        """Something with ``peer_up(hub, peer)`` / ``peer_down(hub, peer)`` methods."""
-        self._hooks = hooks
+        self.peer_table.set_hooks(hooks)
 
-    # ------------------------------------------------------------------ set-up
-    def _load_keys(self) -> None:
-        cfg = self.config
-        try:
-            priv = load_key_file(cfg.private_key_file or "")
-        except CryptoError as exc:
-            raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
-        self._acceptor.set_static(priv)
+    # ------------------------------------------------------------------ lifecycle
+    async def _prepare(self) -> None:
+        assert self._loop is not None
+        self._fast = FastPath(self.config, UNDERLAY_MTU)
+        self._acceptor.reasm = self._fast.reasm
+        self._acceptor.clock_offset = time.time() - self._loop.time()
+        self.peer_table.load()
 
-    def state_path(self) -> Path:
-        cfg = self.config
-        if cfg.state_file:
-            return Path(cfg.state_file)
-        return Path(DEFAULT_STATE_DIR) / f"{cfg.name}.json"
-
-    def _setup_pool(self) -> None:
-        cfg = self.config
-        if cfg.pool is None:
-            self.table.pool = None
-            return
-        reserved: list[Any] = [i.ip for i in cfg.interfaces]
-        reserved += [p.address.split("/")[0] for p in cfg.peer if p.address]
-        pool = self.table.pool = AddressPool(cfg.pool, reserved=reserved)
-        path = self.state_path()
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.log.warning("hub %s: state file %s unreadable (%s): starting afresh",
-                             self.name, path, exc)
-            return
-        n = pool.load(data.get("pool") if isinstance(data, dict) else None)
-        self.log.info("hub %s: %d address leases restored from %s", self.name, n, path)
-
-    def _save_pool(self) -> None:
-        pool = self.pool
-        if pool is None:
-            return
-        path = self.state_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"pool": pool.dump()}, indent=1))
-            os.replace(tmp, path)
-        except OSError as exc:
-            self.stats.drops["state_file_error"] += 1
-            self.log.warning("hub %s: cannot write state file %s: %s", self.name, path, exc)
-
-    async def _open_device(self) -> None:
-        """Open and configure the device: at start, and again each time the device
-        supervisor brings a deleted one back (then under the name it had, which the
-        kernel may have chosen). Reading it is switched on apart (``_device_reader``)."""
-        cfg = self.config
-        reopen = self._devsup is not None
-        name = (self.device_name if reopen else cfg.device) or ""
-        existed = False
-        if name and not reopen:
-            existed = await self.netlink.call(nl.link_exists, name)
-        # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
-        # _on_device_readable), a client's super-packet is written whole (_route_inbound);
-        # without IFF_VNET_HDR the plain device, as FastPath.open_device decides
-        dev = self._fast.open_device(name, cfg.dev_type, tso=False)
-        self.device = dev
-        self.device_name = dev.name
-        if not reopen:
-            self._created_device = not existed
-        if cfg.netns:
-            await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
-        await self.netlink.call(nl.configure, dev.name, addresses=cfg.interfaces,
-                                mtu=self.mtu, netns=cfg.netns)
+    async def _device_configured(self, name: str) -> None:
         if self.tap:
-            await self._own_lladdr(dev.name)
-        # a new device carries none of the routes the old one had
-        self._kernel_routes.clear()
-        await self._sync_kernel_routes()
-        if existed:
-            self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+            await self._own_lladdr(name)
+        await self.peer_table.device_opened()
 
     async def _own_lladdr(self, name: str) -> None:
         """A TAP's MAC: the one it had first, put back on a recreated device, and with
@@ -383,35 +215,38 @@ class Hub(SupervisedDevice):
             self.macs.unpin_port(LOCAL)
             self.macs.pin(parse_mac(self._own_mac), LOCAL)
 
-    def _open_udp(self) -> None:
-        cfg = self.config
-        family = family_for(cfg.bind) if cfg.bind else family_for(None)
-        sock = open_udp(bind=cfg.bind, port=cfg.port, family=family,
-                        bind_interface=cfg.bind_interface)
-        self._udp = UdpEndpoint(sock, self.stats.drops)
-        # UDP GSO/GRO: the runs of equal-size datagrams send_batch makes per peer leave in
-        # one sendmsg, a client's runs arrive in one read (memoryview slices)
-        self._fast.attach_udp(self._udp)  # runs: a coalesced FRAGMENT read stays whole
+    async def _open_transport(self) -> None:
+        """One UDP socket for every peer, read through the peers' fair share (UDP
+        GSO/GRO: the runs send_batch makes per peer leave in one sendmsg, a client's
+        runs arrive in one read; a coalesced FRAGMENT read stays whole)."""
         assert self._loop is not None
-        self._queues.attach(self._udp, self._loop)
+        udp = self._udp = self._new_udp(self.config.port)
+        self._queues.attach(udp, self._loop)
+        self._device_reader(True)
+        self._set_state(State.DOWN)
+        self.log.info("hub %s: %d peers, udp %s", self.name, len(self.peers),
+                      _fmt_addr(udp.local_address))
+
+    def _notify_exit(self) -> None:
+        for p in self.peers.values():
+            if p.up:
+                self._peer_state(p, False, "hub stopping")
+
+    async def _close_all(self) -> None:
+        await super()._close_all()
+        self._timers.clear()
+        self._queues.close()
+        self.peer_table.closed()
+        self._own_mac = None  # a new start: a new device, its own MAC
+        for p in self.peers.values():
+            p.up = False
+        self._acceptor.clear()
+        self.table.clear()
 
     # ------------------------------------------------------------------ peer table
     def _apply_peer_table(self, table: Iterable[PeerConfig], *, initial: bool = False
                           ) -> dict[str, list[str]]:
-        """Make the peers exactly ``table`` (see :meth:`PeerTable.apply`), then end the
-        sessions of the peers it removed and write down changed leases."""
-        try:
-            result = self.table.apply(table, _peer_key, initial=initial)
-        finally:
-            changes = self.table.take_changes()
-            for p in changes.removed:
-                self._peer_removed(p)
-        for p, why in changes.no_address:
-            self.log.warning("hub %s: peer %s gets no address: %s", self.name, p.name, why)
-        self._acceptor.refresh_mac_keys()
-        if changes.leases_changed or not initial:
-            self._save_pool()
-        return result
+        return self.peer_table.apply(table, initial=initial)
 
     def _peer_removed(self, p: HubPeer) -> None:
         if p.up:
@@ -421,60 +256,8 @@ class Hub(SupervisedDevice):
         self._timers.discard(p)
         self.log.info("hub %s: peer %s removed", self.name, p.name)
 
-    async def _sync_kernel_routes(self) -> None:
-        """Kernel routes for the peers' allowed_ips via the hub's device (while the device
-        is missing there is nothing to change: its reopening adds what is then wanted)."""
-        if self.device is None or self.device_name is None or self.tap:
-            return
-        want = {p.name: [str(ipaddress.ip_network(n, strict=False))
-                         for n in p.cfg.allowed_ips] for p in self.peers.values()}
-        for name, nets in list(self._kernel_routes.items()):
-            gone = [n for n in nets if n not in want.get(name, [])]
-            if gone:
-                await self.netlink.call(rt.del_routes, self.device_name, gone,
-                                        netns=self.config.netns)
-            self._kernel_routes[name] = [n for n in nets if n not in gone]
-        for name, nets in want.items():
-            have = self._kernel_routes.get(name, [])
-            add = [n for n in nets if n not in have]
-            if add:
-                await self.netlink.call(rt.add_routes, self.device_name, add,
-                                        netns=self.config.netns)
-            self._kernel_routes[name] = nets
-        for name in [n for n in self._kernel_routes if n not in want]:
-            del self._kernel_routes[name]
-
-    async def apply_peers(self, table: Iterable[PeerConfig]) -> dict[str, list[str]]:
-        """Live change: the peer table becomes ``table`` (reload, API)."""
-        table = list(table)
-        result = self._apply_peer_table(table)
-        self.config.peer = table  # a later stop/start keeps the live table
-        if self.is_running:
-            await self._sync_kernel_routes()
-        changed = {k: v for k, v in result.items() if v and k != "unchanged"}
-        if changed:
-            self.log.info("hub %s: peers %s", self.name,
-                          ", ".join(f"{k} {' '.join(v)}" for k, v in changed.items()))
-        self._update_state()
-        return result
-
-    async def put_peer(self, cfg: PeerConfig) -> str:
-        """Add or replace one peer; returns ``added``, ``changed`` or ``unchanged``."""
-        table = [p.cfg for p in self.peers.values() if p.name != cfg.name] + [cfg]
-        result = await self.apply_peers(table)
-        for k in ("added", "changed", "unchanged"):
-            if cfg.name in result[k]:
-                return k
-        return "unchanged"  # pragma: no cover
-
-    async def delete_peer(self, name: str) -> bool:
-        if name not in self.peers:
-            return False
-        await self.apply_peers([p.cfg for p in self.peers.values() if p.name != name])
-        return True
-
     # ------------------------------------------------------------------ wire -> device
-    def _on_udp_batch(self, batch: list[tuple[bytes, Addr]]) -> None:
+    def _on_udp_batch(self, batch: list[tuple[Any, Any]]) -> None:
         assert self._loop is not None
         now = self._loop.time()
         self.stats.wire_rx += len(batch)
@@ -488,7 +271,7 @@ class Hub(SupervisedDevice):
         if inbound:
             self._route_inbound(inbound, now)
         for p in touched:
-            self._flush(p, now)
+            self._flush_peer(p, now)
 
     def _acceptor_output(self) -> None:
         """Cookie replies and resets to their senders; peers that moved: a receive
@@ -514,38 +297,14 @@ class Hub(SupervisedDevice):
         for q, frames in out.forward.values():
             self._send_to_peer(q, frames, now)
 
-    def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
-        """Write frames to the device; ``extra``: packets the super-packets among them
-        stand for beyond one each (for the counters)."""
-        dev = self.device
-        if dev is None:  # deleted, not back yet
-            self.stats.drops["device_gone"] += len(frames) + extra
-            return
-        st = self.stats
-        n = len(frames)
-        st.rx_bytes += sum(map(len, frames))
-        if dev.vnet_hdr and n > 1 and not self.tap:
-            # clients without offload send plain segments: a run of one TCP flow goes
-            # to the kernel as one super-packet (after the router's checks, per segment)
-            frames = coalesce_tcp(frames)
-        bad = dev.write_batch(frames)
-        if bad:
-            st.drops["device_refused"] += bad
-            self._device_check()  # refused, or gone: the supervisor asks the fd
-        st.rx_packets += n + extra - bad
-        st.last_rx = now
-
     # ------------------------------------------------------------------ device -> wire
-    def _on_device_readable(self) -> None:
-        dev = self.device
-        if dev is None or self._loop is None:
-            return
-        frames = self._read_device(dev)
-        if not frames:
+    def send_device_frames(self, frames: list[bytes]) -> None:
+        dev, loop = self.device, self._loop
+        if dev is None or loop is None:
             return
         if dev.vnet_hdr:  # no TUNSETOFFLOAD: a whole packet behind a zero header
             frames = [f[VNET_HDR_LEN:] for f in frames]
-        now = self._loop.time()
+        now = loop.time()
         st = self.stats
         st.tx_packets += len(frames)
         st.tx_bytes += sum(map(len, frames))
@@ -563,10 +322,10 @@ class Hub(SupervisedDevice):
         self._udp.send_batch(native.encode_batch(frames, now), q.addr)
         self.stats.wire_tx += len(frames)
         if native.has_work():
-            self._flush(q, now)
+            self._flush_peer(q, now)
 
     # ------------------------------------------------------------------ control, timer
-    def _flush(self, p: HubPeer, now: float) -> None:
+    def _flush_peer(self, p: HubPeer, now: float) -> None:
         msgs, events = self._acceptor.drain(p)
         if msgs and self._udp is not None and p.addr is not None:
             for m in msgs:
@@ -596,14 +355,13 @@ class Hub(SupervisedDevice):
         p.up = up
         if up:
             self._queues.peer_up(p)
-        if up:
             self.log.info("hub %s: peer %s up (%s, %s)", self.name, p.name,
                           _fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
         else:
             self.log.warning("hub %s: peer %s down: %s", self.name, p.name, why)
             if self.tap:
                 self.macs.forget_port(p)
-        hooks = self._hooks
+        hooks = self.peer_table.hooks
         if hooks is not None:
             try:
                 (hooks.peer_up if up else hooks.peer_down)(self, p)
@@ -623,56 +381,175 @@ class Hub(SupervisedDevice):
         t = p.native.get_timer() if (p.native is not None and p.started) else None
         if self._timers.schedule(p, t) and t is not None and (
                 self._timer_at is None or t < self._timer_at):
-            self._arm()
+            self._arm_at(t)
 
-    def _arm(self) -> None:
-        when = self._timers.next()
-        if self._loop is None or when is None:
-            return
-        when = max(when, self._loop.time())
-        if self._timer is not None:
-            if self._timer_at is not None and self._timer_at <= when:
-                return
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def arm_timer(self) -> None:
+        """The one timer: the earliest peer's, or a partial reassembly's expiry."""
         if self._loop is None or self._stopping:
             return
-        now = self._loop.time()
-        for p in self._timers.due(now):
-            if p.native is None:
-                continue
-            p.native.handle_timer(now)
-            self._flush(p, now)
-        reasm = self._acceptor.reasm
-        if reasm.pending:
-            reasm.handle_timer(now)
-        self._arm()
+        times = [t for t in (self._timers.next(), self._fast.get_timer()) if t is not None]
+        if times:
+            self._arm_at(min(times))
 
-    # ------------------------------------------------------------------ state & teardown
-    async def _close_all(self) -> None:
-        self._stopping = True
-        self._unsupervise_device()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
-        self._timers.clear()
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        self._queues.close()
-        self._detach_device()
-        self._kernel_routes.clear()  # they went with the device
-        self._own_mac = None  # a new start: a new device, its own MAC
-        for p in self.peers.values():
-            p.up = False
-        self._acceptor.clear()
-        self.table.clear()
+    def _on_due(self, now: float) -> None:
+        for p in self._timers.due(now):
+            if p.native is not None:
+                p.native.handle_timer(now)
+                self._flush_peer(p, now)
+        self._fast.handle_timer(now)
+
+
+class HubControl:
+    """A hub's peer table at run time (``hub.peer_table``): the hub's key, the peers'
+    keys, the pool's leases (the state file), the peers' kernel routes, and live
+    changes of the table (reload, the REST API's peer endpoints)."""
+
+    def __init__(self, hub: Hub, acceptor: NativeHubAcceptor, *,
+                 removed: Callable[[HubPeer], None], changed: Callable[[], None]) -> None:
+        self.hub = hub
+        self.table = hub.table
+        self.acceptor = acceptor
+        #: called for each peer a change removed (its session ends), and after a change
+        self.removed = removed
+        self.changed = changed
+        self.kernel_routes: dict[str, list[str]] = {}
+        self.hooks: Any = None
+
+    def set_hooks(self, hooks: Any) -> None:
+        """Something with ``peer_up(hub, peer)`` / ``peer_down(hub, peer)`` methods."""
+        self.hooks = hooks
+
+    def load(self) -> None:
+        """At start: the hub's private key, the pool with its leases, the configured
+        peers."""
+        cfg = self.hub.config
+        try:
+            priv = load_key_file(cfg.private_key_file or "")
+        except CryptoError as exc:
+            raise ConfigError(f"{cfg.name}.private_key_file: {exc}") from exc
+        self.acceptor.set_static(priv)
+        self._setup_pool()
+        self.apply(cfg.peer, initial=True)
+
+    def state_path(self) -> Path:
+        cfg = self.hub.config
+        if cfg.state_file:
+            return Path(cfg.state_file)
+        return Path(DEFAULT_STATE_DIR) / f"{cfg.name}.json"
+
+    def _setup_pool(self) -> None:
+        cfg, log = self.hub.config, self.hub.log
+        if cfg.pool is None:
+            self.table.pool = None
+            return
+        reserved: list[Any] = [i.ip for i in cfg.interfaces]
+        reserved += [p.address.split("/")[0] for p in cfg.peer if p.address]
+        pool = self.table.pool = AddressPool(cfg.pool, reserved=reserved)
+        path = self.state_path()
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("hub %s: state file %s unreadable (%s): starting afresh",
+                        cfg.name, path, exc)
+            return
+        n = pool.load(data.get("pool") if isinstance(data, dict) else None)
+        log.info("hub %s: %d address leases restored from %s", cfg.name, n, path)
+
+    def _save_pool(self) -> None:
+        pool = self.table.pool
+        if pool is None:
+            return
+        path = self.state_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"pool": pool.dump()}, indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.hub.stats.drops["state_file_error"] += 1
+            self.hub.log.warning("hub %s: cannot write state file %s: %s",
+                                 self.hub.name, path, exc)
+
+    def apply(self, table: Iterable[PeerConfig], *, initial: bool = False
+              ) -> dict[str, list[str]]:
+        """Make the peers exactly ``table`` (see :meth:`PeerTable.apply`), then end the
+        sessions of the peers it removed and write down changed leases."""
+        try:
+            result = self.table.apply(table, _peer_key, initial=initial)
+        finally:
+            changes = self.table.take_changes()
+            for p in changes.removed:
+                self.removed(p)
+        for p, why in changes.no_address:
+            self.hub.log.warning("hub %s: peer %s gets no address: %s", self.hub.name,
+                                 p.name, why)
+        self.acceptor.refresh_mac_keys()
+        if changes.leases_changed or not initial:
+            self._save_pool()
+        return result
+
+    async def device_opened(self) -> None:
+        """A new device carries none of the routes the old one had."""
+        self.kernel_routes.clear()
+        await self.sync_kernel_routes()
+
+    def closed(self) -> None:
+        self.kernel_routes.clear()  # they went with the device
+
+    async def sync_kernel_routes(self) -> None:
+        """Kernel routes for the peers' allowed_ips via the hub's device (while the device
+        is missing there is nothing to change: its reopening adds what is then wanted)."""
+        hub = self.hub
+        name, netns, have_routes = hub.device_name, hub.config.netns, self.kernel_routes
+        if hub.device is None or name is None or hub.tap:
+            return
+        want = {p.name: [str(ipaddress.ip_network(n, strict=False))
+                         for n in p.cfg.allowed_ips] for p in self.table.peers.values()}
+        for peer, nets in list(have_routes.items()):
+            gone = [n for n in nets if n not in want.get(peer, [])]
+            if gone:
+                await hub.netlink.call(rt.del_routes, name, gone, netns=netns)
+            have_routes[peer] = [n for n in nets if n not in gone]
+        for peer, nets in want.items():
+            add = [n for n in nets if n not in have_routes.get(peer, [])]
+            if add:
+                await hub.netlink.call(rt.add_routes, name, add, netns=netns)
+            have_routes[peer] = nets
+        for peer in [n for n in have_routes if n not in want]:
+            del have_routes[peer]
+
+    async def apply_peers(self, table: Iterable[PeerConfig]) -> dict[str, list[str]]:
+        """Live change: the peer table becomes ``table`` (reload, API)."""
+        hub = self.hub
+        table = list(table)
+        result = self.apply(table)
+        hub.config.peer = table  # a later stop/start keeps the live table
+        if hub.is_running:
+            await self.sync_kernel_routes()
+        changed = {k: v for k, v in result.items() if v and k != "unchanged"}
+        if changed:
+            hub.log.info("hub %s: peers %s", hub.name,
+                         ", ".join(f"{k} {' '.join(v)}" for k, v in changed.items()))
+        self.changed()
+        return result
+
+    async def put_peer(self, cfg: PeerConfig) -> str:
+        """Add or replace one peer; returns ``added``, ``changed`` or ``unchanged``."""
+        table = [p.cfg for p in self.table.peers.values() if p.name != cfg.name] + [cfg]
+        result = await self.apply_peers(table)
+        for k in ("added", "changed", "unchanged"):
+            if cfg.name in result[k]:
+                return k
+        return "unchanged"  # pragma: no cover
+
+    async def delete_peer(self, name: str) -> bool:
+        peers = self.table.peers
+        if name not in peers:
+            return False
+        await self.apply_peers([p.cfg for p in peers.values() if p.name != name])
+        return True
 
 
 class PeerHooks:
@@ -697,10 +574,3 @@ class PeerHooks:
 
     def peer_down(self, hub: Hub, p: HubPeer) -> None:
         self._fire("peer_down", p)
-
-
-def _fmt_addr(addr: Any) -> str:
-    if addr is None:
-        return "-"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -85,13 +85,12 @@ class Node:
             if tcfg.hooks is not None:
                 self.hooks[tcfg.name] = Hooks(tcfg.hooks, tunnel=tcfg.name)
                 self.tunnels[tcfg.name].add_listener(self._hook_listener)
-                set_hooks = getattr(self.tunnels[tcfg.name], "set_hooks", None)
-                if set_hooks is not None:  # a hub: peer_up / peer_down per peer
+                hub = self.tunnels[tcfg.name]
+                if hub.peer_table is not None:  # a hub: peer_up / peer_down per peer
                     from .hub import PeerHooks
 
-                    hub = self.tunnels[tcfg.name]
-                    set_hooks(PeerHooks(self.hooks[tcfg.name],
-                                        lambda hub=hub: self.hook_env(hub)))  # type: ignore[misc]
+                    hub.peer_table.set_hooks(PeerHooks(
+                        self.hooks[tcfg.name], lambda hub=hub: self.hook_env(hub)))  # type: ignore[misc]
         self.api_server: Any = None
         if any(t.health is not None for t in config.tunnel):
             from .health import health_service
@@ -300,11 +299,10 @@ class Node:
         result: dict[str, Any] = {}
         for tcfg in new.tunnel:
             t = self.tunnels.get(tcfg.name)
-            apply = getattr(t, "apply_peers", None)
-            if t is None or apply is None:
+            if t is None or t.peer_table is None:
                 continue
             try:
-                result[tcfg.name] = await apply(tcfg.peer)
+                result[tcfg.name] = await t.peer_table.apply_peers(tcfg.peer)
             except TunconnectorError as exc:
                 log.error("reload: tunnel %s: %s", tcfg.name, exc)
                 result[tcfg.name] = {"error": str(exc)}

@@ -146,6 +146,12 @@ class OpenVPNServerTunnel(StateFace):
         return cls(sc, name=cfg.name, netlink=netlink, config=cfg)
 
     # ------------------------------------------------------------------ tunnel face
+    @property
+    def peer_table(self) -> OpenVPNServerTunnel:
+        """Its peer table's face (hooks per client, the REST API's peer endpoints, which
+        refuse changes: :attr:`peer_table_refusal`)."""
+        return self
+
     def set_hooks(self, hooks: Any) -> None:
         """``[tunnel.hooks]`` ``peer_up``/``peer_down`` per client (a hub's PeerHooks:
         its ``hooks`` and ``base_env``), with the peer's name = common name."""

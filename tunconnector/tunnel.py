@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -89,6 +89,9 @@ from .proto.secure import (
     SessionExpired,
     SessionReset,
 )
+
+if TYPE_CHECKING:
+    from .hub import HubControl
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -204,6 +207,9 @@ WARN_EVERY = 10.0
 class Tunnel(SupervisedDevice):
     """Runs one :class:`TunnelConfig`. Create through :class:`tunconnector.Node`."""
 
+    #: a hub's peer table (:class:`~.hub.HubControl`); None for point to point
+    peer_table: HubControl | None = None
+
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         self.config = config
         self.name = config.name
@@ -232,7 +238,7 @@ class Tunnel(SupervisedDevice):
         self._native: NativeEndpoint | None = None  # multi-path's endpoint
         #: UDP without [[tunnel.path]]: the one connection, and which datagrams are its
         self._pconn: PeerConnection | None = None
-        self._acceptor: PeerAcceptor | None = None
+        self._peer_acc: PeerAcceptor | None = None
         self._quick: tuple[Callable[[Any, float, Any], Any], Any] | None = None
         self._remote: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -246,6 +252,9 @@ class Tunnel(SupervisedDevice):
         self._reading_device = False
         #: runs of received TCP segments go to the device as one super-packet
         self._coalesce = False
+        #: the device takes TSO super-packets (an OpenVPN connection takes packets one by
+        #: one; a hub writes its clients' super-packets whole)
+        self._tso = not self._openvpn
         self._stopping = False
         self._keys: TunnelKeys | None = None
         # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
@@ -316,18 +325,7 @@ class Tunnel(SupervisedDevice):
         elif self._server is not None:
             socks = getattr(self._server, "sockets", None) or []
             local = _fmt_addr(socks[0].getsockname()) if socks else None
-        fastpath: dict[str, Any] = {}
-        if self._openvpn:  # the connection knows its cipher and its last authentic packet
-            conn = self._conn
-            crypto = conn.status(now) if conn is not None and now is not None else None
-            encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
-            last = self.last_heard()
-            data_path = f"{cfg.framing} connection, {self._fast.describe()}"
-        else:
-            crypto = self._crypto_status(now)
-            encrypted = bool(cfg.key_file or cfg.private_key_file)
-            last = self.stats.last_rx
-            data_path, fastpath = self._fast.describe(), self._fastpath_status()
+        encrypted, last, more = self._status_more(now)
         return {
             "name": self.name,
             "mode": cfg.mode,
@@ -352,6 +350,26 @@ class Tunnel(SupervisedDevice):
             "tx_packets": self.stats.tx_packets,
             "connects": self.stats.connects,
             "drops": self.all_drops(),
+            **more,
+        }
+
+    def _status_more(self, now: float | None) -> tuple[bool, float | None, dict[str, Any]]:
+        """Whether traffic is encrypted, when the last frame came, and the status fields
+        of this configuration (data path, crypto, device supervision)."""
+        cfg = self.config
+        fastpath: dict[str, Any] = {}
+        if self._openvpn:  # the connection knows its cipher and its last authentic packet
+            conn = self._conn
+            crypto = conn.status(now) if conn is not None and now is not None else None
+            encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
+            last = self.last_heard()
+            data_path = f"{cfg.framing} connection, {self._fast.describe()}"
+        else:
+            crypto = self._crypto_status(now)
+            encrypted = bool(cfg.key_file or cfg.private_key_file)
+            last = self.stats.last_rx
+            data_path, fastpath = self._fast.describe(), self._fastpath_status()
+        return encrypted, last, {
             "data_path": data_path,
             "fastpath": fastpath,
             **(self._mp.status_fields() if self._mp is not None else {}),
@@ -389,14 +407,7 @@ class Tunnel(SupervisedDevice):
         self._set_state(State.STARTING)
         cfg = self.config
         try:
-            self._keys = load_tunnel_keys(cfg)  # key file errors before any device
-            self._fast = FastPath(cfg, UNDERLAY_MTU)
-            if cfg.mode == "client" and not cfg.path:
-                self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
-            if self._openvpn:  # its key material, loaded before any device too
-                self._make = connection_factory(
-                    cfg, clock_offset=time.time() - self._loop.time(),
-                    max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
+            await self._prepare()
             await self._open_device()
             await self._supervise_device()
             await self._open_transport()
@@ -413,6 +424,20 @@ class Tunnel(SupervisedDevice):
             self.device_name, self.mtu,
         )
         self.log.info("tunnel %s data path: %s", self.name, self._fast.describe())
+
+    async def _prepare(self) -> None:
+        """What start does before the device: key files (their errors before any
+        device), the offload state, the remote's address, an OpenVPN framing's factory."""
+        cfg = self.config
+        assert self._loop is not None
+        self._keys = load_tunnel_keys(cfg)
+        self._fast = FastPath(cfg, UNDERLAY_MTU)
+        if cfg.mode == "client" and not cfg.path:
+            self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
+        if self._openvpn:  # its key material, loaded before any device too
+            self._make = connection_factory(
+                cfg, clock_offset=time.time() - self._loop.time(),
+                max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
 
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
@@ -470,10 +495,14 @@ class Tunnel(SupervisedDevice):
 
     # ------------------------------------------------------------------ device
     async def _open_device(self) -> None:
+        """Open and configure the device: at start, and again each time the device
+        supervisor brings a deleted one back (then under the name it had, which the
+        kernel may have chosen). Reading it is switched on apart (``_device_reader``)."""
         cfg = self.config
-        name = cfg.device or ""
+        reopen = self._devsup is not None
+        name = (self.device_name if reopen else cfg.device) or ""
         existed = False
-        if name:
+        if name and not reopen:
             existed = await self.netlink.call(nl.link_exists, name)
             if cfg.netns and not existed and await self.netlink.call(
                 nl.link_exists, name, cfg.netns
@@ -483,27 +512,33 @@ class Tunnel(SupervisedDevice):
                     "device inside another namespace is not supported: remove it or run the "
                     "daemon inside that namespace"
                 )
-        tso = not self._openvpn  # an OpenVPN connection takes packets one by one
+        tso = self._tso
         dev = self._fast.open_device(name, cfg.dev_type, tso=tso)
-        self._coalesce = dev.vnet_hdr and not tso
+        # without TSO: runs of received TCP segments are written as one super-packet
+        self._coalesce = dev.vnet_hdr and not tso and cfg.dev_type == "tun"
         self.device = dev
         self.device_name = dev.name
-        self._created_device = not existed
+        if not reopen:
+            self._created_device = not existed
         if cfg.netns:
             await self.netlink.call(nl.move_to_netns, dev.name, cfg.netns)
         await self.netlink.call(
             nl.configure, dev.name, addresses=cfg.interfaces, mtu=self.mtu, netns=cfg.netns
         )
-        await self._fast.after_configure(self.netlink, dev.name, cfg.netns)
+        await self._device_configured(dev.name)
         if existed:
             self.log.info("attached to existing device %s (left in place on exit)", dev.name)
+
+    async def _device_configured(self, name: str) -> None:
+        """The device has its addresses and MTU: what this configuration adds to it."""
+        await self._fast.after_configure(self.netlink, name, self.config.netns)
 
     def _device_reader(self, on: bool) -> None:
         if self.device is None or self._loop is None or on == self._reading_device:
             return
         if on:
             self._loop.add_reader(self.device.fd, self._lane_device if self._lane
-                                  else self.on_device_readable)
+                                  else self._on_device_readable)
         else:
             self._loop.remove_reader(self.device.fd)
         self._reading_device = on
@@ -618,7 +653,7 @@ class Tunnel(SupervisedDevice):
             conn = RawConnection(server=server, max_frame=self.max_frame, peer=self.peer,
                                  packet_info=self._packet_info, tap=cfg.dev_type == "tap")
         self._pconn = conn
-        self._acceptor = PeerAcceptor(conn, server=server)
+        self._peer_acc = PeerAcceptor(conn, server=server)
         self._quick = conn.quick_parts()
         self._lane_start(not self._packet_info)  # packet info: the batch path's only
         udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
@@ -700,7 +735,7 @@ class Tunnel(SupervisedDevice):
         )
 
     # ------------------------------------------------------------------ data: device -> wire
-    def on_device_readable(self) -> None:
+    def _on_device_readable(self) -> None:
         dev = self.device
         if dev is None:
             return
@@ -764,7 +799,7 @@ class Tunnel(SupervisedDevice):
         GRO run of fragments, which the quick decoder refuses untouched) goes through the
         acceptor to the connection, with its frames taken in order.
         """
-        conn, acc, loop = self._pconn, self._acceptor, self._loop
+        conn, acc, loop = self._pconn, self._peer_acc, self._loop
         if conn is None or acc is None or loop is None:
             return
         now = loop.time()
@@ -1048,7 +1083,7 @@ class Tunnel(SupervisedDevice):
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.on_device_readable()  # reports the error its usual way
+            self._on_device_readable()  # reports the error its usual way
             return
         now = loop.time()
         busy = now - self._dev_last < BUSY
@@ -1129,7 +1164,7 @@ class Tunnel(SupervisedDevice):
 
     def _lane_take(self, data: bytes, raw: Any, now: float) -> bool:
         """Deliver one datagram of the peer to the device, or refuse it untouched."""
-        dev, acc, quick = self.device, self._acceptor, self._quick
+        dev, acc, quick = self.device, self._peer_acc, self._quick
         conn: Any = self._pconn
         if dev is None:
             return False
@@ -1214,10 +1249,12 @@ class Tunnel(SupervisedDevice):
         if not self._lane_send(f, now):
             self._lane_overflow(f)
 
-    def _to_device(self, frames: list[bytes], now: float) -> None:
+    def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:
+        """Write frames to the device; ``extra``: packets the super-packets among them
+        stand for beyond one each (a hub's, for the counters)."""
         dev = self.device
         if dev is None:
-            self.stats.drops["device_gone"] += len(frames)
+            self.stats.drops["device_gone"] += len(frames) + extra
             return
         n, size = len(frames), sum(map(len, frames))
         bad = dev.write_batch(coalesce_tcp(frames) if self._coalesce and n > 1 else frames)
@@ -1225,7 +1262,7 @@ class Tunnel(SupervisedDevice):
         if bad:
             stats.drops["device_refused"] += bad
             self._device_check()
-        stats.rx_packets += n - bad
+        stats.rx_packets += n + extra - bad
         stats.rx_bytes += size
         stats.last_rx = now
 
@@ -1441,9 +1478,13 @@ class Tunnel(SupervisedDevice):
             times.append(deadline)
         if (reasm_at := self._fast.get_timer()) is not None:
             times.append(reasm_at)  # partial reassemblies expire on time, not on traffic
-        if not times:
-            return
-        when = max(min(times), self._loop.time())
+        if times:
+            self._arm_at(min(times))
+
+    def _arm_at(self, when: float) -> None:
+        """The one timer fires at ``when`` (or earlier, when already armed earlier)."""
+        assert self._loop is not None
+        when = max(when, self._loop.time())
         if self._timer is not None:
             if self._timer_at is not None and self._timer_at <= when:
                 return  # an earlier (or equal) wake-up is already armed
@@ -1467,6 +1508,11 @@ class Tunnel(SupervisedDevice):
             self._timer = self._loop.call_at(self._timer_at, self._on_timer)
             return
         self._late = False
+        self._on_due(now)
+        self.arm_timer()
+
+    def _on_due(self, now: float) -> None:
+        """The timer's work: unproven streams' deadlines, the connections' timers."""
         for stream in self._candidates.expired(now):
             self.stats.drops["unproven_timeout"] += 1
             self._end_stream(stream)
@@ -1479,7 +1525,6 @@ class Tunnel(SupervisedDevice):
         for native in self._natives():
             native.handle_timer(now)
             self.flush_native(native, now)
-        self.arm_timer()
 
     # ------------------------------------------------------------------ state & teardown
     def _entered(self, new: State) -> None:
@@ -1523,7 +1568,7 @@ class Tunnel(SupervisedDevice):
             self._mp = None
         self._native = None
         self._pconn = None
-        self._acceptor = None
+        self._peer_acc = None
         self._quick = None
         self._detach_device()
         self.peer = None

@@ -95,6 +95,7 @@ def _hub_with(tmp_path: Path, dev: _Dev) -> tuple[Hub, list[tuple[str, list[Any]
     hub = make_hub(tmp_path)
     hub._loop = _Loop()  # type: ignore[assignment]
     hub.device = dev  # type: ignore[assignment]
+    hub._coalesce = dev.vnet_hdr  # as _open_device sets it for a TUN with virtio_net_hdr
     sent: list[tuple[str, list[Any]]] = []
     hub._send_to_peer = lambda q, frames, now: sent.append(  # type: ignore[method-assign]
         (q.name, [bytes(f) for f in frames]))

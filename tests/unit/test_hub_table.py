@@ -33,9 +33,7 @@ def make_hub(tmp_path: Path, c2c: bool = True, **more: object) -> Hub:
             {"name": "b", "public_key": KEYS[1]},
         ], **more}]})
     hub = Hub(cfg.tunnel[0])
-    hub._load_keys()
-    hub._setup_pool()
-    hub._apply_peer_table(hub.config.peer, initial=True)
+    hub.peer_table.load()
     return hub
 
 

@@ -254,7 +254,7 @@ def create_app(
     # -- a hub's peers -------------------------------------------------------------------
     def _hub(name: str) -> Any:
         t = node.tunnel(_known(name))
-        if not hasattr(t, "apply_peers"):
+        if t.peer_table is None:
             raise HTTPException(404, detail=f"tunnel {name!r} is not a hub")
         return t
 
@@ -284,7 +284,7 @@ def create_app(
         """Add or change a peer (body: the ``[[tunnel.peer]]`` table as JSON; ``name``
         comes from the path). Other peers keep their sessions."""
         hub = _hub(name)
-        refusal = getattr(hub, "peer_table_refusal", None)
+        refusal = getattr(hub.peer_table, "peer_table_refusal", None)
         if refusal:  # an OpenVPN server: its clients are certificates, not tables
             raise HTTPException(422, detail=refusal)
         table = dict(body)
@@ -293,7 +293,7 @@ def create_app(
         try:
             cfg = build(PeerConfig, table, "peer")
             async with locks.setdefault(name, asyncio.Lock()):
-                outcome = await hub.put_peer(cfg)
+                outcome = await hub.peer_table.put_peer(cfg)
         except ConfigError as exc:
             raise HTTPException(422, detail=str(exc)[:500]) from None
         log.info("API: %s put peer %s of hub %s (%s)", who, peer, name, outcome)
@@ -312,7 +312,7 @@ def create_app(
         """Remove a peer: its session ends at once; the others are untouched."""
         hub = _hub(name)
         async with locks.setdefault(name, asyncio.Lock()):
-            removed = await hub.delete_peer(peer)
+            removed = await hub.peer_table.delete_peer(peer)
         if not removed:
             raise HTTPException(404, detail=f"no peer named {peer!r}")
         log.info("API: %s removed peer %s of hub %s", who, peer, name)
