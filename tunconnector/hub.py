@@ -29,6 +29,7 @@ import asyncio
 import collections
 import ipaddress
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -55,6 +56,8 @@ from .proto.switch import Forwarder, IpRoutes, MacSwitch
 from .proto.timers import TimerHeap
 from .tunnel import UNDERLAY_MTU, State, Tunnel, _fmt_addr
 
+log = logging.getLogger("tunconnector.hub")
+
 DEFAULT_STATE_DIR = "/var/lib/tunconnector"
 
 
@@ -71,9 +74,11 @@ class Hub(Tunnel):
     """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
 
     peer_table: HubControl
+    kind = "hub"
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         super().__init__(config, netlink=netlink)
+        self.log = logging.LoggerAdapter(log, {"tunnel": self.name})
         self.tap = config.dev_type == "tap"
         # IFF_VNET_HDR without TSO: reads are plain packets behind a zero header (see
         # send_device_frames), a client's super-packet is written whole (_route_inbound)
@@ -224,8 +229,11 @@ class Hub(Tunnel):
         self._queues.attach(udp, self._loop)
         self._device_reader(True)
         self._set_state(State.DOWN)
-        self.log.info("hub %s: %d peers, udp %s", self.name, len(self.peers),
-                      _fmt_addr(udp.local_address))
+
+    def _log_started(self) -> None:
+        self.log.info("hub %s started: %d peers, device %s mtu %d, udp %s", self.name,
+                      len(self.peers), self.device_name, self.mtu,
+                      _fmt_addr(self._udp.local_address) if self._udp else "-")
 
     def _notify_exit(self) -> None:
         for p in self.peers.values():

@@ -209,6 +209,7 @@ class Tunnel(SupervisedDevice):
 
     #: a hub's peer table (:class:`~.hub.HubControl`); None for point to point
     peer_table: HubControl | None = None
+    kind = "tunnel"  #: for the log
 
     def __init__(self, config: TunnelConfig, *, netlink: nl.Netlink | None = None) -> None:
         self.config = config
@@ -418,6 +419,9 @@ class Tunnel(SupervisedDevice):
             raise
         if cfg.openvpn_replay_persist:
             self._persist_tick()
+        self._log_started()
+
+    def _log_started(self) -> None:
         self.log.info(
             "tunnel %s started: %s %s/%s device %s mtu %d",
             self.name, self.config.mode, self.config.proto, self.config.framing,
@@ -448,7 +452,7 @@ class Tunnel(SupervisedDevice):
         await self._unassign()
         await self._close_all()
         self._set_state(State.STOPPED)
-        self.log.info("tunnel %s stopped", self.name)
+        self.log.info("%s %s stopped", self.kind, self.name)
 
     def _notify_exit(self) -> None:
         """A client stopping cleanly tells its server (a hub marks it down at once), an
