@@ -54,7 +54,7 @@ from .proto.router import Router
 from .proto.secure import AuthFailure, HandshakeComplete, Rekeyed, SessionExpired
 from .proto.switch import Forwarder, IpRoutes, MacSwitch
 from .proto.timers import TimerHeap
-from .tunnel import UNDERLAY_MTU, State, Tunnel, _fmt_addr
+from .tunnel import UNDERLAY_MTU, State, Tunnel, fmt_addr
 
 log = logging.getLogger("tunconnector.hub")
 
@@ -153,7 +153,7 @@ class Hub(Tunnel):
             "name": p.name,
             "public_key": p.key_b64,
             "key": p.key_b64[:8],
-            "endpoint": _fmt_addr(p.addr) if p.addr is not None else None,
+            "endpoint": fmt_addr(p.addr) if p.addr is not None else None,
             "address": str(p.address) if p.address is not None else None,
             "allowed_ips": list(p.cfg.allowed_ips),
             "state": "up" if p.up else (
@@ -233,7 +233,7 @@ class Hub(Tunnel):
     def _log_started(self) -> None:
         self.log.info("hub %s started: %d peers, device %s mtu %d, udp %s", self.name,
                       len(self.peers), self.device_name, self.mtu,
-                      _fmt_addr(self._udp.local_address) if self._udp else "-")
+                      fmt_addr(self._udp.local_address) if self._udp else "-")
 
     def _notify_exit(self) -> None:
         for p in self.peers.values():
@@ -292,10 +292,10 @@ class Hub(Tunnel):
         for p, old in acceptor.moves():
             self._queues.moved(p)
             if old is None:
-                self.log.info("hub %s: peer %s at %s", self.name, p.name, _fmt_addr(p.addr))
+                self.log.info("hub %s: peer %s at %s", self.name, p.name, fmt_addr(p.addr))
             elif old != p.addr:
                 self.log.info("hub %s: peer %s moved %s -> %s", self.name, p.name,
-                              _fmt_addr(old), _fmt_addr(p.addr))
+                              fmt_addr(old), fmt_addr(p.addr))
 
     def _route_inbound(self, items: list[tuple[HubPeer, Any]], now: float) -> None:
         dev = self.device
@@ -364,7 +364,7 @@ class Hub(Tunnel):
         if up:
             self._queues.peer_up(p)
             self.log.info("hub %s: peer %s up (%s, %s)", self.name, p.name,
-                          _fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
+                          fmt_addr(p.addr) if p.addr else "-", p.address or "no address")
         else:
             self.log.warning("hub %s: peer %s down: %s", self.name, p.name, why)
             if self.tap:
@@ -572,7 +572,7 @@ class PeerHooks:
         from .hooks import peer_env
 
         env = dict(self.base_env())
-        env.update(peer_env(name=p.name, endpoint=_fmt_addr(p.addr) if p.addr else None,
+        env.update(peer_env(name=p.name, endpoint=fmt_addr(p.addr) if p.addr else None,
                             remote_address=str(p.address) if p.address else None))
         env["TUNCONNECTOR_PEER_PUBLIC_KEY"] = p.key_b64
         self.hooks.fire(event, env)

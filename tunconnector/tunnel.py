@@ -320,12 +320,12 @@ class Tunnel(SupervisedDevice):
         local = None
         if self._udp is not None:
             try:
-                local = _fmt_addr(self._udp.local_address)
+                local = fmt_addr(self._udp.local_address)
             except OSError:
                 local = None
         elif self._server is not None:
             socks = getattr(self._server, "sockets", None) or []
-            local = _fmt_addr(socks[0].getsockname()) if socks else None
+            local = fmt_addr(socks[0].getsockname()) if socks else None
         encrypted, last, more = self._status_more(now)
         return {
             "name": self.name,
@@ -339,7 +339,7 @@ class Tunnel(SupervisedDevice):
             "addresses": list(cfg.address) + [a for ev in self._assigned for a in ev.addresses],
             "mtu": self.mtu,
             "local": local,
-            "peer": _fmt_addr(self.peer) if self.peer else None,
+            "peer": fmt_addr(self.peer) if self.peer else None,
             "state": self.state.value,
             "error": self.error,
             "encrypted": encrypted,
@@ -741,16 +741,7 @@ class Tunnel(SupervisedDevice):
     # ------------------------------------------------------------------ data: device -> wire
     def _on_device_readable(self) -> None:
         dev = self.device
-        if dev is None:
-            return
-        try:
-            frames = dev.read_batch(64)
-        except DeviceError as exc:
-            self.stats.drops["device_read_error"] += 1
-            self.log.warning("%s", exc)
-            self._device_check()
-            return
-        if frames:
+        if dev is not None and (frames := self._read_device(dev)):
             self.send_device_frames(frames)
 
     def send_device_frames(self, frames: list[bytes]) -> None:
@@ -923,12 +914,12 @@ class Tunnel(SupervisedDevice):
             if self._openvpn and answered is not None:  # the server answered from there
                 self.peer = answered
                 self._follow_peer(answered)
-            self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
+            self.log.info("peer %s alive", fmt_addr(self.peer) if self.peer else "?")
             if self._keys is not None:
                 self.log.info("tunnel %s: encrypted session established", self.name)
             self._set_state(State.UP)
         elif isinstance(ev, Disconnected) and self._openvpn:
-            self.log.warning("peer %s down: %s", _fmt_addr(self.peer), ev.reason)
+            self.log.warning("peer %s down: %s", fmt_addr(self.peer), ev.reason)
             self._set_state(State.DOWN)
             if stream is not None and ev.restart:
                 stream.proto.abort()  # the client dials again
@@ -971,9 +962,9 @@ class Tunnel(SupervisedDevice):
             self._quick = conn.quick_parts()
         self._follow_peer(addr)
         if old is None:
-            self.log.info("peer is %s (%s)", _fmt_addr(addr), why)
+            self.log.info("peer is %s (%s)", fmt_addr(addr), why)
         else:
-            self.log.info("peer moved %s -> %s (%s)", _fmt_addr(old), _fmt_addr(addr), why)
+            self.log.info("peer moved %s -> %s (%s)", fmt_addr(old), fmt_addr(addr), why)
 
     def _follow_peer(self, addr: Addr) -> None:
         """UDP server with an authenticated native peer: give the peer a socket of its own,
@@ -999,7 +990,7 @@ class Tunnel(SupervisedDevice):
                                        bind_interface=self.config.bind_interface)
         except TransportError as exc:
             self.stats.drops["twin_failed"] += 1
-            self.log.warning("peer %s: %s", _fmt_addr(addr), exc)
+            self.log.warning("peer %s: %s", fmt_addr(addr), exc)
             return
         twin = self._twin = UdpEndpoint(sock, self.stats.drops)
         twin.remote = addr
@@ -1278,7 +1269,7 @@ class Tunnel(SupervisedDevice):
             self._mp.send_control(msgs)
         while (ev := native.next_event()) is not None:
             if isinstance(ev, PeerUp):
-                self.log.info("peer %s alive", _fmt_addr(self.peer) if self.peer else "?")
+                self.log.info("peer %s alive", fmt_addr(self.peer) if self.peer else "?")
                 self._set_state(State.UP)
             elif isinstance(ev, PeerDown):
                 if ev.reason == "exit":
@@ -1355,11 +1346,11 @@ class Tunnel(SupervisedDevice):
         self.peer = normalize(stream.proto.peername) if stream.proto.peername else None
         if old is not None and old is not stream:
             self.log.info("new connection from %s replaces the old one",
-                          _fmt_addr(self.peer) if self.peer else "?")
+                          fmt_addr(self.peer) if self.peer else "?")
             self._end_stream(old)
             old.proto.abort()
         else:
-            self.log.info("connected to %s", _fmt_addr(self.peer) if self.peer else "?")
+            self.log.info("connected to %s", fmt_addr(self.peer) if self.peer else "?")
         if self._openvpn and self._conn is not stream.conn:
             self._retire()  # a server's OpenVPN traffic moves to the proven stream's
             self._conn = stream.conn
@@ -1455,7 +1446,7 @@ class Tunnel(SupervisedDevice):
             self._stream = None
             if not self._stopping:
                 self.log.warning("connection to %s lost%s",
-                                 _fmt_addr(self.peer) if self.peer else "?",
+                                 fmt_addr(self.peer) if self.peer else "?",
                                  f": {exc}" if exc else "")
                 self._set_state(State.DOWN)
             self._device_reader(True)
@@ -1578,7 +1569,7 @@ class Tunnel(SupervisedDevice):
         self.peer = None
 
 
-def _fmt_addr(addr: Addr | None) -> str:
+def fmt_addr(addr: Addr | None) -> str:
     if addr is None:
         return "-"
     host, port = addr[0], addr[1]
