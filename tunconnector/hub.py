@@ -172,12 +172,14 @@ class Hub(Tunnel):
     def peers_status(self) -> list[dict[str, Any]]:
         return [self.peer_status(p) for p in self.peers.values()]
 
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "mode": self.config.mode, "hub": True} | super().status()
+
     def _status_more(self, now: float | None) -> tuple[bool, float | None, dict[str, Any]]:
         cfg = self.config
         up = sum(1 for p in self.peers.values() if p.up)
         handshakes = sum(p.handshakes for p in self.peers.values())
         return True, self.stats.last_rx, {
-            "hub": True,
             "peers_up": up,
             "peers_configured": len(self.peers),
             "client_to_client": cfg.client_to_client,
