@@ -71,7 +71,13 @@ def _peer_key(cfg: PeerConfig, where: str) -> tuple[bytes, bytes | None]:
 
 
 class Hub(Tunnel):
-    """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables)."""
+    """Runs one hub :class:`TunnelConfig` (a server with ``[[tunnel.peer]]`` tables): a
+    :class:`Tunnel` for many peers. Its own: what start prepares (the peer table), the
+    device's extras (MAC, kernel routes), the transport (one UDP socket read through
+    :class:`PeerQueues`), the data path between them (acceptor and forwarder), the
+    timer's work (a heap of the peers' deadlines), the status fields and the peers'
+    states; the rest (start/stop/close, device and its supervision, the one timer,
+    the status's common fields) is the tunnel's."""
 
     peer_table: HubControl
     kind = "hub"

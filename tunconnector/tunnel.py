@@ -205,7 +205,13 @@ WARN_EVERY = 10.0
 
 
 class Tunnel(SupervisedDevice):
-    """Runs one :class:`TunnelConfig`. Create through :class:`tunconnector.Node`."""
+    """Runs one :class:`TunnelConfig`. Create through :class:`tunconnector.Node`.
+
+    A configuration for many peers (:class:`~.hub.Hub`) overrides the hooks
+    ``_prepare``, ``_device_configured``, ``_open_transport``, ``_status_more``,
+    ``_notify_exit``, ``_close_all``, ``_log_started``, ``arm_timer``/``_on_due`` and
+    the data path (``_on_udp_batch``, ``send_device_frames``); point to point keeps its
+    own data path untouched."""
 
     #: a hub's peer table (:class:`~.hub.HubControl`); None for point to point
     peer_table: HubControl | None = None
