@@ -46,7 +46,7 @@ class RoundBudget:
     round is within ``capacity``.
     """
 
-    __slots__ = ("capacity", "min_share", "_left", "limited")
+    __slots__ = ("capacity", "min_share", "_left", "limited", "share")
 
     def __init__(self, capacity: int = 256, min_share: int = 8) -> None:
         if capacity < 1 or min_share < 1:
@@ -56,6 +56,8 @@ class RoundBudget:
         self._left: dict[Hashable, int] = {}
         #: whether the last planned round was cut at all
         self.limited = False
+        #: what each sender beyond it kept of the last planned round
+        self.share = 0
 
     def plan(self, senders: list[Hashable]) -> bool:
         """Plan a round; returns whether any datagram may be refused in it."""
@@ -66,7 +68,7 @@ class RoundBudget:
         counts: dict[Hashable, int] = {}
         for s in senders:
             counts[s] = counts.get(s, 0) + 1
-        share = fair_share(counts, self.capacity, self.min_share)
+        share = self.share = fair_share(counts, self.capacity, self.min_share)
         self._left = {s: share for s, n in counts.items() if n > share}
         self.limited = bool(self._left)
         return self.limited
