@@ -172,6 +172,7 @@ class Hub(Tunnel):
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
             # its own queue is read on a ration: it keeps sending beyond what it loses
+            "own_queue": self._queues.isolated(p),
             "rationed": self._queues.rationed(p),
         }
 
