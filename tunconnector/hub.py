@@ -171,8 +171,9 @@ class Hub(Tunnel):
             "tx_packets": p.stats.tx_packets,
             "handshakes": p.handshakes,
             "drops": {k: v for k, v in sorted(drops.items()) if v},
-            # its own queue is read on a ration: it keeps sending beyond what it loses
+            # read from a receive queue of its own (it ignored its budget, or protected)
             "own_queue": self._queues.isolated(p),
+            # its own queue is read on a ration: it keeps sending beyond what it loses
             "rationed": self._queues.rationed(p),
         }
 
