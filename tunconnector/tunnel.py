@@ -729,16 +729,17 @@ class Tunnel(SupervisedDevice):
             plain, mp, native = self._conn, self._mp, self._native
             if plain is not None or (mp is not None and native is not None):
                 now = loop.time()
-                if dev.vnet_hdr:  # OpenVPN's: no TUNSETOFFLOAD, a zero header each
-                    frames = [f[VNET_HDR_LEN:] for f in frames]
+                # OpenVPN's device: no TUNSETOFFLOAD, a zero header each, which the
+                # connection skips as it seals (no copy of every packet to drop it)
+                off = VNET_HDR_LEN if dev.vnet_hdr else 0
                 stats.tx_packets += n
-                stats.tx_bytes += sum(map(len, frames))
+                stats.tx_bytes += sum(map(len, frames)) - off * n
                 stats.wire_tx += n
                 if plain is not None:  # OpenVPN: plain frames, one message each
-                    plain.send_frames(frames, now)
+                    plain.send_frames(frames, now, off)
                     self._flush(plain, now)
                 elif mp is not None and native is not None:
-                    mp.send_frames(frames, now)
+                    mp.send_frames([f[off:] for f in frames] if off else frames, now)
                     self.flush_native(native, now)
                 return
             stream = self._stream

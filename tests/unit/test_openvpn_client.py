@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
 
 from tunconnector.proto.connection import ConfigAssigned, Connected, Disconnected, Rekeyed
+from tunconnector.proto.offload import VNET_HDR_LEN
 from tunconnector.proto.openvpn import packet as pk
 from tunconnector.proto.openvpn.client import ClientOptions, OpenVPNClient
 from tunconnector.proto.openvpn.common import PING_MAGIC
@@ -233,6 +234,28 @@ def test_connects_pushes_and_carries_data(ekm: bool, tls_crypt: bool, loss: floa
     assert client.frames_to_deliver() == [IP]
     st = client.status(now)
     assert st["key_derivation"] == ("tls-ekm" if ekm else "prf") and st["state"] == "connected"
+
+
+def test_send_frames_skips_the_device_header_without_a_copy() -> None:
+    """``offset``: each frame's first bytes (a device's zero virtio_net_hdr) are left out
+    of the sealed packet; the lane's one frame (seal_one) takes the same path."""
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 3.0)
+    hdr = bytes(VNET_HDR_LEN)
+    client.send_frames([hdr + IP, hdr + IP[:20]], now, VNET_HDR_LEN)
+    assert client.bytes_out >= len(IP) + 20
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP, IP[:20]]
+    for d, _ in client.datagrams_to_send(now + 1.0):  # a ping the last timer queued
+        server.receive(d, now + 1.0)
+    sealed = client.send_one(hdr + IP, now + 1.0, vnet_hdr=True)
+    assert isinstance(sealed, bytes)
+    server.receive(sealed, now + 1.0)
+    run(client, server, now + 2.0, now + 1.0)
+    assert client.frames_to_deliver() == [IP]
+    assert not client.drops
 
 
 def test_client_renegotiates_and_old_key_still_decrypts() -> None:

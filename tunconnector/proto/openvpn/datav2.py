@@ -72,7 +72,7 @@ class DataKey:
     def exhausted(self) -> bool:
         return self._packet_id >= REKEY_PACKETS or self.replay.highest >= REKEY_PACKETS
 
-    def encrypt(self, payload: bytes) -> bytes:
+    def encrypt(self, payload: bytes | memoryview) -> bytes:
         self._packet_id += 1
         if self._packet_id >= PACKET_ID_LIMIT:
             raise OverflowError("data packet id exhausted")
