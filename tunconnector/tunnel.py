@@ -1211,8 +1211,9 @@ class Tunnel(SupervisedDevice):
             self._peek_misses += misses < PEEK_GIVE_UP
             return
         self._peek_misses = 0
+        busy = now - self._dev_last < BUSY  # bulk: the answer and the rest go batched
         self._dev_last = now
-        if not self._lane_send(f, now):
+        if busy or not self._lane_send(f, now):
             self._lane_overflow(f)
 
     def _to_device(self, frames: list[bytes], now: float) -> None:

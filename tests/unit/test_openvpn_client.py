@@ -258,6 +258,34 @@ def test_send_frames_skips_the_device_header_without_a_copy() -> None:
     assert not client.drops
 
 
+def _tcp4(flags: int, mss: int, data: bytes) -> bytes:
+    """IPv4 TCP with an MSS option and ``data`` (checksums left zero: not checked here)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 6 << 4, flags, 64240, 0, 0) \
+        + bytes((2, 4)) + mss.to_bytes(2, "big")
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 1, 0x4000, 64,
+                       6, 0, bytes((10, 8, 0, 2)), bytes((10, 8, 0, 1))) + tcp + data
+
+
+def test_send_frames_clamps_long_syns_and_leaves_the_bulk_alone() -> None:
+    """The inline pre-test before the MSS clamp: a long SYN (TCP Fast Open data) is still
+    clamped, a long non-SYN segment and a short SYN as before."""
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 3.0)
+    client.datagrams_to_send(now)
+    mss = client._mss
+    assert mss and mss < 1460
+    hdr = bytes(VNET_HDR_LEN)
+    frames = [_tcp4(0x02, 1460, bytes(60)), _tcp4(0x10, 1460, bytes(1300)),
+              _tcp4(0x02, 1460, b"")]
+    client.send_frames([hdr + f for f in frames], now, VNET_HDR_LEN)
+    got = [server.data[d[0] & 7].decrypt(d) for d, _ in client.datagrams_to_send(now)]
+    assert [len(g) for g in got] == [len(f) for f in frames]
+    assert [int.from_bytes(g[42:44], "big") for g in got] == [mss, 1460, mss]
+    assert got[1] == frames[1]
+
+
 def test_client_renegotiates_and_old_key_still_decrypts() -> None:
     client = OpenVPNClient(options(reneg_sec=5))
     server = FakeServer()
