@@ -1120,9 +1120,13 @@ class Tunnel(SupervisedDevice):
             if peer is not self._peer_tx_key:
                 self._peer_tx_key = peer
                 self._peer_tx = udp.tx_addr(peer)
+            twin = self._twin
             try:
-                udp.sock.sendto(msg, self._peer_tx)
-            except OSError:
+                if twin is not None and twin.remote == peer:
+                    twin.sock.send(msg)  # connected to the peer: its route is cached
+                else:
+                    udp.sock.sendto(msg, self._peer_tx)
+            except OSError:  # a refusal the twin reports: this one goes the shared way
                 udp.sendto(msg, peer)  # counts the failure by its errno
         stats.wire_tx += 1
         self._lane_tx += 1
