@@ -336,11 +336,14 @@ class OpenVPNServerTunnel(StateFace):
             return
         if not frames:
             return
-        if dev.vnet_hdr:  # without TUNSETOFFLOAD the header is all zero: drop it
-            frames = [f[VNET_HDR_LEN:] for f in frames]
+        # without TUNSETOFFLOAD the header is all zero: skipped by the routing and the
+        # sealing (offset), not copied off each packet
+        off = VNET_HDR_LEN if dev.vnet_hdr else 0
         now = self._now()
         by_peer: dict[Any, list[bytes]] = {}
         if self.macs is not None:
+            if off:  # (a TAP device is never opened with the header)
+                frames, off = [f[off:] for f in frames], 0
             connected = [pid for pid, s in self.server.by_peer_id.items()
                          if s.state == "connected"]
             for f in frames:
@@ -355,7 +358,7 @@ class OpenVPNServerTunnel(StateFace):
         else:
             router = self.server.router
             for f in frames:
-                owner = router.outbound(f)
+                owner = router.outbound(f, off)
                 if owner is None:
                     self._drop("no_route")
                     continue
@@ -366,7 +369,7 @@ class OpenVPNServerTunnel(StateFace):
             if session is None or session.closed:
                 self._drop("no_session", len(fs))
                 continue
-            session.send_frames(fs, now)
+            session.send_frames(fs, now, off)
             touched.append(session)
         for session in touched:
             self._flush(session, now)

@@ -765,16 +765,17 @@ class Tunnel(SupervisedDevice):
             plain, mp, native = self._conn, self._mp, self._native
             if plain is not None or (mp is not None and native is not None):
                 now = loop.time()
-                if dev.vnet_hdr:  # OpenVPN's: no TUNSETOFFLOAD, a zero header each
-                    frames = [f[VNET_HDR_LEN:] for f in frames]
+                # OpenVPN's device: no TUNSETOFFLOAD, a zero header each, which the
+                # connection skips as it seals (no copy of every packet to drop it)
+                off = VNET_HDR_LEN if dev.vnet_hdr else 0
                 stats.tx_packets += n
-                stats.tx_bytes += sum(map(len, frames))
+                stats.tx_bytes += sum(map(len, frames)) - off * n
                 stats.wire_tx += n
                 if plain is not None:  # OpenVPN: plain frames, one message each
-                    plain.send_frames(frames, now)
-                    self._flush(plain, now)
+                    plain.send_frames(frames, now, off)
+                    self._flush_data(plain, now)
                 elif mp is not None and native is not None:
-                    mp.send_frames(frames, now)
+                    mp.send_frames([f[off:] for f in frames] if off else frames, now)
                     self.flush_native(native, now)
                 return
             stream = self._stream
@@ -845,6 +846,7 @@ class Tunnel(SupervisedDevice):
         receive, quick = conn.receive_datagram, conn.quick_datagram
         frames: list[bytes] = []
         queued = False  # frames wait in the connection (taken before a quick one)
+        slow = False  # a datagram went the full way (control, a move): flush all after
         last_raw: Any = None
         addr: Any = None
         for data, raw in batch:
@@ -855,7 +857,7 @@ class Tunnel(SupervisedDevice):
             frame = quick(data, addr, now)
             if frame is False:
                 receive(data, addr, now)
-                queued = True
+                queued = slow = True
             elif frame is not None:
                 if queued:
                     frames.extend(conn.frames_to_deliver())
@@ -865,7 +867,30 @@ class Tunnel(SupervisedDevice):
             frames.extend(conn.frames_to_deliver())
         if frames:
             self._to_device(frames, now)
-        self._flush(conn, now)
+        if slow or conn.has_work():  # quick decodes alone: flushed when they queued
+            self._flush(conn, now)  # output (an OCC answer, a rekey), as the lane's
+
+    def _flush_data(self, conn: Any, now: float) -> None:
+        """After an OpenVPN connection sealed device frames: its runs sent; the rest of
+        :meth:`_flush` (control, events, the timer) only when it has work, as after the
+        lane's send (sending data only moves its timers later)."""
+        udp = self._udp
+        if udp is None:
+            self._flush(conn, now)
+            return
+        self._send_runs(udp, conn, now)
+        if conn.has_work():
+            self._flush(conn, now)
+
+    @staticmethod
+    def _send_runs(udp: UdpEndpoint, conn: Any, now: float) -> None:
+        """The connection's bulk UDP output (:meth:`batches_to_send`)."""
+        addr: Any  # the connection's Addr is the socket's (host, port)
+        for batch, addr in conn.batches_to_send(now):
+            if type(batch) is list:
+                udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
+            else:
+                udp.send_gso(batch.buf, batch.stride, addr)
 
     def _flush(self, conn: Any, now: float, stream: _Stream | None = None) -> None:
         """Send what the connection has to send (data before control, as it was queued),
@@ -873,12 +898,8 @@ class Tunnel(SupervisedDevice):
         (None: the live one)."""
         udp = self._udp
         if udp is not None:
-            addr: Any  # the connection's Addr is the socket's (host, port)
-            for batch, addr in conn.batches_to_send(now):
-                if type(batch) is list:
-                    udp.send_batch(batch, addr)  # equal-size runs: one UDP GSO sendmsg
-                else:
-                    udp.send_gso(batch.buf, batch.stride, addr)
+            self._send_runs(udp, conn, now)
+            addr: Any
             run: list[bytes] = []  # datagrams in order; a run to one address leaves in
             run_addr: Any = None  # one send_batch (equal sizes: one UDP GSO sendmsg)
             for dgram, addr in conn.datagrams_to_send(now):
@@ -1135,9 +1156,13 @@ class Tunnel(SupervisedDevice):
             if peer is not self._peer_tx_key:
                 self._peer_tx_key = peer
                 self._peer_tx = udp.tx_addr(peer)
+            twin = self._twin
             try:
-                udp.sock.sendto(msg, self._peer_tx)
-            except OSError:
+                if twin is not None and twin.remote == peer:
+                    twin.sock.send(msg)  # connected to the peer: its route is cached
+                else:
+                    udp.sock.sendto(msg, self._peer_tx)
+            except OSError:  # a refusal the twin reports: this one goes the shared way
                 udp.sendto(msg, peer)  # counts the failure by its errno
         stats.wire_tx += 1
         self._lane_tx += 1
@@ -1246,8 +1271,9 @@ class Tunnel(SupervisedDevice):
             self._peek_misses += misses < PEEK_GIVE_UP
             return
         self._peek_misses = 0
+        busy = now - self._dev_last < BUSY  # bulk: the answer and the rest go batched
         self._dev_last = now
-        if not self._lane_send(f, now):
+        if busy or not self._lane_send(f, now):
             self._lane_overflow(f)
 
     def _to_device(self, frames: list[Any], now: float, extra: int = 0) -> None:

@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
 
 from tunconnector.proto.connection import ConfigAssigned, Connected, Disconnected, Rekeyed
+from tunconnector.proto.offload import VNET_HDR_LEN
 from tunconnector.proto.openvpn import packet as pk
 from tunconnector.proto.openvpn.client import ClientOptions, OpenVPNClient
 from tunconnector.proto.openvpn.common import PING_MAGIC
@@ -233,6 +234,56 @@ def test_connects_pushes_and_carries_data(ekm: bool, tls_crypt: bool, loss: floa
     assert client.frames_to_deliver() == [IP]
     st = client.status(now)
     assert st["key_derivation"] == ("tls-ekm" if ekm else "prf") and st["state"] == "connected"
+
+
+def test_send_frames_skips_the_device_header_without_a_copy() -> None:
+    """``offset``: each frame's first bytes (a device's zero virtio_net_hdr) are left out
+    of the sealed packet; the lane's one frame (seal_one) takes the same path."""
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 3.0)
+    hdr = bytes(VNET_HDR_LEN)
+    client.send_frames([hdr + IP, hdr + IP[:20]], now, VNET_HDR_LEN)
+    assert client.bytes_out >= len(IP) + 20
+    run(client, server, now + 1.0, now)
+    assert client.frames_to_deliver() == [IP, IP[:20]]
+    for d, _ in client.datagrams_to_send(now + 1.0):  # a ping the last timer queued
+        server.receive(d, now + 1.0)
+    sealed = client.send_one(hdr + IP, now + 1.0, vnet_hdr=True)
+    assert isinstance(sealed, bytes)
+    server.receive(sealed, now + 1.0)
+    run(client, server, now + 2.0, now + 1.0)
+    assert client.frames_to_deliver() == [IP]
+    assert not client.drops
+
+
+def _tcp4(flags: int, mss: int, data: bytes) -> bytes:
+    """IPv4 TCP with an MSS option and ``data`` (checksums left zero: not checked here)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 6 << 4, flags, 64240, 0, 0) \
+        + bytes((2, 4)) + mss.to_bytes(2, "big")
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 1, 0x4000, 64,
+                       6, 0, bytes((10, 8, 0, 2)), bytes((10, 8, 0, 1))) + tcp + data
+
+
+def test_send_frames_clamps_long_syns_and_leaves_the_bulk_alone() -> None:
+    """The inline pre-test before the MSS clamp: a long SYN (TCP Fast Open data) is still
+    clamped, a long non-SYN segment and a short SYN as before."""
+    client = OpenVPNClient(options())
+    server = FakeServer()
+    client.start(0.0)
+    now, _ = run(client, server, 3.0)
+    client.datagrams_to_send(now)
+    mss = client._mss
+    assert mss and mss < 1460
+    hdr = bytes(VNET_HDR_LEN)
+    frames = [_tcp4(0x02, 1460, bytes(60)), _tcp4(0x10, 1460, bytes(1300)),
+              _tcp4(0x02, 1460, b"")]
+    client.send_frames([hdr + f for f in frames], now, VNET_HDR_LEN)
+    got = [server.data[d[0] & 7].decrypt(d) for d, _ in client.datagrams_to_send(now)]
+    assert [len(g) for g in got] == [len(f) for f in frames]
+    assert [int.from_bytes(g[42:44], "big") for g in got] == [mss, 1460, mss]
+    assert got[1] == frames[1]
 
 
 def test_client_renegotiates_and_old_key_still_decrypts() -> None:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.padding import PKCS7
 
 from tunconnector.errors import ConfigError, CryptoError
 from tunconnector.proto.connection import AddressChanged, Connected, Disconnected
+from tunconnector.proto.offload import VNET_HDR_LEN
 from tunconnector.proto.openvpn.common import OCC_MAGIC, PING_MAGIC
 from tunconnector.proto.openvpn.keyfile import format_static_key, parse_static_key
 from tunconnector.proto.openvpn.static import (
@@ -89,6 +90,26 @@ def test_handshake_and_frames_both_ways(cipher: str, auth: str, dirs: tuple[int,
     s.send_frames(frames[::-1], 0.1)
     deliver(s, c, 0.1)
     assert c.frames_to_deliver() == frames[::-1]
+    assert not c.drops and not s.drops
+
+
+@pytest.mark.parametrize("cipher,auth", [("none", "SHA1"), ("AES-256-CBC", "SHA256")])
+def test_send_frames_skips_the_device_header(cipher: str, auth: str) -> None:
+    """``offset``: a device's zero virtio_net_hdr in front of each frame is left out of
+    the sealed packet (no copy first), also for the lane's one frame."""
+    c, s = pair(cipher, auth, (0, 1))
+    c.start(0.0)
+    s.start(0.0)
+    roundtrip(c, s, 0.0)
+    frames = [os.urandom(n) for n in (1, 100, 1400)]
+    hdr = bytes(VNET_HDR_LEN)
+    c.send_frames([hdr + f for f in frames], 0.1, VNET_HDR_LEN)
+    deliver(c, s, 0.1)
+    assert s.frames_to_deliver() == frames
+    sealed = c.send_one(hdr + frames[1], 0.2, vnet_hdr=True)
+    assert isinstance(sealed, bytes)
+    s.receive_datagram(sealed, CLIENT_ADDR, 0.2)
+    assert s.frames_to_deliver() == [frames[1]]
     assert not c.drops and not s.drops
 
 

@@ -39,6 +39,15 @@ def test_longest_prefix_wins() -> None:
     assert r.lookup("192.168.10.129") == "c"
 
 
+def test_outbound_past_a_device_header() -> None:
+    """``offset``: the packet starts after a device's virtio_net_hdr (not copied off)."""
+    r = make()
+    hdr = bytes(10)
+    assert r.outbound(hdr + ip4("10.220.0.1", "192.168.10.200"), 10) == "c"
+    assert r.outbound(hdr + ip6("fd00::1", "fd00:b::7"), 10) == "b"
+    assert r.outbound(hdr, 10) is None and r.outbound(hdr + b"\x45" + bytes(5), 10) is None
+
+
 def test_inbound_anti_spoofing() -> None:
     r = make()
     # a's own address and a's network are fine; to the hub side: the device

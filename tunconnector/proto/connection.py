@@ -287,7 +287,10 @@ class Connection(Protocol):
 
     def receive_stream(self, data: bytes, now: float) -> None: ...
 
-    def send_frames(self, frames: list[bytes], now: float) -> None: ...
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
+        """Device frames for the peer; each packet starts ``offset`` bytes in (the
+        all-zero virtio_net_hdr of a device without TUNSETOFFLOAD, skipped without a
+        copy by a connection that seals into a new buffer anyway)."""
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]: ...
 

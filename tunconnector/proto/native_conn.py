@@ -330,11 +330,13 @@ class NativeConnection(Outbox):
         return 0 if self._decoder is None else self._decoder.buffered
 
     # ------------------------------------------------------------------ device -> wire
-    def send_frames(self, frames: list[bytes], now: float) -> None:
-        """Device frames (no virtio_net_hdr) for the peer."""
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
+        """Device frames (``offset`` bytes of header skipped) for the peer."""
         if not self._can_send():
             self.drops["no_peer" if self._ever_alive else "no_peer_yet"] += len(frames)
             return
+        if offset:
+            frames = [f[offset:] for f in frames]
         self._emit(self.endpoint.encode_batch(frames, now))
         self._pump(now)
 

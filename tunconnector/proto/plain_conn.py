@@ -129,8 +129,9 @@ class RawConnection(Outbox):
         return data
 
     # ------------------------------------------------------------------ device -> wire
-    def send_frames(self, frames: list[bytes], now: float) -> None:
-        self.send_device(frames, now, vnet_hdr=False)
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
+        self.send_device([f[offset:] for f in frames] if offset else frames, now,
+                         vnet_hdr=False)
 
     def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = True) -> None:
         """Device frames as one batch for the peer (the list itself: no copy without
@@ -261,9 +262,10 @@ class SimpletunConnection(Outbox):
         """Stream bytes held for an incomplete frame (the adapter caps unproven ones)."""
         return self._decoder.buffered
 
-    def send_frames(self, frames: list[bytes], now: float) -> None:
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
         if frames and not self.failed:
-            self._stream_out.append(simpletun_stream(frames))
+            self._stream_out.append(simpletun_stream(
+                [f[offset:] for f in frames] if offset else frames))
 
     def send_device(self, frames: list[bytes], now: float, *, vnet_hdr: bool = False) -> None:
         """Plain device frames (simpletun is never opened with virtio_net_hdr)."""

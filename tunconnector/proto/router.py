@@ -128,15 +128,18 @@ class Router:
         a = ipaddress.ip_address(address) if isinstance(address, str) else address
         return (self._v4 if a.version == 4 else self._v6).lookup(int(a))
 
-    def outbound(self, packet: bytes | bytearray | memoryview) -> PeerId | None:
-        """The peer a packet read from the device goes to (None: no route, dropped)."""
-        if not packet:
+    def outbound(self, packet: bytes | bytearray | memoryview, offset: int = 0
+                 ) -> PeerId | None:
+        """The peer a packet read from the device goes to (None: no route, dropped);
+        the packet starts ``offset`` bytes in (after a device's virtio_net_hdr)."""
+        n = len(packet) - offset
+        if n <= 0:
             return None
-        version = packet[0] >> 4
-        if version == 4 and len(packet) >= 20:
-            return self._v4.lookup(int.from_bytes(packet[16:20], "big"))
-        if version == 6 and len(packet) >= 40:
-            return self._v6.lookup(int.from_bytes(packet[24:40], "big"))
+        version = packet[offset] >> 4
+        if version == 4 and n >= 20:
+            return self._v4.lookup(int.from_bytes(packet[offset + 16:offset + 20], "big"))
+        if version == 6 and n >= 40:
+            return self._v6.lookup(int.from_bytes(packet[offset + 24:offset + 40], "big"))
         return None
 
     def inbound(self, peer: PeerId, packet: bytes | bytearray | memoryview) -> Verdict:

@@ -36,10 +36,12 @@ def occ_message(opcode: int, body: bytes = b"") -> bytes:
     return OCC_MAGIC + bytes((opcode,)) + body
 
 
-def seal_one(send_frames: Callable[[list[bytes], float], None], out: list[bytes],
+def seal_one(send_frames: Callable[[list[bytes], float, int], None], out: list[bytes],
              frame: bytes | memoryview, now: float, vnet_hdr: bool) -> bytes | None:
     """The latency lane's one frame, sealed at once by ``send_frames`` (which queues on
     ``out``): the datagram, taken off ``out``; None when nothing was queued (held for a
-    handshake). The device's virtio header is all zero (no TUNSETOFFLOAD): dropped."""
-    send_frames([bytes(frame[VNET_HDR_LEN:]) if vnet_hdr else bytes(frame)], now)
+    handshake). The device's virtio header is all zero (no TUNSETOFFLOAD): skipped by
+    the sealing (offset), not copied off first."""
+    send_frames([frame if isinstance(frame, bytes) else bytes(frame)], now,
+                VNET_HDR_LEN if vnet_hdr else 0)
     return out.pop() if out else None

@@ -39,7 +39,7 @@ class Framing:
             raise ValueError(f"unknown compression framing {kind!r}")
         self.kind = kind
 
-    def wrap(self, payload: bytes) -> bytes:
+    def wrap(self, payload: bytes | memoryview) -> bytes | memoryview:
         if self.kind == "lzo":
             return bytes((NO_COMPRESS,)) + payload
         if self.kind == "stub":

@@ -63,6 +63,8 @@ class DataKey:
         self._peer_id = peer_id
         self._op = bytes((op_byte(P_DATA_V2 if peer_id is not None else P_DATA_V1, key_id),))
         self._peer_bytes = struct.pack("!I", peer_id or 0)[1:]
+        #: what goes before the packet id: opcode and peer id (V2), opcode alone (V1)
+        self._head = self._op + self._peer_bytes if peer_id is not None else self._op
         self._packet_id = 0
         self.replay = ReplayWindow()
         self.sent_packets = 0
@@ -72,25 +74,21 @@ class DataKey:
     def exhausted(self) -> bool:
         return self._packet_id >= REKEY_PACKETS or self.replay.highest >= REKEY_PACKETS
 
-    def encrypt(self, payload: bytes) -> bytes:
-        self._packet_id += 1
-        if self._packet_id >= PACKET_ID_LIMIT:
+    def encrypt(self, payload: bytes | memoryview) -> bytes:
+        n = self._packet_id = self._packet_id + 1
+        if n >= PACKET_ID_LIMIT:
             raise OverflowError("data packet id exhausted")
-        pid = struct.pack("!I", self._packet_id)
-        if self._cbc is not None:
-            self.sent_packets += 1
-            head = self._op + self._peer_bytes if self._peer_id is not None else self._op
-            return head + self._cbc.seal(pid, payload)
-        if self._peer_id is not None:
-            ad = self._op + self._peer_bytes + pid
-        else:
-            ad = pid
-        sealed = self._send.encrypt(pid + self._send_iv, payload, ad)
+        pid = n.to_bytes(4, "big")
         self.sent_packets += 1
-        body = memoryview(sealed)[:-TAG_LEN]  # joined once, not copied twice
-        if self._peer_id is not None:
-            return b"".join((ad, sealed[-TAG_LEN:], body))
-        return b"".join((self._op, pid, sealed[-TAG_LEN:], body))
+        if self._cbc is not None:
+            return self._head + self._cbc.seal(pid, payload)
+        # tag before ciphertext, joined once (the body not copied twice)
+        if self._peer_id is not None:  # V2: the associated data is the whole header
+            ad = self._head + pid
+            sealed = self._send.encrypt(pid + self._send_iv, payload, ad)
+            return b"".join((ad, sealed[-TAG_LEN:], memoryview(sealed)[:-TAG_LEN]))
+        sealed = self._send.encrypt(pid + self._send_iv, payload, pid)  # V1: the id alone
+        return b"".join((self._head, pid, sealed[-TAG_LEN:], memoryview(sealed)[:-TAG_LEN]))
 
     def decrypt(self, packet: bytes) -> bytes:
         """The payload of an authentic, fresh packet, else RemoteProtocolError."""

@@ -12,6 +12,8 @@ the value minus 20, as openvpn.
 
 from __future__ import annotations
 
+from typing import overload
+
 #: openvpn 2.6's default: mssfix 1492 mtu
 DEFAULT = 1492
 #: openvpn's extra room for the Ethernet header of a TAP frame (TAP_MTU_EXTRA_DEFAULT)
@@ -42,7 +44,15 @@ def mss_value(*, mssfix: int, encap: bool = True, fixed: bool = False, tap: bool
     return max(target - payload, 0)
 
 
-def clamp(frame: bytes, maxmss: int, *, tap: bool) -> bytes:
+@overload
+def clamp(frame: bytes, maxmss: int, *, tap: bool) -> bytes: ...
+
+
+@overload
+def clamp(frame: bytes | memoryview, maxmss: int, *, tap: bool) -> bytes | memoryview: ...
+
+
+def clamp(frame: bytes | memoryview, maxmss: int, *, tap: bool) -> bytes | memoryview:
     """``frame`` with the MSS of a TCP SYN lowered to ``maxmss`` (IPv6: - 20)."""
     off = 0
     if tap:
@@ -83,7 +93,7 @@ def clamp(frame: bytes, maxmss: int, *, tap: bool) -> bytes:
     return _fix_tcp(frame, tcp, mss)
 
 
-def _fix_tcp(frame: bytes, tcp: int, maxmss: int) -> bytes:
+def _fix_tcp(frame: bytes | memoryview, tcp: int, maxmss: int) -> bytes | memoryview:
     hlen = (frame[tcp + 12] >> 4) * 4
     if hlen <= 20 or tcp + hlen > len(frame):
         return frame

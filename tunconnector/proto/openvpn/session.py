@@ -259,17 +259,23 @@ class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
             self._receive_packet(packet, now)
         self._flush(now)
 
-    def send_frames(self, frames: list[bytes], now: float) -> None:
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
         if self._primary is None or self.state != "connected":
             self.drops["no_key"] += len(frames)
             return
         # _send_data inlined: this runs for every packet of the tunnel
         mss, tap, comp, out = self._mss, self.options.tap, self._comp, self._out
         encrypt = self._primary.encrypt
-        self.bytes_out += sum(map(len, frames))
+        self.bytes_out += sum(map(len, frames)) - offset * len(frames)
         self.packets_out += len(frames)
+        frame: bytes | memoryview
         for frame in frames:
-            if mss:
+            if offset:  # the device's header: skipped, not copied (encrypt copies)
+                frame = memoryview(frame)[offset:]
+            # clamp_mss's own first tests, inline: a long IPv4 packet that is not a TCP
+            # SYN (the bulk) skips the call; anything else gets the full check
+            if mss and (tap or len(frame) < 80 or frame[0] >> 4 != 4 or (
+                    frame[9] == 6 and frame[((frame[0] & 15) << 2) + 13] & 2)):
                 frame = clamp_mss(frame, mss, tap=tap)
             if comp is not None:
                 frame = comp.wrap(frame)
@@ -589,7 +595,7 @@ class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
             for _ in range(count):
                 self._send_data(occ_message(OCC_EXIT), now)
 
-    def _send_data(self, payload: bytes, now: float) -> None:
+    def _send_data(self, payload: bytes | memoryview, now: float) -> None:
         dk = self._primary
         if dk is None:
             return

@@ -169,7 +169,7 @@ class StaticKeyCrypto:
             body = self._encryptor.update(b"".join((self._randomizer(), pid_time, payload,
                                                     _PADS[pad])))
         else:
-            body = pid_time + bytes(payload)
+            body = b"".join((pid_time, payload))
         if self.digest is not None:
             return hmac.digest(self._tx_hmac, body, self.digest) + body
         return body
@@ -558,7 +558,7 @@ class StaticKeyConnection(ConnectionDefaults):
     def _can_send(self) -> bool:
         return self._stream_open if self.stream else self.peer is not None
 
-    def send_frames(self, frames: list[bytes], now: float) -> None:
+    def send_frames(self, frames: list[bytes], now: float, offset: int = 0) -> None:
         if not self._can_send() or self._closed:
             self.drops["no_peer" if self.last_heard is not None else "no_peer_yet"] \
                 += len(frames)
@@ -571,7 +571,8 @@ class StaticKeyConnection(ConnectionDefaults):
             if pid >= PACKET_ID_MAX:
                 pid, ptime = self._wrap(now)
             pid += 1
-            out.append(seal(pack(pid, ptime), f))
+            # the device's header: skipped, not copied (sealing copies)
+            out.append(seal(pack(pid, ptime), memoryview(f)[offset:] if offset else f))
         self._pid = pid
         self._last_tx = now
 
