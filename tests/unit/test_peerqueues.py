@@ -18,21 +18,17 @@ from typing import Any
 
 from tunconnector.io.peerqueues import FLOOD_WINDOW, ROUND_CAPACITY, PeerQueues
 from tunconnector.io.udp import UdpEndpoint, open_udp
-
-
-@dataclass
-class Stats:
-    rx_bytes: int = 0
-    rx_packets: int = 0
-    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+from tunconnector.proto.hubtable import PeerStats
 
 
 @dataclass(eq=False)
 class Peer:
+    """A hub peer as the queues see it (the hub's own HubPeer needs keys and a config)."""
+
     name: str
     raw: Any
     up: bool = True
-    stats: Stats = field(default_factory=Stats)
+    stats: PeerStats = field(default_factory=PeerStats)
 
 
 def run(rounds: list[dict[str, int]]) -> tuple[dict[str, Peer], PeerQueues[Peer]]:
