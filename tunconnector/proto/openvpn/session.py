@@ -272,10 +272,7 @@ class OpenVPNSession(ConnectionDefaults, Generic[M], abc.ABC):
         for frame in frames:
             if offset:  # the device's header: skipped, not copied (encrypt copies)
                 frame = memoryview(frame)[offset:]
-            # clamp_mss's own first tests, inline: a long IPv4 packet that is not a TCP
-            # SYN (the bulk) skips the call; anything else gets the full check
-            if mss and (tap or len(frame) < 80 or frame[0] >> 4 != 4 or (
-                    frame[9] == 6 and frame[((frame[0] & 15) << 2) + 13] & 2)):
+            if mss:
                 frame = clamp_mss(frame, mss, tap=tap)
             if comp is not None:
                 frame = comp.wrap(frame)
