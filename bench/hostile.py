@@ -96,6 +96,8 @@ class Options:
     #: CPU is not the victims' (here every "host" shares the same two cores)
     attacker_nice: int = 0
     daemon_nice: int = 0
+    #: the defending daemons' scheduler slice (us; 0: the kernel's default)
+    daemon_slice_us: int = 0
 
 
 @dataclass
@@ -187,6 +189,24 @@ def process_tree(pid: int) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def set_slices(pids: list[int], us: int) -> int:
+    """Give every thread of ``pids`` a scheduler slice of ``us``; returns how many took it."""
+    from tunconnector.sched import SchedError, set_slice
+
+    n = 0
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                n += set_slice(us, tid) == us
+            except (SchedError, OSError):
+                pass
+    return n
 
 
 def renice(pids: list[int], nice: int) -> int:
@@ -330,6 +350,8 @@ def measure(item: str, sc: Scenario, opts: Options, work: Path) -> Row:
     nice_attackers()
     if opts.daemon_nice:  # what the daemons' `nice` key does (docs/operations.md)
         renice([q for p in sc.daemon_pids() for q in process_tree(p)], opts.daemon_nice)
+    if opts.daemon_slice_us:  # what their `sched_slice_us` key does
+        set_slices([q for p in sc.daemon_pids() for q in process_tree(p)], opts.daemon_slice_us)
     pinger = start_ping(sc.pinger, sc.target, opts.duration, opts.interval)
     flood.go()
     nice_attackers()  # the flood's workers may start on "go"
@@ -611,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--daemon-nice", type=int, default=Options.daemon_nice,
                     help="nice value of the defending daemons (item 2: the hub and the "
                          "victim's), as their config's `nice` key would set it")
+    ap.add_argument("--daemon-slice-us", type=int, default=Options.daemon_slice_us,
+                    help="scheduler slice of the defending daemons (us), as their config's "
+                         "`sched_slice_us` key would set it (0: the kernel's default)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -618,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts = Options(idle=args.idle, duration=args.duration, rate=args.rate, procs=args.procs,
                    interval=args.interval, attacker_nice=args.attacker_nice,
-                   daemon_nice=args.daemon_nice)
+                   daemon_nice=args.daemon_nice, daemon_slice_us=args.daemon_slice_us)
     rows = []
     for item in [i.strip() for i in args.items.split(",") if i.strip()]:
         print(f"{time.strftime('%H:%M:%S')} item {item}: {TITLES.get(item, '?')} "
@@ -629,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
                           "read_rate": row.read_rate}), flush=True)
     print(table(rows))
     print(f"attacker processes at nice {opts.attacker_nice}, defending daemons at nice "
-          f"{opts.daemon_nice}")
+          f"{opts.daemon_nice}, their scheduler slice "
+          f"{opts.daemon_slice_us or 'the default'}{' us' if opts.daemon_slice_us else ''}")
     if args.json:
         args.json.write_text(json.dumps(
             {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -663,6 +663,9 @@ class Config:
     #: added to the process's nice value once the tunnels are up (openvpn's ``nice``):
     #: below 0, the daemon's turn comes first when other work shares its CPUs
     nice: int = 0
+    #: the scheduler's slice for the daemon (microseconds, 100..100000; 0: the kernel's
+    #: default): short, its turn comes sooner where busy processes share its CPUs
+    sched_slice_us: int = 0
 
     def validate(self, where: str = "") -> None:
         seen: set[str] = set()
@@ -683,6 +686,9 @@ class Config:
                 )
         if not -20 <= self.nice <= 19:
             raise ConfigError(f"nice: {self.nice} is not within -20..19")
+        if self.sched_slice_us and not 100 <= self.sched_slice_us <= 100_000:
+            raise ConfigError(f"sched_slice_us: {self.sched_slice_us} is not 0 (the kernel's "
+                              "default) or within 100..100000")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level: unknown level {_short(self.log_level)}")
 

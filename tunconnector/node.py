@@ -16,7 +16,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import __version__, memory
+from . import __version__, memory, sched
 from .adapter import make_tunnel
 from .config import Config, parse_interface_address
 from .errors import ConfigError, TunconnectorError
@@ -155,6 +155,8 @@ class Node:
                     self._stoppers.append(stop)
             if self.config.nice:
                 _renice(self.config.nice)  # before root goes: below 0 needs it
+            if self.config.sched_slice_us:
+                _set_slice(self.config.sched_slice_us)
             if self.config.privileges is not None and self.config.privileges.user:
                 # last: everything that needs root is open now
                 from .privileges import privileges_service
@@ -218,7 +220,7 @@ class Node:
         cmd = req.get("cmd", "status")
         if cmd == "status":
             return {"pid": os.getpid(), "version": __version__, "malloc": memory.state,
-                    "nice": os.nice(0),
+                    "nice": os.nice(0), "sched_slice_us": sched.current_slice_us(),
                     "tunnels": self.status()}
         if cmd == "reload":
             return self.reload()  # type: ignore[return-value]  # awaited by the server
@@ -372,6 +374,23 @@ async def serve(
         await node.stop()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _set_slice(us: int) -> None:
+    """The event loop's thread asks the scheduler for a slice of ``us`` (see sched.py)."""
+    try:
+        got = sched.set_slice(us)
+    except sched.SchedError as exc:
+        log.warning("sched_slice_us %d: %s; the kernel's default stays", us, exc)
+        return
+    if got is None:
+        log.warning("sched_slice_us %d: this kernel does not report a slice (no EEVDF): "
+                    "it may not take one", us)
+    elif got != us:
+        log.warning("sched_slice_us %d: the kernel keeps a slice of %d us (custom slices "
+                    "need Linux 6.12)", us, got)
+    else:
+        log.info("scheduler slice: %d us", got)
 
 
 def _renice(inc: int) -> None:

@@ -112,3 +112,33 @@ def test_nice_applies_once_up(env: Env) -> None:
                          capture_output=True, text=True, timeout=10)
     assert json.loads(ctl.stdout)[0]["nice"] == 5, ctl.stdout
     assert s.stop() == 0
+
+
+def test_sched_slice_applies_once_up(env: Env) -> None:
+    """``sched_slice_us`` gives the daemon's loop thread a short scheduler slice once its
+    tunnels are up: the kernel's own account (/proc/PID/sched) and the status say it."""
+    import threading
+
+    from harness import to_toml
+    from netns import tunconnector_cmd
+
+    from tunconnector import sched
+
+    took: list[int | None] = []
+    probe = threading.Thread(target=lambda: took.append(sched.set_slice(300)))
+    probe.start()
+    probe.join()
+    if took != [300]:
+        pytest.skip(f"this kernel takes no custom scheduler slice (Linux < 6.12): {took}")
+    path = env.workdir / "slice.toml"
+    path.write_text("sched_slice_us = 200\n" + to_toml([{"name": "srv", "mode": "server",
+                                                         "device": "tcs0", "port": 55559,
+                                                         "framing": "raw"}]))
+    s = env.daemon(env.a, tunconnector_cmd("run", "-c", str(path)), "slice")
+    s.wait_ready()
+    ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
+                         capture_output=True, text=True, timeout=10)
+    st = json.loads(ctl.stdout)[0]
+    assert st["sched_slice_us"] == 200, ctl.stdout
+    assert sched.current_slice_us(st["pid"]) == 200
+    assert s.stop() == 0

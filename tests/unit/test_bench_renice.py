@@ -1,4 +1,5 @@
-"""bench.hostile's attacker niceness: a process tree found from /proc, every thread reniced."""
+"""bench.hostile's attacker niceness and the daemons' slice: a process tree found from /proc,
+every thread reached."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ def test_renice_reaches_the_children() -> None:
             os.kill(child, signal.SIGKILL)
         parent.kill()
         parent.wait(10)
+
+
+def test_slices_reach_every_thread() -> None:
+    """--daemon-slice-us: every thread of the tree gets the slice (the daemons' key's call)."""
+    import pytest
+
+    from bench.hostile import set_slices
+    from tunconnector.sched import current_slice_us
+
+    if current_slice_us() is None:
+        pytest.skip("this kernel reports no scheduler slice (no EEVDF)")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        if set_slices(process_tree(proc.pid), 250) == 0:
+            pytest.skip("this kernel takes no custom scheduler slice (Linux < 6.12)")
+        assert current_slice_us(proc.pid) == 250
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -145,6 +145,15 @@ def test_bond_liveness_and_silence_watch_defaults() -> None:
         client(bonding=arp, failover_after=-1).validate("bond[0]")
 
 
+def test_sched_slice_top_level() -> None:
+    assert Config.from_mapping({}).sched_slice_us == 0
+    assert Config.from_mapping({"sched_slice_us": 100}).sched_slice_us == 100
+    with pytest.raises(ConfigError, match=r"^sched_slice_us: 50 is not 0"):
+        Config.from_mapping({"sched_slice_us": 50})
+    with pytest.raises(ConfigError, match=r"^sched_slice_us: 200000 is not 0"):
+        Config.from_mapping({"sched_slice_us": 200000})
+
+
 def test_nice_top_level() -> None:
     assert Config.from_mapping({"nice": -10}).nice == -10
     with pytest.raises(ConfigError, match=r"^nice: 20 is not within -20..19"):
