@@ -3,9 +3,11 @@
 The decisions live in :class:`tunconnector.proto.failover.MultiPath` (probes, RTT, loss,
 up/down, which path carries data); this module only opens the sockets (bound to the
 path's ``local`` address and/or ``bind_interface``), answers and forwards probes, drops
-duplicate copies, hands everything else to the tunnel's native endpoint, and re-arms
-one timer. The tunnel calls :meth:`MultiPathLink.send_frames` for device frames and
-:meth:`MultiPathLink.send_control` for keepalives and handshake messages.
+duplicate copies, hands everything else to the tunnel's connection (a
+:class:`~.proto.native_conn.NativeConnection` whose peer is ``PATHS``: liveness,
+crypto and events are the connection's, as over one socket), and re-arms one timer for
+the probes. The tunnel's flush calls :meth:`MultiPathLink.flush` to send what the
+connection made: data on the path(s) the policy picks, control on every path in use.
 
 Peer addresses: a client knows each path's ``remote``; a server learns a path's peer
 from the first probe (or authenticated message) arriving on that path's socket. In
@@ -40,8 +42,8 @@ from .proto.failover import (
     PathUp,
     PeerRestarted,
 )
-from .proto.framing import HEADER_LEN, MsgType, parse_header
-from .proto.native import NativeEndpoint
+from .proto.framing import HEADER_LEN, TAG_LEN, MsgType, parse_header
+from .proto.native_conn import NativeConnection
 from .proto.reorder import ReorderBuffer
 
 log = logging.getLogger("tunconnector.multipath")
@@ -76,15 +78,16 @@ class MultiPathLink:
     def __init__(
         self,
         cfg: TunnelConfig,
-        native: NativeEndpoint,
+        conn: NativeConnection,
         *,
         deliver: Callable[[list[bytes], float], None],
-        after_receive: Callable[[NativeEndpoint, float], None],
+        after_receive: Callable[[float], None],
         drops: collections.Counter[str],
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.native = native
+        self.conn = conn
+        self.encrypted = conn.endpoint.secure is not None
         self.drops = drops
         self.log = logger or log
         self._deliver = deliver
@@ -100,7 +103,7 @@ class MultiPathLink:
         # plaintext: drop copies by counter here; encrypted: the session's replay
         # window does it on authenticated counters (an unauthenticated counter must not
         # be able to poison a window)
-        self.dedup: DuplicateFilter | None = DuplicateFilter() if native.secure is None else None
+        self.dedup: DuplicateFilter | None = None if self.encrypted else DuplicateFilter()
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
         # balance spreads one flow over paths of different delay: put it back in order
         self.reorder: ReorderBuffer | None = (
@@ -192,23 +195,41 @@ class MultiPathLink:
                 self._dirty = True
         return False
 
-    def send_frames(self, frames: list[bytes], now: float) -> int:
-        """Encode device frames and send each on the path(s) the policy picks."""
-        native = self.native
+    def flush(self, now: float) -> None:
+        """Send what the connection made: each data message on the path(s) the policy
+        picks, control messages (keepalives, handshake) on every path data would use."""
+        conn = self.conn
+        for batch, _paths in conn.batches_to_send(now):
+            assert isinstance(batch, list)  # a plain device: whole messages, no runs
+            self._send_data(batch, now)
+        control = [d for d, _paths in conn.datagrams_to_send(now)]
+        if not control:
+            return
+        targets = self.core.paths_for_data(now)
+        if self.core.policy == "balance":
+            targets = [p.index for p in self.paths if p.remote is not None]
+        for i in list(targets):
+            for m in control:
+                self._send(self.paths[i], m, now)
+        if self._dirty:
+            self._dirty = False
+            self._process_events(now)
+
+    def _send_data(self, msgs: list[bytes], now: float) -> None:
+        """DATA messages, each on the path(s) the policy picks; the path counters take
+        the frames' bytes (a message less its header and tag)."""
         core = self.core
         paths = self.paths
         targets = core.paths_for_data(now)
         if not targets:
-            self.drops["no_path"] += len(frames)
-            return 0
+            self.drops["no_path"] += len(msgs)
+            return
         send = self._send
+        over = HEADER_LEN + (TAG_LEN if self.encrypted else 0)
         balance = core.policy == "balance" and len(targets) > 1
         sent = 0
         nbytes = 0
-        for f in frames:
-            msg = native.encode_data(f, now)
-            if msg is None:
-                continue
+        for msg in msgs:
             if balance:
                 targets = core.paths_for_data(now)
             ok = False
@@ -223,28 +244,12 @@ class MultiPathLink:
                         ok = send(paths[i], msg, now) or ok
             if ok:
                 sent += 1
-                nbytes += len(f)
+                nbytes += len(msg) - over
                 if balance:
-                    core.note_data_sent(targets[0], 1, len(f))
+                    core.note_data_sent(targets[0], 1, len(msg) - over)
         if not balance:
             for i in targets:
                 core.note_data_sent(i, sent, nbytes)
-        return sent
-
-    def send_control(self, msgs: list[bytes]) -> None:
-        """Keepalives and handshake messages: on every path data would use now."""
-        if not msgs or self._loop is None:
-            return
-        now = self._loop.time()
-        targets = self.core.paths_for_data(now)
-        if self.core.policy == "balance":
-            targets = [p.index for p in self.paths if p.remote is not None]
-        for i in list(targets):
-            for m in msgs:
-                self._send(self.paths[i], m, now)
-        if self._dirty:
-            self._dirty = False
-            self._process_events(now)
 
     @staticmethod
     def _dest(p: _PathIO, addr: Addr) -> Addr:
@@ -264,7 +269,8 @@ class MultiPathLink:
             return
         now = loop.time()
         core = self.core
-        native = self.native
+        conn = self.conn
+        encrypted = self.encrypted
         dedup = self.dedup
         drops = self.drops
         index = p.index
@@ -280,7 +286,7 @@ class MultiPathLink:
             addr = normalize(raw)
             known = addr == p.remote
             if not known:
-                if p.fixed or (native.secure is None and mtype != _KEEPALIVE):
+                if p.fixed or (not encrypted and mtype != _KEEPALIVE):
                     drops["unknown_peer"] += 1
                     continue
             if mtype == _DATA:
@@ -289,9 +295,9 @@ class MultiPathLink:
                     int.from_bytes(data[8:16], "big")
                 ):
                     continue
-            decoded = native.decode(data, now, addr[0])
+            decoded = conn.receive_path(data, addr, now)
             if decoded.authentic and not known:
-                self._learn(p, addr, now, "authenticated" if native.secure else "keepalive")
+                self._learn(p, addr, now, "authenticated" if encrypted else "keepalive")
             reorder = self.reorder
             if reorder is not None and (decoded.frames or decoded.authentic) and (
                 mtype == _DATA or mtype == _KEEPALIVE
@@ -306,7 +312,7 @@ class MultiPathLink:
                 frames.extend(decoded.frames)
         if frames:
             self._deliver(frames, now)
-        self._after_receive(native, now)
+        self._after_receive(now)
         self._process_events(now)
 
     def _on_probe(self, p: _PathIO, data: bytes, addr: Addr, now: float) -> None:
@@ -317,7 +323,7 @@ class MultiPathLink:
                     if p.fixed:
                         self.drops["unknown_peer"] += 1
                         return
-                    if p.remote is None or self.native.secure is None:
+                    if p.remote is None or not self.encrypted:
                         self._learn(p, addr, now, "probe")
                 restarts = self.core.peer_restarts
                 ack = self.core.receive_probe(p.index, header, data[HEADER_LEN:], now)

@@ -76,19 +76,11 @@ from .proto.framing import (
     TAG_LEN,
     TCP_NATIVE_PREFIX,
 )
-from .proto.liveness import PeerDown, PeerUp
 from .proto.native import NativeEndpoint
-from .proto.native_conn import NativeConnection
+from .proto.native_conn import PATHS, NativeConnection
 from .proto.offload import VNET_HDR_LEN, ZERO_VNET_HDR, coalesce_tcp
 from .proto.plain_conn import RawConnection, SimpletunConnection
-from .proto.secure import (
-    AuthFailure,
-    HandshakeComplete,
-    HandshakeGuard,
-    Rekeyed,
-    SessionExpired,
-    SessionReset,
-)
+from .proto.secure import HandshakeGuard
 
 if TYPE_CHECKING:
     from .hub import HubControl
@@ -242,8 +234,8 @@ class Tunnel(SupervisedDevice):
         #: connected to it (_follow_peer)
         self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
-        self._native: NativeEndpoint | None = None  # multi-path's endpoint
-        #: UDP without [[tunnel.path]]: the one connection, and which datagrams are its
+        #: UDP: the one connection (multi-path's: its paths pick the peer's addresses),
+        #: and which datagrams are its (one socket)
         self._pconn: PeerConnection | None = None
         self._peer_acc: PeerAcceptor | None = None
         self._quick: tuple[Callable[[Any, float, Any], Any], Any] | None = None
@@ -298,8 +290,6 @@ class Tunnel(SupervisedDevice):
         """Loop time of the last valid message from the peer (keepalives included)."""
         conn = self._live()
         heard = None if conn is None else conn.last_heard
-        if heard is None and self._native is not None:  # multi-path's endpoint
-            heard = self._native.liveness.last_rx
         return self.stats.last_rx if heard is None else heard
 
     def all_drops(self) -> dict[str, int]:
@@ -314,10 +304,6 @@ class Tunnel(SupervisedDevice):
             drops.update(conn.all_drops())
         for stream in self._candidates.values():  # what strangers sent is counted too
             drops.update(stream.conn.all_drops())
-        for native in self._natives():
-            drops.update(native.drops)
-            if native.secure is not None:
-                drops.update(native.secure.drops)
         return {k: v for k, v in sorted(drops.items()) if v}
 
     def status(self) -> dict[str, Any]:
@@ -398,8 +384,9 @@ class Tunnel(SupervisedDevice):
         """Cipher, session age and handshake counts of the live channel (no keys)."""
         if self._keys is None:
             return None
-        for native in self._endpoints():
-            stats = getattr(native.secure, "stats", None)
+        conn = self._live()
+        if isinstance(conn, NativeConnection):
+            stats = getattr(conn.endpoint.secure, "stats", None)
             if stats is not None and now is not None:
                 return dict(stats(now))
         return {"cipher": self.config.cipher, "established": False}
@@ -587,17 +574,6 @@ class Tunnel(SupervisedDevice):
             secure=secure,
         )
 
-    def _natives(self) -> list[NativeEndpoint]:
-        """The endpoint driven directly (multi-path), not through a connection."""
-        return [] if self._native is None else [self._native]
-
-    def _endpoints(self) -> list[NativeEndpoint]:
-        """Every native endpoint of the tunnel, the live connection's first."""
-        conn = self._live()
-        if isinstance(conn, NativeConnection):
-            return [conn.endpoint, *self._natives()]
-        return self._natives()
-
     def _live(self) -> Connection | None:
         """The connection traffic goes to: UDP's one, the OpenVPN one, or the live TCP
         stream's."""
@@ -696,19 +672,20 @@ class Tunnel(SupervisedDevice):
         udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
 
     async def _open_multipath(self) -> None:
-        """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core."""
+        """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core; the
+        connection (its peer: the paths) is driven as over one socket (:meth:`_flush`)."""
         assert self._loop is not None
-        native = self._native = self._make_native()
-        self._mp = MultiPathLink(self.config, native, deliver=self._to_device,
-                                 after_receive=self.flush_native, drops=self.stats.drops,
-                                 logger=self.log)
+        conn = self._pconn = NativeConnection(
+            self._make_native, server=self.config.mode == "server", peer=PATHS)
+        self._mp = MultiPathLink(self.config, conn, deliver=self._to_device,
+                                 after_receive=functools.partial(self._flush, conn),
+                                 drops=self.stats.drops, logger=self.log)
         await self._mp.start()
         self._device_reader(True)
         now = self._loop.time()
-        native.start(now, initiator=self.config.mode == "client")
-        self.flush_native(native, now)
+        conn.start(now)
+        self._flush(conn, now)
         self._set_state(State.DOWN)
-        self.arm_timer()
 
     async def _open_tcp(self) -> None:
         cfg = self.config
@@ -762,8 +739,8 @@ class Tunnel(SupervisedDevice):
         n = len(frames)
         conn: PeerConnection | StreamConnection | None = self._pconn
         if conn is None:
-            plain, mp, native = self._conn, self._mp, self._native
-            if plain is not None or (mp is not None and native is not None):
+            plain = self._conn
+            if plain is not None:  # OpenVPN: plain frames, one message each
                 now = loop.time()
                 # OpenVPN's device: no TUNSETOFFLOAD, a zero header each, which the
                 # connection skips as it seals (no copy of every packet to drop it)
@@ -771,12 +748,8 @@ class Tunnel(SupervisedDevice):
                 stats.tx_packets += n
                 stats.tx_bytes += sum(map(len, frames)) - off * n
                 stats.wire_tx += n
-                if plain is not None:  # OpenVPN: plain frames, one message each
-                    plain.send_frames(frames, now, off)
-                    self._flush_data(plain, now)
-                elif mp is not None and native is not None:
-                    mp.send_frames([f[off:] for f in frames] if off else frames, now)
-                    self.flush_native(native, now)
+                plain.send_frames(frames, now, off)
+                self._flush_data(plain, now)
                 return
             stream = self._stream
             conn = None if stream is None else stream.conn
@@ -910,6 +883,8 @@ class Tunnel(SupervisedDevice):
                 run.append(dgram)
             if run and run_addr is not None:
                 udp.send_batch(run, run_addr)
+        elif self._mp is not None:  # multi-path: the paths send it
+            self._mp.flush(now)
         else:
             if stream is None:
                 stream = self._stream
@@ -1293,44 +1268,6 @@ class Tunnel(SupervisedDevice):
         stats.rx_bytes += size
         stats.last_rx = now
 
-    def flush_native(self, native: NativeEndpoint, now: float) -> None:
-        """Multi-path (its endpoint is driven directly, not through a connection): send
-        pending control messages and turn liveness events into state changes."""
-        msgs = native.messages_to_send()
-        if msgs and self._mp is not None:
-            self._mp.send_control(msgs)
-        while (ev := native.next_event()) is not None:
-            if isinstance(ev, PeerUp):
-                self.log.info("peer %s alive", fmt_addr(self.peer) if self.peer else "?")
-                self._set_state(State.UP)
-            elif isinstance(ev, PeerDown):
-                if ev.reason == "exit":
-                    self.log.warning("peer down: it said it stops")
-                else:
-                    self.log.warning("peer dead: nothing received for %.1fs", ev.silent_for)
-                self._set_state(State.DOWN)
-        if native.secure is not None:
-            self._on_secure_events(native)
-        self.arm_timer()
-
-    def _on_secure_events(self, native: NativeEndpoint) -> None:
-        """One log line per crypto state change (never key material)."""
-        assert native.secure is not None
-        while (ev := native.secure.next_event()) is not None:
-            if isinstance(ev, HandshakeComplete):
-                self.log.info("tunnel %s: encrypted session established (%s)", self.name,
-                              "we initiated" if ev.initiator else "peer initiated")
-            elif isinstance(ev, Rekeyed):
-                self.log.debug("tunnel %s: rekeyed", self.name)
-            elif isinstance(ev, AuthFailure):
-                self._warn_limited("auth_" + ev.reason, "tunnel %s: authentication failure "
-                                   "(%s): %s", self.name, ev.reason, ev.message)
-            elif isinstance(ev, SessionExpired):
-                self.log.warning("tunnel %s: session keys expired without a rekey", self.name)
-            elif isinstance(ev, SessionReset):
-                self.log.info("tunnel %s: the peer lost our session (restarted): "
-                              "handshaking again", self.name)
-
     # ------------------------------------------------------------------ TCP callbacks
     def _on_stream_made(self, proto: tcpio.StreamProtocol) -> None:
         """A new stream, with a connection of its own. A client trusts the server it
@@ -1491,7 +1428,7 @@ class Tunnel(SupervisedDevice):
     def arm_timer(self) -> None:
         if self._loop is None or self._stopping:
             return
-        times = [t for t in (n.get_timer() for n in self._natives()) if t is not None]
+        times = []
         # the live connection (_live() inlined: this runs after every batch)
         live: Any = self._pconn
         if live is None:
@@ -1549,9 +1486,6 @@ class Tunnel(SupervisedDevice):
             live.handle_timer(now)  # the shared reassembler's expiry included
             self._flush(live, now)
         self._fast.handle_timer(now)
-        for native in self._natives():
-            native.handle_timer(now)
-            self.flush_native(native, now)
 
     # ------------------------------------------------------------------ state & teardown
     def _entered(self, new: State) -> None:
@@ -1593,7 +1527,6 @@ class Tunnel(SupervisedDevice):
         if self._mp is not None:
             self._mp.close()
             self._mp = None
-        self._native = None
         self._pconn = None
         self._peer_acc = None
         self._quick = None

@@ -37,7 +37,7 @@ from tunconnector.proto.framing import (
     encode_native_stream,
 )
 from tunconnector.proto.native import NativeEndpoint
-from tunconnector.proto.native_conn import SMALL_BATCH, NativeConnection
+from tunconnector.proto.native_conn import PATHS, SMALL_BATCH, NativeConnection
 from tunconnector.proto.offload import GsoFrame
 from tunconnector.proto.secure import SecureChannel
 
@@ -611,3 +611,40 @@ def test_crypto_failures_are_notices_for_the_operator() -> None:
     notices = [e for e in events(s) if isinstance(e, Notice)]
     assert [(n.kind, n.level) for n in notices] == [("auth_bad_mac", logging.WARNING)]
     assert s.peer == CLIENT and s.all_drops() == {"bad_mac": 1}
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_paths_mode_carries_the_session(encrypted: bool) -> None:
+    """Multi-path: the paths pick the peer's addresses (each path its own), so the
+    connection sends everything to PATHS, data as batches and control as datagrams, and
+    takes what a path hands it with receive_path; liveness and events are its own."""
+    c = NativeConnection(endpoint_factory(encrypted, True), server=False, peer=PATHS)
+    s = NativeConnection(endpoint_factory(encrypted, False), server=True, peer=PATHS)
+    got: dict[str, list[bytes]] = {"c": [], "s": []}
+
+    def move(now: float) -> None:
+        for _ in range(20):
+            n = 0
+            for src, dst, name, addr in ((c, s, "s", CLIENT), (s, c, "c", SERVER)):
+                out = [(d, a) for b, a in src.batches_to_send(now) for d in each_datagram(b)]
+                out += src.datagrams_to_send(now)
+                for data, to in out:
+                    assert to == PATHS
+                    n += 1
+                    got[name].extend(dst.receive_path(bytes(data), addr, now).frames)
+            if not n:
+                return
+        raise AssertionError("never quiet")
+
+    c.start(0.0)
+    s.start(0.0)
+    move(0.0)
+    assert [type(e) for e in events(c)] == [Connected]
+    assert [type(e) for e in events(s)] == [Connected]
+    c.send_device([b"up-1", b"up-2"], 0.1, vnet_hdr=False)
+    s.send_device([b"down"], 0.1, vnet_hdr=False)
+    move(0.1)
+    assert got == {"s": [b"up-1", b"up-2"], "c": [b"down"]}
+    c.handle_timer(10.0)  # the server went silent
+    assert [type(e) for e in events(c)] == [Disconnected]
+

@@ -25,6 +25,9 @@ Rules it owns (the README's "Liveness and roaming"):
   stream (a :class:`~.connection.Notice` to log, then :class:`~.connection.Disconnected`):
   the stream cannot be resynchronised. The bulk of a proven stream takes the quick
   decoder, and one whole small message in one read the latency lane (:meth:`quick_read`).
+- Multi-path (``peer`` :data:`PATHS`): the transport's paths screen strangers and follow
+  the peer, each on its own socket, and hand messages in with :meth:`receive_path`;
+  liveness, the session, events and counters are this connection's as over one socket.
 - Garbage is counted in :attr:`drops` (merged with the endpoint's, the channel's and the
   reassembler's by :meth:`all_drops`), never raised.
 
@@ -72,7 +75,7 @@ from .framing import (
 )
 from .liveness import PeerDown, PeerUp
 from .losscap import LossAdaptiveCap
-from .native import NativeEndpoint
+from .native import Decoded, NativeEndpoint
 from .offload import F_NEEDS_CSUM, VNET_HDR_LEN, GsoFrame, completed_packet
 from .roaming import follow_peer
 from .secure import AuthFailure, SessionExpired, SessionReset
@@ -86,6 +89,11 @@ SMALL_BATCH = 300
 
 #: a UDP payload on a 1500-byte IPv4 underlay
 DEFAULT_MAX_DATAGRAM = 1500 - 20 - 8
+
+#: the ``peer`` of a multi-path connection: its transport's paths learn and follow the
+#: peer's addresses, each its own; the connection neither screens nor follows, and what
+#: it sends goes to "the paths" (data on those the policy picks, control on all in use)
+PATHS = "paths"
 
 
 def _host(addr: Addr) -> Any:
@@ -207,6 +215,12 @@ class NativeConnection(Outbox):
         self._take(messages, now, source, quick,
                    lambda msg, now, _source: self._receive_message(msg, addr, now))
         self._pump(now)
+
+    def receive_path(self, data: bytes, addr: Addr, now: float) -> Decoded:
+        """Multi-path (``peer`` :data:`PATHS`): one message a path's socket took from
+        ``addr`` (the path screened it); what it carried, for the transport to order its
+        frames and learn ``addr`` when it was authentic."""
+        return self.endpoint.decode(data, now, _host(addr))
 
     def quick(self, data: bytes | memoryview, now: float
               ) -> bytes | GsoFrame | None | Literal[False]:
@@ -605,7 +619,7 @@ class NativeConnection(Outbox):
 
 
 def _notice(ev: object, now: float) -> Notice | None:
-    """The operator's line for a secure-channel event (tunnel.py ``_on_secure_events``).
+    """The operator's line for a secure-channel event.
 
     A completed handshake is no notice: :class:`Connected` (or :class:`Rekeyed`) says it.
     """
@@ -625,4 +639,4 @@ def _notice(ev: object, now: float) -> Notice | None:
 _CONFORMS: type[FastConnection] = NativeConnection
 
 
-__all__ = ["DEFAULT_MAX_DATAGRAM", "SMALL_BATCH", "NativeConnection"]
+__all__ = ["DEFAULT_MAX_DATAGRAM", "PATHS", "SMALL_BATCH", "NativeConnection"]
