@@ -87,7 +87,7 @@ class Node:
                 self.tunnels[tcfg.name].add_listener(self._hook_listener)
                 hub = self.tunnels[tcfg.name]
                 if hub.peer_table is not None:  # a hub: peer_up / peer_down per peer
-                    from .hub import PeerHooks
+                    from .hubcontrol import PeerHooks
 
                     hub.peer_table.set_hooks(PeerHooks(
                         self.hooks[tcfg.name], lambda hub=hub: self.hook_env(hub)))  # type: ignore[misc]

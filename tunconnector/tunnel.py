@@ -83,7 +83,7 @@ from .proto.plain_conn import RawConnection, SimpletunConnection
 from .proto.secure import HandshakeGuard
 
 if TYPE_CHECKING:
-    from .hub import HubControl
+    from .hubcontrol import HubControl
 
 log = logging.getLogger("tunconnector.tunnel")
 
@@ -205,7 +205,7 @@ class Tunnel(SupervisedDevice):
     the data path (``_on_udp_batch``, ``send_device_frames``); point to point keeps its
     own data path untouched."""
 
-    #: a hub's peer table (:class:`~.hub.HubControl`); None for point to point
+    #: a hub's peer table (:class:`~.hubcontrol.HubControl`); None for point to point
     peer_table: HubControl | None = None
     kind = "tunnel"  #: for the log
 
