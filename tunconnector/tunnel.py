@@ -140,7 +140,7 @@ class _Stream:
         self.proto = proto
         self.conn = conn
         self.counted = False  # its counters were added to the tunnel's when it ended
-        self.unproven_rx = 0  # OpenVPN: bytes received before it proved itself (server)
+        self.unproven_rx = 0  # bytes received unproven (a connection without `buffered`)
 
 
 # The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
@@ -217,7 +217,7 @@ class Tunnel(SupervisedDevice):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._stream: _Stream | None = None  # TCP: the live stream
         # unproven TCP streams (server): bounded, oldest dropped first, with a deadline
         self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
@@ -296,7 +296,7 @@ class Tunnel(SupervisedDevice):
             except OSError:
                 local = None
         elif self._server is not None:
-            socks = getattr(self._server, "sockets", None) or []
+            socks = self._server.sockets
             local = fmt_addr(socks[0].getsockname()) if socks else None
         encrypted, last, more = self._status_more(now)
         return {
@@ -793,9 +793,9 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.UP)  # raw: a server is up once it has a peer
 
     def _on_conn_batch(self, batch: list[tuple[Any, Addr]]) -> None:
-        """A UDP batch of an OpenVPN framing: every datagram to its connection, which
-        decides (replay, float, peer-id: openvpn's rules), the bulk through its quick
-        decoder; then the frames, in order, at once."""
+        """A UDP batch of a connection without ``quick_parts`` (OpenVPN's): every datagram
+        to it, which decides (replay, float, peer-id: openvpn's rules), the bulk through
+        its quick decoder; then the frames, in order, at once."""
         conn, loop = self._conn, self._loop
         if conn is None or loop is None:
             return
@@ -1149,7 +1149,7 @@ class Tunnel(SupervisedDevice):
         conn: Any = self._pconn
         if dev is None:
             return False
-        if self._conn is not None:  # OpenVPN: its own rules say whose data it takes
+        if self._conn is not None:  # no acceptor: its own rules say whose data it takes
             conn = self._conn
             frame = conn.quick_datagram(data, normalize(raw), now)
         else:
