@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import ipaddress
 import logging
 import os
 import socket
@@ -27,12 +26,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import TunnelConfig
 from .connections import (
+    UNDERLAY_MTU,
     ConnectionFactory,
+    connection_class,
     connection_factory,
     device_mtu,
     save_persisted,
-    uses_connection,
 )
+from .connections import derive_mtu as derive_mtu  # where callers found it
 from .devicewatch import DeviceSupervisor, SupervisedDevice
 from .errors import DeviceError, TransportError, TunconnectorError
 from .fastpath import FastPath
@@ -71,10 +72,6 @@ from .proto.fragment import FragmentRun
 from .proto.framing import (
     FLAG_GSO,
     HEADER_LEN,
-    PACKET_INFO_LEN,
-    SIMPLETUN_PREFIX,
-    TAG_LEN,
-    TCP_NATIVE_PREFIX,
 )
 from .proto.native import NativeEndpoint
 from .proto.native_conn import PATHS, NativeConnection
@@ -87,7 +84,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunconnector.tunnel")
 
-UNDERLAY_MTU = 1500
 
 
 @dataclass(slots=True)
@@ -118,38 +114,6 @@ def no_peer(stats: TunnelStats) -> str:
 LATE_TIMER = 0.03
 
 
-def overhead(cfg: TunnelConfig, ipv6: bool) -> int:
-    """Bytes the underlay adds to one device frame."""
-    ip = 40 if ipv6 else 20
-    l4 = 8 if cfg.proto == "udp" else 20
-    if cfg.framing == "raw":
-        extra = PACKET_INFO_LEN if cfg.packet_info else 0
-    elif cfg.framing == "simpletun":
-        extra = SIMPLETUN_PREFIX.size
-    else:
-        extra = HEADER_LEN + (TCP_NATIVE_PREFIX.size if cfg.proto == "tcp" else 0)
-        if cfg.key_file or cfg.private_key_file:
-            extra += TAG_LEN
-    return ip + l4 + extra
-
-
-def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
-    """Device MTU so one frame fits one underlay packet (TAP also carries 14 bytes of L2)."""
-    if cfg.mtu is not None:
-        return cfg.mtu
-    ipv6 = False
-    for host in (cfg.remote, cfg.bind):
-        if host:
-            try:
-                ipv6 = ipaddress.ip_address(host).version == 6
-            except ValueError:
-                pass
-    mtu = underlay_mtu - overhead(cfg, ipv6)
-    if cfg.dev_type == "tap":
-        mtu -= 14
-    return mtu
-
-
 #: the connection of a UDP point-to-point tunnel
 PeerConnection = NativeConnection | RawConnection
 #: the connection of one TCP stream
@@ -168,7 +132,7 @@ class _Stream:
         self.proto = proto
         self.conn = conn
         self.counted = False  # its counters were added to the tunnel's when it ended
-        self.unproven_rx = 0  # OpenVPN: bytes received before it proved itself (server)
+        self.unproven_rx = 0  # bytes received unproven (a connection without `buffered`)
 
 
 # The latency lane. An idle tunnel wakes up once per packet (a ping, a game's update, a
@@ -216,10 +180,9 @@ class Tunnel(SupervisedDevice):
         self.stats = TunnelStats()
         self.device: Device | None = None
         self.device_name: str | None = config.device
-        #: an OpenVPN framing: its connections come from connection_factory and take
-        #: plain frames (no super-packets, no latency lane); UDP GSO batches as for all
-        self._openvpn = uses_connection(config)
-        self.mtu = device_mtu(config) if self._openvpn else derive_mtu(config)
+        #: the class of its connections: what it says before one exists
+        self._wire = connection_class(config)
+        self.mtu = device_mtu(config)
         self.max_frame = self.mtu + (18 if config.dev_type == "tap" else 0)
         self._packet_info = config.framing == "raw" and config.packet_info
         self.peer: Addr | None = None
@@ -230,8 +193,8 @@ class Tunnel(SupervisedDevice):
         self._devsup: DeviceSupervisor | None = None  # brings a deleted device back
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: UdpEndpoint | None = None
-        #: UDP server with an authenticated native peer, or an OpenVPN peer: a socket
-        #: connected to it (_follow_peer)
+        #: the peer's own socket, connected to it, where its connection asks for one
+        #: (``peer_socket``: _follow_peer)
         self._twin: UdpEndpoint | None = None
         self._mp: MultiPathLink | None = None  # [[tunnel.path]]: one socket per path
         #: UDP: the one connection (multi-path's: its paths pick the peer's addresses),
@@ -239,11 +202,14 @@ class Tunnel(SupervisedDevice):
         self._pconn: PeerConnection | None = None
         self._peer_acc: PeerAcceptor | None = None
         self._quick: tuple[Callable[[Any, float, Any], Any], Any] | None = None
+        #: reads a UDP batch: by the acceptor and the quick decoder, or all to the
+        #: connection (one without ``quick_parts``)
+        self._on_batch: Callable[[list[tuple[Any, Addr]]], None] = self._on_udp_batch
         self._remote: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._stream: _Stream | None = None  # TCP: the live stream
         # unproven TCP streams (server): bounded, oldest dropped first, with a deadline
         self._candidates: Admission[tcpio.StreamProtocol, _Stream] = Admission()
@@ -253,7 +219,7 @@ class Tunnel(SupervisedDevice):
         self._coalesce = False
         #: the device takes TSO super-packets (an OpenVPN connection takes packets one by
         #: one; a hub writes its clients' super-packets whole)
-        self._tso = not self._openvpn
+        self._tso = self._wire.takes_super
         self._stopping = False
         self._keys: TunnelKeys | None = None
         # a UDP server answers a flood of valid-mac1 initiations with cookie replies, not
@@ -316,7 +282,7 @@ class Tunnel(SupervisedDevice):
             except OSError:
                 local = None
         elif self._server is not None:
-            socks = getattr(self._server, "sockets", None) or []
+            socks = self._server.sockets
             local = fmt_addr(socks[0].getsockname()) if socks else None
         encrypted, last, more = self._status_more(now)
         return {
@@ -351,7 +317,7 @@ class Tunnel(SupervisedDevice):
         of this configuration (data path, crypto, device supervision)."""
         cfg = self.config
         fastpath: dict[str, Any] = {}
-        if self._openvpn:  # the connection knows its cipher and its last authentic packet
+        if self._wire.reports_crypto:  # its cipher and its last authentic packet
             conn = self._conn
             crypto = conn.status(now) if conn is not None and now is not None else None
             encrypted = bool(crypto and crypto.get("cipher") not in (None, "none"))
@@ -431,10 +397,9 @@ class Tunnel(SupervisedDevice):
         self._fast = FastPath(cfg, UNDERLAY_MTU)
         if cfg.mode == "client" and not cfg.path:
             self._remote = await self._resolve(cfg.remote or "", cfg.remote_port)
-        if self._openvpn:  # its key material, loaded before any device too
-            self._make = connection_factory(
-                cfg, clock_offset=time.time() - self._loop.time(),
-                max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
+        self._make = connection_factory(  # OpenVPN's key material, before any device too
+            cfg, clock_offset=time.time() - self._loop.time(),
+            max_frame=self.max_frame, mtu=self.mtu, remote=self._remote)
 
     async def stop(self) -> None:
         if self.state in (State.STOPPED, State.FAILED) and self.device is None:
@@ -605,31 +570,23 @@ class Tunnel(SupervisedDevice):
         udp = self._udp = self._new_udp(cfg.port if (cfg.mode == "server" or cfg.port) else 0)
         if cfg.mode == "client":
             self.peer = self._remote
-            if self._remote is not None and not self._openvpn:
+            if self._remote is not None and not self._wire.follows_answer:
                 # a client hears only its server (a stranger's datagram is dropped as
                 # unknown_peer): connected, the kernel drops those before they queue
                 # where the server's must wait behind them (NoPorts, ICMP unreachable).
-                # Not OpenVPN's: it moves along its remote list, and a multi-homed server
-                # may answer from another address (its peer's own socket, _follow_peer,
-                # keeps strangers' datagrams out of its queue instead)
+                # Not where the server may answer from elsewhere (OpenVPN's remote list,
+                # a multi-homed server): its peer's own socket, _follow_peer, keeps
+                # strangers' datagrams out of its queue instead
                 try:
                     udp.connect(self._remote)
                 except TransportError:
                     udp.sock.close()
                     raise
-        if self._make is not None:  # an OpenVPN framing
-            plain = self._conn = self._make()
-            self._lane_start(plain.lane)
-            udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
-            self._set_state(State.DOWN)
-            now = self._loop.time()
-            plain.start(now)
-            self._device_reader(True)
-            self._flush(plain, now)
-            return
         server = cfg.mode == "server"
-        conn: PeerConnection
-        if cfg.framing == "native":
+        conn: Any
+        if self._make is not None:
+            conn = self._make()
+        elif cfg.framing == "native":
             conn = NativeConnection(
                 self._make_native, server=server, peer=self.peer,
                 max_datagram=self._fast.max_datagram(self.peer),
@@ -638,21 +595,22 @@ class Tunnel(SupervisedDevice):
         else:
             conn = RawConnection(server=server, max_frame=self.max_frame, peer=self.peer,
                                  packet_info=self._packet_info, tap=cfg.dev_type == "tap")
-        self._pconn = conn
-        self._peer_acc = PeerAcceptor(conn, server=server)
-        self._quick = conn.quick_parts()
-        self._lane_start(not self._packet_info)  # packet info: the batch path's only
-        udp.start(self._on_udp_batch, reader=self._lane_udp if self._lane else None)
+        quick = self._quick = conn.quick_parts()
+        if quick is None:  # every datagram to the connection, which decides by its rules
+            self._conn = conn
+            self._on_batch = self._on_conn_batch
+        else:  # the peer's raw address takes the quick decoder, the rest the acceptor
+            self._pconn = conn
+            self._peer_acc = PeerAcceptor(conn, server=server)
+            self._on_batch = self._on_udp_batch
+        self._lane_start(conn.lane)
+        udp.start(self._on_batch, reader=self._lane_udp if self._lane else None)
+        # raw: a client has nothing to wait for
+        self._set_state(State.UP if type(conn) is RawConnection and not server else State.DOWN)
         self._device_reader(True)
         now = self._loop.time()
-        if isinstance(conn, NativeConnection):
-            conn.start(now)
-            self._flush(conn, now)
-            self._set_state(State.DOWN)
-        elif cfg.mode == "client":
-            self._set_state(State.UP)  # raw: nothing to wait for
-        else:
-            self._set_state(State.DOWN)
+        conn.start(now)
+        self._flush(conn, now)
 
     def _reopen_udp(self) -> None:
         """An OpenVPN client about to reconnect gets a fresh ephemeral source port, as
@@ -669,7 +627,7 @@ class Tunnel(SupervisedDevice):
         self._drop_twin()  # bound to the old port
         self._udp.close()
         self._udp = udp
-        udp.start(self._on_conn_batch, reader=self._lane_udp if self._lane else None)
+        udp.start(self._on_batch, reader=self._lane_udp if self._lane else None)
 
     async def _open_multipath(self) -> None:
         """One UDP socket per ``[[tunnel.path]]``, driven by the multi-path core; the
@@ -706,7 +664,7 @@ class Tunnel(SupervisedDevice):
                 self._remote, self._protocol, bind=cfg.bind, port=cfg.port,
                 bind_interface=cfg.bind_interface, stopping=lambda: self._stopping,
                 log=self.log)))
-        self._lane_start(not self._openvpn)  # OpenVPN over TCP: the batch path only
+        self._lane_start(self._wire.stream_lane)
         self._device_reader(True)
 
     def _lane_start(self, on: bool) -> None:
@@ -808,9 +766,9 @@ class Tunnel(SupervisedDevice):
             self._set_state(State.UP)  # raw: a server is up once it has a peer
 
     def _on_conn_batch(self, batch: list[tuple[Any, Addr]]) -> None:
-        """A UDP batch of an OpenVPN framing: every datagram to its connection, which
-        decides (replay, float, peer-id: openvpn's rules), the bulk through its quick
-        decoder; then the frames, in order, at once."""
+        """A UDP batch of a connection without ``quick_parts`` (OpenVPN's): every datagram
+        to it, which decides (replay, float, peer-id: openvpn's rules), the bulk through
+        its quick decoder; then the frames, in order, at once."""
         conn, loop = self._conn, self._loop
         if conn is None or loop is None:
             return
@@ -913,14 +871,14 @@ class Tunnel(SupervisedDevice):
                 self._float(conn, ev.addr)
         elif isinstance(ev, Connected):
             answered: Any = ev.addr
-            if self._openvpn and answered is not None:  # the server answered from there
+            if answered is not None and self._wire.follows_answer:  # it answered from there
                 self.peer = answered
                 self._follow_peer(answered)
             self.log.info("peer %s alive", fmt_addr(self.peer) if self.peer else "?")
             if self._keys is not None:
                 self.log.info("tunnel %s: encrypted session established", self.name)
             self._set_state(State.UP)
-        elif isinstance(ev, Disconnected) and self._openvpn:
+        elif isinstance(ev, Disconnected) and self._wire.outlives_stream:  # it restarts
             self.log.warning("peer %s down: %s", fmt_addr(self.peer), ev.reason)
             self._set_state(State.DOWN)
             if stream is not None and ev.restart:
@@ -969,19 +927,16 @@ class Tunnel(SupervisedDevice):
             self.log.info("peer moved %s -> %s (%s)", fmt_addr(old), fmt_addr(addr), why)
 
     def _follow_peer(self, addr: Addr) -> None:
-        """UDP server with an authenticated native peer: give the peer a socket of its own,
-        connected to it on the server's address and port (``open_connected_twin``); the
-        kernel queues its datagrams there, so a stranger flooding the shared socket fills
-        only that one, which is then read with a budget (SHARED_BATCH, SHARED_REST). The
-        peer's next authenticated move arrives on the shared socket and moves this one.
-        Not without keys: there any source takes the peer, so a stranger's datagram
-        would move it anyway. An OpenVPN peer gets one on either side (a client's socket
-        is not connected: its remote list, a multi-homed server's other address, still
-        arrive on it)."""
-        udp, conn = self._udp, self._pconn
-        if udp is None or (not self._openvpn and (
-                not isinstance(conn, NativeConnection) or conn.endpoint.secure is None
-                or self.config.mode != "server")):
+        """Where the connection asks for it (``peer_socket``: a UDP server's authenticated
+        native peer, an OpenVPN peer on either side), give the peer a socket of its own,
+        connected to it on the shared socket's address and port (``open_connected_twin``);
+        the kernel queues its datagrams there, so a stranger flooding the shared socket
+        fills only that one, which is then read with a budget (SHARED_BATCH, SHARED_REST).
+        The peer's next authenticated move arrives on the shared socket and moves this
+        one. Not without keys: there any source takes the peer, so a stranger's datagram
+        would move it anyway."""
+        udp, conn = self._udp, self._pconn or self._conn
+        if udp is None or conn is None or not conn.peer_socket:
             return
         if self._twin is not None:
             if self._twin.remote == addr:
@@ -998,7 +953,7 @@ class Tunnel(SupervisedDevice):
         twin.remote = addr
         twin.runs = udp.runs
         twin.gro = udp.gro and enable_udp_gro(sock)  # as the batch path expects
-        twin.start(self._on_conn_batch if self._openvpn else self._on_udp_batch,
+        twin.start(self._on_batch,
                    reader=functools.partial(self._lane_udp, twin) if self._lane else None)
         udp.budget(SHARED_BATCH, SHARED_REST)
 
@@ -1161,7 +1116,7 @@ class Tunnel(SupervisedDevice):
             batch: list[tuple[Any, Any]] = []
             udp.add_received(batch, data, anc, raw)
             udp.drain(batch)
-            (self._on_udp_batch if self._conn is None else self._on_conn_batch)(batch)
+            self._on_batch(batch)
 
     def _lane_take(self, data: bytes, raw: Any, now: float) -> bool:
         """Deliver one datagram of the peer to the device, or refuse it untouched."""
@@ -1169,7 +1124,7 @@ class Tunnel(SupervisedDevice):
         conn: Any = self._pconn
         if dev is None:
             return False
-        if self._conn is not None:  # OpenVPN: its own rules say whose data it takes
+        if self._conn is not None:  # no acceptor: its own rules say whose data it takes
             conn = self._conn
             frame = conn.quick_datagram(data, normalize(raw), now)
         else:
@@ -1304,7 +1259,7 @@ class Tunnel(SupervisedDevice):
                 old.proto.abort()
         if not reuse:
             conn.start(now)
-        if self._openvpn:
+        if conn.outlives_stream:
             conn.connection_made(now)
         self._flush(conn, now, stream)
 
@@ -1320,7 +1275,7 @@ class Tunnel(SupervisedDevice):
             old.proto.abort()
         else:
             self.log.info("connected to %s", fmt_addr(self.peer) if self.peer else "?")
-        if self._openvpn and self._conn is not stream.conn:
+        if stream.conn.outlives_stream and self._conn is not stream.conn:
             self._retire()  # a server's OpenVPN traffic moves to the proven stream's
             self._conn = stream.conn
 
@@ -1338,7 +1293,7 @@ class Tunnel(SupervisedDevice):
             return
         now = self._loop.time()
         conn = stream.conn
-        if self._openvpn and stream is not self._stream:
+        if stream is not self._stream and conn.buffered is None:  # judged by all it sent
             stream.unproven_rx += len(data)
             if stream.unproven_rx > UNPROVEN_RECEIVED:  # much talk and no proof: a stranger
                 self.stats.drops["unproven_overflow"] += 1
@@ -1353,8 +1308,8 @@ class Tunnel(SupervisedDevice):
                 self._to_device(frames, now)
             else:
                 self.stats.drops["unknown_peer"] += len(frames)
-        if (stream is not self._stream and proto in self._candidates and not self._openvpn
-                and self._candidates.over_buffer(conn.buffered)):
+        if (stream is not self._stream and proto in self._candidates
+                and self._candidates.over_buffer(conn.buffered or 0)):
             # holding most of a large frame before proving anything: not our peer
             self.stats.drops["unproven_overflow"] += 1
             self._drop_candidate(stream)
@@ -1403,12 +1358,12 @@ class Tunnel(SupervisedDevice):
         self._candidates.pop(proto)
         if stream is not None:
             conn = stream.conn
-            if self._loop is not None and (
-                    not self._stopping if self._openvpn else conn.buffered):
-                # EOF: inside a frame (counted); an OpenVPN connection goes down (restart)
+            session = conn.outlives_stream
+            if self._loop is not None and (not self._stopping if session else conn.buffered):
+                # EOF: inside a frame (counted); a session goes down (restart)
                 now = self._loop.time()
                 conn.receive_stream(b"", now)
-                if self._openvpn:
+                if session:
                     self._flush(conn, now, stream)
             self._end_stream(stream)
         if stream is not None and stream is self._stream:

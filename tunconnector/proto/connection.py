@@ -178,6 +178,39 @@ class ConnectionDefaults:
     #: a client restarting after ping-restart wants a fresh source port (openvpn's
     #: client does so: a server may still hold state for the old address)
     new_port_on_restart = False
+    #: the device may hand it TSO super-packets (:meth:`FastConnection.send_device`); a
+    #: class member, read before any connection exists, when the device opens
+    takes_super = False
+    #: over TCP it has the latency lane's stream call (``quick_read``); a class member,
+    #: read when a server starts listening
+    stream_lane = False
+    #: its :class:`Connected` carries the address the peer answered from, which the
+    #: adapter follows (an OpenVPN server may answer from another of its addresses, a
+    #: client moves along its remote list): a client's UDP socket then stays
+    #: unconnected. A class member, read before the connection exists
+    follows_answer = False
+    #: the connection is the session, a TCP stream only its carrier (openvpn's): a
+    #: client keeps it across streams and tells it of each new one
+    #: (:meth:`Connection.connection_made`), a server's live one is the last proven
+    #: stream's, a stream's end goes to it (it restarts), and its
+    #: :class:`Disconnected` reason is a sentence for the log; False: one connection
+    #: per stream, which ends with it, and Disconnected means the peer is gone
+    outlives_stream = False
+    #: the peer gets a UDP socket of its own, connected to it (the adapter's
+    #: ``_follow_peer``): where a stranger cannot move the peer (an authenticated
+    #: server) or where the peer answers from elsewhere than the shared socket dialled
+    peer_socket = False
+    #: its :meth:`Connection.status` says its cipher and :attr:`last_heard` its last
+    #: authentic packet: the tunnel's status shows those (else the native crypto
+    #: layer's statistics and the fast path's counters)
+    reports_crypto = False
+
+    @property
+    def buffered(self) -> int | None:
+        """TCP: bytes of an incomplete message held. None: not known (messages are taken
+        before they prove anything), so the adapter judges an unproven stream by all it
+        sent (``UNPROVEN_RECEIVED``) instead."""
+        return None
 
     @property
     def last_heard(self) -> float | None:
@@ -213,6 +246,12 @@ class ConnectionDefaults:
 
     def persist_state(self) -> dict[str, Any] | None:
         """Replay state the adapter saves (openvpn_replay_persist); None: nothing to save."""
+        return None
+
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any] | None:
+        """The adapter's per-datagram loop keyed by the peer's raw address
+        (:meth:`FastConnection.quick_parts`, with a ``PeerAcceptor``); None (the
+        default): every datagram goes to :meth:`quick_datagram` with its address."""
         return None
 
     def quick_datagram(self, data: bytes, addr: Addr, now: float
@@ -254,9 +293,20 @@ class Connection(Protocol):
     drops: collections.Counter[str]
     lane: bool
     new_port_on_restart: bool
+    takes_super: bool
+    stream_lane: bool
+    follows_answer: bool
+    outlives_stream: bool
+    peer_socket: bool
+    reports_crypto: bool
 
     @property
     def last_heard(self) -> float | None: ...
+
+    @property
+    def buffered(self) -> int | None: ...
+
+    def quick_parts(self) -> tuple[Callable[[Any, float, Any], Any], Any] | None: ...
 
     def all_drops(self) -> dict[str, int]: ...
 

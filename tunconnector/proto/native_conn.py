@@ -113,6 +113,7 @@ class NativeConnection(Outbox):
 
     #: device frames with virtio_net_hdr, super-packets included (see FastConnection)
     takes_super = True
+    stream_lane = True
 
     def __init__(
         self,
@@ -130,6 +131,9 @@ class NativeConnection(Outbox):
         self.endpoint = make_endpoint()
         self.server = server
         self.stream = stream
+        #: a UDP server's authenticated peer: no stranger can move it (without keys any
+        #: source takes the peer, so its own socket would keep nothing out)
+        self.peer_socket = server and not stream and self.endpoint.secure is not None
         self.peer: Addr = peer
         self.max_datagram = max_datagram
         self.reasm = reassembler if reassembler is not None else fragment.Reassembler()

@@ -63,6 +63,7 @@ class RawConnection(Outbox):
         self.peer: Addr = peer
         self.max_frame = max_frame
         self.packet_info = packet_info
+        self.lane = not packet_info  # packet info: the batch path's only
         self.tap = tap
         self.drops: collections.Counter[str] = collections.Counter()
         self._datagrams: list[tuple[bytes, Addr]] = []
@@ -194,6 +195,7 @@ class SimpletunConnection(Outbox):
 
     #: plain device frames only (simpletun carries one frame per message)
     takes_super = False
+    stream_lane = True
 
     def __init__(self, *, server: bool, max_frame: int, peer: Addr = None,
                  proven: bool = False) -> None:

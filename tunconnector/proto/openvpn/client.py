@@ -111,6 +111,7 @@ class OpenVPNClient(OpenVPNSession[ServerKeyMessage]):
     #: does): a server may ignore a new session from an address it still tracks
     new_port_on_restart = True
     lane = True
+    follows_answer = outlives_stream = peer_socket = reports_crypto = True
 
     def __init__(self, options: ClientOptions, peer: Addr = None,
                  wall_clock: float | None = None, peers: list[Addr] | None = None) -> None:

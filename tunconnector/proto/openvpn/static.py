@@ -270,6 +270,7 @@ class StaticKeyConnection(ConnectionDefaults):
 
     last_heard: float | None = None
     lane = True
+    follows_answer = outlives_stream = peer_socket = reports_crypto = True
 
     def __init__(
         self,
