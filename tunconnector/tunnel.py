@@ -351,10 +351,9 @@ class Tunnel(SupervisedDevice):
         if self._keys is None:
             return None
         conn = self._live()
-        if isinstance(conn, NativeConnection):
-            stats = getattr(conn.endpoint.secure, "stats", None)
-            if stats is not None and now is not None:
-                return dict(stats(now))
+        if isinstance(conn, NativeConnection) and conn.endpoint.secure is not None and (
+                now is not None):
+            return dict(conn.endpoint.secure.stats(now))
         return {"cipher": self.config.cipher, "established": False}
 
     # ------------------------------------------------------------------ lifecycle
