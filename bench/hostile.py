@@ -191,38 +191,39 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _threads(pids: list[int]) -> list[int]:
+    """Every thread of ``pids`` (a nice value and a slice are per thread on Linux)."""
+    out = []
+    for pid in pids:
+        try:
+            out.extend(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+    return out
+
+
 def set_slices(pids: list[int], us: int) -> int:
     """Give every thread of ``pids`` a scheduler slice of ``us``; returns how many took it."""
     from tunconnector.sched import SchedError, set_slice
 
     n = 0
-    for pid in pids:
+    for tid in _threads(pids):
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                n += set_slice(us, tid) == us
-            except (SchedError, OSError):
-                pass
+            n += set_slice(us, tid) == us
+        except (SchedError, OSError):
+            pass
     return n
 
 
 def renice(pids: list[int], nice: int) -> int:
     """Set every thread of ``pids`` to ``nice``; returns how many threads took it."""
     n = 0
-    for pid in pids:
+    for tid in _threads(pids):
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            n += 1
         except OSError:
-            continue
-        for tid in tids:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-                n += 1
-            except OSError:
-                pass
+            pass
     return n
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import pytest
 from harness import Env
@@ -96,21 +97,27 @@ def test_cli_flags_default_prefix_and_clean_exit(env: Env) -> None:
     assert env.a.run("ip", "link", "show", "tcx0", check=False).returncode != 0
 
 
-def test_nice_applies_once_up(env: Env) -> None:
-    """``nice`` (openvpn's too) is added to the daemon's nice value once its tunnels are
-    up; the status says the value."""
+def _daemon_status(env: Env, top: str, name: str, device: str, port: int
+                   ) -> tuple[Any, dict[str, Any]]:
+    """A raw server daemon whose config starts with ``top``, and its status once ready."""
     from harness import to_toml
     from netns import tunconnector_cmd
 
-    path = env.workdir / "nice.toml"
-    path.write_text("nice = 5\n" + to_toml([{"name": "srv", "mode": "server",
-                                              "device": "tcn0", "port": 55558,
-                                              "framing": "raw"}]))
-    s = env.daemon(env.a, tunconnector_cmd("run", "-c", str(path)), "nice")
+    path = env.workdir / f"{name}.toml"
+    path.write_text(top + "\n" + to_toml([{"name": "srv", "mode": "server", "device": device,
+                                            "port": port, "framing": "raw"}]))
+    s = env.daemon(env.a, tunconnector_cmd("run", "-c", str(path)), name)
     s.wait_ready()
     ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
                          capture_output=True, text=True, timeout=10)
-    assert json.loads(ctl.stdout)[0]["nice"] == 5, ctl.stdout
+    return s, json.loads(ctl.stdout)[0]
+
+
+def test_nice_applies_once_up(env: Env) -> None:
+    """``nice`` (openvpn's too) is added to the daemon's nice value once its tunnels are
+    up; the status says the value."""
+    s, st = _daemon_status(env, "nice = 5", "nice", "tcn0", 55558)
+    assert st["nice"] == 5, st
     assert s.stop() == 0
 
 
@@ -118,9 +125,6 @@ def test_sched_slice_applies_once_up(env: Env) -> None:
     """``sched_slice_us`` gives the daemon's loop thread a short scheduler slice once its
     tunnels are up: the kernel's own account (/proc/PID/sched) and the status say it."""
     import threading
-
-    from harness import to_toml
-    from netns import tunconnector_cmd
 
     from tunconnector import sched
 
@@ -130,15 +134,7 @@ def test_sched_slice_applies_once_up(env: Env) -> None:
     probe.join()
     if took != [300]:
         pytest.skip(f"this kernel takes no custom scheduler slice (Linux < 6.12): {took}")
-    path = env.workdir / "slice.toml"
-    path.write_text("sched_slice_us = 200\n" + to_toml([{"name": "srv", "mode": "server",
-                                                         "device": "tcs0", "port": 55559,
-                                                         "framing": "raw"}]))
-    s = env.daemon(env.a, tunconnector_cmd("run", "-c", str(path)), "slice")
-    s.wait_ready()
-    ctl = subprocess.run(tunconnector_cmd("status", "--json", "--control-dir", str(s.ctl)),
-                         capture_output=True, text=True, timeout=10)
-    st = json.loads(ctl.stdout)[0]
-    assert st["sched_slice_us"] == 200, ctl.stdout
+    s, st = _daemon_status(env, "sched_slice_us = 200", "slice", "tcs0", 55559)
+    assert st["sched_slice_us"] == 200, st
     assert sched.current_slice_us(st["pid"]) == 200
     assert s.stop() == 0
