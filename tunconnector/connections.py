@@ -91,7 +91,6 @@ def derive_mtu(cfg: TunnelConfig, underlay_mtu: int = UNDERLAY_MTU) -> int:
     return mtu
 
 
-
 def connection_class(cfg: TunnelConfig) -> type[ConnectionDefaults]:
     """The class of the connections that run ``cfg``: the adapter reads its class
     members (``takes_super``, ``stream_lane``, ``follows_answer`` ...) before any

@@ -35,7 +35,6 @@ from typing import Any
 from .config import PeerConfig, TunnelConfig
 from .fastpath import FastPath
 from .hubcontrol import HubControl
-from .hubcontrol import PeerHooks as PeerHooks
 from .io import netlink as nl
 from .io.peerqueues import PeerQueues
 from .keys import resolve_cipher

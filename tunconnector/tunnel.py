@@ -1308,7 +1308,7 @@ class Tunnel(SupervisedDevice):
             else:
                 self.stats.drops["unknown_peer"] += len(frames)
         if (stream is not self._stream and proto in self._candidates
-                and self._candidates.over_buffer(conn.buffered or 0)):
+                and (held := conn.buffered) is not None and self._candidates.over_buffer(held)):
             # holding most of a large frame before proving anything: not our peer
             self.stats.drops["unproven_overflow"] += 1
             self._drop_candidate(stream)

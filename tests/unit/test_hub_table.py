@@ -87,7 +87,7 @@ def test_status_lists_peers(tmp_path: Path) -> None:
 
 
 def test_peer_hooks_environment(tmp_path: Path) -> None:
-    from tunconnector.hub import PeerHooks
+    from tunconnector.hubcontrol import PeerHooks
 
     fired: list[tuple[str, dict[str, str]]] = []
 
